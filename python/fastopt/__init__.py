@@ -1,0 +1,38 @@
+"""fastopt: fused, in-place, multi-tensor optimizer steps.
+
+Every step updates params (and fp32 master weights and optimizer state) in place, in one
+pass over memory, for any number of tensors, with AVX2/AVX-512 kernels chosen at import.
+"""
+
+from __future__ import annotations
+
+from . import _core, functional
+from ._core import TensorError
+from .adam import Adam, AdamW
+from .optimizer import Optimizer, ParamGroup
+from .sgd import SGD
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SGD", "Adam", "AdamW", "Optimizer", "ParamGroup", "TensorError", "functional",
+    "cpu_isa", "set_num_threads", "get_num_threads",
+]
+
+
+def cpu_isa() -> str:
+    """The active CPU kernel target: ``"scalar"``, ``"avx2"`` or ``"avx512"``.
+
+    Chosen at import from CPUID/XGETBV, or forced by ``FASTOPT_CPU_ISA``.
+    """
+    return _core.cpu_isa()
+
+
+def set_num_threads(n: int) -> None:
+    """Sets the number of CPU threads a step uses (default: the cores available)."""
+    _core.set_num_threads(int(n))
+
+
+def get_num_threads() -> int:
+    """The number of CPU threads a step uses."""
+    return _core.get_num_threads()

@@ -1,0 +1,78 @@
+"""SGD with momentum, dampening, Nesterov momentum and weight decay."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from . import _core
+from .optimizer import Optimizer, flag, real
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with ``torch.optim.SGD`` semantics, in place.
+
+    Per element, with ``g`` the grad (negated when ``maximize``)::
+
+        g = g + weight_decay * p
+        b = g                                   on the first momentum step
+        b = momentum * b + (1 - dampening) * g  after it
+        g = g + momentum * b if nesterov else b   (when momentum != 0)
+        p = p - lr * g
+
+    Args:
+        lr: learning rate (>= 0; default 1e-3).
+        momentum: momentum factor (>= 0; default 0, no momentum buffer).
+        dampening: dampening of the momentum (in [0, 1]; default 0).
+        weight_decay: L2 penalty (>= 0; default 0).
+        nesterov: Nesterov momentum (needs momentum > 0 and dampening = 0).
+        maximize: ascend the objective instead of descending it.
+
+    State per param: ``momentum_buffer`` (float32) when momentum != 0.
+    """
+
+    rule = "sgd"
+    state_names = ("momentum_buffer",)
+
+    @classmethod
+    def default_hypers(cls) -> dict[str, Any]:
+        return {"lr": 1e-3, "momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0,
+                "nesterov": False, "maximize": False}
+
+    @classmethod
+    def _to_hyper(cls, group: Mapping[str, Any]) -> Any:
+        h = _core.SgdHyper()
+        for key in ("lr", "momentum", "dampening", "weight_decay"):
+            setattr(h, key, real(key, group[key]))
+        h.nesterov = flag("nesterov", group["nesterov"])
+        h.maximize = flag("maximize", group["maximize"])
+        err = h.check()
+        if err:
+            raise ValueError(err)
+        return h
+
+    def __init__(self, params, grads=None, *, master_weights: bool = False, **hypers: Any):
+        self._momentum_steps: dict[int, int] = {}  # updates of each group's buffers so far
+        super().__init__(params, grads, master_weights=master_weights, **hypers)
+
+    def _state_created(self, group: int) -> None:
+        self._momentum_steps[group] = 0
+
+    def _rule_steps(self) -> list[int]:
+        # The rule's step is the buffer's update count: 1 sets the buffer to the gradient.
+        steps = []
+        for j, h in enumerate(self._hypers):
+            n = self._momentum_steps.get(j, 0) + (1 if h.num_state() else 0)
+            self._momentum_steps[j] = n
+            steps.append(max(n, 1))
+        return steps
+
+    def _saved_state(self, i: int) -> dict[str, np.ndarray]:
+        # Like torch: no momentum_buffer until the first momentum step has filled it.
+        return self._state[i] if self._momentum_steps.get(self._group_of[i], 0) > 0 else {}
+
+    def _loaded(self, arrays: list[dict[str, np.ndarray]]) -> None:
+        for j in range(len(self.param_groups)):
+            has = [("momentum_buffer" in arrays[i]) for i, g in enumerate(self._group_of) if g == j]
+            self._momentum_steps[j] = 1 if has and all(has) else 0

@@ -1,0 +1,70 @@
+#include "group.h"
+
+#include "isa.h"
+#include "pool.h"
+
+namespace fastopt::cpu {
+
+Group::Group(RuleId rule, std::vector<TensorSlot> slots)
+    : rule_(rule), isa_(active_kernels().isa), slots_(std::move(slots)) {
+  const KernelSet& ks = active_kernels();
+  task_start_.push_back(0);
+  int64_t in_task = 0;  // elements in the task being filled
+  for (const TensorSlot& t : slots_) {
+    const KernelFn fn = ks.kernels[int(rule)][int(t.param_dtype)][int(t.grad_dtype)];
+    for (int64_t b = 0; b < t.numel; b += kTaskElems) {
+      const int64_t e = b + kTaskElems < t.numel ? b + kTaskElems : t.numel;
+      segments_.push_back({fn, &t, b, e});
+      in_task += e - b;
+      if (in_task >= kTaskElems) {
+        task_start_.push_back(segments_.size());
+        in_task = 0;
+      }
+    }
+  }
+  if (task_start_.back() != segments_.size()) task_start_.push_back(segments_.size());
+}
+
+void Group::run(const void* coeffs, size_t stride) const {
+  struct Ctx {
+    const Group* g;
+    const char* coeffs;
+    size_t stride;
+  } ctx{this, static_cast<const char*>(coeffs), stride};
+  ThreadPool::instance().run(
+      int64_t(num_tasks()),
+      [](void* p, int64_t task) {
+        const Ctx& c = *static_cast<const Ctx*>(p);
+        const Group& g = *c.g;
+        for (size_t s = g.task_start_[task]; s < g.task_start_[task + 1]; ++s) {
+          const Segment& seg = g.segments_[s];
+          seg.fn(c.coeffs + seg.slot->hyper_index * c.stride, *seg.slot, seg.begin, seg.end);
+        }
+      },
+      &ctx);
+}
+
+namespace {
+volatile uint8_t probe_zero = 0;  // read at run time, so the probe's stores cannot be elided
+}
+
+void run_probe(const std::vector<ProbeStream>& streams, int64_t n) {
+  struct Ctx {
+    const std::vector<ProbeStream>* streams;
+    int64_t n;
+    ProbeFn fn;
+    uint8_t zero;
+  } ctx{&streams, n, active_kernels().probe, probe_zero};
+  const int64_t ntasks = (n + Group::kTaskElems - 1) / Group::kTaskElems;
+  ThreadPool::instance().run(
+      ntasks,
+      [](void* p, int64_t task) {
+        const Ctx& c = *static_cast<const Ctx*>(p);
+        const int64_t b = task * Group::kTaskElems;
+        const int64_t e = b + Group::kTaskElems < c.n ? b + Group::kTaskElems : c.n;
+        c.fn(c.streams->data(), int(c.streams->size()), b, e, c.zero);
+      },
+      &ctx);
+}
+
+}  // namespace fastopt::cpu

@@ -1,0 +1,47 @@
+// A bound group: the tensor table, cut once into segments and tasks, with each tensor's
+// kernel resolved for the active ISA. A step is one parallel region over the tasks.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kernels.h"
+
+namespace fastopt::cpu {
+
+class Group {
+ public:
+  // Elements per task: large enough to amortise scheduling, small enough to balance
+  // two threads on a shared machine; a multiple of every vector width.
+  static constexpr int64_t kTaskElems = 32768;
+
+  Group(RuleId rule, std::vector<TensorSlot> slots);
+  Group(const Group&) = delete;  // segments point into slots_
+  Group& operator=(const Group&) = delete;
+
+  // Runs one step. coeffs points at an array of the rule's Coeffs, one per hyper_index,
+  // `stride` bytes apart.
+  void run(const void* coeffs, size_t stride) const;
+
+  RuleId rule() const { return rule_; }
+  const char* isa() const { return isa_; }
+  const std::vector<TensorSlot>& slots() const { return slots_; }
+  size_t num_tasks() const { return task_start_.size() - 1; }
+
+ private:
+  struct Segment {
+    KernelFn fn;
+    const TensorSlot* slot;
+    int64_t begin, end;
+  };
+  RuleId rule_;
+  const char* isa_;
+  std::vector<TensorSlot> slots_;
+  std::vector<Segment> segments_;
+  std::vector<size_t> task_start_;  // task t runs segments [task_start_[t], task_start_[t+1])
+};
+
+// Runs the probe over n elements of the given streams on the thread pool.
+void run_probe(const std::vector<ProbeStream>& streams, int64_t n);
+
+}  // namespace fastopt::cpu

@@ -1,0 +1,94 @@
+#include "pool.h"
+
+#include <sched.h>
+
+#include <stdexcept>
+
+namespace fastopt::cpu {
+
+int default_num_threads() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return CPU_COUNT(&set) > 0 ? CPU_COUNT(&set) : 1;
+  const unsigned n = std::thread::hardware_concurrency();
+  return n ? int(n) : 1;
+}
+
+ThreadPool& ThreadPool::instance() {
+  // Never destroyed: joining threads during interpreter shutdown is not safe.
+  static ThreadPool* pool = new ThreadPool();
+  return *pool;
+}
+
+ThreadPool::ThreadPool() { start(default_num_threads()); }
+
+ThreadPool::~ThreadPool() { stop(); }
+
+void ThreadPool::start(int n) {
+  stopping_ = false;
+  for (int i = 1; i < n; ++i) workers_.emplace_back([this] { worker_loop(); });
+}
+
+void ThreadPool::stop() {
+  {
+    std::lock_guard<std::mutex> g(m_);
+    stopping_ = true;
+  }
+  wake_.notify_all();
+  for (auto& t : workers_) t.join();
+  workers_.clear();
+}
+
+void ThreadPool::set_num_threads(int n) {
+  if (n < 1) throw std::invalid_argument("num_threads must be >= 1, got " + std::to_string(n));
+  std::lock_guard<std::mutex> g(run_mutex_);
+  if (n == num_threads()) return;
+  stop();
+  start(n);
+}
+
+void ThreadPool::drain() {
+  for (int64_t t = next_.fetch_add(1, std::memory_order_relaxed); t < ntasks_;
+       t = next_.fetch_add(1, std::memory_order_relaxed)) {
+    fn_(ctx_, t);
+  }
+}
+
+void ThreadPool::worker_loop() {
+  uint64_t seen = 0;
+  for (;;) {
+    {
+      std::unique_lock<std::mutex> lk(m_);
+      wake_.wait(lk, [&] { return stopping_ || generation_ != seen; });
+      if (stopping_) return;
+      seen = generation_;
+    }
+    drain();
+    {
+      std::lock_guard<std::mutex> g(m_);
+      if (--busy_ == 0) done_.notify_one();
+    }
+  }
+}
+
+void ThreadPool::run(int64_t ntasks, TaskFn fn, void* ctx) {
+  std::unique_lock<std::mutex> region(run_mutex_, std::try_to_lock);
+  if (!region.owns_lock() || workers_.empty() || ntasks <= 1) {
+    for (int64_t t = 0; t < ntasks; ++t) fn(ctx, t);
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> g(m_);
+    fn_ = fn;
+    ctx_ = ctx;
+    ntasks_ = ntasks;
+    next_.store(0, std::memory_order_relaxed);
+    busy_ = int(workers_.size());
+    ++generation_;
+  }
+  wake_.notify_all();
+  drain();
+  std::unique_lock<std::mutex> lk(m_);
+  done_.wait(lk, [&] { return busy_ == 0; });
+}
+
+}  // namespace fastopt::cpu

@@ -1,0 +1,41 @@
+// The scalar lane: one fp32 value. Used by the CPU scalar target, by every SIMD target's
+// tail and by a CUDA thread, so that a rule written once is correct everywhere.
+// Every operation is a single IEEE-754 operation with round-to-nearest-even; fused
+// multiply-add is only ever explicit (builds use -ffp-contract=off / -fmad=false), which
+// is what makes fp32 results bit-identical across targets.
+#pragma once
+#include <cmath>
+
+#include "fastopt/platform.h"
+
+namespace fastopt {
+
+FASTOPT_HD float vfma(float a, float b, float c) {
+#if defined(__CUDA_ARCH__)
+  return __fmaf_rn(a, b, c);
+#else
+  return std::fma(a, b, c);
+#endif
+}
+
+FASTOPT_HD float vsqrt(float a) {
+#if defined(__CUDA_ARCH__)
+  return __fsqrt_rn(a);
+#else
+  return std::sqrt(a);
+#endif
+}
+
+FASTOPT_HD float vdiv(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fdiv_rn(a, b);
+#else
+  return a / b;
+#endif
+}
+
+// Returns b when either operand is NaN, exactly like x86 MAXPS(a, b), so that NaN
+// propagation is the same on every target.
+FASTOPT_HD float vmax(float a, float b) { return a > b ? a : b; }
+
+}  // namespace fastopt

@@ -1,0 +1,72 @@
+// Adam (Kingma & Ba, 2015) and AdamW (Loshchilov & Hutter, 2019) with torch.optim
+// semantics: coupled L2 decay (Adam) or decoupled decay (AdamW), AMSGrad, maximize.
+// One rule for both: they differ only in where weight decay enters.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <string>
+
+#include "fastopt/platform.h"
+#include "fastopt/numeric/scalar.h"
+#include "fastopt/rules/check.h"
+
+namespace fastopt {
+
+struct Adam {
+  struct Hyper {
+    double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0;
+    bool amsgrad = false, maximize = false, decoupled = false;
+  };
+
+  struct Coeffs {
+    float one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, decay_factor;
+    float neg_step_size, bias_correction2_sqrt, grad_sign;
+    bool decoupled, amsgrad;
+  };
+
+  static constexpr int max_state = 3;  // exp_avg, exp_avg_sq, max_exp_avg_sq
+
+  static int num_state(const Hyper& h) { return h.amsgrad ? 3 : 2; }
+
+  static std::string check(const Hyper& h) {
+    for (auto e : {check::non_negative("lr", h.lr), check::unit_interval("beta1", h.beta1),
+                   check::unit_interval("beta2", h.beta2), check::non_negative("eps", h.eps),
+                   check::non_negative("weight_decay", h.weight_decay)}) {
+      if (!e.empty()) return e;
+    }
+    return {};
+  }
+
+  // step is the 1-based count of updates, this one included.
+  static Coeffs coeffs(const Hyper& h, int64_t step) {
+    const double bc1 = 1.0 - std::pow(h.beta1, double(step));
+    const double bc2 = 1.0 - std::pow(h.beta2, double(step));
+    return {float(1.0 - h.beta1),  float(h.beta2),          float(1.0 - h.beta2),
+            float(h.eps),          float(h.weight_decay),   float(1.0 - h.lr * h.weight_decay),
+            float(-h.lr / bc1),    float(std::sqrt(bc2)),   h.maximize ? -1.0f : 1.0f,
+            h.decoupled,           h.amsgrad};
+  }
+
+  template <class V>
+  FASTOPT_HD static void update(const Coeffs& c, V& p, V g, V (&s)[max_state]) {
+    g = g * V(c.grad_sign);
+    if (c.weight_decay != 0) {
+      if (c.decoupled) {
+        p = p * V(c.decay_factor);
+      } else {
+        g = vfma(V(c.weight_decay), p, g);
+      }
+    }
+    s[0] = vfma(V(c.one_minus_beta1), g - s[0], s[0]);  // lerp toward g
+    s[1] = vfma(V(c.one_minus_beta2) * g, g, V(c.beta2) * s[1]);
+    V second = s[1];
+    if (c.amsgrad) {
+      s[2] = vmax(s[2], s[1]);
+      second = s[2];
+    }
+    const V denom = vdiv(vsqrt(second), V(c.bias_correction2_sqrt)) + V(c.eps);
+    p = vfma(V(c.neg_step_size), vdiv(s[0], denom), p);
+  }
+};
+
+}  // namespace fastopt

@@ -1,0 +1,58 @@
+// SGD with momentum, dampening, Nesterov momentum, L2 weight decay and maximize, with
+// torch.optim.SGD semantics: the first momentum step sets the buffer to the gradient.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "fastopt/platform.h"
+#include "fastopt/numeric/scalar.h"
+#include "fastopt/rules/check.h"
+
+namespace fastopt {
+
+struct Sgd {
+  struct Hyper {
+    double lr = 1e-3, momentum = 0, dampening = 0, weight_decay = 0;
+    bool nesterov = false, maximize = false;
+  };
+
+  struct Coeffs {
+    float neg_lr, momentum, one_minus_dampening, weight_decay, grad_sign;
+    bool has_momentum, first, nesterov;
+  };
+
+  static constexpr int max_state = 1;  // momentum_buffer
+
+  static int num_state(const Hyper& h) { return h.momentum != 0 ? 1 : 0; }
+
+  static std::string check(const Hyper& h) {
+    for (auto e : {check::non_negative("lr", h.lr), check::non_negative("momentum", h.momentum),
+                   check::closed_unit_interval("dampening", h.dampening),
+                   check::non_negative("weight_decay", h.weight_decay)}) {
+      if (!e.empty()) return e;
+    }
+    if (h.nesterov && (h.momentum <= 0 || h.dampening != 0))
+      return "nesterov requires momentum > 0 and dampening = 0";
+    return {};
+  }
+
+  // step counts the updates of the momentum buffer, this one included (1 on the first).
+  static Coeffs coeffs(const Hyper& h, int64_t step) {
+    return {float(-h.lr), float(h.momentum), float(1.0 - h.dampening), float(h.weight_decay),
+            h.maximize ? -1.0f : 1.0f, h.momentum != 0, step <= 1, h.nesterov};
+  }
+
+  template <class V>
+  FASTOPT_HD static void update(const Coeffs& c, V& p, V g, V (&s)[max_state]) {
+    g = g * V(c.grad_sign);
+    if (c.weight_decay != 0) g = vfma(V(c.weight_decay), p, g);
+    if (c.has_momentum) {
+      const V buf = c.first ? g : vfma(V(c.one_minus_dampening), g, V(c.momentum) * s[0]);
+      s[0] = buf;
+      g = c.nesterov ? vfma(V(c.momentum), buf, g) : buf;
+    }
+    p = vfma(V(c.neg_lr), g, p);
+  }
+};
+
+}  // namespace fastopt

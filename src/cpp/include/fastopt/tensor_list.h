@@ -1,0 +1,24 @@
+// The plain description of a bound group of tensors, shared by every engine. Pointers are
+// validated and fixed when the group is bound; a step only reads this table.
+#pragma once
+#include <cstdint>
+
+namespace fastopt {
+
+enum class DType : uint8_t { f32 = 0, f16 = 1, bf16 = 2 };
+constexpr int kNumDTypes = 3;
+
+constexpr int kMaxState = 3;  // the largest max_state of any rule
+
+struct TensorSlot {
+  void* param;        // dtype param_dtype
+  const void* grad;   // dtype grad_dtype
+  float* master;      // fp32 master weights, or null: the param itself is the value
+  float* state[kMaxState];  // the rule's state streams, fp32; the first num_state are used
+  int64_t numel;
+  DType param_dtype, grad_dtype;
+  int num_state;
+  int hyper_index;  // which of the step's coefficient sets (param groups) applies
+};
+
+}  // namespace fastopt

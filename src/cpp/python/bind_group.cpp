@@ -1,0 +1,175 @@
+#include "bind_group.h"
+
+#include <algorithm>
+#include <stdexcept>
+
+#include "fastopt/rules/adam.h"
+#include "fastopt/rules/sgd.h"
+
+namespace py = pybind11;
+
+namespace fastopt::py_intake {
+namespace {
+
+struct Named {
+  std::string name;
+  size_t order;  // position in the bind order, to name the later tensor first
+  const View* view;
+};
+
+std::vector<py::object> as_list(py::handle seq) {
+  std::vector<py::object> out;
+  for (py::handle h : seq) out.push_back(py::reinterpret_borrow<py::object>(h));
+  return out;
+}
+
+void check_overlap(std::vector<Named> all) {
+  all.erase(std::remove_if(all.begin(), all.end(), [](const Named& n) { return n.view->nbytes() == 0; }),
+            all.end());
+  std::sort(all.begin(), all.end(), [](const Named& a, const Named& b) {
+    return static_cast<char*>(a.view->data) < static_cast<char*>(b.view->data);
+  });
+  auto end_of = [](const Named& n) { return static_cast<char*>(n.view->data) + n.view->nbytes(); };
+  const Named* reach = nullptr;  // the tensor whose end lies furthest so far
+  for (const Named& n : all) {
+    if (reach && static_cast<char*>(n.view->data) < end_of(*reach)) {
+      const bool same = n.view->data == reach->view->data && n.view->nbytes() == reach->view->nbytes();
+      const Named& later = n.order > reach->order ? n : *reach;
+      const Named& earlier = n.order > reach->order ? *reach : n;
+      throw TensorError(later.name + (same ? " is the same memory as " : " overlaps ") + earlier.name +
+                        " (every tensor of a group must have its own memory)");
+    }
+    if (!reach || end_of(n) > end_of(*reach)) reach = &n;
+  }
+}
+
+}  // namespace
+
+BoundGroup::BoundGroup(cpu::RuleId rule, py::sequence params, py::sequence grads, py::sequence masters,
+                       py::sequence states, std::vector<std::string> state_names,
+                       std::vector<int64_t> group_sizes) {
+  const auto p_objs = as_list(params), g_objs = as_list(grads), m_objs = as_list(masters),
+             s_objs = as_list(states);
+  const size_t n = p_objs.size();
+  if (g_objs.size() != n) {
+    throw std::invalid_argument("got " + std::to_string(n) + " params but " + std::to_string(g_objs.size()) +
+                                " grads: every param needs its grad");
+  }
+  if (m_objs.size() != n || s_objs.size() != n) throw std::invalid_argument("one masters/states entry per param");
+  int64_t total = 0;
+  for (int64_t s : group_sizes) total += s;
+  if (total != int64_t(n)) throw std::invalid_argument("group_sizes must add up to the number of params");
+
+  auto name = [](const std::string& role, size_t i) { return role + " " + std::to_string(i); };
+
+  // Devices first, so that a mixed group is reported as such before anything is exported.
+  Device first_dev{};
+  std::string first_name;
+  for (size_t i = 0; i < 2 * n; ++i) {
+    const py::object& o = i % 2 ? g_objs[i / 2] : p_objs[i / 2];
+    const std::string nm = name(i % 2 ? "grad" : "param", i / 2);
+    const Device d = device_of(o);
+    if (first_name.empty()) {
+      first_dev = d;
+      first_name = nm;
+    } else if (!(d == first_dev)) {
+      throw TensorError(nm + " is on " + d.str() + " but " + first_name + " is on " + first_dev.str() +
+                        ": all tensors of a group must be on one device");
+    }
+  }
+
+  size_t count = 2 * n;
+  for (size_t i = 0; i < n; ++i) count += (m_objs[i].is_none() ? 0 : 1) + py::len(s_objs[i]);
+  views_.reserve(count);  // exact: `named` points into views_, which must never reallocate
+  std::vector<Named> named;
+  auto take = [&](const py::object& o, const std::string& nm, bool writable) -> const View& {
+    views_.push_back(intake(o, nm));
+    const View& v = views_.back();
+    if (writable && v.readonly) throw TensorError(nm + ": is read-only (fastopt updates it in place)");
+    named.push_back({nm, named.size(), &v});
+    return v;
+  };
+  auto same_shape = [](const View& v, const View& p, const std::string& nm, const std::string& pn) {
+    if (v.shape != p.shape) {
+      throw TensorError(nm + ": shape " + v.shape_str() + " differs from " + pn + "'s shape " + p.shape_str());
+    }
+  };
+  auto must_f32 = [](const View& v, const std::string& nm) {
+    if (v.dtype != DType::f32) {
+      throw TensorError(nm + ": dtype " + std::string(dtype_name(v.dtype)) + ", expected float32");
+    }
+  };
+
+  std::vector<TensorSlot> slots(n);
+  group_state_.assign(group_sizes.size(), kMaxState);
+  size_t i = 0;
+  for (size_t j = 0; j < group_sizes.size(); ++j) {
+    for (int64_t k = 0; k < group_sizes[j]; ++k, ++i) {
+      const std::string pn = name("param", i), gn = name("grad", i);
+      const View& p = take(p_objs[i], pn, true);
+      const View& g = take(g_objs[i], gn, false);  // grads are only read
+      same_shape(g, p, gn, pn);
+      TensorSlot& t = slots[i];
+      t = TensorSlot{};
+      t.param = p.data;
+      t.grad = g.data;
+      t.numel = p.numel;
+      t.param_dtype = p.dtype;
+      t.grad_dtype = g.dtype;
+      t.hyper_index = int(j);
+      if (!m_objs[i].is_none()) {
+        const std::string mn = name("master", i);
+        if (p.dtype == DType::f32) {
+          throw TensorError(pn + ": master weights are for float16/bfloat16 params; this one is float32");
+        }
+        const View& m = take(m_objs[i], mn, true);
+        must_f32(m, mn);
+        same_shape(m, p, mn, pn);
+        t.master = static_cast<float*>(m.data);
+      }
+      const auto st = as_list(s_objs[i]);
+      if (st.size() > state_names.size() || st.size() > size_t(kMaxState)) {
+        throw std::invalid_argument(pn + ": too many state arrays");
+      }
+      t.num_state = int(st.size());
+      for (size_t s = 0; s < st.size(); ++s) {
+        const std::string sn = name(state_names[s], i);
+        const View& sv = take(st[s], sn, true);
+        must_f32(sv, sn);
+        same_shape(sv, p, sn, pn);
+        t.state[s] = static_cast<float*>(sv.data);
+      }
+      group_state_[j] = std::min(group_state_[j], t.num_state);
+    }
+  }
+  check_overlap(named);
+  group_ = std::make_unique<cpu::Group>(rule, std::move(slots));
+}
+
+template <class Rule>
+void BoundGroup::step(const std::vector<typename Rule::Hyper>& hypers, const std::vector<int64_t>& steps,
+                      cpu::RuleId id) {
+  if (group_->rule() != id) throw std::invalid_argument("these hyperparameters are for another optimizer");
+  if (hypers.size() != group_state_.size() || steps.size() != group_state_.size()) {
+    throw std::invalid_argument("one hyperparameter set and one step count per param group are required");
+  }
+  std::vector<typename Rule::Coeffs> coeffs;
+  coeffs.reserve(hypers.size());
+  for (size_t j = 0; j < hypers.size(); ++j) {
+    const std::string err = Rule::check(hypers[j]);
+    if (!err.empty()) throw std::invalid_argument("param group " + std::to_string(j) + ": " + err);
+    if (steps[j] < 1) throw std::invalid_argument("step must be >= 1, got " + std::to_string(steps[j]));
+    if (group_state_[j] < Rule::num_state(hypers[j])) {
+      throw std::invalid_argument("param group " + std::to_string(j) +
+                                  " was bound with fewer state arrays than its hyperparameters need");
+    }
+    coeffs.push_back(Rule::coeffs(hypers[j], steps[j]));
+  }
+  py::gil_scoped_release nogil;
+  group_->run(coeffs.data(), sizeof(typename Rule::Coeffs));
+}
+
+template void BoundGroup::step<Sgd>(const std::vector<Sgd::Hyper>&, const std::vector<int64_t>&, cpu::RuleId);
+template void BoundGroup::step<Adam>(const std::vector<Adam::Hyper>&, const std::vector<int64_t>&, cpu::RuleId);
+
+}  // namespace fastopt::py_intake

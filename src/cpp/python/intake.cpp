@@ -1,0 +1,194 @@
+#include "intake.h"
+
+#include <sstream>
+
+#include "dlpack.h"
+
+namespace py = pybind11;
+
+namespace fastopt::py_intake {
+namespace {
+
+[[noreturn]] void fail(const std::string& name, const std::string& why) {
+  throw TensorError(name + ": " + why);
+}
+
+const char* kSupported = "fastopt takes float32, float16 and bfloat16";
+
+// True when `strides` (in elements) describe a C-contiguous layout of `shape`.
+bool c_contiguous(const std::vector<int64_t>& shape, const int64_t* strides) {
+  if (!strides) return true;
+  int64_t expect = 1;
+  for (size_t d = shape.size(); d-- > 0;) {
+    if (shape[d] == 0) return true;
+    if (shape[d] != 1 && strides[d] != expect) return false;
+    expect *= shape[d];
+  }
+  return true;
+}
+
+int64_t product(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t s : shape) n *= s;
+  return n;
+}
+
+bool from_buffer(py::handle obj, const std::string& name, View& v) {
+  if (!PyObject_CheckBuffer(obj.ptr())) return false;
+  auto view = std::shared_ptr<Py_buffer>(new Py_buffer, [](Py_buffer* b) {
+    PyBuffer_Release(b);
+    delete b;
+  });
+  bool has_format = true;
+  if (PyObject_GetBuffer(obj.ptr(), view.get(), PyBUF_STRIDES | PyBUF_FORMAT) != 0) {
+    // NumPy cannot describe ml_dtypes' bfloat16 in a format string; ask without one.
+    PyErr_Clear();
+    has_format = false;
+    if (PyObject_GetBuffer(obj.ptr(), view.get(), PyBUF_STRIDES) != 0) {
+      const std::string why = py::error_already_set().what();
+      fail(name, "cannot read its buffer: " + why);
+    }
+  }
+  std::shared_ptr<Py_buffer> owner = view;
+  v.owner = std::shared_ptr<void>(owner, owner.get());
+  v.data = view->buf;
+  v.readonly = view->readonly != 0;
+  v.shape.assign(view->shape, view->shape + view->ndim);
+  if (view->ndim == 0) v.shape.clear();
+  v.numel = product(v.shape);
+  std::string dtype;
+  if (has_format && view->format) {
+    std::string f = view->format;
+    if (!f.empty() && (f[0] == '<' || f[0] == '=' || f[0] == '@')) f = f.substr(1);
+    if (f == "f") v.dtype = DType::f32;
+    else if (f == "e") v.dtype = DType::f16;
+    else dtype = "buffer format '" + std::string(view->format) + "'";
+  } else {
+    py::object dt = py::getattr(obj, "dtype", py::none());
+    const std::string dname = dt.is_none() ? "" : py::str(py::getattr(dt, "name", dt));
+    if (dname == "bfloat16" && view->itemsize == 2) v.dtype = DType::bf16;
+    else dtype = dname.empty() ? "an unknown element type" : dname;
+  }
+  if (!dtype.empty()) {
+    py::object dt = py::getattr(obj, "dtype", py::none());
+    if (!dt.is_none()) dtype = py::str(dt);
+    fail(name, "unsupported dtype " + dtype + " (" + kSupported + ")");
+  }
+  std::vector<int64_t> strides;
+  if (view->strides) {
+    for (int d = 0; d < view->ndim; ++d) {
+      if (view->strides[d] % view->itemsize != 0) fail(name, "is not contiguous (strides are not whole elements)");
+      strides.push_back(view->strides[d] / view->itemsize);
+    }
+  }
+  if (!c_contiguous(v.shape, view->strides ? strides.data() : nullptr)) {
+    fail(name, "is not C-contiguous (fastopt never copies; pass a contiguous array)");
+  }
+  return true;
+}
+
+template <class Managed>
+std::shared_ptr<void> own(Managed* m) {
+  return std::shared_ptr<void>(m, [](void* p) {
+    auto* mt = static_cast<Managed*>(p);
+    if (mt->deleter) mt->deleter(mt);
+  });
+}
+
+void from_dlpack(py::handle obj, const std::string& name, View& v) {
+  if (!py::hasattr(obj, "__dlpack__")) {
+    fail(name, std::string("is a ") + py::str(py::type::of(obj).attr("__name__")).cast<std::string>() +
+                   ", not an array (expected a NumPy array or an object with __dlpack__)");
+  }
+  v.device = device_of(obj);
+  if (v.device.type != dlpack::kCPU && v.device.type != dlpack::kCUDAHost) {
+    fail(name, "is on " + v.device.str() + ", but fastopt's CUDA engine is not available in this build");
+  }
+  py::object capsule;
+  try {
+    capsule = obj.attr("__dlpack__")(py::arg("max_version") = py::make_tuple(1, 0));
+  } catch (py::error_already_set& e) {
+    if (!e.matches(PyExc_TypeError)) fail(name, std::string("__dlpack__ failed: ") + e.what());
+    try {
+      capsule = obj.attr("__dlpack__")();  // a producer that predates max_version
+    } catch (py::error_already_set& e2) {
+      fail(name, std::string("__dlpack__ failed: ") + e2.what());
+    }
+  }
+  const dlpack::Tensor* t = nullptr;
+  if (PyCapsule_IsValid(capsule.ptr(), "dltensor_versioned")) {
+    auto* m = static_cast<dlpack::ManagedTensorVersioned*>(
+        PyCapsule_GetPointer(capsule.ptr(), "dltensor_versioned"));
+    PyCapsule_SetName(capsule.ptr(), "used_dltensor_versioned");
+    v.owner = own(m);
+    if (m->version.major != 1) {
+      fail(name, "DLPack version " + std::to_string(m->version.major) + " is not supported (expected 1.x)");
+    }
+    v.readonly = (m->flags & dlpack::kFlagReadOnly) != 0;
+    t = &m->dl_tensor;
+  } else if (PyCapsule_IsValid(capsule.ptr(), "dltensor")) {
+    auto* m = static_cast<dlpack::ManagedTensor*>(PyCapsule_GetPointer(capsule.ptr(), "dltensor"));
+    PyCapsule_SetName(capsule.ptr(), "used_dltensor");
+    v.owner = own(m);
+    t = &m->dl_tensor;
+  } else {
+    fail(name, "__dlpack__ did not return a DLPack capsule");
+  }
+  v.device = {t->device.device_type, t->device.device_id};
+  v.shape.assign(t->shape, t->shape + t->ndim);
+  v.numel = product(v.shape);
+  v.data = static_cast<char*>(t->data) + t->byte_offset;
+  const auto& dt = t->dtype;
+  if (dt.lanes == 1 && dt.code == dlpack::kFloat && dt.bits == 32) v.dtype = DType::f32;
+  else if (dt.lanes == 1 && dt.code == dlpack::kFloat && dt.bits == 16) v.dtype = DType::f16;
+  else if (dt.lanes == 1 && dt.code == dlpack::kBfloat && dt.bits == 16) v.dtype = DType::bf16;
+  else {
+    const char* kind = dt.code == dlpack::kInt ? "int" : dt.code == dlpack::kUInt ? "uint"
+                       : dt.code == dlpack::kFloat ? "float" : dt.code == dlpack::kBfloat ? "bfloat" : "code ";
+    std::ostringstream s;
+    s << "unsupported dtype " << kind << (dt.code > 4 ? std::to_string(dt.code) : "") << int(dt.bits)
+      << (dt.lanes != 1 ? "x" + std::to_string(dt.lanes) : "") << " (" << kSupported << ")";
+    fail(name, s.str());
+  }
+  if (!c_contiguous(v.shape, t->strides)) {
+    fail(name, "is not C-contiguous (fastopt never copies; pass a contiguous array)");
+  }
+}
+
+}  // namespace
+
+std::string Device::str() const {
+  switch (type) {
+    case dlpack::kCPU: return "cpu";
+    case dlpack::kCUDA: return "cuda:" + std::to_string(id);
+    case dlpack::kCUDAHost: return "cuda_host";
+    default: return "device type " + std::to_string(type) + ":" + std::to_string(id);
+  }
+}
+
+std::string View::shape_str() const {
+  std::ostringstream s;
+  s << "(";
+  for (size_t i = 0; i < shape.size(); ++i) s << (i ? ", " : "") << shape[i];
+  s << (shape.size() == 1 ? ",)" : ")");
+  return s.str();
+}
+
+const char* dtype_name(DType d) {
+  return d == DType::f32 ? "float32" : d == DType::f16 ? "float16" : "bfloat16";
+}
+
+Device device_of(py::handle obj) {
+  if (PyObject_CheckBuffer(obj.ptr()) || !py::hasattr(obj, "__dlpack_device__")) return {dlpack::kCPU, 0};
+  const auto dev = obj.attr("__dlpack_device__")().cast<std::pair<int, int>>();
+  return {dev.first, dev.second};
+}
+
+View intake(py::handle obj, const std::string& name) {
+  View v;
+  if (obj.is_none()) fail(name, "is None (a missing gradient? bind a persistent gradient buffer)");
+  if (!from_buffer(obj, name, v)) from_dlpack(obj, name, v);
+  return v;
+}
+
+}  // namespace fastopt::py_intake

@@ -1,0 +1,48 @@
+// Tensor intake: turns a NumPy array (buffer protocol, ml_dtypes.bfloat16 included) or any
+// object with __dlpack__ into a validated view, without copying. The view keeps the
+// producer's memory alive.
+#pragma once
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "fastopt/tensor_list.h"
+
+namespace fastopt::py_intake {
+
+struct Device {
+  int type;  // DLPack device type; 1 = CPU
+  int id;
+  bool operator==(const Device& o) const { return type == o.type && id == o.id; }
+  std::string str() const;
+};
+
+struct View {
+  void* data = nullptr;
+  int64_t numel = 0;
+  std::vector<int64_t> shape;
+  DType dtype = DType::f32;
+  bool readonly = false;
+  Device device{1, 0};
+  std::shared_ptr<void> owner;  // releases the buffer / calls the DLPack deleter
+  size_t nbytes() const { return size_t(numel) * (dtype == DType::f32 ? 4 : 2); }
+  std::string shape_str() const;
+};
+
+// Raised for a tensor that cannot be bound: the message names the tensor and the reason.
+struct TensorError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// The device an array lives on, read without exporting it (CPU for buffer objects).
+Device device_of(pybind11::handle obj);
+
+// Reads `obj`; `name` (like "param 3") prefixes any error message.
+View intake(pybind11::handle obj, const std::string& name);
+
+const char* dtype_name(DType d);
+
+}  // namespace fastopt::py_intake

@@ -1,0 +1,128 @@
+// The pybind11 module fastopt._core: ISA and thread control, hyperparameter structs,
+// bound groups, exact master-weight copies and the bandwidth probe.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "../cpu/isa.h"
+#include "../cpu/pool.h"
+#include "bind_group.h"
+#include "fastopt/numeric/convert.h"
+#include "fastopt/rules/adam.h"
+#include "fastopt/rules/sgd.h"
+
+namespace py = pybind11;
+using namespace fastopt;
+using py_intake::BoundGroup;
+using py_intake::View;
+
+namespace {
+
+cpu::RuleId rule_id(const std::string& name) {
+  if (name == "sgd") return cpu::RuleId::sgd;
+  if (name == "adam") return cpu::RuleId::adam;
+  throw std::invalid_argument("unknown rule '" + name + "'");
+}
+
+template <class T>
+void widen(const void* src, float* dst, int64_t n) {
+  const T* s = static_cast<const T*>(src);
+  for (int64_t i = 0; i < n; ++i) dst[i] = to_f32(s[i]);
+}
+
+// Writes the exact fp32 value of every element of `src` into `dst` (same shape, float32).
+void widen_into(py::handle src, py::handle dst) {
+  const View v = py_intake::intake(src, "source");
+  const View d = py_intake::intake(dst, "destination");
+  if (d.dtype != DType::f32 || d.readonly || d.shape != v.shape) {
+    throw std::invalid_argument("destination must be a writable float32 array of the source's shape");
+  }
+  float* out = static_cast<float*>(d.data);
+  switch (v.dtype) {
+    case DType::f32: widen<float>(v.data, out, v.numel); break;
+    case DType::f16: widen<f16>(v.data, out, v.numel); break;
+    case DType::bf16: widen<bf16>(v.data, out, v.numel); break;
+  }
+}
+
+void probe(py::sequence arrays, std::vector<bool> writable) {
+  if (py::len(arrays) != writable.size()) throw std::invalid_argument("one writable flag per array");
+  std::vector<View> views;
+  std::vector<cpu::ProbeStream> streams;
+  for (size_t i = 0; i < writable.size(); ++i) {
+    views.push_back(py_intake::intake(arrays[i], "stream " + std::to_string(i)));
+    const View& v = views.back();
+    if (writable[i] && v.readonly) throw py_intake::TensorError("stream " + std::to_string(i) + ": read-only");
+    if (v.numel != views[0].numel) throw std::invalid_argument("probe streams must have equal lengths");
+    streams.push_back({v.data, v.dtype == DType::f32 ? 4 : 2, bool(writable[i])});
+  }
+  const int64_t n = views.empty() ? 0 : views[0].numel;
+  if (n % 16) throw std::invalid_argument("probe streams need a multiple of 16 elements");
+  py::gil_scoped_release nogil;
+  cpu::run_probe(streams, n);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "fastopt's C++ engine (internal: use the fastopt package)";
+  py::register_exception<py_intake::TensorError>(m, "TensorError", PyExc_ValueError);
+
+  m.def("cpu_isa", [] { return std::string(cpu::active_kernels().isa); });
+  m.def("set_cpu_isa", &cpu::set_isa, py::arg("name"));
+  m.def("cpu_isa_supported", &cpu::isa_supported, py::arg("name"));
+  m.def("get_num_threads", [] { return cpu::ThreadPool::instance().num_threads(); });
+  m.def("set_num_threads", [](int n) { cpu::ThreadPool::instance().set_num_threads(n); }, py::arg("n"));
+  m.def("widen_into", &widen_into, py::arg("src"), py::arg("dst"));
+  m.def("describe", [](py::handle a, const std::string& name) {
+    const View v = py_intake::intake(a, name);
+    return py::make_tuple(py::cast(v.shape), py_intake::dtype_name(v.dtype), v.readonly);
+  }, py::arg("array"), py::arg("name"));
+  m.def("probe", &probe, py::arg("arrays"), py::arg("writable"));
+  m.attr("task_elems") = cpu::Group::kTaskElems;
+
+  py::class_<Sgd::Hyper>(m, "SgdHyper")
+      .def(py::init<>())
+      .def_readwrite("lr", &Sgd::Hyper::lr)
+      .def_readwrite("momentum", &Sgd::Hyper::momentum)
+      .def_readwrite("dampening", &Sgd::Hyper::dampening)
+      .def_readwrite("weight_decay", &Sgd::Hyper::weight_decay)
+      .def_readwrite("nesterov", &Sgd::Hyper::nesterov)
+      .def_readwrite("maximize", &Sgd::Hyper::maximize)
+      .def("check", &Sgd::check)
+      .def("num_state", &Sgd::num_state);
+
+  py::class_<Adam::Hyper>(m, "AdamHyper")
+      .def(py::init<>())
+      .def_readwrite("lr", &Adam::Hyper::lr)
+      .def_readwrite("beta1", &Adam::Hyper::beta1)
+      .def_readwrite("beta2", &Adam::Hyper::beta2)
+      .def_readwrite("eps", &Adam::Hyper::eps)
+      .def_readwrite("weight_decay", &Adam::Hyper::weight_decay)
+      .def_readwrite("amsgrad", &Adam::Hyper::amsgrad)
+      .def_readwrite("maximize", &Adam::Hyper::maximize)
+      .def_readwrite("decoupled", &Adam::Hyper::decoupled)
+      .def("check", &Adam::check)
+      .def("num_state", &Adam::num_state);
+
+  py::class_<BoundGroup>(m, "Group")
+      .def(py::init([](const std::string& rule, py::sequence params, py::sequence grads, py::sequence masters,
+                       py::sequence states, std::vector<std::string> state_names,
+                       std::vector<int64_t> group_sizes) {
+             return new BoundGroup(rule_id(rule), params, grads, masters, states, std::move(state_names),
+                                   std::move(group_sizes));
+           }),
+           py::arg("rule"), py::arg("params"), py::arg("grads"), py::arg("masters"), py::arg("states"),
+           py::arg("state_names"), py::arg("group_sizes"))
+      .def("step",
+           [](BoundGroup& g, const std::vector<Sgd::Hyper>& h, const std::vector<int64_t>& steps) {
+             g.step<Sgd>(h, steps, cpu::RuleId::sgd);
+           },
+           py::arg("hypers"), py::arg("steps"))
+      .def("step",
+           [](BoundGroup& g, const std::vector<Adam::Hyper>& h, const std::vector<int64_t>& steps) {
+             g.step<Adam>(h, steps, cpu::RuleId::adam);
+           },
+           py::arg("hypers"), py::arg("steps"))
+      .def_property_readonly("isa", [](const BoundGroup& g) { return std::string(g.group().isa()); })
+      .def_property_readonly("num_tasks", [](const BoundGroup& g) { return g.group().num_tasks(); });
+}
