@@ -14,6 +14,9 @@ from .sgd import SGD
 
 __version__ = "0.1.0"
 
+# Choose the CPU target now, so that a bad FASTOPT_CPU_ISA fails the import with its reason.
+_core.cpu_isa()
+
 __all__ = [
     "SGD", "Adam", "AdamW", "Optimizer", "ParamGroup", "TensorError", "functional",
     "cpu_isa", "set_num_threads", "get_num_threads",

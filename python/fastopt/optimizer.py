@@ -40,27 +40,33 @@ class ParamGroup(dict):
         self._owner = owner
 
     def __setitem__(self, key: str, value: Any) -> None:
-        if key in ("params", "grads"):
-            raise KeyError(f"'{key}' of a bound optimizer cannot change; build a new optimizer")
-        if key not in self._owner.defaults:
-            raise KeyError(f"unknown hyperparameter '{key}' for {type(self._owner).__name__}")
-        trial = dict(self)
-        trial[key] = value
-        self._owner._to_hyper(trial)  # raises, leaving the group as it was
-        super().__setitem__(key, value)
-        self._owner._dirty = True
+        self.update({key: value})
 
     def update(self, *args: Any, **kwargs: Any) -> None:
-        for k, v in dict(*args, **kwargs).items():
-            self[k] = v
+        """Sets several hyperparameters at once: all are validated together, then applied."""
+        changes = dict(*args, **kwargs)
+        for key in changes:
+            if key in ("params", "grads"):
+                raise KeyError(f"'{key}' of a bound optimizer cannot change; build a new optimizer")
+            if key not in self._owner.defaults:
+                raise KeyError(f"unknown hyperparameter '{key}' for {type(self._owner).__name__}")
+        self._owner._to_hyper({**self, **changes})  # raises, leaving the group as it was
+        dict.update(self, changes)
+        self._owner._dirty = True
+
+    def __ior__(self, other: Mapping[str, Any]) -> "ParamGroup":
+        self.update(other)
+        return self
 
     def setdefault(self, key: str, default: Any = None) -> Any:
         if key not in self:
             self[key] = default
         return self[key]
 
-    def __delitem__(self, key: str) -> None:
-        raise KeyError("param group entries cannot be deleted")
+    def _no_removal(self, *args: Any) -> Any:
+        raise KeyError("param group entries cannot be removed")
+
+    __delitem__ = pop = popitem = clear = _no_removal
 
 
 class Optimizer(abc.ABC):
@@ -90,6 +96,7 @@ class Optimizer(abc.ABC):
             if k not in self.defaults:
                 raise TypeError(f"{type(self).__name__} got an unknown hyperparameter '{k}'")
         self.defaults.update(defaults)
+        self._to_hyper(self.defaults)
         raw_groups = _split_groups(params, grads)
         self.param_groups: list[ParamGroup] = []
         for j, (values, _, _) in enumerate(raw_groups):

@@ -37,15 +37,16 @@ const Features& features() {
   return f;
 }
 
-const KernelSet* by_name(const std::string& name) {
+// The kernel set for a target name, or null where the CPU lacks it; throws for an unknown name.
+const KernelSet* by_name(const std::string& name, const char* source) {
   if (name == "scalar") return &kernels_scalar();
   if (name == "avx2") return features().avx2 ? &kernels_avx2() : nullptr;
   if (name == "avx512") return features().avx512 ? &kernels_avx512() : nullptr;
-  throw std::invalid_argument("unknown CPU ISA '" + name + "': expected scalar, avx2 or avx512");
+  throw std::invalid_argument(std::string(source) + "'" + name + "' is not a CPU target: expected scalar, avx2 or avx512");
 }
 
 const KernelSet* checked(const std::string& name, const char* source) {
-  const KernelSet* k = by_name(name);
+  const KernelSet* k = by_name(name, source);
   if (!k) {
     throw std::invalid_argument(std::string(source) + "'" + name +
                                 "' is not supported by this CPU (or OS); supported: " +
@@ -69,7 +70,7 @@ const KernelSet*& current() {
 
 }  // namespace
 
-bool isa_supported(const std::string& name) { return by_name(name) != nullptr; }
+bool isa_supported(const std::string& name) { return by_name(name, "CPU ISA ") != nullptr; }
 
 const KernelSet& active_kernels() { return *current(); }
 

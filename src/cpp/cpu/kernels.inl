@@ -13,9 +13,11 @@ namespace fastopt::cpu::FASTOPT_ISA {
 
 // The vector body and the scalar tail call the same rule.
 template <class Rule, class P, class G>
-void run(const void* coeffs, const TensorSlot& t, int64_t begin, int64_t end) {
+void run(const void* coeffs, const TensorSlot& slot, int64_t begin, int64_t end) {
   using V = FASTOPT_LANE;
+  // Local copies: the stores into the tensors cannot alias them, so they stay in registers.
   const typename Rule::Coeffs c = *static_cast<const typename Rule::Coeffs*>(coeffs);
+  const TensorSlot t = slot;
   int64_t i = begin;
   for (; i + lane_width<V> <= end; i += lane_width<V>) apply_element<Rule, V, P, G>(c, t, i);
   for (; i < end; ++i) apply_element<Rule, float, P, G>(c, t, i);
@@ -37,31 +39,62 @@ constexpr void fill_rule(KernelFn (&table)[kNumDTypes][kNumDTypes]) {
 
 // Bandwidth probe: per block of 16 elements, loads every stream and writes back the
 // read-write ones XORed with (reads & zero), so that the data is unchanged but nothing
-// can be elided. 16 elements are 64 or 32 bytes: whole cache lines or halves.
+// can be elided. A block is one 64-byte line of a 4-byte stream, half a line of a 2-byte one.
+template <int W>
+struct Block {  // the 16 elements of a W-byte stream
+  typedef uint8_t type __attribute__((vector_size(16 * W)));
+};
+
+template <int W>
+inline typename Block<4>::type widen_block(const typename Block<W>::type& x) {
+  if constexpr (W == 4) {
+    return x;
+  } else {
+    return __builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18,
+                                   19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 0, 1, 2, 3, 4, 5, 6,
+                                   7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25,
+                                   26, 27, 28, 29, 30, 31);
+  }
+}
+
+template <int W>
+inline typename Block<W>::type narrow_block(const typename Block<4>::type& x) {
+  if constexpr (W == 4) {
+    return x;
+  } else {
+    return __builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18,
+                                   19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31);
+  }
+}
+
+template <int W>
+inline void probe_read(const ProbeStream& s, int64_t i, typename Block<4>::type& acc) {
+  typename Block<W>::type x;
+  std::memcpy(&x, static_cast<const uint8_t*>(s.data) + i * W, sizeof(x));
+  acc ^= widen_block<W>(x);
+}
+
+template <int W>
+inline void probe_write(const ProbeStream& s, int64_t i, const typename Block<4>::type& acc) {
+  uint8_t* at = static_cast<uint8_t*>(s.data) + i * W;
+  typename Block<W>::type x;
+  std::memcpy(&x, at, sizeof(x));
+  x ^= narrow_block<W>(acc);
+  std::memcpy(at, &x, sizeof(x));
+}
+
 void probe(const ProbeStream* streams, int count, int64_t begin, int64_t end, uint8_t zero) {
-  typedef uint8_t u8x32 __attribute__((vector_size(32)));
   for (int64_t i = begin; i < end; i += 16) {
-    u8x32 acc = {};
+    typename Block<4>::type acc = {};
     for (int k = 0; k < count; ++k) {
-      const int w = streams[k].elem_bytes;
-      const uint8_t* base = static_cast<const uint8_t*>(streams[k].data) + i * w;
-      for (int off = 0; off < 16 * w; off += 32) {
-        u8x32 x;
-        std::memcpy(&x, base + off, 32);
-        acc ^= x;
-      }
+      if (streams[k].elem_bytes == 4) probe_read<4>(streams[k], i, acc);
+      else probe_read<2>(streams[k], i, acc);
     }
     acc &= zero;
     for (int k = 0; k < count; ++k) {
       if (!streams[k].writable) continue;
-      const int w = streams[k].elem_bytes;
-      uint8_t* base = static_cast<uint8_t*>(streams[k].data) + i * w;
-      for (int off = 0; off < 16 * w; off += 32) {
-        u8x32 x;
-        std::memcpy(&x, base + off, 32);
-        x ^= acc;
-        std::memcpy(base + off, &x, 32);
-      }
+      if (streams[k].elem_bytes == 4) probe_write<4>(streams[k], i, acc);
+      else probe_write<2>(streams[k], i, acc);
     }
   }
 }

@@ -15,6 +15,11 @@ namespace {
 
 const char* kSupported = "fastopt takes float32, float16 and bfloat16";
 
+// "Type: message" of a Python exception, without its traceback.
+std::string one_line(const py::error_already_set& e) {
+  return py::str(e.type().attr("__name__")).cast<std::string>() + ": " + py::str(e.value()).cast<std::string>();
+}
+
 // True when `strides` (in elements) describe a C-contiguous layout of `shape`.
 bool c_contiguous(const std::vector<int64_t>& shape, const int64_t* strides) {
   if (!strides) return true;
@@ -45,8 +50,8 @@ bool from_buffer(py::handle obj, const std::string& name, View& v) {
     PyErr_Clear();
     has_format = false;
     if (PyObject_GetBuffer(obj.ptr(), view.get(), PyBUF_STRIDES) != 0) {
-      const std::string why = py::error_already_set().what();
-      fail(name, "cannot read its buffer: " + why);
+      py::error_already_set e;
+      fail(name, "cannot read its buffer: " + one_line(e));
     }
   }
   std::shared_ptr<Py_buffer> owner = view;
@@ -97,7 +102,7 @@ std::shared_ptr<void> own(Managed* m) {
 
 void from_dlpack(py::handle obj, const std::string& name, View& v) {
   if (!py::hasattr(obj, "__dlpack__")) {
-    fail(name, std::string("is a ") + py::str(py::type::of(obj).attr("__name__")).cast<std::string>() +
+    fail(name, "is of type " + py::str(py::type::of(obj).attr("__name__")).cast<std::string>() +
                    ", not an array (expected a NumPy array or an object with __dlpack__)");
   }
   v.device = device_of(obj);
@@ -108,11 +113,11 @@ void from_dlpack(py::handle obj, const std::string& name, View& v) {
   try {
     capsule = obj.attr("__dlpack__")(py::arg("max_version") = py::make_tuple(1, 0));
   } catch (py::error_already_set& e) {
-    if (!e.matches(PyExc_TypeError)) fail(name, std::string("__dlpack__ failed: ") + e.what());
+    if (!e.matches(PyExc_TypeError)) fail(name, "__dlpack__ failed: " + one_line(e));
     try {
       capsule = obj.attr("__dlpack__")();  // a producer that predates max_version
     } catch (py::error_already_set& e2) {
-      fail(name, std::string("__dlpack__ failed: ") + e2.what());
+      fail(name, "__dlpack__ failed: " + one_line(e2));
     }
   }
   const dlpack::Tensor* t = nullptr;
@@ -143,12 +148,14 @@ void from_dlpack(py::handle obj, const std::string& name, View& v) {
   else if (dt.lanes == 1 && dt.code == dlpack::kFloat && dt.bits == 16) v.dtype = DType::f16;
   else if (dt.lanes == 1 && dt.code == dlpack::kBfloat && dt.bits == 16) v.dtype = DType::bf16;
   else {
-    const char* kind = dt.code == dlpack::kInt ? "int" : dt.code == dlpack::kUInt ? "uint"
-                       : dt.code == dlpack::kFloat ? "float" : dt.code == dlpack::kBfloat ? "bfloat" : "code ";
+    static const char* const kinds[] = {"int", "uint", "float", "opaque", "bfloat", "complex", "bool"};
     std::ostringstream s;
-    s << "unsupported dtype " << kind << (dt.code > 4 ? std::to_string(dt.code) : "") << int(dt.bits)
-      << (dt.lanes != 1 ? "x" + std::to_string(dt.lanes) : "") << " (" << kSupported << ")";
-    fail(name, s.str());
+    s << "unsupported dtype ";
+    if (dt.code == dlpack::kBool) s << "bool";
+    else if (dt.code < 6) s << kinds[dt.code] << int(dt.bits);
+    else s << "with DLPack type code " << int(dt.code) << " and " << int(dt.bits) << " bits";
+    if (dt.lanes != 1) s << "x" << dt.lanes;
+    fail(name, s.str() + " (" + kSupported + ")");
   }
   if (!c_contiguous(v.shape, t->strides)) {
     fail(name, "is not C-contiguous (fastopt never copies; pass a contiguous array)");
@@ -181,6 +188,7 @@ const char* dtype_name(DType d) {
 Device device_of(py::handle obj) {
   if (PyObject_CheckBuffer(obj.ptr()) || !py::hasattr(obj, "__dlpack_device__")) return {dlpack::kCPU, 0};
   const auto dev = obj.attr("__dlpack_device__")().cast<std::pair<int, int>>();
+  if (dev.first == dlpack::kCUDAHost) return {dlpack::kCPU, 0};  // pinned host memory
   return {dev.first, dev.second};
 }
 

@@ -1,0 +1,581 @@
+"""The ``fastopt bench`` benchmark: fastopt's optimizer steps against a bandwidth probe and peers.
+
+For each optimizer (SGD with momentum 0.9, Adam, AdamW) and two layouts of the same ``size``
+params (ONE tensor, and ``tensors`` tensors of mixed sizes that sum exactly to ``size``), it
+times steps of:
+
+* ``fastopt``: the optimizer class, on NumPy arrays (``master_weights=True`` for half params);
+* ``torch-fused``, ``torch-foreach``, ``torch-forloop``: ``torch.optim`` with ``fused=True``,
+  ``foreach=True`` and ``foreach=False``, same hyperparameters, on torch tensors of the same
+  layout with ``.grad`` set (when torch is importable);
+* ``numpy``: a naive in-place NumPy step (ufuncs with ``out=``, one tensor at a time).
+
+Every implementation starts from fresh copies of the same values and takes the same number of
+steps; its final params are compared with fastopt's (``max_abs_diff``). For float16/bfloat16
+params the peers keep fp32 master weights as fastopt does: they step fp32 masters with the
+fp32 grads and then write the half params from them.
+
+Bytes per param and step count the streams of the update, each once per direction::
+
+    param     float32: read + write 4 + 4    half (with fp32 master): read + write 2 + 2
+    grad      float32: read 4
+    master    (half params only) float32: read + write 4 + 4
+    state     float32, read + write 4 + 4 each: SGD momentum_buffer; Adam/AdamW exp_avg, exp_avg_sq
+
+    fp32 SGD momentum: 20 B    fp32 Adam/AdamW: 28 B
+    half SGD momentum: 24 B    half Adam/AdamW: 32 B
+
+(A half param is only stored by the kernel when a master exists, but a store to memory reads
+the cache line first, so it costs a read as well.) GB/s = bytes per param * params / time,
+for every row, so the peers' GB/s is the bandwidth they would need at fastopt's byte count.
+
+The ``probe`` row runs ``fastopt._core.probe`` over ONE set of arrays with exactly these
+streams (same dtypes, same read/write roles; size rounded down to a multiple of 16): it reads
+every stream and writes back the read-write ones unchanged, on fastopt's thread pool. Its
+GB/s approximates what the machine can move for this update; ``fraction_of_probe`` is
+fastopt's GB/s divided by the probe's.
+
+Times are medians over ``repeats`` steps (``time.perf_counter``, each step timed alone) after
+``warmup`` untimed steps.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence, TextIO
+
+import ml_dtypes
+import numpy as np
+
+from . import __version__, _core, cpu_isa, get_num_threads, set_num_threads
+from .adam import Adam, AdamW
+from .sgd import SGD
+
+DTYPES: dict[str, np.dtype] = {
+    "float32": np.dtype(np.float32),
+    "bfloat16": np.dtype(ml_dtypes.bfloat16),
+    "float16": np.dtype(np.float16),
+}
+F32 = np.dtype(np.float32)
+SEED = 0
+SIZE_SPREAD = 1000.0  # tensor sizes are log-uniform over this ratio before rescaling
+
+
+# ---- what is measured ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Stream:
+    """One array the update streams through memory, per param element."""
+
+    name: str
+    dtype: np.dtype
+    writable: bool
+
+    @property
+    def bytes(self) -> int:
+        """Bytes moved per element and step: read, plus write when writable."""
+        return self.dtype.itemsize * (2 if self.writable else 1)
+
+    def describe(self) -> str:
+        n = self.dtype.itemsize
+        return f"{self.name} r+w {n}+{n}" if self.writable else f"{self.name} r {n}"
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """One benchmarked optimizer: the same hyperparameters for fastopt, torch and NumPy."""
+
+    name: str
+    fastopt_cls: type
+    torch_name: str
+    hypers: Mapping[str, Any]
+    state_names: tuple[str, ...]
+    numpy_step: Callable[..., None]  # (params, grads, states, step, hypers, scratch)
+
+    def streams(self, dtype: np.dtype) -> list[Stream]:
+        """The update's streams for params of ``dtype`` (fp32 grads; fp32 master if half)."""
+        out = [Stream("param", dtype, True), Stream("grad", F32, False)]
+        if dtype != F32:
+            out.append(Stream("master", F32, True))
+        out += [Stream(s, F32, True) for s in self.state_names]
+        return out
+
+
+def numpy_sgd(params, grads, states, step, h, scratch) -> None:
+    """Naive in-place SGD with momentum (dampening 0, no Nesterov), one tensor at a time."""
+    lr, momentum, wd = h["lr"], h["momentum"], h.get("weight_decay", 0.0)
+    for p, g, (buf,) in zip(params, grads, states):
+        t = scratch[0][:p.size]
+        if wd:
+            g = np.add(g, np.multiply(p, wd, out=t), out=t)
+        if step == 1:
+            np.copyto(buf, g)
+        else:
+            buf *= momentum
+            buf += g
+        np.multiply(buf, lr, out=scratch[1][:p.size])
+        p -= scratch[1][:p.size]
+
+
+def _numpy_adam(params, grads, states, step, h, scratch, decoupled: bool) -> None:
+    lr, (b1, b2), eps, wd = h["lr"], h["betas"], h["eps"], h["weight_decay"]
+    step_size = lr / (1 - b1 ** step)
+    bc2_sqrt = float(np.sqrt(1 - b2 ** step))
+    for p, g, (m, v) in zip(params, grads, states):
+        t, u = scratch[0][:p.size], scratch[1][:p.size]
+        if wd and decoupled:
+            p *= 1 - lr * wd
+        elif wd:
+            g = np.add(g, np.multiply(p, wd, out=u), out=u)
+        m *= b1
+        np.multiply(g, 1 - b1, out=t)
+        m += t
+        v *= b2
+        np.multiply(g, g, out=t)
+        t *= 1 - b2
+        v += t
+        np.sqrt(v, out=t)
+        t /= bc2_sqrt
+        t += eps
+        np.divide(m, t, out=t)
+        t *= step_size
+        p -= t
+
+
+def numpy_adam(params, grads, states, step, h, scratch) -> None:
+    """Naive in-place Adam (L2 weight decay in the gradient), one tensor at a time."""
+    _numpy_adam(params, grads, states, step, h, scratch, decoupled=False)
+
+
+def numpy_adamw(params, grads, states, step, h, scratch) -> None:
+    """Naive in-place AdamW (decoupled weight decay), one tensor at a time."""
+    _numpy_adam(params, grads, states, step, h, scratch, decoupled=True)
+
+
+_ADAM = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8}
+SPECS: dict[str, OptimizerSpec] = {s.name: s for s in (
+    OptimizerSpec("sgd", SGD, "SGD", {"lr": 1e-3, "momentum": 0.9}, ("momentum_buffer",), numpy_sgd),
+    OptimizerSpec("adam", Adam, "Adam", {**_ADAM, "weight_decay": 0.0}, ("exp_avg", "exp_avg_sq"),
+                  numpy_adam),
+    OptimizerSpec("adamw", AdamW, "AdamW", {**_ADAM, "weight_decay": 1e-2}, ("exp_avg", "exp_avg_sq"),
+                  numpy_adamw),
+)}
+
+
+# ---- layouts and data ----------------------------------------------------------------------
+
+def tensor_sizes(total: int, count: int, seed: int = SEED, spread: float = SIZE_SPREAD) -> list[int]:
+    """``count`` deterministic sizes >= 1 that sum exactly to ``total``.
+
+    Weights are log-uniform over ``[1, spread]`` from a fixed seed; each tensor gets one
+    element plus its share of the rest, rounded down, and the remainder goes one element
+    each to the tensors with the largest rounded-off fractions.
+    """
+    if not 1 <= count <= total:
+        raise ValueError(f"need 1 <= tensors <= size, got {count} tensors for {total} params")
+    if count == 1:
+        return [total]
+    rng = np.random.default_rng(seed)
+    w = np.exp(rng.uniform(0.0, np.log(spread), count))
+    share = w / w.sum() * (total - count)
+    sizes = 1 + np.floor(share).astype(np.int64)
+    short = total - int(sizes.sum())
+    sizes[np.argsort(np.floor(share) - share)[:short]] += 1
+    return [int(s) for s in sizes]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How the params are split into tensors."""
+
+    name: str  # "single" or "multi"
+    sizes: tuple[int, ...]
+
+    @property
+    def label(self) -> str:
+        n = len(self.sizes)
+        return f"{n} tensor" if n == 1 else f"{n} tensors"
+
+    def views(self, flat: np.ndarray) -> list[np.ndarray]:
+        """Views of consecutive pieces of ``flat``."""
+        ends = np.cumsum(self.sizes)
+        return [flat[e - s:e] for s, e in zip(self.sizes, ends)]
+
+    def copies(self, flat: np.ndarray) -> list[np.ndarray]:
+        """Separately allocated copies of the pieces of ``flat``, as a model's tensors are."""
+        return [v.copy() for v in self.views(flat)]
+
+
+@dataclass
+class Data:
+    """The starting values every implementation copies: params (their dtype and widened to
+    float32) and float32 grads, all flat."""
+
+    params: np.ndarray
+    params32: np.ndarray
+    grads: np.ndarray
+
+    @classmethod
+    def make(cls, size: int, dtype: np.dtype, seed: int = SEED) -> "Data":
+        rng = np.random.default_rng(seed)
+        p32 = rng.standard_normal(size, dtype=np.float32)
+        p32 *= 0.1
+        params = p32.astype(dtype)
+        grads = rng.standard_normal(size, dtype=np.float32)
+        grads *= 0.01
+        return cls(params, params.astype(F32) if dtype != F32 else params, grads)
+
+    @property
+    def half(self) -> bool:
+        return self.params.dtype != F32
+
+
+# ---- implementations -------------------------------------------------------------------------
+
+@dataclass
+class Runner:
+    """A built implementation: ``step()`` takes one step; ``result()`` is the params now,
+    flattened to float32."""
+
+    step: Callable[[], None]
+    result: Callable[[], np.ndarray]
+
+
+def _flat32(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    return np.concatenate([a.reshape(-1).astype(F32) for a in arrays])
+
+
+def build_fastopt(spec: OptimizerSpec, layout: Layout, data: Data) -> Runner:
+    params = layout.copies(data.params)
+    grads = layout.copies(data.grads)
+    opt = spec.fastopt_cls(params, grads, master_weights=data.half, **spec.hypers)
+    return Runner(opt.step, lambda: _flat32(params))
+
+
+def build_numpy(spec: OptimizerSpec, layout: Layout, data: Data) -> Runner:
+    params = layout.copies(data.params)
+    grads = layout.copies(data.grads)
+    masters = layout.copies(data.params32) if data.half else params
+    states = [[np.zeros_like(m) for _ in spec.state_names] for m in masters]
+    scratch = [np.empty(max(layout.sizes), F32) for _ in range(2)]
+    count = [0]
+
+    def step() -> None:
+        count[0] += 1
+        spec.numpy_step(masters, grads, states, count[0], spec.hypers, scratch)
+        if data.half:
+            for p, m in zip(params, masters):
+                p[...] = m  # rounds to nearest even
+
+    return Runner(step, lambda: _flat32(params))
+
+
+def build_torch(spec: OptimizerSpec, layout: Layout, data: Data, *, variant: Mapping[str, Any]) -> Runner:
+    import torch
+
+    def tensors(flat: np.ndarray, dtype=None) -> list:
+        return [torch.from_numpy(v).to(dtype or torch.float32, copy=True) for v in layout.views(flat)]
+
+    params = tensors(data.params32, getattr(torch, data.params.dtype.name))
+    masters = tensors(data.params32) if data.half else params
+    for m, g in zip(masters, tensors(data.grads)):
+        m.grad = g
+    opt = getattr(torch.optim, spec.torch_name)(masters, **spec.hypers, **variant)
+    loop = variant.get("foreach") is False
+
+    def step() -> None:
+        opt.step()
+        if data.half and loop:
+            for p, m in zip(params, masters):
+                p.copy_(m)
+        elif data.half:
+            torch._foreach_copy_(params, masters)
+
+    return Runner(step, lambda: torch.cat([p.float() for p in params]).numpy())
+
+
+@dataclass(frozen=True)
+class Impl:
+    name: str
+    build: Callable[[OptimizerSpec, Layout, Data], Runner]
+    needs_torch: bool = False
+
+
+def _torch_impl(name: str, **variant: Any) -> Impl:
+    return Impl(name, lambda s, l, d: build_torch(s, l, d, variant=variant), needs_torch=True)
+
+
+IMPLS: tuple[Impl, ...] = (
+    Impl("fastopt", build_fastopt),
+    _torch_impl("torch-fused", fused=True),
+    _torch_impl("torch-foreach", foreach=True),
+    _torch_impl("torch-forloop", foreach=False),
+    Impl("numpy", build_numpy),
+)
+
+
+# ---- timing --------------------------------------------------------------------------------
+
+def median_step_time(step: Callable[[], None], warmup: int, repeats: int) -> float:
+    """Median seconds of ``repeats`` separately timed calls, after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def probe_step(streams: Sequence[Stream], size: int) -> Callable[[], None]:
+    """A call of ``_core.probe`` over fresh, filled arrays with the given streams (size
+    rounded down to a multiple of 16). Filled, not zeroed: untouched zero pages would let
+    the read-only streams come from cache."""
+    n = size - size % 16
+    arrays = [np.ones(n, s.dtype) for s in streams]
+    flags = [s.writable for s in streams]
+    return lambda: _core.probe(arrays, flags)
+
+
+# ---- the run -------------------------------------------------------------------------------
+
+@dataclass
+class BenchConfig:
+    """What ``fastopt bench`` measures (see the module docstring)."""
+
+    size: int = 2 ** 25
+    tensors: int = 4096
+    dtype: str = "float32"
+    optimizers: tuple[str, ...] = ("sgd", "adam", "adamw")
+    repeats: int = 10
+    warmup: int = 2
+    use_torch: bool = True
+    threads: int | None = None
+
+    def validate(self) -> None:
+        if self.size < 16:
+            raise ValueError(f"size must be at least 16, got {self.size}")
+        if not 1 <= self.tensors <= self.size:
+            raise ValueError(f"tensors must be in [1, size], got {self.tensors}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        unknown = [o for o in self.optimizers if o not in SPECS]
+        if unknown or not self.optimizers:
+            raise ValueError(f"optimizers must be among {', '.join(SPECS)}, got {', '.join(self.optimizers)}")
+        if self.repeats < 1 or self.warmup < 0:
+            raise ValueError("repeats must be >= 1 and warmup >= 0")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+
+
+class Progress:
+    """One line per case on ``stream``: its label when it starts, its time when it ends."""
+
+    def __init__(self, total: int, stream: TextIO | None = None):
+        self.total, self.done, self.stream = total, 0, stream
+
+    def start(self, label: str) -> None:
+        self.done += 1
+        self._write(f"[{self.done}/{self.total}] {label} ... ")
+
+    def end(self, text: str) -> None:
+        self._write(text + "\n")
+
+    def _write(self, text: str) -> None:
+        if self.stream is not None:
+            self.stream.write(text)
+            self.stream.flush()
+
+
+def _import_torch(wanted: bool):
+    if not wanted:
+        return None
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def _row(spec: OptimizerSpec, layout: Layout, impl: str, bpp: int, size: int,
+         seconds: float | None, error: str | None = None) -> dict[str, Any]:
+    return {
+        "optimizer": spec.name, "layout": layout.name, "num_tensors": len(layout.sizes),
+        "impl": impl,
+        "ms_per_step": None if seconds is None else seconds * 1e3,
+        "gb_per_s": None if seconds is None else bpp * size / seconds / 1e9,
+        "bytes_per_param": bpp,
+        "fraction_of_probe": None, "speedup_vs": None, "max_abs_diff": None, "error": error,
+    }
+
+
+def _measure_impl(impl: Impl, spec: OptimizerSpec, layout: Layout, data: Data,
+                  cfg: BenchConfig) -> tuple[float | None, np.ndarray | None, str | None]:
+    """(median seconds, final params, error). Only torch peers may fail: their error is
+    reported as the reason they are n/a. The impl's arrays are freed before returning."""
+    seconds = result = error = None
+    try:
+        runner = impl.build(spec, layout, data)
+        seconds = median_step_time(runner.step, cfg.warmup, cfg.repeats)
+        result = runner.result()
+    except Exception as e:  # noqa: BLE001 - a peer that cannot run is reported, not fatal
+        if not impl.needs_torch:
+            raise
+        lines = str(e).strip().splitlines()
+        error = f"{type(e).__name__}: {lines[0] if lines else ''}"
+        seconds = result = None
+    runner = None
+    gc.collect()
+    return seconds, result, error
+
+
+def _bench_layout(spec: OptimizerSpec, layout: Layout, data: Data, impls: Sequence[Impl],
+                  cfg: BenchConfig, bpp: int, progress: Progress) -> list[dict[str, Any]]:
+    rows, reference = [], None
+    for impl in impls:
+        progress.start(f"{spec.name} {layout.label} {impl.name}")
+        seconds, result, error = _measure_impl(impl, spec, layout, data, cfg)
+        row = _row(spec, layout, impl.name, bpp, cfg.size, seconds, error)
+        if reference is None:
+            reference = result  # fastopt's, the first impl
+        elif result is not None:
+            row["max_abs_diff"] = float(np.max(np.abs(result - reference)))
+        result = None
+        progress.end(f"n/a ({error})" if error else f"{row['ms_per_step']:.3f} ms/step")
+        rows.append(row)
+    fastopt_ms = rows[0]["ms_per_step"]
+    for row in rows:
+        if row["ms_per_step"] is not None:
+            row["speedup_vs"] = row["ms_per_step"] / fastopt_ms
+    return rows
+
+
+def _bench_probe(spec: OptimizerSpec, streams: Sequence[Stream], cfg: BenchConfig,
+                 bpp: int, progress: Progress) -> dict[str, Any]:
+    layout = Layout("single", (cfg.size,))
+    progress.start(f"{spec.name} probe")
+    step = probe_step(streams, cfg.size)
+    n = cfg.size - cfg.size % 16
+    seconds = median_step_time(step, cfg.warmup, cfg.repeats)
+    step = None
+    gc.collect()
+    row = _row(spec, layout, "probe", bpp, n, seconds)
+    row["fraction_of_probe"] = 1.0
+    progress.end(f"{row['gb_per_s']:.1f} GB/s")
+    return row
+
+
+def run_bench(cfg: BenchConfig, progress_stream: TextIO | None = sys.stderr) -> dict[str, Any]:
+    """Runs the benchmark; returns the report: environment info and one row per measurement.
+
+    Rows carry optimizer, layout ("single"/"multi"), num_tensors, impl, ms_per_step,
+    gb_per_s, bytes_per_param, fraction_of_probe (fastopt and probe rows), speedup_vs
+    (the impl's time / fastopt's time: how many times faster fastopt is), max_abs_diff
+    (of the final params against fastopt's) and error (why a peer could not run, or None).
+    """
+    cfg.validate()
+    torch = _import_torch(cfg.use_torch)
+    if cfg.threads is not None:
+        set_num_threads(cfg.threads)
+        if torch is not None:
+            torch.set_num_threads(cfg.threads)
+    impls = [i for i in IMPLS if torch is not None or not i.needs_torch]
+    layouts = [Layout("single", (cfg.size,))]
+    if cfg.tensors > 1:
+        layouts.append(Layout("multi", tuple(tensor_sizes(cfg.size, cfg.tensors))))
+    specs = [SPECS[o] for o in cfg.optimizers]
+    dtype = DTYPES[cfg.dtype]
+    progress = Progress(len(specs) * (1 + len(layouts) * len(impls)), progress_stream)
+
+    data = Data.make(cfg.size, dtype)
+    rows, streams_doc = [], {}
+    for spec in specs:
+        streams = spec.streams(dtype)
+        bpp = sum(s.bytes for s in streams)
+        streams_doc[spec.name] = ", ".join(s.describe() for s in streams)
+        probe = _bench_probe(spec, streams, cfg, bpp, progress)
+        rows.append(probe)
+        for layout in layouts:
+            layout_rows = _bench_layout(spec, layout, data, impls, cfg, bpp, progress)
+            layout_rows[0]["fraction_of_probe"] = layout_rows[0]["gb_per_s"] / probe["gb_per_s"]
+            rows += layout_rows
+    sizes = layouts[-1].sizes
+    return {
+        "fastopt_version": __version__,
+        "cpu_isa": cpu_isa(),
+        "threads": get_num_threads(),
+        "torch": None if torch is None else torch.__version__,
+        "torch_threads": None if torch is None else torch.get_num_threads(),
+        "numpy": np.__version__,
+        "size": cfg.size, "tensors": cfg.tensors, "dtype": cfg.dtype,
+        "tensor_sizes": {"min": min(sizes), "max": max(sizes)},
+        "repeats": cfg.repeats, "warmup": cfg.warmup,
+        "streams": streams_doc,
+        "rows": rows,
+    }
+
+
+# ---- the table -----------------------------------------------------------------------------
+
+def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
+    return "-" if value is None else format(value, spec) + suffix
+
+
+def _table_cells(row: Mapping[str, Any]) -> list[str]:
+    layout = "-" if row["impl"] == "probe" else (
+        "1 tensor" if row["num_tensors"] == 1 else f"{row['num_tensors']} tensors")
+    frac = row["fraction_of_probe"]
+    speed = row["speedup_vs"]
+    cells = [row["optimizer"], layout, row["impl"],
+             _fmt(row["ms_per_step"], ".3f"), _fmt(row["gb_per_s"], ".1f"), str(row["bytes_per_param"]),
+             _fmt(None if frac is None else 100 * frac, ".0f", "%"),
+             "-" if row["impl"] in ("fastopt", "probe") else _fmt(speed, ".2f", "x"),
+             _fmt(row["max_abs_diff"], ".1e")]
+    if row["error"]:
+        cells[3] = "n/a"
+        cells.append(row["error"][:90])
+    return cells
+
+
+def _layouts_doc(report: Mapping[str, Any]) -> str:
+    if report["tensors"] == 1:
+        return "1 tensor"
+    sizes = report["tensor_sizes"]
+    return f"1 tensor, and {report['tensors']} tensors of {sizes['min']} to {sizes['max']} params"
+
+
+HEADER = ["optimizer", "layout", "impl", "ms/step", "GB/s", "B/param", "of probe",
+          "fastopt faster", "max|dp|"]
+
+
+def format_table(report: Mapping[str, Any]) -> str:
+    """The report as text: a header (environment, bytes model) and an aligned table."""
+    torch = f"torch {report['torch']} ({report['torch_threads']} threads)" if report["torch"] else "torch: not used"
+    size = report["size"]
+    pow2 = f" = 2**{size.bit_length() - 1}" if size & (size - 1) == 0 else ""
+    lines = [
+        f"fastopt {report['fastopt_version']} bench: {size} {report['dtype']} params{pow2}; "
+        f"cpu_isa {report['cpu_isa']}, {report['threads']} threads; {torch}; numpy {report['numpy']}",
+        f"layouts: {_layouts_doc(report)}; median of {report['repeats']} steps after "
+        f"{report['warmup']} warmup steps",
+        "bytes per param and step (GB/s = B/param * params / time, for every row):",
+    ]
+    for name, doc in report["streams"].items():
+        bpp = next(r["bytes_per_param"] for r in report["rows"] if r["optimizer"] == name)
+        lines.append(f"  {name:<6}{bpp:>3} B = {doc}")
+    lines.append("probe: _core.probe over one set of those streams; of probe = GB/s / probe GB/s; "
+                 "fastopt faster = impl time / fastopt time; max|dp| = final params vs fastopt's")
+    lines.append("")
+    table = [HEADER] + [_table_cells(r) for r in report["rows"]]
+    widths = [max(len(c[i]) for c in table) for i in range(len(HEADER))]
+    for k, cells in enumerate(table):
+        if k > 1 and cells[0] != table[k - 1][0]:
+            lines.append("")  # a blank line between optimizers
+        out = [c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))]
+        lines.append("  ".join(out + cells[len(HEADER):]).rstrip())
+    return "\n".join(lines)

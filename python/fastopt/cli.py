@@ -1,0 +1,145 @@
+"""The ``fastopt`` command line. ``fastopt bench`` runs :mod:`fastopt.bench`."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import operator
+import sys
+from typing import Sequence
+
+_BINOPS = {ast.Pow: operator.pow, ast.Mult: operator.mul, ast.Add: operator.add,
+           ast.Sub: operator.sub, ast.LShift: operator.lshift}
+
+
+def parse_count(text: str) -> int:
+    """A positive integer (a size, a count) from ``"33554432"``, ``"2**25"``, ``"1<<25"`` or ``"32*2**20"``.
+
+    Only integer literals and ``** * + - <<`` are accepted (nothing is evaluated otherwise).
+    """
+    def value(node: ast.AST) -> int:
+        if isinstance(node, ast.Constant) and type(node.value) is int:
+            return node.value
+        if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+            left, right = value(node.left), value(node.right)
+            if isinstance(node.op, (ast.Pow, ast.LShift)) and right > 64:
+                raise ValueError("exponent too large")
+            return _BINOPS[type(node.op)](left, right)
+        raise ValueError("not an integer expression")
+
+    try:
+        n = value(ast.parse(text.strip(), mode="eval").body)
+    except (SyntaxError, ValueError) as e:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: {e}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text!r} = {n}")
+    return n
+
+
+def _optimizers(text: str) -> tuple[str, ...]:
+    from .bench import SPECS
+
+    names = tuple(n.strip().lower() for n in text.split(",") if n.strip())
+    bad = [n for n in names if n not in SPECS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown optimizer(s) {', '.join(bad) or '(none)'}; choose from {','.join(SPECS)}")
+    return names
+
+
+BENCH_DESCRIPTION = """\
+Times in-place optimizer steps of fastopt against a memory-bandwidth probe and peers.
+
+For each optimizer (SGD with momentum 0.9, Adam, AdamW; lr 1e-3, AdamW weight_decay 1e-2)
+the same --size params are laid out as ONE tensor and as --tensors tensors of mixed sizes
+(log-uniform over 3 orders of magnitude from a fixed seed, summing exactly to --size). Each
+implementation starts from fresh copies of the same values and takes the same steps:
+
+  fastopt        the fastopt optimizer (master_weights=True for half params)
+  torch-fused    torch.optim, fused=True       (when torch is importable and --no-torch
+  torch-foreach  torch.optim, foreach=True      is not given; a variant that raises is
+  torch-forloop  torch.optim, foreach=False     shown as n/a with the reason)
+  numpy          a naive in-place NumPy step (ufuncs with out=, one tensor at a time)
+
+For float16/bfloat16 params the grads are float32 and every implementation keeps fp32
+master weights (the peers step the masters, then write the half params from them).
+
+Bytes per param and step, one per stream direction: param r+w (4+4 fp32, 2+2 half),
+grad r 4, fp32 master r+w 4+4 (half params only), each fp32 state r+w 4+4 (SGD:
+momentum_buffer; Adam/AdamW: exp_avg, exp_avg_sq). fp32: SGD 20 B, Adam/AdamW 28 B;
+half: SGD 24 B, Adam/AdamW 32 B. GB/s = bytes/param * params / time.
+
+The probe row runs a multithreaded read(+write-back) pass over ONE set of arrays with
+exactly those streams; "of probe" is fastopt's GB/s over the probe's. "fastopt faster"
+is the impl's time over fastopt's. Times are medians of --repeats steps after --warmup.
+Progress goes to stderr; the table (or --json) to stdout.
+"""
+
+BENCH_EPILOG = """\
+examples:
+  fastopt bench
+  fastopt bench --optimizers adam --repeats 5
+  fastopt bench --size 2**20 --tensors 256 --dtype bfloat16 --json
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .bench import DTYPES, SPECS
+
+    parser = argparse.ArgumentParser(
+        prog="fastopt", description="fastopt: fused, in-place, multi-tensor optimizer steps.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    bench = sub.add_parser(
+        "bench", help="benchmark optimizer steps against a bandwidth probe, torch.optim and NumPy",
+        description=BENCH_DESCRIPTION, epilog=BENCH_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench.add_argument("--size", type=parse_count, default=2 ** 25, metavar="N",
+                       help="total params, an integer or an expression like 2**25 (default: 2**25)")
+    bench.add_argument("--tensors", type=parse_count, default=4096, metavar="N",
+                       help="tensors of the multi-tensor layout (default: 4096; 1: single tensor only)")
+    bench.add_argument("--dtype", choices=list(DTYPES), default="float32",
+                       help="param dtype; grads and state are float32 (default: float32)")
+    bench.add_argument("--optimizers", type=_optimizers, default=tuple(SPECS), metavar="LIST",
+                       help=f"comma-separated, among {','.join(SPECS)} (default: all)")
+    bench.add_argument("--repeats", type=parse_count, default=10, metavar="N",
+                       help="timed steps per case; the median is reported (default: 10)")
+    bench.add_argument("--warmup", type=int, default=2, metavar="N",
+                       help="untimed steps before timing (default: 2)")
+    bench.add_argument("--threads", type=parse_count, default=None, metavar="N",
+                       help="threads for fastopt and torch (default: each library's own)")
+    bench.add_argument("--no-torch", dest="use_torch", action="store_false",
+                       help="skip the torch.optim peers")
+    bench.add_argument("--json", action="store_true",
+                       help="print a JSON report (environment and rows) instead of the table")
+    return parser
+
+
+def run_bench_command(args: argparse.Namespace) -> int:
+    from .bench import BenchConfig, format_table, run_bench
+
+    cfg = BenchConfig(size=args.size, tensors=args.tensors, dtype=args.dtype,
+                      optimizers=args.optimizers, repeats=args.repeats, warmup=args.warmup,
+                      use_torch=args.use_torch, threads=args.threads)
+    try:
+        cfg.validate()
+    except ValueError as e:
+        print(f"fastopt bench: error: {e}", file=sys.stderr)
+        return 2
+    report = run_bench(cfg, progress_stream=sys.stderr)
+    print(json.dumps(report, indent=2) if args.json else format_table(report))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fastopt`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    return run_bench_command(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
