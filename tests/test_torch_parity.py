@@ -1,0 +1,189 @@
+"""Parity with torch.optim (SGD, Adam, AdamW) over long fp32 trajectories.
+
+torch is a hard requirement of this module: a missing torch is a failure, not a skip.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import pytest
+import torch
+
+from reference import reference_for
+from registry import (CASES, DTYPES, Case, assert_bits_equal, grad_steps, random_params, refill,
+                      tol)
+
+SHAPES = [(5,), (3, 7), (64,), (2, 3, 4), ()]
+STEPS = 100
+
+TORCH_CASES = [c for c in CASES if hasattr(torch.optim, c.name)]
+each_case = pytest.mark.parametrize("case", TORCH_CASES, ids=[c.id for c in TORCH_CASES])
+
+
+def test_every_case_has_a_torch_optimizer():
+    assert TORCH_CASES == CASES
+
+
+def torch_run(case: Case, initial: Sequence[np.ndarray], grad_seq, dtype=torch.float32,
+              before_step: Callable[[torch.optim.Optimizer, int], None] | None = None) -> list[torch.Tensor]:
+    """torch.optim's trajectory from ``initial`` on the grads of ``grad_seq``."""
+    params = [torch.nn.Parameter(torch.tensor(p, dtype=dtype)) for p in initial]
+    opt = getattr(torch.optim, case.name)(params, **case.kwargs)
+    for t, gs in enumerate(grad_seq, 1):
+        for p, g in zip(params, gs):
+            p.grad = torch.tensor(g, dtype=dtype)
+        if before_step:
+            before_step(opt, t)
+        opt.step()
+    return [p.detach() for p in params]
+
+
+def assert_close_to_torch(got: Sequence, expected: Sequence[torch.Tensor], kind: str = "torch") -> None:
+    for i, (g, e) in enumerate(zip(got, expected)):
+        g = g.numpy() if isinstance(g, torch.Tensor) else g
+        assert g.shape == tuple(e.shape), f"param {i}"
+        np.testing.assert_allclose(g, e.numpy(), **tol(kind), err_msg=f"param {i}")
+
+
+def lr_at(case: Case, t: int) -> float:
+    """A learning-rate schedule that changes every few steps (and hits 0 once)."""
+    base = case.kwargs.get("lr", case.cls.default_hypers()["lr"])
+    return 0.0 if t == 7 else base * (1.0 + 0.5 * np.sin(t / 3.0))
+
+
+# ---- numpy arrays in fastopt --------------------------------------------------------------------
+
+
+@each_case
+def test_matches_torch_optim(case):
+    rng = np.random.default_rng(case.seed)
+    params = random_params(rng, SHAPES)
+    expected = torch_run(case, params, grad_steps(case.seed + 1, SHAPES, STEPS))
+    grads = [np.zeros(s, np.float32) for s in SHAPES]
+    opt = case.cls(params, grads, **case.kwargs)
+    for gs in grad_steps(case.seed + 1, SHAPES, STEPS):
+        refill(grads, gs)
+        opt.step()
+    assert_close_to_torch(params, expected)
+
+
+@each_case
+def test_state_matches_torch_optim(case):
+    """Optimizer state (momentum buffers, moments) matches torch's after a short run."""
+    rng = np.random.default_rng(case.seed)
+    params = random_params(rng, SHAPES)
+    tparams = [torch.nn.Parameter(torch.tensor(p)) for p in params]
+    topt = getattr(torch.optim, case.name)(tparams, **case.kwargs)
+    grads = [np.zeros(s, np.float32) for s in SHAPES]
+    opt = case.cls(params, grads, **case.kwargs)
+    for gs in grad_steps(case.seed + 1, SHAPES, 20):
+        refill(grads, gs)
+        for p, g in zip(tparams, gs):
+            p.grad = torch.tensor(g)
+        opt.step()
+        topt.step()
+    for i, p in enumerate(tparams):
+        expected = {k: v for k, v in topt.state[p].items() if k != "step" and v is not None}
+        got = {k: v for k, v in opt.state[i].items()}
+        assert set(got) == set(expected), f"param {i}"
+        for k in expected:
+            np.testing.assert_allclose(got[k], expected[k].numpy(), **tol("torch"), err_msg=f"param {i} {k}")
+
+
+@each_case
+def test_reference_matches_torch_float64(case):
+    """The float64 reference the other tests rely on is torch.optim's algorithm."""
+    rng = np.random.default_rng(case.seed)
+    params = [p.astype(np.float64) for p in random_params(rng, SHAPES)]
+    expected = torch_run(case, params, grad_steps(case.seed + 1, SHAPES, STEPS), dtype=torch.float64)
+    ref = reference_for(case.name, case.kwargs)
+    for gs in grad_steps(case.seed + 1, SHAPES, STEPS):
+        ref.step(params, gs)
+    assert_close_to_torch(params, expected, "reference_vs_torch")
+
+
+# ---- torch tensors in fastopt (DLPack) ----------------------------------------------------------
+
+
+@each_case
+def test_torch_tensors_in_place_match_torch_optim(case):
+    rng = np.random.default_rng(case.seed)
+    initial = random_params(rng, SHAPES)
+    expected = torch_run(case, initial, grad_steps(case.seed + 1, SHAPES, STEPS))
+    params = [torch.tensor(p) for p in initial]  # plain tensors: no requires_grad
+    grads = [torch.zeros(s, dtype=torch.float32) for s in SHAPES]
+    ptrs = [p.data_ptr() for p in params]
+    opt = case.cls(params, grads, **case.kwargs)
+    for gs in grad_steps(case.seed + 1, SHAPES, STEPS):
+        for g, new in zip(grads, gs):
+            g.copy_(torch.from_numpy(new))
+        opt.step()
+    for p, ptr in zip(params, ptrs):
+        assert p.data_ptr() == ptr and p.dtype == torch.float32
+    assert_close_to_torch(params, expected)
+
+
+@pytest.mark.parametrize("case", [c for c in TORCH_CASES if c.id in ("sgd-nesterov", "adamw-amsgrad")],
+                         ids=lambda c: c.id)
+@pytest.mark.parametrize("param_dtype", ["float16", "bfloat16"])
+def test_torch_half_tensors_match_numpy_arrays(case, param_dtype):
+    """fp16/bf16 torch tensors (with master weights) give the bits numpy arrays give."""
+    tdtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}[param_dtype]
+    rng = np.random.default_rng(case.seed)
+    arrays = random_params(rng, SHAPES, param_dtype)
+    tensors = [torch.from_numpy(a.view(np.int16).copy()).view(tdtype) for a in arrays]
+    for a, t in zip(arrays, tensors):
+        np.testing.assert_array_equal(t.float().numpy(), a.astype(np.float32))
+    np_grads = [np.zeros(s, DTYPES[param_dtype]) for s in SHAPES]
+    t_grads = [torch.zeros(s, dtype=tdtype) for s in SHAPES]
+    opt_np = case.cls(arrays, np_grads, master_weights=True, **case.kwargs)
+    opt_t = case.cls(tensors, t_grads, master_weights=True, **case.kwargs)
+    for gs in grad_steps(case.seed + 1, SHAPES, 20, param_dtype):
+        refill(np_grads, gs)
+        for tg, g in zip(t_grads, gs):
+            tg.copy_(torch.from_numpy(g.view(np.int16)).view(tdtype))
+        opt_np.step()
+        opt_t.step()
+    for i, (a, t) in enumerate(zip(arrays, tensors)):
+        assert t.dtype == tdtype
+        assert_bits_equal(t.view(torch.int16).numpy().view(a.dtype), a, f"param {i}")
+        assert_bits_equal(opt_t.master_params[i], opt_np.master_params[i], f"master {i}")
+
+
+# ---- learning-rate changes between steps ---------------------------------------------------------
+
+LR_SETTERS = {
+    "opt.lr": lambda opt, lr: setattr(opt, "lr", lr),
+    "param_groups": lambda opt, lr: opt.param_groups[0].__setitem__("lr", lr),
+}
+
+
+@each_case
+@pytest.mark.parametrize("setter", list(LR_SETTERS))
+def test_lr_changes_between_steps_match_torch(case, setter):
+    steps = 30
+    rng = np.random.default_rng(case.seed)
+    params = random_params(rng, SHAPES)
+
+    def torch_schedule(topt, t):
+        for group in topt.param_groups:
+            group["lr"] = lr_at(case, t)
+
+    expected = torch_run(case, params, grad_steps(case.seed + 1, SHAPES, steps), before_step=torch_schedule)
+    grads = [np.zeros(s, np.float32) for s in SHAPES]
+    opt = case.cls(params, grads, **case.kwargs)
+    for t, gs in enumerate(grad_steps(case.seed + 1, SHAPES, steps), 1):
+        refill(grads, gs)
+        LR_SETTERS[setter](opt, lr_at(case, t))
+        assert opt.lr == lr_at(case, t) and opt.param_groups[0]["lr"] == lr_at(case, t)
+        opt.step()
+    assert_close_to_torch(params, expected)
+
+
+def test_lr_schedule_is_not_constant():
+    case = TORCH_CASES[0]
+    lrs = {lr_at(case, t) for t in range(1, 31)}
+    assert len(lrs) > 20 and 0.0 in lrs
+
