@@ -17,23 +17,23 @@ fp32 grads and then write the half params from them.
 
 Bytes per param and step count the streams of the update, each once per direction::
 
-    param     float32: read + write 4 + 4    half (with fp32 master): read + write 2 + 2
+    param     float32: read + write 4 + 4    half with fp32 master: write 2 (the master is read)
     grad      float32: read 4
     master    (half params only) float32: read + write 4 + 4
     state     float32, read + write 4 + 4 each: SGD momentum_buffer; Adam/AdamW exp_avg, exp_avg_sq
 
     fp32 SGD momentum: 20 B    fp32 Adam/AdamW: 28 B
-    half SGD momentum: 24 B    half Adam/AdamW: 32 B
+    half SGD momentum: 22 B    half Adam/AdamW: 30 B
 
-(A half param is only stored by the kernel when a master exists, but a store to memory reads
-the cache line first, so it costs a read as well.) GB/s = bytes per param * params / time,
-for every row, so the peers' GB/s is the bandwidth they would need at fastopt's byte count.
+(The CPU's write-allocate reads a half param's cache lines before storing them: 2 B more in
+practice, not counted.) GB/s = bytes per param * params / time, for every row, so the
+peers' GB/s is the bandwidth they would need at fastopt's byte count.
 
-The ``probe`` row runs ``fastopt._core.probe`` over ONE set of arrays with exactly these
-streams (same dtypes, same read/write roles; size rounded down to a multiple of 16): it reads
-every stream and writes back the read-write ones unchanged, on fastopt's thread pool. Its
-GB/s approximates what the machine can move for this update; ``fraction_of_probe`` is
-fastopt's GB/s divided by the probe's.
+The ``probe`` row binds fastopt's engine to ONE tensor with exactly these streams (same
+dtypes, same read/write roles) and runs a no-math rule through it: every stream loaded and
+stored by the same code, the update replaced by x + 0*g. Its GB/s is what this machine moves
+for these streams; ``fraction_of_probe`` is fastopt's GB/s divided by the probe's, i.e. the
+cost of the optimizer's math and of the tensor layout.
 
 Times are medians over ``repeats`` steps (``time.perf_counter``, each step timed alone) after
 ``warmup`` untimed steps.
@@ -41,6 +41,7 @@ Times are medians over ``repeats`` steps (``time.perf_counter``, each step timed
 
 from __future__ import annotations
 
+import functools
 import gc
 import statistics
 import sys
@@ -73,16 +74,19 @@ class Stream:
 
     name: str
     dtype: np.dtype
-    writable: bool
+    read: bool
+    written: bool
 
     @property
     def bytes(self) -> int:
-        """Bytes moved per element and step: read, plus write when writable."""
-        return self.dtype.itemsize * (2 if self.writable else 1)
+        """Bytes moved per element and step."""
+        return self.dtype.itemsize * (int(self.read) + int(self.written))
 
     def describe(self) -> str:
         n = self.dtype.itemsize
-        return f"{self.name} r+w {n}+{n}" if self.writable else f"{self.name} r {n}"
+        mode = "r+w" if self.read and self.written else "w" if self.written else "r"
+        sizes = f"{n}+{n}" if self.read and self.written else f"{n}"
+        return f"{self.name} {mode} {sizes}"
 
 
 @dataclass(frozen=True)
@@ -98,10 +102,11 @@ class OptimizerSpec:
 
     def streams(self, dtype: np.dtype) -> list[Stream]:
         """The update's streams for params of ``dtype`` (fp32 grads; fp32 master if half)."""
-        out = [Stream("param", dtype, True), Stream("grad", F32, False)]
-        if dtype != F32:
-            out.append(Stream("master", F32, True))
-        out += [Stream(s, F32, True) for s in self.state_names]
+        half = dtype != F32  # then the fp32 master is read and the param only written
+        out = [Stream("param", dtype, not half, True), Stream("grad", F32, True, False)]
+        if half:
+            out.append(Stream("master", F32, True, True))
+        out += [Stream(s, F32, True, True) for s in self.state_names]
         return out
 
 
@@ -109,16 +114,16 @@ def numpy_sgd(params, grads, states, step, h, scratch) -> None:
     """Naive in-place SGD with momentum (dampening 0, no Nesterov), one tensor at a time."""
     lr, momentum, wd = h["lr"], h["momentum"], h.get("weight_decay", 0.0)
     for p, g, (buf,) in zip(params, grads, states):
-        t = scratch[0][:p.size]
+        t, u = scratch[0][:p.size], scratch[1][:p.size]
         if wd:
-            g = np.add(g, np.multiply(p, wd, out=t), out=t)
+            g = np.add(g, np.multiply(p, wd, out=u), out=u)
         if step == 1:
             np.copyto(buf, g)
         else:
             buf *= momentum
             buf += g
-        np.multiply(buf, lr, out=scratch[1][:p.size])
-        p -= scratch[1][:p.size]
+        np.multiply(buf, lr, out=t)
+        p -= t
 
 
 def _numpy_adam(params, grads, states, step, h, scratch, decoupled: bool) -> None:
@@ -306,7 +311,7 @@ class Impl:
 
 
 def _torch_impl(name: str, **variant: Any) -> Impl:
-    return Impl(name, lambda s, l, d: build_torch(s, l, d, variant=variant), needs_torch=True)
+    return Impl(name, functools.partial(build_torch, variant=variant), needs_torch=True)
 
 
 IMPLS: tuple[Impl, ...] = (
@@ -333,13 +338,14 @@ def median_step_time(step: Callable[[], None], warmup: int, repeats: int) -> flo
 
 
 def probe_step(streams: Sequence[Stream], size: int) -> Callable[[], None]:
-    """A call of ``_core.probe`` over fresh, filled arrays with the given streams (size
-    rounded down to a multiple of 16). Filled, not zeroed: untouched zero pages would let
-    the read-only streams come from cache."""
-    n = size - size % 16
-    arrays = [np.ones(n, s.dtype) for s in streams]
-    flags = [s.writable for s in streams]
-    return lambda: _core.probe(arrays, flags)
+    """The bandwidth probe over fresh, filled arrays with the given streams: fastopt's
+    engine bound to one tensor with these streams, the update replaced by x + 0*g (no
+    math). Filled, not zeroed: untouched zero pages would let reads come from cache."""
+    arrays = {s.name: np.ones(size, s.dtype) for s in streams}
+    names = [s.name for s in streams if s.name not in ("param", "grad", "master")]
+    group = _core.Group("probe", [arrays["param"]], [arrays["grad"]], [arrays.get("master")],
+                        [[arrays[n] for n in names]], names, [1])
+    return group.probe
 
 
 # ---- the run -------------------------------------------------------------------------------
@@ -460,11 +466,10 @@ def _bench_probe(spec: OptimizerSpec, streams: Sequence[Stream], cfg: BenchConfi
     layout = Layout("single", (cfg.size,))
     progress.start(f"{spec.name} probe")
     step = probe_step(streams, cfg.size)
-    n = cfg.size - cfg.size % 16
     seconds = median_step_time(step, cfg.warmup, cfg.repeats)
     step = None
     gc.collect()
-    row = _row(spec, layout, "probe", bpp, n, seconds)
+    row = _row(spec, layout, "probe", bpp, cfg.size, seconds)
     row["fraction_of_probe"] = 1.0
     progress.end(f"{row['gb_per_s']:.1f} GB/s")
     return row
@@ -568,7 +573,7 @@ def format_table(report: Mapping[str, Any]) -> str:
     for name, doc in report["streams"].items():
         bpp = next(r["bytes_per_param"] for r in report["rows"] if r["optimizer"] == name)
         lines.append(f"  {name:<6}{bpp:>3} B = {doc}")
-    lines.append("probe: _core.probe over one set of those streams; of probe = GB/s / probe GB/s; "
+    lines.append("probe: fastopt's engine over one tensor with those streams and no math; of probe = GB/s / probe GB/s; "
                  "fastopt faster = impl time / fastopt time; max|dp| = final params vs fastopt's")
     lines.append("")
     table = [HEADER] + [_table_cells(r) for r in report["rows"]]

@@ -44,28 +44,4 @@ void Group::run(const void* coeffs, size_t stride) const {
       &ctx);
 }
 
-namespace {
-volatile uint8_t probe_zero = 0;  // read at run time, so the probe's stores cannot be elided
-}
-
-void run_probe(const std::vector<ProbeStream>& streams, int64_t n) {
-  // One contiguous range per thread: the simplest, best streaming pattern, independent of
-  // the engine's task scheduling.
-  struct Ctx {
-    const std::vector<ProbeStream>* streams;
-    int64_t n, parts;
-    ProbeFn fn;
-    uint8_t zero;
-  } ctx{&streams, n, ThreadPool::instance().num_threads(), active_kernels().probe, probe_zero};
-  ThreadPool::instance().run(
-      ctx.parts,
-      [](void* p, int64_t part) {
-        const Ctx& c = *static_cast<const Ctx*>(p);
-        const int64_t blocks = c.n / 16;
-        const int64_t b = blocks * part / c.parts * 16, e = blocks * (part + 1) / c.parts * 16;
-        c.fn(c.streams->data(), int(c.streams->size()), b, e, c.zero);
-      },
-      &ctx);
-}
-
 }  // namespace fastopt::cpu

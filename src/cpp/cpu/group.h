@@ -13,7 +13,7 @@ class Group {
  public:
   // Elements per task: large enough to amortise scheduling, small enough to balance
   // two threads on a shared machine; a multiple of every vector width.
-  static constexpr int64_t kTaskElems = 32768;
+  static constexpr int64_t kTaskElems = 131072;
 
   Group(RuleId rule, std::vector<TensorSlot> slots);
   Group(const Group&) = delete;  // segments point into slots_
@@ -40,8 +40,5 @@ class Group {
   std::vector<Segment> segments_;
   std::vector<size_t> task_start_;  // task t runs segments [task_start_[t], task_start_[t+1])
 };
-
-// Runs the probe over n elements of the given streams on the thread pool.
-void run_probe(const std::vector<ProbeStream>& streams, int64_t n);
 
 }  // namespace fastopt::cpu

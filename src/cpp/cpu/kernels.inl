@@ -2,8 +2,6 @@
 // FASTOPT_ISA (a namespace name), FASTOPT_LANE (the vector lane type) and
 // FASTOPT_KERNEL_SET (the accessor it exports). No -march=native: each target's flags
 // are set by CMake on its own translation unit.
-#include <cstring>
-
 #include "fastopt/element.h"
 #include "fastopt/rules/adam.h"
 #include "fastopt/rules/sgd.h"
@@ -37,67 +35,19 @@ constexpr void fill_rule(KernelFn (&table)[kNumDTypes][kNumDTypes]) {
   fill_grads<Rule, bf16>(table[int(DType::bf16)]);
 }
 
-// Bandwidth probe: per block of 16 elements, loads every stream and writes back the
-// read-write ones XORed with (reads & zero), so that the data is unchanged but nothing
-// can be elided. A block is one 64-byte line of a 4-byte stream, half a line of a 2-byte one.
-template <int W>
-struct Block {  // the 16 elements of a W-byte stream
-  typedef uint8_t type __attribute__((vector_size(16 * W)));
+// The bandwidth probe: every stream of a step loaded and stored through the same code
+// (storage conversions included), with the update replaced by x + 0*g. `zero` is 0 read
+// at run time, so nothing can be elided, and the data is left unchanged.
+struct Probe {
+  struct Coeffs { float zero; };
+  static constexpr int max_state = kMaxState;
+  template <class V>
+  static void update(const Coeffs& c, V& p, V g, V (&s)[max_state]) {
+    const V z = g * V(c.zero);
+    p = p + z;
+    for (int k = 0; k < max_state; ++k) s[k] = s[k] + z;
+  }
 };
-
-template <int W>
-inline typename Block<4>::type widen_block(const typename Block<W>::type& x) {
-  if constexpr (W == 4) {
-    return x;
-  } else {
-    return __builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18,
-                                   19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 0, 1, 2, 3, 4, 5, 6,
-                                   7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25,
-                                   26, 27, 28, 29, 30, 31);
-  }
-}
-
-template <int W>
-inline typename Block<W>::type narrow_block(const typename Block<4>::type& x) {
-  if constexpr (W == 4) {
-    return x;
-  } else {
-    return __builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18,
-                                   19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31);
-  }
-}
-
-template <int W>
-inline void probe_read(const ProbeStream& s, int64_t i, typename Block<4>::type& acc) {
-  typename Block<W>::type x;
-  std::memcpy(&x, static_cast<const uint8_t*>(s.data) + i * W, sizeof(x));
-  acc ^= widen_block<W>(x);
-}
-
-template <int W>
-inline void probe_write(const ProbeStream& s, int64_t i, const typename Block<4>::type& acc) {
-  uint8_t* at = static_cast<uint8_t*>(s.data) + i * W;
-  typename Block<W>::type x;
-  std::memcpy(&x, at, sizeof(x));
-  x ^= narrow_block<W>(acc);
-  std::memcpy(at, &x, sizeof(x));
-}
-
-void probe(const ProbeStream* streams, int count, int64_t begin, int64_t end, uint8_t zero) {
-  for (int64_t i = begin; i < end; i += 16) {
-    typename Block<4>::type acc = {};
-    for (int k = 0; k < count; ++k) {
-      if (streams[k].elem_bytes == 4) probe_read<4>(streams[k], i, acc);
-      else probe_read<2>(streams[k], i, acc);
-    }
-    acc &= zero;
-    for (int k = 0; k < count; ++k) {
-      if (!streams[k].writable) continue;
-      if (streams[k].elem_bytes == 4) probe_write<4>(streams[k], i, acc);
-      else probe_write<2>(streams[k], i, acc);
-    }
-  }
-}
 
 KernelSet make_set() {
   KernelSet s{};
@@ -105,7 +55,7 @@ KernelSet make_set() {
   s.width = lane_width<FASTOPT_LANE>;
   fill_rule<Sgd>(s.kernels[int(RuleId::sgd)]);
   fill_rule<Adam>(s.kernels[int(RuleId::adam)]);
-  s.probe = &probe;
+  fill_rule<Probe>(s.kernels[int(RuleId::probe)]);
   return s;
 }
 

@@ -169,6 +169,17 @@ void BoundGroup::step(const std::vector<typename Rule::Hyper>& hypers, const std
   group_->run(coeffs.data(), sizeof(typename Rule::Coeffs));
 }
 
+namespace {
+volatile float probe_zero = 0.0f;  // read at run time, so the probe's work cannot be elided
+}
+
+void BoundGroup::probe() {
+  if (group_->rule() != cpu::RuleId::probe) throw std::invalid_argument("not a probe group");
+  const float coeffs[1] = {probe_zero};
+  py::gil_scoped_release nogil;
+  group_->run(coeffs, sizeof(coeffs));
+}
+
 template void BoundGroup::step<Sgd>(const std::vector<Sgd::Hyper>&, const std::vector<int64_t>&, cpu::RuleId);
 template void BoundGroup::step<Adam>(const std::vector<Adam::Hyper>&, const std::vector<int64_t>&, cpu::RuleId);
 

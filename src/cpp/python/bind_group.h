@@ -27,6 +27,9 @@ class BoundGroup {
   void step(const std::vector<typename Rule::Hyper>& hypers, const std::vector<int64_t>& steps,
             cpu::RuleId id);
 
+  // The bandwidth probe over this group's streams (a group bound with rule "probe").
+  void probe();
+
   const cpu::Group& group() const { return *group_; }
 
  private:

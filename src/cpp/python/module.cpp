@@ -20,6 +20,7 @@ namespace {
 cpu::RuleId rule_id(const std::string& name) {
   if (name == "sgd") return cpu::RuleId::sgd;
   if (name == "adam") return cpu::RuleId::adam;
+  if (name == "probe") return cpu::RuleId::probe;
   throw std::invalid_argument("unknown rule '" + name + "'");
 }
 
@@ -44,23 +45,6 @@ void widen_into(py::handle src, py::handle dst) {
   }
 }
 
-void probe(py::sequence arrays, std::vector<bool> writable) {
-  if (py::len(arrays) != writable.size()) throw std::invalid_argument("one writable flag per array");
-  std::vector<View> views;
-  std::vector<cpu::ProbeStream> streams;
-  for (size_t i = 0; i < writable.size(); ++i) {
-    views.push_back(py_intake::intake(arrays[i], "stream " + std::to_string(i)));
-    const View& v = views.back();
-    if (writable[i] && v.readonly) throw py_intake::TensorError("stream " + std::to_string(i) + ": read-only");
-    if (v.numel != views[0].numel) throw std::invalid_argument("probe streams must have equal lengths");
-    streams.push_back({v.data, v.dtype == DType::f32 ? 4 : 2, bool(writable[i])});
-  }
-  const int64_t n = views.empty() ? 0 : views[0].numel;
-  if (n % 16) throw std::invalid_argument("probe streams need a multiple of 16 elements");
-  py::gil_scoped_release nogil;
-  cpu::run_probe(streams, n);
-}
-
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -77,7 +61,6 @@ PYBIND11_MODULE(_core, m) {
     const View v = py_intake::intake(a, name);
     return py::make_tuple(py::cast(v.shape), py_intake::dtype_name(v.dtype), v.readonly);
   }, py::arg("array"), py::arg("name"));
-  m.def("probe", &probe, py::arg("arrays"), py::arg("writable"));
   m.attr("task_elems") = cpu::Group::kTaskElems;
 
   py::class_<Sgd::Hyper>(m, "SgdHyper")
@@ -123,6 +106,8 @@ PYBIND11_MODULE(_core, m) {
              g.step<Adam>(h, steps, cpu::RuleId::adam);
            },
            py::arg("hypers"), py::arg("steps"))
+      .def("probe", &BoundGroup::probe,
+           "Moves this group's streams with no math (a group bound with rule 'probe')")
       .def_property_readonly("isa", [](const BoundGroup& g) { return std::string(g.group().isa()); })
       .def_property_readonly("num_tasks", [](const BoundGroup& g) { return g.group().num_tasks(); });
 }

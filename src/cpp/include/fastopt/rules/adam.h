@@ -20,7 +20,7 @@ struct Adam {
 
   struct Coeffs {
     float one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, decay_factor;
-    float neg_step_size, bias_correction2_sqrt, grad_sign;
+    float neg_step_size, inv_bias_correction2_sqrt, grad_sign;
     bool decoupled, amsgrad;
   };
 
@@ -43,7 +43,7 @@ struct Adam {
     const double bc2 = 1.0 - std::pow(h.beta2, double(step));
     return {float(1.0 - h.beta1),  float(h.beta2),          float(1.0 - h.beta2),
             float(h.eps),          float(h.weight_decay),   float(1.0 - h.lr * h.weight_decay),
-            float(-h.lr / bc1),    float(std::sqrt(bc2)),   h.maximize ? -1.0f : 1.0f,
+            float(-h.lr / bc1),    float(1.0 / std::sqrt(bc2)), h.maximize ? -1.0f : 1.0f,
             h.decoupled,           h.amsgrad};
   }
 
@@ -64,7 +64,9 @@ struct Adam {
       s[2] = vmax(s[2], s[1]);
       second = s[2];
     }
-    const V denom = vdiv(vsqrt(second), V(c.bias_correction2_sqrt)) + V(c.eps);
+    // sqrt(v) / sqrt(1 - beta2^t) + eps, the bias correction's reciprocal taken once per
+    // step on the host: one division per element instead of two.
+    const V denom = vfma(vsqrt(second), V(c.inv_bias_correction2_sqrt), V(c.eps));
     p = vfma(V(c.neg_step_size), vdiv(s[0], denom), p);
   }
 };

@@ -1,0 +1,185 @@
+"""Smoke tests of ``fastopt bench`` at tiny sizes (the numbers are not checked, only their shape)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from fastopt import bench
+from fastopt.cli import main, parse_count
+
+TINY = ["--size", "4096", "--tensors", "8", "--repeats", "2", "--warmup", "1"]
+ENV_KEYS = {"cpu_isa", "threads", "torch", "size", "tensors", "dtype", "rows"}
+ROW_KEYS = {"optimizer", "layout", "impl", "ms_per_step", "gb_per_s", "bytes_per_param",
+            "fraction_of_probe", "speedup_vs"}
+
+
+def _torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def run_json(capsys, *args: str) -> dict:
+    assert main(["bench", *TINY, "--json", *args]) == 0
+    out, err = capsys.readouterr()
+    assert "[1/" in err  # progress goes to stderr, the report alone to stdout
+    return json.loads(out)
+
+
+def check_rows(report: dict, optimizers: list[str], impls: list[str], bytes_per_param: dict) -> None:
+    assert ENV_KEYS <= report.keys()
+    rows = report["rows"]
+    got = {(r["optimizer"], r["layout"], r["impl"]) for r in rows}
+    want = {(o, "single", "probe") for o in optimizers}
+    want |= {(o, layout, i) for o in optimizers for layout in ("single", "multi") for i in impls}
+    assert got == want and len(rows) == len(want)
+    for r in rows:
+        assert ROW_KEYS <= r.keys()
+        assert r["bytes_per_param"] == bytes_per_param[r["optimizer"]]
+        if r["error"]:
+            assert r["impl"].startswith("torch-") and r["ms_per_step"] is None
+            continue
+        assert r["ms_per_step"] > 0 and r["gb_per_s"] > 0
+        assert r["gb_per_s"] == pytest.approx(
+            r["bytes_per_param"] * report["size"] / (r["ms_per_step"] * 1e-3) / 1e9, rel=0.01)
+        if r["impl"] in ("fastopt", "probe"):
+            assert r["fraction_of_probe"] > 0
+        else:
+            assert r["fraction_of_probe"] is None
+        if r["impl"] == "probe":
+            assert r["fraction_of_probe"] == 1.0
+        else:
+            assert r["speedup_vs"] > 0
+            assert r["max_abs_diff"] is None if r["impl"] == "fastopt" else r["max_abs_diff"] < 1e-3
+        if r["impl"] == "fastopt":
+            assert r["speedup_vs"] == 1.0
+
+
+def test_json_fp32_all_optimizers(capsys):
+    report = run_json(capsys)
+    assert report["size"] == 4096 and report["tensors"] == 8 and report["dtype"] == "float32"
+    assert isinstance(report["threads"], int) and report["threads"] >= 1
+    impls = ["fastopt", "numpy"]
+    if _torch_available():
+        assert isinstance(report["torch"], str)
+        impls += ["torch-fused", "torch-foreach", "torch-forloop"]
+    check_rows(report, ["sgd", "adam", "adamw"], impls, {"sgd": 20, "adam": 28, "adamw": 28})
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_json_half_params_no_torch(capsys, dtype):
+    report = run_json(capsys, "--dtype", dtype, "--optimizers", "adamw,sgd", "--no-torch")
+    assert report["torch"] is None and report["dtype"] == dtype
+    check_rows(report, ["adamw", "sgd"], ["fastopt", "numpy"], {"sgd": 22, "adamw": 30})
+
+
+@pytest.fixture
+def restore_threads():
+    import fastopt
+
+    before = fastopt.get_num_threads()
+    torch_before = None
+    if _torch_available():
+        import torch
+        torch_before = torch.get_num_threads()
+    yield
+    fastopt.set_num_threads(before)
+    if torch_before is not None:
+        import torch
+        torch.set_num_threads(torch_before)
+
+
+def test_table(capsys, restore_threads):
+    assert main(["bench", *TINY, "--optimizers", "adam", "--no-torch", "--threads", "1"]) == 0
+    out, _ = capsys.readouterr()
+    assert "28 B = param r+w 4+4, grad r 4, exp_avg r+w 4+4, exp_avg_sq r+w 4+4" in out
+    assert "1 threads" in out
+    for impl in ("probe", "fastopt", "numpy"):
+        assert f" {impl} " in out or out.rstrip().endswith(impl)
+    assert "8 tensors" in out and "1 tensor " in out
+
+
+def test_failing_peer_is_na(capsys, monkeypatch):
+    def broken(spec, layout, data):
+        raise RuntimeError("not supported here\nsecond line")
+
+    impls = (bench.IMPLS[0], bench.Impl("torch-broken", broken, needs_torch=True))
+    monkeypatch.setattr(bench, "IMPLS", impls)
+    report = run_json(capsys, "--optimizers", "sgd")
+    broken_rows = [r for r in report["rows"] if r["impl"] == "torch-broken"]
+    if report["torch"] is None:
+        assert not broken_rows
+        return
+    assert len(broken_rows) == 2
+    for r in broken_rows:
+        assert r["error"] == "RuntimeError: not supported here"
+        assert r["ms_per_step"] is None and r["speedup_vs"] is None
+    assert main(["bench", *TINY, "--optimizers", "sgd"]) == 0
+    assert "n/a" in capsys.readouterr().out
+
+
+def test_subprocess_module():
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastopt", "bench", *TINY, "--optimizers", "sgd", "--no-torch", "--json"],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    check_rows(report, ["sgd"], ["fastopt", "numpy"], {"sgd": 20})
+    assert "[5/5] sgd 8 tensors numpy" in proc.stderr
+
+
+def test_no_command_prints_help(capsys):
+    assert main([]) == 2
+    assert "bench" in capsys.readouterr().err
+
+
+def test_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for word in ("--size", "--tensors", "--dtype", "--optimizers", "--threads", "--no-torch",
+                 "--json", "28 B", "probe"):
+        assert word in out
+
+
+@pytest.mark.parametrize("argv", [["--size", "2**"], ["--size", "0"], ["--optimizers", "lamb"],
+                                  ["--dtype", "int8"], ["--size", "__import__('os')"]])
+def test_bad_arguments(capsys, argv):
+    with pytest.raises(SystemExit) as e:
+        main(["bench", *argv])
+    assert e.value.code == 2
+
+
+def test_tensors_larger_than_size(capsys):
+    assert main(["bench", "--size", "64", "--tensors", "65"]) == 2
+    assert "tensors" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text,value", [("4096", 4096), ("2**25", 2 ** 25), ("1<<20", 2 ** 20),
+                                        ("3*2**10", 3072), (" 2 ** 4 ", 16)])
+def test_parse_count(text, value):
+    assert parse_count(text) == value
+
+
+@pytest.mark.parametrize("total,count", [(4096, 8), (2 ** 25, 4096), (100, 100), (1000, 1)])
+def test_tensor_sizes(total, count):
+    sizes = bench.tensor_sizes(total, count)
+    assert len(sizes) == count and sum(sizes) == total and min(sizes) >= 1
+    assert sizes == bench.tensor_sizes(total, count)  # deterministic
+    if count >= 100 and total // count >= 1000:
+        assert max(sizes) / min(sizes) >= 100  # sizes span 2+ orders of magnitude
+
+
+def test_streams_bytes():
+    f32, bf16 = bench.DTYPES["float32"], bench.DTYPES["bfloat16"]
+    assert sum(s.bytes for s in bench.SPECS["sgd"].streams(f32)) == 20
+    assert sum(s.bytes for s in bench.SPECS["adam"].streams(f32)) == 28
+    assert sum(s.bytes for s in bench.SPECS["adamw"].streams(bf16)) == 30  # the master is read, the param only written
+    assert sum(s.bytes for s in bench.SPECS["sgd"].streams(bf16)) == 22
