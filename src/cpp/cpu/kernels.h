@@ -14,7 +14,6 @@ using KernelFn = void (*)(const void* coeffs, const TensorSlot& t, int64_t begin
 
 struct KernelSet {
   const char* isa;
-  int width;  // fp32 lanes of the vector body
   KernelFn kernels[int(RuleId::count)][kNumDTypes][kNumDTypes];  // [rule][param][grad]
 };
 

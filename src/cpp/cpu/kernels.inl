@@ -52,7 +52,6 @@ struct Probe {
 KernelSet make_set() {
   KernelSet s{};
   s.isa = FASTOPT_ISA_NAME;
-  s.width = lane_width<FASTOPT_LANE>;
   fill_rule<Sgd>(s.kernels[int(RuleId::sgd)]);
   fill_rule<Adam>(s.kernels[int(RuleId::adam)]);
   fill_rule<Probe>(s.kernels[int(RuleId::probe)]);

@@ -1,7 +1,9 @@
 #include "pool.h"
 
+#include <pthread.h>
 #include <sched.h>
 
+#include <new>
 #include <stdexcept>
 
 namespace fastopt::cpu {
@@ -19,12 +21,30 @@ ThreadPool& ThreadPool::instance() {
   return *pool;
 }
 
-ThreadPool::ThreadPool() { start(default_num_threads()); }
+ThreadPool::ThreadPool() {
+  start(default_num_threads());
+  pthread_atfork(nullptr, nullptr, &ThreadPool::after_fork_in_child);
+}
+
+void ThreadPool::after_fork_in_child() {
+  ThreadPool& p = instance();
+  // The std::thread objects name threads that only exist in the parent: forget them
+  // without joining (leaked on purpose), and rebuild the locks, which a parent thread
+  // may have held at the fork.
+  new std::vector<std::thread>(std::move(p.workers_));
+  p.workers_.clear();
+  new (&p.run_mutex_) std::mutex();
+  new (&p.m_) std::mutex();
+  new (&p.wake_) std::condition_variable();
+  new (&p.done_) std::condition_variable();
+  p.forked_ = true;
+}
 
 ThreadPool::~ThreadPool() { stop(); }
 
 void ThreadPool::start(int n) {
   stopping_ = false;
+  size_ = n;
   for (int i = 1; i < n; ++i) workers_.emplace_back([this] { worker_loop(); });
 }
 
@@ -72,6 +92,10 @@ void ThreadPool::worker_loop() {
 
 void ThreadPool::run(int64_t ntasks, TaskFn fn, void* ctx) {
   std::unique_lock<std::mutex> region(run_mutex_, std::try_to_lock);
+  if (region.owns_lock() && forked_) {
+    forked_ = false;
+    start(size_);
+  }
   if (!region.owns_lock() || workers_.empty() || ntasks <= 1) {
     for (int64_t t = 0; t < ntasks; ++t) fn(ctx, t);
     return;

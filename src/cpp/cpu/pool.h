@@ -21,7 +21,7 @@ class ThreadPool {
   // another Python thread) runs on the calling thread alone.
   void run(int64_t ntasks, TaskFn fn, void* ctx);
 
-  int num_threads() const { return int(workers_.size()) + 1; }
+  int num_threads() const { return size_; }
   void set_num_threads(int n);  // n >= 1
 
   ~ThreadPool();
@@ -33,7 +33,12 @@ class ThreadPool {
   void worker_loop();
   void drain();
 
+  // Called in the child of fork(): the parent's workers do not exist there.
+  static void after_fork_in_child();
+
   std::vector<std::thread> workers_;
+  int size_ = 1;  // threads, the caller included
+  bool forked_ = false;  // set in a forked child: restart the workers before the next run
   std::mutex run_mutex_;  // one parallel region at a time
   std::mutex m_;
   std::condition_variable wake_, done_;
