@@ -39,6 +39,8 @@ def check_rows(report: dict, optimizers: list[str], impls: list[str], bytes_per_
     want = {(o, "single", "probe") for o in optimizers}
     want |= {(o, layout, i) for o in optimizers for layout in ("single", "multi") for i in impls}
     assert got == want and len(rows) == len(want)
+    fixed = report["fixed_cost_us"]  # AdamW over 1000 one-element tensors
+    assert fixed["fastopt"] > 0 and set(fixed) <= {"fastopt", "torch-fused"}
     for r in rows:
         assert ROW_KEYS <= r.keys()
         assert r["bytes_per_param"] == bytes_per_param[r["optimizer"]]
@@ -131,7 +133,8 @@ def test_subprocess_module():
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     check_rows(report, ["sgd"], ["fastopt", "numpy"], {"sgd": 20})
-    assert "[5/5] sgd 8 tensors numpy" in proc.stderr
+    assert "[5/6] sgd 8 tensors numpy" in proc.stderr
+    assert "[6/6] fixed cost: adamw, 1000 tensors of 1 element" in proc.stderr
 
 
 def test_no_command_prints_help(capsys):

@@ -495,7 +495,7 @@ def run_bench(cfg: BenchConfig, progress_stream: TextIO | None = sys.stderr) -> 
         layouts.append(Layout("multi", tuple(tensor_sizes(cfg.size, cfg.tensors))))
     specs = [SPECS[o] for o in cfg.optimizers]
     dtype = DTYPES[cfg.dtype]
-    progress = Progress(len(specs) * (1 + len(layouts) * len(impls)), progress_stream)
+    progress = Progress(len(specs) * (1 + len(layouts) * len(impls)) + 1, progress_stream)
 
     data = Data.make(cfg.size, dtype)
     rows, streams_doc = [], {}
@@ -509,6 +509,9 @@ def run_bench(cfg: BenchConfig, progress_stream: TextIO | None = sys.stderr) -> 
             layout_rows = _bench_layout(spec, layout, data, impls, cfg, bpp, progress)
             layout_rows[0]["fraction_of_probe"] = layout_rows[0]["gb_per_s"] / probe["gb_per_s"]
             rows += layout_rows
+    progress.start("fixed cost: adamw, 1000 tensors of 1 element")
+    fixed = fixed_cost_us(torch)
+    progress.end(f"{fixed['fastopt']:.1f} us/step")
     sizes = layouts[-1].sizes
     return {
         "fastopt_version": __version__,
@@ -522,7 +525,36 @@ def run_bench(cfg: BenchConfig, progress_stream: TextIO | None = sys.stderr) -> 
         "repeats": cfg.repeats, "warmup": cfg.warmup,
         "streams": streams_doc,
         "rows": rows,
+        "fixed_cost_us": fixed,
     }
+
+
+def fixed_cost_us(torch=None, tensors: int = 1000, rounds: int = 5) -> dict[str, float]:
+    """Microseconds per bound AdamW step over ``tensors`` one-element tensors: the fixed cost
+    of a step (Python call, dispatch, per-tensor work). Median over ``rounds`` rounds of
+    about 50 ms each; torch's fused AdamW on the same layout beside it when torch is given."""
+    def timed(step: Callable[[], None]) -> float:
+        t0 = time.perf_counter()
+        for _ in range(20):
+            step()
+        steps = max(20, int(0.05 / max((time.perf_counter() - t0) / 20, 1e-9)))
+        per_round = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                step()
+            per_round.append((time.perf_counter() - t0) / steps * 1e6)
+        return statistics.median(per_round)
+
+    params = [np.zeros(1, np.float32) for _ in range(tensors)]
+    grads = [np.ones(1, np.float32) for _ in range(tensors)]
+    out = {"fastopt": timed(AdamW(params, grads, lr=1e-3).step)}
+    if torch is not None:
+        tparams = [torch.zeros(1) for _ in range(tensors)]
+        for t in tparams:
+            t.grad = torch.ones(1)
+        out["torch-fused"] = timed(torch.optim.AdamW(tparams, lr=1e-3, fused=True).step)
+    return out
 
 
 # ---- the table -----------------------------------------------------------------------------
@@ -575,6 +607,10 @@ def format_table(report: Mapping[str, Any]) -> str:
         lines.append(f"  {name:<6}{bpp:>3} B = {doc}")
     lines.append("probe: fastopt's engine over one tensor with those streams and no math; of probe = GB/s / probe GB/s; "
                  "fastopt faster = impl time / fastopt time; max|dp| = final params vs fastopt's")
+    lines.append("")
+    fixed = report["fixed_cost_us"]
+    lines.append("fixed cost of a step (adamw, 1000 tensors of 1 element): " +
+                 ", ".join(f"{k} {v:.1f} us" for k, v in fixed.items()))
     lines.append("")
     table = [HEADER] + [_table_cells(r) for r in report["rows"]]
     widths = [max(len(c[i]) for c in table) for i in range(len(HEADER))]
