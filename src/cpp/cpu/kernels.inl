@@ -17,6 +17,10 @@ void run(const void* coeffs, const TensorSlot& slot, int64_t begin, int64_t end)
   const typename Rule::Coeffs c = *static_cast<const typename Rule::Coeffs*>(coeffs);
   const TensorSlot t = slot;
   int64_t i = begin;
+  for (; i + 2 * lane_width<V> <= end; i += 2 * lane_width<V>) {
+    apply_element<Rule, V, P, G>(c, t, i);
+    apply_element<Rule, V, P, G>(c, t, i + lane_width<V>);
+  }
   for (; i + lane_width<V> <= end; i += lane_width<V>) apply_element<Rule, V, P, G>(c, t, i);
   for (; i < end; ++i) apply_element<Rule, float, P, G>(c, t, i);
 }
