@@ -107,14 +107,15 @@ def test_table(capsys, restore_threads):
     assert "8 tensors" in out and "1 tensor " in out
 
 
-def test_failing_peer_is_na(capsys, monkeypatch):
+@pytest.mark.parametrize("name", ["torch-broken", "torch-fused"])  # timed alone / interleaved
+def test_failing_peer_is_na(capsys, monkeypatch, name):
     def broken(spec, layout, data):
         raise RuntimeError("not supported here\nsecond line")
 
-    impls = (bench.IMPLS[0], bench.Impl("torch-broken", broken, needs_torch=True))
+    impls = (bench.IMPLS[0], bench.Impl(name, broken, needs_torch=True))
     monkeypatch.setattr(bench, "IMPLS", impls)
     report = run_json(capsys, "--optimizers", "sgd")
-    broken_rows = [r for r in report["rows"] if r["impl"] == "torch-broken"]
+    broken_rows = [r for r in report["rows"] if r["impl"] == name]
     if report["torch"] is None:
         assert not broken_rows
         return
@@ -133,8 +134,9 @@ def test_subprocess_module():
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     check_rows(report, ["sgd"], ["fastopt", "numpy"], {"sgd": 20})
-    assert "[5/6] sgd 8 tensors numpy" in proc.stderr
-    assert "[6/6] fixed cost: adamw, 1000 tensors of 1 element" in proc.stderr
+    assert "[1/4] sgd probe, 1 tensor fastopt, 8 tensors fastopt (interleaved)" in proc.stderr
+    assert "[3/4] sgd 8 tensors numpy" in proc.stderr
+    assert "[4/4] fixed cost: adamw, 1000 tensors of 1 element" in proc.stderr
 
 
 def test_no_command_prints_help(capsys):

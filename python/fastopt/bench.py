@@ -36,7 +36,9 @@ for these streams; ``fraction_of_probe`` is fastopt's GB/s divided by the probe'
 cost of the optimizer's math and of the tensor layout.
 
 Times are medians over ``repeats`` steps (``time.perf_counter``, each step timed alone) after
-``warmup`` untimed steps.
+``warmup`` untimed steps. The probe, fastopt and torch's fused step (both layouts) are stepped
+round-robin, so that their ratios come from one interleaved run; the slower peers are timed
+one after another.
 """
 
 from __future__ import annotations
@@ -420,59 +422,102 @@ def _row(spec: OptimizerSpec, layout: Layout, impl: str, bpp: int, size: int,
     }
 
 
-def _measure_impl(impl: Impl, spec: OptimizerSpec, layout: Layout, data: Data,
-                  cfg: BenchConfig) -> tuple[float | None, np.ndarray | None, str | None]:
-    """(median seconds, final params, error). Only torch peers may fail: their error is
-    reported as the reason they are n/a. The impl's arrays are freed before returning."""
-    seconds = result = error = None
+# fastopt, the probe and torch's fused step are within a few percent of each other: they are
+# stepped round-robin, so that the machine's drift falls on all of them alike. The far slower
+# peers are timed one after another.
+INTERLEAVED = ("fastopt", "torch-fused")
+
+
+def _error_text(e: Exception) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"
+
+
+def _try_build(impl: Impl, spec: OptimizerSpec, layout: Layout, data: Data) -> tuple[Runner | None, str | None]:
+    """The impl built and stepped once, or (None, why) for a torch peer that cannot run."""
     try:
         runner = impl.build(spec, layout, data)
-        seconds = median_step_time(runner.step, cfg.warmup, cfg.repeats)
-        result = runner.result()
+        runner.step()
+        return runner, None
     except Exception as e:  # noqa: BLE001 - a peer that cannot run is reported, not fatal
         if not impl.needs_torch:
             raise
-        lines = str(e).strip().splitlines()
-        error = f"{type(e).__name__}: {lines[0] if lines else ''}"
-        seconds = result = None
-    runner = None
+        return None, _error_text(e)
+
+
+def interleaved_times(steps: Mapping[Any, Callable[[], None]], warmup: int, repeats: int) -> dict[Any, float]:
+    """Median seconds per step of each of ``steps``, stepped round-robin ``repeats`` times
+    after ``warmup`` rounds."""
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    times: dict[Any, list[float]] = {k: [] for k in steps}
+    for _ in range(repeats):
+        for k, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _bench_optimizer(spec: OptimizerSpec, layouts: Sequence[Layout], data: Data, impls: Sequence[Impl],
+                     cfg: BenchConfig, progress: Progress) -> list[dict[str, Any]]:
+    """The rows of one optimizer: the probe, then each layout's impls in ``impls`` order."""
+    streams = spec.streams(data.params.dtype)
+    bpp = sum(s.bytes for s in streams)
+    single = Layout("single", (cfg.size,))
+    close = [i for i in impls if i.name in INTERLEAVED]
+    progress.start(f"{spec.name} probe, " + ", ".join(
+        f"{layout.label} {i.name}" for layout in layouts for i in close) + " (interleaved)")
+    runners: dict[tuple[str, str], Runner] = {}
+    errors: dict[tuple[str, str], str] = {}
+    for layout in layouts:
+        for impl in close:
+            runner, error = _try_build(impl, spec, layout, data)
+            if runner is None:
+                errors[(layout.name, impl.name)] = error
+            else:
+                runners[(layout.name, impl.name)] = runner
+    steps: dict[tuple[str, str], Callable[[], None]] = {("single", "probe"): probe_step(streams, cfg.size)}
+    steps.update({k: r.step for k, r in runners.items()})
+    times = interleaved_times(steps, cfg.warmup, cfg.repeats)
+    results = {k: r.result() for k, r in runners.items()}
+    runners = steps = None
     gc.collect()
-    return seconds, result, error
+    probe = _row(spec, single, "probe", bpp, cfg.size, times[("single", "probe")])
+    probe["fraction_of_probe"] = 1.0
+    progress.end(f"probe {probe['gb_per_s']:.1f} GB/s")
 
-
-def _bench_layout(spec: OptimizerSpec, layout: Layout, data: Data, impls: Sequence[Impl],
-                  cfg: BenchConfig, bpp: int, progress: Progress) -> list[dict[str, Any]]:
-    rows, reference = [], None
-    for impl in impls:
-        progress.start(f"{spec.name} {layout.label} {impl.name}")
-        seconds, result, error = _measure_impl(impl, spec, layout, data, cfg)
-        row = _row(spec, layout, impl.name, bpp, cfg.size, seconds, error)
-        if reference is None:
-            reference = result  # fastopt's, the first impl
-        elif result is not None:
-            row["max_abs_diff"] = float(np.max(np.abs(result - reference)))
-        result = None
-        progress.end(f"n/a ({error})" if error else f"{row['ms_per_step']:.3f} ms/step")
-        rows.append(row)
-    fastopt_ms = rows[0]["ms_per_step"]
-    for row in rows:
-        if row["ms_per_step"] is not None:
-            row["speedup_vs"] = row["ms_per_step"] / fastopt_ms
+    rows = [probe]
+    for layout in layouts:
+        reference = results[(layout.name, "fastopt")]
+        layout_rows = []
+        for impl in impls:
+            key = (layout.name, impl.name)
+            if impl in close:
+                seconds, result, error = times.get(key), results.get(key), errors.get(key)
+            else:
+                progress.start(f"{spec.name} {layout.label} {impl.name}")
+                runner, error = _try_build(impl, spec, layout, data)
+                seconds = result = None
+                if runner is not None:
+                    seconds = median_step_time(runner.step, cfg.warmup, cfg.repeats)
+                    result = runner.result()
+                runner = None
+                gc.collect()
+            row = _row(spec, layout, impl.name, bpp, cfg.size, seconds, error)
+            if result is not None and impl.name != "fastopt":
+                row["max_abs_diff"] = float(np.max(np.abs(result - reference)))
+            if impl not in close:
+                progress.end(f"n/a ({error})" if error else f"{row['ms_per_step']:.3f} ms/step")
+            layout_rows.append(row)
+        fastopt_row = layout_rows[0]
+        fastopt_row["fraction_of_probe"] = fastopt_row["gb_per_s"] / probe["gb_per_s"]
+        for row in layout_rows:
+            if row["ms_per_step"] is not None:
+                row["speedup_vs"] = row["ms_per_step"] / fastopt_row["ms_per_step"]
+        rows += layout_rows
     return rows
-
-
-def _bench_probe(spec: OptimizerSpec, streams: Sequence[Stream], cfg: BenchConfig,
-                 bpp: int, progress: Progress) -> dict[str, Any]:
-    layout = Layout("single", (cfg.size,))
-    progress.start(f"{spec.name} probe")
-    step = probe_step(streams, cfg.size)
-    seconds = median_step_time(step, cfg.warmup, cfg.repeats)
-    step = None
-    gc.collect()
-    row = _row(spec, layout, "probe", bpp, cfg.size, seconds)
-    row["fraction_of_probe"] = 1.0
-    progress.end(f"{row['gb_per_s']:.1f} GB/s")
-    return row
 
 
 def run_bench(cfg: BenchConfig, progress_stream: TextIO | None = sys.stderr) -> dict[str, Any]:
@@ -495,20 +540,14 @@ def run_bench(cfg: BenchConfig, progress_stream: TextIO | None = sys.stderr) -> 
         layouts.append(Layout("multi", tuple(tensor_sizes(cfg.size, cfg.tensors))))
     specs = [SPECS[o] for o in cfg.optimizers]
     dtype = DTYPES[cfg.dtype]
-    progress = Progress(len(specs) * (1 + len(layouts) * len(impls)) + 1, progress_stream)
+    sequential = len(layouts) * sum(1 for i in impls if i.name not in INTERLEAVED)
+    progress = Progress(len(specs) * (1 + sequential) + 1, progress_stream)
 
     data = Data.make(cfg.size, dtype)
     rows, streams_doc = [], {}
     for spec in specs:
-        streams = spec.streams(dtype)
-        bpp = sum(s.bytes for s in streams)
-        streams_doc[spec.name] = ", ".join(s.describe() for s in streams)
-        probe = _bench_probe(spec, streams, cfg, bpp, progress)
-        rows.append(probe)
-        for layout in layouts:
-            layout_rows = _bench_layout(spec, layout, data, impls, cfg, bpp, progress)
-            layout_rows[0]["fraction_of_probe"] = layout_rows[0]["gb_per_s"] / probe["gb_per_s"]
-            rows += layout_rows
+        streams_doc[spec.name] = ", ".join(s.describe() for s in spec.streams(dtype))
+        rows += _bench_optimizer(spec, layouts, data, impls, cfg, progress)
     progress.start("fixed cost: adamw, 1000 tensors of 1 element")
     fixed = fixed_cost_us(torch)
     progress.end(f"{fixed['fastopt']:.1f} us/step")
