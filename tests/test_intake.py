@@ -10,6 +10,9 @@ offsets, PyTorch tensors, ml_dtypes bfloat16 / float16 NumPy arrays) are updated
 from __future__ import annotations
 
 import ctypes
+import os
+import subprocess
+import sys
 
 import ml_dtypes
 import numpy as np
@@ -184,7 +187,7 @@ class OffsetDLPack:
 def allocations(monkeypatch):
     """Records every state / master-weight allocation the optimizer classes make."""
     made = []
-    real_zeros, real_master = optimizer_module.aligned_zeros, optimizer_module.master_copy
+    real_zeros, real_master = optimizer_module.state_like, optimizer_module.master_copy
 
     def zeros(*args, **kwargs):
         made.append(("state", args))
@@ -194,7 +197,7 @@ def allocations(monkeypatch):
         made.append(("master", args))
         return real_master(*args, **kwargs)
 
-    monkeypatch.setattr(optimizer_module, "aligned_zeros", zeros)
+    monkeypatch.setattr(optimizer_module, "state_like", zeros)
     monkeypatch.setattr(optimizer_module, "master_copy", master)
     return made
 
@@ -691,3 +694,50 @@ def test_16bit_numpy_matches_torch():
         for _ in range(3):
             opt.step()
     np.testing.assert_array_equal(p_np.astype(np.float32), p_t.float().numpy())
+
+
+# ---- regressions from review ------------------------------------------------------------
+
+class CapsuleOnCuda:
+    """A producer without __dlpack_device__ whose capsule says the data is on CUDA."""
+
+    def __init__(self, base: np.ndarray):
+        self.inner = OffsetDLPack(base, 0, base.size)
+        self.inner.managed.dl_tensor.device.device_type = 2
+
+    def __dlpack__(self, **kwargs):
+        return self.inner.__dlpack__(**kwargs)
+
+
+def test_capsule_device_is_checked():
+    base, grad = rand(8), rand(8, seed=1)
+    before = base.copy()
+    with pytest.raises(fastopt.TensorError, match=r"param 0: its DLPack capsule is on cuda:0"):
+        fastopt.SGD([CapsuleOnCuda(base)], [grad], lr=0.1)
+    assert np.array_equal(base, before)
+
+
+def test_failed_buffer_export_is_a_clean_error():
+    # A released memoryview refuses to export its buffer; the error must not release a
+    # buffer that was never filled in. The allocator settings make stale memory visible.
+    code = """
+import numpy as np, fastopt
+m = memoryview(np.zeros(8, np.float32)); m.release()
+for _ in range(200):
+    try:
+        fastopt.SGD([m], [np.zeros(8, np.float32)], lr=0.1)
+    except fastopt.TensorError as e:
+        assert "param 0: cannot read its buffer" in str(e), e
+print("ok")
+"""
+    env = {**os.environ, "GLIBC_TUNABLES": "glibc.malloc.tcache_count=0", "MALLOC_PERTURB_": "85"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_zero_size_param_twice_rejected():
+    empty, grads = np.zeros(0, np.float32), [np.zeros(0, np.float32), np.zeros(0, np.float32)]
+    with pytest.raises(fastopt.TensorError, match="param 1 is the same memory as param 0"):
+        fastopt.SGD([empty, empty], grads, lr=0.1)
+    with pytest.raises(fastopt.TensorError, match="grad 0 is the same memory as param 0"):
+        fastopt.SGD([empty], [empty], lr=0.1)

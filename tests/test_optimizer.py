@@ -754,3 +754,104 @@ def test_env_bogus_isa_fails_clearly():
     assert last.startswith("ValueError:"), result.stderr
     assert "FASTOPT_CPU_ISA" in last and "'bogus'" in last, last
     assert "scalar" in last and "avx2" in last and "avx512" in last, last
+
+
+# ---- regressions from review ------------------------------------------------------------
+
+def _adam_after(steps: int):
+    params, grads = make_params()
+    for g in grads:
+        g[...] = 0.5
+    opt = fastopt.Adam(params, grads, lr=0.01)
+    for _ in range(steps):
+        opt.step()
+    return opt, params
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda sd: sd.update(state={}), "lacks exp_avg, exp_avg_sq at step 0"),
+    (lambda sd: sd["state"][1].pop("exp_avg_sq"), "param 1: state_dict lacks exp_avg_sq at step 3"),
+    (lambda sd: sd["state"][0].update(step=-4), "param 0: step must be an integer >= 0"),
+    (lambda sd: sd["state"][0].update(step=2.9), "param 0: step must be an integer >= 0"),
+    (lambda sd: sd.update(state={str(k): v for k, v in sd["state"].items()}), "unknown param keys"),
+    (lambda sd: sd["param_groups"][0].update(params=[0, 0, 1]), "lists a param key twice"),
+])
+def test_load_rejects_incomplete_or_bad_state(mutate, message):
+    opt, _ = _adam_after(3)
+    sd = opt.state_dict()
+    if "at step 0" in message:  # a torch-style empty state means step 0, and is accepted
+        mutate(sd)
+        opt.load_state_dict(sd)
+        assert opt.steps == [0]
+        assert all((s["exp_avg"] == 0).all() and (s["exp_avg_sq"] == 0).all() for s in opt.state.values())
+        return
+    before = copy.deepcopy(opt.state_dict())
+    mutate(sd)
+    with pytest.raises(ValueError, match=message):
+        opt.load_state_dict(sd)
+    after = opt.state_dict()
+    assert after["param_groups"] == before["param_groups"]
+    for i, entry in before["state"].items():
+        for name, value in entry.items():
+            np.testing.assert_array_equal(after["state"][i][name], value)
+
+
+def test_step_zero_checkpoint_resumes_like_a_fresh_optimizer():
+    opt, params = _adam_after(3)
+    fresh_params = [p.copy() for p in params]
+    fresh_grads = [np.full_like(p, 0.5) for p in params]
+    fresh = fastopt.Adam(fresh_params, fresh_grads, lr=0.01)
+    opt.load_state_dict(fresh.state_dict())  # step 0, zero state
+    opt.step()
+    fresh.step()
+    for a, b in zip(params, fresh_params):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_lr_change_does_not_rebind():
+    params, grads = make_params()
+    opt = fastopt.AdamW(params, grads, lr=0.01)
+    opt.step()
+    core = opt._core
+    for k in range(5):
+        opt.lr = 0.01 / (k + 1)
+        opt.step()
+    assert opt._core is core  # per-step work stays O(param groups), not O(tensors)
+
+
+def test_momentum_switched_off_leaves_buffer_untouched_and_resumes_it():
+    params, grads = make_params()
+    for g in grads:
+        g[...] = 1.0
+    opt = fastopt.SGD(params, grads, lr=0.1, momentum=0.9)
+    opt.step()
+    opt.step()
+    buffers = [s["momentum_buffer"].copy() for s in opt.state.values()]
+    opt.param_groups[0]["momentum"] = 0.0
+    opt.step()
+    for s, b in zip(opt.state.values(), buffers):
+        np.testing.assert_array_equal(s["momentum_buffer"], b)  # not bound: not moved
+    opt.param_groups[0]["momentum"] = 0.9
+    opt.step()  # torch keeps the buffer: buf = 0.9 * buf + g
+    for s, b in zip(opt.state.values(), buffers):
+        np.testing.assert_array_equal(s["momentum_buffer"], np.float32(0.9) * b + np.float32(1.0))
+
+
+def test_sgd_load_rejects_momentum_buffers_for_some_params_only():
+    params, grads = make_params()
+    opt = fastopt.SGD(params, grads, lr=0.1, momentum=0.9)
+    opt.step()
+    sd = opt.state_dict()
+    del sd["state"][1]["momentum_buffer"]
+    with pytest.raises(ValueError, match="momentum buffers for some params only"):
+        opt.load_state_dict(sd)
+
+
+def test_param_group_copies_are_plain_dicts():
+    params, grads = make_params()
+    opt = fastopt.SGD(params, grads, lr=0.1, momentum=0.9)
+    group = opt.param_groups[0]
+    for clone in (copy.copy(group), copy.deepcopy(group)):
+        assert type(clone) is dict and clone["momentum"] == 0.9
+        clone["lr"] = -1.0  # a copy is detached from the optimizer
+    assert group["lr"] == 0.1

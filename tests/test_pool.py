@@ -1,6 +1,8 @@
 """The CPU thread pool (src/cpp/cpu/pool.cpp): thread count and fork safety."""
 
 import multiprocessing as mp
+import subprocess
+import sys
 
 import numpy as np
 
@@ -51,3 +53,44 @@ def test_set_num_threads_rejects_zero():
         assert "num_threads" in str(e)
     else:
         raise AssertionError("set_num_threads(0) was accepted")
+
+
+def _run_python(code: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+
+
+def test_resizing_between_steps_never_loses_a_step():
+    # New workers must wait for the next job, not replay the previous one: a replay
+    # double-counted the job's workers and hung or returned early (seen after ~900 rounds).
+    proc = _run_python("""
+import numpy as np, fastopt
+p, g = np.zeros(1 << 17, np.float32), np.ones(1 << 17, np.float32)
+opt = fastopt.SGD([p], [g], lr=1.0)
+for i in range(3000):
+    fastopt.set_num_threads(3 + i % 2)
+    opt.step()
+assert (p == -3000).all(), p[:4]
+print("ok")
+""")
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_forked_child_resized_before_its_first_step():
+    # In a forked child, set_num_threads then a step must give exactly n - 1 workers.
+    proc = _run_python("""
+import os, numpy as np, fastopt
+opt = fastopt.SGD([np.zeros(1 << 20, np.float32)], [np.ones(1 << 20, np.float32)], lr=1.0)
+opt.step()
+pid = os.fork()
+if pid == 0:
+    fastopt.set_num_threads(3)
+    opt.step()
+    with_three = len(os.listdir("/proc/self/task"))
+    fastopt.set_num_threads(1)
+    opt.step()
+    with_one = len(os.listdir("/proc/self/task"))
+    os._exit(0 if with_three - with_one == 2 else 1)
+_, status = os.waitpid(pid, 0)
+print("ok" if os.waitstatus_to_exitcode(status) == 0 else "wrong worker count")
+""")
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", (proc.stdout, proc.stderr)

@@ -28,7 +28,7 @@ class Adam(Optimizer):
         maximize: ascend the objective instead of descending it.
 
     State per param (float32): ``exp_avg``, ``exp_avg_sq`` and, with amsgrad, ``max_exp_avg_sq``.
-    Bytes moved per fp32 param and step: 28 (32 with amsgrad).
+    Bytes moved per fp32 param and step: 28 (36 with amsgrad).
     """
 
     rule = "adam"

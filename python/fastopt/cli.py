@@ -65,13 +65,15 @@ implementation starts from fresh copies of the same values and takes the same st
 For float16/bfloat16 params the grads are float32 and every implementation keeps fp32
 master weights (the peers step the masters, then write the half params from them).
 
-Bytes per param and step, one per stream direction: param r+w (4+4 fp32, 2+2 half),
-grad r 4, fp32 master r+w 4+4 (half params only), each fp32 state r+w 4+4 (SGD:
-momentum_buffer; Adam/AdamW: exp_avg, exp_avg_sq). fp32: SGD 20 B, Adam/AdamW 28 B;
-half: SGD 24 B, Adam/AdamW 32 B. GB/s = bytes/param * params / time.
+Bytes per param and step, one per stream direction: param r+w 4+4 (fp32; a half param
+with its fp32 master is only written, 2), grad r 4, fp32 master r+w 4+4 (half params only),
+each fp32 state r+w 4+4 (SGD: momentum_buffer; Adam/AdamW: exp_avg, exp_avg_sq).
+fp32: SGD 20 B, Adam/AdamW 28 B; half: SGD 22 B, Adam/AdamW 30 B.
+GB/s = bytes/param * params / time.
 
-The probe row runs a multithreaded read(+write-back) pass over ONE set of arrays with
-exactly those streams; "of probe" is fastopt's GB/s over the probe's. "fastopt faster"
+The probe row runs fastopt's engine over ONE tensor with exactly those streams and no math
+(x + 0*g); it is stepped round-robin with fastopt and torch's fused step, so their ratios
+come from one interleaved run; "of probe" is fastopt's GB/s over the probe's. "fastopt faster"
 is the impl's time over fastopt's. Times are medians of --repeats steps after --warmup.
 Progress goes to stderr; the table (or --json) to stdout.
 """

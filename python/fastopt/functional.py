@@ -18,19 +18,19 @@ Array = Any
 def _run(cls, params, grads, states, names, master_params, step: int, hypers: dict) -> None:
     h = cls._to_hyper({**cls.default_hypers(), **hypers})
     n = len(params)
-    masters = list(master_params) if master_params is not None else [None] * n
-    per_param = [[s[i] for s in states] for i in range(n)] if states else [[] for _ in range(n)]
     for s, name in zip(states, names):
         if len(s) != n:
             raise ValueError(f"got {n} params but {len(s)} {name}s")
+    masters = list(master_params) if master_params is not None else [None] * n
     if len(masters) != n:
         raise ValueError(f"got {n} params but {len(masters)} master_params")
+    per_param = [[s[i] for s in states] for i in range(n)]
     group = _core.Group(cls.rule, list(params), list(grads), masters, per_param, list(names), [n])
     group.step([h], [int(step)])
 
 
 def sgd_(params: Sequence[Array], grads: Sequence[Array],
-         momentum_buffers: Sequence[Array] | None = None, *, step: int = 1, lr: float,
+         momentum_buffers: Sequence[Array] | None = None, *, step: int, lr: float,
          momentum: float = 0.0, dampening: float = 0.0, weight_decay: float = 0.0,
          nesterov: bool = False, maximize: bool = False,
          master_params: Sequence[Array | None] | None = None) -> None:
@@ -40,9 +40,9 @@ def sgd_(params: Sequence[Array], grads: Sequence[Array],
     counts their updates, this one included: at ``step=1`` they are set to the gradient.
     ``master_params`` holds fp32 master weights for float16/bfloat16 params (or None each).
     """
-    states = [list(momentum_buffers)] if momentum != 0 else []
     if momentum != 0 and momentum_buffers is None:
         raise ValueError("momentum != 0 needs momentum_buffers")
+    states = [list(momentum_buffers)] if momentum != 0 else []
     _run(SGD, params, grads, states, SGD.state_names, master_params, step,
          dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
               nesterov=nesterov, maximize=maximize))

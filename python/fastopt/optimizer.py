@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Iterable, Mapping, Sequence
 import numpy as np
 
 from . import _core
-from ._arrays import aligned_zeros, master_copy
+from ._arrays import master_copy, state_like
 
 Array = Any  # a NumPy array, or any object with __dlpack__ (a PyTorch tensor, ...)
 
@@ -52,7 +52,10 @@ class ParamGroup(dict):
                 raise KeyError(f"unknown hyperparameter '{key}' for {type(self._owner).__name__}")
         self._owner._to_hyper({**self, **changes})  # raises, leaving the group as it was
         dict.update(self, changes)
-        self._owner._dirty = True
+        self._owner._stale = True
+
+    def __reduce__(self):  # copies and pickles are plain dicts
+        return (dict, (dict(self),))
 
     def __ior__(self, other: Mapping[str, Any]) -> "ParamGroup":
         self.update(other)
@@ -123,9 +126,8 @@ class Optimizer(abc.ABC):
             for i, p in enumerate(self._params)]
         self._state: list[dict[str, np.ndarray]] = [{} for _ in self._params]
         self._steps = [0] * len(self.param_groups)
-        self._core: Any = None
-        self._dirty = True
-        self._sync()
+        self._bound_states: list[int] | None = None  # state streams bound per group
+        self._refresh()
 
     # ---- what each optimizer defines --------------------------------------------------
     @classmethod
@@ -143,32 +145,47 @@ class Optimizer(abc.ABC):
         return [s + 1 for s in self._steps]
 
     def _state_created(self, group: int) -> None:
-        """Called when a group's state arrays are (re)allocated."""
+        """Called when a group's state arrays are allocated."""
+
+    def _required_state(self, group: int, hyper: Any, step: int) -> tuple[str, ...]:
+        """The state arrays a checkpoint must hold for a group at ``step`` steps."""
+        return self.state_names[: hyper.num_state()] if step > 0 else ()
+
+    def _check_loaded(self, group: int, arrays: list[dict[str, np.ndarray]]) -> None:
+        """Raises ValueError for a group's loaded arrays that cannot be resumed from."""
 
     # ---- binding -----------------------------------------------------------------------
-    def _sync(self) -> None:
-        """Rebuilds the hyperparameter structs; allocates missing state and rebinds."""
+    def _refresh(self) -> None:
+        """Rebuilds the hyperparameter structs (cheap, per group); rebinds only when the
+        state streams some group needs have changed (momentum or amsgrad switched)."""
         self._hypers = [self._to_hyper(g) for g in self.param_groups]
-        grown = set()
+        need = [h.num_state() for h in self._hypers]
+        if need != self._bound_states:
+            self._bind(need)
+        self._stale = False
+
+    def _bind(self, need: list[int]) -> None:
+        """Binds every param with the first need[group] state streams, allocating any that
+        are missing. Arrays no longer needed stay in the state, unbound and untouched."""
+        created = set()
         for i, j in enumerate(self._group_of):
-            for name in self.state_names[: self._hypers[j].num_state()]:
+            for name in self.state_names[: need[j]]:
                 if name not in self._state[i]:
-                    self._state[i][name] = aligned_zeros(tuple(_core.describe(self._params[i], "param")[0]))
-                    grown.add(j)
-        for j in grown:
+                    self._state[i][name] = state_like(self._params[i], f"param {i}")
+                    created.add(j)
+        for j in sorted(created):
             self._state_created(j)
-        if grown or self._core is None:
-            self._core = _core.Group(
-                self.rule, self._params, self._grads, self._masters,
-                [[s[n] for n in self.state_names if n in s] for s in self._state],
-                list(self.state_names), self._group_sizes)
-        self._dirty = False
+        self._core = _core.Group(
+            self.rule, self._params, self._grads, self._masters,
+            [[self._state[i][n] for n in self.state_names[: need[j]]] for i, j in enumerate(self._group_of)],
+            list(self.state_names), self._group_sizes)
+        self._bound_states = need
 
     # ---- public API --------------------------------------------------------------------
     def step(self) -> None:
         """Applies one update to every param, in place (one C++ call, GIL released)."""
-        if self._dirty:
-            self._sync()
+        if self._stale:
+            self._refresh()
         self._core.step(self._hypers, self._rule_steps())
         self._steps = [s + 1 for s in self._steps]
 
@@ -229,53 +246,53 @@ class Optimizer(abc.ABC):
         return self._state[i]
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Restores a :meth:`state_dict`. Everything is validated before anything changes."""
+        """Restores a :meth:`state_dict`. Everything is validated before anything changes:
+        the groups and their params, every array's shape and dtype (float32), step counts
+        (integers >= 0, equal within a group), and that every state array a resumed step
+        needs is present. State absent from a checkpoint at step 0 is reset to zero."""
         groups = list(state_dict["param_groups"])
-        saved = state_dict["state"]
+        saved = dict(state_dict["state"])
         if len(groups) != len(self.param_groups):
             raise ValueError(f"state_dict has {len(groups)} param groups, this optimizer {len(self.param_groups)}")
-        new_hypers = []
-        steps = []
+        keys = [k for g in groups for k in g["params"]]
+        if len(set(keys)) != len(keys):
+            raise ValueError("state_dict lists a param key twice")
+        unknown = set(saved) - set(keys)
+        if unknown:
+            raise ValueError(f"state_dict has state for unknown param keys {sorted(map(repr, unknown))}")
+        merged_groups, steps, arrays = [], [], []
+        first = 0
         for j, (g, n) in enumerate(zip(groups, self._group_sizes)):
             if len(g["params"]) != n:
                 raise ValueError(f"param group {j}: state_dict has {len(g['params'])} params, this optimizer {n}")
             values = {k: v for k, v in g.items() if k != "params"}
-            unknown = set(values) - set(self.defaults)
-            if unknown:
-                raise ValueError(f"param group {j}: unknown hyperparameters {sorted(unknown)}")
+            bad = set(values) - set(self.defaults)
+            if bad:
+                raise ValueError(f"param group {j}: unknown hyperparameters {sorted(bad)}")
             merged = {**self.param_groups[j], **values}
-            self._to_hyper(merged)
-            new_hypers.append(merged)
-        arrays: list[dict[str, np.ndarray]] = []
-        first = 0
-        for j, (g, n) in enumerate(zip(groups, self._group_sizes)):
-            group_steps = set()
+            hyper = self._to_hyper(merged)
+            group_steps, group_arrays = set(), []
             for i, key in zip(range(first, first + n), g["params"]):
-                entry = saved.get(key, {})
-                group_steps.add(int(entry.get("step", 0)))
-                shape = tuple(_core.describe(self._params[i], f"param {i}")[0])
-                got = {}
-                for name, value in entry.items():
-                    if name == "step":
-                        continue
-                    if name not in self.state_names and name != "master_param":
-                        raise ValueError(f"param {i}: unknown state '{name}'")
-                    if name == "master_param" and self._masters[i] is None:
-                        raise ValueError(f"param {i}: state_dict has master weights, this optimizer none")
-                    a = np.asarray(value)
-                    if a.dtype != np.float32 or a.shape != shape:
-                        raise ValueError(f"param {i}: state '{name}' is {a.dtype}{list(a.shape)}, "
-                                         f"expected float32{list(shape)}")
-                    got[name] = a
-                if self._masters[i] is not None and "master_param" not in got:
-                    raise ValueError(f"param {i}: state_dict lacks its master weights")
-                arrays.append(got)
+                entry = dict(saved.get(key, {}))
+                step = entry.pop("step", 0)
+                if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
+                    raise ValueError(f"param {i}: step must be an integer >= 0, got {step!r}")
+                group_steps.add(int(step))
+                group_arrays.append(self._loaded_arrays(i, entry))
             if len(group_steps) > 1:
                 raise ValueError(f"param group {j}: params have different step counts {sorted(group_steps)}")
-            steps.append(group_steps.pop() if group_steps else 0)
+            step = group_steps.pop()
+            for i, got in zip(range(first, first + n), group_arrays):
+                missing = [s for s in self._required_state(j, hyper, step) if s not in got]
+                if missing:
+                    raise ValueError(f"param {i}: state_dict lacks {', '.join(missing)} at step {step}")
+            self._check_loaded(j, group_arrays)
+            merged_groups.append(merged)
+            steps.append(step)
+            arrays += group_arrays
             first += n
         # Validated: now commit.
-        for g, merged in zip(self.param_groups, new_hypers):
+        for g, merged in zip(self.param_groups, merged_groups):
             dict.update(g, merged)
         for i, got in enumerate(arrays):
             for name, a in got.items():
@@ -283,12 +300,33 @@ class Optimizer(abc.ABC):
                     np.copyto(self._masters[i], a)
                     continue
                 if name not in self._state[i]:
-                    self._state[i][name] = aligned_zeros(a.shape)
-                    self._core = None
+                    self._state[i][name] = state_like(self._params[i], f"param {i}")
                 np.copyto(self._state[i][name], a)
-        self._sync()
+            for name, a in self._state[i].items():
+                if name not in got:
+                    a.fill(0)  # absent from a step-0 checkpoint: as a fresh optimizer has it
         self._steps = steps
+        self._bound_states = None  # rebind: the loaded state may bring new arrays
+        self._refresh()
         self._loaded(arrays)
+
+    def _loaded_arrays(self, i: int, entry: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Param i's arrays from a checkpoint entry, each checked for name, dtype and shape."""
+        shape = tuple(_core.describe(self._params[i], f"param {i}")[0])
+        got = {}
+        for name, value in entry.items():
+            if name not in self.state_names and name != "master_param":
+                raise ValueError(f"param {i}: unknown state '{name}'")
+            if name == "master_param" and self._masters[i] is None:
+                raise ValueError(f"param {i}: state_dict has master weights, this optimizer none")
+            a = np.asarray(value)
+            if a.dtype != np.float32 or a.shape != shape:
+                raise ValueError(f"param {i}: state '{name}' is {a.dtype}{list(a.shape)}, "
+                                 f"expected float32{list(shape)}")
+            got[name] = a
+        if self._masters[i] is not None and "master_param" not in got:
+            raise ValueError(f"param {i}: state_dict lacks its master weights")
+        return got
 
     def _loaded(self, arrays: list[dict[str, np.ndarray]]) -> None:
         """Called after load_state_dict copied the arrays in."""

@@ -72,6 +72,14 @@ class SGD(Optimizer):
         # Like torch: no momentum_buffer until the first momentum step has filled it.
         return self._state[i] if self._momentum_steps.get(self._group_of[i], 0) > 0 else {}
 
+    def _required_state(self, group: int, hyper: Any, step: int) -> tuple[str, ...]:
+        return ()  # like torch: a checkpoint taken before any momentum step has no buffer
+
+    def _check_loaded(self, group: int, arrays: list[dict[str, np.ndarray]]) -> None:
+        has = {"momentum_buffer" in a for a in arrays}
+        if len(has) > 1:
+            raise ValueError(f"param group {group}: state_dict has momentum buffers for some params only")
+
     def _loaded(self, arrays: list[dict[str, np.ndarray]]) -> None:
         for j in range(len(self.param_groups)):
             has = [("momentum_buffer" in arrays[i]) for i, g in enumerate(self._group_of) if g == j]

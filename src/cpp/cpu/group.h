@@ -25,7 +25,6 @@ class Group {
 
   RuleId rule() const { return rule_; }
   const char* isa() const { return isa_; }
-  const std::vector<TensorSlot>& slots() const { return slots_; }
   size_t num_tasks() const { return task_start_.size() - 1; }
 
  private:

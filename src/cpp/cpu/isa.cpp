@@ -1,6 +1,8 @@
 #include "isa.h"
 
+#if defined(FASTOPT_X86)
 #include <cpuid.h>
+#endif
 
 #include <cstdint>
 #include <cstdlib>
@@ -9,13 +11,14 @@
 namespace fastopt::cpu {
 namespace {
 
+struct Features { bool avx2 = false, avx512 = false; };
+
+#if defined(FASTOPT_X86)
 uint64_t xgetbv0() {
   uint32_t lo, hi;
   __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
   return (uint64_t(hi) << 32) | lo;
 }
-
-struct Features { bool avx2 = false, avx512 = false; };
 
 Features detect() {
   Features f;
@@ -28,9 +31,13 @@ Features detect() {
   if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return f;
   const bool ymm_os = (xcr0 & 0x6) == 0x6, zmm_os = (xcr0 & 0xe6) == 0xe6;
   f.avx2 = ymm_os && fma && f16c && (b & (1u << 5));
-  f.avx512 = f.avx2 && zmm_os && (b & (1u << 16)) && (b & (1u << 30)) && (b & (1u << 31));
+  f.avx512 = f.avx2 && zmm_os && (b & (1u << 16)) && (b & (1u << 17)) && (b & (1u << 30)) &&
+             (b & (1u << 31));  // F, DQ, BW, VL
   return f;
 }
+#else
+Features detect() { return {}; }  // not x86-64: the scalar target only
+#endif
 
 const Features& features() {
   static const Features f = detect();
@@ -40,8 +47,12 @@ const Features& features() {
 // The kernel set for a target name, or null where the CPU lacks it; throws for an unknown name.
 const KernelSet* by_name(const std::string& name, const char* source) {
   if (name == "scalar") return &kernels_scalar();
+#if defined(FASTOPT_X86)
   if (name == "avx2") return features().avx2 ? &kernels_avx2() : nullptr;
   if (name == "avx512") return features().avx512 ? &kernels_avx512() : nullptr;
+#else
+  if (name == "avx2" || name == "avx512") return nullptr;
+#endif
   throw std::invalid_argument(std::string(source) + "'" + name + "' is not a CPU target: expected scalar, avx2 or avx512");
 }
 
@@ -61,9 +72,11 @@ const KernelSet*& current() {
   static const KernelSet* k = [] {
     const char* env = std::getenv("FASTOPT_CPU_ISA");
     if (env && *env) return checked(env, "FASTOPT_CPU_ISA=");
-    return features().avx512 ? &kernels_avx512()
-           : features().avx2 ? &kernels_avx2()
-                             : &kernels_scalar();
+    const KernelSet* best = &kernels_scalar();
+    for (const char* isa : {"avx2", "avx512"}) {
+      if (const KernelSet* k = by_name(isa, "")) best = k;
+    }
+    return best;
   }();
   return k;
 }

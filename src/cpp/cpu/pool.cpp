@@ -1,7 +1,9 @@
 #include "pool.h"
 
 #include <pthread.h>
+#if defined(__linux__)
 #include <sched.h>
+#endif
 
 #include <new>
 #include <stdexcept>
@@ -9,8 +11,10 @@
 namespace fastopt::cpu {
 
 int default_num_threads() {
-  cpu_set_t set;
-  if (sched_getaffinity(0, sizeof(set), &set) == 0) return CPU_COUNT(&set) > 0 ? CPU_COUNT(&set) : 1;
+#if defined(__linux__)
+  cpu_set_t set;  // the cores this process may run on, not all the machine's
+  if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0) return CPU_COUNT(&set);
+#endif
   const unsigned n = std::thread::hardware_concurrency();
   return n ? int(n) : 1;
 }
@@ -43,9 +47,15 @@ void ThreadPool::after_fork_in_child() {
 ThreadPool::~ThreadPool() { stop(); }
 
 void ThreadPool::start(int n) {
-  stopping_ = false;
+  uint64_t now;
+  {
+    std::lock_guard<std::mutex> g(m_);
+    stopping_ = false;
+    now = generation_;  // a new worker waits for the next job, not the last one
+  }
   size_ = n;
-  for (int i = 1; i < n; ++i) workers_.emplace_back([this] { worker_loop(); });
+  forked_ = false;
+  for (int i = 1; i < n; ++i) workers_.emplace_back([this, now] { worker_loop(now); });
 }
 
 void ThreadPool::stop() {
@@ -73,8 +83,7 @@ void ThreadPool::drain() {
   }
 }
 
-void ThreadPool::worker_loop() {
-  uint64_t seen = 0;
+void ThreadPool::worker_loop(uint64_t seen) {
   for (;;) {
     {
       std::unique_lock<std::mutex> lk(m_);
@@ -92,10 +101,7 @@ void ThreadPool::worker_loop() {
 
 void ThreadPool::run(int64_t ntasks, TaskFn fn, void* ctx) {
   std::unique_lock<std::mutex> region(run_mutex_, std::try_to_lock);
-  if (region.owns_lock() && forked_) {
-    forked_ = false;
-    start(size_);
-  }
+  if (region.owns_lock() && forked_) start(size_);
   if (!region.owns_lock() || workers_.empty() || ntasks <= 1) {
     for (int64_t t = 0; t < ntasks; ++t) fn(ctx, t);
     return;

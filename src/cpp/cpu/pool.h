@@ -30,7 +30,7 @@ class ThreadPool {
   ThreadPool();
   void start(int n);
   void stop();
-  void worker_loop();
+  void worker_loop(uint64_t seen);  // seen: the job generation already done
   void drain();
 
   // Called in the child of fork(): the parent's workers do not exist there.

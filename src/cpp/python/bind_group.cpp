@@ -11,6 +11,8 @@ namespace py = pybind11;
 namespace fastopt::py_intake {
 namespace {
 
+const char* kOwnMemory = " (every tensor of a group must have its own memory)";
+
 struct Named {
   std::string name;
   size_t order;  // position in the bind order, to name the later tensor first
@@ -36,8 +38,7 @@ void check_overlap(std::vector<Named> all) {
       const bool same = n.view->data == reach->view->data && n.view->nbytes() == reach->view->nbytes();
       const Named& later = n.order > reach->order ? n : *reach;
       const Named& earlier = n.order > reach->order ? *reach : n;
-      throw TensorError(later.name + (same ? " is the same memory as " : " overlaps ") + earlier.name +
-                        " (every tensor of a group must have its own memory)");
+      throw TensorError(later.name + (same ? " is the same memory as " : " overlaps ") + earlier.name + kOwnMemory);
     }
     if (!reach || end_of(n) > end_of(*reach)) reach = &n;
   }
@@ -78,9 +79,18 @@ BoundGroup::BoundGroup(cpu::RuleId rule, py::sequence params, py::sequence grads
     }
   }
 
-  size_t count = 2 * n;
-  for (size_t i = 0; i < n; ++i) count += (m_objs[i].is_none() ? 0 : 1) + py::len(s_objs[i]);
-  views_.reserve(count);  // exact: `named` points into views_, which must never reallocate
+  // The same array object twice is caught here even when it has no bytes to overlap.
+  for (size_t i = 0; i < n; ++i) {
+    for (size_t j = 0; j < i; ++j) {
+      if (p_objs[i].is(p_objs[j])) {
+        throw TensorError(name("param", i) + " is the same memory as " + name("param", j) + kOwnMemory);
+      }
+    }
+    if (g_objs[i].is(p_objs[i])) {
+      throw TensorError(name("grad", i) + " is the same memory as " + name("param", i) + kOwnMemory);
+    }
+  }
+
   std::vector<Named> named;
   auto take = [&](const py::object& o, const std::string& nm, bool writable) -> const View& {
     views_.push_back(intake(o, nm));

@@ -3,6 +3,7 @@
 #pragma once
 #include <pybind11/pybind11.h>
 
+#include <deque>
 #include <memory>
 #include <string>
 #include <vector>
@@ -33,7 +34,7 @@ class BoundGroup {
   const cpu::Group& group() const { return *group_; }
 
  private:
-  std::vector<View> views_;
+  std::deque<View> views_;  // a deque: growing it never moves the views bound so far
   std::unique_ptr<cpu::Group> group_;
   std::vector<int> group_state_;  // the fewest state arrays any param of group j has
 };

@@ -1,5 +1,7 @@
 #include "intake.h"
 
+#include <functional>
+#include <memory>
 #include <sstream>
 
 #include "dlpack.h"
@@ -40,22 +42,25 @@ int64_t product(const std::vector<int64_t>& shape) {
 
 bool from_buffer(py::handle obj, const std::string& name, View& v) {
   if (!PyObject_CheckBuffer(obj.ptr())) return false;
-  auto view = std::shared_ptr<Py_buffer>(new Py_buffer, [](Py_buffer* b) {
-    PyBuffer_Release(b);
-    delete b;
-  });
+  auto buffer = std::make_unique<Py_buffer>();
+  *buffer = Py_buffer{};
   bool has_format = true;
-  if (PyObject_GetBuffer(obj.ptr(), view.get(), PyBUF_STRIDES | PyBUF_FORMAT) != 0) {
+  if (PyObject_GetBuffer(obj.ptr(), buffer.get(), PyBUF_STRIDES | PyBUF_FORMAT) != 0) {
     // NumPy cannot describe ml_dtypes' bfloat16 in a format string; ask without one.
     PyErr_Clear();
     has_format = false;
-    if (PyObject_GetBuffer(obj.ptr(), view.get(), PyBUF_STRIDES) != 0) {
+    *buffer = Py_buffer{};
+    if (PyObject_GetBuffer(obj.ptr(), buffer.get(), PyBUF_STRIDES) != 0) {
       py::error_already_set e;
       fail(name, "cannot read its buffer: " + one_line(e));
     }
   }
-  std::shared_ptr<Py_buffer> owner = view;
-  v.owner = std::shared_ptr<void>(owner, owner.get());
+  // Exported: from here on the buffer is released with its owner.
+  std::shared_ptr<Py_buffer> view(buffer.release(), [](Py_buffer* b) {
+    PyBuffer_Release(b);
+    delete b;
+  });
+  v.owner = std::shared_ptr<void>(view, view.get());
   v.data = view->buf;
   v.readonly = view->readonly != 0;
   v.shape.assign(view->shape, view->shape + view->ndim);
@@ -109,15 +114,20 @@ void from_dlpack(py::handle obj, const std::string& name, View& v) {
   if (v.device.type != dlpack::kCPU && v.device.type != dlpack::kCUDAHost) {
     fail(name, "is on " + v.device.str() + ", but fastopt's CUDA engine is not available in this build");
   }
+  // Newest protocol first: versioned capsules with copy=False (the update must reach the
+  // producer's memory), then without `copy`, then a producer that predates max_version.
   py::object capsule;
-  try {
-    capsule = obj.attr("__dlpack__")(py::arg("max_version") = py::make_tuple(1, 0));
-  } catch (py::error_already_set& e) {
-    if (!e.matches(PyExc_TypeError)) fail(name, "__dlpack__ failed: " + one_line(e));
+  const auto version = py::make_tuple(1, 0);
+  const std::function<py::object()> attempts[] = {
+      [&] { return obj.attr("__dlpack__")(py::arg("max_version") = version, py::arg("copy") = false); },
+      [&] { return obj.attr("__dlpack__")(py::arg("max_version") = version); },
+      [&] { return obj.attr("__dlpack__")(); },
+  };
+  for (size_t a = 0; a < 3 && !capsule; ++a) {
     try {
-      capsule = obj.attr("__dlpack__")();  // a producer that predates max_version
-    } catch (py::error_already_set& e2) {
-      fail(name, "__dlpack__ failed: " + one_line(e2));
+      capsule = attempts[a]();
+    } catch (py::error_already_set& e) {
+      if (!e.matches(PyExc_TypeError) || a == 2) fail(name, "__dlpack__ failed: " + one_line(e));
     }
   }
   const dlpack::Tensor* t = nullptr;
@@ -140,6 +150,9 @@ void from_dlpack(py::handle obj, const std::string& name, View& v) {
     fail(name, "__dlpack__ did not return a DLPack capsule");
   }
   v.device = {t->device.device_type, t->device.device_id};
+  if (v.device.type != dlpack::kCPU && v.device.type != dlpack::kCUDAHost) {
+    fail(name, "its DLPack capsule is on " + v.device.str() + "; the CPU engine takes host memory");
+  }
   v.shape.assign(t->shape, t->shape + t->ndim);
   v.numel = product(v.shape);
   v.data = static_cast<char*>(t->data) + t->byte_offset;

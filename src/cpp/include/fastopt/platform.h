@@ -1,10 +1,12 @@
 // Portability macros shared by the host and CUDA compilations of the core headers.
 #pragma once
 
+// Always inlined: the CPU build compiles these headers once per ISA, and an out-of-line
+// copy made with one target's flags must never be shared with another target.
 #if defined(__CUDACC__)
 #define FASTOPT_HD __host__ __device__ __forceinline__
 #else
-#define FASTOPT_HD inline
+#define FASTOPT_HD inline __attribute__((always_inline))
 #endif
 
 namespace fastopt {

@@ -15,29 +15,29 @@ struct VecAvx2 {
   VecAvx2(float s) : v(_mm256_set1_ps(s)) {}
 };
 
-inline VecAvx2 operator+(VecAvx2 a, VecAvx2 b) { return _mm256_add_ps(a.v, b.v); }
-inline VecAvx2 operator-(VecAvx2 a, VecAvx2 b) { return _mm256_sub_ps(a.v, b.v); }
-inline VecAvx2 operator*(VecAvx2 a, VecAvx2 b) { return _mm256_mul_ps(a.v, b.v); }
-inline VecAvx2 vdiv(VecAvx2 a, VecAvx2 b) { return _mm256_div_ps(a.v, b.v); }
-inline VecAvx2 vfma(VecAvx2 a, VecAvx2 b, VecAvx2 c) { return _mm256_fmadd_ps(a.v, b.v, c.v); }
-inline VecAvx2 vsqrt(VecAvx2 a) { return _mm256_sqrt_ps(a.v); }
-inline VecAvx2 vmax(VecAvx2 a, VecAvx2 b) { return _mm256_max_ps(a.v, b.v); }
+FASTOPT_HD VecAvx2 operator+(VecAvx2 a, VecAvx2 b) { return _mm256_add_ps(a.v, b.v); }
+FASTOPT_HD VecAvx2 operator-(VecAvx2 a, VecAvx2 b) { return _mm256_sub_ps(a.v, b.v); }
+FASTOPT_HD VecAvx2 operator*(VecAvx2 a, VecAvx2 b) { return _mm256_mul_ps(a.v, b.v); }
+FASTOPT_HD VecAvx2 vdiv(VecAvx2 a, VecAvx2 b) { return _mm256_div_ps(a.v, b.v); }
+FASTOPT_HD VecAvx2 vfma(VecAvx2 a, VecAvx2 b, VecAvx2 c) { return _mm256_fmadd_ps(a.v, b.v, c.v); }
+FASTOPT_HD VecAvx2 vsqrt(VecAvx2 a) { return _mm256_sqrt_ps(a.v); }
+FASTOPT_HD VecAvx2 vmax(VecAvx2 a, VecAvx2 b) { return _mm256_max_ps(a.v, b.v); }
 
-inline VecAvx2 load(const float* p, Lane<VecAvx2>) { return _mm256_loadu_ps(p); }
-inline VecAvx2 load(const f16* p, Lane<VecAvx2>) {
+FASTOPT_HD VecAvx2 load(const float* p, Lane<VecAvx2>) { return _mm256_loadu_ps(p); }
+FASTOPT_HD VecAvx2 load(const f16* p, Lane<VecAvx2>) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
-inline VecAvx2 load(const bf16* p, Lane<VecAvx2>) {
+FASTOPT_HD VecAvx2 load(const bf16* p, Lane<VecAvx2>) {
   const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
   return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
 }
 
-inline void store(float* p, VecAvx2 x) { _mm256_storeu_ps(p, x.v); }
-inline void store(f16* p, VecAvx2 x) {
+FASTOPT_HD void store(float* p, VecAvx2 x) { _mm256_storeu_ps(p, x.v); }
+FASTOPT_HD void store(f16* p, VecAvx2 x) {
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
                    _mm256_cvtps_ph(x.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 }
-inline void store(bf16* p, VecAvx2 x) {
+FASTOPT_HD void store(bf16* p, VecAvx2 x) {
   const __m256i u = _mm256_castps_si256(x.v);
   const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
   const __m256i rounded =

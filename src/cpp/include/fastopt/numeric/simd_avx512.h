@@ -15,29 +15,29 @@ struct VecAvx512 {
   VecAvx512(float s) : v(_mm512_set1_ps(s)) {}
 };
 
-inline VecAvx512 operator+(VecAvx512 a, VecAvx512 b) { return _mm512_add_ps(a.v, b.v); }
-inline VecAvx512 operator-(VecAvx512 a, VecAvx512 b) { return _mm512_sub_ps(a.v, b.v); }
-inline VecAvx512 operator*(VecAvx512 a, VecAvx512 b) { return _mm512_mul_ps(a.v, b.v); }
-inline VecAvx512 vdiv(VecAvx512 a, VecAvx512 b) { return _mm512_div_ps(a.v, b.v); }
-inline VecAvx512 vfma(VecAvx512 a, VecAvx512 b, VecAvx512 c) { return _mm512_fmadd_ps(a.v, b.v, c.v); }
-inline VecAvx512 vsqrt(VecAvx512 a) { return _mm512_sqrt_ps(a.v); }
-inline VecAvx512 vmax(VecAvx512 a, VecAvx512 b) { return _mm512_max_ps(a.v, b.v); }
+FASTOPT_HD VecAvx512 operator+(VecAvx512 a, VecAvx512 b) { return _mm512_add_ps(a.v, b.v); }
+FASTOPT_HD VecAvx512 operator-(VecAvx512 a, VecAvx512 b) { return _mm512_sub_ps(a.v, b.v); }
+FASTOPT_HD VecAvx512 operator*(VecAvx512 a, VecAvx512 b) { return _mm512_mul_ps(a.v, b.v); }
+FASTOPT_HD VecAvx512 vdiv(VecAvx512 a, VecAvx512 b) { return _mm512_div_ps(a.v, b.v); }
+FASTOPT_HD VecAvx512 vfma(VecAvx512 a, VecAvx512 b, VecAvx512 c) { return _mm512_fmadd_ps(a.v, b.v, c.v); }
+FASTOPT_HD VecAvx512 vsqrt(VecAvx512 a) { return _mm512_sqrt_ps(a.v); }
+FASTOPT_HD VecAvx512 vmax(VecAvx512 a, VecAvx512 b) { return _mm512_max_ps(a.v, b.v); }
 
-inline VecAvx512 load(const float* p, Lane<VecAvx512>) { return _mm512_loadu_ps(p); }
-inline VecAvx512 load(const f16* p, Lane<VecAvx512>) {
+FASTOPT_HD VecAvx512 load(const float* p, Lane<VecAvx512>) { return _mm512_loadu_ps(p); }
+FASTOPT_HD VecAvx512 load(const f16* p, Lane<VecAvx512>) {
   return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 }
-inline VecAvx512 load(const bf16* p, Lane<VecAvx512>) {
+FASTOPT_HD VecAvx512 load(const bf16* p, Lane<VecAvx512>) {
   const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
   return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
 }
 
-inline void store(float* p, VecAvx512 x) { _mm512_storeu_ps(p, x.v); }
-inline void store(f16* p, VecAvx512 x) {
+FASTOPT_HD void store(float* p, VecAvx512 x) { _mm512_storeu_ps(p, x.v); }
+FASTOPT_HD void store(f16* p, VecAvx512 x) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
                       _mm512_cvtps_ph(x.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 }
-inline void store(bf16* p, VecAvx512 x) {
+FASTOPT_HD void store(bf16* p, VecAvx512 x) {
   // Integer round-to-nearest-even rather than VCVTNEPS2BF16, which flushes subnormals.
   const __m512i u = _mm512_castps_si512(x.v);
   const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
