@@ -2,12 +2,11 @@
 #pragma once
 #include <cstdint>
 
+#include "fastopt/rules/rule_id.h"
 #include "fastopt/tensor_list.h"
 
 namespace fastopt::cpu {
 
-// probe: the bandwidth probe, a no-math rule over the same streams (see kernels.inl).
-enum class RuleId : int { sgd = 0, adam = 1, probe = 2, count };
 
 // Updates elements [begin, end) of one tensor; coeffs points at the rule's Coeffs.
 using KernelFn = void (*)(const void* coeffs, const TensorSlot& t, int64_t begin, int64_t end);

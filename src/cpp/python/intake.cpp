@@ -40,8 +40,19 @@ int64_t product(const std::vector<int64_t>& shape) {
   return n;
 }
 
-bool from_buffer(py::handle obj, const std::string& name, View& v) {
+bool host_memory(const Device& d) { return d.type == dlpack::kCPU || d.type == dlpack::kCUDAHost; }
+
+// Whether memory on `d` is what an engine on device type `engine` works on.
+void check_engine_device(const Device& d, int engine, const std::string& name, const char* what) {
+  if (engine == dlpack::kCUDA ? d.type == dlpack::kCUDA : host_memory(d)) return;
+  fail(name, std::string(what) + d.str() + (engine == dlpack::kCUDA
+                                                ? "; the CUDA engine takes CUDA device memory"
+                                                : ", but fastopt's CUDA engine is not available here"));
+}
+
+bool from_buffer(py::handle obj, const std::string& name, int engine, View& v) {
   if (!PyObject_CheckBuffer(obj.ptr())) return false;
+  check_engine_device(Device{dlpack::kCPU, 0}, engine, name, "is on ");
   auto buffer = std::make_unique<Py_buffer>();
   *buffer = Py_buffer{};
   bool has_format = true;
@@ -105,23 +116,24 @@ std::shared_ptr<void> own(Managed* m) {
   });
 }
 
-void from_dlpack(py::handle obj, const std::string& name, View& v) {
+void from_dlpack(py::handle obj, const std::string& name, int engine, View& v) {
   if (!py::hasattr(obj, "__dlpack__")) {
     fail(name, "is of type " + py::str(py::type::of(obj).attr("__name__")).cast<std::string>() +
                    ", not an array (expected a NumPy array or an object with __dlpack__)");
   }
   v.device = device_of(obj);
-  if (v.device.type != dlpack::kCPU && v.device.type != dlpack::kCUDAHost) {
-    fail(name, "is on " + v.device.str() + ", but fastopt's CUDA engine is not available in this build");
-  }
+  check_engine_device(v.device, engine, name, "is on ");
   // Newest protocol first: versioned capsules with copy=False (the update must reach the
   // producer's memory), then without `copy`, then a producer that predates max_version.
   py::object capsule;
+  // On CUDA, stream=-1: only pointers are taken at bind time, so no synchronisation is due.
   const auto version = py::make_tuple(1, 0);
+  py::dict extra;
+  if (v.device.type == dlpack::kCUDA) extra["stream"] = -1;
   const std::function<py::object()> attempts[] = {
-      [&] { return obj.attr("__dlpack__")(py::arg("max_version") = version, py::arg("copy") = false); },
-      [&] { return obj.attr("__dlpack__")(py::arg("max_version") = version); },
-      [&] { return obj.attr("__dlpack__")(); },
+      [&] { return obj.attr("__dlpack__")(**extra, py::arg("max_version") = version, py::arg("copy") = false); },
+      [&] { return obj.attr("__dlpack__")(**extra, py::arg("max_version") = version); },
+      [&] { return obj.attr("__dlpack__")(**extra); },
   };
   for (size_t a = 0; a < 3 && !capsule; ++a) {
     try {
@@ -150,9 +162,7 @@ void from_dlpack(py::handle obj, const std::string& name, View& v) {
     fail(name, "__dlpack__ did not return a DLPack capsule");
   }
   v.device = {t->device.device_type, t->device.device_id};
-  if (v.device.type != dlpack::kCPU && v.device.type != dlpack::kCUDAHost) {
-    fail(name, "its DLPack capsule is on " + v.device.str() + "; the CPU engine takes host memory");
-  }
+  check_engine_device(v.device, engine, name, "its DLPack capsule is on ");
   v.shape.assign(t->shape, t->shape + t->ndim);
   v.numel = product(v.shape);
   v.data = static_cast<char*>(t->data) + t->byte_offset;
@@ -205,10 +215,10 @@ Device device_of(py::handle obj) {
   return {dev.first, dev.second};
 }
 
-View intake(py::handle obj, const std::string& name) {
+View intake(py::handle obj, const std::string& name, int engine) {
   View v;
   if (obj.is_none()) fail(name, "is None (a missing gradient? bind a persistent gradient buffer)");
-  if (!from_buffer(obj, name, v)) from_dlpack(obj, name, v);
+  if (!from_buffer(obj, name, engine, v)) from_dlpack(obj, name, engine, v);
   return v;
 }
 

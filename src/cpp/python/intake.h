@@ -40,8 +40,9 @@ struct TensorError : std::runtime_error {
 // The device an array lives on, read without exporting it (CPU for buffer objects).
 Device device_of(pybind11::handle obj);
 
-// Reads `obj`; `name` (like "param 3") prefixes any error message.
-View intake(pybind11::handle obj, const std::string& name);
+// Reads `obj`; `name` (like "param 3") prefixes any error message. `engine` is the device
+// type of the engine that will use it (DLPack: 1 CPU, 2 CUDA); memory elsewhere is rejected.
+View intake(pybind11::handle obj, const std::string& name, int engine = 1);
 
 const char* dtype_name(DType d);
 

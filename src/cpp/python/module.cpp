@@ -4,25 +4,58 @@
 #include <pybind11/stl.h>
 
 #include "../cpu/isa.h"
+#include "../cpu/group.h"
 #include "../cpu/pool.h"
-#include "bind_group.h"
+#include "binding.h"
 #include "fastopt/numeric/convert.h"
 #include "fastopt/rules/adam.h"
 #include "fastopt/rules/sgd.h"
 
 namespace py = pybind11;
 using namespace fastopt;
-using py_intake::BoundGroup;
 using py_intake::View;
 
 namespace {
 
-cpu::RuleId rule_id(const std::string& name) {
-  if (name == "sgd") return cpu::RuleId::sgd;
-  if (name == "adam") return cpu::RuleId::adam;
-  if (name == "probe") return cpu::RuleId::probe;
+RuleId rule_id(const std::string& name) {
+  if (name == "sgd") return RuleId::sgd;
+  if (name == "adam") return RuleId::adam;
+  if (name == "probe") return RuleId::probe;
   throw std::invalid_argument("unknown rule '" + name + "'");
 }
+
+volatile float probe_zero = 0.0f;  // read at run time, so the probe's work cannot be elided
+
+// A group on the CPU engine: the validated binding and the engine's task table.
+class CpuGroup {
+ public:
+  CpuGroup(RuleId rule, py::sequence params, py::sequence grads, py::sequence masters, py::sequence states,
+           const std::vector<std::string>& state_names, const std::vector<int64_t>& group_sizes)
+      : binding_(py_intake::bind(params, grads, masters, states, state_names, group_sizes, 1)),
+        group_(rule, binding_.slots) {}
+
+  template <class Rule>
+  void step(const std::vector<typename Rule::Hyper>& hypers, const std::vector<int64_t>& steps, RuleId id) {
+    if (group_.rule() != id) throw std::invalid_argument("these hyperparameters are for another optimizer");
+    const auto coeffs = py_intake::step_coeffs<Rule>(binding_, hypers, steps);
+    py::gil_scoped_release nogil;
+    group_.run(coeffs.data(), sizeof(typename Rule::Coeffs));
+  }
+
+  // The bandwidth probe over this group's streams (a group bound with rule "probe").
+  void probe() {
+    if (group_.rule() != RuleId::probe) throw std::invalid_argument("not a probe group");
+    const float coeffs[1] = {probe_zero};
+    py::gil_scoped_release nogil;
+    group_.run(coeffs, sizeof(coeffs));
+  }
+
+  const cpu::Group& group() const { return group_; }
+
+ private:
+  py_intake::Binding binding_;
+  cpu::Group group_;
+};
 
 template <class T>
 void widen(const void* src, float* dst, int64_t n) {
@@ -57,6 +90,10 @@ PYBIND11_MODULE(_core, m) {
   m.def("get_num_threads", [] { return cpu::ThreadPool::instance().num_threads(); });
   m.def("set_num_threads", [](int n) { cpu::ThreadPool::instance().set_num_threads(n); }, py::arg("n"));
   m.def("widen_into", &widen_into, py::arg("src"), py::arg("dst"));
+  m.def("device_of", [](py::handle a) {
+    const auto d = py_intake::device_of(a);
+    return py::make_tuple(d.type, d.id);
+  }, py::arg("array"));
   m.def("describe", [](py::handle a, const std::string& name) {
     const View v = py_intake::intake(a, name);
     return py::make_tuple(py::cast(v.shape), py_intake::dtype_name(v.dtype), v.readonly);
@@ -87,27 +124,26 @@ PYBIND11_MODULE(_core, m) {
       .def("check", &Adam::check)
       .def("num_state", &Adam::num_state);
 
-  py::class_<BoundGroup>(m, "Group")
+  py::class_<CpuGroup>(m, "Group")
       .def(py::init([](const std::string& rule, py::sequence params, py::sequence grads, py::sequence masters,
                        py::sequence states, std::vector<std::string> state_names,
                        std::vector<int64_t> group_sizes) {
-             return new BoundGroup(rule_id(rule), params, grads, masters, states, std::move(state_names),
-                                   std::move(group_sizes));
+             return new CpuGroup(rule_id(rule), params, grads, masters, states, state_names, group_sizes);
            }),
            py::arg("rule"), py::arg("params"), py::arg("grads"), py::arg("masters"), py::arg("states"),
            py::arg("state_names"), py::arg("group_sizes"))
       .def("step",
-           [](BoundGroup& g, const std::vector<Sgd::Hyper>& h, const std::vector<int64_t>& steps) {
-             g.step<Sgd>(h, steps, cpu::RuleId::sgd);
+           [](CpuGroup& g, const std::vector<Sgd::Hyper>& h, const std::vector<int64_t>& steps) {
+             g.step<Sgd>(h, steps, RuleId::sgd);
            },
            py::arg("hypers"), py::arg("steps"))
       .def("step",
-           [](BoundGroup& g, const std::vector<Adam::Hyper>& h, const std::vector<int64_t>& steps) {
-             g.step<Adam>(h, steps, cpu::RuleId::adam);
+           [](CpuGroup& g, const std::vector<Adam::Hyper>& h, const std::vector<int64_t>& steps) {
+             g.step<Adam>(h, steps, RuleId::adam);
            },
            py::arg("hypers"), py::arg("steps"))
-      .def("probe", &BoundGroup::probe,
+      .def("probe", &CpuGroup::probe,
            "Moves this group's streams with no math (a group bound with rule 'probe')")
-      .def_property_readonly("isa", [](const BoundGroup& g) { return std::string(g.group().isa()); })
-      .def_property_readonly("num_tasks", [](const BoundGroup& g) { return g.group().num_tasks(); });
+      .def_property_readonly("isa", [](const CpuGroup& g) { return std::string(g.group().isa()); })
+      .def_property_readonly("num_tasks", [](const CpuGroup& g) { return g.group().num_tasks(); });
 }

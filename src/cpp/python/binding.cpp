@@ -1,10 +1,6 @@
-#include "bind_group.h"
+#include "binding.h"
 
 #include <algorithm>
-#include <stdexcept>
-
-#include "fastopt/rules/adam.h"
-#include "fastopt/rules/sgd.h"
 
 namespace py = pybind11;
 
@@ -46,9 +42,9 @@ void check_overlap(std::vector<Named> all) {
 
 }  // namespace
 
-BoundGroup::BoundGroup(cpu::RuleId rule, py::sequence params, py::sequence grads, py::sequence masters,
-                       py::sequence states, std::vector<std::string> state_names,
-                       std::vector<int64_t> group_sizes) {
+Binding bind(py::sequence params, py::sequence grads, py::sequence masters, py::sequence states,
+             const std::vector<std::string>& state_names, const std::vector<int64_t>& group_sizes, int engine) {
+  Binding b;
   const auto p_objs = as_list(params), g_objs = as_list(grads), m_objs = as_list(masters),
              s_objs = as_list(states);
   const size_t n = p_objs.size();
@@ -64,7 +60,7 @@ BoundGroup::BoundGroup(cpu::RuleId rule, py::sequence params, py::sequence grads
   auto name = [](const std::string& role, size_t i) { return role + " " + std::to_string(i); };
 
   // Devices first, so that a mixed group is reported as such before anything is exported.
-  Device first_dev{};
+  Device first_dev{engine, 0};
   std::string first_name;
   for (size_t i = 0; i < 2 * n; ++i) {
     const py::object& o = i % 2 ? g_objs[i / 2] : p_objs[i / 2];
@@ -93,8 +89,8 @@ BoundGroup::BoundGroup(cpu::RuleId rule, py::sequence params, py::sequence grads
 
   std::vector<Named> named;
   auto take = [&](const py::object& o, const std::string& nm, bool writable) -> const View& {
-    views_.push_back(intake(o, nm));
-    const View& v = views_.back();
+    b.views.push_back(intake(o, nm, engine));
+    const View& v = b.views.back();
     if (writable && v.readonly) throw TensorError(nm + ": is read-only (fastopt updates it in place)");
     named.push_back({nm, named.size(), &v});
     return v;
@@ -111,7 +107,7 @@ BoundGroup::BoundGroup(cpu::RuleId rule, py::sequence params, py::sequence grads
   };
 
   std::vector<TensorSlot> slots(n);
-  group_state_.assign(group_sizes.size(), kMaxState);
+  b.group_state.assign(group_sizes.size(), kMaxState);
   size_t i = 0;
   for (size_t j = 0; j < group_sizes.size(); ++j) {
     for (int64_t k = 0; k < group_sizes[j]; ++k, ++i) {
@@ -149,48 +145,13 @@ BoundGroup::BoundGroup(cpu::RuleId rule, py::sequence params, py::sequence grads
         same_shape(sv, p, sn, pn);
         t.state[s] = static_cast<float*>(sv.data);
       }
-      group_state_[j] = std::min(group_state_[j], t.num_state);
+      b.group_state[j] = std::min(b.group_state[j], t.num_state);
     }
   }
   check_overlap(named);
-  group_ = std::make_unique<cpu::Group>(rule, std::move(slots));
+  b.slots = std::move(slots);
+  b.device = first_dev;
+  return b;
 }
-
-template <class Rule>
-void BoundGroup::step(const std::vector<typename Rule::Hyper>& hypers, const std::vector<int64_t>& steps,
-                      cpu::RuleId id) {
-  if (group_->rule() != id) throw std::invalid_argument("these hyperparameters are for another optimizer");
-  if (hypers.size() != group_state_.size() || steps.size() != group_state_.size()) {
-    throw std::invalid_argument("one hyperparameter set and one step count per param group are required");
-  }
-  std::vector<typename Rule::Coeffs> coeffs;
-  coeffs.reserve(hypers.size());
-  for (size_t j = 0; j < hypers.size(); ++j) {
-    const std::string err = Rule::check(hypers[j]);
-    if (!err.empty()) throw std::invalid_argument("param group " + std::to_string(j) + ": " + err);
-    if (steps[j] < 1) throw std::invalid_argument("step must be >= 1, got " + std::to_string(steps[j]));
-    if (group_state_[j] < Rule::num_state(hypers[j])) {
-      throw std::invalid_argument("param group " + std::to_string(j) +
-                                  " was bound with fewer state arrays than its hyperparameters need");
-    }
-    coeffs.push_back(Rule::coeffs(hypers[j], steps[j]));
-  }
-  py::gil_scoped_release nogil;
-  group_->run(coeffs.data(), sizeof(typename Rule::Coeffs));
-}
-
-namespace {
-volatile float probe_zero = 0.0f;  // read at run time, so the probe's work cannot be elided
-}
-
-void BoundGroup::probe() {
-  if (group_->rule() != cpu::RuleId::probe) throw std::invalid_argument("not a probe group");
-  const float coeffs[1] = {probe_zero};
-  py::gil_scoped_release nogil;
-  group_->run(coeffs, sizeof(coeffs));
-}
-
-template void BoundGroup::step<Sgd>(const std::vector<Sgd::Hyper>&, const std::vector<int64_t>&, cpu::RuleId);
-template void BoundGroup::step<Adam>(const std::vector<Adam::Hyper>&, const std::vector<int64_t>&, cpu::RuleId);
 
 }  // namespace fastopt::py_intake
