@@ -9,6 +9,7 @@ from __future__ import annotations
 from . import _core, functional
 from ._core import TensorError
 from .adam import Adam, AdamW
+from .cuda import cuda_available
 from .optimizer import Optimizer, ParamGroup
 from .sgd import SGD
 
@@ -19,7 +20,7 @@ _core.cpu_isa()
 
 __all__ = [
     "SGD", "Adam", "AdamW", "Optimizer", "ParamGroup", "TensorError", "functional",
-    "cpu_isa", "set_num_threads", "get_num_threads",
+    "cpu_isa", "set_num_threads", "get_num_threads", "cuda_available",
 ]
 
 

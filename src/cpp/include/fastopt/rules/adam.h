@@ -26,7 +26,7 @@ struct Adam {
 
   static constexpr int max_state = 3;  // exp_avg, exp_avg_sq, max_exp_avg_sq
 
-  static int num_state(const Hyper& h) { return h.amsgrad ? 3 : 2; }
+  FASTOPT_HD static int num_state(const Hyper& h) { return h.amsgrad ? 3 : 2; }
 
   static std::string check(const Hyper& h) {
     for (auto e : {check::non_negative("lr", h.lr), check::unit_interval("beta1", h.beta1),
@@ -38,7 +38,7 @@ struct Adam {
   }
 
   // step is the 1-based count of updates, this one included.
-  static Coeffs coeffs(const Hyper& h, int64_t step) {
+  FASTOPT_HD static Coeffs coeffs(const Hyper& h, int64_t step) {
     const double bc1 = 1.0 - std::pow(h.beta1, double(step));
     const double bc2 = 1.0 - std::pow(h.beta2, double(step));
     return {float(1.0 - h.beta1),  float(h.beta2),          float(1.0 - h.beta2),

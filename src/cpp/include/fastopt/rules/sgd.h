@@ -23,7 +23,7 @@ struct Sgd {
 
   static constexpr int max_state = 1;  // momentum_buffer
 
-  static int num_state(const Hyper& h) { return h.momentum != 0 ? 1 : 0; }
+  FASTOPT_HD static int num_state(const Hyper& h) { return h.momentum != 0 ? 1 : 0; }
 
   static std::string check(const Hyper& h) {
     for (auto e : {check::non_negative("lr", h.lr), check::non_negative("momentum", h.momentum),
@@ -37,7 +37,7 @@ struct Sgd {
   }
 
   // step counts the updates of the momentum buffer, this one included (1 on the first).
-  static Coeffs coeffs(const Hyper& h, int64_t step) {
+  FASTOPT_HD static Coeffs coeffs(const Hyper& h, int64_t step) {
     return {float(-h.lr), float(h.momentum), float(1.0 - h.dampening), float(h.weight_decay),
             h.maximize ? -1.0f : 1.0f, h.momentum != 0, step <= 1, h.nesterov};
   }

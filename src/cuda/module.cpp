@@ -1,0 +1,144 @@
+// The pybind11 module fastopt._cuda: the CUDA engine's groups, bound through the same intake
+// and validation as the CPU engine's. Imported only where a CUDA driver and device exist.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+
+#include "../cpp/python/binding.h"
+#include "fastopt/rules/adam.h"
+#include "fastopt/rules/sgd.h"
+#include "group.h"
+
+namespace py = pybind11;
+using namespace fastopt;
+
+namespace {
+
+constexpr int kCudaDevice = 2;  // DLPack device type
+
+void* as_stream(uintptr_t stream) { return reinterpret_cast<void*>(stream); }
+
+// A group on the CUDA engine: the validated binding and the device-resident tensor table.
+class CudaGroup {
+ public:
+  CudaGroup(RuleId rule, py::sequence params, py::sequence grads, py::sequence masters, py::sequence states,
+            const std::vector<std::string>& state_names, const std::vector<int64_t>& group_sizes)
+      : binding_(py_intake::bind(params, grads, masters, states, state_names, group_sizes, kCudaDevice)),
+        group_(rule, binding_.slots, binding_.device.id, int(group_sizes.size())) {}
+
+  // One step, coefficients from the host, enqueued on `stream`.
+  template <class Rule>
+  void step(const std::vector<typename Rule::Hyper>& hypers, const std::vector<int64_t>& steps, uintptr_t stream,
+            RuleId id) {
+    check_rule(id);
+    const auto coeffs = py_intake::step_coeffs<Rule>(binding_, hypers, steps);
+    py::gil_scoped_release nogil;
+    group_.run(coeffs.data(), sizeof(typename Rule::Coeffs), as_stream(stream));
+  }
+
+  // One capturable step: lrs and step counts are read from device memory (set_lr, set_step).
+  template <class Rule>
+  void step_capturable(const std::vector<typename Rule::Hyper>& hypers, uintptr_t stream, RuleId id) {
+    check_rule(id);
+    // Validates everything but the lr, which lives on the device (checked when set).
+    py_intake::step_coeffs<Rule>(binding_, hypers, std::vector<int64_t>(hypers.size(), 1));
+    py::gil_scoped_release nogil;
+    group_.run_capturable(hypers.data(), sizeof(typename Rule::Hyper), as_stream(stream));
+  }
+
+  void set_lr(int group, double lr, uintptr_t stream) {
+    check_group(group);
+    if (!(lr >= 0 && lr < 1e300)) throw std::invalid_argument("lr must be finite and >= 0");
+    cuda::set_device_value(group_.lr_device() + group, lr, as_stream(stream));
+  }
+
+  void set_step(int group, int64_t step, uintptr_t stream) {
+    check_group(group);
+    if (step < 0) throw std::invalid_argument("step must be >= 0");
+    cuda::set_device_value(group_.steps_device() + group, step, as_stream(stream));
+  }
+
+  // Addresses of the device-resident lrs (float64) and step counts (int64), one per group.
+  uintptr_t lr_address() const { return reinterpret_cast<uintptr_t>(group_.lr_device()); }
+  uintptr_t steps_address() const { return reinterpret_cast<uintptr_t>(group_.steps_device()); }
+  int device() const { return group_.device(); }
+  int64_t num_chunks() const { return group_.num_chunks(); }
+
+ private:
+  void check_rule(RuleId id) const {
+    if (group_.rule() != id) throw std::invalid_argument("these hyperparameters are for another optimizer");
+  }
+  void check_group(int group) const {
+    if (group < 0 || size_t(group) >= binding_.group_state.size()) throw std::out_of_range("no such param group");
+  }
+
+  py_intake::Binding binding_;
+  cuda::Group group_;
+};
+
+RuleId rule_id(const std::string& name) {
+  if (name == "sgd") return RuleId::sgd;
+  if (name == "adam") return RuleId::adam;
+  throw std::invalid_argument("the CUDA engine has no rule '" + name + "'");
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_cuda, m) {
+  m.doc() = "fastopt's CUDA engine (internal: use the fastopt package)";
+  // Bind errors raise the CPU module's TensorError, so that callers catch one class.
+  static py::handle tensor_error = py::object(py::module_::import("fastopt._core").attr("TensorError")).release();
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const py_intake::TensorError& e) {
+      PyErr_SetString(tensor_error.ptr(), e.what());
+    }
+  });
+
+  m.def("device_count", &cuda::device_count);
+  m.def("widen_into", [](py::handle src, py::handle dst, uintptr_t stream) {
+    const auto s = py_intake::intake(src, "source", kCudaDevice);
+    const auto d = py_intake::intake(dst, "destination", kCudaDevice);
+    if (d.dtype != DType::f32 || d.readonly || d.shape != s.shape) {
+      throw std::invalid_argument("destination must be a writable float32 array of the source's shape");
+    }
+    cuda::widen(s.data, s.dtype, static_cast<float*>(d.data), s.numel, as_stream(stream));
+  }, py::arg("src"), py::arg("dst"), py::arg("stream"));
+  m.attr("max_groups") = cuda::kMaxGroups;
+
+  py::class_<CudaGroup>(m, "Group")
+      .def(py::init([](const std::string& rule, py::sequence params, py::sequence grads, py::sequence masters,
+                       py::sequence states, std::vector<std::string> state_names, std::vector<int64_t> group_sizes) {
+             return new CudaGroup(rule_id(rule), params, grads, masters, states, state_names, group_sizes);
+           }),
+           py::arg("rule"), py::arg("params"), py::arg("grads"), py::arg("masters"), py::arg("states"),
+           py::arg("state_names"), py::arg("group_sizes"))
+      .def("step",
+           [](CudaGroup& g, const std::vector<Sgd::Hyper>& h, const std::vector<int64_t>& steps, uintptr_t stream) {
+             g.step<Sgd>(h, steps, stream, RuleId::sgd);
+           },
+           py::arg("hypers"), py::arg("steps"), py::arg("stream"))
+      .def("step",
+           [](CudaGroup& g, const std::vector<Adam::Hyper>& h, const std::vector<int64_t>& steps, uintptr_t stream) {
+             g.step<Adam>(h, steps, stream, RuleId::adam);
+           },
+           py::arg("hypers"), py::arg("steps"), py::arg("stream"))
+      .def("step_capturable",
+           [](CudaGroup& g, const std::vector<Sgd::Hyper>& h, uintptr_t stream) {
+             g.step_capturable<Sgd>(h, stream, RuleId::sgd);
+           },
+           py::arg("hypers"), py::arg("stream"))
+      .def("step_capturable",
+           [](CudaGroup& g, const std::vector<Adam::Hyper>& h, uintptr_t stream) {
+             g.step_capturable<Adam>(h, stream, RuleId::adam);
+           },
+           py::arg("hypers"), py::arg("stream"))
+      .def("set_lr", &CudaGroup::set_lr, py::arg("group"), py::arg("lr"), py::arg("stream"))
+      .def("set_step", &CudaGroup::set_step, py::arg("group"), py::arg("step"), py::arg("stream"))
+      .def_property_readonly("lr_address", &CudaGroup::lr_address)
+      .def_property_readonly("steps_address", &CudaGroup::steps_address)
+      .def_property_readonly("device", &CudaGroup::device)
+      .def_property_readonly("num_chunks", &CudaGroup::num_chunks);
+}
