@@ -59,9 +59,6 @@ class CudaGroup {
     cuda::set_device_value(group_.steps_device() + group, step, as_stream(stream));
   }
 
-  // Addresses of the device-resident lrs (float64) and step counts (int64), one per group.
-  uintptr_t lr_address() const { return reinterpret_cast<uintptr_t>(group_.lr_device()); }
-  uintptr_t steps_address() const { return reinterpret_cast<uintptr_t>(group_.steps_device()); }
   int device() const { return group_.device(); }
   int64_t num_chunks() const { return group_.num_chunks(); }
 
@@ -137,8 +134,6 @@ PYBIND11_MODULE(_cuda, m) {
            py::arg("hypers"), py::arg("stream"))
       .def("set_lr", &CudaGroup::set_lr, py::arg("group"), py::arg("lr"), py::arg("stream"))
       .def("set_step", &CudaGroup::set_step, py::arg("group"), py::arg("step"), py::arg("stream"))
-      .def_property_readonly("lr_address", &CudaGroup::lr_address)
-      .def_property_readonly("steps_address", &CudaGroup::steps_address)
       .def_property_readonly("device", &CudaGroup::device)
       .def_property_readonly("num_chunks", &CudaGroup::num_chunks);
 }
