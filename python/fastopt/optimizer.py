@@ -147,6 +147,10 @@ class Optimizer(abc.ABC):
     def _state_created(self, group: int) -> None:
         """Called when a group's state arrays are allocated."""
 
+    def _initial_value(self, name: str, group: int) -> float:
+        """The value a fresh state array ``name`` of a param in ``group`` starts at."""
+        return 0.0
+
     def _required_state(self, group: int, hyper: Any, step: int) -> tuple[str, ...]:
         """The state arrays a checkpoint must hold for a group at ``step`` steps."""
         return self.state_names[: hyper.num_state()] if step > 0 else ()
@@ -172,6 +176,7 @@ class Optimizer(abc.ABC):
             for name in self.state_names[: need[j]]:
                 if name not in self._state[i]:
                     self._state[i][name] = state_like(self._params[i], f"param {i}")
+                    self._state[i][name].fill(self._initial_value(name, j))
                     created.add(j)
         for j in sorted(created):
             self._state_created(j)
@@ -303,8 +308,8 @@ class Optimizer(abc.ABC):
                     self._state[i][name] = state_like(self._params[i], f"param {i}")
                 np.copyto(self._state[i][name], a)
             for name, a in self._state[i].items():
-                if name not in got:
-                    a.fill(0)  # absent from a step-0 checkpoint: as a fresh optimizer has it
+                if name not in got:  # absent from a step-0 checkpoint: as a fresh optimizer has it
+                    a.fill(self._initial_value(name, self._group_of[i]))
         self._steps = steps
         self._bound_states = None  # rebind: the loaded state may bring new arrays
         self._refresh()

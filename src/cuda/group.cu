@@ -9,8 +9,6 @@
 
 #include "fastopt/element.h"
 #include "fastopt/numeric/pack_cuda.h"
-#include "fastopt/rules/adam.h"
-#include "fastopt/rules/sgd.h"
 #include "group.h"
 
 namespace fastopt::cuda {
@@ -165,7 +163,7 @@ void launch_capturable(const void* hypers, size_t stride, int num_groups, const 
 
 Group::Group(RuleId rule, const std::vector<TensorSlot>& slots, int device, int num_groups)
     : rule_(rule), device_(device), num_groups_(num_groups) {
-  if (rule != RuleId::sgd && rule != RuleId::adam) throw std::invalid_argument("the CUDA engine has no such rule");
+  if (rule == RuleId::probe || rule == RuleId::count) throw std::invalid_argument("the CUDA engine has no such rule");
   if (num_groups < 1 || num_groups > kMaxGroups) {
     throw std::invalid_argument("the CUDA engine takes 1 to " + std::to_string(kMaxGroups) + " param groups, got " +
                                 std::to_string(num_groups));
@@ -203,19 +201,27 @@ void Group::run(const void* coeffs, size_t stride, void* stream) const {
   if (num_chunks_ == 0) return;
   DeviceGuard guard(device_);
   const auto s = static_cast<cudaStream_t>(stream);
-  if (rule_ == RuleId::sgd) launch<Sgd>(coeffs, stride, num_groups_, slots_dev_, chunks_dev_, num_chunks_, device_, s);
-  else launch<Adam>(coeffs, stride, num_groups_, slots_dev_, chunks_dev_, num_chunks_, device_, s);
+  switch (rule_) {
+#define FASTOPT_LAUNCH(id, T)                                                              \
+  case RuleId::id:                                                                         \
+    return launch<T>(coeffs, stride, num_groups_, slots_dev_, chunks_dev_, num_chunks_, device_, s);
+    FASTOPT_RULES(FASTOPT_LAUNCH)
+#undef FASTOPT_LAUNCH
+    default: return;
+  }
 }
 
 void Group::run_capturable(const void* hypers, size_t stride, void* stream) const {
   DeviceGuard guard(device_);
   const auto s = static_cast<cudaStream_t>(stream);
-  if (rule_ == RuleId::sgd) {
-    launch_capturable<Sgd>(hypers, stride, num_groups_, lr_, steps_, done_, slots_dev_, chunks_dev_, num_chunks_,
-                           device_, s);
-  } else {
-    launch_capturable<Adam>(hypers, stride, num_groups_, lr_, steps_, done_, slots_dev_, chunks_dev_, num_chunks_,
-                            device_, s);
+  switch (rule_) {
+#define FASTOPT_LAUNCH(id, T)                                                                                   \
+  case RuleId::id:                                                                                              \
+    return launch_capturable<T>(hypers, stride, num_groups_, lr_, steps_, done_, slots_dev_, chunks_dev_,       \
+                                num_chunks_, device_, s);
+    FASTOPT_RULES(FASTOPT_LAUNCH)
+#undef FASTOPT_LAUNCH
+    default: return;
   }
 }
 

@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "fastopt/rules/rule_id.h"
+#include "fastopt/rules/registry.h"
 #include "fastopt/tensor_list.h"
 
 namespace fastopt::cuda {

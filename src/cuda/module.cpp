@@ -6,8 +6,7 @@
 #include <cstdint>
 
 #include "../cpp/python/binding.h"
-#include "fastopt/rules/adam.h"
-#include "fastopt/rules/sgd.h"
+#include "../cpp/python/rules.h"
 #include "group.h"
 
 namespace py = pybind11;
@@ -28,23 +27,25 @@ class CudaGroup {
         group_(rule, binding_.slots, binding_.device.id, int(group_sizes.size())) {}
 
   // One step, coefficients from the host, enqueued on `stream`.
-  template <class Rule>
-  void step(const std::vector<typename Rule::Hyper>& hypers, const std::vector<int64_t>& steps, uintptr_t stream,
-            RuleId id) {
-    check_rule(id);
-    const auto coeffs = py_intake::step_coeffs<Rule>(binding_, hypers, steps);
-    py::gil_scoped_release nogil;
-    group_.run(coeffs.data(), sizeof(typename Rule::Coeffs), as_stream(stream));
+  void step(py::sequence hypers, const std::vector<int64_t>& steps, uintptr_t stream) {
+    py_intake::with_rule(group_.rule(), [&](auto rule) {
+      using Rule = decltype(rule);
+      const auto coeffs = py_intake::step_coeffs<Rule>(binding_, py_intake::hypers_of<Rule>(hypers), steps);
+      py::gil_scoped_release nogil;
+      group_.run(coeffs.data(), sizeof(typename Rule::Coeffs), as_stream(stream));
+    });
   }
 
   // One capturable step: lrs and step counts are read from device memory (set_lr, set_step).
-  template <class Rule>
-  void step_capturable(const std::vector<typename Rule::Hyper>& hypers, uintptr_t stream, RuleId id) {
-    check_rule(id);
-    // Validates everything but the lr, which lives on the device (checked when set).
-    py_intake::step_coeffs<Rule>(binding_, hypers, std::vector<int64_t>(hypers.size(), 1));
-    py::gil_scoped_release nogil;
-    group_.run_capturable(hypers.data(), sizeof(typename Rule::Hyper), as_stream(stream));
+  void step_capturable(py::sequence hypers, uintptr_t stream) {
+    py_intake::with_rule(group_.rule(), [&](auto rule) {
+      using Rule = decltype(rule);
+      const auto hs = py_intake::hypers_of<Rule>(hypers);
+      // Validates everything but the lr, which lives on the device (checked when set).
+      py_intake::step_coeffs<Rule>(binding_, hs, std::vector<int64_t>(hs.size(), 1));
+      py::gil_scoped_release nogil;
+      group_.run_capturable(hs.data(), sizeof(typename Rule::Hyper), as_stream(stream));
+    });
   }
 
   void set_lr(int group, double lr, uintptr_t stream) {
@@ -63,9 +64,6 @@ class CudaGroup {
   int64_t num_chunks() const { return group_.num_chunks(); }
 
  private:
-  void check_rule(RuleId id) const {
-    if (group_.rule() != id) throw std::invalid_argument("these hyperparameters are for another optimizer");
-  }
   void check_group(int group) const {
     if (group < 0 || size_t(group) >= binding_.group_state.size()) throw std::out_of_range("no such param group");
   }
@@ -73,12 +71,6 @@ class CudaGroup {
   py_intake::Binding binding_;
   cuda::Group group_;
 };
-
-RuleId rule_id(const std::string& name) {
-  if (name == "sgd") return RuleId::sgd;
-  if (name == "adam") return RuleId::adam;
-  throw std::invalid_argument("the CUDA engine has no rule '" + name + "'");
-}
 
 }  // namespace
 
@@ -108,30 +100,12 @@ PYBIND11_MODULE(_cuda, m) {
   py::class_<CudaGroup>(m, "Group")
       .def(py::init([](const std::string& rule, py::sequence params, py::sequence grads, py::sequence masters,
                        py::sequence states, std::vector<std::string> state_names, std::vector<int64_t> group_sizes) {
-             return new CudaGroup(rule_id(rule), params, grads, masters, states, state_names, group_sizes);
+             return new CudaGroup(py_intake::rule_id(rule, false), params, grads, masters, states, state_names, group_sizes);
            }),
            py::arg("rule"), py::arg("params"), py::arg("grads"), py::arg("masters"), py::arg("states"),
            py::arg("state_names"), py::arg("group_sizes"))
-      .def("step",
-           [](CudaGroup& g, const std::vector<Sgd::Hyper>& h, const std::vector<int64_t>& steps, uintptr_t stream) {
-             g.step<Sgd>(h, steps, stream, RuleId::sgd);
-           },
-           py::arg("hypers"), py::arg("steps"), py::arg("stream"))
-      .def("step",
-           [](CudaGroup& g, const std::vector<Adam::Hyper>& h, const std::vector<int64_t>& steps, uintptr_t stream) {
-             g.step<Adam>(h, steps, stream, RuleId::adam);
-           },
-           py::arg("hypers"), py::arg("steps"), py::arg("stream"))
-      .def("step_capturable",
-           [](CudaGroup& g, const std::vector<Sgd::Hyper>& h, uintptr_t stream) {
-             g.step_capturable<Sgd>(h, stream, RuleId::sgd);
-           },
-           py::arg("hypers"), py::arg("stream"))
-      .def("step_capturable",
-           [](CudaGroup& g, const std::vector<Adam::Hyper>& h, uintptr_t stream) {
-             g.step_capturable<Adam>(h, stream, RuleId::adam);
-           },
-           py::arg("hypers"), py::arg("stream"))
+      .def("step", &CudaGroup::step, py::arg("hypers"), py::arg("steps"), py::arg("stream"))
+      .def("step_capturable", &CudaGroup::step_capturable, py::arg("hypers"), py::arg("stream"))
       .def("set_lr", &CudaGroup::set_lr, py::arg("group"), py::arg("lr"), py::arg("stream"))
       .def("set_step", &CudaGroup::set_step, py::arg("group"), py::arg("step"), py::arg("stream"))
       .def_property_readonly("device", &CudaGroup::device)

@@ -2,7 +2,7 @@
 #pragma once
 #include <cstdint>
 
-#include "fastopt/rules/rule_id.h"
+#include "fastopt/rules/registry.h"
 #include "fastopt/tensor_list.h"
 
 namespace fastopt::cpu {

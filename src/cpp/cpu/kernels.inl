@@ -3,8 +3,7 @@
 // FASTOPT_KERNEL_SET (the accessor it exports). No -march=native: each target's flags
 // are set by CMake on its own translation unit.
 #include "fastopt/element.h"
-#include "fastopt/rules/adam.h"
-#include "fastopt/rules/sgd.h"
+#include "fastopt/rules/registry.h"
 #include "kernels.h"
 
 namespace fastopt::cpu::FASTOPT_ISA {
@@ -56,8 +55,9 @@ struct Probe {
 KernelSet make_set() {
   KernelSet s{};
   s.isa = FASTOPT_ISA_NAME;
-  fill_rule<Sgd>(s.kernels[int(RuleId::sgd)]);
-  fill_rule<Adam>(s.kernels[int(RuleId::adam)]);
+#define FASTOPT_FILL(id, T) fill_rule<T>(s.kernels[int(RuleId::id)]);
+  FASTOPT_RULES(FASTOPT_FILL)
+#undef FASTOPT_FILL
   fill_rule<Probe>(s.kernels[int(RuleId::probe)]);
   return s;
 }

@@ -8,21 +8,13 @@
 #include "../cpu/pool.h"
 #include "binding.h"
 #include "fastopt/numeric/convert.h"
-#include "fastopt/rules/adam.h"
-#include "fastopt/rules/sgd.h"
+#include "rules.h"
 
 namespace py = pybind11;
 using namespace fastopt;
 using py_intake::View;
 
 namespace {
-
-RuleId rule_id(const std::string& name) {
-  if (name == "sgd") return RuleId::sgd;
-  if (name == "adam") return RuleId::adam;
-  if (name == "probe") return RuleId::probe;
-  throw std::invalid_argument("unknown rule '" + name + "'");
-}
 
 volatile float probe_zero = 0.0f;  // read at run time, so the probe's work cannot be elided
 
@@ -34,12 +26,14 @@ class CpuGroup {
       : binding_(py_intake::bind(params, grads, masters, states, state_names, group_sizes, 1)),
         group_(rule, binding_.slots) {}
 
-  template <class Rule>
-  void step(const std::vector<typename Rule::Hyper>& hypers, const std::vector<int64_t>& steps, RuleId id) {
-    if (group_.rule() != id) throw std::invalid_argument("these hyperparameters are for another optimizer");
-    const auto coeffs = py_intake::step_coeffs<Rule>(binding_, hypers, steps);
-    py::gil_scoped_release nogil;
-    group_.run(coeffs.data(), sizeof(typename Rule::Coeffs));
+  // One step: hypers holds one of the group's rule's Hyper structs per param group.
+  void step(py::sequence hypers, const std::vector<int64_t>& steps) {
+    py_intake::with_rule(group_.rule(), [&](auto rule) {
+      using Rule = decltype(rule);
+      const auto coeffs = py_intake::step_coeffs<Rule>(binding_, py_intake::hypers_of<Rule>(hypers), steps);
+      py::gil_scoped_release nogil;
+      group_.run(coeffs.data(), sizeof(typename Rule::Coeffs));
+    });
   }
 
   // The bandwidth probe over this group's streams (a group bound with rule "probe").
@@ -100,48 +94,17 @@ PYBIND11_MODULE(_core, m) {
   }, py::arg("array"), py::arg("name"));
   m.attr("task_elems") = cpu::Group::kTaskElems;
 
-  py::class_<Sgd::Hyper>(m, "SgdHyper")
-      .def(py::init<>())
-      .def_readwrite("lr", &Sgd::Hyper::lr)
-      .def_readwrite("momentum", &Sgd::Hyper::momentum)
-      .def_readwrite("dampening", &Sgd::Hyper::dampening)
-      .def_readwrite("weight_decay", &Sgd::Hyper::weight_decay)
-      .def_readwrite("nesterov", &Sgd::Hyper::nesterov)
-      .def_readwrite("maximize", &Sgd::Hyper::maximize)
-      .def("check", &Sgd::check)
-      .def("num_state", &Sgd::num_state);
-
-  py::class_<Adam::Hyper>(m, "AdamHyper")
-      .def(py::init<>())
-      .def_readwrite("lr", &Adam::Hyper::lr)
-      .def_readwrite("beta1", &Adam::Hyper::beta1)
-      .def_readwrite("beta2", &Adam::Hyper::beta2)
-      .def_readwrite("eps", &Adam::Hyper::eps)
-      .def_readwrite("weight_decay", &Adam::Hyper::weight_decay)
-      .def_readwrite("amsgrad", &Adam::Hyper::amsgrad)
-      .def_readwrite("maximize", &Adam::Hyper::maximize)
-      .def_readwrite("decoupled", &Adam::Hyper::decoupled)
-      .def("check", &Adam::check)
-      .def("num_state", &Adam::num_state);
+  py_intake::bind_hypers(m);
 
   py::class_<CpuGroup>(m, "Group")
       .def(py::init([](const std::string& rule, py::sequence params, py::sequence grads, py::sequence masters,
                        py::sequence states, std::vector<std::string> state_names,
                        std::vector<int64_t> group_sizes) {
-             return new CpuGroup(rule_id(rule), params, grads, masters, states, state_names, group_sizes);
+             return new CpuGroup(py_intake::rule_id(rule, true), params, grads, masters, states, state_names, group_sizes);
            }),
            py::arg("rule"), py::arg("params"), py::arg("grads"), py::arg("masters"), py::arg("states"),
            py::arg("state_names"), py::arg("group_sizes"))
-      .def("step",
-           [](CpuGroup& g, const std::vector<Sgd::Hyper>& h, const std::vector<int64_t>& steps) {
-             g.step<Sgd>(h, steps, RuleId::sgd);
-           },
-           py::arg("hypers"), py::arg("steps"))
-      .def("step",
-           [](CpuGroup& g, const std::vector<Adam::Hyper>& h, const std::vector<int64_t>& steps) {
-             g.step<Adam>(h, steps, RuleId::adam);
-           },
-           py::arg("hypers"), py::arg("steps"))
+      .def("step", &CpuGroup::step, py::arg("hypers"), py::arg("steps"))
       .def("probe", &CpuGroup::probe,
            "Moves this group's streams with no math (a group bound with rule 'probe')")
       .def_property_readonly("isa", [](const CpuGroup& g) { return std::string(g.group().isa()); })

@@ -31,6 +31,9 @@ __device__ __forceinline__ Pack8 vdiv(const Pack8& a, const Pack8& b) { FASTOPT_
 __device__ __forceinline__ Pack8 vfma(const Pack8& a, const Pack8& b, const Pack8& c) { FASTOPT_PACK_OP(vfma(a.v[k], b.v[k], c.v[k])) }
 __device__ __forceinline__ Pack8 vsqrt(const Pack8& a) { FASTOPT_PACK_OP(vsqrt(a.v[k])) }
 __device__ __forceinline__ Pack8 vmax(const Pack8& a, const Pack8& b) { FASTOPT_PACK_OP(vmax(a.v[k], b.v[k])) }
+__device__ __forceinline__ Pack8 vmin(const Pack8& a, const Pack8& b) { FASTOPT_PACK_OP(vmin(a.v[k], b.v[k])) }
+__device__ __forceinline__ Pack8 vabs(const Pack8& a) { FASTOPT_PACK_OP(vabs(a.v[k])) }
+__device__ __forceinline__ Pack8 vsign(const Pack8& a) { FASTOPT_PACK_OP(vsign(a.v[k])) }
 #undef FASTOPT_PACK_OP
 
 __device__ __forceinline__ Pack8 load(const float* p, Lane<Pack8>) {

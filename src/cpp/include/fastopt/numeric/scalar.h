@@ -37,5 +37,19 @@ FASTOPT_HD float vdiv(float a, float b) {
 // Returns b when either operand is NaN, exactly like x86 MAXPS(a, b), so that NaN
 // propagation is the same on every target.
 FASTOPT_HD float vmax(float a, float b) { return a > b ? a : b; }
+// Likewise MINPS(a, b): b when either is NaN.
+FASTOPT_HD float vmin(float a, float b) { return a < b ? a : b; }
+
+// |a|: the sign bit cleared (NaN stays NaN).
+FASTOPT_HD float vabs(float a) {
+#if defined(__CUDA_ARCH__)
+  return fabsf(a);
+#else
+  return std::fabs(a);
+#endif
+}
+
+// 1 for a > 0, -1 for a < 0, a itself for +-0 and NaN (torch.sign).
+FASTOPT_HD float vsign(float a) { return a > 0 ? 1.0f : (a < 0 ? -1.0f : a); }
 
 }  // namespace fastopt

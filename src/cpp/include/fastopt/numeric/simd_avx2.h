@@ -22,6 +22,13 @@ FASTOPT_HD VecAvx2 vdiv(VecAvx2 a, VecAvx2 b) { return _mm256_div_ps(a.v, b.v); 
 FASTOPT_HD VecAvx2 vfma(VecAvx2 a, VecAvx2 b, VecAvx2 c) { return _mm256_fmadd_ps(a.v, b.v, c.v); }
 FASTOPT_HD VecAvx2 vsqrt(VecAvx2 a) { return _mm256_sqrt_ps(a.v); }
 FASTOPT_HD VecAvx2 vmax(VecAvx2 a, VecAvx2 b) { return _mm256_max_ps(a.v, b.v); }
+FASTOPT_HD VecAvx2 vmin(VecAvx2 a, VecAvx2 b) { return _mm256_min_ps(a.v, b.v); }
+FASTOPT_HD VecAvx2 vabs(VecAvx2 a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a.v); }
+FASTOPT_HD VecAvx2 vsign(VecAvx2 a) {
+  const __m256 zero = _mm256_setzero_ps();
+  const __m256 r = _mm256_blendv_ps(a.v, _mm256_set1_ps(1.0f), _mm256_cmp_ps(a.v, zero, _CMP_GT_OQ));
+  return _mm256_blendv_ps(r, _mm256_set1_ps(-1.0f), _mm256_cmp_ps(a.v, zero, _CMP_LT_OQ));
+}
 
 FASTOPT_HD VecAvx2 load(const float* p, Lane<VecAvx2>) { return _mm256_loadu_ps(p); }
 FASTOPT_HD VecAvx2 load(const f16* p, Lane<VecAvx2>) {

@@ -22,6 +22,13 @@ FASTOPT_HD VecAvx512 vdiv(VecAvx512 a, VecAvx512 b) { return _mm512_div_ps(a.v, 
 FASTOPT_HD VecAvx512 vfma(VecAvx512 a, VecAvx512 b, VecAvx512 c) { return _mm512_fmadd_ps(a.v, b.v, c.v); }
 FASTOPT_HD VecAvx512 vsqrt(VecAvx512 a) { return _mm512_sqrt_ps(a.v); }
 FASTOPT_HD VecAvx512 vmax(VecAvx512 a, VecAvx512 b) { return _mm512_max_ps(a.v, b.v); }
+FASTOPT_HD VecAvx512 vmin(VecAvx512 a, VecAvx512 b) { return _mm512_min_ps(a.v, b.v); }
+FASTOPT_HD VecAvx512 vabs(VecAvx512 a) { return _mm512_abs_ps(a.v); }
+FASTOPT_HD VecAvx512 vsign(VecAvx512 a) {
+  const __m512 zero = _mm512_setzero_ps();
+  const __m512 r = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a.v, zero, _CMP_GT_OQ), a.v, _mm512_set1_ps(1.0f));
+  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a.v, zero, _CMP_LT_OQ), r, _mm512_set1_ps(-1.0f));
+}
 
 FASTOPT_HD VecAvx512 load(const float* p, Lane<VecAvx512>) { return _mm512_loadu_ps(p); }
 FASTOPT_HD VecAvx512 load(const f16* p, Lane<VecAvx512>) {

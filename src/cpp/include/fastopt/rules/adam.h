@@ -18,6 +18,13 @@ struct Adam {
     bool amsgrad = false, maximize = false, decoupled = false;
   };
 
+  template <class F>
+  static void fields(F&& f) {  // every hyperparameter by name, for the bindings
+    f("lr", &Hyper::lr), f("beta1", &Hyper::beta1), f("beta2", &Hyper::beta2), f("eps", &Hyper::eps);
+    f("weight_decay", &Hyper::weight_decay), f("amsgrad", &Hyper::amsgrad), f("maximize", &Hyper::maximize);
+    f("decoupled", &Hyper::decoupled);
+  }
+
   struct Coeffs {
     float one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay, decay_factor;
     float neg_step_size, inv_bias_correction2_sqrt, grad_sign;

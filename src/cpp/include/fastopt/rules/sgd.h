@@ -16,6 +16,12 @@ struct Sgd {
     bool nesterov = false, maximize = false;
   };
 
+  template <class F>
+  static void fields(F&& f) {  // every hyperparameter by name, for the bindings
+    f("lr", &Hyper::lr), f("momentum", &Hyper::momentum), f("dampening", &Hyper::dampening);
+    f("weight_decay", &Hyper::weight_decay), f("nesterov", &Hyper::nesterov), f("maximize", &Hyper::maximize);
+  }
+
   struct Coeffs {
     float neg_lr, momentum, one_minus_dampening, weight_decay, grad_sign;
     bool has_momentum, first, nesterov;
