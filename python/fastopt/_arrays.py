@@ -1,12 +1,17 @@
-"""Allocation of the fp32 arrays fastopt owns (optimizer state, master weights)."""
+"""The fp32 arrays fastopt owns (optimizer state, master weights), allocated where the params
+live: aligned NumPy arrays for CPU params, arrays of the params' own library (PyTorch or
+CuPy) for CUDA params. Also the few library-neutral operations the optimizers need on them."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
 from . import _core
 
 _ALIGN = 64  # one cache line, and one AVX-512 vector
+_CPU = 1     # DLPack device type
 
 
 def aligned_zeros(shape: tuple[int, ...]) -> np.ndarray:
@@ -18,14 +23,74 @@ def aligned_zeros(shape: tuple[int, ...]) -> np.ndarray:
     return raw[start:start + n].reshape(shape)
 
 
-def state_like(param, name: str) -> np.ndarray:
-    """A zeroed float32 array with the shape of ``param`` (any supported array)."""
+def library(a: Any) -> str:
+    """"numpy", "torch", "cupy" or "other": which library an array belongs to."""
+    if isinstance(a, np.ndarray):
+        return "numpy"
+    root = type(a).__module__.split(".")[0]
+    return root if root in ("torch", "cupy") else "other"
+
+
+def state_like(param: Any, name: str) -> Any:
+    """A zeroed float32 array with the shape of ``param``, on its device: a 64-byte aligned
+    NumPy array for CPU memory; a PyTorch tensor or CuPy array (as the param) on its GPU."""
     shape, _, _ = _core.describe(param, name)
-    return aligned_zeros(tuple(shape))
+    kind, dev = _core.device_of(param)
+    if kind == _CPU:
+        return aligned_zeros(tuple(shape))
+    lib = library(param)
+    if lib == "torch":
+        import torch
+        return torch.zeros(tuple(shape), dtype=torch.float32, device=param.device)
+    if lib == "cupy":
+        import cupy
+        with cupy.cuda.Device(dev):
+            return cupy.zeros(tuple(shape), dtype=np.float32)
+    raise TypeError(f"{name}: fastopt allocates the state of GPU params with PyTorch or CuPy, and "
+                    f"{type(param).__name__} is neither; use fastopt.functional with state arrays of your own")
 
 
-def master_copy(param, name: str) -> np.ndarray:
-    """The exact float32 value of ``param``, in a new aligned array."""
+def master_copy(param: Any, name: str, stream: int = 0) -> Any:
+    """The exact float32 value of ``param``, in a new array on its device (written on
+    ``stream`` for GPU params)."""
     out = state_like(param, name)
-    _core.widen_into(param, out)
+    if isinstance(out, np.ndarray):
+        _core.widen_into(param, out)
+    else:
+        from .cuda import engine
+        engine().widen_into(param, out, stream)
     return out
+
+
+def copy(a: Any) -> Any:
+    """A copy of ``a`` on its device."""
+    return a.clone() if library(a) == "torch" else a.copy()
+
+
+def to_host(a: Any) -> np.ndarray:
+    """``a`` as a NumPy array (copied from the GPU where it lives there)."""
+    lib = library(a)
+    if lib == "torch":
+        return a.detach().cpu().numpy()
+    if lib == "cupy":
+        return a.get()
+    return np.asarray(a)
+
+
+def assign(dst: Any, src: np.ndarray) -> None:
+    """Copies host array ``src`` into ``dst`` (same shape and dtype), wherever dst lives."""
+    lib = library(dst)
+    if lib == "torch":
+        import torch
+        dst.copy_(torch.from_numpy(np.ascontiguousarray(src)))
+    elif lib == "cupy":
+        dst.set(np.ascontiguousarray(src))
+    else:
+        np.copyto(dst, src)
+
+
+def fill(a: Any, value: float) -> None:
+    if library(a) == "torch":
+        a.fill_(value)
+    else:
+        a.fill(value)

@@ -9,7 +9,8 @@ from typing import Any, ClassVar, Iterable, Mapping, Sequence
 import numpy as np
 
 from . import _core
-from ._arrays import master_copy, state_like
+from ._arrays import assign, copy, fill, master_copy, state_like, to_host
+from .engine import engine_for
 
 Array = Any  # a NumPy array, or any object with __dlpack__ (a PyTorch tensor, ...)
 
@@ -85,6 +86,15 @@ class Optimizer(abc.ABC):
         master_weights: keep an fp32 master copy of every float16/bfloat16 param, owned by
             the optimizer, initialised exactly from the param; each step updates the master
             and rewrites the param from it, rounded to nearest even. float32 params need none.
+        capturable: (CUDA params only) keep each group's lr and step count in device memory
+            and compute the step's coefficients on the device, so that :meth:`step` can be
+            captured in a CUDA graph and replayed; lr changes made between replays (``opt.lr
+            = ...``, enqueued on the current stream) are seen by the next replay.
+
+    The engine follows the params: CPU memory (NumPy arrays, CPU tensors) runs on the CPU
+    engine, CUDA memory (PyTorch CUDA tensors, CuPy arrays, any DLPack CUDA tensor) on the
+    CUDA engine, where state and master weights are allocated with the params' library and a
+    step is one kernel launch on the caller's current stream (or ``step(stream=...)``).
     """
 
     rule: ClassVar[str]
@@ -93,7 +103,7 @@ class Optimizer(abc.ABC):
 
     def __init__(self, params: Sequence[Array] | Sequence[Mapping[str, Any]],
                  grads: Sequence[Array] | None = None, *, master_weights: bool = False,
-                 **defaults: Any):
+                 capturable: bool = False, **defaults: Any):
         self.defaults = dict(type(self).default_hypers())
         for k in defaults:
             if k not in self.defaults:
@@ -116,15 +126,20 @@ class Optimizer(abc.ABC):
         self._grads = [g for _, _, gs in raw_groups for g in gs]
         self._group_sizes = [len(ps) for _, ps, _ in raw_groups]
         self._group_of = [j for j, n in enumerate(self._group_sizes) for _ in range(n)]
+        self._engine = engine_for(self._params[0] if self._params else None)
+        self._capturable = flag("capturable", capturable)
+        if self._capturable and not self._engine.is_cuda:
+            raise ValueError("capturable=True needs CUDA params (it keeps lr and step on the GPU)")
         # Bind the user's arrays alone first: every bad input is reported before anything
         # is allocated or written.
-        _core.Group(self.rule, self._params, self._grads, [None] * len(self._params),
-                    [[] for _ in self._params], list(self.state_names), self._group_sizes)
-        self._masters: list[np.ndarray | None] = [
-            master_copy(p, f"param {i}") if master_weights and _core.describe(p, f"param {i}")[1] != "float32"
-            else None
+        self._engine.bind(self.rule, self._params, self._grads, [None] * len(self._params),
+                          [[] for _ in self._params], self.state_names, self._group_sizes)
+        stream = self._engine.stream(None, self._params[0]) if self._engine.is_cuda else 0
+        self._masters: list[Array | None] = [
+            master_copy(p, f"param {i}", stream)
+            if master_weights and _core.describe(p, f"param {i}")[1] != "float32" else None
             for i, p in enumerate(self._params)]
-        self._state: list[dict[str, np.ndarray]] = [{} for _ in self._params]
+        self._state: list[dict[str, Array]] = [{} for _ in self._params]
         self._steps = [0] * len(self.param_groups)
         self._bound_states: list[int] | None = None  # state streams bound per group
         self._refresh()
@@ -166,7 +181,15 @@ class Optimizer(abc.ABC):
         need = [h.num_state() for h in self._hypers]
         if need != self._bound_states:
             self._bind(need)
+        if self._capturable:  # the lrs live on the device: enqueue the current ones
+            stream = self._engine.stream(None, self._params[0])
+            for j, h in enumerate(self._hypers):
+                self._core.set_lr(j, h.lr, stream)
         self._stale = False
+
+    def _device_steps(self) -> list[int]:
+        """A capturable group's step counts, read from the device (waits for the stream)."""
+        return list(self._core.read_steps(self._engine.stream(None, self._params[0])))
 
     def _bind(self, need: list[int]) -> None:
         """Binds every param with the first need[group] state streams, allocating any that
@@ -176,22 +199,37 @@ class Optimizer(abc.ABC):
             for name in self.state_names[: need[j]]:
                 if name not in self._state[i]:
                     self._state[i][name] = state_like(self._params[i], f"param {i}")
-                    self._state[i][name].fill(self._initial_value(name, j))
+                    if self._initial_value(name, j) != 0:
+                        fill(self._state[i][name], self._initial_value(name, j))
                     created.add(j)
         for j in sorted(created):
             self._state_created(j)
-        self._core = _core.Group(
+        if self._capturable and self._bound_states is not None:
+            self._steps = self._device_steps()  # the new group starts from the old one's counts
+        self._core = self._engine.bind(
             self.rule, self._params, self._grads, self._masters,
             [[self._state[i][n] for n in self.state_names[: need[j]]] for i, j in enumerate(self._group_of)],
-            list(self.state_names), self._group_sizes)
+            self.state_names, self._group_sizes)
         self._bound_states = need
+        if self._capturable:
+            stream = self._engine.stream(None, self._params[0])
+            for j, s in enumerate(self._steps):
+                self._core.set_step(j, s, stream)
 
     # ---- public API --------------------------------------------------------------------
-    def step(self) -> None:
-        """Applies one update to every param, in place (one C++ call, GIL released)."""
+    def step(self, stream: Any = None) -> None:
+        """Applies one update to every param, in place (one C++ call, GIL released).
+
+        On CUDA the step is one kernel launch enqueued on ``stream`` (an int handle, a
+        ``torch.cuda.Stream`` or a ``cupy.cuda.Stream``; default: the params' library's
+        current stream); it never waits for the GPU."""
         if self._stale:
             self._refresh()
-        self._core.step(self._hypers, self._rule_steps())
+        if self._capturable:
+            self._rule_steps()  # host bookkeeping only: the device counts the steps
+            self._core.step_capturable(self._hypers, self._engine.stream(stream, self._params[0]))
+        else:
+            self._engine.step(self._core, self._hypers, self._rule_steps(), stream, self._params[0])
         self._steps = [s + 1 for s in self._steps]
 
     @property
@@ -227,17 +265,28 @@ class Optimizer(abc.ABC):
 
     @property
     def steps(self) -> list[int]:
-        """Steps taken by each param group."""
+        """Steps taken by each param group (capturable: read from the device, so that graph
+        replays count)."""
+        if self._capturable:
+            self._steps = self._device_steps()
         return list(self._steps)
 
+    @property
+    def device(self) -> str:
+        """Where the params live and the steps run: ``"cpu"`` or ``"cuda:N"``."""
+        return f"cuda:{self._engine.device}" if self._engine.is_cuda else "cpu"
+
     def state_dict(self) -> dict[str, Any]:
-        """A snapshot: copies of the state arrays, hyperparameters and step counts."""
+        """A snapshot: copies of the state arrays (on the params' device), hyperparameters and
+        step counts."""
+        if self._capturable:
+            self._steps = self._device_steps()
         state: dict[int, dict[str, Any]] = {}
         for i, j in enumerate(self._group_of):
             entry: dict[str, Any] = {"step": self._steps[j]}
-            entry.update({k: v.copy() for k, v in self._saved_state(i).items()})
+            entry.update({k: copy(v) for k, v in self._saved_state(i).items()})
             if self._masters[i] is not None:
-                entry["master_param"] = self._masters[i].copy()
+                entry["master_param"] = copy(self._masters[i])
             state[i] = entry
         groups = []
         first = 0
@@ -246,7 +295,7 @@ class Optimizer(abc.ABC):
             first += n
         return {"state": state, "param_groups": groups}
 
-    def _saved_state(self, i: int) -> dict[str, np.ndarray]:
+    def _saved_state(self, i: int) -> dict[str, Array]:
         """The state of param i worth saving."""
         return self._state[i]
 
@@ -302,11 +351,11 @@ class Optimizer(abc.ABC):
         for i, got in enumerate(arrays):
             for name, a in got.items():
                 if name == "master_param":
-                    np.copyto(self._masters[i], a)
+                    assign(self._masters[i], a)
                     continue
                 if name not in self._state[i]:
                     self._state[i][name] = state_like(self._params[i], f"param {i}")
-                np.copyto(self._state[i][name], a)
+                assign(self._state[i][name], a)
             for name, a in self._state[i].items():
                 if name not in got:  # absent from a step-0 checkpoint: as a fresh optimizer has it
                     a.fill(self._initial_value(name, self._group_of[i]))
@@ -324,7 +373,7 @@ class Optimizer(abc.ABC):
                 raise ValueError(f"param {i}: unknown state '{name}'")
             if name == "master_param" and self._masters[i] is None:
                 raise ValueError(f"param {i}: state_dict has master weights, this optimizer none")
-            a = np.asarray(value)
+            a = to_host(value)
             if a.dtype != np.float32 or a.shape != shape:
                 raise ValueError(f"param {i}: state '{name}' is {a.dtype}{list(a.shape)}, "
                                  f"expected float32{list(shape)}")

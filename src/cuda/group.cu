@@ -225,6 +225,13 @@ void Group::run_capturable(const void* hypers, size_t stride, void* stream) cons
   }
 }
 
+void Group::read_steps(int64_t* out, void* stream) const {
+  DeviceGuard guard(device_);
+  const auto s = static_cast<cudaStream_t>(stream);
+  check(cudaMemcpyAsync(out, steps_, sizeof(int64_t) * num_groups_, cudaMemcpyDeviceToHost, s), "read steps");
+  check(cudaStreamSynchronize(s), "cudaStreamSynchronize");
+}
+
 int device_count() {
   int n = 0;
   if (cudaGetDeviceCount(&n) != cudaSuccess) {

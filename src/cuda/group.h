@@ -31,10 +31,15 @@ class Group {
   // the same launch. Safe to capture in a CUDA graph and replay while the lrs change.
   void run_capturable(const void* hypers, size_t stride, void* stream) const;
 
+  // Copies the device-resident step counts (num_groups of them) to `out`, in order on
+  // `stream`, and waits for them: for checkpoints, not for the step loop.
+  void read_steps(int64_t* out, void* stream) const;
+
   double* lr_device() const { return lr_; }
   int64_t* steps_device() const { return steps_; }
   RuleId rule() const { return rule_; }
   int device() const { return device_; }
+  int num_groups() const { return num_groups_; }
   int64_t num_chunks() const { return num_chunks_; }
 
  private:

@@ -4,6 +4,7 @@
 #include <pybind11/stl.h>
 
 #include <cstdint>
+#include <vector>
 
 #include "../cpp/python/binding.h"
 #include "../cpp/python/rules.h"
@@ -60,6 +61,13 @@ class CudaGroup {
     cuda::set_device_value(group_.steps_device() + group, step, as_stream(stream));
   }
 
+  std::vector<int64_t> read_steps(uintptr_t stream) const {
+    std::vector<int64_t> out(size_t(group_.num_groups()));
+    py::gil_scoped_release nogil;
+    group_.read_steps(out.data(), as_stream(stream));
+    return out;
+  }
+
   int device() const { return group_.device(); }
   int64_t num_chunks() const { return group_.num_chunks(); }
 
@@ -108,6 +116,8 @@ PYBIND11_MODULE(_cuda, m) {
       .def("step_capturable", &CudaGroup::step_capturable, py::arg("hypers"), py::arg("stream"))
       .def("set_lr", &CudaGroup::set_lr, py::arg("group"), py::arg("lr"), py::arg("stream"))
       .def("set_step", &CudaGroup::set_step, py::arg("group"), py::arg("step"), py::arg("stream"))
+      .def("read_steps", &CudaGroup::read_steps, py::arg("stream"),
+           "The device-resident step counts of a capturable group (waits for `stream`)")
       .def_property_readonly("device", &CudaGroup::device)
       .def_property_readonly("num_chunks", &CudaGroup::num_chunks);
 }

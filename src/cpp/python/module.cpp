@@ -9,6 +9,7 @@
 #include "binding.h"
 #include "fastopt/numeric/convert.h"
 #include "rules.h"
+#include "schedules.h"
 
 namespace py = pybind11;
 using namespace fastopt;
@@ -88,13 +89,16 @@ PYBIND11_MODULE(_core, m) {
     const auto d = py_intake::device_of(a);
     return py::make_tuple(d.type, d.id);
   }, py::arg("array"));
+  // Shape, dtype name and read-only flag of an array in CPU or CUDA memory.
   m.def("describe", [](py::handle a, const std::string& name) {
-    const View v = py_intake::intake(a, name);
+    const int kind = py_intake::device_of(a).type;
+    const View v = py_intake::intake(a, name, kind == 2 ? 2 : 1);
     return py::make_tuple(py::cast(v.shape), py_intake::dtype_name(v.dtype), v.readonly);
   }, py::arg("array"), py::arg("name"));
   m.attr("task_elems") = cpu::Group::kTaskElems;
 
   py_intake::bind_hypers(m);
+  bind_schedules(m);
 
   py::class_<CpuGroup>(m, "Group")
       .def(py::init([](const std::string& rule, py::sequence params, py::sequence grads, py::sequence masters,

@@ -1,0 +1,82 @@
+"""The engine a group of tensors runs on — CPU or CUDA, decided by where its params live —
+and, on CUDA, the stream a step is enqueued on."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Sequence
+
+from . import _core
+from ._arrays import library
+from .cuda import engine as cuda_module
+
+CPU, CUDA = 1, 2  # DLPack device types
+
+
+class Engine:
+    """Binds groups and runs steps on one device. ``kind`` is ``"cpu"`` or ``"cuda"``."""
+
+    def __init__(self, kind: str, device: int = 0, module: Any = None):
+        self.kind, self.device, self._module = kind, device, module
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.kind == "cuda"
+
+    def bind(self, rule: str, params: Sequence, grads: Sequence, masters: Sequence,
+             states: Sequence, state_names: Sequence[str], group_sizes: Sequence[int]) -> Any:
+        """A bound group (validates every tensor; raises TensorError naming the bad one)."""
+        module = self._module if self.is_cuda else _core
+        return module.Group(rule, list(params), list(grads), list(masters), list(states),
+                            list(state_names), list(group_sizes))
+
+    def step(self, group: Any, hypers: list, steps: list[int], stream: Any, like: Any) -> None:
+        if self.is_cuda:
+            group.step(hypers, steps, self.stream(stream, like))
+        else:
+            group.step(hypers, steps)
+
+    def stream(self, stream: Any, like: Any) -> int:
+        """The CUDA stream handle to use: ``stream`` when given (an int handle, a
+        ``torch.cuda.Stream`` or a ``cupy.cuda.Stream``), else the current stream of the
+        library that ``like`` (a param) belongs to."""
+        if stream is not None:
+            return stream_handle(stream)
+        lib = library(like)
+        if lib == "other":  # a DLPack producer of a third library: use whichever is loaded
+            lib = next((m for m in ("torch", "cupy") if m in sys.modules), "other")
+        if lib == "torch":
+            import torch
+            return torch.cuda.current_stream(self.device).cuda_stream
+        if lib == "cupy":
+            import cupy
+            with cupy.cuda.Device(self.device):
+                return cupy.cuda.get_current_stream().ptr
+        raise TypeError("cannot tell the current CUDA stream of these tensors: pass stream=")
+
+    def __repr__(self) -> str:
+        return f"Engine({self.kind}:{self.device})" if self.is_cuda else "Engine(cpu)"
+
+
+def stream_handle(stream: Any) -> int:
+    """The cudaStream_t of an int, a torch.cuda.Stream (``cuda_stream``) or a cupy Stream (``ptr``)."""
+    if isinstance(stream, int) and not isinstance(stream, bool):
+        return stream
+    for attr in ("cuda_stream", "ptr"):
+        if hasattr(stream, attr):
+            return int(getattr(stream, attr))
+    raise TypeError(f"stream must be an int handle, a torch.cuda.Stream or a cupy.cuda.Stream, got {stream!r}")
+
+
+def engine_for(array: Any) -> Engine:
+    """The engine for a group whose first tensor is ``array`` (None: an empty group, CPU).
+    The binding then checks that every other tensor is on the same device."""
+    if array is None:
+        return Engine("cpu")
+    kind, device = _core.device_of(array)
+    if kind != CUDA:
+        return Engine("cpu")  # the CPU engine rejects other devices with its own error
+    module = cuda_module()
+    if module is None:  # the CPU engine's binding reports it (after any mix of devices)
+        return Engine("cpu")
+    return Engine("cuda", device, module)
