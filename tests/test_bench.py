@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+import fastopt
+import fastopt.cuda
 from fastopt import bench
 from fastopt.cli import main, parse_count
 
@@ -188,3 +190,24 @@ def test_streams_bytes():
     assert sum(s.bytes for s in bench.SPECS["adam"].streams(f32)) == 28
     assert sum(s.bytes for s in bench.SPECS["adamw"].streams(bf16)) == 30  # the master is read, the param only written
     assert sum(s.bytes for s in bench.SPECS["sgd"].streams(bf16)) == 22
+
+
+def test_cuda_device_without_gpu_is_a_clear_error(capsys, monkeypatch):
+    monkeypatch.setattr(fastopt.cuda, "cuda_available", lambda: False)  # as on a machine without one
+    assert main(["bench", "--device", "cuda", "--size", "1024", "--tensors", "2", "--tensor-elems", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "fastopt bench: error:" in err and ("CUDA" in err or "PyTorch" in err)
+
+
+@pytest.mark.cuda
+def test_cuda_bench_runs_and_compares(capsys):
+    assert main(["bench", "--device", "cuda", "--size", "2**16", "--tensors", "64", "--tensor-elems", "1000",
+                 "--optimizers", "adam", "--repeats", "3", "--warmup", "1", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    impls = {(r["layout"], r["impl"]) for r in report["rows"]}
+    assert {("single", "probe"), ("single", "fastopt"), ("multi", "fastopt"), ("single", "torch-fused")} <= impls
+    for r in report["rows"]:
+        if r["impl"].startswith("torch") and r["error"] is None:
+            assert r["max_abs_diff"] < 1e-5, r
+        if r["impl"] == "fastopt":
+            assert 0 < r["fraction_of_probe"] and r["ms_per_step"] > 0

@@ -651,11 +651,17 @@ def format_table(report: Mapping[str, Any]) -> str:
     lines.append("fixed cost of a step (adamw, 1000 tensors of 1 element): " +
                  ", ".join(f"{k} {v:.1f} us" for k, v in fixed.items()))
     lines.append("")
-    table = [HEADER] + [_table_cells(r) for r in report["rows"]]
+    return "\n".join(lines + table_lines(report["rows"]))
+
+
+def table_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The rows as aligned text lines under HEADER, a blank line between optimizers."""
+    table = [HEADER] + [_table_cells(r) for r in rows]
     widths = [max(len(c[i]) for c in table) for i in range(len(HEADER))]
+    lines = []
     for k, cells in enumerate(table):
         if k > 1 and cells[0] != table[k - 1][0]:
-            lines.append("")  # a blank line between optimizers
+            lines.append("")
         out = [c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))]
         lines.append("  ".join(out + cells[len(HEADER):]).rstrip())
-    return "\n".join(lines)
+    return lines

@@ -83,6 +83,8 @@ examples:
   fastopt bench
   fastopt bench --optimizers adam --repeats 5
   fastopt bench --size 2**20 --tensors 256 --dtype bfloat16 --json
+  fastopt bench --device cuda --optimizers adam
+  fastopt bench --device cuda --dtype bfloat16 --tensors 10000 --tensor-elems 4096
 """
 
 
@@ -96,10 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
         "bench", help="benchmark optimizer steps against a bandwidth probe, torch.optim and NumPy",
         description=BENCH_DESCRIPTION, epilog=BENCH_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    bench.add_argument("--size", type=parse_count, default=2 ** 25, metavar="N",
-                       help="total params, an integer or an expression like 2**25 (default: 2**25)")
-    bench.add_argument("--tensors", type=parse_count, default=4096, metavar="N",
-                       help="tensors of the multi-tensor layout (default: 4096; 1: single tensor only)")
+    bench.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                       help="cpu (default) or cuda: the GPU table (needs PyTorch with CUDA), with a "
+                            "device-to-device copy as the probe and torch's fused and foreach peers")
+    bench.add_argument("--size", type=parse_count, default=None, metavar="N",
+                       help="total params, an integer or an expression like 2**25 "
+                            "(default: 2**25 on cpu, 2**28 on cuda)")
+    bench.add_argument("--tensors", type=parse_count, default=None, metavar="N",
+                       help="tensors of the multi-tensor layout (default: 4096 on cpu, of mixed sizes "
+                            "summing to --size; 10000 on cuda, of --tensor-elems each; 1: single tensor only)")
+    bench.add_argument("--tensor-elems", type=parse_count, default=4096, metavar="N",
+                       help="cuda only: params per tensor of the multi-tensor layout (default: 4096)")
     bench.add_argument("--dtype", choices=list(DTYPES), default="float32",
                        help="param dtype; grads and state are float32 (default: float32)")
     bench.add_argument("--optimizers", type=_optimizers, default=tuple(SPECS), metavar="LIST",
@@ -118,18 +127,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_bench_command(args: argparse.Namespace) -> int:
-    from .bench import BenchConfig, format_table, run_bench
-
-    cfg = BenchConfig(size=args.size, tensors=args.tensors, dtype=args.dtype,
-                      optimizers=args.optimizers, repeats=args.repeats, warmup=args.warmup,
-                      use_torch=args.use_torch, threads=args.threads)
+    if args.device == "cuda":
+        from .bench_cuda import CudaBenchConfig as Config, format_cuda_table as fmt, run_cuda_bench as run
+        cfg = Config(size=args.size or 2 ** 28, tensors=args.tensors or 10000, tensor_elems=args.tensor_elems,
+                     dtype=args.dtype, optimizers=args.optimizers, repeats=args.repeats, warmup=args.warmup,
+                     use_torch=args.use_torch)
+    else:
+        from .bench import BenchConfig as Config, format_table as fmt, run_bench as run
+        cfg = Config(size=args.size or 2 ** 25, tensors=args.tensors or 4096, dtype=args.dtype,
+                     optimizers=args.optimizers, repeats=args.repeats, warmup=args.warmup,
+                     use_torch=args.use_torch, threads=args.threads)
     try:
         cfg.validate()
-    except ValueError as e:
+        report = run(cfg, progress_stream=sys.stderr)
+    except (ValueError, RuntimeError) as e:
         print(f"fastopt bench: error: {e}", file=sys.stderr)
         return 2
-    report = run_bench(cfg, progress_stream=sys.stderr)
-    print(json.dumps(report, indent=2) if args.json else format_table(report))
+    print(json.dumps(report, indent=2) if args.json else fmt(report))
     return 0
 
 

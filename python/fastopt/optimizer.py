@@ -53,7 +53,7 @@ class ParamGroup(dict):
                 raise KeyError(f"unknown hyperparameter '{key}' for {type(self._owner).__name__}")
         self._owner._to_hyper({**self, **changes})  # raises, leaving the group as it was
         dict.update(self, changes)
-        self._owner._stale = True
+        self._owner._changed()
 
     def __reduce__(self):  # copies and pickles are plain dicts
         return (dict, (dict(self),))
@@ -186,6 +186,13 @@ class Optimizer(abc.ABC):
             for j, h in enumerate(self._hypers):
                 self._core.set_lr(j, h.lr, stream)
         self._stale = False
+
+    def _changed(self) -> None:
+        """A hyperparameter changed: the next step rebuilds the structs. A capturable group
+        enqueues its new lrs now, so that a graph replayed next sees them."""
+        self._stale = True
+        if self._capturable:
+            self._refresh()
 
     def _device_steps(self) -> list[int]:
         """A capturable group's step counts, read from the device (waits for the stream)."""

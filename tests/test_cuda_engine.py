@@ -1,0 +1,322 @@
+"""The CUDA engine (``cuda`` marker: skipped where no GPU is present).
+
+fp32 results bit-identical to the CPU engine for every registry case; every precision mode;
+sizes 0 to past a chunk; 10,000 tensors; misaligned views; parity with torch.optim on CUDA;
+CuPy arrays; bind errors; state round trips; capture and replay with a changing lr; stream
+ordering and no host synchronisation.
+"""
+
+from __future__ import annotations
+
+import time
+
+import ml_dtypes
+import numpy as np
+import pytest
+import torch
+
+import fastopt
+from registry import (CASE_IDS, CASES, DTYPES, HALF_DTYPES, assert_bits_equal, case_by_id, grad_steps,
+                      random_params, refill, tol)
+
+pytestmark = pytest.mark.cuda
+
+SHAPES = [(37,), (4, 9), (128,), (2, 3, 5), (70001,)]  # packs, tails, and more than one 64K chunk
+STEPS = 12
+BASELINES = ["sgd-momentum", "adam-default", "adamw-default"]
+each_case = pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+
+
+def to_cuda(a: np.ndarray) -> torch.Tensor:
+    """A CUDA tensor with ``a``'s dtype and bits (bfloat16 through its 16-bit pattern)."""
+    if a.dtype == DTYPES["bfloat16"]:
+        return torch.from_numpy(np.ascontiguousarray(a).view(np.int16)).cuda().view(torch.bfloat16)
+    return torch.from_numpy(np.ascontiguousarray(a)).cuda()
+
+
+def to_numpy(t) -> np.ndarray:
+    if isinstance(t, np.ndarray):
+        return t
+    if hasattr(t, "get"):  # a CuPy array
+        return t.get()
+    t = t.detach().cpu()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return t.numpy()
+
+
+def run_both(case, shapes, steps, *, param_dtype="float32", grad_dtype="float32", master_weights=False,
+             prepare=None):
+    """The same case stepped on the CPU engine (NumPy) and on the CUDA engine (torch tensors
+    made by ``prepare`` from the NumPy values, default: plain copies); returns both optimizers
+    and both param lists after the run."""
+    rng = np.random.default_rng(case.seed)
+    params = random_params(rng, shapes, param_dtype)
+    grads = [np.zeros(s, DTYPES[grad_dtype]) for s in shapes]
+    prepare = prepare or (lambda arrays: [to_cuda(a) for a in arrays])
+    gparams, ggrads = prepare(params), prepare(grads)
+    cpu = case.cls(params, grads, master_weights=master_weights, **case.kwargs)
+    gpu = case.cls(gparams, ggrads, master_weights=master_weights, **case.kwargs)
+    assert gpu.device == f"cuda:{torch.cuda.current_device()}" and cpu.device == "cpu"
+    for gs in grad_steps(case.seed + 1, shapes, steps, grad_dtype):
+        refill(grads, gs)
+        for g, v in zip(ggrads, gs):
+            g.copy_(to_cuda(v))
+        cpu.step()
+        gpu.step()
+    torch.cuda.synchronize()
+    return cpu, gpu, params, gparams
+
+
+def assert_same_bits(cpu, gpu, params, gparams) -> None:
+    for i, (p, g) in enumerate(zip(params, gparams)):
+        assert_bits_equal(to_numpy(g), p, f"param {i}")
+        for name, a in cpu.state[i].items():
+            assert_bits_equal(to_numpy(gpu.state[i][name]), a, f"param {i} {name}")
+        assert set(gpu.state[i]) == set(cpu.state[i])
+
+
+# ---- bit parity with the CPU engine --------------------------------------------------------
+
+
+@each_case
+def test_fp32_bit_identical_to_cpu(case):
+    assert_same_bits(*run_both(case, SHAPES, STEPS))
+
+
+@pytest.mark.parametrize("case_id", BASELINES)
+@pytest.mark.parametrize("param_dtype", HALF_DTYPES)
+@pytest.mark.parametrize("grad_dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("master_weights", [True, False], ids=["master", "no_master"])
+def test_precision_modes_bit_identical_to_cpu(case_id, param_dtype, grad_dtype, master_weights):
+    cpu, gpu, params, gparams = run_both(case_by_id(case_id), SHAPES, STEPS, param_dtype=param_dtype,
+                                         grad_dtype=grad_dtype, master_weights=master_weights)
+    assert_same_bits(cpu, gpu, params, gparams)
+    for i, m in enumerate(cpu.master_params):
+        assert (m is None) == (gpu.master_params[i] is None) == (not master_weights)
+        if m is not None:
+            assert isinstance(gpu.master_params[i], torch.Tensor) and gpu.master_params[i].is_cuda
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 65535, 65536, 65537, 2 ** 20 + 3])
+def test_sizes(n):
+    cpu, gpu, params, gparams = run_both(case_by_id("adamw-amsgrad"), [(n,), (5,)], 4)
+    assert_same_bits(cpu, gpu, params, gparams)
+
+
+def test_ten_thousand_tensors_one_launch():
+    rng = np.random.default_rng(7)
+    shapes = [(int(k),) for k in rng.integers(1, 300, 10_000)]
+    cpu, gpu, params, gparams = run_both(case_by_id("adam-weight_decay"), shapes, 3)
+    assert gpu._core.num_chunks == 10_000  # every tensor under one chunk: one chunk each
+    assert_same_bits(cpu, gpu, params, gparams)
+
+
+@pytest.mark.parametrize("offset", [1, 2, 3])
+def test_misaligned_views(offset):
+    """Params and grads that are views starting `offset` elements into a buffer: not 16-byte
+    aligned, so the element-wise path runs; results as on the CPU."""
+    def views(arrays):
+        out = []
+        for a in arrays:
+            buf = torch.empty(a.size + offset, dtype=to_cuda(a).dtype, device="cuda")
+            v = buf[offset:].view(a.shape)
+            v.copy_(to_cuda(a))
+            out.append(v)
+        return out
+
+    cpu, gpu, params, gparams = run_both(case_by_id("adam-amsgrad"), SHAPES, 5, prepare=views)
+    assert gparams[0].data_ptr() % 16 != 0
+    assert_same_bits(cpu, gpu, params, gparams)
+
+
+# ---- torch.optim on CUDA -----------------------------------------------------------------
+
+
+TORCH_CASES = [c for c in CASES if hasattr(torch.optim, c.name)]
+
+
+@pytest.mark.parametrize("case", TORCH_CASES, ids=[c.id for c in TORCH_CASES])
+def test_matches_torch_optim_on_cuda(case):
+    rng = np.random.default_rng(case.seed)
+    initial = random_params(rng, SHAPES)
+    tparams = [torch.nn.Parameter(to_cuda(p)) for p in initial]
+    topt = getattr(torch.optim, case.name)(tparams, **case.kwargs)
+    params = [to_cuda(p) for p in initial]
+    grads = [torch.zeros_like(p) for p in params]
+    opt = case.cls(params, grads, **case.kwargs)
+    for gs in grad_steps(case.seed + 1, SHAPES, 50):
+        for p, g, v in zip(tparams, grads, gs):
+            p.grad = to_cuda(v)
+            g.copy_(p.grad)
+        topt.step()
+        opt.step()
+    for i, (p, e) in enumerate(zip(params, tparams)):
+        np.testing.assert_allclose(to_numpy(p), to_numpy(e), **tol("torch"), err_msg=f"param {i}")
+
+
+def test_cupy_arrays():
+    import cupy
+    case = case_by_id("adamw-amsgrad")
+
+    def to_cupy(arrays):
+        return [cupy.asarray(a) for a in arrays]
+
+    cpu, gpu, params, gparams = run_both(case, SHAPES[:4], 6, prepare=to_cupy)
+    for i, (p, g) in enumerate(zip(params, gparams)):
+        assert isinstance(g, cupy.ndarray)
+        assert_bits_equal(g.get(), p, f"param {i}")
+        assert isinstance(gpu.state[i]["exp_avg"], cupy.ndarray)
+
+
+# ---- intake on CUDA ----------------------------------------------------------------------
+
+
+def test_mixed_devices_rejected_nothing_changed():
+    p_gpu, p_cpu = torch.ones(8, device="cuda"), torch.ones(8)
+    with pytest.raises(fastopt.TensorError, match="one device"):
+        fastopt.Adam([p_gpu, p_cpu], [torch.ones(8, device="cuda"), torch.ones(8)])
+    with pytest.raises(fastopt.TensorError, match="grad 0.*one device"):
+        fastopt.SGD([p_gpu], [torch.ones(8)])
+    assert bool((p_gpu == 1).all()) and bool((p_cpu == 1).all())
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda p: ([p], [p]), "grad 0 is the same memory as param 0"),
+    (lambda p: ([p], [torch.zeros(9, device="cuda")]), "shape"),
+    (lambda p: ([p], [torch.zeros(8, device="cuda", dtype=torch.int32)]), "dtype"),
+    (lambda p: ([torch.zeros(4, 4, device="cuda")[:, ::2]], [torch.zeros(4, 2, device="cuda")]), "contiguous"),
+])
+def test_bind_errors_as_on_cpu(bad, message):
+    p = torch.ones(8, device="cuda")
+    params, grads = bad(p)
+    with pytest.raises(fastopt.TensorError, match=message):
+        fastopt.Adam(params, grads)
+    assert bool((p == 1).all())
+
+
+# ---- state -----------------------------------------------------------------------------
+
+
+def test_state_dict_round_trip_and_resume_bit_identical():
+    case = case_by_id("adam-amsgrad")
+    rng = np.random.default_rng(3)
+    initial = random_params(rng, SHAPES)
+    a_params, b_params = [to_cuda(p) for p in initial], [to_cuda(p) for p in initial]
+    a_grads, b_grads = [torch.zeros_like(p) for p in a_params], [torch.zeros_like(p) for p in b_params]
+    a = case.cls(a_params, a_grads, **case.kwargs)
+    seq = list(grad_steps(5, SHAPES, 10))
+    for gs in seq[:5]:
+        for g, v in zip(a_grads, gs):
+            g.copy_(to_cuda(v))
+        a.step()
+    saved = a.state_dict()
+    assert saved["state"][0]["exp_avg"].is_cuda
+    b = case.cls(b_params, b_grads, **case.kwargs)
+    for p, q in zip(b_params, a_params):
+        p.copy_(q)
+    b.load_state_dict(saved)
+    assert b.steps == a.steps == [5]
+    for gs in seq[5:]:
+        for g, h, v in zip(a_grads, b_grads, gs):
+            g.copy_(to_cuda(v))
+            h.copy_(to_cuda(v))
+        a.step()
+        b.step()
+    for p, q in zip(a_params, b_params):
+        assert torch.equal(p, q)
+
+
+# ---- graphs and streams ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case_id", ["adam-amsgrad_wd_maximize", "adamw-default", "sgd-nesterov"])
+def test_capture_and_replay_with_changing_lr(case_id):
+    """A capturable step captured once in a CUDA graph, replayed with new grads and a new lr
+    before each replay, tracks an uncaptured optimizer given the same lrs and grads."""
+    case = case_by_id(case_id)
+    rng = np.random.default_rng(11)
+    initial = random_params(rng, SHAPES)
+    params, plain_params = [to_cuda(p) for p in initial], [to_cuda(p) for p in initial]
+    grads, plain_grads = [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params]
+    opt = case.cls(params, grads, capturable=True, **case.kwargs)
+    plain = case.cls(plain_params, plain_grads, **case.kwargs)
+    graph = torch.cuda.CUDAGraph()
+    torch.cuda.synchronize()
+    with torch.cuda.graph(graph):
+        opt.step()
+    # Capturing runs nothing: the params and the device step count are untouched.
+    torch.cuda.synchronize()
+    assert all(torch.equal(p, q) for p, q in zip(params, plain_params))
+    base = case.kwargs.get("lr", case.cls.default_hypers()["lr"])
+    for t, gs in enumerate(grad_steps(13, SHAPES, 8), 1):
+        lr = base * (1 + 0.5 * np.sin(t))
+        opt.lr = lr
+        plain.lr = lr
+        for g, h, v in zip(grads, plain_grads, gs):
+            g.copy_(to_cuda(v))
+            h.copy_(to_cuda(v))
+        graph.replay()
+        plain.step()
+    torch.cuda.synchronize()
+    assert opt.steps == [8]
+    for i, (p, q) in enumerate(zip(params, plain_params)):
+        np.testing.assert_allclose(to_numpy(p), to_numpy(q), rtol=1e-6, atol=1e-7, err_msg=f"param {i}")
+
+
+def test_capturable_rejected_on_cpu():
+    with pytest.raises(ValueError, match="capturable"):
+        fastopt.Adam([np.zeros(4, np.float32)], [np.zeros(4, np.float32)], capturable=True)
+
+
+def test_step_runs_on_the_current_stream_after_the_grads_are_written():
+    """Grads written on a side stream behind a long sleep, then the step on that stream: the
+    step must see the new grads (it would read the old ones on any other stream)."""
+    case = case_by_id("adam-default")
+    rng = np.random.default_rng(1)
+    initial = random_params(rng, [(1 << 20,)])
+    new_grad = np.asarray(rng.standard_normal(1 << 20), np.float32)
+    params = [to_cuda(initial[0])]
+    grads = [torch.zeros_like(params[0])]
+    opt = case.cls(params, grads, **case.kwargs)
+    source = to_cuda(new_grad)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    torch.cuda.synchronize()
+    with torch.cuda.stream(side):
+        torch.cuda._sleep(200_000_000)  # ~0.1 s of GPU time before the grads are written
+        grads[0].copy_(source)
+        opt.step()
+    torch.cuda.synchronize()
+    cpu_params, cpu_grads = [initial[0].copy()], [new_grad]
+    case.cls(cpu_params, cpu_grads, **case.kwargs).step()
+    assert_bits_equal(to_numpy(params[0]), cpu_params[0], "param 0")
+
+
+def test_explicit_stream_argument():
+    case = case_by_id("sgd-momentum")
+    params, grads = [torch.ones(1000, device="cuda")], [torch.full((1000,), 2.0, device="cuda")]
+    opt = case.cls(params, grads, **case.kwargs)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        torch.cuda._sleep(100_000_000)
+    opt.step(stream=side)  # enqueued behind the sleep on `side`, not on the current stream
+    assert not side.query()
+    side.synchronize()
+    assert torch.allclose(params[0], torch.full((1000,), 1.0 - 0.05 * 2.0, device="cuda"))
+
+
+def test_step_never_waits_for_the_gpu():
+    params, grads = [torch.ones(1 << 20, device="cuda")], [torch.ones(1 << 20, device="cuda")]
+    opt = fastopt.AdamW(params, grads)
+    opt.step()
+    torch.cuda.synchronize()
+    stream = torch.cuda.current_stream()
+    torch.cuda._sleep(500_000_000)  # ~0.3 s of GPU time queued ahead of the step
+    t0 = time.perf_counter()
+    opt.step()
+    elapsed = time.perf_counter() - t0
+    assert not stream.query(), "the sleep should still be running"
+    assert elapsed < 0.05, f"step took {elapsed:.3f} s: it waited for the GPU"
+    torch.cuda.synchronize()
