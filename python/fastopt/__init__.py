@@ -6,7 +6,7 @@ pass over memory, for any number of tensors, with AVX2/AVX-512 kernels chosen at
 
 from __future__ import annotations
 
-from . import _core, functional
+from . import _core, functional, schedules
 from ._core import TensorError
 from .adam import Adam, AdamW
 from .cuda import cuda_available
@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 _core.cpu_isa()
 
 __all__ = [
-    "SGD", "Adam", "AdamW", "Optimizer", "ParamGroup", "TensorError", "functional",
+    "SGD", "Adam", "AdamW", "Optimizer", "ParamGroup", "TensorError", "functional", "schedules",
     "cpu_isa", "set_num_threads", "get_num_threads", "cuda_available",
 ]
 
