@@ -46,30 +46,32 @@ __device__ bool aligned16(const TensorSlot& t) {
 }
 
 template <class Rule, class P, class G>
-__device__ void run_chunk(const typename Rule::Coeffs& c, const TensorSlot& t, int64_t begin, int64_t end) {
+__device__ void run_chunk(const typename Rule::Coeffs& c, const GradTransform& x, const TensorSlot& t, int64_t begin,
+                          int64_t end) {
   int64_t tail = begin;
   if (aligned16(t)) {  // begin is a multiple of 8, so every pack starts 16-byte aligned
     const int64_t packs = (end - begin) / 8;
     for (int64_t k = threadIdx.x; k < packs; k += blockDim.x) {
-      apply_element<Rule, Pack8, P, G>(c, t, begin + 8 * k);
+      apply_element<Rule, Pack8, P, G>(c, x, t, begin + 8 * k);
     }
     tail = begin + 8 * packs;
   }
-  for (int64_t i = tail + threadIdx.x; i < end; i += blockDim.x) apply_element<Rule, float, P, G>(c, t, i);
+  for (int64_t i = tail + threadIdx.x; i < end; i += blockDim.x) apply_element<Rule, float, P, G>(c, x, t, i);
 }
 
 template <class Rule>
-__device__ void run_chunk_any(const typename Rule::Coeffs& c, const TensorSlot& t, int64_t begin, int64_t end) {
+__device__ void run_chunk_any(const typename Rule::Coeffs& c, const GradTransform& x, const TensorSlot& t,
+                              int64_t begin, int64_t end) {
   switch (int(t.param_dtype) * kNumDTypes + int(t.grad_dtype)) {
-    case 0: return run_chunk<Rule, float, float>(c, t, begin, end);
-    case 1: return run_chunk<Rule, float, f16>(c, t, begin, end);
-    case 2: return run_chunk<Rule, float, bf16>(c, t, begin, end);
-    case 3: return run_chunk<Rule, f16, float>(c, t, begin, end);
-    case 4: return run_chunk<Rule, f16, f16>(c, t, begin, end);
-    case 5: return run_chunk<Rule, f16, bf16>(c, t, begin, end);
-    case 6: return run_chunk<Rule, bf16, float>(c, t, begin, end);
-    case 7: return run_chunk<Rule, bf16, f16>(c, t, begin, end);
-    default: return run_chunk<Rule, bf16, bf16>(c, t, begin, end);
+    case 0: return run_chunk<Rule, float, float>(c, x, t, begin, end);
+    case 1: return run_chunk<Rule, float, f16>(c, x, t, begin, end);
+    case 2: return run_chunk<Rule, float, bf16>(c, x, t, begin, end);
+    case 3: return run_chunk<Rule, f16, float>(c, x, t, begin, end);
+    case 4: return run_chunk<Rule, f16, f16>(c, x, t, begin, end);
+    case 5: return run_chunk<Rule, f16, bf16>(c, x, t, begin, end);
+    case 6: return run_chunk<Rule, bf16, float>(c, x, t, begin, end);
+    case 7: return run_chunk<Rule, bf16, f16>(c, x, t, begin, end);
+    default: return run_chunk<Rule, bf16, bf16>(c, x, t, begin, end);
   }
 }
 
@@ -80,11 +82,12 @@ struct PerGroup {  // kernel arguments: one T per param group
 
 template <class Rule>
 __global__ void __launch_bounds__(kThreads)
-    step_kernel(PerGroup<typename Rule::Coeffs> coeffs, const TensorSlot* slots, const Chunk* chunks, int64_t n) {
+    step_kernel(PerGroup<typename Rule::Coeffs> coeffs, GradTransform x, const TensorSlot* slots, const Chunk* chunks,
+                int64_t n) {
   for (int64_t k = blockIdx.x; k < n; k += gridDim.x) {
     const Chunk ch = chunks[k];
     const TensorSlot t = slots[ch.slot];
-    run_chunk_any<Rule>(coeffs.v[t.hyper_index], t, ch.begin, ch.end);
+    run_chunk_any<Rule>(coeffs.v[t.hyper_index], x, t, ch.begin, ch.end);
   }
 }
 
@@ -92,8 +95,8 @@ __global__ void __launch_bounds__(kThreads)
 // advances the step counts (every block has read them by then).
 template <class Rule>
 __global__ void __launch_bounds__(kThreads)
-    step_capturable_kernel(PerGroup<typename Rule::Hyper> hypers, int num_groups, const double* lr, int64_t* steps,
-                           unsigned* done, const TensorSlot* slots, const Chunk* chunks, int64_t n) {
+    step_capturable_kernel(PerGroup<typename Rule::Hyper> hypers, GradTransform x, int num_groups, const double* lr,
+                           int64_t* steps, unsigned* done, const TensorSlot* slots, const Chunk* chunks, int64_t n) {
   __shared__ typename Rule::Coeffs coeffs[kMaxGroups];
   if (threadIdx.x < num_groups) {
     typename Rule::Hyper h = hypers.v[threadIdx.x];
@@ -104,7 +107,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t k = blockIdx.x; k < n; k += gridDim.x) {
     const Chunk ch = chunks[k];
     const TensorSlot t = slots[ch.slot];
-    run_chunk_any<Rule>(coeffs[t.hyper_index], t, ch.begin, ch.end);
+    run_chunk_any<Rule>(coeffs[t.hyper_index], x, t, ch.begin, ch.end);
   }
   __syncthreads();
   if (threadIdx.x == 0) {
@@ -136,26 +139,26 @@ int grid_for(int64_t chunks, int device) {
 }
 
 template <class Rule>
-void launch(const void* coeffs, size_t stride, int num_groups, const TensorSlot* slots, const void* chunks,
-            int64_t n, int device, cudaStream_t stream) {
+void launch(const void* coeffs, size_t stride, const GradTransform& x, int num_groups, const TensorSlot* slots,
+            const void* chunks, int64_t n, int device, cudaStream_t stream) {
   PerGroup<typename Rule::Coeffs> args{};
   for (int j = 0; j < num_groups; ++j) {
     args.v[j] = *reinterpret_cast<const typename Rule::Coeffs*>(static_cast<const char*>(coeffs) + j * stride);
   }
-  step_kernel<Rule><<<grid_for(n, device), kThreads, 0, stream>>>(args, slots, static_cast<const Chunk*>(chunks), n);
+  step_kernel<Rule><<<grid_for(n, device), kThreads, 0, stream>>>(args, x, slots, static_cast<const Chunk*>(chunks), n);
   check(cudaGetLastError(), "step kernel launch");
 }
 
 template <class Rule>
-void launch_capturable(const void* hypers, size_t stride, int num_groups, const double* lr, int64_t* steps,
-                       unsigned* done, const TensorSlot* slots, const void* chunks, int64_t n, int device,
-                       cudaStream_t stream) {
+void launch_capturable(const void* hypers, size_t stride, const GradTransform& x, int num_groups, const double* lr,
+                       int64_t* steps, unsigned* done, const TensorSlot* slots, const void* chunks, int64_t n,
+                       int device, cudaStream_t stream) {
   PerGroup<typename Rule::Hyper> args{};
   for (int j = 0; j < num_groups; ++j) {
     args.v[j] = *reinterpret_cast<const typename Rule::Hyper*>(static_cast<const char*>(hypers) + j * stride);
   }
   step_capturable_kernel<Rule><<<grid_for(n, device), kThreads, 0, stream>>>(
-      args, num_groups, lr, steps, done, slots, static_cast<const Chunk*>(chunks), n);
+      args, x, num_groups, lr, steps, done, slots, static_cast<const Chunk*>(chunks), n);
   check(cudaGetLastError(), "capturable step kernel launch");
 }
 
@@ -197,27 +200,27 @@ Group::~Group() {
   cudaFree(done_);
 }
 
-void Group::run(const void* coeffs, size_t stride, void* stream) const {
+void Group::run(const void* coeffs, size_t stride, void* stream, const GradTransform& x) const {
   if (num_chunks_ == 0) return;
   DeviceGuard guard(device_);
   const auto s = static_cast<cudaStream_t>(stream);
   switch (rule_) {
 #define FASTOPT_LAUNCH(id, T)                                                              \
   case RuleId::id:                                                                         \
-    return launch<T>(coeffs, stride, num_groups_, slots_dev_, chunks_dev_, num_chunks_, device_, s);
+    return launch<T>(coeffs, stride, x, num_groups_, slots_dev_, chunks_dev_, num_chunks_, device_, s);
     FASTOPT_RULES(FASTOPT_LAUNCH)
 #undef FASTOPT_LAUNCH
     default: return;
   }
 }
 
-void Group::run_capturable(const void* hypers, size_t stride, void* stream) const {
+void Group::run_capturable(const void* hypers, size_t stride, void* stream, const GradTransform& x) const {
   DeviceGuard guard(device_);
   const auto s = static_cast<cudaStream_t>(stream);
   switch (rule_) {
 #define FASTOPT_LAUNCH(id, T)                                                                                   \
   case RuleId::id:                                                                                              \
-    return launch_capturable<T>(hypers, stride, num_groups_, lr_, steps_, done_, slots_dev_, chunks_dev_,       \
+    return launch_capturable<T>(hypers, stride, x, num_groups_, lr_, steps_, done_, slots_dev_, chunks_dev_,    \
                                 num_chunks_, device_, s);
     FASTOPT_RULES(FASTOPT_LAUNCH)
 #undef FASTOPT_LAUNCH

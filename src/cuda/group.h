@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "fastopt/element.h"
 #include "fastopt/rules/registry.h"
 #include "fastopt/tensor_list.h"
 
@@ -23,13 +24,14 @@ class Group {
 
   // One step with coefficients computed on the host: coeffs holds num_groups Coeffs of the
   // rule, `stride` bytes apart. Enqueued on `stream` (a cudaStream_t); never synchronises.
-  void run(const void* coeffs, size_t stride, void* stream) const;
+  // Every grad goes through `transform` first (identity by default).
+  void run(const void* coeffs, size_t stride, void* stream, const GradTransform& transform = {}) const;
 
   // One capturable step: the coefficients are computed on the device from the hyperparameters
   // (num_groups Hyper structs, `stride` bytes apart) with each group's lr and step count read
   // from device memory (lr_device() and steps_device()); the step counts are incremented by
   // the same launch. Safe to capture in a CUDA graph and replay while the lrs change.
-  void run_capturable(const void* hypers, size_t stride, void* stream) const;
+  void run_capturable(const void* hypers, size_t stride, void* stream, const GradTransform& transform = {}) const;
 
   // Copies the device-resident step counts (num_groups of them) to `out`, in order on
   // `stream`, and waits for them: for checkpoints, not for the step loop.

@@ -28,24 +28,26 @@ class CudaGroup {
         group_(rule, binding_.slots, binding_.device.id, int(group_sizes.size())) {}
 
   // One step, coefficients from the host, enqueued on `stream`.
-  void step(py::sequence hypers, const std::vector<int64_t>& steps, uintptr_t stream) {
+  void step(py::sequence hypers, const std::vector<int64_t>& steps, uintptr_t stream, float grad_scale,
+            float clip_value) {
     py_intake::with_rule(group_.rule(), [&](auto rule) {
       using Rule = decltype(rule);
       const auto coeffs = py_intake::step_coeffs<Rule>(binding_, py_intake::hypers_of<Rule>(hypers), steps);
       py::gil_scoped_release nogil;
-      group_.run(coeffs.data(), sizeof(typename Rule::Coeffs), as_stream(stream));
+      group_.run(coeffs.data(), sizeof(typename Rule::Coeffs), as_stream(stream), GradTransform{grad_scale, clip_value});
     });
   }
 
   // One capturable step: lrs and step counts are read from device memory (set_lr, set_step).
-  void step_capturable(py::sequence hypers, uintptr_t stream) {
+  void step_capturable(py::sequence hypers, uintptr_t stream, float grad_scale, float clip_value) {
     py_intake::with_rule(group_.rule(), [&](auto rule) {
       using Rule = decltype(rule);
       const auto hs = py_intake::hypers_of<Rule>(hypers);
       // Validates everything but the lr, which lives on the device (checked when set).
       py_intake::step_coeffs<Rule>(binding_, hs, std::vector<int64_t>(hs.size(), 1));
       py::gil_scoped_release nogil;
-      group_.run_capturable(hs.data(), sizeof(typename Rule::Hyper), as_stream(stream));
+      group_.run_capturable(hs.data(), sizeof(typename Rule::Hyper), as_stream(stream),
+                            GradTransform{grad_scale, clip_value});
     });
   }
 
@@ -112,8 +114,10 @@ PYBIND11_MODULE(_cuda, m) {
            }),
            py::arg("rule"), py::arg("params"), py::arg("grads"), py::arg("masters"), py::arg("states"),
            py::arg("state_names"), py::arg("group_sizes"))
-      .def("step", &CudaGroup::step, py::arg("hypers"), py::arg("steps"), py::arg("stream"))
-      .def("step_capturable", &CudaGroup::step_capturable, py::arg("hypers"), py::arg("stream"))
+      .def("step", &CudaGroup::step, py::arg("hypers"), py::arg("steps"), py::arg("stream"),
+           py::arg("grad_scale") = 1.0f, py::arg("clip_value") = 0.0f)
+      .def("step_capturable", &CudaGroup::step_capturable, py::arg("hypers"), py::arg("stream"),
+           py::arg("grad_scale") = 1.0f, py::arg("clip_value") = 0.0f)
       .def("set_lr", &CudaGroup::set_lr, py::arg("group"), py::arg("lr"), py::arg("stream"))
       .def("set_step", &CudaGroup::set_step, py::arg("group"), py::arg("step"), py::arg("stream"))
       .def("read_steps", &CudaGroup::read_steps, py::arg("stream"),

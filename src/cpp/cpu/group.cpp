@@ -25,12 +25,13 @@ Group::Group(RuleId rule, std::vector<TensorSlot> slots)
   if (task_start_.back() != segments_.size()) task_start_.push_back(segments_.size());
 }
 
-void Group::run(const void* coeffs, size_t stride) const {
+void Group::run(const void* coeffs, size_t stride, const GradTransform& transform) const {
   struct Ctx {
     const Group* g;
     const char* coeffs;
     size_t stride;
-  } ctx{this, static_cast<const char*>(coeffs), stride};
+    GradTransform transform;
+  } ctx{this, static_cast<const char*>(coeffs), stride, transform};
   ThreadPool::instance().run(
       int64_t(num_tasks()),
       [](void* p, int64_t task) {
@@ -38,7 +39,7 @@ void Group::run(const void* coeffs, size_t stride) const {
         const Group& g = *c.g;
         for (size_t s = g.task_start_[task]; s < g.task_start_[task + 1]; ++s) {
           const Segment& seg = g.segments_[s];
-          seg.fn(c.coeffs + seg.slot->hyper_index * c.stride, *seg.slot, seg.begin, seg.end);
+          seg.fn(c.coeffs + seg.slot->hyper_index * c.stride, c.transform, *seg.slot, seg.begin, seg.end);
         }
       },
       &ctx);

@@ -20,8 +20,8 @@ class Group {
   Group& operator=(const Group&) = delete;
 
   // Runs one step. coeffs points at an array of the rule's Coeffs, one per hyper_index,
-  // `stride` bytes apart.
-  void run(const void* coeffs, size_t stride) const;
+  // `stride` bytes apart; every grad goes through `transform` first.
+  void run(const void* coeffs, size_t stride, const GradTransform& transform = {}) const;
 
   RuleId rule() const { return rule_; }
   const char* isa() const { return isa_; }

@@ -2,6 +2,7 @@
 #pragma once
 #include <cstdint>
 
+#include "fastopt/element.h"
 #include "fastopt/rules/registry.h"
 #include "fastopt/tensor_list.h"
 
@@ -9,11 +10,17 @@ namespace fastopt::cpu {
 
 
 // Updates elements [begin, end) of one tensor; coeffs points at the rule's Coeffs.
-using KernelFn = void (*)(const void* coeffs, const TensorSlot& t, int64_t begin, int64_t end);
+using KernelFn = void (*)(const void* coeffs, const GradTransform& transform, const TensorSlot& t, int64_t begin,
+                          int64_t end);
+
+// Sum of squares (canonical order, fastopt/reduce.h) and non-finite count of elements
+// [begin, end) of a tensor, begin a multiple of reduce::kSuper, at most kSuper elements.
+using SumsqFn = void (*)(const void* data, int64_t begin, int64_t end, double* sum, int64_t* nonfinite);
 
 struct KernelSet {
   const char* isa;
   KernelFn kernels[int(RuleId::count)][kNumDTypes][kNumDTypes];  // [rule][param][grad]
+  SumsqFn sumsq[kNumDTypes];
 };
 
 const KernelSet& kernels_scalar();

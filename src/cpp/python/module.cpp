@@ -3,9 +3,13 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <deque>
+#include <memory>
+
 #include "../cpu/isa.h"
 #include "../cpu/group.h"
 #include "../cpu/pool.h"
+#include "../cpu/reduce.h"
 #include "binding.h"
 #include "fastopt/numeric/convert.h"
 #include "rules.h"
@@ -17,6 +21,17 @@ using py_intake::View;
 
 namespace {
 
+// (per-tensor sums of squares, per-tensor non-finite counts) as two lists.
+py::tuple run_reducer(const cpu::Reducer& r) {
+  std::vector<double> sums(r.num_tensors());
+  std::vector<int64_t> bad(r.num_tensors());
+  {
+    py::gil_scoped_release nogil;
+    r.run(sums.data(), bad.data());
+  }
+  return py::make_tuple(py::cast(sums), py::cast(bad));
+}
+
 volatile float probe_zero = 0.0f;  // read at run time, so the probe's work cannot be elided
 
 // A group on the CPU engine: the validated binding and the engine's task table.
@@ -27,14 +42,32 @@ class CpuGroup {
       : binding_(py_intake::bind(params, grads, masters, states, state_names, group_sizes, 1)),
         group_(rule, binding_.slots) {}
 
-  // One step: hypers holds one of the group's rule's Hyper structs per param group.
-  void step(py::sequence hypers, const std::vector<int64_t>& steps) {
+  // One step: hypers holds one of the group's rule's Hyper structs per param group; every
+  // grad is multiplied by grad_scale and, when clip_value > 0, clamped to +-clip_value.
+  void step(py::sequence hypers, const std::vector<int64_t>& steps, float grad_scale, float clip_value) {
     py_intake::with_rule(group_.rule(), [&](auto rule) {
       using Rule = decltype(rule);
       const auto coeffs = py_intake::step_coeffs<Rule>(binding_, py_intake::hypers_of<Rule>(hypers), steps);
       py::gil_scoped_release nogil;
-      group_.run(coeffs.data(), sizeof(typename Rule::Coeffs));
+      group_.run(coeffs.data(), sizeof(typename Rule::Coeffs), GradTransform{grad_scale, clip_value});
     });
+  }
+
+  // Per tensor: the sum of squares (canonical order) and non-finite count of the grads, or of
+  // the params' fp32 values (their master weights where they have them).
+  py::tuple sumsq(const std::string& which) {
+    std::unique_ptr<cpu::Reducer>& r = which == "grads" ? grad_reducer_ : param_reducer_;
+    if (which != "grads" && which != "params") throw std::invalid_argument("which must be 'grads' or 'params'");
+    if (!r) {
+      std::vector<cpu::Span> spans;
+      for (const TensorSlot& t : binding_.slots) {
+        spans.push_back(which == "grads" ? cpu::Span{t.grad, t.grad_dtype, t.numel}
+                        : t.master      ? cpu::Span{t.master, DType::f32, t.numel}
+                                        : cpu::Span{t.param, t.param_dtype, t.numel});
+      }
+      r = std::make_unique<cpu::Reducer>(spans);
+    }
+    return run_reducer(*r);
   }
 
   // The bandwidth probe over this group's streams (a group bound with rule "probe").
@@ -50,6 +83,7 @@ class CpuGroup {
  private:
   py_intake::Binding binding_;
   cpu::Group group_;
+  std::unique_ptr<cpu::Reducer> grad_reducer_, param_reducer_;  // built on first use
 };
 
 template <class T>
@@ -96,6 +130,16 @@ PYBIND11_MODULE(_core, m) {
     return py::make_tuple(py::cast(v.shape), py_intake::dtype_name(v.dtype), v.readonly);
   }, py::arg("array"), py::arg("name"));
   m.attr("task_elems") = cpu::Group::kTaskElems;
+  m.def("sumsq", [](py::sequence tensors) {
+    std::deque<View> views;  // kept alive while the reduction runs
+    std::vector<cpu::Span> spans;
+    size_t i = 0;
+    for (py::handle t : tensors) {
+      views.push_back(py_intake::intake(t, "tensor " + std::to_string(i++)));
+      spans.push_back({views.back().data, views.back().dtype, views.back().numel});
+    }
+    return run_reducer(cpu::Reducer(spans));
+  }, py::arg("tensors"), "([sum of squares], [non-finite count]) per tensor, in the canonical order");
 
   py_intake::bind_hypers(m);
   bind_schedules(m);
@@ -108,7 +152,10 @@ PYBIND11_MODULE(_core, m) {
            }),
            py::arg("rule"), py::arg("params"), py::arg("grads"), py::arg("masters"), py::arg("states"),
            py::arg("state_names"), py::arg("group_sizes"))
-      .def("step", &CpuGroup::step, py::arg("hypers"), py::arg("steps"))
+      .def("step", &CpuGroup::step, py::arg("hypers"), py::arg("steps"), py::arg("grad_scale") = 1.0f,
+           py::arg("clip_value") = 0.0f)
+      .def("sumsq", &CpuGroup::sumsq, py::arg("which"),
+           "([sum of squares], [non-finite count]) per tensor of 'grads' or 'params' (fp32 values)")
       .def("probe", &CpuGroup::probe,
            "Moves this group's streams with no math (a group bound with rule 'probe')")
       .def_property_readonly("isa", [](const CpuGroup& g) { return std::string(g.group().isa()); })

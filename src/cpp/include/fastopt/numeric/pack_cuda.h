@@ -35,6 +35,12 @@ __device__ __forceinline__ Pack8 vmin(const Pack8& a, const Pack8& b) { FASTOPT_
 __device__ __forceinline__ Pack8 vabs(const Pack8& a) { FASTOPT_PACK_OP(vabs(a.v[k])) }
 __device__ __forceinline__ Pack8 vsign(const Pack8& a) { FASTOPT_PACK_OP(vsign(a.v[k])) }
 #undef FASTOPT_PACK_OP
+__device__ __forceinline__ int count_nonfinite(const Pack8& a) {
+  int n = 0;
+#pragma unroll
+  for (int k = 0; k < 8; ++k) n += count_nonfinite(a.v[k]);
+  return n;
+}
 
 __device__ __forceinline__ Pack8 load(const float* p, Lane<Pack8>) {
   const float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];

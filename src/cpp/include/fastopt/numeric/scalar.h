@@ -49,6 +49,9 @@ FASTOPT_HD float vabs(float a) {
 #endif
 }
 
+// 1 where a is infinite or NaN, else 0 (a - a is 0 exactly for every finite a).
+FASTOPT_HD int count_nonfinite(float a) { return !(a - a == 0.0f); }
+
 // 1 for a > 0, -1 for a < 0, a itself for +-0 and NaN (torch.sign).
 FASTOPT_HD float vsign(float a) { return a > 0 ? 1.0f : (a < 0 ? -1.0f : a); }
 

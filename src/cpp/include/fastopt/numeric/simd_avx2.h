@@ -24,6 +24,10 @@ FASTOPT_HD VecAvx2 vsqrt(VecAvx2 a) { return _mm256_sqrt_ps(a.v); }
 FASTOPT_HD VecAvx2 vmax(VecAvx2 a, VecAvx2 b) { return _mm256_max_ps(a.v, b.v); }
 FASTOPT_HD VecAvx2 vmin(VecAvx2 a, VecAvx2 b) { return _mm256_min_ps(a.v, b.v); }
 FASTOPT_HD VecAvx2 vabs(VecAvx2 a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a.v); }
+FASTOPT_HD int count_nonfinite(VecAvx2 a) {
+  const __m256 d = _mm256_sub_ps(a.v, a.v);
+  return __builtin_popcount(unsigned(_mm256_movemask_ps(_mm256_cmp_ps(d, _mm256_setzero_ps(), _CMP_NEQ_UQ))));
+}
 FASTOPT_HD VecAvx2 vsign(VecAvx2 a) {
   const __m256 zero = _mm256_setzero_ps();
   const __m256 r = _mm256_blendv_ps(a.v, _mm256_set1_ps(1.0f), _mm256_cmp_ps(a.v, zero, _CMP_GT_OQ));
