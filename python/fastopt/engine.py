@@ -30,11 +30,14 @@ class Engine:
         return module.Group(rule, list(params), list(grads), list(masters), list(states),
                             list(state_names), list(group_sizes))
 
-    def step(self, group: Any, hypers: list, steps: list[int], stream: Any, like: Any) -> None:
+    def step(self, group: Any, hypers: list, steps: list[int], stream: Any, like: Any,
+             grad_scale: float = 1.0, clip_value: float = 0.0) -> None:
+        """One step; every grad is first multiplied by ``grad_scale`` and, when ``clip_value``
+        > 0, clamped to [-clip_value, clip_value]."""
         if self.is_cuda:
-            group.step(hypers, steps, self.stream(stream, like))
+            group.step(hypers, steps, self.stream(stream, like), grad_scale, clip_value)
         else:
-            group.step(hypers, steps)
+            group.step(hypers, steps, grad_scale, clip_value)
 
     def stream(self, stream: Any, like: Any) -> int:
         """The CUDA stream handle to use: ``stream`` when given (an int handle, a

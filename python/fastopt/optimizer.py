@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import abc
+import math
 import numbers
+from dataclasses import dataclass
 from typing import Any, ClassVar, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -11,6 +13,7 @@ import numpy as np
 from . import _core
 from ._arrays import assign, copy, fill, master_copy, state_like, to_host
 from .engine import engine_for
+from .norms import combine
 
 Array = Any  # a NumPy array, or any object with __dlpack__ (a PyTorch tensor, ...)
 
@@ -26,6 +29,25 @@ def flag(name: str, value: Any) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a bool, got {value!r}")
     return bool(value)
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What a step did. ``grad_norm``: the global L2 norm of the grads after unscaling and
+    before any clipping (None when the step computed none); ``skipped``: True when the step
+    was skipped for a non-finite grad (nothing was written and the step count did not advance)."""
+
+    grad_norm: float | None
+    skipped: bool
+
+
+def optional_positive(name: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    v = real(name, value)
+    if not (v > 0 and math.isfinite(v)):
+        raise ValueError(f"{name} must be finite and > 0 (or None), got {value!r}")
+    return v
 
 
 class ParamGroup(dict):
@@ -86,6 +108,16 @@ class Optimizer(abc.ABC):
         master_weights: keep an fp32 master copy of every float16/bfloat16 param, owned by
             the optimizer, initialised exactly from the param; each step updates the master
             and rewrites the param from it, rounded to nearest even. float32 params need none.
+        max_grad_norm: clip by global norm, as ``torch.nn.utils.clip_grad_norm_`` (norm 2) before
+            each step: when the grads' global L2 norm exceeds it, every grad is scaled by
+            ``max_grad_norm / (norm + 1e-6)``. Folded into the update (one norm pass, then the
+            update pass); the grad buffers are never rewritten. None: no clipping.
+        clip_value: clamp every grad element to [-clip_value, clip_value] (after unscaling and
+            norm clipping), as ``torch.nn.utils.clip_grad_value_``; None: no clamping.
+        skip_nonfinite: skip the whole step when any grad holds an inf or NaN: nothing is
+            written and the step count does not advance (``step()`` reports it).
+        report_grad_norm: compute the global grad norm at every step even when neither
+            clipping nor skipping needs it.
         capturable: (CUDA params only) keep each group's lr and step count in device memory
             and compute the step's coefficients on the device, so that :meth:`step` can be
             captured in a CUDA graph and replayed; lr changes made between replays (``opt.lr
@@ -103,6 +135,8 @@ class Optimizer(abc.ABC):
 
     def __init__(self, params: Sequence[Array] | Sequence[Mapping[str, Any]],
                  grads: Sequence[Array] | None = None, *, master_weights: bool = False,
+                 max_grad_norm: float | None = None, clip_value: float | None = None,
+                 skip_nonfinite: bool = False, report_grad_norm: bool = False,
                  capturable: bool = False, **defaults: Any):
         self.defaults = dict(type(self).default_hypers())
         for k in defaults:
@@ -126,6 +160,10 @@ class Optimizer(abc.ABC):
         self._grads = [g for _, _, gs in raw_groups for g in gs]
         self._group_sizes = [len(ps) for _, ps, _ in raw_groups]
         self._group_of = [j for j, n in enumerate(self._group_sizes) for _ in range(n)]
+        self.max_grad_norm = max_grad_norm
+        self.clip_value = clip_value
+        self.skip_nonfinite = skip_nonfinite
+        self.report_grad_norm = report_grad_norm
         self._engine = engine_for(self._params[0] if self._params else None)
         self._capturable = flag("capturable", capturable)
         if self._capturable and not self._engine.is_cuda:
@@ -223,21 +261,87 @@ class Optimizer(abc.ABC):
             for j, s in enumerate(self._steps):
                 self._core.set_step(j, s, stream)
 
+    # ---- step options ----------------------------------------------------------------
+    @property
+    def max_grad_norm(self) -> float | None:
+        """Clip by global grad norm (None: off); see the class docstring."""
+        return self._max_grad_norm
+
+    @max_grad_norm.setter
+    def max_grad_norm(self, value: float | None) -> None:
+        self._max_grad_norm = optional_positive("max_grad_norm", value)
+
+    @property
+    def clip_value(self) -> float | None:
+        """Clamp every grad element to +-clip_value (None: off)."""
+        return self._clip_value
+
+    @clip_value.setter
+    def clip_value(self, value: float | None) -> None:
+        self._clip_value = optional_positive("clip_value", value)
+
+    @property
+    def skip_nonfinite(self) -> bool:
+        """Skip a step whose grads hold an inf or NaN."""
+        return self._skip_nonfinite
+
+    @skip_nonfinite.setter
+    def skip_nonfinite(self, value: bool) -> None:
+        self._skip_nonfinite = flag("skip_nonfinite", value)
+
+    @property
+    def report_grad_norm(self) -> bool:
+        """Compute the global grad norm at every step."""
+        return self._report_grad_norm
+
+    @report_grad_norm.setter
+    def report_grad_norm(self, value: bool) -> None:
+        self._report_grad_norm = flag("report_grad_norm", value)
+
     # ---- public API --------------------------------------------------------------------
-    def step(self, stream: Any = None) -> None:
+    def step(self, grad_scale: float | None = None, stream: Any = None) -> StepResult:
         """Applies one update to every param, in place (one C++ call, GIL released).
+
+        ``grad_scale``: the loss scale the grads carry; they are unscaled (multiplied by
+        ``1 / grad_scale``, in float32 as torch's GradScaler does) inside the update, never
+        rewritten. Then the step options apply (``max_grad_norm``, ``clip_value``,
+        ``skip_nonfinite``): a norm pass over the grads first when one of them (or
+        ``report_grad_norm``) needs the norm, then the update pass.
 
         On CUDA the step is one kernel launch enqueued on ``stream`` (an int handle, a
         ``torch.cuda.Stream`` or a ``cupy.cuda.Stream``; default: the params' library's
         current stream); it never waits for the GPU."""
         if self._stale:
             self._refresh()
+        inv = 1.0
+        if grad_scale is not None:
+            scale = real("grad_scale", grad_scale)
+            if not (scale > 0 and math.isfinite(scale)):
+                raise ValueError(f"grad_scale must be finite and > 0, got {grad_scale!r}")
+            inv = float(np.float32(1.0 / scale))
+        norm = None
+        factor = np.float32(inv)
+        if self._max_grad_norm is not None or self._skip_nonfinite or self._report_grad_norm:
+            if self._engine.is_cuda:
+                raise NotImplementedError("max_grad_norm, skip_nonfinite and report_grad_norm are not yet "
+                                          "available on the CUDA engine")
+            sums, bad = self._core.sumsq("grads")
+            norm = math.sqrt(combine(sums)) * inv
+            if self._skip_nonfinite and sum(bad) > 0:
+                return StepResult(norm, True)
+            if self._max_grad_norm is not None:  # torch's clip coefficient, in float32 as torch has it
+                coef = np.float32(self._max_grad_norm) / (np.float32(norm) + np.float32(1e-6))
+                factor = np.float32(factor * min(coef, np.float32(1.0)))
+        clip = self._clip_value or 0.0
         if self._capturable:
             self._rule_steps()  # host bookkeeping only: the device counts the steps
-            self._core.step_capturable(self._hypers, self._engine.stream(stream, self._params[0]))
+            self._core.step_capturable(self._hypers, self._engine.stream(stream, self._params[0]),
+                                       float(factor), clip)
         else:
-            self._engine.step(self._core, self._hypers, self._rule_steps(), stream, self._params[0])
+            self._engine.step(self._core, self._hypers, self._rule_steps(), stream, self._params[0],
+                              float(factor), clip)
         self._steps = [s + 1 for s in self._steps]
+        return StepResult(norm, False)
 
     @property
     def lr(self) -> float:

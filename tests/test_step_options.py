@@ -1,0 +1,177 @@
+"""Step options folded into the update pass (python/fastopt/optimizer.py, element.h's
+GradTransform): unscaling, clipping by global norm and by value, skipping non-finite steps,
+reporting the grad norm; checked against torch.nn.utils and torch.optim."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import fastopt
+from fastopt.norms import l2_norms
+from registry import assert_bits_equal, case_by_id, grad_steps, random_params, refill, tol
+
+SHAPES = [(37,), (4, 9), (300,), (2, 3, 5)]
+CASE_IDS = ["sgd-momentum", "adam-weight_decay", "adamw-amsgrad"]
+# Clipping against torch: the global norm's last bits differ (fastopt sums every square in one
+# canonical order; torch combines per-tensor float32 norms), so the clip coefficient can differ
+# by an ulp at a step, which momentum carries on: a few 1e-7 on params of size ~1.
+CLIP_TOL = dict(rtol=1e-5, atol=1e-6)
+
+
+def make(case, shapes=SHAPES, seed=0, **options):
+    params = random_params(np.random.default_rng(seed), shapes)
+    grads = [np.zeros(s, np.float32) for s in shapes]
+    return case.cls(params, grads, **case.kwargs, **options), params, grads
+
+
+def torch_opt(case, initial):
+    tparams = [torch.nn.Parameter(torch.tensor(p)) for p in initial]
+    return getattr(torch.optim, case.name)(tparams, **case.kwargs), tparams
+
+
+@pytest.mark.parametrize("case_id", CASE_IDS)
+@pytest.mark.parametrize("max_norm", [0.5, 5.0])
+def test_clip_by_norm_equals_torch_clip_grad_norm_then_step(case_id, max_norm):
+    case = case_by_id(case_id)
+    opt, params, grads = make(case, max_grad_norm=max_norm)
+    topt, tparams = torch_opt(case, [p.copy() for p in params])
+    clipped = 0
+    for gs in grad_steps(case.seed, SHAPES, 30):
+        refill(grads, gs)
+        for p, g in zip(tparams, gs):
+            p.grad = torch.tensor(g)
+        total = float(torch.nn.utils.clip_grad_norm_(tparams, max_norm))
+        clipped += total > max_norm
+        topt.step()
+        result = opt.step()
+        assert result.skipped is False
+        assert result.grad_norm == pytest.approx(total, rel=1e-6)
+    assert 0 < clipped  # the option was exercised
+    for i, (p, e) in enumerate(zip(params, tparams)):
+        np.testing.assert_allclose(p, e.detach().numpy(), **CLIP_TOL, err_msg=f"param {i}")
+
+
+@pytest.mark.parametrize("case_id", CASE_IDS)
+def test_clip_by_value_equals_torch_clip_grad_value_then_step(case_id):
+    case = case_by_id(case_id)
+    opt, params, grads = make(case, clip_value=0.7)
+    topt, tparams = torch_opt(case, [p.copy() for p in params])
+    for gs in grad_steps(case.seed, SHAPES, 20):
+        refill(grads, gs)
+        for p, g in zip(tparams, gs):
+            p.grad = torch.tensor(g)
+        torch.nn.utils.clip_grad_value_(tparams, 0.7)
+        topt.step()
+        assert opt.step().grad_norm is None
+    for i, (p, e) in enumerate(zip(params, tparams)):
+        np.testing.assert_allclose(p, e.detach().numpy(), **tol("torch"), err_msg=f"param {i}")
+
+
+@pytest.mark.parametrize("case_id", CASE_IDS)
+def test_grad_scale_unscales_exactly(case_id):
+    """Grads carrying a power-of-two loss scale, unscaled in the update: bit-identical to
+    unscaled grads, and the grad buffers are never rewritten."""
+    case = case_by_id(case_id)
+    a, pa, ga = make(case, max_grad_norm=1.0)
+    b, pb, gb = make(case, max_grad_norm=1.0)
+    for gs in grad_steps(case.seed, SHAPES, 15):
+        refill(ga, gs)
+        refill(gb, [g * np.float32(1024.0) for g in gs])
+        before = [g.copy() for g in gb]
+        ra, rb = a.step(), b.step(grad_scale=1024.0)
+        assert ra.grad_norm == rb.grad_norm
+        for g, h in zip(gb, before):
+            assert_bits_equal(g, h, "grads rewritten")
+    for p, q in zip(pa, pb):
+        assert_bits_equal(p, q, "scaled run differs")
+
+
+@pytest.mark.parametrize("case_id", CASE_IDS)
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_nonfinite_step_is_skipped_and_nothing_changes(case_id, bad):
+    case = case_by_id(case_id)
+    opt, params, grads = make(case, skip_nonfinite=True, max_grad_norm=1.0)
+    ref, rparams, rgrads = make(case, max_grad_norm=1.0)
+    seq = list(grad_steps(case.seed, SHAPES, 8))
+    for t, gs in enumerate(seq):
+        refill(grads, gs)
+        refill(rgrads, gs)
+        opt.step()
+        ref.step()
+        if t == 3:  # a poisoned step: skipped, every buffer as it was
+            before = {i: {k: v.copy() for k, v in s.items()} for i, s in opt.state.items()}
+            params_before = [p.copy() for p in params]
+            grads[1].flat[5] = bad
+            result = opt.step()
+            assert result.skipped is True and not math.isfinite(result.grad_norm)
+            assert opt.steps == [t + 1]
+            for p, q in zip(params, params_before):
+                assert_bits_equal(p, q, "param changed by a skipped step")
+            for i, s in opt.state.items():
+                for k, v in s.items():
+                    assert_bits_equal(v, before[i][k], f"state {k} changed by a skipped step")
+    for p, q in zip(params, rparams):
+        assert_bits_equal(p, q, "the skipped step left a trace")
+
+
+def test_nonfinite_without_skip_propagates_like_torch():
+    case = case_by_id("adam-default")
+    opt, params, grads = make(case)
+    grads[0][0] = np.nan
+    assert opt.step() == fastopt.optimizer.StepResult(None, False)
+    assert np.isnan(params[0][0]) and np.isfinite(params[1]).all()
+
+
+def test_report_grad_norm_is_the_deterministic_global_norm():
+    case = case_by_id("adamw-default")
+    opt, params, grads = make(case, report_grad_norm=True)
+    for gs in grad_steps(1, SHAPES, 3):
+        refill(grads, gs)
+        norm = opt.step(grad_scale=4.0).grad_norm
+        assert norm == l2_norms(grads).total / 4.0
+        expected = math.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for g in gs)) / 4.0
+        assert norm == pytest.approx(expected, rel=1e-6)
+
+
+def test_half_params_with_masters_and_every_option():
+    case = case_by_id("adamw-amsgrad")
+    params = random_params(np.random.default_rng(3), SHAPES, "bfloat16")
+    grads = [np.zeros(s, np.float32) for s in SHAPES]
+    opt = case.cls(params, grads, master_weights=True, max_grad_norm=0.3, clip_value=0.05,
+                   skip_nonfinite=True, **case.kwargs)
+    for gs in grad_steps(2, SHAPES, 5):
+        refill(grads, [g * 8 for g in gs])
+        assert not opt.step(grad_scale=8.0).skipped
+    for p, m in zip(params, opt.master_params):
+        assert_bits_equal(p, m.astype(p.dtype), "param != round(master)")
+
+
+@pytest.mark.parametrize("option, value, exc", [
+    ("max_grad_norm", 0.0, ValueError), ("max_grad_norm", -1.0, ValueError),
+    ("max_grad_norm", float("nan"), ValueError), ("max_grad_norm", "1", TypeError),
+    ("clip_value", 0.0, ValueError), ("clip_value", float("inf"), ValueError),
+    ("skip_nonfinite", 1, TypeError), ("report_grad_norm", None, TypeError),
+])
+def test_bad_options_rejected(option, value, exc):
+    case = case_by_id("sgd-plain")
+    with pytest.raises(exc, match=option):
+        make(case, **{option: value})
+    opt, _, _ = make(case)
+    with pytest.raises(exc, match=option):
+        setattr(opt, option, value)
+
+
+@pytest.mark.parametrize("scale", [0.0, -2.0, float("inf"), float("nan")])
+def test_bad_grad_scale_rejected_nothing_changes(scale):
+    opt, params, grads = make(case_by_id("adam-default"))
+    refill(grads, next(iter(grad_steps(0, SHAPES, 1))))
+    before = [p.copy() for p in params]
+    with pytest.raises(ValueError, match="grad_scale"):
+        opt.step(grad_scale=scale)
+    assert opt.steps == [0]
+    for p, q in zip(params, before):
+        assert_bits_equal(p, q, "param changed")
