@@ -131,6 +131,17 @@ __global__ void widen_kernel(const T* src, float* dst, int64_t n) {
   }
 }
 
+bool two_pass(RuleId rule) {
+  switch (rule) {
+#define FASTOPT_TWO_PASS(id, T) \
+  case RuleId::id:              \
+    return num_sums<T>::value > 0;
+    FASTOPT_RULES(FASTOPT_TWO_PASS)
+#undef FASTOPT_TWO_PASS
+    default: return false;
+  }
+}
+
 int grid_for(int64_t chunks, int device) {
   int sms = 0;
   check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
@@ -167,6 +178,7 @@ void launch_capturable(const void* hypers, size_t stride, const GradTransform& x
 Group::Group(RuleId rule, const std::vector<TensorSlot>& slots, int device, int num_groups)
     : rule_(rule), device_(device), num_groups_(num_groups) {
   if (rule == RuleId::probe || rule == RuleId::count) throw std::invalid_argument("the CUDA engine has no such rule");
+  if (two_pass(rule)) throw std::invalid_argument("two-pass rules (LARS, LAMB) are not yet on the CUDA engine");
   if (num_groups < 1 || num_groups > kMaxGroups) {
     throw std::invalid_argument("the CUDA engine takes 1 to " + std::to_string(kMaxGroups) + " param groups, got " +
                                 std::to_string(num_groups));

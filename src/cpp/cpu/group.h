@@ -19,17 +19,22 @@ class Group {
   Group(const Group&) = delete;  // segments point into slots_
   Group& operator=(const Group&) = delete;
 
-  // Runs one step. coeffs points at an array of the rule's Coeffs, one per hyper_index,
-  // `stride` bytes apart; every grad goes through `transform` first.
-  void run(const void* coeffs, size_t stride, const GradTransform& transform = {}) const;
+  // Runs one step. coeffs points at an array of the rule's Coeffs, one per hyper_index (one
+  // per tensor when per_tensor), `stride` bytes apart; every grad goes through `transform`.
+  void run(const void* coeffs, size_t stride, const GradTransform& transform = {}, bool per_tensor = false) const;
+
+  // The first pass of a two-pass rule (coeffs as for run, one per hyper_index): sums gets
+  // num_sums doubles per tensor, in the canonical order of fastopt/reduce.h.
+  void prepass(const void* coeffs, size_t stride, const GradTransform& transform, int num_sums, double* sums) const;
 
   RuleId rule() const { return rule_; }
   const char* isa() const { return isa_; }
   size_t num_tasks() const { return task_start_.size() - 1; }
 
  private:
-  struct Segment {
+  struct Segment {  // one task's piece of one tensor: a super-block of reduce.h or less
     KernelFn fn;
+    PrepassFn prepass;
     const TensorSlot* slot;
     int64_t begin, end;
   };
@@ -38,6 +43,7 @@ class Group {
   std::vector<TensorSlot> slots_;
   std::vector<Segment> segments_;
   std::vector<size_t> task_start_;  // task t runs segments [task_start_[t], task_start_[t+1])
+  mutable std::vector<double> segment_sums_;  // prepass partials, num_sums per segment
 };
 
 }  // namespace fastopt::cpu

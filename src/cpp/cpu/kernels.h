@@ -17,9 +17,15 @@ using KernelFn = void (*)(const void* coeffs, const GradTransform& transform, co
 // [begin, end) of a tensor, begin a multiple of reduce::kSuper, at most kSuper elements.
 using SumsqFn = void (*)(const void* data, int64_t begin, int64_t end, double* sum, int64_t* nonfinite);
 
+// The first pass of a two-pass rule over [begin, end) of one tensor (begin a multiple of
+// reduce::kSuper, at most kSuper elements): sums[k], the k-th per-tensor sum of squares.
+using PrepassFn = void (*)(const void* coeffs, const GradTransform& transform, const TensorSlot& t, int64_t begin,
+                           int64_t end, double* sums);
+
 struct KernelSet {
   const char* isa;
-  KernelFn kernels[int(RuleId::count)][kNumDTypes][kNumDTypes];  // [rule][param][grad]
+  KernelFn kernels[int(RuleId::count)][kNumDTypes][kNumDTypes];    // [rule][param][grad]
+  PrepassFn prepass[int(RuleId::count)][kNumDTypes][kNumDTypes];   // null for one-pass rules
   SumsqFn sumsq[kNumDTypes];
 };
 

@@ -7,6 +7,8 @@
 #include "fastopt/rules/registry.h"
 #include "kernels.h"
 
+#include <type_traits>
+
 namespace fastopt::cpu::FASTOPT_ISA {
 
 // The vector body and the scalar tail call the same rule.
@@ -26,53 +28,92 @@ void run(const void* coeffs, const GradTransform& transform, const TensorSlot& s
   for (; i < end; ++i) apply_element<Rule, float, P, G>(c, x, t, i);
 }
 
-// Sum of squares of elements [begin, end) of a tensor of T in the canonical order of
-// reduce.h (begin a multiple of reduce::kSuper, at most kSuper elements), and how many are
-// not finite. Lane l of reduce.h is lane l % W of accumulator l / W.
-template <class T>
-void sumsq(const void* data, int64_t begin, int64_t end, double* sum, int64_t* nonfinite) {
+// Sums of squares of K values per element over elements [begin, end) of a tensor, in the
+// canonical order of reduce.h (begin a multiple of reduce::kSuper, at most kSuper elements).
+// f(i, v) fills v[0..K) for elements i.. of one lane (a V or a float). Lane l of reduce.h is
+// lane l % W of accumulator l / W.
+template <int K, class F>
+void canonical_sums(F&& f, int64_t begin, int64_t end, double* sums) {
   using V = FASTOPT_LANE;
   constexpr int W = lane_width<V>, N = reduce::kLanes / W;
-  const T* x = static_cast<const T*>(data);
-  double total = 0;
-  int64_t bad = 0;
+  for (int k = 0; k < K; ++k) sums[k] = 0;
   for (int64_t b = begin; b < end; b += reduce::kBlock) {
     const int64_t e = b + reduce::kBlock < end ? b + reduce::kBlock : end;
-    V acc[N];
-    for (int k = 0; k < N; ++k) acc[k] = V(0.0f);
+    V acc[K][N];
+    for (int k = 0; k < K; ++k) {
+      for (int j = 0; j < N; ++j) acc[k][j] = V(0.0f);
+    }
     int64_t i = b;
     for (; i + reduce::kLanes <= e; i += reduce::kLanes) {
-      for (int k = 0; k < N; ++k) {
-        const V v = load(x + i + k * W, Lane<V>{});
-        acc[k] = vfma(v, v, acc[k]);
-        bad += count_nonfinite(v);
+      for (int j = 0; j < N; ++j) {
+        V v[K];
+        f(i + j * W, v);
+        for (int k = 0; k < K; ++k) acc[k][j] = vfma(v[k], v[k], acc[k][j]);
       }
     }
-    float lanes[reduce::kLanes];
-    for (int k = 0; k < N; ++k) store(lanes + k * W, acc[k]);
-    for (int l = 0; i < e; ++i, ++l) {
-      const float v = load(x + i, Lane<float>{});
-      lanes[l] = vfma(v, v, lanes[l]);
-      bad += count_nonfinite(v);
+    float lanes[K][reduce::kLanes];
+    for (int k = 0; k < K; ++k) {
+      for (int j = 0; j < N; ++j) store(lanes[k] + j * W, acc[k][j]);
     }
-    total += double(reduce::fold_lanes(lanes));
+    for (int l = 0; i < e; ++i, ++l) {
+      float v[K];
+      f(i, v);
+      for (int k = 0; k < K; ++k) lanes[k][l] = vfma(v[k], v[k], lanes[k][l]);
+    }
+    for (int k = 0; k < K; ++k) sums[k] += double(reduce::fold_lanes(lanes[k]));
   }
-  *sum = total;
+}
+
+// Sum of squares and non-finite count of elements [begin, end) of a tensor of T.
+template <class T>
+void sumsq(const void* data, int64_t begin, int64_t end, double* sum, int64_t* nonfinite) {
+  const T* x = static_cast<const T*>(data);
+  int64_t bad = 0;
+  canonical_sums<1>(
+      [&](int64_t i, auto (&v)[1]) {
+        using L = std::remove_reference_t<decltype(v[0])>;
+        v[0] = load(x + i, Lane<L>{});
+        bad += count_nonfinite(v[0]);
+      },
+      begin, end, sum);
   *nonfinite = bad;
 }
 
+// The first pass of a two-pass rule over elements [begin, end) of one tensor: sums[k] is
+// the sum of squares of the prepass's k-th value.
+template <class Rule, class P, class G>
+void prepass(const void* coeffs, const GradTransform& transform, const TensorSlot& slot, int64_t begin, int64_t end,
+             double* sums) {
+  const typename Rule::Coeffs c = *static_cast<const typename Rule::Coeffs*>(coeffs);
+  const GradTransform x = transform;
+  const TensorSlot t = slot;
+  canonical_sums<num_sums<Rule>::value>(
+      [&](int64_t i, auto& v) {
+        using L = std::remove_reference_t<decltype(v[0])>;
+        prepass_element<Rule, L, P, G>(c, x, t, i, v);
+      },
+      begin, end, sums);
+}
+
+template <class Rule, class P, class G>
+void fill_one(KernelSet& s, RuleId id) {
+  const int pd = int(dtype_of<P>), gd = int(dtype_of<G>);
+  s.kernels[int(id)][pd][gd] = &run<Rule, P, G>;
+  if constexpr (num_sums<Rule>::value > 0) s.prepass[int(id)][pd][gd] = &prepass<Rule, P, G>;
+}
+
 template <class Rule, class P>
-constexpr void fill_grads(KernelFn (&row)[kNumDTypes]) {
-  row[int(DType::f32)] = &run<Rule, P, float>;
-  row[int(DType::f16)] = &run<Rule, P, f16>;
-  row[int(DType::bf16)] = &run<Rule, P, bf16>;
+void fill_grads(KernelSet& s, RuleId id) {
+  fill_one<Rule, P, float>(s, id);
+  fill_one<Rule, P, f16>(s, id);
+  fill_one<Rule, P, bf16>(s, id);
 }
 
 template <class Rule>
-constexpr void fill_rule(KernelFn (&table)[kNumDTypes][kNumDTypes]) {
-  fill_grads<Rule, float>(table[int(DType::f32)]);
-  fill_grads<Rule, f16>(table[int(DType::f16)]);
-  fill_grads<Rule, bf16>(table[int(DType::bf16)]);
+void fill_rule(KernelSet& s, RuleId id) {
+  fill_grads<Rule, float>(s, id);
+  fill_grads<Rule, f16>(s, id);
+  fill_grads<Rule, bf16>(s, id);
 }
 
 // The bandwidth probe: every stream of a step loaded and stored through the same code
@@ -92,10 +133,10 @@ struct Probe {
 KernelSet make_set() {
   KernelSet s{};
   s.isa = FASTOPT_ISA_NAME;
-#define FASTOPT_FILL(id, T) fill_rule<T>(s.kernels[int(RuleId::id)]);
+#define FASTOPT_FILL(id, T) fill_rule<T>(s, RuleId::id);
   FASTOPT_RULES(FASTOPT_FILL)
 #undef FASTOPT_FILL
-  fill_rule<Probe>(s.kernels[int(RuleId::probe)]);
+  fill_rule<Probe>(s, RuleId::probe);
   s.sumsq[int(DType::f32)] = &sumsq<float>;
   s.sumsq[int(DType::f16)] = &sumsq<f16>;
   s.sumsq[int(DType::bf16)] = &sumsq<bf16>;

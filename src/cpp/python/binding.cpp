@@ -120,6 +120,7 @@ Binding bind(py::sequence params, py::sequence grads, py::sequence masters, py::
       t.param = p.data;
       t.grad = g.data;
       t.numel = p.numel;
+      t.ndim = int(p.shape.size());
       t.param_dtype = p.dtype;
       t.grad_dtype = g.dtype;
       t.hyper_index = int(j);

@@ -47,9 +47,23 @@ class CpuGroup {
   void step(py::sequence hypers, const std::vector<int64_t>& steps, float grad_scale, float clip_value) {
     py_intake::with_rule(group_.rule(), [&](auto rule) {
       using Rule = decltype(rule);
+      using C = typename Rule::Coeffs;
       const auto coeffs = py_intake::step_coeffs<Rule>(binding_, py_intake::hypers_of<Rule>(hypers), steps);
+      const GradTransform x{grad_scale, clip_value};
       py::gil_scoped_release nogil;
-      group_.run(coeffs.data(), sizeof(typename Rule::Coeffs), GradTransform{grad_scale, clip_value});
+      if constexpr (num_sums<Rule>::value > 0) {  // two passes: per-tensor sums, then Coeffs
+        constexpr int K = num_sums<Rule>::value;
+        const auto& slots = binding_.slots;
+        std::vector<double> sums(slots.size() * K);
+        group_.prepass(coeffs.data(), sizeof(C), x, K, sums.data());
+        std::vector<C> per_tensor(slots.size());
+        for (size_t t = 0; t < slots.size(); ++t) {
+          per_tensor[t] = Rule::finish(coeffs[slots[t].hyper_index], &sums[t * K], slots[t]);
+        }
+        group_.run(per_tensor.data(), sizeof(C), x, true);
+      } else {
+        group_.run(coeffs.data(), sizeof(C), x);
+      }
     });
   }
 

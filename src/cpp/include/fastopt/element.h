@@ -27,21 +27,68 @@ FASTOPT_HD L transform_grad(const GradTransform& x, L g) {
   return g;
 }
 
+// Optional parts of a rule, with their defaults:
+//   num_sums (0): per-tensor sums of squares a two-pass rule takes in its first pass
+//     (prepass), from which finish() makes each tensor's Coeffs for the update pass;
+//   prepass_writes_state (false), update_writes_state (true): which pass stores the state.
+template <class R, class = void>
+struct num_sums {
+  static constexpr int value = 0;
+};
+template <class R>
+struct num_sums<R, decltype(void(R::num_sums))> {
+  static constexpr int value = R::num_sums;
+};
+template <class R, class = void>
+struct writes_state {
+  static constexpr bool prepass = false, update = true;
+};
+template <class R>
+struct writes_state<R, decltype(void(R::update_writes_state))> {
+  static constexpr bool prepass = R::prepass_writes_state, update = R::update_writes_state;
+};
+
+template <class L, class P>
+FASTOPT_HD L load_value(const TensorSlot& t, int64_t i) {
+  return t.master ? load(t.master + i, Lane<L>{}) : load(static_cast<const P*>(t.param) + i, Lane<L>{});
+}
+
+template <class L, int N>
+FASTOPT_HD void load_state(const TensorSlot& t, int64_t i, L (&s)[N]) {
+  for (int k = 0; k < N; ++k) s[k] = k < t.num_state ? load(t.state[k] + i, Lane<L>{}) : L(0.0f);
+}
+
+template <class L, int N>
+FASTOPT_HD void store_state(const TensorSlot& t, int64_t i, const L (&s)[N]) {
+  for (int k = 0; k < N; ++k) {
+    if (k < t.num_state) store(t.state[k] + i, s[k]);
+  }
+}
+
+// The first pass of a two-pass rule at one position: out[k] are the values whose squares
+// add up into the tensor's k-th sum.
+template <class Rule, class L, class P, class G>
+FASTOPT_HD void prepass_element(const typename Rule::Coeffs& c, const GradTransform& x, const TensorSlot& t,
+                                int64_t i, L (&out)[num_sums<Rule>::value]) {
+  const L g = transform_grad(x, load(static_cast<const G*>(t.grad) + i, Lane<L>{}));
+  const L p = load_value<L, P>(t, i);
+  L s[Rule::max_state];
+  load_state(t, i, s);
+  Rule::prepass(c, p, g, s, out);
+  if (writes_state<Rule>::prepass) store_state(t, i, s);
+}
+
 template <class Rule, class L, class P, class G>
 FASTOPT_HD void apply_element(const typename Rule::Coeffs& c, const GradTransform& x, const TensorSlot& t,
                               int64_t i) {
   P* param = static_cast<P*>(t.param);
   const G* grad = static_cast<const G*>(t.grad);
   const L g = transform_grad(x, load(grad + i, Lane<L>{}));
-  L p = t.master ? load(t.master + i, Lane<L>{}) : load(param + i, Lane<L>{});
+  L p = load_value<L, P>(t, i);
   L s[Rule::max_state];
-  for (int k = 0; k < Rule::max_state; ++k) {
-    s[k] = k < t.num_state ? load(t.state[k] + i, Lane<L>{}) : L(0.0f);
-  }
+  load_state(t, i, s);
   Rule::update(c, p, g, s);
-  for (int k = 0; k < Rule::max_state; ++k) {
-    if (k < t.num_state) store(t.state[k] + i, s[k]);
-  }
+  if (writes_state<Rule>::update) store_state(t, i, s);
   if (t.master) store(t.master + i, p);
   store(param + i, p);
 }

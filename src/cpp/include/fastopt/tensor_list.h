@@ -19,6 +19,7 @@ struct TensorSlot {
   DType param_dtype, grad_dtype;
   int num_state;
   int hyper_index;  // which of the step's coefficient sets (param groups) applies
+  int ndim;         // dimensions of the param (rules may treat 1-D tensors apart)
 };
 
 }  // namespace fastopt

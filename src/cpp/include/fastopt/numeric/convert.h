@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "fastopt/platform.h"
+#include "fastopt/tensor_list.h"
 
 namespace fastopt {
 
@@ -80,6 +81,14 @@ FASTOPT_HD void from_f32(float x, f16& out) {
 }  // namespace fastopt
 
 namespace fastopt {
+// The DType tag of a storage type.
+template <class T>
+constexpr DType dtype_of = DType::f32;
+template <>
+constexpr DType dtype_of<f16> = DType::f16;
+template <>
+constexpr DType dtype_of<bf16> = DType::bf16;
+
 // Scalar-lane storage access: one element, converted exactly to and from fp32.
 template <class T>
 FASTOPT_HD float load(const T* p, Lane<float>) { return to_f32(*p); }

@@ -1,0 +1,52 @@
+"""LARS."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from . import _core
+from ._hypers import build
+from .optimizer import Optimizer
+
+
+class LARS(Optimizer):
+    """LARS (You, Gitman & Ginsburg, 2017, "Large Batch Training of Convolutional Networks"),
+    in place: SGD with momentum whose lr is scaled per tensor by a trust ratio.
+
+    Per tensor, with ``g`` its grad (negated when ``maximize``) and L2 norms over the tensor::
+
+        local = trust_coefficient * ||p|| / (||g|| + weight_decay * ||p|| + eps)
+                (1 where ||p|| or ||g|| is 0)
+        v = momentum * v + lr * local * (g + weight_decay * p)
+        p = p - v
+
+    With ``exclude_1d``, tensors of at most one dimension (biases, norm scales) are updated as
+    plain SGD with momentum: no trust ratio and no weight decay (``v = momentum * v + lr * g``).
+
+    Args:
+        lr: global learning rate (>= 0; default 1e-3).
+        momentum: momentum factor (>= 0; default 0.9; 0 keeps no buffer).
+        weight_decay: L2 penalty inside the trust ratio and the update (>= 0; default 0).
+        trust_coefficient: eta of the paper (>= 0; default 1e-3).
+        eps: added to the ratio's denominator (>= 0; default 1e-8).
+        exclude_1d: exempt tensors of at most one dimension, see above (default False).
+        maximize: ascend the objective instead of descending it.
+
+    Two passes per step: the per-tensor norms of p and g (deterministic, fastopt/reduce.h),
+    then the update. State per param (float32): ``momentum_buffer`` when momentum != 0.
+    Bytes moved per fp32 param and step: 28 (norm pass: read p, g = 8; update: read p, g, v,
+    write p, v = 20).
+    """
+
+    rule = "lars"
+    state_names = ("momentum_buffer",)
+
+    @classmethod
+    def default_hypers(cls) -> dict[str, Any]:
+        return {"lr": 1e-3, "momentum": 0.9, "weight_decay": 0.0, "trust_coefficient": 1e-3, "eps": 1e-8,
+                "exclude_1d": False, "maximize": False}
+
+    @classmethod
+    def _to_hyper(cls, group: Mapping[str, Any]) -> Any:
+        return build(_core.LarsHyper, group, ("lr", "momentum", "weight_decay", "trust_coefficient", "eps"),
+                     ("exclude_1d", "maximize"))
