@@ -299,7 +299,8 @@ class Optimizer(abc.ABC):
         self._report_grad_norm = flag("report_grad_norm", value)
 
     # ---- public API --------------------------------------------------------------------
-    def step(self, grad_scale: float | None = None, stream: Any = None) -> StepResult:
+    def step(self, grad_scale: float | None = None, stream: Any = None, *,
+             skip_nonfinite: bool | None = None) -> StepResult:
         """Applies one update to every param, in place (one C++ call, GIL released).
 
         ``grad_scale``: the loss scale the grads carry; they are unscaled (multiplied by
@@ -310,9 +311,11 @@ class Optimizer(abc.ABC):
 
         On CUDA the step is one kernel launch enqueued on ``stream`` (an int handle, a
         ``torch.cuda.Stream`` or a ``cupy.cuda.Stream``; default: the params' library's
-        current stream); it never waits for the GPU."""
+        current stream); it never waits for the GPU. ``skip_nonfinite`` overrides the
+        optimizer's setting for this step (a loss scaler needs it on)."""
         if self._stale:
             self._refresh()
+        skip = self._skip_nonfinite if skip_nonfinite is None else flag("skip_nonfinite", skip_nonfinite)
         inv = 1.0
         if grad_scale is not None:
             scale = real("grad_scale", grad_scale)
@@ -321,13 +324,13 @@ class Optimizer(abc.ABC):
             inv = float(np.float32(1.0 / scale))
         norm = None
         factor = np.float32(inv)
-        if self._max_grad_norm is not None or self._skip_nonfinite or self._report_grad_norm:
+        if self._max_grad_norm is not None or skip or self._report_grad_norm:
             if self._engine.is_cuda:
                 raise NotImplementedError("max_grad_norm, skip_nonfinite and report_grad_norm are not yet "
                                           "available on the CUDA engine")
             sums, bad = self._core.sumsq("grads")
             norm = math.sqrt(combine(sums)) * inv
-            if self._skip_nonfinite and sum(bad) > 0:
+            if skip and sum(bad) > 0:
                 return StepResult(norm, True)
             if self._max_grad_norm is not None:  # torch's clip coefficient, in float32 as torch has it
                 coef = np.float32(self._max_grad_norm) / (np.float32(norm) + np.float32(1e-6))
