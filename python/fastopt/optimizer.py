@@ -32,13 +32,45 @@ def flag(name: str, value: Any) -> bool:
 
 
 @dataclass(frozen=True)
+class Diagnostics:
+    """Per-tensor numbers of one step, by param index (arrays of float64, counts int64).
+
+    ``grad_norm``: L2 norm of each grad after unscaling, before clipping; ``nonfinite_grads``:
+    its count of inf/NaN elements; ``param_norm``: L2 norm of the param's fp32 value before
+    the update; ``update_norm``: L2 norm of the change the update made; ``update_ratio``:
+    update_norm / param_norm (inf where the param was 0). The last three are None for a
+    skipped step. All norms come from the deterministic fused reductions."""
+
+    grad_norm: np.ndarray
+    nonfinite_grads: np.ndarray
+    param_norm: np.ndarray | None = None
+    update_norm: np.ndarray | None = None
+    update_ratio: np.ndarray | None = None
+
+    def report(self, top: int = 5) -> str:
+        """Text naming the tensors to look at: those with non-finite grads, then those with
+        the largest update/param ratios (a training run blowing up) and the smallest (a
+        tensor not learning)."""
+        lines = [f"param {i}: {self.nonfinite_grads[i]} non-finite grad values (grad norm {self.grad_norm[i]:.3g})"
+                 for i in np.flatnonzero(self.nonfinite_grads)]
+        if self.update_ratio is not None and len(self.update_ratio):
+            order = np.argsort(-np.nan_to_num(self.update_ratio, nan=np.inf), kind="stable")
+            for label, picks in (("largest", order[:top]), ("smallest", order[::-1][:top])):
+                lines.append(f"{label} update/param ratios: " + ", ".join(
+                    f"param {i} {self.update_ratio[i]:.3g}" for i in picks))
+        return "\n".join(lines) or "no tensors"
+
+
+@dataclass(frozen=True)
 class StepResult:
     """What a step did. ``grad_norm``: the global L2 norm of the grads after unscaling and
     before any clipping (None when the step computed none); ``skipped``: True when the step
-    was skipped for a non-finite grad (nothing was written and the step count did not advance)."""
+    was skipped for a non-finite grad (nothing was written and the step count did not advance);
+    ``diagnostics``: per-tensor numbers when the optimizer's ``diagnostics`` is on."""
 
     grad_norm: float | None
     skipped: bool
+    diagnostics: Diagnostics | None = None
 
 
 def optional_positive(name: str, value: Any) -> float | None:
@@ -118,6 +150,10 @@ class Optimizer(abc.ABC):
             written and the step count does not advance (``step()`` reports it).
         report_grad_norm: compute the global grad norm at every step even when neither
             clipping nor skipping needs it.
+        diagnostics: report per-tensor grad, param and update norms, update/param ratios and
+            non-finite grad counts with every step (:class:`Diagnostics`), from fused
+            reductions (a norm pass over the grads, and the update pass summing as it goes).
+            Off by default, and then free: the plain update kernels run.
         capturable: (CUDA params only) keep each group's lr and step count in device memory
             and compute the step's coefficients on the device, so that :meth:`step` can be
             captured in a CUDA graph and replayed; lr changes made between replays (``opt.lr
@@ -136,7 +172,7 @@ class Optimizer(abc.ABC):
     def __init__(self, params: Sequence[Array] | Sequence[Mapping[str, Any]],
                  grads: Sequence[Array] | None = None, *, master_weights: bool = False,
                  max_grad_norm: float | None = None, clip_value: float | None = None,
-                 skip_nonfinite: bool = False, report_grad_norm: bool = False,
+                 skip_nonfinite: bool = False, report_grad_norm: bool = False, diagnostics: bool = False,
                  capturable: bool = False, **defaults: Any):
         self.defaults = dict(type(self).default_hypers())
         for k in defaults:
@@ -164,6 +200,7 @@ class Optimizer(abc.ABC):
         self.clip_value = clip_value
         self.skip_nonfinite = skip_nonfinite
         self.report_grad_norm = report_grad_norm
+        self.diagnostics = diagnostics
         self._engine = engine_for(self._params[0] if self._params else None)
         self._capturable = flag("capturable", capturable)
         if self._capturable and not self._engine.is_cuda:
@@ -298,6 +335,15 @@ class Optimizer(abc.ABC):
     def report_grad_norm(self, value: bool) -> None:
         self._report_grad_norm = flag("report_grad_norm", value)
 
+    @property
+    def diagnostics(self) -> bool:
+        """Report per-tensor :class:`Diagnostics` with every step."""
+        return self._diagnostics
+
+    @diagnostics.setter
+    def diagnostics(self, value: bool) -> None:
+        self._diagnostics = flag("diagnostics", value)
+
     # ---- public API --------------------------------------------------------------------
     def step(self, grad_scale: float | None = None, stream: Any = None, *,
              skip_nonfinite: bool | None = None) -> StepResult:
@@ -322,16 +368,18 @@ class Optimizer(abc.ABC):
             if not (scale > 0 and math.isfinite(scale)):
                 raise ValueError(f"grad_scale must be finite and > 0, got {grad_scale!r}")
             inv = float(np.float32(1.0 / scale))
-        norm = None
+        norm = diag = None
         factor = np.float32(inv)
-        if self._max_grad_norm is not None or skip or self._report_grad_norm:
+        if self._max_grad_norm is not None or skip or self._report_grad_norm or self._diagnostics:
             if self._engine.is_cuda:
-                raise NotImplementedError("max_grad_norm, skip_nonfinite and report_grad_norm are not yet "
-                                          "available on the CUDA engine")
+                raise NotImplementedError("max_grad_norm, skip_nonfinite, report_grad_norm and diagnostics are "
+                                          "not yet available on the CUDA engine")
             sums, bad = self._core.sumsq("grads")
             norm = math.sqrt(combine(sums)) * inv
+            if self._diagnostics:
+                diag = Diagnostics(np.sqrt(np.asarray(sums)) * inv, np.asarray(bad, np.int64))
             if skip and sum(bad) > 0:
-                return StepResult(norm, True)
+                return StepResult(norm, True, diag)
             if self._max_grad_norm is not None:  # torch's clip coefficient, in float32 as torch has it
                 coef = np.float32(self._max_grad_norm) / (np.float32(norm) + np.float32(1e-6))
                 factor = np.float32(factor * min(coef, np.float32(1.0)))
@@ -340,11 +388,17 @@ class Optimizer(abc.ABC):
             self._rule_steps()  # host bookkeeping only: the device counts the steps
             self._core.step_capturable(self._hypers, self._engine.stream(stream, self._params[0]),
                                        float(factor), clip)
+        elif self._diagnostics:
+            out = np.asarray(self._core.step(self._hypers, self._rule_steps(), float(factor), clip, True))
+            update_norm, param_norm = np.sqrt(out[0::2]), np.sqrt(out[1::2])
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = update_norm / param_norm
+            diag = Diagnostics(diag.grad_norm, diag.nonfinite_grads, param_norm, update_norm, ratio)
         else:
             self._engine.step(self._core, self._hypers, self._rule_steps(), stream, self._params[0],
                               float(factor), clip)
         self._steps = [s + 1 for s in self._steps]
-        return StepResult(norm, False)
+        return StepResult(norm, False, diag)
 
     @property
     def lr(self) -> float:

@@ -17,9 +17,10 @@ Group::Group(RuleId rule, std::vector<TensorSlot> slots)
   for (const TensorSlot& t : slots_) {
     const KernelFn fn = ks.kernels[int(rule)][int(t.param_dtype)][int(t.grad_dtype)];
     const PrepassFn pre = ks.prepass[int(rule)][int(t.param_dtype)][int(t.grad_dtype)];
+    const PrepassFn diag = ks.diagnosed[int(rule)][int(t.param_dtype)][int(t.grad_dtype)];
     for (int64_t b = 0; b < t.numel; b += kTaskElems) {
       const int64_t e = b + kTaskElems < t.numel ? b + kTaskElems : t.numel;
-      segments_.push_back({fn, pre, &t, b, e});
+      segments_.push_back({fn, pre, diag, &t, b, e});
       in_task += e - b;
       if (in_task >= kTaskElems) {
         task_start_.push_back(segments_.size());
@@ -54,14 +55,25 @@ void Group::run(const void* coeffs, size_t stride, const GradTransform& transfor
 
 void Group::prepass(const void* coeffs, size_t stride, const GradTransform& transform, int num_sums,
                     double* sums) const {
+  sums_pass(false, coeffs, stride, transform, false, num_sums, sums);
+}
+
+void Group::run_diagnosed(const void* coeffs, size_t stride, const GradTransform& transform, bool per_tensor,
+                          double* sums) const {
+  sums_pass(true, coeffs, stride, transform, per_tensor, 2, sums);
+}
+
+void Group::sums_pass(bool diagnosed, const void* coeffs, size_t stride, const GradTransform& transform,
+                      bool per_tensor, int num_sums, double* sums) const {
   segment_sums_.resize(segments_.size() * size_t(num_sums));
   struct Ctx {
     const Group* g;
     const char* coeffs;
     size_t stride;
     GradTransform transform;
+    bool diagnosed, per_tensor;
     int num_sums;
-  } ctx{this, static_cast<const char*>(coeffs), stride, transform, num_sums};
+  } ctx{this, static_cast<const char*>(coeffs), stride, transform, diagnosed, per_tensor, num_sums};
   ThreadPool::instance().run(
       int64_t(num_tasks()),
       [](void* p, int64_t task) {
@@ -69,8 +81,9 @@ void Group::prepass(const void* coeffs, size_t stride, const GradTransform& tran
         const Group& g = *c.g;
         for (size_t s = g.task_start_[task]; s < g.task_start_[task + 1]; ++s) {
           const Segment& seg = g.segments_[s];
-          seg.prepass(c.coeffs + seg.slot->hyper_index * c.stride, c.transform, *seg.slot, seg.begin, seg.end,
-                      &g.segment_sums_[s * size_t(c.num_sums)]);
+          const size_t index = c.per_tensor ? size_t(seg.slot - g.slots_.data()) : size_t(seg.slot->hyper_index);
+          (c.diagnosed ? seg.diagnosed : seg.prepass)(c.coeffs + index * c.stride, c.transform, *seg.slot, seg.begin,
+                                                      seg.end, &g.segment_sums_[s * size_t(c.num_sums)]);
         }
       },
       &ctx);

@@ -27,6 +27,11 @@ class Group {
   // num_sums doubles per tensor, in the canonical order of fastopt/reduce.h.
   void prepass(const void* coeffs, size_t stride, const GradTransform& transform, int num_sums, double* sums) const;
 
+  // run() that also sums, per tensor, the squared updates and the squared old values (fp32
+  // values, canonical order): sums gets 2 doubles per tensor.
+  void run_diagnosed(const void* coeffs, size_t stride, const GradTransform& transform, bool per_tensor,
+                     double* sums) const;
+
   RuleId rule() const { return rule_; }
   const char* isa() const { return isa_; }
   size_t num_tasks() const { return task_start_.size() - 1; }
@@ -34,7 +39,7 @@ class Group {
  private:
   struct Segment {  // one task's piece of one tensor: a super-block of reduce.h or less
     KernelFn fn;
-    PrepassFn prepass;
+    PrepassFn prepass, diagnosed;
     const TensorSlot* slot;
     int64_t begin, end;
   };
@@ -43,7 +48,10 @@ class Group {
   std::vector<TensorSlot> slots_;
   std::vector<Segment> segments_;
   std::vector<size_t> task_start_;  // task t runs segments [task_start_[t], task_start_[t+1])
-  mutable std::vector<double> segment_sums_;  // prepass partials, num_sums per segment
+  // A pass that sums per segment, then adds the segments of each tensor in order.
+  void sums_pass(bool diagnosed, const void* coeffs, size_t stride, const GradTransform& transform, bool per_tensor,
+                 int num_sums, double* sums) const;
+  mutable std::vector<double> segment_sums_;  // partials, num_sums per segment
 };
 
 }  // namespace fastopt::cpu

@@ -26,6 +26,8 @@ struct KernelSet {
   const char* isa;
   KernelFn kernels[int(RuleId::count)][kNumDTypes][kNumDTypes];    // [rule][param][grad]
   PrepassFn prepass[int(RuleId::count)][kNumDTypes][kNumDTypes];   // null for one-pass rules
+  PrepassFn diagnosed[int(RuleId::count)][kNumDTypes][kNumDTypes]; // the update, with sums of
+                                                                    // squared updates and old values
   SumsqFn sumsq[kNumDTypes];
 };
 

@@ -95,10 +95,30 @@ void prepass(const void* coeffs, const GradTransform& transform, const TensorSlo
       begin, end, sums);
 }
 
+// The update with diagnostics over elements [begin, end) of one tensor: sums[0] is the
+// tensor's sum of squared updates (new - old fp32 value), sums[1] of its old values.
+template <class Rule, class P, class G>
+void run_diagnosed(const void* coeffs, const GradTransform& transform, const TensorSlot& slot, int64_t begin,
+                   int64_t end, double* sums) {
+  const typename Rule::Coeffs c = *static_cast<const typename Rule::Coeffs*>(coeffs);
+  const GradTransform x = transform;
+  const TensorSlot t = slot;
+  canonical_sums<2>(
+      [&](int64_t i, auto& v) {
+        using L = std::remove_reference_t<decltype(v[0])>;
+        const L before = load_value<L, P>(t, i);
+        apply_element<Rule, L, P, G>(c, x, t, i);
+        v[0] = load_value<L, P>(t, i) - before;
+        v[1] = before;
+      },
+      begin, end, sums);
+}
+
 template <class Rule, class P, class G>
 void fill_one(KernelSet& s, RuleId id) {
   const int pd = int(dtype_of<P>), gd = int(dtype_of<G>);
   s.kernels[int(id)][pd][gd] = &run<Rule, P, G>;
+  s.diagnosed[int(id)][pd][gd] = &run_diagnosed<Rule, P, G>;
   if constexpr (num_sums<Rule>::value > 0) s.prepass[int(id)][pd][gd] = &prepass<Rule, P, G>;
 }
 

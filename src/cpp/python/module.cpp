@@ -43,14 +43,22 @@ class CpuGroup {
         group_(rule, binding_.slots) {}
 
   // One step: hypers holds one of the group's rule's Hyper structs per param group; every
-  // grad is multiplied by grad_scale and, when clip_value > 0, clamped to +-clip_value.
-  void step(py::sequence hypers, const std::vector<int64_t>& steps, float grad_scale, float clip_value) {
+  // grad is multiplied by grad_scale and, when clip_value > 0, clamped to +-clip_value. With
+  // diagnose, returns per tensor [sum of squared updates, sum of squared old values] (fp32
+  // values, canonical order), flattened; else None.
+  py::object step(py::sequence hypers, const std::vector<int64_t>& steps, float grad_scale, float clip_value,
+                  bool diagnose) {
+    std::vector<double> diag(diagnose ? 2 * binding_.slots.size() : 0);
     py_intake::with_rule(group_.rule(), [&](auto rule) {
       using Rule = decltype(rule);
       using C = typename Rule::Coeffs;
       const auto coeffs = py_intake::step_coeffs<Rule>(binding_, py_intake::hypers_of<Rule>(hypers), steps);
       const GradTransform x{grad_scale, clip_value};
       py::gil_scoped_release nogil;
+      const auto update = [&](const std::vector<C>& c, bool per_tensor) {
+        if (diagnose) group_.run_diagnosed(c.data(), sizeof(C), x, per_tensor, diag.data());
+        else group_.run(c.data(), sizeof(C), x, per_tensor);
+      };
       if constexpr (num_sums<Rule>::value > 0) {  // two passes: per-tensor sums, then Coeffs
         constexpr int K = num_sums<Rule>::value;
         const auto& slots = binding_.slots;
@@ -60,11 +68,12 @@ class CpuGroup {
         for (size_t t = 0; t < slots.size(); ++t) {
           per_tensor[t] = Rule::finish(coeffs[slots[t].hyper_index], &sums[t * K], slots[t]);
         }
-        group_.run(per_tensor.data(), sizeof(C), x, true);
+        update(per_tensor, true);
       } else {
-        group_.run(coeffs.data(), sizeof(C), x);
+        update(coeffs, false);
       }
     });
+    return diagnose ? py::cast(diag) : py::none();
   }
 
   // Per tensor: the sum of squares (canonical order) and non-finite count of the grads, or of
@@ -167,7 +176,7 @@ PYBIND11_MODULE(_core, m) {
            py::arg("rule"), py::arg("params"), py::arg("grads"), py::arg("masters"), py::arg("states"),
            py::arg("state_names"), py::arg("group_sizes"))
       .def("step", &CpuGroup::step, py::arg("hypers"), py::arg("steps"), py::arg("grad_scale") = 1.0f,
-           py::arg("clip_value") = 0.0f)
+           py::arg("clip_value") = 0.0f, py::arg("diagnose") = false)
       .def("sumsq", &CpuGroup::sumsq, py::arg("which"),
            "([sum of squares], [non-finite count]) per tensor of 'grads' or 'params' (fp32 values)")
       .def("probe", &CpuGroup::probe,
