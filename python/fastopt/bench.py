@@ -55,7 +55,17 @@ import ml_dtypes
 import numpy as np
 
 from . import __version__, _core, cpu_isa, get_num_threads, set_num_threads
+from .adabelief import AdaBelief
+from .adadelta import Adadelta
+from .adagrad import Adagrad
 from .adam import Adam, AdamW
+from .adamax import Adamax
+from .lamb import LAMB
+from .lars import LARS
+from .lion import Lion
+from .nadam import NAdam
+from .radam import RAdam
+from .rmsprop import RMSprop
 from .sgd import SGD
 
 DTYPES: dict[str, np.dtype] = {
@@ -97,10 +107,20 @@ class OptimizerSpec:
 
     name: str
     fastopt_cls: type
-    torch_name: str
+    torch_name: str | None  # None: torch.optim has no such optimizer
     hypers: Mapping[str, Any]
-    state_names: tuple[str, ...]
-    numpy_step: Callable[..., None]  # (params, grads, states, step, hypers, scratch)
+    numpy_step: Callable[..., None] | None = None  # (params, grads, states, step, hypers, scratch)
+    # A two-pass rule's first pass, in bytes per param: LARS reads p and g (8); LAMB's second
+    # pass re-reads p, m and v (12) after the first has moved the elementwise streams.
+    extra_bytes: int = 0
+    extra_doc: str = ""
+
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        """The state arrays these hyperparameters use."""
+        cls = self.fastopt_cls
+        hyper = cls._to_hyper({**cls.default_hypers(), **self.hypers})
+        return tuple(cls.state_names[:hyper.num_state()])
 
     def streams(self, dtype: np.dtype) -> list[Stream]:
         """The update's streams for params of ``dtype`` (fp32 grads; fp32 master if half)."""
@@ -110,6 +130,12 @@ class OptimizerSpec:
             out.append(Stream("master", F32, True, True))
         out += [Stream(s, F32, True, True) for s in self.state_names]
         return out
+
+    def bytes_per_param(self, dtype: np.dtype) -> int:
+        return sum(s.bytes for s in self.streams(dtype)) + self.extra_bytes
+
+    def describe(self, dtype: np.dtype) -> str:
+        return ", ".join(s.describe() for s in self.streams(dtype)) + self.extra_doc
 
 
 def numpy_sgd(params, grads, states, step, h, scratch) -> None:
@@ -165,11 +191,21 @@ def numpy_adamw(params, grads, states, step, h, scratch) -> None:
 
 _ADAM = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8}
 SPECS: dict[str, OptimizerSpec] = {s.name: s for s in (
-    OptimizerSpec("sgd", SGD, "SGD", {"lr": 1e-3, "momentum": 0.9}, ("momentum_buffer",), numpy_sgd),
-    OptimizerSpec("adam", Adam, "Adam", {**_ADAM, "weight_decay": 0.0}, ("exp_avg", "exp_avg_sq"),
-                  numpy_adam),
-    OptimizerSpec("adamw", AdamW, "AdamW", {**_ADAM, "weight_decay": 1e-2}, ("exp_avg", "exp_avg_sq"),
-                  numpy_adamw),
+    OptimizerSpec("sgd", SGD, "SGD", {"lr": 1e-3, "momentum": 0.9}, numpy_sgd),
+    OptimizerSpec("adam", Adam, "Adam", {**_ADAM, "weight_decay": 0.0}, numpy_adam),
+    OptimizerSpec("adamw", AdamW, "AdamW", {**_ADAM, "weight_decay": 1e-2}, numpy_adamw),
+    OptimizerSpec("adagrad", Adagrad, "Adagrad", {"lr": 1e-2}),
+    OptimizerSpec("adadelta", Adadelta, "Adadelta", {"lr": 1.0}),
+    OptimizerSpec("rmsprop", RMSprop, "RMSprop", {"lr": 1e-3}),
+    OptimizerSpec("adamax", Adamax, "Adamax", {"lr": 2e-3}),
+    OptimizerSpec("nadam", NAdam, "NAdam", {"lr": 2e-3}),
+    OptimizerSpec("radam", RAdam, "RAdam", {"lr": 1e-3}),
+    OptimizerSpec("adabelief", AdaBelief, None, {"lr": 1e-3}),
+    OptimizerSpec("lion", Lion, None, {"lr": 1e-4, "weight_decay": 1e-2}),
+    OptimizerSpec("lars", LARS, None, {"lr": 1e-3, "momentum": 0.9, "weight_decay": 1e-4}, extra_bytes=8,
+                  extra_doc="; norm pass p r 4, grad r 4"),
+    OptimizerSpec("lamb", LAMB, None, {"lr": 1e-3, "weight_decay": 1e-2}, extra_bytes=12,
+                  extra_doc="; second pass p r 4, exp_avg r 4, exp_avg_sq r 4"),
 )}
 
 
@@ -359,7 +395,7 @@ class BenchConfig:
     size: int = 2 ** 25
     tensors: int = 4096
     dtype: str = "float32"
-    optimizers: tuple[str, ...] = ("sgd", "adam", "adamw")
+    optimizers: tuple[str, ...] = tuple(SPECS)
     repeats: int = 10
     warmup: int = 2
     use_torch: bool = True
@@ -460,11 +496,18 @@ def interleaved_times(steps: Mapping[Any, Callable[[], None]], warmup: int, repe
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def applicable(spec: OptimizerSpec, impls: Sequence[Impl]) -> list[Impl]:
+    """The impls that exist for ``spec``: torch's only where torch.optim has the optimizer,
+    the naive NumPy step only where one is written."""
+    return [i for i in impls if not (i.needs_torch and spec.torch_name is None)
+            and not (i.name == "numpy" and spec.numpy_step is None)]
+
+
 def _bench_optimizer(spec: OptimizerSpec, layouts: Sequence[Layout], data: Data, impls: Sequence[Impl],
                      cfg: BenchConfig, progress: Progress) -> list[dict[str, Any]]:
     """The rows of one optimizer: the probe, then each layout's impls in ``impls`` order."""
     streams = spec.streams(data.params.dtype)
-    bpp = sum(s.bytes for s in streams)
+    bpp = spec.bytes_per_param(data.params.dtype)
     single = Layout("single", (cfg.size,))
     close = [i for i in impls if i.name in INTERLEAVED]
     progress.start(f"{spec.name} probe, " + ", ".join(
@@ -540,14 +583,14 @@ def run_bench(cfg: BenchConfig, progress_stream: TextIO | None = sys.stderr) -> 
         layouts.append(Layout("multi", tuple(tensor_sizes(cfg.size, cfg.tensors))))
     specs = [SPECS[o] for o in cfg.optimizers]
     dtype = DTYPES[cfg.dtype]
-    sequential = len(layouts) * sum(1 for i in impls if i.name not in INTERLEAVED)
-    progress = Progress(len(specs) * (1 + sequential) + 1, progress_stream)
+    sequential = sum(len(layouts) for spec in specs for i in applicable(spec, impls) if i.name not in INTERLEAVED)
+    progress = Progress(len(specs) + sequential + 1, progress_stream)
 
     data = Data.make(cfg.size, dtype)
     rows, streams_doc = [], {}
     for spec in specs:
-        streams_doc[spec.name] = ", ".join(s.describe() for s in spec.streams(dtype))
-        rows += _bench_optimizer(spec, layouts, data, impls, cfg, progress)
+        streams_doc[spec.name] = spec.describe(dtype)
+        rows += _bench_optimizer(spec, layouts, data, applicable(spec, impls), cfg, progress)
     progress.start("fixed cost: adamw, 1000 tensors of 1 element")
     fixed = fixed_cost_us(torch)
     progress.end(f"{fixed['fastopt']:.1f} us/step")
