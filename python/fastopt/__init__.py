@@ -8,9 +8,17 @@ from __future__ import annotations
 
 from . import _core, functional, schedules
 from ._core import TensorError
+from .adabelief import AdaBelief
+from .adadelta import Adadelta
+from .adagrad import Adagrad
 from .adam import Adam, AdamW
+from .adamax import Adamax
 from .cuda import cuda_available
+from .lion import Lion
+from .nadam import NAdam
 from .optimizer import Optimizer, ParamGroup
+from .radam import RAdam
+from .rmsprop import RMSprop
 from .sgd import SGD
 
 __version__ = "0.1.0"
@@ -19,7 +27,8 @@ __version__ = "0.1.0"
 _core.cpu_isa()
 
 __all__ = [
-    "SGD", "Adam", "AdamW", "Optimizer", "ParamGroup", "TensorError", "functional", "schedules",
+    "SGD", "Adam", "AdamW", "Adagrad", "Adadelta", "RMSprop", "Adamax", "NAdam", "RAdam", "AdaBelief",
+    "Lion", "Optimizer", "ParamGroup", "TensorError", "functional", "schedules",
     "cpu_isa", "set_num_threads", "get_num_threads", "cuda_available",
 ]
 

@@ -2,13 +2,33 @@
 // Adding an optimizer = its rule header, its include below and one line in FASTOPT_RULES.
 #pragma once
 
+#include "fastopt/rules/adabelief.h"
+#include "fastopt/rules/adadelta.h"
+#include "fastopt/rules/adagrad.h"
 #include "fastopt/rules/adam.h"
+#include "fastopt/rules/adamax.h"
+#include "fastopt/rules/lamb.h"
+#include "fastopt/rules/lars.h"
+#include "fastopt/rules/lion.h"
+#include "fastopt/rules/nadam.h"
+#include "fastopt/rules/radam.h"
+#include "fastopt/rules/rmsprop.h"
 #include "fastopt/rules/sgd.h"
 
 // X(id, Type): the rule's id (also its name in Python) and its struct.
-#define FASTOPT_RULES(X) \
-  X(sgd, Sgd)            \
-  X(adam, Adam)
+#define FASTOPT_RULES(X)   \
+  X(sgd, Sgd)              \
+  X(adam, Adam)            \
+  X(adagrad, Adagrad)      \
+  X(adadelta, Adadelta)    \
+  X(rmsprop, RmsProp)      \
+  X(adamax, Adamax)        \
+  X(nadam, NAdam)          \
+  X(radam, RAdam)          \
+  X(adabelief, AdaBelief)  \
+  X(lion, Lion)            \
+  X(lars, Lars)            \
+  X(lamb, Lamb)
 
 namespace fastopt {
 

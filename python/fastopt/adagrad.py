@@ -1,0 +1,49 @@
+"""Adagrad."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from . import _core
+from ._hypers import build
+from .optimizer import Optimizer
+
+
+class Adagrad(Optimizer):
+    """Adagrad (Duchi et al., 2011) with ``torch.optim.Adagrad`` semantics, in place.
+
+    Per element at step t (1-based), with ``g`` the grad (negated when ``maximize``)::
+
+        g = g + weight_decay * p
+        sum = sum + g * g
+        p = p - lr / (1 + (t - 1) * lr_decay) * g / (sqrt(sum) + eps)
+
+    Args:
+        lr: learning rate (>= 0; default 1e-2).
+        lr_decay: learning-rate decay per step (>= 0; default 0).
+        weight_decay: L2 penalty (>= 0; default 0).
+        initial_accumulator_value: the value ``sum`` starts at (>= 0; default 0). It is
+            per param group here (torch applies the constructor's value to every group), and
+            only fills arrays when they are created: changing it later does not touch them.
+        eps: added to the denominator, outside the square root (>= 0; default 1e-10).
+        maximize: ascend the objective instead of descending it.
+
+    State per param (float32): ``sum``.
+    Bytes moved per fp32 param and step: 20 (read p, g, sum; write p, sum).
+    """
+
+    rule = "adagrad"
+    state_names = ("sum",)
+
+    @classmethod
+    def default_hypers(cls) -> dict[str, Any]:
+        return {"lr": 1e-2, "lr_decay": 0.0, "weight_decay": 0.0, "initial_accumulator_value": 0.0,
+                "eps": 1e-10, "maximize": False}
+
+    @classmethod
+    def _to_hyper(cls, group: Mapping[str, Any]) -> Any:
+        return build(_core.AdagradHyper, group, ("lr", "lr_decay", "weight_decay", "initial_accumulator_value",
+                                                 "eps"), ("maximize",))
+
+    def _initial_value(self, name: str, group: int) -> float:
+        return float(self.param_groups[group]["initial_accumulator_value"])
