@@ -1,8 +1,11 @@
 """Float64 NumPy reference optimizers, written from the published update rules.
 
-These follow the algorithm boxes of the ``torch.optim`` documentation (SGD, Adam, AdamW),
-not fastopt's C++: every quantity is kept in float64 and updated in place, so a test can
-compare fastopt's fp32 arithmetic against a (nearly) exact trajectory.
+These follow the algorithm boxes of the ``torch.optim`` documentation (SGD, Adam, AdamW,
+Adagrad, Adadelta, RMSprop, Adamax, NAdam, RAdam) and, for the optimizers torch lacks, the
+papers (AdaBelief: Zhuang et al. 2020, Algorithm 2; Lion: Chen et al. 2023, Program 1; the
+Sutskever et al. 2013 momentum form of SGD), not fastopt's C++: every quantity is kept in
+float64 and updated in place, so a test can compare fastopt's fp32 arithmetic against a
+(nearly) exact trajectory.
 
 Each optimizer is a small class holding its hyperparameters and per-param state::
 
@@ -29,7 +32,7 @@ def _as_f64_pair(p: np.ndarray, g: np.ndarray) -> np.ndarray:
 
 
 class SGDRef:
-    """torch.optim.SGD: for each param, with g the gradient::
+    """torch.optim.SGD (``momentum_form="torch"``): for each param, with g the gradient::
 
         g <- -g                                  if maximize
         g <- g + weight_decay * p                if weight_decay != 0
@@ -38,14 +41,24 @@ class SGDRef:
             b <- momentum * b + (1 - dampening) * g   afterwards
             g <- g + momentum * b if nesterov else b
         p <- p - lr * g
+
+    ``momentum_form="sutskever"`` (Sutskever et al. 2013, section 2; Keras's SGD), with the
+    same g and a velocity v that starts at zero::
+
+        v <- momentum * v - lr * g
+        p <- p + momentum * v - lr * g if nesterov else p + v
     """
 
     def __init__(self, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
-                 weight_decay: float = 0.0, nesterov: bool = False, maximize: bool = False):
+                 weight_decay: float = 0.0, nesterov: bool = False, maximize: bool = False,
+                 momentum_form: str = "torch"):
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("nesterov requires momentum > 0 and dampening = 0")
+        if momentum_form not in ("torch", "sutskever") or (momentum_form == "sutskever" and dampening != 0):
+            raise ValueError(f"bad momentum_form {momentum_form!r} (or dampening with it)")
         self.lr, self.momentum, self.dampening = lr, momentum, dampening
         self.weight_decay, self.nesterov, self.maximize = weight_decay, nesterov, maximize
+        self.sutskever = momentum_form == "sutskever"
         self.momentum_buffer: dict[int, np.ndarray] = {}
 
     def step(self, params: Sequence[np.ndarray], grads: Sequence[np.ndarray]) -> None:
@@ -54,6 +67,11 @@ class SGDRef:
             g = -g if self.maximize else g.copy()
             if self.weight_decay != 0:
                 g = g + self.weight_decay * p
+            if self.momentum != 0 and self.sutskever:
+                v = self.momentum_buffer.setdefault(i, np.zeros_like(p))
+                v[...] = self.momentum * v - self.lr * g
+                p += self.momentum * v - self.lr * g if self.nesterov else v
+                continue
             if self.momentum != 0:
                 if i not in self.momentum_buffer:
                     self.momentum_buffer[i] = np.array(g, dtype=np.float64)
@@ -63,6 +81,10 @@ class SGDRef:
                 buf = self.momentum_buffer[i]
                 g = g + self.momentum * buf if self.nesterov else buf
             p -= self.lr * g
+
+    def state_of(self, i: int) -> dict[str, np.ndarray]:
+        buf = self.momentum_buffer.get(i)
+        return {} if buf is None else {"momentum_buffer": buf}
 
 
 class AdamRef:
@@ -136,7 +158,306 @@ class AdamWRef(AdamRef):
         super().__init__(lr, betas, eps, weight_decay, amsgrad, maximize, decoupled=True)
 
 
-def reference_for(optimizer_name: str, kwargs: dict) -> SGDRef | AdamRef:
-    """A fresh reference optimizer: ``optimizer_name`` is "SGD", "Adam" or "AdamW"."""
-    cls = {"SGD": SGDRef, "Adam": AdamRef, "AdamW": AdamWRef}[optimizer_name]
-    return cls(**kwargs)
+class _Ref:
+    """Per-param float64 state arrays by name, created at zero (or ``initial``) on first use."""
+
+    initial = 0.0
+
+    def __init__(self, maximize: bool):
+        self.maximize = maximize
+        self.t = 0
+        self.states: dict[str, dict[int, np.ndarray]] = {}
+
+    def buf(self, name: str, i: int, p: np.ndarray) -> np.ndarray:
+        return self.states.setdefault(name, {}).setdefault(i, np.full_like(p, self.initial))
+
+    def grad(self, p: np.ndarray, g: np.ndarray) -> np.ndarray:
+        g = _as_f64_pair(p, g)
+        return -g if self.maximize else g
+
+    def state_of(self, i: int) -> dict[str, np.ndarray]:
+        """Param i's state under fastopt's (and torch's) names."""
+        return {name: d[i] for name, d in self.states.items()}
+
+
+class AdagradRef(_Ref):
+    """torch.optim.Adagrad. At step t (1-based)::
+
+        g <- -g if maximize;  g <- g + weight_decay * p
+        sum <- sum + g^2                          (sum starts at initial_accumulator_value)
+        p <- p - lr / (1 + (t - 1) * lr_decay) * g / (sqrt(sum) + eps)
+    """
+
+    def __init__(self, lr: float = 1e-2, lr_decay: float = 0.0, weight_decay: float = 0.0,
+                 initial_accumulator_value: float = 0.0, eps: float = 1e-10, maximize: bool = False):
+        super().__init__(maximize)
+        self.lr, self.lr_decay, self.weight_decay, self.eps = lr, lr_decay, weight_decay, eps
+        self.initial = initial_accumulator_value
+
+    def step(self, params, grads) -> None:
+        self.t += 1
+        clr = self.lr / (1 + (self.t - 1) * self.lr_decay)
+        for i, (p, g) in enumerate(zip(params, grads)):
+            g = self.grad(p, g) + self.weight_decay * p
+            s = self.buf("sum", i, p)
+            s += g * g
+            p -= clr * g / (np.sqrt(s) + self.eps)
+
+
+class AdadeltaRef(_Ref):
+    """torch.optim.Adadelta::
+
+        g <- -g if maximize;  g <- g + weight_decay * p
+        v <- rho * v + (1 - rho) * g^2
+        delta <- sqrt(u + eps) / sqrt(v + eps) * g
+        u <- rho * u + (1 - rho) * delta^2
+        p <- p - lr * delta
+    """
+
+    def __init__(self, lr: float = 1.0, rho: float = 0.9, eps: float = 1e-6, weight_decay: float = 0.0,
+                 maximize: bool = False):
+        super().__init__(maximize)
+        self.lr, self.rho, self.eps, self.weight_decay = lr, rho, eps, weight_decay
+
+    def step(self, params, grads) -> None:
+        rho, eps = self.rho, self.eps
+        for i, (p, g) in enumerate(zip(params, grads)):
+            g = self.grad(p, g) + self.weight_decay * p
+            v, u = self.buf("square_avg", i, p), self.buf("acc_delta", i, p)
+            v[...] = rho * v + (1 - rho) * g * g
+            delta = np.sqrt(u + eps) / np.sqrt(v + eps) * g
+            u[...] = rho * u + (1 - rho) * delta * delta
+            p -= self.lr * delta
+
+
+class RMSpropRef(_Ref):
+    """torch.optim.RMSprop::
+
+        g <- -g if maximize;  g <- g + weight_decay * p
+        v <- alpha * v + (1 - alpha) * g^2
+        if centered: a <- alpha * a + (1 - alpha) * g;  avg <- sqrt(v - a^2) + eps
+        else:        avg <- sqrt(v) + eps
+        if momentum > 0: b <- momentum * b + g / avg;  p <- p - lr * b
+        else:            p <- p - lr * g / avg
+    """
+
+    def __init__(self, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8, weight_decay: float = 0.0,
+                 momentum: float = 0.0, centered: bool = False, maximize: bool = False):
+        super().__init__(maximize)
+        self.lr, self.alpha, self.eps, self.weight_decay = lr, alpha, eps, weight_decay
+        self.momentum, self.centered = momentum, centered
+
+    def step(self, params, grads) -> None:
+        alpha = self.alpha
+        for i, (p, g) in enumerate(zip(params, grads)):
+            g = self.grad(p, g) + self.weight_decay * p
+            v = self.buf("square_avg", i, p)
+            v[...] = alpha * v + (1 - alpha) * g * g
+            if self.centered:
+                a = self.buf("grad_avg", i, p)
+                a[...] = alpha * a + (1 - alpha) * g
+                avg = np.sqrt(v - a * a) + self.eps
+            else:
+                avg = np.sqrt(v) + self.eps
+            if self.momentum > 0:
+                b = self.buf("momentum_buffer", i, p)
+                b[...] = self.momentum * b + g / avg
+                p -= self.lr * b
+            else:
+                p -= self.lr * g / avg
+
+
+class AdamaxRef(_Ref):
+    """torch.optim.Adamax. At step t (1-based)::
+
+        g <- -g if maximize;  g <- g + weight_decay * p
+        m <- beta1 * m + (1 - beta1) * g
+        u <- max(beta2 * u, |g| + eps)
+        p <- p - lr / (1 - beta1^t) * m / u
+    """
+
+    def __init__(self, lr: float = 2e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
+                 maximize: bool = False):
+        super().__init__(maximize)
+        self.lr, self.betas, self.eps, self.weight_decay = lr, tuple(betas), eps, weight_decay
+
+    def step(self, params, grads) -> None:
+        self.t += 1
+        beta1, beta2 = self.betas
+        for i, (p, g) in enumerate(zip(params, grads)):
+            g = self.grad(p, g) + self.weight_decay * p
+            m, u = self.buf("exp_avg", i, p), self.buf("exp_inf", i, p)
+            m[...] = beta1 * m + (1 - beta1) * g
+            u[...] = np.maximum(beta2 * u, np.abs(g) + self.eps)
+            p -= self.lr / (1 - beta1 ** self.t) * m / u
+
+
+class _AdamLike(_Ref):
+    """The shared front of NAdam, RAdam and AdaBelief: maximize, then decoupled decay of the
+    param or an L2 term in the grad."""
+
+    def __init__(self, lr, betas, eps, weight_decay, decoupled, maximize):
+        super().__init__(maximize)
+        self.lr, self.betas, self.eps, self.weight_decay = lr, tuple(betas), eps, weight_decay
+        self.decoupled = decoupled
+
+    def decayed_grad(self, p: np.ndarray, g: np.ndarray) -> np.ndarray:
+        g = self.grad(p, g)
+        if self.decoupled:
+            p *= 1 - self.lr * self.weight_decay
+            return g
+        return g + self.weight_decay * p
+
+
+class NAdamRef(_AdamLike):
+    """torch.optim.NAdam. At step t (1-based), with the running product mu_product kept as
+    torch keeps it::
+
+        mu_t <- beta1 * (1 - 0.5 * 0.96^(t * momentum_decay))
+        mu_next <- beta1 * (1 - 0.5 * 0.96^((t + 1) * momentum_decay))
+        mu_product <- mu_product * mu_t
+        g <- -g if maximize;  decoupled: p <- p * (1 - lr * wd), else g <- g + wd * p
+        m <- beta1 * m + (1 - beta1) * g;  v <- beta2 * v + (1 - beta2) * g^2
+        d <- sqrt(v / (1 - beta2^t)) + eps
+        p <- p - lr * (1 - mu_t) / (1 - mu_product) * g / d
+               - lr * mu_next / (1 - mu_product * mu_next) * m / d
+    """
+
+    def __init__(self, lr: float = 2e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
+                 momentum_decay: float = 4e-3, decoupled_weight_decay: bool = False, maximize: bool = False):
+        super().__init__(lr, betas, eps, weight_decay, decoupled_weight_decay, maximize)
+        self.momentum_decay = momentum_decay
+        self.mu_product = 1.0
+
+    def step(self, params, grads) -> None:
+        self.t += 1
+        beta1, beta2 = self.betas
+        mu = beta1 * (1 - 0.5 * 0.96 ** (self.t * self.momentum_decay))
+        mu_next = beta1 * (1 - 0.5 * 0.96 ** ((self.t + 1) * self.momentum_decay))
+        self.mu_product *= mu
+        for i, (p, g) in enumerate(zip(params, grads)):
+            g = self.decayed_grad(p, g)
+            m, v = self.buf("exp_avg", i, p), self.buf("exp_avg_sq", i, p)
+            m[...] = beta1 * m + (1 - beta1) * g
+            v[...] = beta2 * v + (1 - beta2) * g * g
+            d = np.sqrt(v / (1 - beta2 ** self.t)) + self.eps
+            p -= self.lr * (1 - mu) / (1 - self.mu_product) * g / d
+            p -= self.lr * mu_next / (1 - self.mu_product * mu_next) * m / d
+
+
+class RAdamRef(_AdamLike):
+    """torch.optim.RAdam. At step t (1-based)::
+
+        g <- -g if maximize;  decoupled: p <- p * (1 - lr * wd), else g <- g + wd * p
+        m <- beta1 * m + (1 - beta1) * g;  v <- beta2 * v + (1 - beta2) * g^2
+        m_hat <- m / (1 - beta1^t)
+        rho_inf <- 2 / (1 - beta2) - 1;  rho_t <- rho_inf - 2 t beta2^t / (1 - beta2^t)
+        if rho_t > 5:
+            r <- sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t))
+            p <- p - lr * m_hat * r * sqrt(1 - beta2^t) / (sqrt(v) + eps)
+        else:
+            p <- p - lr * m_hat
+    """
+
+    def __init__(self, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
+                 decoupled_weight_decay: bool = False, maximize: bool = False):
+        super().__init__(lr, betas, eps, weight_decay, decoupled_weight_decay, maximize)
+
+    def rectified(self) -> bool:
+        """Whether step t used the rectified (adaptive) update."""
+        return self.rho_t() > 5
+
+    def rho_t(self) -> float:
+        beta2, t = self.betas[1], self.t
+        rho_inf = 2 / (1 - beta2) - 1
+        return rho_inf - 2 * t * beta2 ** t / (1 - beta2 ** t)
+
+    def step(self, params, grads) -> None:
+        self.t += 1
+        beta1, beta2 = self.betas
+        rho_inf, rho_t = 2 / (1 - beta2) - 1, self.rho_t()
+        for i, (p, g) in enumerate(zip(params, grads)):
+            g = self.decayed_grad(p, g)
+            m, v = self.buf("exp_avg", i, p), self.buf("exp_avg_sq", i, p)
+            m[...] = beta1 * m + (1 - beta1) * g
+            v[...] = beta2 * v + (1 - beta2) * g * g
+            m_hat = m / (1 - beta1 ** self.t)
+            if rho_t > 5:
+                r = np.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+                p -= self.lr * m_hat * r * np.sqrt(1 - beta2 ** self.t) / (np.sqrt(v) + self.eps)
+            else:
+                p -= self.lr * m_hat
+
+
+class AdaBeliefRef(_AdamLike):
+    """AdaBelief, Zhuang et al. 2020, Algorithm 2 (plus the options). At step t (1-based)::
+
+        g <- -g if maximize;  weight_decouple: p <- p * (1 - lr * wd), else g <- g + wd * p
+        m <- beta1 * m + (1 - beta1) * g
+        s <- beta2 * s + (1 - beta2) * (g - m)^2 + eps
+        amsgrad: s_max <- max(s_max, s), used in place of s below
+        m_hat <- m / (1 - beta1^t);  s_hat <- s / (1 - beta2^t)
+        p <- p - lr * m_hat / (sqrt(s_hat) + eps)
+    """
+
+    def __init__(self, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-16, weight_decay: float = 0.0,
+                 amsgrad: bool = False, weight_decouple: bool = False, maximize: bool = False):
+        super().__init__(lr, betas, eps, weight_decay, weight_decouple, maximize)
+        self.amsgrad = amsgrad
+
+    def step(self, params, grads) -> None:
+        self.t += 1
+        beta1, beta2 = self.betas
+        for i, (p, g) in enumerate(zip(params, grads)):
+            g = self.decayed_grad(p, g)
+            m, s = self.buf("exp_avg", i, p), self.buf("exp_avg_var", i, p)
+            m[...] = beta1 * m + (1 - beta1) * g
+            s[...] = beta2 * s + (1 - beta2) * (g - m) ** 2 + self.eps
+            if self.amsgrad:
+                smax = self.buf("max_exp_avg_var", i, p)
+                np.maximum(smax, s, out=smax)
+                s = smax
+            m_hat, s_hat = m / (1 - beta1 ** self.t), s / (1 - beta2 ** self.t)
+            p -= self.lr * m_hat / (np.sqrt(s_hat) + self.eps)
+
+
+class LionRef(_Ref):
+    """Lion, Chen et al. 2023, Program 1 (plus maximize)::
+
+        g <- -g if maximize
+        c <- beta1 * m + (1 - beta1) * g
+        p <- p * (1 - lr * weight_decay) - lr * sign(c)
+        m <- beta2 * m + (1 - beta2) * g
+
+    Where |c| is within fp32 rounding of 0 (relative to its two terms), its sign is a toss-up
+    for any fp32 implementation, and the param may end up 2 lr away from the reference:
+    ``ambiguous[i]`` counts such steps per element of param i, for the tests' tolerance.
+    """
+
+    def __init__(self, lr: float = 1e-4, betas=(0.9, 0.99), weight_decay: float = 0.0, maximize: bool = False):
+        super().__init__(maximize)
+        self.lr, self.betas, self.weight_decay = lr, tuple(betas), weight_decay
+        self.ambiguous: dict[int, np.ndarray] = {}
+
+    def step(self, params, grads) -> None:
+        beta1, beta2 = self.betas
+        for i, (p, g) in enumerate(zip(params, grads)):
+            g = self.grad(p, g)
+            m = self.buf("exp_avg", i, p)
+            c = beta1 * m + (1 - beta1) * g
+            scale = np.abs(beta1 * m) + np.abs((1 - beta1) * g)
+            counts = self.ambiguous.setdefault(i, np.zeros(p.shape, np.int64))
+            counts += np.abs(c) <= 2.0 ** -20 * scale
+            p *= 1 - self.lr * self.weight_decay
+            p -= self.lr * np.sign(c)
+            m[...] = beta2 * m + (1 - beta2) * g
+
+
+_REFS = {"SGD": SGDRef, "Adam": AdamRef, "AdamW": AdamWRef, "Adagrad": AdagradRef, "Adadelta": AdadeltaRef,
+         "RMSprop": RMSpropRef, "Adamax": AdamaxRef, "NAdam": NAdamRef, "RAdam": RAdamRef,
+         "AdaBelief": AdaBeliefRef, "Lion": LionRef}
+
+
+def reference_for(optimizer_name: str, kwargs: dict):
+    """A fresh reference optimizer for the fastopt (and torch.optim) class ``optimizer_name``."""
+    return _REFS[optimizer_name](**kwargs)

@@ -79,22 +79,38 @@ def fp32_values(run: Run) -> list[np.ndarray]:
     return [m if m is not None else p for p, m in zip(run.params, run.opt.master_params)]
 
 
-def reference_state(run: Run, i: int) -> dict[str, np.ndarray]:
-    if isinstance(run.opt, fastopt.SGD):
-        buf = run.ref.momentum_buffer.get(i)
-        return {} if buf is None else {"momentum_buffer": buf}
-    return run.ref.state_of(i)
+def reference_state(case: Case, run: Run, i: int) -> dict[str, np.ndarray]:
+    """The reference's state of param i, plus the zeros of the streams fastopt binds idle."""
+    expected = dict(run.ref.state_of(i))
+    for name in case.idle_state:
+        expected[name] = np.zeros_like(run.ref_params[i])
+    return expected
 
 
-def assert_matches_reference(run: Run, kind: str) -> None:
+def assert_matches_reference(run: Run, kind: str, case: Case) -> None:
     for i, (v, r) in enumerate(zip(fp32_values(run), run.ref_params)):
         assert v.dtype == np.float32
-        np.testing.assert_allclose(v, r, **tol(kind), err_msg=f"param {i}")
-        expected = reference_state(run, i)
+        assert_param_close(run.ref, i, v, r, tol(kind), f"param {i}")
+        expected = reference_state(case, run, i)
         got = {k: a for k, a in run.opt.state[i].items() if k != "master_param"}
         assert set(got) == set(expected), f"param {i}: state {sorted(got)} != {sorted(expected)}"
         for name, a in expected.items():
             np.testing.assert_allclose(got[name], a, **tol(kind), err_msg=f"param {i} {name}")
+
+
+def assert_param_close(ref, i: int, actual: np.ndarray, expected: np.ndarray, tolerance: dict,
+                       msg: str) -> None:
+    """``actual`` within ``tolerance`` of the reference's ``expected``. Lion moves every
+    coordinate by exactly lr, in the direction of sign(c): where |c| was within fp32
+    rounding of zero (the reference counts those steps per element) the sign is a toss-up
+    for any fp32 implementation, and such an element may be off by 2 lr per toss-up."""
+    slack = 0.0
+    ambiguous = getattr(ref, "ambiguous", {}).get(i)
+    if ambiguous is not None:
+        slack = 2 * ref.lr * ambiguous
+    bound = tolerance["atol"] + slack + tolerance["rtol"] * np.abs(expected)
+    if not np.all(np.abs(actual.astype(np.float64) - expected) <= bound):
+        np.testing.assert_allclose(actual, expected, **tolerance, err_msg=msg)
 
 
 def assert_params_are_rounded_masters(run: Run) -> None:
@@ -145,7 +161,7 @@ def test_amsgrad_max_is_active_on_these_grads():
 def test_fp32_matches_reference(case):
     run = run_with_reference(case, SHAPES, STEPS)
     assert run.opt.steps == [STEPS]
-    assert_matches_reference(run, "float32")
+    assert_matches_reference(run, "float32", case)
 
 
 # ---- (b) fp16/bf16 params with fp32 master weights ------------------------------------------
@@ -162,7 +178,7 @@ def test_master_weights_track_reference(case, param_dtype, grad_dtype):
 
     run = run_with_reference(case, SHAPES, STEPS, param_dtype=param_dtype, grad_dtype=grad_dtype,
                              master_weights=True, after_step=check_step)
-    assert_matches_reference(run, "master")
+    assert_matches_reference(run, "master", case)
 
 
 @pytest.mark.parametrize("param_dtype", HALF_DTYPES)
@@ -191,7 +207,7 @@ def test_half_params_without_master_weights(case, param_dtype):
     for i, (p, p0, r) in enumerate(zip(run.params, initial, run.ref_params)):
         assert p.dtype == DTYPES[param_dtype]
         assert np.all(np.isfinite(p.astype(np.float32))), f"param {i} is not finite"
-        np.testing.assert_allclose(p.astype(np.float64), r, **tol(param_dtype), err_msg=f"param {i}")
+        assert_param_close(run.ref, i, p.astype(np.float64), r, tol(param_dtype), f"param {i}")
         moved |= bool(np.any(p != p0))
     assert moved, "no param moved: the comparison would be vacuous"
 
@@ -282,7 +298,7 @@ SIZES = [0, 1, 15, 17, 1023, 2**20 + 3]
 def test_sizes(case, n):
     run = run_with_reference(case, [(n,)], 3)
     assert run.params[0].shape == (n,)
-    assert_matches_reference(run, "float32")
+    assert_matches_reference(run, "float32", case)
 
 
 def many_shapes(count: int = 300) -> list[tuple]:
@@ -304,7 +320,7 @@ def test_many_tensors_of_mixed_shapes_and_dtypes(case):
                              master_weights=True)
     for p, s, d in zip(run.params, shapes, dtypes):
         assert p.shape == s and p.dtype == DTYPES[d]
-    assert_matches_reference(run, "master")
+    assert_matches_reference(run, "master", case)
     for i, (p, m) in enumerate(zip(run.params, run.opt.master_params)):
         if m is not None:
             assert_bits_equal(p, m.astype(p.dtype), f"param {i} != round(master)")
@@ -343,7 +359,7 @@ def test_updates_in_place(case):
         assert p.flags.c_contiguous and p.flags.writeable
         assert np.any(p != p0), f"param {i} was not updated"
         value = opt.master_params[i] if opt.master_params[i] is not None else p
-        np.testing.assert_allclose(value, ref_params[i], **tol("master"), err_msg=f"param {i}")
+        assert_param_close(ref, i, value, ref_params[i], tol("master"), f"param {i}")
 
 
 def test_views_of_one_buffer_are_updated_in_place():
