@@ -855,3 +855,65 @@ def test_param_group_copies_are_plain_dicts():
         assert type(clone) is dict and clone["momentum"] == 0.9
         clone["lr"] = -1.0  # a copy is detached from the optimizer
     assert group["lr"] == 0.1
+
+
+# ---- lr schedules ------------------------------------------------------------------------
+
+
+def _schedule_run(lr, steps=12, manual=None):
+    from registry import grad_steps, random_params, refill
+    shapes = [(37,), (4, 9)]
+    params = random_params(np.random.default_rng(0), shapes)
+    grads = [np.zeros(s, np.float32) for s in shapes]
+    opt = fastopt.AdamW(params, grads, lr=lr)
+    for t, gs in enumerate(grad_steps(1, shapes, steps)):
+        refill(grads, gs)
+        if manual is not None:
+            opt.lr = manual(t)
+        opt.step()
+    return opt, params
+
+
+def test_schedule_as_lr_equals_setting_lr_each_step():
+    sched = fastopt.schedules.warmup_cosine(0.01, warmup_steps=3, total_steps=12)
+    _, a = _schedule_run(sched)
+    _, b = _schedule_run(0.0, manual=sched)
+    for x, y in zip(a, b):
+        assert np.array_equal(x, y)
+    assert sched(0) == 0.0 and sched(3) == 0.01  # the warmup was exercised
+
+
+def test_schedule_matches_torch_cosine_annealing():
+    import torch
+    from registry import grad_steps, random_params, refill
+    shapes = [(37,), (4, 9)]
+    initial = random_params(np.random.default_rng(0), shapes)
+    tparams = [torch.nn.Parameter(torch.tensor(p)) for p in initial]
+    topt = torch.optim.AdamW(tparams, lr=0.01)
+    tsched = torch.optim.lr_scheduler.CosineAnnealingLR(topt, T_max=8, eta_min=1e-4)
+    params, grads = [p.copy() for p in initial], [np.zeros(s, np.float32) for s in shapes]
+    opt = fastopt.AdamW(params, grads, lr=fastopt.schedules.cosine(0.01, T_max=8, eta_min=1e-4))
+    for gs in grad_steps(2, shapes, 20):
+        refill(grads, gs)
+        for p, g in zip(tparams, gs):
+            p.grad = torch.tensor(g)
+        topt.step()
+        tsched.step()
+        opt.step()
+    for p, e in zip(params, tparams):
+        np.testing.assert_allclose(p, e.detach().numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_schedule_survives_checkpoints():
+    sched = fastopt.schedules.step(0.05, step_size=4, gamma=0.5)
+    opt, params = _schedule_run(sched, steps=6)
+    saved = opt.state_dict()
+    assert saved["param_groups"][0]["lr"] == sched
+    other = fastopt.AdamW([p.copy() for p in params], [np.zeros_like(p) for p in params], lr=0.1)
+    other.load_state_dict(saved)
+    assert other.param_groups[0]["lr"] == sched and other.steps == [6]
+
+
+def test_bad_lr_type_still_rejected():
+    with pytest.raises(TypeError, match="lr"):
+        fastopt.Adam([np.zeros(3, np.float32)], [np.zeros(3, np.float32)], lr="0.1")

@@ -14,6 +14,7 @@ from . import _core
 from ._arrays import assign, copy, fill, master_copy, state_like, to_host
 from .engine import engine_for
 from .norms import combine
+from .schedules import Schedule
 
 Array = Any  # a NumPy array, or any object with __dlpack__ (a PyTorch tensor, ...)
 
@@ -105,7 +106,7 @@ class ParamGroup(dict):
                 raise KeyError(f"'{key}' of a bound optimizer cannot change; build a new optimizer")
             if key not in self._owner.defaults:
                 raise KeyError(f"unknown hyperparameter '{key}' for {type(self._owner).__name__}")
-        self._owner._to_hyper({**self, **changes})  # raises, leaving the group as it was
+        self._owner._hyper_at({**self, **changes}, 0)  # raises, leaving the group as it was
         dict.update(self, changes)
         self._owner._changed()
 
@@ -159,6 +160,10 @@ class Optimizer(abc.ABC):
             captured in a CUDA graph and replayed; lr changes made between replays (``opt.lr
             = ...``, enqueued on the current stream) are seen by the next replay.
 
+    Any group's ``lr`` may be a :mod:`fastopt.schedules` schedule instead of a number: each
+    step then uses ``lr(steps taken by the group)``, and checkpoints carry the schedule. (A
+    captured CUDA graph replays the lr it was captured with: set ``opt.lr`` between replays.)
+
     The engine follows the params: CPU memory (NumPy arrays, CPU tensors) runs on the CPU
     engine, CUDA memory (PyTorch CUDA tensors, CuPy arrays, any DLPack CUDA tensor) on the
     CUDA engine, where state and master weights are allocated with the params' library and a
@@ -179,7 +184,7 @@ class Optimizer(abc.ABC):
             if k not in self.defaults:
                 raise TypeError(f"{type(self).__name__} got an unknown hyperparameter '{k}'")
         self.defaults.update(defaults)
-        self._to_hyper(self.defaults)
+        self._hyper_at(self.defaults, 0)
         raw_groups = _split_groups(params, grads)
         self.param_groups: list[ParamGroup] = []
         for j, (values, _, _) in enumerate(raw_groups):
@@ -188,7 +193,7 @@ class Optimizer(abc.ABC):
                     raise TypeError(f"param group {j}: unknown hyperparameter '{k}'")
             merged = {**self.defaults, **values}
             try:
-                self._to_hyper(merged)
+                self._hyper_at(merged, 0)
             except (TypeError, ValueError) as e:
                 raise type(e)(f"param group {j}: {e}") from None
             self.param_groups.append(ParamGroup(self, merged))
@@ -234,6 +239,13 @@ class Optimizer(abc.ABC):
         """The step count the rule sees for each group at the step being taken."""
         return [s + 1 for s in self._steps]
 
+    @classmethod
+    def _hyper_at(cls, group: Mapping[str, Any], step: int) -> Any:
+        """The hyperparameter struct of ``group`` for a step taken after ``step`` steps: an lr
+        given as a :class:`fastopt.schedules.Schedule` is evaluated there."""
+        lr = group["lr"]
+        return cls._to_hyper({**group, "lr": lr(step)} if isinstance(lr, Schedule) else group)
+
     def _state_created(self, group: int) -> None:
         """Called when a group's state arrays are allocated."""
 
@@ -252,7 +264,8 @@ class Optimizer(abc.ABC):
     def _refresh(self) -> None:
         """Rebuilds the hyperparameter structs (cheap, per group); rebinds only when the
         state streams some group needs have changed (momentum or amsgrad switched)."""
-        self._hypers = [self._to_hyper(g) for g in self.param_groups]
+        self._hypers = [self._hyper_at(g, s) for g, s in zip(self.param_groups, self._steps)]
+        self._scheduled = [j for j, g in enumerate(self.param_groups) if isinstance(g["lr"], Schedule)]
         need = [h.num_state() for h in self._hypers]
         if need != self._bound_states:
             self._bind(need)
@@ -361,6 +374,10 @@ class Optimizer(abc.ABC):
         optimizer's setting for this step (a loss scaler needs it on)."""
         if self._stale:
             self._refresh()
+        for j in self._scheduled:  # an lr schedule gives this step's lr
+            self._hypers[j] = self._hyper_at(self.param_groups[j], self._steps[j])
+            if self._capturable:
+                self._core.set_lr(j, self._hypers[j].lr, self._engine.stream(stream, self._params[0]))
         skip = self._skip_nonfinite if skip_nonfinite is None else flag("skip_nonfinite", skip_nonfinite)
         inv = 1.0
         if grad_scale is not None:
@@ -411,7 +428,7 @@ class Optimizer(abc.ABC):
     @lr.setter
     def lr(self, value: float) -> None:
         for g in self.param_groups:
-            self._to_hyper({**g, "lr": value})
+            self._hyper_at({**g, "lr": value}, 0)
         for g in self.param_groups:
             g["lr"] = value
 
@@ -492,7 +509,7 @@ class Optimizer(abc.ABC):
             if bad:
                 raise ValueError(f"param group {j}: unknown hyperparameters {sorted(bad)}")
             merged = {**self.param_groups[j], **values}
-            hyper = self._to_hyper(merged)
+            hyper = self._hyper_at(merged, 0)
             group_steps, group_arrays = set(), []
             for i, key in zip(range(first, first + n), g["params"]):
                 entry = dict(saved.get(key, {}))
