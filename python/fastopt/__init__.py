@@ -6,7 +6,7 @@ pass over memory, for any number of tensors, with AVX2/AVX-512 kernels chosen at
 
 from __future__ import annotations
 
-from . import _core, functional, schedules
+from . import _core, functional, norms, schedules
 from ._core import TensorError
 from .adabelief import AdaBelief
 from .adadelta import Adadelta
@@ -14,11 +14,15 @@ from .adagrad import Adagrad
 from .adam import Adam, AdamW
 from .adamax import Adamax
 from .cuda import cuda_available
+from .lamb import LAMB
+from .lars import LARS
 from .lion import Lion
 from .nadam import NAdam
-from .optimizer import Optimizer, ParamGroup
+from .norms import l2_norms
+from .optimizer import Diagnostics, Optimizer, ParamGroup, StepResult
 from .radam import RAdam
 from .rmsprop import RMSprop
+from .scaler import DynamicLossScaler
 from .sgd import SGD
 
 __version__ = "0.1.0"
@@ -28,7 +32,8 @@ _core.cpu_isa()
 
 __all__ = [
     "SGD", "Adam", "AdamW", "Adagrad", "Adadelta", "RMSprop", "Adamax", "NAdam", "RAdam", "AdaBelief",
-    "Lion", "Optimizer", "ParamGroup", "TensorError", "functional", "schedules",
+    "Lion", "LARS", "LAMB", "Optimizer", "ParamGroup", "StepResult", "Diagnostics", "DynamicLossScaler",
+    "TensorError", "functional", "schedules", "norms", "l2_norms",
     "cpu_isa", "set_num_threads", "get_num_threads", "cuda_available",
 ]
 

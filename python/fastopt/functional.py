@@ -2,13 +2,15 @@
 
 Each call binds the given arrays (validating them as an optimizer does) and runs the same
 kernels as the optimizer classes. Nothing is allocated; every array is updated in place.
+CUDA arrays (PyTorch, CuPy, any DLPack tensor) run on the CUDA engine, enqueued on the
+current stream of their library.
 """
 
 from __future__ import annotations
 
 from typing import Any, Sequence
 
-from . import _core
+from .engine import engine_for
 from .adabelief import AdaBelief
 from .adadelta import Adadelta
 from .adagrad import Adagrad
@@ -33,8 +35,9 @@ def _run(cls, params, grads, states, names, master_params, step: int, hypers: di
     if len(masters) != n:
         raise ValueError(f"got {n} params but {len(masters)} master_params")
     per_param = [[s[i] for s in states] for i in range(n)]
-    group = _core.Group(cls.rule, list(params), list(grads), masters, per_param, list(names), [n])
-    group.step([h], [int(step)])
+    engine = engine_for(params[0] if n else None)
+    group = engine.bind(cls.rule, params, grads, masters, per_param, names, [n])
+    engine.step(group, [h], [int(step)], None, params[0] if n else None)
 
 
 def sgd_(params: Sequence[Array], grads: Sequence[Array],
