@@ -453,9 +453,76 @@ class LionRef(_Ref):
             m[...] = beta2 * m + (1 - beta2) * g
 
 
+class LARSRef(_Ref):
+    """LARS, You, Gitman & Ginsburg 2017, Algorithm 1 (plus maximize), per tensor::
+
+        g <- -g if maximize
+        local <- eta * ||p|| / (||g|| + weight_decay * ||p|| + eps)   (1 if a norm is 0)
+        (exclude_1d and p.ndim <= 1: local <- 1 and no weight decay)
+        v <- momentum * v + lr * local * (g + weight_decay * p);   p <- p - v
+    """
+
+    def __init__(self, lr=1e-3, momentum=0.9, weight_decay=0.0, trust_coefficient=1e-3, eps=1e-8,
+                 exclude_1d=False, maximize=False):
+        super().__init__(maximize)
+        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+        self.trust_coefficient, self.eps, self.exclude_1d = trust_coefficient, eps, exclude_1d
+
+    def step(self, params, grads) -> None:
+        for i, (p, g) in enumerate(zip(params, grads)):
+            g = self.grad(p, g)
+            wd = 0.0 if self.exclude_1d and p.ndim <= 1 else self.weight_decay
+            pn, gn = np.linalg.norm(p), np.linalg.norm(g)
+            if self.exclude_1d and p.ndim <= 1 or not (pn > 0 and gn > 0):
+                local = 1.0
+            else:
+                local = self.trust_coefficient * pn / (gn + wd * pn + self.eps)
+            d = self.lr * local * (g + wd * p)
+            if self.momentum != 0:
+                v = self.buf("momentum_buffer", i, p)
+                v[...] = self.momentum * v + d
+                d = v
+            p -= d
+
+
+class LAMBRef(_Ref):
+    """LAMB, You et al. 2019, Algorithm 2 (decoupled weight decay, plus maximize), per tensor::
+
+        g <- -g if maximize
+        m <- beta1 * m + (1 - beta1) * g;   v <- beta2 * v + (1 - beta2) * g^2
+        u <- (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps) + weight_decay * p
+             (no division by 1 - beta^t without bias_correction)
+        ratio <- ||p|| / ||u||  (1 if a norm is 0; at most max_trust when max_trust > 0)
+        p <- p - lr * ratio * u
+    """
+
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, max_trust=0.0,
+                 bias_correction=True, maximize=False):
+        super().__init__(maximize)
+        self.lr, self.betas, self.eps, self.weight_decay = lr, tuple(betas), eps, weight_decay
+        self.max_trust, self.bias_correction = max_trust, bias_correction
+
+    def step(self, params, grads) -> None:
+        self.t += 1
+        b1, b2 = self.betas
+        bc1 = 1 - b1 ** self.t if self.bias_correction else 1.0
+        bc2 = 1 - b2 ** self.t if self.bias_correction else 1.0
+        for i, (p, g) in enumerate(zip(params, grads)):
+            g = self.grad(p, g)
+            m, v = self.buf("exp_avg", i, p), self.buf("exp_avg_sq", i, p)
+            m[...] = b1 * m + (1 - b1) * g
+            v[...] = b2 * v + (1 - b2) * g * g
+            u = (m / bc1) / (np.sqrt(v / bc2) + self.eps) + self.weight_decay * p
+            pn, un = np.linalg.norm(p), np.linalg.norm(u)
+            ratio = pn / un if pn > 0 and un > 0 else 1.0
+            if self.max_trust > 0:
+                ratio = min(ratio, self.max_trust)
+            p -= self.lr * ratio * u
+
+
 _REFS = {"SGD": SGDRef, "Adam": AdamRef, "AdamW": AdamWRef, "Adagrad": AdagradRef, "Adadelta": AdadeltaRef,
          "RMSprop": RMSpropRef, "Adamax": AdamaxRef, "NAdam": NAdamRef, "RAdam": RAdamRef,
-         "AdaBelief": AdaBeliefRef, "Lion": LionRef}
+         "AdaBelief": AdaBeliefRef, "Lion": LionRef, "LARS": LARSRef, "LAMB": LAMBRef}
 
 
 def reference_for(optimizer_name: str, kwargs: dict):

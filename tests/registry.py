@@ -57,7 +57,7 @@ class Case:
 
 
 # Optimizers from papers that torch.optim does not implement: float64 references only.
-NOT_IN_TORCH = ("AdaBelief", "Lion")
+NOT_IN_TORCH = ("AdaBelief", "Lion", "LARS", "LAMB")
 
 
 def _sgd(id_: str, **kw: Any) -> Case:
@@ -157,6 +157,14 @@ CASES: list[Case] = [
     _case(fastopt.Lion, F.lion_, "plain", lr=0.01),
     _case(fastopt.Lion, F.lion_, "betas", lr=0.01, betas=(0.5, 0.9)),
     _case(fastopt.Lion, F.lion_, "weight_decay_maximize", lr=0.01, weight_decay=0.5, maximize=True),
+    _case(fastopt.LARS, F.lars_, "plain", lr=0.5),
+    _case(fastopt.LARS, F.lars_, "weight_decay", lr=0.5, weight_decay=0.05, trust_coefficient=0.02),
+    _case(fastopt.LARS, F.lars_, "exclude_1d", lr=0.05, weight_decay=0.05, exclude_1d=True),
+    _case(fastopt.LARS, F.lars_, "no_momentum_maximize", lr=0.5, momentum=0.0, maximize=True),
+    _case(fastopt.LAMB, F.lamb_, "plain", lr=0.01),
+    _case(fastopt.LAMB, F.lamb_, "weight_decay_betas", lr=0.01, weight_decay=0.1, betas=(0.8, 0.99)),
+    _case(fastopt.LAMB, F.lamb_, "max_trust", lr=0.01, weight_decay=0.01, max_trust=0.5),
+    _case(fastopt.LAMB, F.lamb_, "no_bias_correction_maximize", lr=0.01, bias_correction=False, maximize=True),
 ]
 
 CASE_IDS = [c.id for c in CASES]
@@ -166,7 +174,7 @@ assert len(set(CASE_IDS)) == len(CASE_IDS), "case ids must be unique"
 BASELINE = {"SGD": "sgd-plain", "Adam": "adam-no_weight_decay", "AdamW": "adamw-no_weight_decay",
             "Adagrad": "adagrad-plain", "Adadelta": "adadelta-default", "RMSprop": "rmsprop-default",
             "Adamax": "adamax-plain", "NAdam": "nadam-plain", "RAdam": "radam-plain",
-            "AdaBelief": "adabelief-plain", "Lion": "lion-plain"}
+            "AdaBelief": "adabelief-plain", "Lion": "lion-plain", "LARS": "lars-plain", "LAMB": "lamb-plain"}
 
 
 def case_by_id(id_: str) -> Case:

@@ -16,6 +16,8 @@ from .adadelta import Adadelta
 from .adagrad import Adagrad
 from .adam import Adam, AdamW
 from .adamax import Adamax
+from .lamb import LAMB
+from .lars import LARS
 from .lion import Lion
 from .nadam import NAdam
 from .radam import RAdam
@@ -192,3 +194,25 @@ def lion_(params: Sequence[Array], grads: Sequence[Array], exp_avgs: Sequence[Ar
     """One Lion step in place (see :class:`fastopt.Lion`); the update does not depend on ``step``."""
     _stateful(Lion, params, grads, {"exp_avg": exp_avgs}, {}, step, master_params,
               dict(lr=lr, betas=(beta1, beta2), weight_decay=weight_decay, maximize=maximize))
+
+
+def lars_(params: Sequence[Array], grads: Sequence[Array], momentum_buffers: Sequence[Array] | None = None, *,
+          step: int = 1, lr: float = 1e-3, momentum: float = 0.9, weight_decay: float = 0.0,
+          trust_coefficient: float = 1e-3, eps: float = 1e-8, exclude_1d: bool = False, maximize: bool = False,
+          master_params: Sequence[Array | None] | None = None) -> None:
+    """One LARS step in place (see :class:`fastopt.LARS`): the norm pass, then the update.
+    ``momentum_buffers`` are required when momentum != 0; the update does not depend on ``step``."""
+    _stateful(LARS, params, grads, {"momentum_buffer": momentum_buffers}, {"momentum_buffer": "momentum != 0"},
+              step, master_params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
+                                        trust_coefficient=trust_coefficient, eps=eps, exclude_1d=exclude_1d,
+                                        maximize=maximize))
+
+
+def lamb_(params: Sequence[Array], grads: Sequence[Array], exp_avgs: Sequence[Array],
+          exp_avg_sqs: Sequence[Array], *, step: int, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999,
+          eps: float = 1e-6, weight_decay: float = 0.0, max_trust: float = 0.0, bias_correction: bool = True,
+          maximize: bool = False, master_params: Sequence[Array | None] | None = None) -> None:
+    """One LAMB step in place (see :class:`fastopt.LAMB`); ``step`` is 1-based, this one included."""
+    _stateful(LAMB, params, grads, {"exp_avg": exp_avgs, "exp_avg_sq": exp_avg_sqs}, {}, step, master_params,
+              dict(lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay, max_trust=max_trust,
+                   bias_correction=bias_correction, maximize=maximize))
