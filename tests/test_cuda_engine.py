@@ -63,7 +63,10 @@ def run_both(case, shapes, steps, *, param_dtype="float32", grad_dtype="float32"
     for gs in grad_steps(case.seed + 1, shapes, steps, grad_dtype):
         refill(grads, gs)
         for g, v in zip(ggrads, gs):
-            g.copy_(to_cuda(v))
+            if hasattr(g, "set"):  # a CuPy array
+                g.set(np.ascontiguousarray(v))
+            else:
+                g.copy_(to_cuda(v))
         cpu.step()
         gpu.step()
     torch.cuda.synchronize()
@@ -158,7 +161,7 @@ def test_matches_torch_optim_on_cuda(case):
 
 
 def test_cupy_arrays():
-    import cupy
+    cupy = pytest.importorskip("cupy")  # CuPy is on the GPU machines; the torch tests cover the rest
     case = case_by_id("adamw-amsgrad")
 
     def to_cupy(arrays):
@@ -243,6 +246,9 @@ def test_capture_and_replay_with_changing_lr(case_id):
     grads, plain_grads = [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params]
     opt = case.cls(params, grads, capturable=True, **case.kwargs)
     plain = case.cls(plain_params, plain_grads, **case.kwargs)
+    # Warm up the capturable kernel (lazy module loading) on other tensors, outside the capture.
+    warm = [torch.zeros(8, device="cuda")]
+    case.cls(warm, [torch.zeros(8, device="cuda")], capturable=True, **case.kwargs).step()
     graph = torch.cuda.CUDAGraph()
     torch.cuda.synchronize()
     with torch.cuda.graph(graph):

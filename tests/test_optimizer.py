@@ -917,3 +917,27 @@ def test_schedule_survives_checkpoints():
 def test_bad_lr_type_still_rejected():
     with pytest.raises(TypeError, match="lr"):
         fastopt.Adam([np.zeros(3, np.float32)], [np.zeros(3, np.float32)], lr="0.1")
+
+
+def test_state_held_in_torch_tensors_round_trips(monkeypatch):
+    """The library-neutral array handling (_arrays: copy, fill, assign, to_host) that CUDA
+    state relies on, exercised with torch CPU tensors as the state arrays."""
+    import torch
+    import fastopt.optimizer as optimizer_module
+    monkeypatch.setattr(optimizer_module, "state_like",
+                        lambda p, name: torch.zeros(np.shape(p), dtype=torch.float32))
+    params, grads = [np.ones(5, np.float32)], [np.full(5, 0.5, np.float32)]
+    opt = fastopt.SGD(params, grads, lr=0.1, momentum=0.9)
+    assert isinstance(opt.state[0]["momentum_buffer"], torch.Tensor)
+    before = opt.state_dict()  # no momentum step yet: no buffer saved, as in torch
+    opt.step()
+    opt.load_state_dict(before)  # resets the bound buffer (fill) without rebinding
+    opt.step()
+    saved = opt.state_dict()
+    assert isinstance(saved["state"][0]["momentum_buffer"], torch.Tensor)
+    other_params = [params[0].copy()]
+    other = fastopt.SGD(other_params, [grads[0].copy()], lr=0.1, momentum=0.9)
+    other.load_state_dict(saved)  # torch tensors in, NumPy state here
+    opt.step()
+    other.step()
+    np.testing.assert_array_equal(params[0], other_params[0])

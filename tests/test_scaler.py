@@ -91,3 +91,14 @@ def test_bad_state_dict_changes_nothing():
     with pytest.raises(ValueError, match="clean_steps"):
         a.load_state_dict(bad)
     assert a.scale == 8.0
+
+
+def test_scale_stays_finite_in_float32():
+    scaler = DynamicLossScaler(init_scale=2.0 ** 126, growth_interval=1)
+    scaler.update(False)
+    assert scaler.scale == 2.0 ** 127
+    scaler.update(False)  # 2^128 overflows float32: kept, as torch does
+    assert scaler.scale == 2.0 ** 127
+    scaler = DynamicLossScaler(init_scale=3.0, backoff_factor=0.3)
+    scaler.update(True)
+    assert scaler.scale == float(np.float32(0.9))

@@ -57,6 +57,10 @@ class Engine:
                 return cupy.cuda.get_current_stream().ptr
         raise TypeError("cannot tell the current CUDA stream of these tensors: pass stream=")
 
+    def capturing(self, stream: int) -> bool:
+        """Whether ``stream`` is being captured into a CUDA graph."""
+        return self.is_cuda and self._module.stream_is_capturing(stream)
+
     def __repr__(self) -> str:
         return f"Engine({self.kind}:{self.device})" if self.is_cuda else "Engine(cpu)"
 

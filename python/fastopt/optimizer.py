@@ -158,7 +158,12 @@ class Optimizer(abc.ABC):
         capturable: (CUDA params only) keep each group's lr and step count in device memory
             and compute the step's coefficients on the device, so that :meth:`step` can be
             captured in a CUDA graph and replayed; lr changes made between replays (``opt.lr
-            = ...``, enqueued on the current stream) are seen by the next replay.
+            = ...``, enqueued on the current stream) are seen by the next replay. A captured
+            graph holds the device group it was captured with: switching momentum or amsgrad
+            on or off, or loading a checkpoint that brings new state arrays, rebinds it, and
+            the step must then be captured again. ``grad_scale`` and ``clip_value`` are fixed
+            in a captured step. Capturable SGD counts momentum steps from the group's step
+            count, so momentum switched on after the first step (with dampening) differs.
 
     Any group's ``lr`` may be a :mod:`fastopt.schedules` schedule instead of a number: each
     step then uses ``lr(steps taken by the group)``, and checkpoints carry the schedule. (A
@@ -376,8 +381,10 @@ class Optimizer(abc.ABC):
             self._refresh()
         for j in self._scheduled:  # an lr schedule gives this step's lr
             self._hypers[j] = self._hyper_at(self.param_groups[j], self._steps[j])
-            if self._capturable:
-                self._core.set_lr(j, self._hypers[j].lr, self._engine.stream(stream, self._params[0]))
+            if self._capturable:  # not while capturing: a graph must not fix the lr
+                handle = self._engine.stream(stream, self._params[0])
+                if not self._engine.capturing(handle):
+                    self._core.set_lr(j, self._hypers[j].lr, handle)
         skip = self._skip_nonfinite if skip_nonfinite is None else flag("skip_nonfinite", skip_nonfinite)
         inv = 1.0
         if grad_scale is not None:
@@ -533,6 +540,7 @@ class Optimizer(abc.ABC):
         # Validated: now commit.
         for g, merged in zip(self.param_groups, merged_groups):
             dict.update(g, merged)
+        created = False
         for i, got in enumerate(arrays):
             for name, a in got.items():
                 if name == "master_param":
@@ -540,12 +548,18 @@ class Optimizer(abc.ABC):
                     continue
                 if name not in self._state[i]:
                     self._state[i][name] = state_like(self._params[i], f"param {i}")
+                    created = True
                 assign(self._state[i][name], a)
             for name, a in self._state[i].items():
                 if name not in got:  # absent from a step-0 checkpoint: as a fresh optimizer has it
-                    a.fill(self._initial_value(name, self._group_of[i]))
+                    fill(a, self._initial_value(name, self._group_of[i]))
         self._steps = steps
-        self._bound_states = None  # rebind: the loaded state may bring new arrays
+        if created:
+            self._bound_states = None  # new arrays: rebind
+        elif self._capturable:  # same device group (a captured graph stays valid): new step counts
+            stream = self._engine.stream(None, self._params[0])
+            for j, s in enumerate(steps):
+                self._core.set_step(j, s, stream)
         self._refresh()
         self._loaded(arrays)
 

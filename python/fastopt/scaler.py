@@ -6,6 +6,8 @@ import math
 import numbers
 from typing import Any, Mapping
 
+import numpy as np
+
 from .optimizer import Optimizer, StepResult, real
 
 
@@ -29,7 +31,7 @@ class DynamicLossScaler:
 
     def __init__(self, init_scale: float = 2.0 ** 16, growth_factor: float = 2.0,
                  backoff_factor: float = 0.5, growth_interval: int = 2000):
-        self._scale = _positive("init_scale", init_scale)
+        self._scale = float(np.float32(_positive("init_scale", init_scale)))
         self.growth_factor = real("growth_factor", growth_factor)
         if not (self.growth_factor > 1 and math.isfinite(self.growth_factor)):
             raise ValueError(f"growth_factor must be finite and > 1, got {growth_factor!r}")
@@ -57,13 +59,16 @@ class DynamicLossScaler:
 
     def update(self, found_nonfinite: bool) -> None:
         """Adapts the scale to one step's outcome (done by :meth:`step`)."""
+        # In float32, as torch keeps its scale; a growth that would overflow is not taken.
         if found_nonfinite:
-            self._scale *= self.backoff_factor
+            self._scale = float(np.float32(self._scale * self.backoff_factor))
             self._clean_steps = 0
         else:
             self._clean_steps += 1
             if self._clean_steps == self.growth_interval:
-                self._scale *= self.growth_factor
+                grown = self._scale * self.growth_factor
+                if grown <= _F32_MAX:
+                    self._scale = float(np.float32(grown))
                 self._clean_steps = 0
 
     def state_dict(self) -> dict[str, Any]:
@@ -79,6 +84,9 @@ class DynamicLossScaler:
             raise ValueError(f"clean_steps must be an integer in [0, growth_interval), got {clean!r}")
         other._clean_steps = int(clean)
         self.__dict__.update(other.__dict__)
+
+
+_F32_MAX = float(np.finfo(np.float32).max)
 
 
 def _positive(name: str, value: Any) -> float:

@@ -256,18 +256,21 @@ int device_count() {
   return n;
 }
 
-void set_device_value(double* dst, double value, void* stream) {
+void set_device_value(double* dst, double value, int device, void* stream) {
+  DeviceGuard guard(device);
   set_value_kernel<<<1, 1, 0, static_cast<cudaStream_t>(stream)>>>(dst, value);
   check(cudaGetLastError(), "set_value kernel launch");
 }
 
-void set_device_value(int64_t* dst, int64_t value, void* stream) {
+void set_device_value(int64_t* dst, int64_t value, int device, void* stream) {
+  DeviceGuard guard(device);
   set_value_kernel<<<1, 1, 0, static_cast<cudaStream_t>(stream)>>>(dst, value);
   check(cudaGetLastError(), "set_value kernel launch");
 }
 
-void widen(const void* src, DType src_dtype, float* dst, int64_t n, void* stream) {
+void widen(const void* src, DType src_dtype, float* dst, int64_t n, int device, void* stream) {
   if (n == 0) return;
+  DeviceGuard guard(device);
   const auto s = static_cast<cudaStream_t>(stream);
   const int blocks = int(n / kThreads + 1 < 4096 ? n / kThreads + 1 : 4096);
   switch (src_dtype) {
@@ -276,6 +279,12 @@ void widen(const void* src, DType src_dtype, float* dst, int64_t n, void* stream
     case DType::bf16: widen_kernel<<<blocks, kThreads, 0, s>>>(static_cast<const bf16*>(src), dst, n); break;
   }
   check(cudaGetLastError(), "widen kernel launch");
+}
+
+bool stream_is_capturing(void* stream) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  check(cudaStreamIsCapturing(static_cast<cudaStream_t>(stream), &status), "cudaStreamIsCapturing");
+  return status != cudaStreamCaptureStatusNone;
 }
 
 }  // namespace fastopt::cuda

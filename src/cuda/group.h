@@ -57,11 +57,14 @@ class Group {
 
 int device_count();  // 0 where there is no driver or no device
 
-// Writes value into *dst (device memory) on `stream`, as a kernel: capturable, no host sync.
-void set_device_value(double* dst, double value, void* stream);
-void set_device_value(int64_t* dst, int64_t value, void* stream);
+// Writes value into *dst (memory of `device`) on `stream`, as a kernel: capturable, no host sync.
+void set_device_value(double* dst, double value, int device, void* stream);
+void set_device_value(int64_t* dst, int64_t value, int device, void* stream);
 
-// dst[i] = exact fp32 value of src[i], on the device.
-void widen(const void* src, DType src_dtype, float* dst, int64_t n, void* stream);
+// dst[i] = exact fp32 value of src[i], on `device`.
+void widen(const void* src, DType src_dtype, float* dst, int64_t n, int device, void* stream);
+
+// Whether `stream` is being captured into a CUDA graph.
+bool stream_is_capturing(void* stream);
 
 }  // namespace fastopt::cuda

@@ -54,13 +54,13 @@ class CudaGroup {
   void set_lr(int group, double lr, uintptr_t stream) {
     check_group(group);
     if (!(lr >= 0 && lr < 1e300)) throw std::invalid_argument("lr must be finite and >= 0");
-    cuda::set_device_value(group_.lr_device() + group, lr, as_stream(stream));
+    cuda::set_device_value(group_.lr_device() + group, lr, group_.device(), as_stream(stream));
   }
 
   void set_step(int group, int64_t step, uintptr_t stream) {
     check_group(group);
     if (step < 0) throw std::invalid_argument("step must be >= 0");
-    cuda::set_device_value(group_.steps_device() + group, step, as_stream(stream));
+    cuda::set_device_value(group_.steps_device() + group, step, group_.device(), as_stream(stream));
   }
 
   std::vector<int64_t> read_steps(uintptr_t stream) const {
@@ -103,9 +103,11 @@ PYBIND11_MODULE(_cuda, m) {
     if (d.dtype != DType::f32 || d.readonly || d.shape != s.shape) {
       throw std::invalid_argument("destination must be a writable float32 array of the source's shape");
     }
-    cuda::widen(s.data, s.dtype, static_cast<float*>(d.data), s.numel, as_stream(stream));
+    cuda::widen(s.data, s.dtype, static_cast<float*>(d.data), s.numel, d.device.id, as_stream(stream));
   }, py::arg("src"), py::arg("dst"), py::arg("stream"));
   m.attr("max_groups") = cuda::kMaxGroups;
+  m.def("stream_is_capturing", [](uintptr_t stream) { return cuda::stream_is_capturing(as_stream(stream)); },
+        py::arg("stream"));
 
   py::class_<CudaGroup>(m, "Group")
       .def(py::init([](const std::string& rule, py::sequence params, py::sequence grads, py::sequence masters,
