@@ -12,6 +12,7 @@
 #include "fastopt/platform.h"
 #include "fastopt/numeric/scalar.h"
 #include "fastopt/rules/check.h"
+#include "fastopt/rules/parts.h"
 
 namespace fastopt {
 
@@ -60,13 +61,7 @@ struct AdaBelief {
   template <class V>
   FASTOPT_HD static void update(const Coeffs& c, V& p, V g, V (&s)[max_state]) {
     g = g * V(c.grad_sign);
-    if (c.weight_decay != 0) {
-      if (c.decoupled) {
-        p = p * V(c.decay_factor);
-      } else {
-        g = vfma(V(c.weight_decay), p, g);
-      }
-    }
+    g = parts::weight_decay(g, p, c.weight_decay, c.decay_factor, c.decoupled);
     s[0] = vfma(V(c.one_minus_beta1), g - s[0], s[0]);  // lerp toward g
     const V surprise = g - s[0];                         // against the updated m_t
     s[1] = vfma(V(c.one_minus_beta2) * surprise, surprise, V(c.beta2) * s[1]) + V(c.eps);

@@ -9,6 +9,7 @@
 #include "fastopt/platform.h"
 #include "fastopt/numeric/scalar.h"
 #include "fastopt/rules/check.h"
+#include "fastopt/rules/parts.h"
 
 namespace fastopt {
 
@@ -57,15 +58,8 @@ struct Adam {
   template <class V>
   FASTOPT_HD static void update(const Coeffs& c, V& p, V g, V (&s)[max_state]) {
     g = g * V(c.grad_sign);
-    if (c.weight_decay != 0) {
-      if (c.decoupled) {
-        p = p * V(c.decay_factor);
-      } else {
-        g = vfma(V(c.weight_decay), p, g);
-      }
-    }
-    s[0] = vfma(V(c.one_minus_beta1), g - s[0], s[0]);  // lerp toward g
-    s[1] = vfma(V(c.one_minus_beta2) * g, g, V(c.beta2) * s[1]);
+    g = parts::weight_decay(g, p, c.weight_decay, c.decay_factor, c.decoupled);
+    parts::adam_moments(g, s[0], s[1], c.one_minus_beta1, c.beta2, c.one_minus_beta2);
     V second = s[1];
     if (c.amsgrad) {
       s[2] = vmax(s[2], s[1]);

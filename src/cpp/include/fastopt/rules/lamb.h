@@ -14,6 +14,7 @@
 #include "fastopt/platform.h"
 #include "fastopt/numeric/scalar.h"
 #include "fastopt/rules/check.h"
+#include "fastopt/rules/parts.h"
 #include "fastopt/tensor_list.h"
 
 namespace fastopt {
@@ -74,8 +75,7 @@ struct Lamb {
   template <class V>
   FASTOPT_HD static void prepass(const Coeffs& c, V p, V g, V (&s)[max_state], V (&out)[num_sums]) {
     g = g * V(c.grad_sign);
-    s[0] = vfma(V(c.one_minus_beta1), g - s[0], s[0]);
-    s[1] = vfma(V(c.one_minus_beta2) * g, g, V(c.beta2) * s[1]);
+    parts::adam_moments(g, s[0], s[1], c.one_minus_beta1, c.beta2, c.one_minus_beta2);
     out[0] = p;
     out[1] = direction(c, p, s);
   }

@@ -10,6 +10,7 @@
 #include "fastopt/platform.h"
 #include "fastopt/numeric/scalar.h"
 #include "fastopt/rules/check.h"
+#include "fastopt/rules/parts.h"
 
 namespace fastopt {
 
@@ -67,15 +68,8 @@ struct RAdam {
   template <class V>
   FASTOPT_HD static void update(const Coeffs& c, V& p, V g, V (&s)[max_state]) {
     g = g * V(c.grad_sign);
-    if (c.weight_decay != 0) {
-      if (c.decoupled) {
-        p = p * V(c.decay_factor);
-      } else {
-        g = vfma(V(c.weight_decay), p, g);
-      }
-    }
-    s[0] = vfma(V(c.one_minus_beta1), g - s[0], s[0]);  // lerp toward g
-    s[1] = vfma(V(c.one_minus_beta2) * g, g, V(c.beta2) * s[1]);
+    g = parts::weight_decay(g, p, c.weight_decay, c.decay_factor, c.decoupled);
+    parts::adam_moments(g, s[0], s[1], c.one_minus_beta1, c.beta2, c.one_minus_beta2);
     const V direction = c.rectified ? vdiv(s[0], vsqrt(s[1]) + V(c.eps)) : s[0];
     p = vfma(V(c.neg_step_size), direction, p);
   }
