@@ -3,7 +3,8 @@
 fp32 results bit-identical to the CPU engine for every registry case; every precision mode;
 sizes 0 to past a chunk; 10,000 tensors; misaligned views; parity with torch.optim on CUDA;
 CuPy arrays; bind errors; state round trips; capture and replay with a changing lr; stream
-ordering and no host synchronisation.
+ordering and no host synchronisation. (Step options, diagnostics, schedules and the loss
+scaler on CUDA: test_cuda_options.py.)
 """
 
 from __future__ import annotations
@@ -24,9 +25,7 @@ pytestmark = pytest.mark.cuda
 SHAPES = [(37,), (4, 9), (128,), (2, 3, 5), (70001,)]  # packs, tails, and more than one 64K chunk
 STEPS = 12
 BASELINES = ["sgd-momentum", "adam-default", "adamw-default"]
-TWO_PASS = ("LARS", "LAMB")  # not on the CUDA engine yet: rejected (test below)
-GPU_CASES = [c for c in CASES if c.name not in TWO_PASS]
-each_case = pytest.mark.parametrize("case", GPU_CASES, ids=[c.id for c in GPU_CASES])
+each_case = pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 
 
 def to_cuda(a: np.ndarray) -> torch.Tensor:
@@ -138,7 +137,7 @@ def test_misaligned_views(offset):
 # ---- torch.optim on CUDA -----------------------------------------------------------------
 
 
-TORCH_CASES = [c for c in GPU_CASES if c.in_torch]
+TORCH_CASES = [c for c in CASES if c.in_torch]
 
 
 @pytest.mark.parametrize("case", TORCH_CASES, ids=[c.id for c in TORCH_CASES])
@@ -270,14 +269,6 @@ def test_capture_and_replay_with_changing_lr(case_id):
     assert opt.steps == [8]
     for i, (p, q) in enumerate(zip(params, plain_params)):
         np.testing.assert_allclose(to_numpy(p), to_numpy(q), rtol=1e-6, atol=1e-7, err_msg=f"param {i}")
-
-
-@pytest.mark.parametrize("cls", [fastopt.LARS, fastopt.LAMB])
-def test_two_pass_rules_rejected_clearly(cls):
-    p = torch.ones(8, device="cuda")
-    with pytest.raises(ValueError, match="two-pass rules"):
-        cls([p], [torch.ones(8, device="cuda")])
-    assert bool((p == 1).all())
 
 
 def test_capturable_rejected_on_cpu():

@@ -62,6 +62,49 @@ def master_copy(param: Any, name: str, stream: int = 0) -> Any:
     return out
 
 
+def device_empty(like: Any, shape: tuple[int, ...], dtype: str, stream: int) -> Any:
+    """An uninitialised array of ``like``'s library on its GPU, for kernels enqueued on
+    ``stream``: the library's allocator will not hand its memory out again before that stream
+    has used it."""
+    if library(like) == "torch":
+        import torch
+        out = torch.empty(shape, dtype=getattr(torch, dtype), device=like.device)
+        if stream != torch.cuda.current_stream(like.device).cuda_stream:
+            out.record_stream(torch.cuda.ExternalStream(stream, device=like.device))
+        return out
+    import cupy
+    with cupy.cuda.Device(_core.device_of(like)[1]), cupy.cuda.ExternalStream(stream):
+        return cupy.empty(shape, dtype=dtype)
+
+
+def device_array(like: Any, value: np.ndarray) -> Any:
+    """A copy of host array ``value`` in ``like``'s library on its GPU."""
+    if library(like) == "torch":
+        import torch
+        return torch.from_numpy(np.array(value, order="C")).to(like.device)  # (0-d stays 0-d)
+    import cupy
+    with cupy.cuda.Device(_core.device_of(like)[1]):
+        return cupy.asarray(value)
+
+
+def data_ptr(a: Any) -> int:
+    """The device address of a PyTorch tensor's or CuPy array's first element."""
+    lib = library(a)
+    if lib == "torch":
+        return a.data_ptr()
+    if lib == "cupy":
+        return a.data.ptr
+    raise TypeError(f"expected a PyTorch tensor or a CuPy array, got {type(a).__name__}")
+
+
+def as_int64(a: Any) -> Any:
+    """``a`` converted to int64 on its device."""
+    if library(a) == "torch":
+        import torch
+        return a.to(torch.int64)
+    return a.astype(np.int64)
+
+
 def copy(a: Any) -> Any:
     """A copy of ``a`` on its device."""
     return a.clone() if library(a) == "torch" else a.copy()
@@ -82,9 +125,9 @@ def assign(dst: Any, src: np.ndarray) -> None:
     lib = library(dst)
     if lib == "torch":
         import torch
-        dst.copy_(torch.from_numpy(np.ascontiguousarray(src)))
+        dst.copy_(torch.from_numpy(np.array(src, order="C")))  # (0-d stays 0-d)
     elif lib == "cupy":
-        dst.set(np.ascontiguousarray(src))
+        dst.set(np.array(src, order="C"))
     else:
         np.copyto(dst, src)
 

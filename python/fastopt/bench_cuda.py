@@ -45,7 +45,7 @@ class CudaBenchConfig:
     tensors: int = 10000
     tensor_elems: int = 4096
     dtype: str = "float32"
-    optimizers: tuple[str, ...] = ("sgd", "adam", "adamw")  # the CUDA engine's two-pass rules are to come
+    optimizers: tuple[str, ...] = ("sgd", "adam", "adamw")
     repeats: int = 30
     warmup: int = 5
     use_torch: bool = True

@@ -115,8 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--dtype", choices=list(DTYPES), default="float32",
                        help="param dtype; grads and state are float32 (default: float32)")
     bench.add_argument("--optimizers", type=_optimizers, default=None, metavar="LIST",
-                       help=f"comma-separated, among {','.join(SPECS)} (default: all; on cuda all but "
-                            "lars and lamb, whose CUDA path is still to come)")
+                       help=f"comma-separated, among {','.join(SPECS)} (default: all)")
     bench.add_argument("--repeats", type=parse_count, default=10, metavar="N",
                        help="timed steps per case; the median is reported (default: 10)")
     bench.add_argument("--warmup", type=int, default=2, metavar="N",
@@ -134,7 +133,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
     if args.device == "cuda":
         from .bench_cuda import CudaBenchConfig as Config, format_cuda_table as fmt, run_cuda_bench as run
         from .bench import SPECS
-        default = tuple(n for n in SPECS if n not in ("lars", "lamb"))
+        default = tuple(SPECS)
         cfg = Config(size=args.size or 2 ** 28, tensors=args.tensors or 10000, tensor_elems=args.tensor_elems,
                      dtype=args.dtype, optimizers=args.optimizers or default, repeats=args.repeats,
                      warmup=args.warmup, use_torch=args.use_torch)

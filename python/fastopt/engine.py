@@ -32,10 +32,17 @@ class Engine:
 
     def step(self, group: Any, hypers: list, steps: list[int], stream: Any, like: Any,
              grad_scale: float = 1.0, clip_value: float = 0.0) -> None:
-        """One step; every grad is first multiplied by ``grad_scale`` and, when ``clip_value``
-        > 0, clamped to [-clip_value, clip_value]."""
+        """One step at the given step counts (the functional forms); every grad is first
+        multiplied by ``grad_scale`` and, when ``clip_value`` > 0, clamped to
+        [-clip_value, clip_value]. On CUDA the counts are written to the group's device counts
+        first (the kernels read them there)."""
         if self.is_cuda:
-            group.step(hypers, steps, self.stream(stream, like), grad_scale, clip_value)
+            handle = self.stream(stream, like)
+            for j, s in enumerate(steps):
+                if s < 1:
+                    raise ValueError(f"step must be >= 1, got {s}")
+                group.set_step(j, s - 1, handle)
+            group.step(hypers, handle, grad_scale=grad_scale, clip_value=clip_value)
         else:
             group.step(hypers, steps, grad_scale, clip_value)
 

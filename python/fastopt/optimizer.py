@@ -11,7 +11,8 @@ from typing import Any, ClassVar, Iterable, Mapping, Sequence
 import numpy as np
 
 from . import _core
-from ._arrays import assign, copy, fill, master_copy, state_like, to_host
+from ._arrays import (as_int64, assign, copy, data_ptr, device_empty, fill, library, master_copy, state_like,
+                      to_host)
 from .engine import engine_for
 from .norms import combine
 from .schedules import Schedule
@@ -40,7 +41,10 @@ class Diagnostics:
     its count of inf/NaN elements; ``param_norm``: L2 norm of the param's fp32 value before
     the update; ``update_norm``: L2 norm of the change the update made; ``update_ratio``:
     update_norm / param_norm (inf where the param was 0). The last three are None for a
-    skipped step. All norms come from the deterministic fused reductions."""
+    skipped step. All norms come from the deterministic fused reductions.
+
+    On the CUDA engine every field is an array of the params' library on their GPU, filled by
+    the step's kernels without a host sync; a skipped step's last three are NaN there."""
 
     grad_norm: np.ndarray
     nonfinite_grads: np.ndarray
@@ -51,14 +55,16 @@ class Diagnostics:
     def report(self, top: int = 5) -> str:
         """Text naming the tensors to look at: those with non-finite grads, then those with
         the largest update/param ratios (a training run blowing up) and the smallest (a
-        tensor not learning)."""
-        lines = [f"param {i}: {self.nonfinite_grads[i]} non-finite grad values (grad norm {self.grad_norm[i]:.3g})"
-                 for i in np.flatnonzero(self.nonfinite_grads)]
-        if self.update_ratio is not None and len(self.update_ratio):
-            order = np.argsort(-np.nan_to_num(self.update_ratio, nan=np.inf), kind="stable")
+        tensor not learning). (On CUDA this waits for the step's results.)"""
+        grad_norm, nonfinite = to_host(self.grad_norm), to_host(self.nonfinite_grads)
+        ratio = None if self.update_ratio is None else to_host(self.update_ratio)
+        lines = [f"param {i}: {nonfinite[i]} non-finite grad values (grad norm {grad_norm[i]:.3g})"
+                 for i in np.flatnonzero(nonfinite)]
+        if ratio is not None and len(ratio) and not np.isnan(ratio).all():
+            order = np.argsort(-np.nan_to_num(ratio, nan=np.inf), kind="stable")
             for label, picks in (("largest", order[:top]), ("smallest", order[::-1][:top])):
                 lines.append(f"{label} update/param ratios: " + ", ".join(
-                    f"param {i} {self.update_ratio[i]:.3g}" for i in picks))
+                    f"param {i} {ratio[i]:.3g}" for i in picks))
         return "\n".join(lines) or "no tensors"
 
 
@@ -67,7 +73,12 @@ class StepResult:
     """What a step did. ``grad_norm``: the global L2 norm of the grads after unscaling and
     before any clipping (None when the step computed none); ``skipped``: True when the step
     was skipped for a non-finite grad (nothing was written and the step count did not advance);
-    ``diagnostics``: per-tensor numbers when the optimizer's ``diagnostics`` is on."""
+    ``diagnostics``: per-tensor numbers when the optimizer's ``diagnostics`` is on.
+
+    On the CUDA engine the step never waits for the GPU, so ``grad_norm`` (float64) and
+    ``skipped`` (bool) are 0-d arrays of the params' library on their GPU, written by the
+    step's kernels (``float()``/``bool()`` on them waits); ``skipped`` is the plain False when
+    the step could not skip."""
 
     grad_norm: float | None
     skipped: bool
@@ -155,24 +166,28 @@ class Optimizer(abc.ABC):
             non-finite grad counts with every step (:class:`Diagnostics`), from fused
             reductions (a norm pass over the grads, and the update pass summing as it goes).
             Off by default, and then free: the plain update kernels run.
-        capturable: (CUDA params only) keep each group's lr and step count in device memory
-            and compute the step's coefficients on the device, so that :meth:`step` can be
-            captured in a CUDA graph and replayed; lr changes made between replays (``opt.lr
-            = ...``, enqueued on the current stream) are seen by the next replay. A captured
-            graph holds the device group it was captured with: switching momentum or amsgrad
-            on or off, or loading a checkpoint that brings new state arrays, rebinds it, and
-            the step must then be captured again. ``grad_scale`` and ``clip_value`` are fixed
-            in a captured step. Capturable SGD counts momentum steps from the group's step
-            count, so momentum switched on after the first step (with dampening) differs.
+        capturable: (CUDA params only) keep each group's lr in device memory too (the step
+            counts always are, on CUDA), so that :meth:`step` can be captured in a CUDA graph
+            and replayed; lr changes made between replays (``opt.lr = ...``, enqueued on the
+            current stream) are seen by the next replay. A captured graph holds the device
+            group it was captured with: switching momentum or amsgrad on or off, or loading a
+            checkpoint that brings new state arrays, rebinds it, and the step must then be
+            captured again. A number ``grad_scale`` and the step options are fixed in a
+            captured step (a loss scale in device memory is read at every replay).
 
     Any group's ``lr`` may be a :mod:`fastopt.schedules` schedule instead of a number: each
-    step then uses ``lr(steps taken by the group)``, and checkpoints carry the schedule. (A
-    captured CUDA graph replays the lr it was captured with: set ``opt.lr`` between replays.)
+    step then uses ``lr(steps taken by the group)``, and checkpoints carry the schedule. On
+    CUDA the schedule is evaluated on the device from its step counts, so graph replays and
+    skipped steps follow it.
 
     The engine follows the params: CPU memory (NumPy arrays, CPU tensors) runs on the CPU
     engine, CUDA memory (PyTorch CUDA tensors, CuPy arrays, any DLPack CUDA tensor) on the
     CUDA engine, where state and master weights are allocated with the params' library and a
-    step is one kernel launch on the caller's current stream (or ``step(stream=...)``).
+    step is one kernel launch on the caller's current stream (or ``step(stream=...)``); each
+    step option adds a pass (the grad norm, a two-pass rule's first pass, the diagnostics'
+    sums), all enqueued on that stream. The CUDA engine counts steps on the device: SGD with
+    momentum switched on after the first step (and dampening != 0) starts its buffer as if
+    momentum had been on, unlike torch.
     """
 
     rule: ClassVar[str]
@@ -274,21 +289,24 @@ class Optimizer(abc.ABC):
         need = [h.num_state() for h in self._hypers]
         if need != self._bound_states:
             self._bind(need)
-        if self._capturable:  # the lrs live on the device: enqueue the current ones
+        if self._engine.is_cuda:  # schedules are evaluated on the device, from its step counts
             stream = self._engine.stream(None, self._params[0])
-            for j, h in enumerate(self._hypers):
-                self._core.set_lr(j, h.lr, stream)
+            for j, g in enumerate(self.param_groups):
+                lr = g["lr"]
+                self._core.set_schedule(j, lr._pod.to_bytes() if isinstance(lr, Schedule) else None, stream)
+                if self._capturable:  # the lrs live on the device: enqueue the current ones
+                    self._core.set_lr(j, self._hypers[j].lr, stream)
         self._stale = False
 
     def _changed(self) -> None:
-        """A hyperparameter changed: the next step rebuilds the structs. A capturable group
-        enqueues its new lrs now, so that a graph replayed next sees them."""
+        """A hyperparameter changed: the next step rebuilds the structs. On CUDA the new lrs
+        and schedules are enqueued now, so that a graph replayed next sees them."""
         self._stale = True
-        if self._capturable:
+        if self._engine.is_cuda:
             self._refresh()
 
     def _device_steps(self) -> list[int]:
-        """A capturable group's step counts, read from the device (waits for the stream)."""
+        """A CUDA group's step counts, read from the device (waits for the stream)."""
         return list(self._core.read_steps(self._engine.stream(None, self._params[0])))
 
     def _bind(self, need: list[int]) -> None:
@@ -304,14 +322,14 @@ class Optimizer(abc.ABC):
                     created.add(j)
         for j in sorted(created):
             self._state_created(j)
-        if self._capturable and self._bound_states is not None:
+        if self._engine.is_cuda and self._bound_states is not None:
             self._steps = self._device_steps()  # the new group starts from the old one's counts
         self._core = self._engine.bind(
             self.rule, self._params, self._grads, self._masters,
             [[self._state[i][n] for n in self.state_names[: need[j]]] for i, j in enumerate(self._group_of)],
             self.state_names, self._group_sizes)
         self._bound_states = need
-        if self._capturable:
+        if self._engine.is_cuda:  # the kernels count steps on the device
             stream = self._engine.stream(None, self._params[0])
             for j, s in enumerate(self._steps):
                 self._core.set_step(j, s, stream)
@@ -363,41 +381,35 @@ class Optimizer(abc.ABC):
         self._diagnostics = flag("diagnostics", value)
 
     # ---- public API --------------------------------------------------------------------
-    def step(self, grad_scale: float | None = None, stream: Any = None, *,
+    def step(self, grad_scale: Any = None, stream: Any = None, *,
              skip_nonfinite: bool | None = None) -> StepResult:
         """Applies one update to every param, in place (one C++ call, GIL released).
 
         ``grad_scale``: the loss scale the grads carry; they are unscaled (multiplied by
         ``1 / grad_scale``, in float32 as torch's GradScaler does) inside the update, never
-        rewritten. Then the step options apply (``max_grad_norm``, ``clip_value``,
-        ``skip_nonfinite``): a norm pass over the grads first when one of them (or
-        ``report_grad_norm``) needs the norm, then the update pass.
+        rewritten. On CUDA it may also be a one-element float32 array on the params' GPU (read
+        by the step's kernels, as :class:`DynamicLossScaler` keeps it). Then the step options
+        apply (``max_grad_norm``, ``clip_value``, ``skip_nonfinite``): a norm pass over the
+        grads first when one of them (or ``report_grad_norm``) needs the norm, then the update
+        pass.
 
-        On CUDA the step is one kernel launch enqueued on ``stream`` (an int handle, a
-        ``torch.cuda.Stream`` or a ``cupy.cuda.Stream``; default: the params' library's
-        current stream); it never waits for the GPU. ``skip_nonfinite`` overrides the
-        optimizer's setting for this step (a loss scaler needs it on)."""
+        On CUDA the step is enqueued on ``stream`` (an int handle, a ``torch.cuda.Stream`` or a
+        ``cupy.cuda.Stream``; default: the params' library's current stream) and never waits
+        for the GPU: the norm, the clip factor and the skip decision are taken on the device,
+        and a skipped step leaves the device step counts as they were. A plain step is one
+        kernel launch. ``skip_nonfinite`` overrides the optimizer's setting for this step (a
+        loss scaler needs it on)."""
         if self._stale:
             self._refresh()
+        skip = self._skip_nonfinite if skip_nonfinite is None else flag("skip_nonfinite", skip_nonfinite)
+        inv, loss_scale = self._grad_scale(grad_scale)
+        if self._engine.is_cuda:
+            return self._step_cuda(inv, loss_scale, stream, skip)
         for j in self._scheduled:  # an lr schedule gives this step's lr
             self._hypers[j] = self._hyper_at(self.param_groups[j], self._steps[j])
-            if self._capturable:  # not while capturing: a graph must not fix the lr
-                handle = self._engine.stream(stream, self._params[0])
-                if not self._engine.capturing(handle):
-                    self._core.set_lr(j, self._hypers[j].lr, handle)
-        skip = self._skip_nonfinite if skip_nonfinite is None else flag("skip_nonfinite", skip_nonfinite)
-        inv = 1.0
-        if grad_scale is not None:
-            scale = real("grad_scale", grad_scale)
-            if not (scale > 0 and math.isfinite(scale)):
-                raise ValueError(f"grad_scale must be finite and > 0, got {grad_scale!r}")
-            inv = float(np.float32(1.0 / scale))
         norm = diag = None
         factor = np.float32(inv)
         if self._max_grad_norm is not None or skip or self._report_grad_norm or self._diagnostics:
-            if self._engine.is_cuda:
-                raise NotImplementedError("max_grad_norm, skip_nonfinite, report_grad_norm and diagnostics are "
-                                          "not yet available on the CUDA engine")
             sums, bad = self._core.sumsq("grads")
             norm = math.sqrt(combine(sums)) * inv
             if self._diagnostics:
@@ -408,21 +420,59 @@ class Optimizer(abc.ABC):
                 coef = np.float32(self._max_grad_norm) / (np.float32(norm) + np.float32(1e-6))
                 factor = np.float32(factor * min(coef, np.float32(1.0)))
         clip = self._clip_value or 0.0
-        if self._capturable:
-            self._rule_steps()  # host bookkeeping only: the device counts the steps
-            self._core.step_capturable(self._hypers, self._engine.stream(stream, self._params[0]),
-                                       float(factor), clip)
-        elif self._diagnostics:
+        if self._diagnostics:
             out = np.asarray(self._core.step(self._hypers, self._rule_steps(), float(factor), clip, True))
             update_norm, param_norm = np.sqrt(out[0::2]), np.sqrt(out[1::2])
             with np.errstate(divide="ignore", invalid="ignore"):
                 ratio = update_norm / param_norm
             diag = Diagnostics(diag.grad_norm, diag.nonfinite_grads, param_norm, update_norm, ratio)
         else:
-            self._engine.step(self._core, self._hypers, self._rule_steps(), stream, self._params[0],
-                              float(factor), clip)
+            self._core.step(self._hypers, self._rule_steps(), float(factor), clip)
         self._steps = [s + 1 for s in self._steps]
         return StepResult(norm, False, diag)
+
+    def _grad_scale(self, grad_scale: Any) -> tuple[float, int]:
+        """(the float32 unscale factor 1 / grad_scale, the device address of a loss scale held
+        in GPU memory or 0)."""
+        if grad_scale is None:
+            return 1.0, 0
+        if self._engine.is_cuda and library(grad_scale) in ("torch", "cupy"):
+            shape, dtype, _ = _core.describe(grad_scale, "grad_scale")
+            if dtype != "float32" or math.prod(shape) != 1 or \
+                    tuple(_core.device_of(grad_scale)) != (2, self._engine.device):
+                raise ValueError(f"grad_scale must be a number or a one-element float32 array on "
+                                 f"{self.device}, got {dtype}{list(shape)} on device {_core.device_of(grad_scale)}")
+            return 1.0, data_ptr(grad_scale)
+        scale = real("grad_scale", grad_scale)
+        if not (scale > 0 and math.isfinite(scale)):
+            raise ValueError(f"grad_scale must be finite and > 0, got {grad_scale!r}")
+        return float(np.float32(1.0 / scale)), 0
+
+    def _step_cuda(self, inv: float, loss_scale: int, stream: Any, skip: bool) -> StepResult:
+        """step() on the CUDA engine: every option decided on the device, nothing waited for."""
+        like = self._params[0]
+        handle = self._engine.stream(stream, like)
+        need_norm = self._max_grad_norm is not None or skip or self._report_grad_norm or self._diagnostics
+        result = device_empty(like, (2,), "float64", handle) if need_norm else None
+        diag = device_empty(like, (4, len(self._params)), "float64", handle) if self._diagnostics else None
+        self._core.step(self._hypers, handle, grad_scale=inv, loss_scale=loss_scale,
+                        clip_value=self._clip_value or 0.0, capturable=self._capturable, grad_norm=need_norm,
+                        skip_nonfinite=skip, max_grad_norm=self._max_grad_norm or 0.0,
+                        result=data_ptr(result) if need_norm else 0,
+                        diagnostics=data_ptr(diag) if diag is not None else 0)
+        self._rule_steps()  # host bookkeeping only: the device counts the steps
+        self._steps = [s + 1 for s in self._steps]  # an estimate: `steps` reads the device's counts
+        diagnostics = None if diag is None else Diagnostics(diag[0], as_int64(diag[1]), diag[3], diag[2],
+                                                            diag[2] / diag[3])
+        if result is None:
+            return StepResult(None, False, diagnostics)
+        return StepResult(result[0], result[1] != 0, diagnostics)
+
+    def _update_loss_scale(self, scale: Any, clean_steps: Any, growth: float, backoff: float, interval: int,
+                           stream: Any) -> None:
+        """On CUDA: a loss scaler's update from the last step's skip decision, on the device."""
+        self._core.update_loss_scale(data_ptr(scale), data_ptr(clean_steps), growth, backoff, interval,
+                                     self._engine.stream(stream, self._params[0]))
 
     @property
     def lr(self) -> float:
@@ -457,9 +507,9 @@ class Optimizer(abc.ABC):
 
     @property
     def steps(self) -> list[int]:
-        """Steps taken by each param group (capturable: read from the device, so that graph
-        replays count)."""
-        if self._capturable:
+        """Steps taken by each param group (CUDA: read from the device, so that graph replays
+        and steps skipped on the device count; this waits for the GPU)."""
+        if self._engine.is_cuda:
             self._steps = self._device_steps()
         return list(self._steps)
 
@@ -471,7 +521,7 @@ class Optimizer(abc.ABC):
     def state_dict(self) -> dict[str, Any]:
         """A snapshot: copies of the state arrays (on the params' device), hyperparameters and
         step counts."""
-        if self._capturable:
+        if self._engine.is_cuda:
             self._steps = self._device_steps()
         state: dict[int, dict[str, Any]] = {}
         for i, j in enumerate(self._group_of):
@@ -556,7 +606,7 @@ class Optimizer(abc.ABC):
         self._steps = steps
         if created:
             self._bound_states = None  # new arrays: rebind
-        elif self._capturable:  # same device group (a captured graph stays valid): new step counts
+        elif self._engine.is_cuda:  # same device group (a captured graph stays valid): new step counts
             stream = self._engine.stream(None, self._params[0])
             for j, s in enumerate(steps):
                 self._core.set_step(j, s, stream)

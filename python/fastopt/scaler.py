@@ -8,6 +8,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ._arrays import assign, device_array, to_host
 from .optimizer import Optimizer, StepResult, real
 
 
@@ -27,6 +28,11 @@ class DynamicLossScaler:
         growth_interval: clean steps before growing (>= 1; default 2000).
 
     Its state (scale and the count of clean steps) is in :meth:`state_dict`, for checkpoints.
+
+    With an optimizer of CUDA params, the scale and the count move to that GPU at the first
+    :meth:`step` and stay there: the step reads the scale there, the skip decision and the
+    update are taken there, and nothing waits for the GPU. :attr:`scale` is then a 0-d float32
+    array of the params' library (multiply the loss by it).
     """
 
     def __init__(self, init_scale: float = 2.0 ** 16, growth_factor: float = 2.0,
@@ -39,26 +45,41 @@ class DynamicLossScaler:
         if not 0 < self.backoff_factor < 1:
             raise ValueError(f"backoff_factor must be in (0, 1), got {backoff_factor!r}")
         if isinstance(growth_interval, bool) or not isinstance(growth_interval, numbers.Integral) \
-                or growth_interval < 1:
-            raise ValueError(f"growth_interval must be an integer >= 1, got {growth_interval!r}")
+                or not 1 <= growth_interval < 2 ** 31:
+            raise ValueError(f"growth_interval must be an integer in [1, 2**31), got {growth_interval!r}")
         self.growth_interval = int(growth_interval)
         self._clean_steps = 0
+        self._device: tuple[Any, Any] | None = None  # (scale, clean steps) on a GPU, once used there
 
     @property
-    def scale(self) -> float:
-        """The current loss scale."""
-        return self._scale
+    def scale(self) -> Any:
+        """The current loss scale (on CUDA: a 0-d float32 array on the GPU)."""
+        return self._scale if self._device is None else self._device[0]
 
     def step(self, optimizer: Optimizer, **kwargs: Any) -> StepResult:
         """``optimizer.step`` with the grads unscaled by :attr:`scale` and non-finite steps
-        skipped, then :meth:`update` with the outcome. Other keyword arguments (``stream``)
-        go to the optimizer's step."""
-        result = optimizer.step(grad_scale=self._scale, skip_nonfinite=True, **kwargs)
-        self.update(result.skipped)
+        skipped, then :meth:`update` with the outcome (on CUDA, both on the device). Other
+        keyword arguments (``stream``) go to the optimizer's step."""
+        if optimizer.device == "cpu":
+            if self._device is not None:
+                raise ValueError("this scaler lives on a GPU now; use one scaler per device")
+            result = optimizer.step(grad_scale=self._scale, skip_nonfinite=True, **kwargs)
+            self.update(result.skipped)
+            return result
+        if self._device is None:
+            like = optimizer._params[0]
+            self._device = (device_array(like, np.array(self._scale, np.float32)),
+                            device_array(like, np.array(self._clean_steps, np.int32)))
+        scale, clean = self._device
+        result = optimizer.step(grad_scale=scale, skip_nonfinite=True, **kwargs)
+        optimizer._update_loss_scale(scale, clean, self.growth_factor, self.backoff_factor, self.growth_interval,
+                                     kwargs.get("stream"))
         return result
 
     def update(self, found_nonfinite: bool) -> None:
-        """Adapts the scale to one step's outcome (done by :meth:`step`)."""
+        """Adapts the scale to one step's outcome (done by :meth:`step`; on the host only)."""
+        if self._device is not None:
+            raise RuntimeError("this scaler lives on a GPU: its step() updates it there")
         # In float32, as torch keeps its scale; a growth that would overflow is not taken.
         if found_nonfinite:
             self._scale = float(np.float32(self._scale * self.backoff_factor))
@@ -72,6 +93,10 @@ class DynamicLossScaler:
                 self._clean_steps = 0
 
     def state_dict(self) -> dict[str, Any]:
+        """The scale and the count of clean steps (read from the GPU where they live there)."""
+        if self._device is not None:
+            self._scale = float(to_host(self._device[0]))
+            self._clean_steps = int(to_host(self._device[1]))
         return {"scale": self._scale, "growth_factor": self.growth_factor, "backoff_factor": self.backoff_factor,
                 "growth_interval": self.growth_interval, "clean_steps": self._clean_steps}
 
@@ -83,6 +108,10 @@ class DynamicLossScaler:
         if isinstance(clean, bool) or not isinstance(clean, numbers.Integral) or not 0 <= clean < other.growth_interval:
             raise ValueError(f"clean_steps must be an integer in [0, growth_interval), got {clean!r}")
         other._clean_steps = int(clean)
+        if self._device is not None:  # stays on its GPU
+            assign(self._device[0], np.array(other._scale, np.float32))
+            assign(self._device[1], np.array(other._clean_steps, np.int32))
+            other._device = self._device
         self.__dict__.update(other.__dict__)
 
 

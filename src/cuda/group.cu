@@ -1,122 +1,120 @@
-// The CUDA engine: a multi-tensor apply over a device-resident chunk table. Each block takes
-// chunks (grid-stride); each thread applies the rule to packs of 8 elements with 16-byte loads
-// where every stream of the tensor is aligned, one element at a time where not. The rules and
-// apply_element are the CPU engine's, unchanged.
-#include <cuda_runtime.h>
-
+// The CUDA engine's groups: the device tables laid out at bind, and a step's launches. A plain
+// step is one kernel (the update pass). Options add passes, all on the step's stream and
+// decided on the device: the grad norm pass and the control kernel (norm, clip factor, skip),
+// a two-pass rule's prepass and finish, and the diagnostics' sums.
+#include <cmath>
+#include <memory>
 #include <stdexcept>
 #include <string>
 
-#include "fastopt/element.h"
-#include "fastopt/numeric/pack_cuda.h"
+#include "device.cuh"
 #include "group.h"
 
 namespace fastopt::cuda {
 namespace {
 
-constexpr int64_t kChunkElems = 65536;  // a multiple of the pack width, so packs stay aligned
-constexpr int kThreads = 256;
-
-struct Chunk {
-  int64_t begin, end;
-  int32_t slot;
-};
-
-void check(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) throw std::runtime_error(std::string("CUDA error in ") + what + ": " + cudaGetErrorString(e));
+// The grad norm pass: per block of reduce.h, the sum of squares and the non-finite count of
+// the raw grads (the CPU's sumsq).
+__global__ void __launch_bounds__(kThreads) grad_sums_kernel(Group::Tables tb) {
+  task_sums<1>(tb, [](int32_t, const TensorSlot& t, auto, auto g) {
+    using G = typename decltype(g)::type;
+    return [grad = static_cast<const G*>(t.grad)](int64_t i, float (&v)[1]) {
+      v[0] = load(grad + i, Lane<float>{});
+      return count_nonfinite(v[0]);
+    };
+  });
 }
 
-// Makes `device` current for the lifetime of the guard.
-class DeviceGuard {
- public:
-  explicit DeviceGuard(int device) {
-    check(cudaGetDevice(&previous_), "cudaGetDevice");
-    if (previous_ != device) check(cudaSetDevice(device), "cudaSetDevice");
+struct ControlArgs {
+  float scale;              // the unscale factor, unless loss_scale
+  const float* loss_scale;  // device: the factor is float(1 / double(*loss_scale))
+  bool sums;                // the grad norm pass ran
+  bool skip_nonfinite;
+  double max_grad_norm;
+  double* result;
+  double* diagnostics;
+};
+
+// The step's decision, in one block, as the CPU engine's optimizer takes it on the host: the
+// global norm (canonical order) times the unscale factor; skip when asked and any grad is not
+// finite; torch's clip coefficient max_norm / (norm + 1e-6), in float32, when below 1.
+__global__ void __launch_bounds__(kReduceThreads) control_kernel(ControlArgs a, Group::Tables tb) {
+  const float inv = a.loss_scale ? float(1.0 / double(*a.loss_scale)) : a.scale;
+  if (!a.sums) {
+    if (threadIdx.x == 0) *tb.control = Control{inv, 0};
+    return;
   }
-  ~DeviceGuard() { cudaSetDevice(previous_); }
-
- private:
-  int previous_ = 0;
-};
-
-__device__ bool aligned16(const TensorSlot& t) {
-  uintptr_t bits = uintptr_t(t.param) | uintptr_t(t.grad) | uintptr_t(t.master);
-  for (int k = 0; k < t.num_state; ++k) bits |= uintptr_t(t.state[k]);
-  return (bits & 15) == 0;
-}
-
-template <class Rule, class P, class G>
-__device__ void run_chunk(const typename Rule::Coeffs& c, const GradTransform& x, const TensorSlot& t, int64_t begin,
-                          int64_t end) {
-  int64_t tail = begin;
-  if (aligned16(t)) {  // begin is a multiple of 8, so every pack starts 16-byte aligned
-    const int64_t packs = (end - begin) / 8;
-    for (int64_t k = threadIdx.x; k < packs; k += blockDim.x) {
-      apply_element<Rule, Pack8, P, G>(c, x, t, begin + 8 * k);
+  __shared__ unsigned long long bad;
+  if (threadIdx.x == 0) bad = 0;
+  tensor_sums<1>(tb, true);  // its barriers order the reset of `bad` before the adds
+  const int64_t n = tb.num_tensors, runs = (n + reduce::kTensorRun - 1) / reduce::kTensorRun;
+  unsigned long long my_bad = 0;
+  for (int64_t r = threadIdx.x; r < runs; r += blockDim.x) {
+    double run = 0;
+    for (int64_t t = r * reduce::kTensorRun; t < n && t < (r + 1) * reduce::kTensorRun; ++t) {
+      run += tb.tensor_sums[t * kMaxSums];
+      my_bad += (unsigned long long)tb.tensor_bad[t];
     }
-    tail = begin + 8 * packs;
+    tb.run_sums[r] = run;
   }
-  for (int64_t i = tail + threadIdx.x; i < end; i += blockDim.x) apply_element<Rule, float, P, G>(c, x, t, i);
-}
-
-template <class Rule>
-__device__ void run_chunk_any(const typename Rule::Coeffs& c, const GradTransform& x, const TensorSlot& t,
-                              int64_t begin, int64_t end) {
-  switch (int(t.param_dtype) * kNumDTypes + int(t.grad_dtype)) {
-    case 0: return run_chunk<Rule, float, float>(c, x, t, begin, end);
-    case 1: return run_chunk<Rule, float, f16>(c, x, t, begin, end);
-    case 2: return run_chunk<Rule, float, bf16>(c, x, t, begin, end);
-    case 3: return run_chunk<Rule, f16, float>(c, x, t, begin, end);
-    case 4: return run_chunk<Rule, f16, f16>(c, x, t, begin, end);
-    case 5: return run_chunk<Rule, f16, bf16>(c, x, t, begin, end);
-    case 6: return run_chunk<Rule, bf16, float>(c, x, t, begin, end);
-    case 7: return run_chunk<Rule, bf16, f16>(c, x, t, begin, end);
-    default: return run_chunk<Rule, bf16, bf16>(c, x, t, begin, end);
-  }
-}
-
-template <class T>
-struct PerGroup {  // kernel arguments: one T per param group
-  T v[kMaxGroups];
-};
-
-template <class Rule>
-__global__ void __launch_bounds__(kThreads)
-    step_kernel(PerGroup<typename Rule::Coeffs> coeffs, GradTransform x, const TensorSlot* slots, const Chunk* chunks,
-                int64_t n) {
-  for (int64_t k = blockIdx.x; k < n; k += gridDim.x) {
-    const Chunk ch = chunks[k];
-    const TensorSlot t = slots[ch.slot];
-    run_chunk_any<Rule>(coeffs.v[t.hyper_index], x, t, ch.begin, ch.end);
-  }
-}
-
-// Capturable: coefficients from device-resident lrs and step counts; the last block to finish
-// advances the step counts (every block has read them by then).
-template <class Rule>
-__global__ void __launch_bounds__(kThreads)
-    step_capturable_kernel(PerGroup<typename Rule::Hyper> hypers, GradTransform x, int num_groups, const double* lr,
-                           int64_t* steps, unsigned* done, const TensorSlot* slots, const Chunk* chunks, int64_t n) {
-  __shared__ typename Rule::Coeffs coeffs[kMaxGroups];
-  if (threadIdx.x < num_groups) {
-    typename Rule::Hyper h = hypers.v[threadIdx.x];
-    h.lr = lr[threadIdx.x];
-    coeffs[threadIdx.x] = Rule::coeffs(h, steps[threadIdx.x] + 1);
-  }
-  __syncthreads();
-  for (int64_t k = blockIdx.x; k < n; k += gridDim.x) {
-    const Chunk ch = chunks[k];
-    const TensorSlot t = slots[ch.slot];
-    run_chunk_any<Rule>(coeffs[t.hyper_index], x, t, ch.begin, ch.end);
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    __threadfence();
-    if (atomicAdd(done, 1u) == gridDim.x - 1) {
-      for (int j = 0; j < num_groups; ++j) steps[j] += 1;
-      *done = 0;
+  atomicAdd(&bad, my_bad);
+  if (a.diagnostics) {
+    for (int64_t t = threadIdx.x; t < n; t += blockDim.x) {
+      a.diagnostics[t] = sqrt(tb.tensor_sums[t * kMaxSums]) * double(inv);
+      a.diagnostics[n + t] = double(tb.tensor_bad[t]);
     }
   }
+  __syncthreads();
+  if (threadIdx.x != 0) return;
+  double total = 0;
+  for (int64_t r = 0; r < runs; ++r) total += tb.run_sums[r];
+  const double norm = sqrt(total) * double(inv);
+  const bool skip = a.skip_nonfinite && bad > 0;
+  float factor = inv;
+  if (a.max_grad_norm > 0) {
+    const float coef = float(a.max_grad_norm) / (float(norm) + 1e-6f);
+    factor = factor * (1.0f < coef ? 1.0f : coef);  // min(coef, 1) as Python's min: NaN stays
+  }
+  *tb.control = Control{factor, skip ? 1 : 0};
+  if (a.result) {
+    a.result[0] = norm;
+    a.result[1] = skip ? 1.0 : 0.0;
+  }
+}
+
+// After a diagnosed update, in one block: each tensor's update and param norms (NaN when the
+// step was skipped: nothing was updated).
+__global__ void __launch_bounds__(kReduceThreads) diagnostics_kernel(Group::Tables tb, double* out) {
+  const bool skipped = tb.control->skip != 0;
+  if (!skipped) tensor_sums<2>(tb, false);
+  const int64_t n = tb.num_tensors;
+  for (int64_t t = threadIdx.x; t < n; t += blockDim.x) {
+    out[2 * n + t] = skipped ? NAN : sqrt(tb.tensor_sums[t * kMaxSums]);
+    out[3 * n + t] = skipped ? NAN : sqrt(tb.tensor_sums[t * kMaxSums + 1]);
+  }
+}
+
+// torch.amp.GradScaler's update (the CPU's DynamicLossScaler.update), in double as torch's kernel.
+__global__ void loss_scale_kernel(float* scale, int32_t* clean_steps, const Control* control, double growth,
+                                  double backoff, int32_t interval) {
+  if (control->skip) {
+    *scale = float(double(*scale) * backoff);
+    *clean_steps = 0;
+    return;
+  }
+  const int32_t clean = *clean_steps + 1;
+  if (clean < interval) {
+    *clean_steps = clean;
+    return;
+  }
+  const double grown = double(*scale) * growth;
+  if (grown <= 3.4028234663852886e38) *scale = float(grown);  // a growth past float32 is not taken
+  *clean_steps = 0;
+}
+
+__global__ void set_schedule_kernel(Schedule* dst, int32_t* scheduled, Schedule value, int32_t on) {
+  *dst = value;
+  *scheduled = on;
 }
 
 template <class T>
@@ -131,113 +129,157 @@ __global__ void widen_kernel(const T* src, float* dst, int64_t n) {
   }
 }
 
-bool two_pass(RuleId rule) {
+size_t coeffs_size(RuleId rule) {
   switch (rule) {
-#define FASTOPT_TWO_PASS(id, T) \
-  case RuleId::id:              \
-    return num_sums<T>::value > 0;
-    FASTOPT_RULES(FASTOPT_TWO_PASS)
-#undef FASTOPT_TWO_PASS
-    default: return false;
+#define FASTOPT_COEFFS_SIZE(id, T) \
+  case RuleId::id:                 \
+    return sizeof(T::Coeffs);
+    FASTOPT_RULES(FASTOPT_COEFFS_SIZE)
+#undef FASTOPT_COEFFS_SIZE
+    default: return 0;
   }
 }
 
-int grid_for(int64_t chunks, int device) {
+int grid_for(int64_t blocks_wanted, int device) {
   int sms = 0;
   check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
   const int64_t most = int64_t(sms) * 8;
-  return int(chunks < most ? (chunks > 0 ? chunks : 1) : most);
+  return int(blocks_wanted < most ? (blocks_wanted > 0 ? blocks_wanted : 1) : most);
 }
 
-template <class Rule>
-void launch(const void* coeffs, size_t stride, const GradTransform& x, int num_groups, const TensorSlot* slots,
-            const void* chunks, int64_t n, int device, cudaStream_t stream) {
-  PerGroup<typename Rule::Coeffs> args{};
-  for (int j = 0; j < num_groups; ++j) {
-    args.v[j] = *reinterpret_cast<const typename Rule::Coeffs*>(static_cast<const char*>(coeffs) + j * stride);
+// Device memory of a group, freed with it.
+class Arena {
+ public:
+  template <class T>
+  T* alloc(size_t n) {
+    void* p = nullptr;
+    check(cudaMalloc(&p, sizeof(T) * (n > 0 ? n : 1)), "cudaMalloc");
+    blocks_.push_back(p);
+    return static_cast<T*>(p);
   }
-  step_kernel<Rule><<<grid_for(n, device), kThreads, 0, stream>>>(args, x, slots, static_cast<const Chunk*>(chunks), n);
-  check(cudaGetLastError(), "step kernel launch");
-}
+  template <class T>
+  T* upload(const std::vector<T>& host) {
+    T* p = alloc<T>(host.size());
+    // Binding is not a step: these one-off uploads may synchronise.
+    if (!host.empty()) check(cudaMemcpy(p, host.data(), sizeof(T) * host.size(), cudaMemcpyHostToDevice), "upload");
+    return p;
+  }
+  ~Arena() {
+    for (void* p : blocks_) cudaFree(p);
+  }
 
-template <class Rule>
-void launch_capturable(const void* hypers, size_t stride, const GradTransform& x, int num_groups, const double* lr,
-                       int64_t* steps, unsigned* done, const TensorSlot* slots, const void* chunks, int64_t n,
-                       int device, cudaStream_t stream) {
-  PerGroup<typename Rule::Hyper> args{};
-  for (int j = 0; j < num_groups; ++j) {
-    args.v[j] = *reinterpret_cast<const typename Rule::Hyper*>(static_cast<const char*>(hypers) + j * stride);
-  }
-  step_capturable_kernel<Rule><<<grid_for(n, device), kThreads, 0, stream>>>(
-      args, x, num_groups, lr, steps, done, slots, static_cast<const Chunk*>(chunks), n);
-  check(cudaGetLastError(), "capturable step kernel launch");
-}
+ private:
+  std::vector<void*> blocks_;
+};
 
 }  // namespace
 
 Group::Group(RuleId rule, const std::vector<TensorSlot>& slots, int device, int num_groups)
-    : rule_(rule), device_(device), num_groups_(num_groups) {
+    : rule_(rule), device_(device), num_groups_(num_groups), num_tensors_(int64_t(slots.size())) {
   if (rule == RuleId::probe || rule == RuleId::count) throw std::invalid_argument("the CUDA engine has no such rule");
-  if (two_pass(rule)) throw std::invalid_argument("two-pass rules (LARS, LAMB) are not yet on the CUDA engine");
   if (num_groups < 1 || num_groups > kMaxGroups) {
     throw std::invalid_argument("the CUDA engine takes 1 to " + std::to_string(kMaxGroups) + " param groups, got " +
                                 std::to_string(num_groups));
   }
-  std::vector<Chunk> chunks;
+  std::vector<Range> chunks, tasks;
+  std::vector<int64_t> super_first, tensor_super;
   for (size_t s = 0; s < slots.size(); ++s) {
-    for (int64_t b = 0; b < slots[s].numel; b += kChunkElems) {
-      chunks.push_back({b, b + kChunkElems < slots[s].numel ? b + kChunkElems : slots[s].numel, int32_t(s)});
+    const int64_t n = slots[s].numel;
+    for (int64_t b = 0; b < n; b += kChunkElems) chunks.push_back({b, b + kChunkElems < n ? b + kChunkElems : n, int32_t(s)});
+    tensor_super.push_back(int64_t(super_first.size()));
+    for (int64_t b = 0; b < n; b += reduce::kBlock) {
+      if (b % reduce::kSuper == 0) super_first.push_back(int64_t(tasks.size()));
+      tasks.push_back({b, b + reduce::kBlock < n ? b + reduce::kBlock : n, int32_t(s)});
     }
   }
+  tensor_super.push_back(int64_t(super_first.size()));
+  const int64_t num_supers = int64_t(super_first.size());
+  super_first.push_back(int64_t(tasks.size()));
   num_chunks_ = int64_t(chunks.size());
+
   DeviceGuard guard(device);
-  check(cudaMalloc(&slots_dev_, sizeof(TensorSlot) * (slots.size() + 1)), "cudaMalloc");
-  check(cudaMalloc(&chunks_dev_, sizeof(Chunk) * (chunks.size() + 1)), "cudaMalloc");
-  check(cudaMalloc(&lr_, sizeof(double) * kMaxGroups), "cudaMalloc");
-  check(cudaMalloc(&steps_, sizeof(int64_t) * kMaxGroups), "cudaMalloc");
-  check(cudaMalloc(&done_, sizeof(unsigned)), "cudaMalloc");
-  // Binding is not a step: these one-off uploads may synchronise.
-  check(cudaMemcpy(slots_dev_, slots.data(), sizeof(TensorSlot) * slots.size(), cudaMemcpyHostToDevice), "upload");
-  check(cudaMemcpy(chunks_dev_, chunks.data(), sizeof(Chunk) * chunks.size(), cudaMemcpyHostToDevice), "upload");
+  auto arena = std::make_unique<Arena>();
+  auto tables = std::make_unique<Tables>();
+  Tables& tb = *tables;
+  Arena& mem = *arena;
+  tb.slots = mem.upload(slots);
+  tb.num_tensors = num_tensors_;
+  tb.chunks = mem.upload(chunks);
+  tb.num_chunks = num_chunks_;
+  tb.tasks = mem.upload(tasks);
+  tb.num_tasks = int64_t(tasks.size());
+  tb.super_first = mem.upload(super_first);
+  tb.num_supers = num_supers;
+  tb.tensor_super = mem.upload(tensor_super);
+  tb.task_sums = mem.alloc<float>(tasks.size() * kMaxSums);
+  tb.task_bad = mem.alloc<int32_t>(tasks.size());
+  tb.super_sums = mem.alloc<double>(size_t(num_supers) * kMaxSums);
+  tb.super_bad = mem.alloc<int64_t>(size_t(num_supers));
+  tb.tensor_sums = mem.alloc<double>(slots.size() * kMaxSums);
+  tb.tensor_bad = mem.alloc<int64_t>(slots.size());
+  tb.run_sums = mem.alloc<double>(slots.size() / reduce::kTensorRun + 1);
+  tb.control = mem.alloc<Control>(1);
+  tb.tensor_coeffs = mem.alloc<char>(coeffs_size(rule) * slots.size());
+  tb.schedules = mem.alloc<Schedule>(kMaxGroups);
+  tb.scheduled = mem.alloc<int32_t>(kMaxGroups);
+  tb.done = mem.alloc<unsigned>(1);
+  lr_ = mem.alloc<double>(kMaxGroups);
+  steps_ = mem.alloc<int64_t>(kMaxGroups);
+  check(cudaMemset(tb.scheduled, 0, sizeof(int32_t) * kMaxGroups), "cudaMemset");
+  check(cudaMemset(tb.done, 0, sizeof(unsigned)), "cudaMemset");
   check(cudaMemset(lr_, 0, sizeof(double) * kMaxGroups), "cudaMemset");
   check(cudaMemset(steps_, 0, sizeof(int64_t) * kMaxGroups), "cudaMemset");
-  check(cudaMemset(done_, 0, sizeof(unsigned)), "cudaMemset");
+  chunk_grid_ = grid_for(num_chunks_, device);
+  task_grid_ = grid_for((tb.num_tasks + kThreads / 32 - 1) / (kThreads / 32), device);
+  arena_ = arena.release();
+  tables_ = tables.release();
 }
 
 Group::~Group() {
-  cudaFree(slots_dev_);
-  cudaFree(chunks_dev_);
-  cudaFree(lr_);
-  cudaFree(steps_);
-  cudaFree(done_);
+  delete static_cast<Arena*>(arena_);
+  delete tables_;
 }
 
-void Group::run(const void* coeffs, size_t stride, void* stream, const GradTransform& x) const {
-  if (num_chunks_ == 0) return;
+void Group::step(const StepArgs& in) const {
+  StepArgs a = in;
+  a.grad_norm = a.grad_norm || a.skip_nonfinite || a.max_grad_norm > 0 || a.result || a.diagnostics;
+  const bool control = a.grad_norm || a.loss_scale;
   DeviceGuard guard(device_);
-  const auto s = static_cast<cudaStream_t>(stream);
-  switch (rule_) {
-#define FASTOPT_LAUNCH(id, T)                                                              \
-  case RuleId::id:                                                                         \
-    return launch<T>(coeffs, stride, x, num_groups_, slots_dev_, chunks_dev_, num_chunks_, device_, s);
-    FASTOPT_RULES(FASTOPT_LAUNCH)
-#undef FASTOPT_LAUNCH
-    default: return;
+  const auto s = static_cast<cudaStream_t>(a.stream);
+  if (a.grad_norm) {
+    grad_sums_kernel<<<task_grid_, kThreads, 0, s>>>(*tables_);
+    check(cudaGetLastError(), "grad norm kernel launch");
+  }
+  if (control) {
+    const ControlArgs c{a.transform.scale, a.loss_scale,   a.grad_norm, a.skip_nonfinite,
+                        a.max_grad_norm,   a.result,       a.diagnostics};
+    control_kernel<<<1, kReduceThreads, 0, s>>>(c, *tables_);
+    check(cudaGetLastError(), "control kernel launch");
+  }
+  const RuleLaunch l{&a, control, *tables_, lr_, steps_, num_groups_, chunk_grid_, task_grid_, s};
+  if (!(launch_part<0>(rule_, l) || launch_part<1>(rule_, l) || launch_part<2>(rule_, l) || launch_part<3>(rule_, l))) {
+    throw std::invalid_argument("the CUDA engine has no such rule");
+  }
+  static_assert(kRuleParts == 4, "launch every part");
+  if (a.diagnostics) {
+    diagnostics_kernel<<<1, kReduceThreads, 0, s>>>(*tables_, a.diagnostics);
+    check(cudaGetLastError(), "diagnostics kernel launch");
   }
 }
 
-void Group::run_capturable(const void* hypers, size_t stride, void* stream, const GradTransform& x) const {
+void Group::set_schedule(int group, const Schedule* schedule, void* stream) const {
   DeviceGuard guard(device_);
-  const auto s = static_cast<cudaStream_t>(stream);
-  switch (rule_) {
-#define FASTOPT_LAUNCH(id, T)                                                                                   \
-  case RuleId::id:                                                                                              \
-    return launch_capturable<T>(hypers, stride, x, num_groups_, lr_, steps_, done_, slots_dev_, chunks_dev_,    \
-                                num_chunks_, device_, s);
-    FASTOPT_RULES(FASTOPT_LAUNCH)
-#undef FASTOPT_LAUNCH
-    default: return;
-  }
+  set_schedule_kernel<<<1, 1, 0, static_cast<cudaStream_t>(stream)>>>(
+      tables_->schedules + group, tables_->scheduled + group, schedule ? *schedule : Schedule{}, schedule ? 1 : 0);
+  check(cudaGetLastError(), "set_schedule kernel launch");
+}
+
+void Group::update_loss_scale(float* scale, int32_t* clean_steps, double growth, double backoff, int32_t interval,
+                              void* stream) const {
+  DeviceGuard guard(device_);
+  loss_scale_kernel<<<1, 1, 0, static_cast<cudaStream_t>(stream)>>>(scale, clean_steps, tables_->control, growth,
+                                                                     backoff, interval);
+  check(cudaGetLastError(), "loss scale kernel launch");
 }
 
 void Group::read_steps(int64_t* out, void* stream) const {

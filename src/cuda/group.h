@@ -1,6 +1,7 @@
 // The CUDA engine's bound group, as plain C++ (no CUDA headers), so that the Python module
-// can be compiled by the host compiler. A group uploads its tensor table and chunk list to
-// device memory once; a step is one kernel launch on the caller's stream, for all tensors.
+// can be compiled by the host compiler. A group uploads its tensor tables to device memory
+// once; a step is a few kernel launches on the caller's stream (one for a plain step), for all
+// tensors, and never synchronises the host.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -8,11 +9,36 @@
 
 #include "fastopt/element.h"
 #include "fastopt/rules/registry.h"
+#include "fastopt/schedule.h"
 #include "fastopt/tensor_list.h"
 
 namespace fastopt::cuda {
 
-constexpr int kMaxGroups = 32;  // param groups per optimizer (coefficients travel as kernel arguments)
+constexpr int kMaxGroups = 32;  // param groups per optimizer (hyperparameters travel as kernel arguments)
+
+// One step's inputs. The step count each group's rule sees is its device-resident count + 1
+// (steps_device()); the counts advance at the end of the step unless it is skipped.
+struct StepArgs {
+  const void* hypers = nullptr;  // num_groups Hyper structs of the group's rule, `stride` bytes apart
+  size_t stride = 0;
+  void* stream = nullptr;  // a cudaStream_t
+  // Every grad is multiplied by the unscale factor, then by the clip-by-norm coefficient, then
+  // clamped to +-transform.clip_value when > 0. The factor is transform.scale, or, when
+  // loss_scale is set, float(1 / double(*loss_scale)) (a float32 on the device).
+  GradTransform transform;
+  const float* loss_scale = nullptr;
+  bool lr_on_device = false;  // capturable: each group's lr from lr_device(), not its Hyper
+  // The grad norm pass: per-tensor sums of squares and non-finite counts of the raw grads, in
+  // the canonical order of fastopt/reduce.h, then the global norm (times the unscale factor).
+  // Implied by skip_nonfinite, max_grad_norm > 0, result and diagnostics.
+  bool grad_norm = false;
+  bool skip_nonfinite = false;  // skip the step on the device when any grad is inf or NaN
+  double max_grad_norm = 0;     // > 0: clip by global norm, torch's coefficient in float32
+  double* result = nullptr;     // device: [global grad norm, 1 if skipped else 0]
+  // device, 4 x num_tensors: grad norm, non-finite grad count, update norm, param norm (the
+  // last two NaN for a skipped step); the update pass then also sums updates and params.
+  double* diagnostics = nullptr;
+};
 
 class Group {
  public:
@@ -22,16 +48,20 @@ class Group {
   Group(const Group&) = delete;
   Group& operator=(const Group&) = delete;
 
-  // One step with coefficients computed on the host: coeffs holds num_groups Coeffs of the
-  // rule, `stride` bytes apart. Enqueued on `stream` (a cudaStream_t); never synchronises.
-  // Every grad goes through `transform` first (identity by default).
-  void run(const void* coeffs, size_t stride, void* stream, const GradTransform& transform = {}) const;
+  // One step, enqueued on args.stream. Safe to capture in a CUDA graph: it reads lrs, step
+  // counts, schedules and the loss scale from device memory when told to, so a replay sees
+  // their current values.
+  void step(const StepArgs& args) const;
 
-  // One capturable step: the coefficients are computed on the device from the hyperparameters
-  // (num_groups Hyper structs, `stride` bytes apart) with each group's lr and step count read
-  // from device memory (lr_device() and steps_device()); the step counts are incremented by
-  // the same launch. Safe to capture in a CUDA graph and replay while the lrs change.
-  void run_capturable(const void* hypers, size_t stride, void* stream, const GradTransform& transform = {}) const;
+  // Group j's lr is lr_at(*schedule, steps taken) on the device from now on (null: its Hyper's
+  // or device lr again). Enqueued on `stream` (a kernel: capturable, no host sync).
+  void set_schedule(int group, const Schedule* schedule, void* stream) const;
+
+  // Torch's GradScaler update from the last step's skip decision, on the device: after a
+  // skipped step *scale *= backoff and *clean_steps = 0; else ++*clean_steps, and at
+  // `interval` the scale grows by `growth` (when the result is finite) and the count restarts.
+  void update_loss_scale(float* scale, int32_t* clean_steps, double growth, double backoff, int32_t interval,
+                         void* stream) const;
 
   // Copies the device-resident step counts (num_groups of them) to `out`, in order on
   // `stream`, and waits for them: for checkpoints, not for the step loop.
@@ -42,17 +72,21 @@ class Group {
   RuleId rule() const { return rule_; }
   int device() const { return device_; }
   int num_groups() const { return num_groups_; }
+  int64_t num_tensors() const { return num_tensors_; }
   int64_t num_chunks() const { return num_chunks_; }
+
+  // Device memory of the group, laid out once at bind (see group.cu).
+  struct Tables;
 
  private:
   RuleId rule_;
   int device_, num_groups_;
-  int64_t num_chunks_ = 0;
-  TensorSlot* slots_dev_ = nullptr;
-  void* chunks_dev_ = nullptr;
+  int64_t num_tensors_ = 0, num_chunks_ = 0;
+  Tables* tables_ = nullptr;  // host-side record of the device pointers
+  void* arena_ = nullptr;     // owns the device memory
+  int chunk_grid_ = 1, task_grid_ = 1;  // blocks for the update pass and the reduction passes
   double* lr_ = nullptr;       // device: one per group (capturable steps)
-  int64_t* steps_ = nullptr;   // device: one per group (capturable steps)
-  unsigned* done_ = nullptr;   // device: blocks finished in the current capturable step
+  int64_t* steps_ = nullptr;   // device: one per group
 };
 
 int device_count();  // 0 where there is no driver or no device

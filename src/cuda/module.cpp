@@ -4,6 +4,7 @@
 #include <pybind11/stl.h>
 
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "../cpp/python/binding.h"
@@ -27,28 +28,51 @@ class CudaGroup {
       : binding_(py_intake::bind(params, grads, masters, states, state_names, group_sizes, kCudaDevice)),
         group_(rule, binding_.slots, binding_.device.id, int(group_sizes.size())) {}
 
-  // One step, coefficients from the host, enqueued on `stream`.
-  void step(py::sequence hypers, const std::vector<int64_t>& steps, uintptr_t stream, float grad_scale,
-            float clip_value) {
-    py_intake::with_rule(group_.rule(), [&](auto rule) {
-      using Rule = decltype(rule);
-      const auto coeffs = py_intake::step_coeffs<Rule>(binding_, py_intake::hypers_of<Rule>(hypers), steps);
-      py::gil_scoped_release nogil;
-      group_.run(coeffs.data(), sizeof(typename Rule::Coeffs), as_stream(stream), GradTransform{grad_scale, clip_value});
-    });
-  }
-
-  // One capturable step: lrs and step counts are read from device memory (set_lr, set_step).
-  void step_capturable(py::sequence hypers, uintptr_t stream, float grad_scale, float clip_value) {
+  // One step, enqueued on `stream`: see cuda::StepArgs. Device buffers come as addresses
+  // (loss_scale: one float32; result: 2 float64; diagnostics: 4 x num_tensors float64), owned
+  // by the caller and alive until the step has run.
+  void step(py::sequence hypers, uintptr_t stream, float grad_scale, uintptr_t loss_scale, float clip_value,
+            bool capturable, bool grad_norm, bool skip_nonfinite, double max_grad_norm, uintptr_t result,
+            uintptr_t diagnostics) {
+    if (!(max_grad_norm >= 0 && max_grad_norm < 1e300)) throw std::invalid_argument("max_grad_norm must be finite and >= 0");
     py_intake::with_rule(group_.rule(), [&](auto rule) {
       using Rule = decltype(rule);
       const auto hs = py_intake::hypers_of<Rule>(hypers);
-      // Validates everything but the lr, which lives on the device (checked when set).
+      // Validates the hyperparameters (the step counts live on the device).
       py_intake::step_coeffs<Rule>(binding_, hs, std::vector<int64_t>(hs.size(), 1));
+      cuda::StepArgs a;
+      a.hypers = hs.data();
+      a.stride = sizeof(typename Rule::Hyper);
+      a.stream = as_stream(stream);
+      a.transform = GradTransform{grad_scale, clip_value};
+      a.loss_scale = reinterpret_cast<const float*>(loss_scale);
+      a.lr_on_device = capturable;
+      a.grad_norm = grad_norm;
+      a.skip_nonfinite = skip_nonfinite;
+      a.max_grad_norm = max_grad_norm;
+      a.result = reinterpret_cast<double*>(result);
+      a.diagnostics = reinterpret_cast<double*>(diagnostics);
       py::gil_scoped_release nogil;
-      group_.run_capturable(hs.data(), sizeof(typename Rule::Hyper), as_stream(stream),
-                            GradTransform{grad_scale, clip_value});
+      group_.step(a);
     });
+  }
+
+  // Group j's lr from `schedule` (a Schedule's to_bytes()) evaluated on the device, or, with
+  // None, from its hyperparameters again.
+  void set_schedule(int group, py::object schedule, uintptr_t stream) {
+    check_group(group);
+    if (schedule.is_none()) return group_.set_schedule(group, nullptr, as_stream(stream));
+    const std::string bytes = schedule.cast<py::bytes>();
+    if (bytes.size() != sizeof(Schedule)) throw std::invalid_argument("not a fastopt schedule");
+    Schedule s;
+    std::memcpy(&s, bytes.data(), sizeof(Schedule));
+    group_.set_schedule(group, &s, as_stream(stream));
+  }
+
+  void update_loss_scale(uintptr_t scale, uintptr_t clean_steps, double growth, double backoff, int32_t interval,
+                         uintptr_t stream) {
+    group_.update_loss_scale(reinterpret_cast<float*>(scale), reinterpret_cast<int32_t*>(clean_steps), growth,
+                             backoff, interval, as_stream(stream));
   }
 
   void set_lr(int group, double lr, uintptr_t stream) {
@@ -72,6 +96,7 @@ class CudaGroup {
 
   int device() const { return group_.device(); }
   int64_t num_chunks() const { return group_.num_chunks(); }
+  int64_t num_tensors() const { return group_.num_tensors(); }
 
  private:
   void check_group(int group) const {
@@ -116,14 +141,19 @@ PYBIND11_MODULE(_cuda, m) {
            }),
            py::arg("rule"), py::arg("params"), py::arg("grads"), py::arg("masters"), py::arg("states"),
            py::arg("state_names"), py::arg("group_sizes"))
-      .def("step", &CudaGroup::step, py::arg("hypers"), py::arg("steps"), py::arg("stream"),
-           py::arg("grad_scale") = 1.0f, py::arg("clip_value") = 0.0f)
-      .def("step_capturable", &CudaGroup::step_capturable, py::arg("hypers"), py::arg("stream"),
-           py::arg("grad_scale") = 1.0f, py::arg("clip_value") = 0.0f)
+      .def("step", &CudaGroup::step, py::arg("hypers"), py::arg("stream"), py::arg("grad_scale") = 1.0f,
+           py::arg("loss_scale") = 0, py::arg("clip_value") = 0.0f, py::arg("capturable") = false,
+           py::arg("grad_norm") = false, py::arg("skip_nonfinite") = false, py::arg("max_grad_norm") = 0.0,
+           py::arg("result") = 0, py::arg("diagnostics") = 0)
+      .def("set_schedule", &CudaGroup::set_schedule, py::arg("group"), py::arg("schedule"), py::arg("stream"))
+      .def("update_loss_scale", &CudaGroup::update_loss_scale, py::arg("scale"), py::arg("clean_steps"),
+           py::arg("growth"), py::arg("backoff"), py::arg("interval"), py::arg("stream"),
+           "GradScaler's update from the last step's skip decision, on the device")
       .def("set_lr", &CudaGroup::set_lr, py::arg("group"), py::arg("lr"), py::arg("stream"))
       .def("set_step", &CudaGroup::set_step, py::arg("group"), py::arg("step"), py::arg("stream"))
       .def("read_steps", &CudaGroup::read_steps, py::arg("stream"),
            "The device-resident step counts of a capturable group (waits for `stream`)")
       .def_property_readonly("device", &CudaGroup::device)
-      .def_property_readonly("num_chunks", &CudaGroup::num_chunks);
+      .def_property_readonly("num_chunks", &CudaGroup::num_chunks)
+      .def_property_readonly("num_tensors", [](const CudaGroup& g) { return g.num_tensors(); });
 }

@@ -1,0 +1,204 @@
+// The kernels templated on a rule: the update pass (a multi-tensor apply over the chunk
+// table, 8-element packs with 16-byte loads where every stream of a tensor is aligned, one
+// element at a time where not), its diagnosed variant, and the two passes of two-pass rules.
+// The rules and apply_element are the CPU engine's, unchanged. Every kernel computes the
+// groups' coefficients itself, from the Hyper structs and the device step counts (and device
+// lrs or schedules), so that a captured graph replays with the current values.
+#pragma once
+#include "device.cuh"
+#include "fastopt/numeric/pack_cuda.h"
+
+namespace fastopt::cuda {
+
+template <class Rule>
+struct RuleArgs {
+  PerGroup<typename Rule::Hyper> hypers;
+  int num_groups;
+  const double* lr;  // null: each Hyper's lr
+  int64_t* steps;
+  GradTransform transform;
+  bool control;
+};
+static_assert(sizeof(RuleArgs<Lamb>) + sizeof(Group::Tables) < 4000, "kernel arguments are at most 4 KB");
+
+// Each group's Coeffs into coeffs (shared), and the grad transform into x. Returns false, for
+// every thread of the block alike, when the control kernel decided to skip the step.
+template <class Rule>
+__device__ bool prologue(const RuleArgs<Rule>& a, const Group::Tables& tb, typename Rule::Coeffs* coeffs,
+                         GradTransform& x) {
+  x = a.transform;
+  if (a.control) {
+    const Control c = *tb.control;
+    if (c.skip) return false;
+    x.scale = c.scale;
+  }
+  if (threadIdx.x < a.num_groups) {
+    const int j = threadIdx.x;
+    typename Rule::Hyper h = a.hypers.v[j];
+    const int64_t taken = a.steps[j];
+    if (tb.scheduled[j]) h.lr = lr_at(tb.schedules[j], taken);
+    else if (a.lr) h.lr = a.lr[j];
+    coeffs[j] = Rule::coeffs(h, taken + 1);
+  }
+  __syncthreads();
+  return true;
+}
+
+// The last block to finish advances the step counts (every block has read them by then).
+__device__ __forceinline__ void advance_steps(int64_t* steps, int num_groups, unsigned* done) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();
+    if (atomicAdd(done, 1u) == gridDim.x - 1) {
+      for (int j = 0; j < num_groups; ++j) steps[j] += 1;
+      *done = 0;
+    }
+  }
+}
+
+__device__ __forceinline__ bool aligned16(const TensorSlot& t) {
+  uintptr_t bits = uintptr_t(t.param) | uintptr_t(t.grad) | uintptr_t(t.master);
+  for (int k = 0; k < t.num_state; ++k) bits |= uintptr_t(t.state[k]);
+  return (bits & 15) == 0;
+}
+
+template <class Rule, class P, class G>
+__device__ void run_chunk(const typename Rule::Coeffs& c, const GradTransform& x, const TensorSlot& t, int64_t begin,
+                          int64_t end) {
+  int64_t tail = begin;
+  if (aligned16(t)) {  // begin is a multiple of 8, so every pack starts 16-byte aligned
+    const int64_t packs = (end - begin) / 8;
+    for (int64_t k = threadIdx.x; k < packs; k += blockDim.x) {
+      apply_element<Rule, Pack8, P, G>(c, x, t, begin + 8 * k);
+    }
+    tail = begin + 8 * packs;
+  }
+  for (int64_t i = tail + threadIdx.x; i < end; i += blockDim.x) apply_element<Rule, float, P, G>(c, x, t, i);
+}
+
+// The coefficients tensor `slot` is updated with: its group's, or, for a two-pass rule, its own.
+template <class Rule>
+__device__ __forceinline__ typename Rule::Coeffs coeffs_of(const Group::Tables& tb, const typename Rule::Coeffs* group,
+                                                           const TensorSlot& t, int32_t slot) {
+  if constexpr (num_sums<Rule>::value > 0) {
+    return static_cast<const typename Rule::Coeffs*>(tb.tensor_coeffs)[slot];
+  } else {
+    return group[t.hyper_index];
+  }
+}
+
+template <class Rule>
+__global__ void __launch_bounds__(kThreads) update_kernel(RuleArgs<Rule> a, Group::Tables tb) {
+  __shared__ typename Rule::Coeffs coeffs[kMaxGroups];
+  GradTransform x;
+  if (!prologue(a, tb, coeffs, x)) return;
+  for (int64_t k = blockIdx.x; k < tb.num_chunks; k += gridDim.x) {
+    const Range ch = tb.chunks[k];
+    const TensorSlot t = tb.slots[ch.slot];
+    const typename Rule::Coeffs c = coeffs_of<Rule>(tb, coeffs, t, ch.slot);
+    with_dtypes(t, [&](auto p, auto g) {
+      run_chunk<Rule, typename decltype(p)::type, typename decltype(g)::type>(c, x, t, ch.begin, ch.end);
+    });
+  }
+  advance_steps(a.steps, a.num_groups, tb.done);
+}
+
+// The update that also sums, per block of reduce.h, the squared updates (new - old fp32
+// value) and the squared old values: the CPU's run_diagnosed.
+template <class Rule>
+__global__ void __launch_bounds__(kThreads) diagnosed_update_kernel(RuleArgs<Rule> a, Group::Tables tb) {
+  __shared__ typename Rule::Coeffs coeffs[kMaxGroups];
+  GradTransform x;
+  if (!prologue(a, tb, coeffs, x)) return;
+  task_sums<2>(tb, [&](int32_t slot, const TensorSlot& t, auto p, auto g) {
+    using P = typename decltype(p)::type;
+    using G = typename decltype(g)::type;
+    return [&, c = coeffs_of<Rule>(tb, coeffs, t, slot)](int64_t i, float (&v)[2]) {
+      const float before = load_value<float, P>(t, i);
+      apply_element<Rule, float, P, G>(c, x, t, i);
+      v[0] = load_value<float, P>(t, i) - before;
+      v[1] = before;
+      return 0;
+    };
+  });
+  advance_steps(a.steps, a.num_groups, tb.done);
+}
+
+// The first pass of a two-pass rule: per block of reduce.h, the sums of squares of the
+// rule's prepass values.
+template <class Rule>
+__global__ void __launch_bounds__(kThreads) prepass_kernel(RuleArgs<Rule> a, Group::Tables tb) {
+  constexpr int K = num_sums<Rule>::value;
+  __shared__ typename Rule::Coeffs coeffs[kMaxGroups];
+  GradTransform x;
+  if (!prologue(a, tb, coeffs, x)) return;
+  task_sums<K>(tb, [&](int32_t, const TensorSlot& t, auto p, auto g) {
+    using P = typename decltype(p)::type;
+    using G = typename decltype(g)::type;
+    return [&, c = coeffs[t.hyper_index]](int64_t i, float (&v)[K]) {
+      prepass_element<Rule, float, P, G>(c, x, t, i, v);
+      return 0;
+    };
+  });
+}
+
+// Between the passes of a two-pass rule, in one block: each tensor's sums, then its Coeffs.
+template <class Rule>
+__global__ void __launch_bounds__(kReduceThreads) finish_kernel(RuleArgs<Rule> a, Group::Tables tb) {
+  __shared__ typename Rule::Coeffs coeffs[kMaxGroups];
+  GradTransform x;
+  if (!prologue(a, tb, coeffs, x)) return;
+  tensor_sums<num_sums<Rule>::value>(tb, false);
+  auto* out = static_cast<typename Rule::Coeffs*>(tb.tensor_coeffs);
+  for (int64_t t = threadIdx.x; t < tb.num_tensors; t += blockDim.x) {
+    const TensorSlot slot = tb.slots[t];
+    out[t] = Rule::finish(coeffs[slot.hyper_index], &tb.tensor_sums[t * kMaxSums], slot);
+  }
+}
+
+template <class Rule>
+void launch_rule(const RuleLaunch& l) {
+  const StepArgs& s = *l.args;
+  RuleArgs<Rule> a{};
+  for (int j = 0; j < l.num_groups; ++j) {
+    a.hypers.v[j] = *reinterpret_cast<const typename Rule::Hyper*>(static_cast<const char*>(s.hypers) + j * s.stride);
+  }
+  a.num_groups = l.num_groups;
+  a.lr = s.lr_on_device ? l.lr : nullptr;
+  a.steps = l.steps;
+  a.transform = s.transform;
+  a.control = l.control;
+  if constexpr (num_sums<Rule>::value > 0) {
+    static_assert(num_sums<Rule>::value <= kMaxSums, "more sums than the tables hold");
+    prepass_kernel<Rule><<<l.task_grid, kThreads, 0, l.stream>>>(a, l.tables);
+    check(cudaGetLastError(), "prepass kernel launch");
+    finish_kernel<Rule><<<1, kReduceThreads, 0, l.stream>>>(a, l.tables);
+    check(cudaGetLastError(), "finish kernel launch");
+  }
+  if (s.diagnostics) {
+    diagnosed_update_kernel<Rule><<<l.task_grid, kThreads, 0, l.stream>>>(a, l.tables);
+  } else {
+    update_kernel<Rule><<<l.chunk_grid, kThreads, 0, l.stream>>>(a, l.tables);
+  }
+  check(cudaGetLastError(), "update kernel launch");
+}
+
+template <int Part>
+bool launch_part(RuleId id, const RuleLaunch& l) {
+  switch (id) {
+#define FASTOPT_PART_CASE(rid, T)                                \
+  case RuleId::rid:                                              \
+    if constexpr (int(RuleId::rid) % kRuleParts == Part) {       \
+      launch_rule<T>(l);                                         \
+      return true;                                               \
+    } else {                                                     \
+      return false;                                              \
+    }
+    FASTOPT_RULES(FASTOPT_PART_CASE)
+#undef FASTOPT_PART_CASE
+    default:
+      return false;
+  }
+}
+
+}  // namespace fastopt::cuda

@@ -1,0 +1,4 @@
+// Part 3 of the per-rule kernels (see device.cuh: split to compile in parallel).
+#include "rule_kernels.cuh"
+
+template bool fastopt::cuda::launch_part<3>(fastopt::RuleId, const fastopt::cuda::RuleLaunch&);
