@@ -40,6 +40,25 @@ def test_bit_identical_across_isas_and_thread_counts(cls, kw, isa_switch):
             assert_bits_equal(a, b, cls.__name__)
 
 
+@each
+def test_fused_and_two_region_tensors_match_reference(cls, kw):
+    """Tensors of at most Group::kFusedElems elements take both passes in one task, larger ones
+    one parallel region per pass: a group mixing both tracks the float64 reference."""
+    from reference import reference_for
+    shapes = SHAPES + [(65536,), (65537,)] + BIG
+    params = random_params(np.random.default_rng(3), shapes)
+    grads = [np.zeros(s, np.float32) for s in shapes]
+    ref_params = [p.astype(np.float64) for p in params]
+    ref = reference_for(cls.__name__, kw)
+    opt = cls(params, grads, **kw)
+    for gs in grad_steps(4, shapes, 6):
+        refill(grads, gs)
+        opt.step()
+        ref.step(ref_params, [g.astype(np.float64) for g in gs])
+    for i, (p, r) in enumerate(zip(params, ref_params)):
+        np.testing.assert_allclose(p, r, rtol=1e-5, atol=5e-6, err_msg=f"param {i}")
+
+
 def test_exclude_1d_and_max_trust_act_per_tensor():
     base = run(fastopt.LARS, dict(lr=0.05, weight_decay=0.05), SHAPES, 5)[1]
     excl = run(fastopt.LARS, dict(lr=0.05, weight_decay=0.05, exclude_1d=True), SHAPES, 5)[1]

@@ -6,8 +6,9 @@
 
 namespace fastopt::cpu {
 
-// A segment is then at most one super-block, starting on one: the prepass's canonical order.
+// A segment is then at most one super-block, starting on one: the reductions' canonical order.
 static_assert(Group::kTaskElems == reduce::kSuper, "tasks must be reduce.h's super-blocks");
+static_assert(Group::kFusedElems <= reduce::kSuper, "a fused tensor's first pass must be one super-block");
 
 Group::Group(RuleId rule, std::vector<TensorSlot> slots)
     : rule_(rule), isa_(active_kernels().isa), slots_(std::move(slots)) {
@@ -15,12 +16,13 @@ Group::Group(RuleId rule, std::vector<TensorSlot> slots)
   task_start_.push_back(0);
   int64_t in_task = 0;  // elements in the task being filled
   for (const TensorSlot& t : slots_) {
-    const KernelFn fn = ks.kernels[int(rule)][int(t.param_dtype)][int(t.grad_dtype)];
-    const PrepassFn pre = ks.prepass[int(rule)][int(t.param_dtype)][int(t.grad_dtype)];
-    const PrepassFn diag = ks.diagnosed[int(rule)][int(t.param_dtype)][int(t.grad_dtype)];
+    const int pd = int(t.param_dtype), gd = int(t.grad_dtype);
+    const PrepassFn fused = t.numel <= kFusedElems ? ks.fused[int(rule)][pd][gd] : nullptr;
     for (int64_t b = 0; b < t.numel; b += kTaskElems) {
       const int64_t e = b + kTaskElems < t.numel ? b + kTaskElems : t.numel;
-      segments_.push_back({fn, pre, diag, &t, b, e});
+      segments_.push_back({ks.kernels[int(rule)][pd][gd], ks.prepass[int(rule)][pd][gd],
+                           ks.diagnosed[int(rule)][pd][gd], fused, &t, b, e});
+      all_fused_ = all_fused_ && fused;
       in_task += e - b;
       if (in_task >= kTaskElems) {
         task_start_.push_back(segments_.size());
@@ -31,68 +33,81 @@ Group::Group(RuleId rule, std::vector<TensorSlot> slots)
   if (task_start_.back() != segments_.size()) task_start_.push_back(segments_.size());
 }
 
-void Group::run(const void* coeffs, size_t stride, const GradTransform& transform, bool per_tensor) const {
+template <class F>
+void Group::each_segment(F&& f) const {
   struct Ctx {
     const Group* g;
-    const char* coeffs;
-    size_t stride;
-    GradTransform transform;
-    bool per_tensor;
-  } ctx{this, static_cast<const char*>(coeffs), stride, transform, per_tensor};
+    F* f;
+  } ctx{this, &f};
   ThreadPool::instance().run(
       int64_t(num_tasks()),
       [](void* p, int64_t task) {
         const Ctx& c = *static_cast<const Ctx*>(p);
-        const Group& g = *c.g;
-        for (size_t s = g.task_start_[task]; s < g.task_start_[task + 1]; ++s) {
-          const Segment& seg = g.segments_[s];
-          const size_t index = c.per_tensor ? size_t(seg.slot - g.slots_.data()) : size_t(seg.slot->hyper_index);
-          seg.fn(c.coeffs + index * c.stride, c.transform, *seg.slot, seg.begin, seg.end);
-        }
+        for (size_t s = c.g->task_start_[task]; s < c.g->task_start_[task + 1]; ++s) (*c.f)(s);
       },
       &ctx);
 }
 
-void Group::prepass(const void* coeffs, size_t stride, const GradTransform& transform, int num_sums,
-                    double* sums) const {
-  sums_pass(false, coeffs, stride, transform, false, num_sums, sums);
-}
-
-void Group::run_diagnosed(const void* coeffs, size_t stride, const GradTransform& transform, bool per_tensor,
-                          double* sums) const {
-  sums_pass(true, coeffs, stride, transform, per_tensor, 2, sums);
-}
-
-void Group::sums_pass(bool diagnosed, const void* coeffs, size_t stride, const GradTransform& transform,
-                      bool per_tensor, int num_sums, double* sums) const {
-  segment_sums_.resize(segments_.size() * size_t(num_sums));
-  struct Ctx {
-    const Group* g;
-    const char* coeffs;
-    size_t stride;
-    GradTransform transform;
-    bool diagnosed, per_tensor;
-    int num_sums;
-  } ctx{this, static_cast<const char*>(coeffs), stride, transform, diagnosed, per_tensor, num_sums};
-  ThreadPool::instance().run(
-      int64_t(num_tasks()),
-      [](void* p, int64_t task) {
-        const Ctx& c = *static_cast<const Ctx*>(p);
-        const Group& g = *c.g;
-        for (size_t s = g.task_start_[task]; s < g.task_start_[task + 1]; ++s) {
-          const Segment& seg = g.segments_[s];
-          const size_t index = c.per_tensor ? size_t(seg.slot - g.slots_.data()) : size_t(seg.slot->hyper_index);
-          (c.diagnosed ? seg.diagnosed : seg.prepass)(c.coeffs + index * c.stride, c.transform, *seg.slot, seg.begin,
-                                                      seg.end, &g.segment_sums_[s * size_t(c.num_sums)]);
-        }
-      },
-      &ctx);
-  // Segments are super-blocks in tensor order: adding them in order is the canonical sum.
-  for (size_t k = 0; k < slots_.size() * size_t(num_sums); ++k) sums[k] = 0;
-  for (size_t s = 0; s < segments_.size(); ++s) {
-    const size_t t = size_t(segments_[s].slot - slots_.data());
-    for (int k = 0; k < num_sums; ++k) sums[t * num_sums + k] += segment_sums_[s * num_sums + k];
+void Group::add_segments(const std::vector<double>& partials, int k, double* sums) const {
+  for (size_t j = 0; j < slots_.size() * size_t(k); ++j) sums[j] = 0;
+  for (size_t s = 0; s < segments_.size(); ++s) {  // super-blocks in tensor order: the canonical sum
+    for (int j = 0; j < k; ++j) sums[tensor_of(segments_[s]) * k + j] += partials[s * k + j];
   }
+}
+
+void Group::run(const void* coeffs, size_t stride, const GradTransform& transform, double* diag) const {
+  const char* c = static_cast<const char*>(coeffs);
+  const GradTransform x = transform;
+  if (!diag) {
+    each_segment([&](size_t s) {
+      const Segment& seg = segments_[s];
+      seg.fn(c + size_t(seg.slot->hyper_index) * stride, x, *seg.slot, seg.begin, seg.end);
+    });
+    return;
+  }
+  diag_partials_.assign(segments_.size() * 2, 0.0);
+  each_segment([&](size_t s) {
+    const Segment& seg = segments_[s];
+    seg.diagnosed(c + size_t(seg.slot->hyper_index) * stride, x, *seg.slot, seg.begin, seg.end, &diag_partials_[2 * s]);
+  });
+  add_segments(diag_partials_, 2, diag);
+}
+
+void Group::run_two_pass(const void* coeffs, size_t stride, const GradTransform& transform, int num_sums,
+                         FinishFn finish, size_t coeffs_size, double* diag) const {
+  const char* c = static_cast<const char*>(coeffs);
+  const GradTransform x = transform;
+  const size_t k = size_t(num_sums);
+  partials_.assign(segments_.size() * k, 0.0);
+  diag_partials_.assign(diag ? segments_.size() * 2 : 0, 0.0);
+  // Region 1: small tensors take both passes; the others, their first pass.
+  each_segment([&](size_t s) {
+    const Segment& seg = segments_[s];
+    const char* gc = c + size_t(seg.slot->hyper_index) * stride;
+    if (seg.fused) seg.fused(gc, x, *seg.slot, seg.begin, seg.end, diag ? &diag_partials_[2 * s] : nullptr);
+    else seg.prepass(gc, x, *seg.slot, seg.begin, seg.end, &partials_[k * s]);
+  });
+  if (!all_fused_) {
+    tensor_sums_.resize(slots_.size() * k);
+    add_segments(partials_, num_sums, tensor_sums_.data());
+    tensor_coeffs_.resize(slots_.size() * coeffs_size);
+    for (const Segment& seg : segments_) {
+      const size_t t = tensor_of(seg);
+      if (!seg.fused && seg.begin == 0) {
+        finish(c + size_t(seg.slot->hyper_index) * stride, &tensor_sums_[t * k], *seg.slot,
+               &tensor_coeffs_[t * coeffs_size]);
+      }
+    }
+    // Region 2: the update of the tensors that took only their first pass.
+    each_segment([&](size_t s) {
+      const Segment& seg = segments_[s];
+      if (seg.fused) return;
+      const char* tc = &tensor_coeffs_[tensor_of(seg) * coeffs_size];
+      if (diag) seg.diagnosed(tc, x, *seg.slot, seg.begin, seg.end, &diag_partials_[2 * s]);
+      else seg.fn(tc, x, *seg.slot, seg.begin, seg.end);
+    });
+  }
+  if (diag) add_segments(diag_partials_, 2, diag);
 }
 
 }  // namespace fastopt::cpu

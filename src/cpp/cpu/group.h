@@ -1,5 +1,6 @@
 // A bound group: the tensor table, cut once into segments and tasks, with each tensor's
-// kernel resolved for the active ISA. A step is one parallel region over the tasks.
+// kernel resolved for the active ISA. A step is one parallel region over the tasks (two for
+// a two-pass rule with tensors too large to stay in cache between its passes).
 #pragma once
 #include <cstdint>
 #include <string>
@@ -14,23 +15,28 @@ class Group {
   // Elements per task: large enough to amortise scheduling, small enough to balance
   // two threads on a shared machine; a multiple of every vector width.
   static constexpr int64_t kTaskElems = 131072;
+  // A two-pass rule's tensors of at most this many elements take both passes in one task, so
+  // that the update reads what the first pass left in cache (LAMB: 16 B of streams per element).
+  static constexpr int64_t kFusedElems = 65536;
 
   Group(RuleId rule, std::vector<TensorSlot> slots);
   Group(const Group&) = delete;  // segments point into slots_
   Group& operator=(const Group&) = delete;
 
-  // Runs one step. coeffs points at an array of the rule's Coeffs, one per hyper_index (one
-  // per tensor when per_tensor), `stride` bytes apart; every grad goes through `transform`.
-  void run(const void* coeffs, size_t stride, const GradTransform& transform = {}, bool per_tensor = false) const;
+  // Runs one step of a one-pass rule. coeffs points at an array of the rule's Coeffs, one per
+  // hyper_index, `stride` bytes apart; every grad goes through `transform`. With diag (2
+  // doubles per tensor), the update also sums, per tensor, the squared updates and the
+  // squared old values (fp32 values, canonical order of fastopt/reduce.h).
+  void run(const void* coeffs, size_t stride, const GradTransform& transform = {}, double* diag = nullptr) const;
 
-  // The first pass of a two-pass rule (coeffs as for run, one per hyper_index): sums gets
-  // num_sums doubles per tensor, in the canonical order of fastopt/reduce.h.
-  void prepass(const void* coeffs, size_t stride, const GradTransform& transform, int num_sums, double* sums) const;
+  // Makes a tensor's Coeffs (at out) from its group's Coeffs and its num_sums sums.
+  using FinishFn = void (*)(const void* coeffs, const double* sums, const TensorSlot& t, void* out);
 
-  // run() that also sums, per tensor, the squared updates and the squared old values (fp32
-  // values, canonical order): sums gets 2 doubles per tensor.
-  void run_diagnosed(const void* coeffs, size_t stride, const GradTransform& transform, bool per_tensor,
-                     double* sums) const;
+  // Runs one step of a two-pass rule (coeffs, transform and diag as for run): the first pass
+  // gives each tensor its sums (canonical order), finish() its Coeffs (coeffs_size bytes),
+  // then the update pass runs with them.
+  void run_two_pass(const void* coeffs, size_t stride, const GradTransform& transform, int num_sums,
+                    FinishFn finish, size_t coeffs_size, double* diag = nullptr) const;
 
   RuleId rule() const { return rule_; }
   const char* isa() const { return isa_; }
@@ -40,6 +46,7 @@ class Group {
   struct Segment {  // one task's piece of one tensor: a super-block of reduce.h or less
     KernelFn fn;
     PrepassFn prepass, diagnosed;
+    PrepassFn fused;  // set where the segment is a whole tensor taking both passes at once
     const TensorSlot* slot;
     int64_t begin, end;
   };
@@ -48,10 +55,16 @@ class Group {
   std::vector<TensorSlot> slots_;
   std::vector<Segment> segments_;
   std::vector<size_t> task_start_;  // task t runs segments [task_start_[t], task_start_[t+1])
-  // A pass that sums per segment, then adds the segments of each tensor in order.
-  void sums_pass(bool diagnosed, const void* coeffs, size_t stride, const GradTransform& transform, bool per_tensor,
-                 int num_sums, double* sums) const;
-  mutable std::vector<double> segment_sums_;  // partials, num_sums per segment
+  bool all_fused_ = true;           // no segment needs a second parallel region
+
+  // f(segment index) for every segment, in one parallel region over the tasks.
+  template <class F>
+  void each_segment(F&& f) const;
+  size_t tensor_of(const Segment& s) const { return size_t(s.slot - slots_.data()); }
+  // sums[t * k + j] = the in-order sum of partials[s * k + j] over tensor t's segments s.
+  void add_segments(const std::vector<double>& partials, int k, double* sums) const;
+  mutable std::vector<double> partials_, diag_partials_, tensor_sums_;  // scratch
+  mutable std::vector<char> tensor_coeffs_;
 };
 
 }  // namespace fastopt::cpu

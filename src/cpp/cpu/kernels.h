@@ -8,7 +8,6 @@
 
 namespace fastopt::cpu {
 
-
 // Updates elements [begin, end) of one tensor; coeffs points at the rule's Coeffs.
 using KernelFn = void (*)(const void* coeffs, const GradTransform& transform, const TensorSlot& t, int64_t begin,
                           int64_t end);
@@ -28,6 +27,10 @@ struct KernelSet {
   PrepassFn prepass[int(RuleId::count)][kNumDTypes][kNumDTypes];   // null for one-pass rules
   PrepassFn diagnosed[int(RuleId::count)][kNumDTypes][kNumDTypes]; // the update, with sums of
                                                                     // squared updates and old values
+  // Both passes of a two-pass rule over a whole tensor of at most reduce::kSuper elements:
+  // the first pass, the rule's finish() and the update (the diagnosed one, with its 2 sums
+  // in `sums`, where sums is not null). Null for one-pass rules.
+  PrepassFn fused[int(RuleId::count)][kNumDTypes][kNumDTypes];
   SumsqFn sumsq[kNumDTypes];
 };
 

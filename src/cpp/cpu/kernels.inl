@@ -114,12 +114,27 @@ void run_diagnosed(const void* coeffs, const GradTransform& transform, const Ten
       begin, end, sums);
 }
 
+// Both passes of a two-pass rule over one whole tensor (at most one super-block: its sums are
+// the canonical ones), so that the update finds the tensor in cache.
+template <class Rule, class P, class G>
+void fused(const void* coeffs, const GradTransform& transform, const TensorSlot& slot, int64_t begin, int64_t end,
+           double* diag) {
+  double sums[num_sums<Rule>::value];
+  prepass<Rule, P, G>(coeffs, transform, slot, begin, end, sums);
+  const typename Rule::Coeffs c = Rule::finish(*static_cast<const typename Rule::Coeffs*>(coeffs), sums, slot);
+  if (diag) run_diagnosed<Rule, P, G>(&c, transform, slot, begin, end, diag);
+  else run<Rule, P, G>(&c, transform, slot, begin, end);
+}
+
 template <class Rule, class P, class G>
 void fill_one(KernelSet& s, RuleId id) {
   const int pd = int(dtype_of<P>), gd = int(dtype_of<G>);
   s.kernels[int(id)][pd][gd] = &run<Rule, P, G>;
   s.diagnosed[int(id)][pd][gd] = &run_diagnosed<Rule, P, G>;
-  if constexpr (num_sums<Rule>::value > 0) s.prepass[int(id)][pd][gd] = &prepass<Rule, P, G>;
+  if constexpr (num_sums<Rule>::value > 0) {
+    s.prepass[int(id)][pd][gd] = &prepass<Rule, P, G>;
+    s.fused[int(id)][pd][gd] = &fused<Rule, P, G>;
+  }
 }
 
 template <class Rule, class P>

@@ -54,23 +54,15 @@ class CpuGroup {
       using C = typename Rule::Coeffs;
       const auto coeffs = py_intake::step_coeffs<Rule>(binding_, py_intake::hypers_of<Rule>(hypers), steps);
       const GradTransform x{grad_scale, clip_value};
+      double* d = diagnose ? diag.data() : nullptr;
       py::gil_scoped_release nogil;
-      const auto update = [&](const std::vector<C>& c, bool per_tensor) {
-        if (diagnose) group_.run_diagnosed(c.data(), sizeof(C), x, per_tensor, diag.data());
-        else group_.run(c.data(), sizeof(C), x, per_tensor);
-      };
       if constexpr (num_sums<Rule>::value > 0) {  // two passes: per-tensor sums, then Coeffs
-        constexpr int K = num_sums<Rule>::value;
-        const auto& slots = binding_.slots;
-        std::vector<double> sums(slots.size() * K);
-        group_.prepass(coeffs.data(), sizeof(C), x, K, sums.data());
-        std::vector<C> per_tensor(slots.size());
-        for (size_t t = 0; t < slots.size(); ++t) {
-          per_tensor[t] = Rule::finish(coeffs[slots[t].hyper_index], &sums[t * K], slots[t]);
-        }
-        update(per_tensor, true);
+        const cpu::Group::FinishFn finish = [](const void* c, const double* sums, const TensorSlot& t, void* out) {
+          *static_cast<C*>(out) = Rule::finish(*static_cast<const C*>(c), sums, t);
+        };
+        group_.run_two_pass(coeffs.data(), sizeof(C), x, num_sums<Rule>::value, finish, sizeof(C), d);
       } else {
-        update(coeffs, false);
+        group_.run(coeffs.data(), sizeof(C), x, d);
       }
     });
     return diagnose ? py::cast(diag) : py::none();
