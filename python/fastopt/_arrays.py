@@ -63,15 +63,16 @@ def master_copy(param: Any, name: str, stream: int = 0) -> Any:
 
 
 def device_empty(like: Any, shape: tuple[int, ...], dtype: str, stream: int) -> Any:
-    """An uninitialised array of ``like``'s library on its GPU, for kernels enqueued on
-    ``stream``: the library's allocator will not hand its memory out again before that stream
-    has used it."""
-    if library(like) == "torch":
+    """An uninitialised array of ``like``'s library on its GPU, allocated on ``stream`` (where
+    kernels will write it), so that the library's stream-ordered allocator does not hand out
+    memory that work on another stream still uses."""
+    lib = _gpu_library(like)
+    if lib == "torch":
         import torch
-        out = torch.empty(shape, dtype=getattr(torch, dtype), device=like.device)
-        if stream != torch.cuda.current_stream(like.device).cuda_stream:
-            out.record_stream(torch.cuda.ExternalStream(stream, device=like.device))
-        return out
+        if stream == torch.cuda.current_stream(like.device).cuda_stream:
+            return torch.empty(shape, dtype=getattr(torch, dtype), device=like.device)
+        with torch.cuda.stream(torch.cuda.ExternalStream(stream, device=like.device)):
+            return torch.empty(shape, dtype=getattr(torch, dtype), device=like.device)
     import cupy
     with cupy.cuda.Device(_core.device_of(like)[1]), cupy.cuda.ExternalStream(stream):
         return cupy.empty(shape, dtype=dtype)
@@ -79,12 +80,20 @@ def device_empty(like: Any, shape: tuple[int, ...], dtype: str, stream: int) -> 
 
 def device_array(like: Any, value: np.ndarray) -> Any:
     """A copy of host array ``value`` in ``like``'s library on its GPU."""
-    if library(like) == "torch":
+    if _gpu_library(like) == "torch":
         import torch
         return torch.from_numpy(np.array(value, order="C")).to(like.device)  # (0-d stays 0-d)
     import cupy
     with cupy.cuda.Device(_core.device_of(like)[1]):
         return cupy.asarray(value)
+
+
+def _gpu_library(like: Any) -> str:
+    lib = library(like)
+    if lib not in ("torch", "cupy"):
+        raise TypeError(f"fastopt allocates its GPU arrays with PyTorch or CuPy, and {type(like).__name__} "
+                        f"is neither: this needs torch or CuPy params")
+    return lib
 
 
 def data_ptr(a: Any) -> int:
@@ -95,14 +104,6 @@ def data_ptr(a: Any) -> int:
     if lib == "cupy":
         return a.data.ptr
     raise TypeError(f"expected a PyTorch tensor or a CuPy array, got {type(a).__name__}")
-
-
-def as_int64(a: Any) -> Any:
-    """``a`` converted to int64 on its device."""
-    if library(a) == "torch":
-        import torch
-        return a.to(torch.int64)
-    return a.astype(np.int64)
 
 
 def copy(a: Any) -> Any:

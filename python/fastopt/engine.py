@@ -34,15 +34,10 @@ class Engine:
              grad_scale: float = 1.0, clip_value: float = 0.0) -> None:
         """One step at the given step counts (the functional forms); every grad is first
         multiplied by ``grad_scale`` and, when ``clip_value`` > 0, clamped to
-        [-clip_value, clip_value]. On CUDA the counts are written to the group's device counts
-        first (the kernels read them there)."""
+        [-clip_value, clip_value]."""
         if self.is_cuda:
-            handle = self.stream(stream, like)
-            for j, s in enumerate(steps):
-                if s < 1:
-                    raise ValueError(f"step must be >= 1, got {s}")
-                group.set_step(j, s - 1, handle)
-            group.step(hypers, handle, grad_scale=grad_scale, clip_value=clip_value)
+            group.step(hypers, self.stream(stream, like), steps=list(steps), grad_scale=grad_scale,
+                       clip_value=clip_value)
         else:
             group.step(hypers, steps, grad_scale, clip_value)
 

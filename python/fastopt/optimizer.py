@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Iterable, Mapping, Sequence
 import numpy as np
 
 from . import _core
-from ._arrays import (as_int64, assign, copy, data_ptr, device_empty, fill, library, master_copy, state_like,
+from ._arrays import (assign, copy, data_ptr, device_empty, fill, library, master_copy, state_like,
                       to_host)
 from .engine import engine_for
 from .norms import combine
@@ -77,8 +77,8 @@ class StepResult:
 
     On the CUDA engine the step never waits for the GPU, so ``grad_norm`` (float64) and
     ``skipped`` (bool) are 0-d arrays of the params' library on their GPU, written by the
-    step's kernels (``float()``/``bool()`` on them waits); ``skipped`` is the plain False when
-    the step could not skip."""
+    step's kernels (``float()``/``bool()`` on them waits), wherever the step computed the norm;
+    otherwise ``grad_norm`` is None and ``skipped`` the plain False."""
 
     grad_norm: float | None
     skipped: bool
@@ -241,6 +241,8 @@ class Optimizer(abc.ABC):
             for i, p in enumerate(self._params)]
         self._state: list[dict[str, Array]] = [{} for _ in self._params]
         self._steps = [0] * len(self.param_groups)
+        self._steps_exact = True  # CUDA: whether self._steps are the device's counts
+        self._last_stream: int | None = None  # CUDA: the stream of the last step
         self._bound_states: list[int] | None = None  # state streams bound per group
         self._refresh()
 
@@ -290,7 +292,7 @@ class Optimizer(abc.ABC):
         if need != self._bound_states:
             self._bind(need)
         if self._engine.is_cuda:  # schedules are evaluated on the device, from its step counts
-            stream = self._engine.stream(None, self._params[0])
+            stream = self._cuda_stream()
             for j, g in enumerate(self.param_groups):
                 lr = g["lr"]
                 self._core.set_schedule(j, lr._pod.to_bytes() if isinstance(lr, Schedule) else None, stream)
@@ -306,8 +308,15 @@ class Optimizer(abc.ABC):
             self._refresh()
 
     def _device_steps(self) -> list[int]:
-        """A CUDA group's step counts, read from the device (waits for the stream)."""
-        return list(self._core.read_steps(self._engine.stream(None, self._params[0])))
+        """A CUDA group's step counts, read from the device (waits for the stream of the last
+        step); the host's counts are exact again."""
+        self._steps_exact = True
+        return list(self._core.read_steps(self._cuda_stream()))
+
+    def _cuda_stream(self) -> int:
+        """The stream of the last step (so that reads and writes of device values are ordered
+        with it), or the params' library's current stream before any."""
+        return self._last_stream if self._last_stream is not None else self._engine.stream(None, self._params[0])
 
     def _bind(self, need: list[int]) -> None:
         """Binds every param with the first need[group] state streams, allocating any that
@@ -330,7 +339,7 @@ class Optimizer(abc.ABC):
             self.state_names, self._group_sizes)
         self._bound_states = need
         if self._engine.is_cuda:  # the kernels count steps on the device
-            stream = self._engine.stream(None, self._params[0])
+            stream = self._cuda_stream()
             for j, s in enumerate(self._steps):
                 self._core.set_step(j, s, stream)
 
@@ -416,8 +425,8 @@ class Optimizer(abc.ABC):
                 diag = Diagnostics(np.sqrt(np.asarray(sums)) * inv, np.asarray(bad, np.int64))
             if skip and sum(bad) > 0:
                 return StepResult(norm, True, diag)
-            if self._max_grad_norm is not None:  # torch's clip coefficient, in float32 as torch has it
-                coef = np.float32(self._max_grad_norm) / (np.float32(norm) + np.float32(1e-6))
+            if self._max_grad_norm is not None:  # torch's clip coefficient, in float32 as torch computes it
+                coef = np.float32(self._max_grad_norm) * (np.float32(1) / (np.float32(norm) + np.float32(1e-6)))
                 factor = np.float32(factor * min(coef, np.float32(1.0)))
         clip = self._clip_value or 0.0
         if self._diagnostics:
@@ -437,11 +446,16 @@ class Optimizer(abc.ABC):
         if grad_scale is None:
             return 1.0, 0
         if self._engine.is_cuda and library(grad_scale) in ("torch", "cupy"):
-            shape, dtype, _ = _core.describe(grad_scale, "grad_scale")
-            if dtype != "float32" or math.prod(shape) != 1 or \
-                    tuple(_core.device_of(grad_scale)) != (2, self._engine.device):
-                raise ValueError(f"grad_scale must be a number or a one-element float32 array on "
-                                 f"{self.device}, got {dtype}{list(shape)} on device {_core.device_of(grad_scale)}")
+            try:
+                shape, dtype, _ = _core.describe(grad_scale, "grad_scale")
+                got = f"{dtype}{list(shape)} on {tuple(_core.device_of(grad_scale))}"
+                fits = dtype == "float32" and math.prod(shape) == 1 and \
+                    tuple(_core.device_of(grad_scale)) == (2, self._engine.device)
+            except _core.TensorError as e:
+                got, fits = str(e), False
+            if not fits:
+                raise ValueError(f"grad_scale must be a number or a one-element float32 array on {self.device}, "
+                                 f"got {got}")
             return 1.0, data_ptr(grad_scale)
         scale = real("grad_scale", grad_scale)
         if not (scale > 0 and math.isfinite(scale)):
@@ -449,30 +463,39 @@ class Optimizer(abc.ABC):
         return float(np.float32(1.0 / scale)), 0
 
     def _step_cuda(self, inv: float, loss_scale: int, stream: Any, skip: bool) -> StepResult:
-        """step() on the CUDA engine: every option decided on the device, nothing waited for."""
+        """step() on the CUDA engine: every option decided on the device, nothing waited for.
+        The coefficients are computed on the host, as the CPU engine's, while the host knows the
+        step counts (no step could have been skipped since they were last read) and nothing
+        else must come from the device (capturable lrs, schedules)."""
         like = self._params[0]
-        handle = self._engine.stream(stream, like)
+        handle = self._last_stream = self._engine.stream(stream, like)
         need_norm = self._max_grad_norm is not None or skip or self._report_grad_norm or self._diagnostics
-        result = device_empty(like, (2,), "float64", handle) if need_norm else None
-        diag = device_empty(like, (4, len(self._params)), "float64", handle) if self._diagnostics else None
-        self._core.step(self._hypers, handle, grad_scale=inv, loss_scale=loss_scale,
-                        clip_value=self._clip_value or 0.0, capturable=self._capturable, grad_norm=need_norm,
-                        skip_nonfinite=skip, max_grad_norm=self._max_grad_norm or 0.0,
-                        result=data_ptr(result) if need_norm else 0,
-                        diagnostics=data_ptr(diag) if diag is not None else 0)
-        self._rule_steps()  # host bookkeeping only: the device counts the steps
-        self._steps = [s + 1 for s in self._steps]  # an estimate: `steps` reads the device's counts
-        diagnostics = None if diag is None else Diagnostics(diag[0], as_int64(diag[1]), diag[3], diag[2],
-                                                            diag[2] / diag[3])
-        if result is None:
-            return StepResult(None, False, diagnostics)
-        return StepResult(result[0], result[1] != 0, diagnostics)
+        n = len(self._params)
+        norm = device_empty(like, (), "float64", handle) if need_norm else None
+        skipped = device_empty(like, (), "bool", handle) if need_norm else None
+        diag = device_empty(like, (4, n), "float64", handle) if self._diagnostics else None
+        nonfinite = device_empty(like, (n,), "int64", handle) if self._diagnostics else None
+        host = self._steps_exact and not self._capturable and not self._scheduled
+        self._core.step(self._hypers, handle, steps=self._rule_steps() if host else None, grad_scale=inv,
+                        loss_scale=loss_scale, clip_value=self._clip_value or 0.0, capturable=self._capturable,
+                        grad_norm=need_norm, skip_nonfinite=skip, max_grad_norm=self._max_grad_norm or 0.0,
+                        grad_norm_out=data_ptr(norm) if need_norm else 0,
+                        skipped_out=data_ptr(skipped) if need_norm else 0,
+                        diagnostics=data_ptr(diag) if diag is not None else 0,
+                        nonfinite=data_ptr(nonfinite) if diag is not None else 0)
+        if not host:
+            self._rule_steps()  # host bookkeeping only (SGD's momentum count): the device counts the steps
+        self._steps = [s + 1 for s in self._steps]
+        self._steps_exact = self._steps_exact and not skip  # a skip is known on the device only
+        diagnostics = None if diag is None else Diagnostics(diag[0], nonfinite, diag[2], diag[1], diag[3])
+        return StepResult(norm, skipped if need_norm else False, diagnostics)
 
     def _update_loss_scale(self, scale: Any, clean_steps: Any, growth: float, backoff: float, interval: int,
                            stream: Any) -> None:
         """On CUDA: a loss scaler's update from the last step's skip decision, on the device."""
         self._core.update_loss_scale(data_ptr(scale), data_ptr(clean_steps), growth, backoff, interval,
-                                     self._engine.stream(stream, self._params[0]))
+                                     self._engine.stream(stream, self._params[0]) if stream is not None
+                                     else self._cuda_stream())
 
     @property
     def lr(self) -> float:
@@ -607,7 +630,7 @@ class Optimizer(abc.ABC):
         if created:
             self._bound_states = None  # new arrays: rebind
         elif self._engine.is_cuda:  # same device group (a captured graph stays valid): new step counts
-            stream = self._engine.stream(None, self._params[0])
+            stream = self._cuda_stream()
             for j, s in enumerate(steps):
                 self._core.set_step(j, s, stream)
         self._refresh()

@@ -31,13 +31,16 @@ struct ControlArgs {
   bool sums;                // the grad norm pass ran
   bool skip_nonfinite;
   double max_grad_norm;
-  double* result;
+  double* grad_norm;
+  bool* skipped;
   double* diagnostics;
+  int64_t* nonfinite;
 };
 
 // The step's decision, in one block, as the CPU engine's optimizer takes it on the host: the
 // global norm (canonical order) times the unscale factor; skip when asked and any grad is not
-// finite; torch's clip coefficient max_norm / (norm + 1e-6), in float32, when below 1.
+// finite; torch's clip coefficient max_norm / (norm + 1e-6) in float32 (as torch computes it:
+// max_norm times the reciprocal), when below 1.
 __global__ void __launch_bounds__(kReduceThreads) control_kernel(ControlArgs a, Group::Tables tb) {
   const float inv = a.loss_scale ? float(1.0 / double(*a.loss_scale)) : a.scale;
   if (!a.sums) {
@@ -61,7 +64,7 @@ __global__ void __launch_bounds__(kReduceThreads) control_kernel(ControlArgs a, 
   if (a.diagnostics) {
     for (int64_t t = threadIdx.x; t < n; t += blockDim.x) {
       a.diagnostics[t] = sqrt(tb.tensor_sums[t * kMaxSums]) * double(inv);
-      a.diagnostics[n + t] = double(tb.tensor_bad[t]);
+      a.nonfinite[t] = tb.tensor_bad[t];
     }
   }
   __syncthreads();
@@ -72,25 +75,26 @@ __global__ void __launch_bounds__(kReduceThreads) control_kernel(ControlArgs a, 
   const bool skip = a.skip_nonfinite && bad > 0;
   float factor = inv;
   if (a.max_grad_norm > 0) {
-    const float coef = float(a.max_grad_norm) / (float(norm) + 1e-6f);
+    const float coef = float(a.max_grad_norm) * (1.0f / (float(norm) + 1e-6f));
     factor = factor * (1.0f < coef ? 1.0f : coef);  // min(coef, 1) as Python's min: NaN stays
   }
   *tb.control = Control{factor, skip ? 1 : 0};
-  if (a.result) {
-    a.result[0] = norm;
-    a.result[1] = skip ? 1.0 : 0.0;
-  }
+  if (a.grad_norm) *a.grad_norm = norm;
+  if (a.skipped) *a.skipped = skip;
 }
 
-// After a diagnosed update, in one block: each tensor's update and param norms (NaN when the
-// step was skipped: nothing was updated).
+// After a diagnosed update, in one block: each tensor's update and param norms and their
+// ratio (NaN when the step was skipped: nothing was updated).
 __global__ void __launch_bounds__(kReduceThreads) diagnostics_kernel(Group::Tables tb, double* out) {
   const bool skipped = tb.control->skip != 0;
   if (!skipped) tensor_sums<2>(tb, false);
   const int64_t n = tb.num_tensors;
   for (int64_t t = threadIdx.x; t < n; t += blockDim.x) {
-    out[2 * n + t] = skipped ? NAN : sqrt(tb.tensor_sums[t * kMaxSums]);
-    out[3 * n + t] = skipped ? NAN : sqrt(tb.tensor_sums[t * kMaxSums + 1]);
+    const double update = skipped ? NAN : sqrt(tb.tensor_sums[t * kMaxSums]);
+    const double param = skipped ? NAN : sqrt(tb.tensor_sums[t * kMaxSums + 1]);
+    out[n + t] = update;
+    out[2 * n + t] = param;
+    out[3 * n + t] = update / param;
   }
 }
 
@@ -226,11 +230,15 @@ Group::Group(RuleId rule, const std::vector<TensorSlot>& slots, int device, int 
   lr_ = mem.alloc<double>(kMaxGroups);
   steps_ = mem.alloc<int64_t>(kMaxGroups);
   check(cudaMemset(tb.scheduled, 0, sizeof(int32_t) * kMaxGroups), "cudaMemset");
+  check(cudaMemset(tb.control, 0, sizeof(Control)), "cudaMemset");
   check(cudaMemset(tb.done, 0, sizeof(unsigned)), "cudaMemset");
   check(cudaMemset(lr_, 0, sizeof(double) * kMaxGroups), "cudaMemset");
   check(cudaMemset(steps_, 0, sizeof(int64_t) * kMaxGroups), "cudaMemset");
   chunk_grid_ = grid_for(num_chunks_, device);
   task_grid_ = grid_for((tb.num_tasks + kThreads / 32 - 1) / (kThreads / 32), device);
+  // Binding may synchronise: the uploads and memsets above (legacy stream) are done before any
+  // step or setter enqueued on another stream can run.
+  check(cudaStreamSynchronize(cudaStreamLegacy), "cudaStreamSynchronize");
   arena_ = arena.release();
   tables_ = tables.release();
 }
@@ -242,7 +250,8 @@ Group::~Group() {
 
 void Group::step(const StepArgs& in) const {
   StepArgs a = in;
-  a.grad_norm = a.grad_norm || a.skip_nonfinite || a.max_grad_norm > 0 || a.result || a.diagnostics;
+  a.grad_norm = a.grad_norm || a.skip_nonfinite || a.max_grad_norm > 0 || a.grad_norm_out || a.diagnostics;
+  if (a.diagnostics && !a.nonfinite) throw std::invalid_argument("diagnostics need their non-finite counts");
   const bool control = a.grad_norm || a.loss_scale;
   DeviceGuard guard(device_);
   const auto s = static_cast<cudaStream_t>(a.stream);
@@ -251,8 +260,8 @@ void Group::step(const StepArgs& in) const {
     check(cudaGetLastError(), "grad norm kernel launch");
   }
   if (control) {
-    const ControlArgs c{a.transform.scale, a.loss_scale,   a.grad_norm, a.skip_nonfinite,
-                        a.max_grad_norm,   a.result,       a.diagnostics};
+    const ControlArgs c{a.transform.scale, a.loss_scale,  a.grad_norm,   a.skip_nonfinite, a.max_grad_norm,
+                        a.grad_norm_out,   a.skipped_out, a.diagnostics, a.nonfinite};
     control_kernel<<<1, kReduceThreads, 0, s>>>(c, *tables_);
     check(cudaGetLastError(), "control kernel launch");
   }

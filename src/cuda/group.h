@@ -16,11 +16,16 @@ namespace fastopt::cuda {
 
 constexpr int kMaxGroups = 32;  // param groups per optimizer (hyperparameters travel as kernel arguments)
 
-// One step's inputs. The step count each group's rule sees is its device-resident count + 1
-// (steps_device()); the counts advance at the end of the step unless it is skipped.
+// One step's inputs. The device-resident step counts (steps_device()) advance at the end of
+// the step unless it is skipped.
 struct StepArgs {
   const void* hypers = nullptr;  // num_groups Hyper structs of the group's rule, `stride` bytes apart
   size_t stride = 0;
+  // The coefficients: num_groups Coeffs of the rule computed on the host, `coeffs_stride` bytes
+  // apart (the CPU engine's very bits); or, where null, computed on the device from the Hyper
+  // structs with each group's device count + 1 as the step (and its schedule or device lr).
+  const void* coeffs = nullptr;
+  size_t coeffs_stride = 0;
   void* stream = nullptr;  // a cudaStream_t
   // Every grad is multiplied by the unscale factor, then by the clip-by-norm coefficient, then
   // clamped to +-transform.clip_value when > 0. The factor is transform.scale, or, when
@@ -30,14 +35,17 @@ struct StepArgs {
   bool lr_on_device = false;  // capturable: each group's lr from lr_device(), not its Hyper
   // The grad norm pass: per-tensor sums of squares and non-finite counts of the raw grads, in
   // the canonical order of fastopt/reduce.h, then the global norm (times the unscale factor).
-  // Implied by skip_nonfinite, max_grad_norm > 0, result and diagnostics.
+  // Implied by skip_nonfinite, max_grad_norm > 0, grad_norm_out and diagnostics.
   bool grad_norm = false;
   bool skip_nonfinite = false;  // skip the step on the device when any grad is inf or NaN
   double max_grad_norm = 0;     // > 0: clip by global norm, torch's coefficient in float32
-  double* result = nullptr;     // device: [global grad norm, 1 if skipped else 0]
-  // device, 4 x num_tensors: grad norm, non-finite grad count, update norm, param norm (the
-  // last two NaN for a skipped step); the update pass then also sums updates and params.
+  double* grad_norm_out = nullptr;  // device: the global grad norm
+  bool* skipped_out = nullptr;      // device: whether the step was skipped
+  // device, 4 x num_tensors: grad norm, update norm, param norm, update/param ratio (the last
+  // three NaN for a skipped step), and num_tensors non-finite grad counts; the update pass then
+  // also sums updates and params.
   double* diagnostics = nullptr;
+  int64_t* nonfinite = nullptr;
 };
 
 class Group {

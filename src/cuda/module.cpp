@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <vector>
 
 #include "../cpp/python/binding.h"
@@ -28,21 +29,27 @@ class CudaGroup {
       : binding_(py_intake::bind(params, grads, masters, states, state_names, group_sizes, kCudaDevice)),
         group_(rule, binding_.slots, binding_.device.id, int(group_sizes.size())) {}
 
-  // One step, enqueued on `stream`: see cuda::StepArgs. Device buffers come as addresses
-  // (loss_scale: one float32; result: 2 float64; diagnostics: 4 x num_tensors float64), owned
-  // by the caller and alive until the step has run.
-  void step(py::sequence hypers, uintptr_t stream, float grad_scale, uintptr_t loss_scale, float clip_value,
-            bool capturable, bool grad_norm, bool skip_nonfinite, double max_grad_norm, uintptr_t result,
-            uintptr_t diagnostics) {
+  // One step, enqueued on `stream`: see cuda::StepArgs. With `steps` (the step count each
+  // group's rule sees), the coefficients are computed here, as the CPU engine computes them;
+  // without, on the device. Device buffers come as addresses (loss_scale: a float32;
+  // grad_norm: a float64; skipped: a bool; diagnostics: 4 x num_tensors float64; nonfinite:
+  // num_tensors int64), owned by the caller and alive until the step has run.
+  void step(py::sequence hypers, uintptr_t stream, std::optional<std::vector<int64_t>> steps, float grad_scale,
+            uintptr_t loss_scale, float clip_value, bool capturable, bool grad_norm, bool skip_nonfinite,
+            double max_grad_norm, uintptr_t grad_norm_out, uintptr_t skipped_out, uintptr_t diagnostics,
+            uintptr_t nonfinite) {
     if (!(max_grad_norm >= 0 && max_grad_norm < 1e300)) throw std::invalid_argument("max_grad_norm must be finite and >= 0");
+    if (steps && capturable) throw std::invalid_argument("a capturable step reads its step counts on the device");
     py_intake::with_rule(group_.rule(), [&](auto rule) {
       using Rule = decltype(rule);
       const auto hs = py_intake::hypers_of<Rule>(hypers);
-      // Validates the hyperparameters (the step counts live on the device).
-      py_intake::step_coeffs<Rule>(binding_, hs, std::vector<int64_t>(hs.size(), 1));
+      // Validates the hyperparameters (and the step counts where given).
+      const auto coeffs = py_intake::step_coeffs<Rule>(binding_, hs, steps ? *steps : std::vector<int64_t>(hs.size(), 1));
       cuda::StepArgs a;
       a.hypers = hs.data();
       a.stride = sizeof(typename Rule::Hyper);
+      a.coeffs = steps ? coeffs.data() : nullptr;
+      a.coeffs_stride = sizeof(typename Rule::Coeffs);
       a.stream = as_stream(stream);
       a.transform = GradTransform{grad_scale, clip_value};
       a.loss_scale = reinterpret_cast<const float*>(loss_scale);
@@ -50,8 +57,10 @@ class CudaGroup {
       a.grad_norm = grad_norm;
       a.skip_nonfinite = skip_nonfinite;
       a.max_grad_norm = max_grad_norm;
-      a.result = reinterpret_cast<double*>(result);
+      a.grad_norm_out = reinterpret_cast<double*>(grad_norm_out);
+      a.skipped_out = reinterpret_cast<bool*>(skipped_out);
       a.diagnostics = reinterpret_cast<double*>(diagnostics);
+      a.nonfinite = reinterpret_cast<int64_t*>(nonfinite);
       py::gil_scoped_release nogil;
       group_.step(a);
     });
@@ -141,10 +150,11 @@ PYBIND11_MODULE(_cuda, m) {
            }),
            py::arg("rule"), py::arg("params"), py::arg("grads"), py::arg("masters"), py::arg("states"),
            py::arg("state_names"), py::arg("group_sizes"))
-      .def("step", &CudaGroup::step, py::arg("hypers"), py::arg("stream"), py::arg("grad_scale") = 1.0f,
-           py::arg("loss_scale") = 0, py::arg("clip_value") = 0.0f, py::arg("capturable") = false,
-           py::arg("grad_norm") = false, py::arg("skip_nonfinite") = false, py::arg("max_grad_norm") = 0.0,
-           py::arg("result") = 0, py::arg("diagnostics") = 0)
+      .def("step", &CudaGroup::step, py::arg("hypers"), py::arg("stream"), py::arg("steps") = py::none(),
+           py::arg("grad_scale") = 1.0f, py::arg("loss_scale") = 0, py::arg("clip_value") = 0.0f,
+           py::arg("capturable") = false, py::arg("grad_norm") = false, py::arg("skip_nonfinite") = false,
+           py::arg("max_grad_norm") = 0.0, py::arg("grad_norm_out") = 0, py::arg("skipped_out") = 0,
+           py::arg("diagnostics") = 0, py::arg("nonfinite") = 0)
       .def("set_schedule", &CudaGroup::set_schedule, py::arg("group"), py::arg("schedule"), py::arg("stream"))
       .def("update_loss_scale", &CudaGroup::update_loss_scale, py::arg("scale"), py::arg("clean_steps"),
            py::arg("growth"), py::arg("backoff"), py::arg("interval"), py::arg("stream"),
@@ -152,7 +162,7 @@ PYBIND11_MODULE(_cuda, m) {
       .def("set_lr", &CudaGroup::set_lr, py::arg("group"), py::arg("lr"), py::arg("stream"))
       .def("set_step", &CudaGroup::set_step, py::arg("group"), py::arg("step"), py::arg("stream"))
       .def("read_steps", &CudaGroup::read_steps, py::arg("stream"),
-           "The device-resident step counts of a capturable group (waits for `stream`)")
+           "The device-resident step counts (waits for `stream`)")
       .def_property_readonly("device", &CudaGroup::device)
       .def_property_readonly("num_chunks", &CudaGroup::num_chunks)
       .def_property_readonly("num_tensors", [](const CudaGroup& g) { return g.num_tensors(); });

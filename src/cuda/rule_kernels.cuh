@@ -10,16 +10,28 @@
 
 namespace fastopt::cuda {
 
+// Each group's Hyper structs (coefficients computed on the device) or Coeffs (from the host).
+template <class Rule>
+union GroupParams {
+  PerGroup<typename Rule::Hyper> hypers;
+  PerGroup<typename Rule::Coeffs> coeffs;
+  __host__ __device__ GroupParams() : coeffs{} {}
+};
+
 template <class Rule>
 struct RuleArgs {
-  PerGroup<typename Rule::Hyper> hypers;
+  GroupParams<Rule> group;
+  bool host_coeffs;
   int num_groups;
   const double* lr;  // null: each Hyper's lr
   int64_t* steps;
   GradTransform transform;
   bool control;
 };
-static_assert(sizeof(RuleArgs<Lamb>) + sizeof(Group::Tables) < 4000, "kernel arguments are at most 4 KB");
+#define FASTOPT_ARGS_FIT(id, T) \
+  static_assert(sizeof(RuleArgs<T>) + sizeof(Group::Tables) < 4000, "kernel arguments are at most 4 KB");
+FASTOPT_RULES(FASTOPT_ARGS_FIT)
+#undef FASTOPT_ARGS_FIT
 
 // Each group's Coeffs into coeffs (shared), and the grad transform into x. Returns false, for
 // every thread of the block alike, when the control kernel decided to skip the step.
@@ -32,9 +44,11 @@ __device__ bool prologue(const RuleArgs<Rule>& a, const Group::Tables& tb, typen
     if (c.skip) return false;
     x.scale = c.scale;
   }
-  if (threadIdx.x < a.num_groups) {
+  if (threadIdx.x < a.num_groups && a.host_coeffs) {
+    coeffs[threadIdx.x] = a.group.coeffs.v[threadIdx.x];
+  } else if (threadIdx.x < a.num_groups) {
     const int j = threadIdx.x;
-    typename Rule::Hyper h = a.hypers.v[j];
+    typename Rule::Hyper h = a.group.hypers.v[j];
     const int64_t taken = a.steps[j];
     if (tb.scheduled[j]) h.lr = lr_at(tb.schedules[j], taken);
     else if (a.lr) h.lr = a.lr[j];
@@ -159,9 +173,15 @@ __global__ void __launch_bounds__(kReduceThreads) finish_kernel(RuleArgs<Rule> a
 template <class Rule>
 void launch_rule(const RuleLaunch& l) {
   const StepArgs& s = *l.args;
-  RuleArgs<Rule> a{};
+  RuleArgs<Rule> a;
+  a.host_coeffs = s.coeffs != nullptr;
   for (int j = 0; j < l.num_groups; ++j) {
-    a.hypers.v[j] = *reinterpret_cast<const typename Rule::Hyper*>(static_cast<const char*>(s.hypers) + j * s.stride);
+    if (a.host_coeffs) {
+      a.group.coeffs.v[j] = *reinterpret_cast<const typename Rule::Coeffs*>(static_cast<const char*>(s.coeffs) +
+                                                                      j * s.coeffs_stride);
+    } else {
+      a.group.hypers.v[j] = *reinterpret_cast<const typename Rule::Hyper*>(static_cast<const char*>(s.hypers) + j * s.stride);
+    }
   }
   a.num_groups = l.num_groups;
   a.lr = s.lr_on_device ? l.lr : nullptr;
