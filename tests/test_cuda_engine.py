@@ -263,10 +263,38 @@ def test_capture_and_replay_with_changing_lr(case_id):
         for g, h, v in zip(grads, plain_grads, gs):
             g.copy_(to_cuda(v))
             h.copy_(to_cuda(v))
+        # The replay waits behind a sleep while the next lr is set: it must still see this one.
+        torch.cuda._sleep(20_000_000)
         graph.replay()
         plain.step()
     torch.cuda.synchronize()
     assert opt.steps == [8]
+    for i, (p, q) in enumerate(zip(params, plain_params)):
+        np.testing.assert_allclose(to_numpy(p), to_numpy(q), rtol=1e-6, atol=1e-7, err_msg=f"param {i}")
+
+
+def test_capture_of_a_non_capturable_step_counts_on_the_device():
+    """A plain optimizer's step captured in a graph: each replay takes its step count (bias
+    corrections) from the device, and the optimizer knows its counts moved."""
+    case = case_by_id("adamw-default")
+    initial = random_params(np.random.default_rng(12), SHAPES)
+    params, plain_params = [to_cuda(p) for p in initial], [to_cuda(p) for p in initial]
+    grads = [torch.ones_like(p) for p in params]
+    plain_grads = [torch.ones_like(p) for p in params]
+    opt, plain = case.cls(params, grads, **case.kwargs), case.cls(plain_params, plain_grads, **case.kwargs)
+    case.cls([torch.zeros(8, device="cuda")], [torch.zeros(8, device="cuda")], **case.kwargs).step()  # warm-up
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        opt.step()
+    for _ in range(5):
+        graph.replay()
+        plain.step()
+    torch.cuda.synchronize()
+    assert opt.steps == plain.steps == [5]
+    opt.step()
+    plain.step()
+    torch.cuda.synchronize()
     for i, (p, q) in enumerate(zip(params, plain_params)):
         np.testing.assert_allclose(to_numpy(p), to_numpy(q), rtol=1e-6, atol=1e-7, err_msg=f"param {i}")
 

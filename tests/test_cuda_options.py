@@ -82,6 +82,8 @@ def test_step_options_bit_identical_to_cpu(case_id, option):
             assert g.grad_norm is None and g.skipped is False
             continue
         assert isinstance(g.grad_norm, torch.Tensor) and g.grad_norm.is_cuda
+        assert g.grad_norm.dtype == torch.float64 and g.grad_norm.dim() == 0
+        assert g.skipped.dtype == torch.bool and g.skipped.dim() == 0 and g.skipped.is_cuda
         assert bool(g.skipped) == c.skipped, f"step {t}"
         gn = float(g.grad_norm)
         assert gn == c.grad_norm or (np.isnan(gn) and np.isnan(c.grad_norm)), f"step {t}"
@@ -132,6 +134,7 @@ def test_diagnostics_bit_identical_to_cpu(case_id):
     assert_same(cpu, gpu, params, gparams)
     for t, (c, g) in enumerate(zip(cres, gres)):
         d, e = c.diagnostics, g.diagnostics
+        assert e.nonfinite_grads.dtype == torch.int64 and e.grad_norm.dtype == torch.float64
         np.testing.assert_array_equal(to_numpy(e.grad_norm), d.grad_norm, err_msg=f"step {t}")
         np.testing.assert_array_equal(to_numpy(e.nonfinite_grads), d.nonfinite_grads, err_msg=f"step {t}")
         if c.skipped:

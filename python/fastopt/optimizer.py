@@ -77,8 +77,9 @@ class StepResult:
 
     On the CUDA engine the step never waits for the GPU, so ``grad_norm`` (float64) and
     ``skipped`` (bool) are 0-d arrays of the params' library on their GPU, written by the
-    step's kernels (``float()``/``bool()`` on them waits), wherever the step computed the norm;
-    otherwise ``grad_norm`` is None and ``skipped`` the plain False."""
+    step's kernels on the step's stream (``float()``/``bool()`` on them waits for the current
+    stream: after ``step(stream=...)`` on another, synchronise that stream first), wherever the
+    step computed the norm; otherwise ``grad_norm`` is None and ``skipped`` the plain False."""
 
     grad_norm: float | None
     skipped: bool
@@ -185,9 +186,11 @@ class Optimizer(abc.ABC):
     CUDA engine, where state and master weights are allocated with the params' library and a
     step is one kernel launch on the caller's current stream (or ``step(stream=...)``); each
     step option adds a pass (the grad norm, a two-pass rule's first pass, the diagnostics'
-    sums), all enqueued on that stream. The CUDA engine counts steps on the device: SGD with
-    momentum switched on after the first step (and dampening != 0) starts its buffer as if
-    momentum had been on, unlike torch.
+    sums), all enqueued on that stream. Between steps, lrs, schedules and step counts are
+    written and read on the current stream (after ``step(stream=...)`` on another stream,
+    synchronise it before reading ``steps`` or a checkpoint). The CUDA engine counts steps on
+    the device, per group: SGD with momentum switched on after the first step (and dampening
+    != 0) starts its buffer as if momentum had been on, unlike torch.
     """
 
     rule: ClassVar[str]
@@ -242,7 +245,6 @@ class Optimizer(abc.ABC):
         self._state: list[dict[str, Array]] = [{} for _ in self._params]
         self._steps = [0] * len(self.param_groups)
         self._steps_exact = True  # CUDA: whether self._steps are the device's counts
-        self._last_stream: int | None = None  # CUDA: the stream of the last step
         self._bound_states: list[int] | None = None  # state streams bound per group
         self._refresh()
 
@@ -308,15 +310,15 @@ class Optimizer(abc.ABC):
             self._refresh()
 
     def _device_steps(self) -> list[int]:
-        """A CUDA group's step counts, read from the device (waits for the stream of the last
-        step); the host's counts are exact again."""
+        """A CUDA group's step counts, read from the device (waits for the current stream); the
+        host's counts are exact again."""
         self._steps_exact = True
         return list(self._core.read_steps(self._cuda_stream()))
 
     def _cuda_stream(self) -> int:
-        """The stream of the last step (so that reads and writes of device values are ordered
-        with it), or the params' library's current stream before any."""
-        return self._last_stream if self._last_stream is not None else self._engine.stream(None, self._params[0])
+        """The params' library's current stream: device values (lrs, schedules, step counts)
+        are written and read there, in order with steps and graph replays enqueued there."""
+        return self._engine.stream(None, self._params[0])
 
     def _bind(self, need: list[int]) -> None:
         """Binds every param with the first need[group] state streams, allocating any that
@@ -465,28 +467,33 @@ class Optimizer(abc.ABC):
     def _step_cuda(self, inv: float, loss_scale: int, stream: Any, skip: bool) -> StepResult:
         """step() on the CUDA engine: every option decided on the device, nothing waited for.
         The coefficients are computed on the host, as the CPU engine's, while the host knows the
-        step counts (no step could have been skipped since they were last read) and nothing
-        else must come from the device (capturable lrs, schedules)."""
+        step counts (no step could have been skipped since they were last read) and the step is
+        neither capturable nor being captured (a graph replays it: it must read the device's
+        counts, lrs and schedules)."""
         like = self._params[0]
-        handle = self._last_stream = self._engine.stream(stream, like)
+        handle = self._engine.stream(stream, like)
         need_norm = self._max_grad_norm is not None or skip or self._report_grad_norm or self._diagnostics
         n = len(self._params)
         norm = device_empty(like, (), "float64", handle) if need_norm else None
         skipped = device_empty(like, (), "bool", handle) if need_norm else None
         diag = device_empty(like, (4, n), "float64", handle) if self._diagnostics else None
         nonfinite = device_empty(like, (n,), "int64", handle) if self._diagnostics else None
-        host = self._steps_exact and not self._capturable and not self._scheduled
-        self._core.step(self._hypers, handle, steps=self._rule_steps() if host else None, grad_scale=inv,
+        capturing = self._engine.capturing(handle)
+        host = self._steps_exact and not self._capturable and not capturing
+        if host:  # the CPU engine's lrs and coefficients, at the device's step counts
+            for j in self._scheduled:
+                self._hypers[j] = self._hyper_at(self.param_groups[j], self._steps[j])
+        self._core.step(self._hypers, handle, steps=[s + 1 for s in self._steps] if host else None, grad_scale=inv,
                         loss_scale=loss_scale, clip_value=self._clip_value or 0.0, capturable=self._capturable,
                         grad_norm=need_norm, skip_nonfinite=skip, max_grad_norm=self._max_grad_norm or 0.0,
                         grad_norm_out=data_ptr(norm) if need_norm else 0,
                         skipped_out=data_ptr(skipped) if need_norm else 0,
                         diagnostics=data_ptr(diag) if diag is not None else 0,
                         nonfinite=data_ptr(nonfinite) if diag is not None else 0)
-        if not host:
-            self._rule_steps()  # host bookkeeping only (SGD's momentum count): the device counts the steps
+        self._rule_steps()  # host bookkeeping only (SGD's momentum count): the device counts the steps
         self._steps = [s + 1 for s in self._steps]
-        self._steps_exact = self._steps_exact and not skip  # a skip is known on the device only
+        # A skip is known on the device only; a captured step advances the counts at each replay.
+        self._steps_exact = self._steps_exact and not skip and not capturing
         diagnostics = None if diag is None else Diagnostics(diag[0], nonfinite, diag[2], diag[1], diag[3])
         return StepResult(norm, skipped if need_norm else False, diagnostics)
 
@@ -633,6 +640,7 @@ class Optimizer(abc.ABC):
             stream = self._cuda_stream()
             for j, s in enumerate(steps):
                 self._core.set_step(j, s, stream)
+            self._steps_exact = True
         self._refresh()
         self._loaded(arrays)
 

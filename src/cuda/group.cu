@@ -250,7 +250,8 @@ Group::~Group() {
 
 void Group::step(const StepArgs& in) const {
   StepArgs a = in;
-  a.grad_norm = a.grad_norm || a.skip_nonfinite || a.max_grad_norm > 0 || a.grad_norm_out || a.diagnostics;
+  a.grad_norm = a.grad_norm || a.skip_nonfinite || a.max_grad_norm > 0 || a.grad_norm_out || a.skipped_out ||
+                a.diagnostics;
   if (a.diagnostics && !a.nonfinite) throw std::invalid_argument("diagnostics need their non-finite counts");
   const bool control = a.grad_norm || a.loss_scale;
   DeviceGuard guard(device_);
