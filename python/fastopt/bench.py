@@ -388,6 +388,17 @@ def probe_step(streams: Sequence[Stream], size: int) -> Callable[[], None]:
 
 # ---- the run -------------------------------------------------------------------------------
 
+def check_run(dtype: str, optimizers: Sequence[str], repeats: int, warmup: int) -> None:
+    """ValueError for what every benchmark configuration checks alike."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    unknown = [o for o in optimizers if o not in SPECS]
+    if unknown or not optimizers:
+        raise ValueError(f"optimizers must be among {', '.join(SPECS)}, got {', '.join(optimizers)}")
+    if repeats < 1 or warmup < 0:
+        raise ValueError("repeats must be >= 1 and warmup >= 0")
+
+
 @dataclass
 class BenchConfig:
     """What ``fastopt bench`` measures (see the module docstring)."""
@@ -406,13 +417,7 @@ class BenchConfig:
             raise ValueError(f"size must be at least 16, got {self.size}")
         if not 1 <= self.tensors <= self.size:
             raise ValueError(f"tensors must be in [1, size], got {self.tensors}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        unknown = [o for o in self.optimizers if o not in SPECS]
-        if unknown or not self.optimizers:
-            raise ValueError(f"optimizers must be among {', '.join(SPECS)}, got {', '.join(self.optimizers)}")
-        if self.repeats < 1 or self.warmup < 0:
-            raise ValueError("repeats must be >= 1 and warmup >= 0")
+        check_run(self.dtype, self.optimizers, self.repeats, self.warmup)
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
 

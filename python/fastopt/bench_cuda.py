@@ -32,7 +32,7 @@ from typing import Any, Callable, Mapping, TextIO
 import numpy as np
 
 from . import __version__
-from .bench import DTYPES, F32, SPECS, Layout, OptimizerSpec, Progress, _row, table_lines
+from .bench import DTYPES, F32, SPECS, Layout, OptimizerSpec, Progress, _row, check_run, table_lines
 
 COPY_BYTES = 2 ** 30
 
@@ -53,13 +53,7 @@ class CudaBenchConfig:
     def validate(self) -> None:
         if self.size < 16 or self.tensors < 1 or self.tensor_elems < 1:
             raise ValueError("size must be >= 16, tensors and tensor_elems >= 1")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        unknown = [o for o in self.optimizers if o not in SPECS]
-        if unknown or not self.optimizers:
-            raise ValueError(f"optimizers must be among {', '.join(SPECS)}, got {', '.join(self.optimizers)}")
-        if self.repeats < 1 or self.warmup < 0:
-            raise ValueError("repeats must be >= 1 and warmup >= 0")
+        check_run(self.dtype, self.optimizers, self.repeats, self.warmup)
 
 
 def _torch_cuda():
