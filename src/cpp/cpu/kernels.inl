@@ -11,6 +11,31 @@
 
 namespace fastopt::cpu::FASTOPT_ISA {
 
+// Elements ahead of the current one that a vector kernel prefetches into L2 (2 KiB of an fp32
+// stream): the hardware prefetchers alone keep too few lines in flight to reach the memory
+// bandwidth; measured on the 2-core AVX-512 machine, +10% on read-only streams.
+constexpr int64_t kPrefetchElems = 512;
+
+// Prefetches the streams that a pass reads and writes at element i + kPrefetchElems of
+// tensor t (none past its end, none for the scalar lane). A first pass that writes the state
+// has folded the grad into it, so the update after it reads no grad (LAMB); a first pass that
+// does not write the state reads none of it (LARS).
+template <class Rule, bool first_pass, class L, class P, class G>
+FASTOPT_HD void prefetch_ahead(const TensorSlot& t, int64_t i) {
+  if constexpr (lane_width<L> > 1) {
+    const int64_t j = i + kPrefetchElems;
+    if (j >= t.numel) return;
+    constexpr bool grad = first_pass || !writes_state<Rule>::prepass;
+    constexpr bool state = !first_pass || writes_state<Rule>::prepass;
+    if (grad) __builtin_prefetch(static_cast<const G*>(t.grad) + j, 0, 2);
+    if (t.master) __builtin_prefetch(t.master + j, !first_pass, 2);
+    if (!t.master || !first_pass) __builtin_prefetch(static_cast<const P*>(t.param) + j, !first_pass, 2);
+    for (int k = 0; k < (state ? Rule::max_state : 0); ++k) {  // k constant once unrolled, as in load_state
+      if (k < t.num_state) __builtin_prefetch(t.state[k] + j, 1, 2);
+    }
+  }
+}
+
 // The vector body and the scalar tail call the same rule.
 template <class Rule, class P, class G>
 void run(const void* coeffs, const GradTransform& transform, const TensorSlot& slot, int64_t begin, int64_t end) {
@@ -21,6 +46,8 @@ void run(const void* coeffs, const GradTransform& transform, const TensorSlot& s
   const TensorSlot t = slot;
   int64_t i = begin;
   for (; i + 2 * lane_width<V> <= end; i += 2 * lane_width<V>) {
+    prefetch_ahead<Rule, false, V, P, G>(t, i);
+    prefetch_ahead<Rule, false, V, P, G>(t, i + lane_width<V>);
     apply_element<Rule, V, P, G>(c, x, t, i);
     apply_element<Rule, V, P, G>(c, x, t, i + lane_width<V>);
   }
@@ -72,6 +99,7 @@ void sumsq(const void* data, int64_t begin, int64_t end, double* sum, int64_t* n
   canonical_sums<1>(
       [&](int64_t i, auto (&v)[1]) {
         using L = std::remove_reference_t<decltype(v[0])>;
+        if (lane_width<L> > 1 && i + kPrefetchElems < end) __builtin_prefetch(x + i + kPrefetchElems, 0, 2);
         v[0] = load(x + i, Lane<L>{});
         bad += count_nonfinite(v[0]);
       },
@@ -90,6 +118,7 @@ void prepass(const void* coeffs, const GradTransform& transform, const TensorSlo
   canonical_sums<num_sums<Rule>::value>(
       [&](int64_t i, auto& v) {
         using L = std::remove_reference_t<decltype(v[0])>;
+        prefetch_ahead<Rule, true, L, P, G>(t, i);
         prepass_element<Rule, L, P, G>(c, x, t, i, v);
       },
       begin, end, sums);
@@ -106,6 +135,7 @@ void run_diagnosed(const void* coeffs, const GradTransform& transform, const Ten
   canonical_sums<2>(
       [&](int64_t i, auto& v) {
         using L = std::remove_reference_t<decltype(v[0])>;
+        prefetch_ahead<Rule, false, L, P, G>(t, i);
         const L before = load_value<L, P>(t, i);
         apply_element<Rule, L, P, G>(c, x, t, i);
         v[0] = load_value<L, P>(t, i) - before;
