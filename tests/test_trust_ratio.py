@@ -45,7 +45,7 @@ def test_fused_and_two_region_tensors_match_reference(cls, kw):
     """Tensors of at most Group::kFusedElems elements take both passes in one task, larger ones
     one parallel region per pass: a group mixing both tracks the float64 reference."""
     from reference import reference_for
-    shapes = SHAPES + [(65536,), (65537,)] + BIG
+    shapes = SHAPES + [(131072,), (131073,)] + BIG
     params = random_params(np.random.default_rng(3), shapes)
     grads = [np.zeros(s, np.float32) for s in shapes]
     ref_params = [p.astype(np.float64) for p in params]

@@ -16,8 +16,9 @@ class Group {
   // two threads on a shared machine; a multiple of every vector width.
   static constexpr int64_t kTaskElems = 131072;
   // A two-pass rule's tensors of at most this many elements take both passes in one task, so
-  // that the update reads what the first pass left in cache (LAMB: 16 B of streams per element).
-  static constexpr int64_t kFusedElems = 65536;
+  // that the update reads what the first pass left in L2 (LAMB: 12 B per element to re-read;
+  // the size of a task, so no tensor loses a thread to it).
+  static constexpr int64_t kFusedElems = 131072;
 
   Group(RuleId rule, std::vector<TensorSlot> slots);
   Group(const Group&) = delete;  // segments point into slots_
