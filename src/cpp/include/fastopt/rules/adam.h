@@ -36,14 +36,7 @@ struct Adam {
 
   FASTOPT_HD static int num_state(const Hyper& h) { return h.amsgrad ? 3 : 2; }
 
-  static std::string check(const Hyper& h) {
-    for (auto e : {check::non_negative("lr", h.lr), check::unit_interval("beta1", h.beta1),
-                   check::unit_interval("beta2", h.beta2), check::non_negative("eps", h.eps),
-                   check::non_negative("weight_decay", h.weight_decay)}) {
-      if (!e.empty()) return e;
-    }
-    return {};
-  }
+  static std::string check(const Hyper& h) { return check::adam_like(h); }
 
   // step is the 1-based count of updates, this one included.
   FASTOPT_HD static Coeffs coeffs(const Hyper& h, int64_t step) {

@@ -25,4 +25,14 @@ inline std::string closed_unit_interval(const char* name, double v) {  // [0, 1]
   return (v >= 0 && v <= 1) ? std::string() : describe(name, v, "in [0, 1]");
 }
 
+// The hyperparameters every Adam-like rule has: lr, beta1, beta2, eps, weight_decay.
+template <class Hyper>
+std::string adam_like(const Hyper& h) {
+  for (auto e : {non_negative("lr", h.lr), unit_interval("beta1", h.beta1), unit_interval("beta2", h.beta2),
+                 non_negative("eps", h.eps), non_negative("weight_decay", h.weight_decay)}) {
+    if (!e.empty()) return e;
+  }
+  return {};
+}
+
 }  // namespace fastopt::check

@@ -46,14 +46,10 @@ struct Lamb {
   FASTOPT_HD static int num_state(const Hyper&) { return 2; }
 
   static std::string check(const Hyper& h) {
-    for (auto e : {check::non_negative("lr", h.lr), check::unit_interval("beta1", h.beta1),
-                   check::unit_interval("beta2", h.beta2), check::non_negative("eps", h.eps),
-                   check::non_negative("weight_decay", h.weight_decay),
-                   check::non_negative("max_trust", h.max_trust)}) {
-      if (!e.empty()) return e;
-    }
-    return {};
+    const std::string e = check::adam_like(h);
+    return e.empty() ? check::non_negative("max_trust", h.max_trust) : e;
   }
+
 
   // step is the 1-based count of updates, this one included.
   FASTOPT_HD static Coeffs coeffs(const Hyper& h, int64_t step) {

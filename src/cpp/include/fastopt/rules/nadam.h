@@ -37,14 +37,10 @@ struct NAdam {
   FASTOPT_HD static int num_state(const Hyper&) { return 2; }
 
   static std::string check(const Hyper& h) {
-    for (auto e : {check::non_negative("lr", h.lr), check::unit_interval("beta1", h.beta1),
-                   check::unit_interval("beta2", h.beta2), check::non_negative("eps", h.eps),
-                   check::non_negative("weight_decay", h.weight_decay),
-                   check::non_negative("momentum_decay", h.momentum_decay)}) {
-      if (!e.empty()) return e;
-    }
-    return {};
+    const std::string e = check::adam_like(h);
+    return e.empty() ? check::non_negative("momentum_decay", h.momentum_decay) : e;
   }
+
 
   FASTOPT_HD static double mu(const Hyper& h, double t) {
     return h.beta1 * (1.0 - 0.5 * std::pow(0.96, t * h.momentum_decay));
