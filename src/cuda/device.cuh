@@ -98,15 +98,9 @@ __device__ __forceinline__ void with_dtype(DType d, F&& f) {
   }
 }
 
-// f(Tag<P>{}, Tag<G>{}) with the param and grad storage types of tensor t.
-template <class F>
-__device__ __forceinline__ void with_dtypes(const TensorSlot& t, F&& f) {
-  with_dtype(t.param_dtype, [&](auto p) { with_dtype(t.grad_dtype, [&](auto g) { f(p, g); }); });
-}
-
 // For every task of the group, one warp sums the squares of K values per element in reduce.h's
 // order and stores the block's sums and non-finite count in tb.task_sums / tb.task_bad.
-// make(slot, t, Tag<P>{}, Tag<G>{}) returns a callable f(i, float (&v)[K]) -> non-finite count
+// make(slot, t, Tag<P>{}) returns a callable f(i, float (&v)[K]) -> non-finite count
 // that fills v for element i of tensor t (made once per task: dtype dispatch stays out of the loop).
 template <int K, class F>
 __device__ void task_sums(const Group::Tables& tb, F&& make) {
@@ -116,8 +110,8 @@ __device__ void task_sums(const Group::Tables& tb, F&& make) {
   for (int64_t w = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32; w < tb.num_tasks; w += warps) {
     const Range task = tb.tasks[w];
     const TensorSlot t = tb.slots[task.slot];
-    with_dtypes(t, [&](auto p, auto g) {
-      auto f = make(task.slot, t, p, g);
+    with_dtype(t.param_dtype, [&](auto p) {
+      auto f = make(task.slot, t, p);
       float lo[K], hi[K];
       int bad = 0;
       for (int k = 0; k < K; ++k) lo[k] = hi[k] = 0.0f;

@@ -16,10 +16,9 @@ namespace {
 // The grad norm pass: per block of reduce.h, the sum of squares and the non-finite count of
 // the raw grads (the CPU's sumsq).
 __global__ void __launch_bounds__(kThreads) grad_sums_kernel(Group::Tables tb) {
-  task_sums<1>(tb, [](int32_t, const TensorSlot& t, auto, auto g) {
-    using G = typename decltype(g)::type;
-    return [grad = static_cast<const G*>(t.grad)](int64_t i, float (&v)[1]) {
-      v[0] = load(grad + i, Lane<float>{});
+  task_sums<1>(tb, [](int32_t, const TensorSlot& t, auto) {
+    return [&t](int64_t i, float (&v)[1]) {
+      v[0] = load_grad<float>(t, i);
       return count_nonfinite(v[0]);
     };
   });

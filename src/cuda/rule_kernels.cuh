@@ -76,18 +76,18 @@ __device__ __forceinline__ bool aligned16(const TensorSlot& t) {
   return (bits & 15) == 0;
 }
 
-template <class Rule, class P, class G>
+template <class Rule, class P>
 __device__ void run_chunk(const typename Rule::Coeffs& c, const GradTransform& x, const TensorSlot& t, int64_t begin,
                           int64_t end) {
   int64_t tail = begin;
   if (aligned16(t)) {  // begin is a multiple of 8, so every pack starts 16-byte aligned
     const int64_t packs = (end - begin) / 8;
     for (int64_t k = threadIdx.x; k < packs; k += blockDim.x) {
-      apply_element<Rule, Pack8, P, G>(c, x, t, begin + 8 * k);
+      apply_element<Rule, Pack8, P>(c, x, t, begin + 8 * k);
     }
     tail = begin + 8 * packs;
   }
-  for (int64_t i = tail + threadIdx.x; i < end; i += blockDim.x) apply_element<Rule, float, P, G>(c, x, t, i);
+  for (int64_t i = tail + threadIdx.x; i < end; i += blockDim.x) apply_element<Rule, float, P>(c, x, t, i);
 }
 
 // The coefficients tensor `slot` is updated with: its group's, or, for a two-pass rule, its own.
@@ -110,9 +110,7 @@ __global__ void __launch_bounds__(kThreads) update_kernel(RuleArgs<Rule> a, Grou
     const Range ch = tb.chunks[k];
     const TensorSlot t = tb.slots[ch.slot];
     const typename Rule::Coeffs c = coeffs_of<Rule>(tb, coeffs, t, ch.slot);
-    with_dtypes(t, [&](auto p, auto g) {
-      run_chunk<Rule, typename decltype(p)::type, typename decltype(g)::type>(c, x, t, ch.begin, ch.end);
-    });
+    with_dtype(t.param_dtype, [&](auto p) { run_chunk<Rule, typename decltype(p)::type>(c, x, t, ch.begin, ch.end); });
   }
   advance_steps(a.steps, a.num_groups, tb.done);
 }
@@ -124,12 +122,11 @@ __global__ void __launch_bounds__(kThreads) diagnosed_update_kernel(RuleArgs<Rul
   __shared__ typename Rule::Coeffs coeffs[kMaxGroups];
   GradTransform x;
   if (!prologue(a, tb, coeffs, x)) return;
-  task_sums<2>(tb, [&](int32_t slot, const TensorSlot& t, auto p, auto g) {
+  task_sums<2>(tb, [&](int32_t slot, const TensorSlot& t, auto p) {
     using P = typename decltype(p)::type;
-    using G = typename decltype(g)::type;
     return [&, c = coeffs_of<Rule>(tb, coeffs, t, slot)](int64_t i, float (&v)[2]) {
       const float before = load_value<float, P>(t, i);
-      apply_element<Rule, float, P, G>(c, x, t, i);
+      apply_element<Rule, float, P>(c, x, t, i);
       v[0] = load_value<float, P>(t, i) - before;
       v[1] = before;
       return 0;
@@ -146,11 +143,10 @@ __global__ void __launch_bounds__(kThreads) prepass_kernel(RuleArgs<Rule> a, Gro
   __shared__ typename Rule::Coeffs coeffs[kMaxGroups];
   GradTransform x;
   if (!prologue(a, tb, coeffs, x)) return;
-  task_sums<K>(tb, [&](int32_t, const TensorSlot& t, auto p, auto g) {
+  task_sums<K>(tb, [&](int32_t, const TensorSlot& t, auto p) {
     using P = typename decltype(p)::type;
-    using G = typename decltype(g)::type;
     return [&, c = coeffs[t.hyper_index]](int64_t i, float (&v)[K]) {
-      prepass_element<Rule, float, P, G>(c, x, t, i, v);
+      prepass_element<Rule, float, P>(c, x, t, i, v);
       return 0;
     };
   });

@@ -16,12 +16,12 @@ Group::Group(RuleId rule, std::vector<TensorSlot> slots)
   task_start_.push_back(0);
   int64_t in_task = 0;  // elements in the task being filled
   for (const TensorSlot& t : slots_) {
-    const int pd = int(t.param_dtype), gd = int(t.grad_dtype);
-    const PrepassFn fused = t.numel <= kFusedElems ? ks.fused[int(rule)][pd][gd] : nullptr;
+    const int pd = int(t.param_dtype);
+    const PrepassFn fused = t.numel <= kFusedElems ? ks.fused[int(rule)][pd] : nullptr;
     for (int64_t b = 0; b < t.numel; b += kTaskElems) {
       const int64_t e = b + kTaskElems < t.numel ? b + kTaskElems : t.numel;
-      segments_.push_back({ks.kernels[int(rule)][pd][gd], ks.prepass[int(rule)][pd][gd],
-                           ks.diagnosed[int(rule)][pd][gd], fused, &t, b, e});
+      segments_.push_back(
+          {ks.kernels[int(rule)][pd], ks.prepass[int(rule)][pd], ks.diagnosed[int(rule)][pd], fused, &t, b, e});
       all_fused_ = all_fused_ && fused;
       in_task += e - b;
       if (in_task >= kTaskElems) {

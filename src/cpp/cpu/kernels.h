@@ -21,16 +21,17 @@ using SumsqFn = void (*)(const void* data, int64_t begin, int64_t end, double* s
 using PrepassFn = void (*)(const void* coeffs, const GradTransform& transform, const TensorSlot& t, int64_t begin,
                            int64_t end, double* sums);
 
+// Kernels are per rule and param dtype; each reads its grad's dtype from the slot (load_grad).
 struct KernelSet {
   const char* isa;
-  KernelFn kernels[int(RuleId::count)][kNumDTypes][kNumDTypes];    // [rule][param][grad]
-  PrepassFn prepass[int(RuleId::count)][kNumDTypes][kNumDTypes];   // null for one-pass rules
-  PrepassFn diagnosed[int(RuleId::count)][kNumDTypes][kNumDTypes]; // the update, with sums of
-                                                                    // squared updates and old values
+  KernelFn kernels[int(RuleId::count)][kNumDTypes];    // [rule][param dtype]
+  PrepassFn prepass[int(RuleId::count)][kNumDTypes];   // null for one-pass rules
+  PrepassFn diagnosed[int(RuleId::count)][kNumDTypes]; // the update, with sums of squared
+                                                       // updates and old values
   // Both passes of a two-pass rule over a whole tensor of at most reduce::kSuper elements:
   // the first pass, the rule's finish() and the update (the diagnosed one, with its 2 sums
   // in `sums`, where sums is not null). Null for one-pass rules.
-  PrepassFn fused[int(RuleId::count)][kNumDTypes][kNumDTypes];
+  PrepassFn fused[int(RuleId::count)][kNumDTypes];
   SumsqFn sumsq[kNumDTypes];
 };
 

@@ -20,14 +20,14 @@ constexpr int64_t kPrefetchElems = 512;
 // tensor t (none past its end, none for the scalar lane). A first pass that writes the state
 // has folded the grad into it, so the update after it reads no grad (LAMB); a first pass that
 // does not write the state reads none of it (LARS).
-template <class Rule, bool first_pass, class L, class P, class G>
+template <class Rule, bool first_pass, class L, class P>
 FASTOPT_HD void prefetch_ahead(const TensorSlot& t, int64_t i) {
   if constexpr (lane_width<L> > 1) {
     const int64_t j = i + kPrefetchElems;
     if (j >= t.numel) return;
     constexpr bool grad = first_pass || !writes_state<Rule>::prepass;
     constexpr bool state = !first_pass || writes_state<Rule>::prepass;
-    if (grad) __builtin_prefetch(static_cast<const G*>(t.grad) + j, 0, 2);
+    if (grad) __builtin_prefetch(static_cast<const char*>(t.grad) + j * (t.grad_dtype == DType::f32 ? 4 : 2), 0, 2);
     if (t.master) __builtin_prefetch(t.master + j, !first_pass, 2);
     if (!t.master || !first_pass) __builtin_prefetch(static_cast<const P*>(t.param) + j, !first_pass, 2);
     for (int k = 0; k < (state ? Rule::max_state : 0); ++k) {  // k constant once unrolled, as in load_state
@@ -37,7 +37,7 @@ FASTOPT_HD void prefetch_ahead(const TensorSlot& t, int64_t i) {
 }
 
 // The vector body and the scalar tail call the same rule.
-template <class Rule, class P, class G>
+template <class Rule, class P>
 void run(const void* coeffs, const GradTransform& transform, const TensorSlot& slot, int64_t begin, int64_t end) {
   using V = FASTOPT_LANE;
   // Local copies: the stores into the tensors cannot alias them, so they stay in registers.
@@ -46,13 +46,13 @@ void run(const void* coeffs, const GradTransform& transform, const TensorSlot& s
   const TensorSlot t = slot;
   int64_t i = begin;
   for (; i + 2 * lane_width<V> <= end; i += 2 * lane_width<V>) {
-    prefetch_ahead<Rule, false, V, P, G>(t, i);
-    prefetch_ahead<Rule, false, V, P, G>(t, i + lane_width<V>);
-    apply_element<Rule, V, P, G>(c, x, t, i);
-    apply_element<Rule, V, P, G>(c, x, t, i + lane_width<V>);
+    prefetch_ahead<Rule, false, V, P>(t, i);
+    prefetch_ahead<Rule, false, V, P>(t, i + lane_width<V>);
+    apply_element<Rule, V, P>(c, x, t, i);
+    apply_element<Rule, V, P>(c, x, t, i + lane_width<V>);
   }
-  for (; i + lane_width<V> <= end; i += lane_width<V>) apply_element<Rule, V, P, G>(c, x, t, i);
-  for (; i < end; ++i) apply_element<Rule, float, P, G>(c, x, t, i);
+  for (; i + lane_width<V> <= end; i += lane_width<V>) apply_element<Rule, V, P>(c, x, t, i);
+  for (; i < end; ++i) apply_element<Rule, float, P>(c, x, t, i);
 }
 
 // Sums of squares of K values per element over elements [begin, end) of a tensor, in the
@@ -109,7 +109,7 @@ void sumsq(const void* data, int64_t begin, int64_t end, double* sum, int64_t* n
 
 // The first pass of a two-pass rule over elements [begin, end) of one tensor: sums[k] is
 // the sum of squares of the prepass's k-th value.
-template <class Rule, class P, class G>
+template <class Rule, class P>
 void prepass(const void* coeffs, const GradTransform& transform, const TensorSlot& slot, int64_t begin, int64_t end,
              double* sums) {
   const typename Rule::Coeffs c = *static_cast<const typename Rule::Coeffs*>(coeffs);
@@ -118,15 +118,15 @@ void prepass(const void* coeffs, const GradTransform& transform, const TensorSlo
   canonical_sums<num_sums<Rule>::value>(
       [&](int64_t i, auto& v) {
         using L = std::remove_reference_t<decltype(v[0])>;
-        prefetch_ahead<Rule, true, L, P, G>(t, i);
-        prepass_element<Rule, L, P, G>(c, x, t, i, v);
+        prefetch_ahead<Rule, true, L, P>(t, i);
+        prepass_element<Rule, L, P>(c, x, t, i, v);
       },
       begin, end, sums);
 }
 
 // The update with diagnostics over elements [begin, end) of one tensor: sums[0] is the
 // tensor's sum of squared updates (new - old fp32 value), sums[1] of its old values.
-template <class Rule, class P, class G>
+template <class Rule, class P>
 void run_diagnosed(const void* coeffs, const GradTransform& transform, const TensorSlot& slot, int64_t begin,
                    int64_t end, double* sums) {
   const typename Rule::Coeffs c = *static_cast<const typename Rule::Coeffs*>(coeffs);
@@ -135,9 +135,9 @@ void run_diagnosed(const void* coeffs, const GradTransform& transform, const Ten
   canonical_sums<2>(
       [&](int64_t i, auto& v) {
         using L = std::remove_reference_t<decltype(v[0])>;
-        prefetch_ahead<Rule, false, L, P, G>(t, i);
+        prefetch_ahead<Rule, false, L, P>(t, i);
         const L before = load_value<L, P>(t, i);
-        apply_element<Rule, L, P, G>(c, x, t, i);
+        apply_element<Rule, L, P>(c, x, t, i);
         v[0] = load_value<L, P>(t, i) - before;
         v[1] = before;
       },
@@ -146,39 +146,32 @@ void run_diagnosed(const void* coeffs, const GradTransform& transform, const Ten
 
 // Both passes of a two-pass rule over one whole tensor (at most one super-block: its sums are
 // the canonical ones), so that the update finds the tensor in cache.
-template <class Rule, class P, class G>
+template <class Rule, class P>
 void fused(const void* coeffs, const GradTransform& transform, const TensorSlot& slot, int64_t begin, int64_t end,
            double* diag) {
   double sums[num_sums<Rule>::value];
-  prepass<Rule, P, G>(coeffs, transform, slot, begin, end, sums);
+  prepass<Rule, P>(coeffs, transform, slot, begin, end, sums);
   const typename Rule::Coeffs c = Rule::finish(*static_cast<const typename Rule::Coeffs*>(coeffs), sums, slot);
-  if (diag) run_diagnosed<Rule, P, G>(&c, transform, slot, begin, end, diag);
-  else run<Rule, P, G>(&c, transform, slot, begin, end);
-}
-
-template <class Rule, class P, class G>
-void fill_one(KernelSet& s, RuleId id) {
-  const int pd = int(dtype_of<P>), gd = int(dtype_of<G>);
-  s.kernels[int(id)][pd][gd] = &run<Rule, P, G>;
-  s.diagnosed[int(id)][pd][gd] = &run_diagnosed<Rule, P, G>;
-  if constexpr (num_sums<Rule>::value > 0) {
-    s.prepass[int(id)][pd][gd] = &prepass<Rule, P, G>;
-    s.fused[int(id)][pd][gd] = &fused<Rule, P, G>;
-  }
+  if (diag) run_diagnosed<Rule, P>(&c, transform, slot, begin, end, diag);
+  else run<Rule, P>(&c, transform, slot, begin, end);
 }
 
 template <class Rule, class P>
-void fill_grads(KernelSet& s, RuleId id) {
-  fill_one<Rule, P, float>(s, id);
-  fill_one<Rule, P, f16>(s, id);
-  fill_one<Rule, P, bf16>(s, id);
+void fill_one(KernelSet& s, RuleId id) {
+  const int pd = int(dtype_of<P>);
+  s.kernels[int(id)][pd] = &run<Rule, P>;
+  s.diagnosed[int(id)][pd] = &run_diagnosed<Rule, P>;
+  if constexpr (num_sums<Rule>::value > 0) {
+    s.prepass[int(id)][pd] = &prepass<Rule, P>;
+    s.fused[int(id)][pd] = &fused<Rule, P>;
+  }
 }
 
 template <class Rule>
 void fill_rule(KernelSet& s, RuleId id) {
-  fill_grads<Rule, float>(s, id);
-  fill_grads<Rule, f16>(s, id);
-  fill_grads<Rule, bf16>(s, id);
+  fill_one<Rule, float>(s, id);
+  fill_one<Rule, f16>(s, id);
+  fill_one<Rule, bf16>(s, id);
 }
 
 // The bandwidth probe: every stream of a step loaded and stored through the same code

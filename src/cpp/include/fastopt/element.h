@@ -48,6 +48,18 @@ struct writes_state<R, decltype(void(R::update_writes_state))> {
   static constexpr bool prepass = R::prepass_writes_state, update = R::update_writes_state;
 };
 
+// The grad's storage type is read from the slot at run time, not compiled into the kernels: a
+// branch that every element of a tensor takes alike (free beside the memory traffic of a
+// step), where a template parameter would multiply every kernel by the three grad dtypes.
+template <class L>
+FASTOPT_HD L load_grad(const TensorSlot& t, int64_t i) {
+  switch (t.grad_dtype) {
+    case DType::f16: return load(static_cast<const f16*>(t.grad) + i, Lane<L>{});
+    case DType::bf16: return load(static_cast<const bf16*>(t.grad) + i, Lane<L>{});
+    default: return load(static_cast<const float*>(t.grad) + i, Lane<L>{});
+  }
+}
+
 template <class L, class P>
 FASTOPT_HD L load_value(const TensorSlot& t, int64_t i) {
   return t.master ? load(t.master + i, Lane<L>{}) : load(static_cast<const P*>(t.param) + i, Lane<L>{});
@@ -67,10 +79,10 @@ FASTOPT_HD void store_state(const TensorSlot& t, int64_t i, const L (&s)[N]) {
 
 // The first pass of a two-pass rule at one position: out[k] are the values whose squares
 // add up into the tensor's k-th sum.
-template <class Rule, class L, class P, class G>
+template <class Rule, class L, class P>
 FASTOPT_HD void prepass_element(const typename Rule::Coeffs& c, const GradTransform& x, const TensorSlot& t,
                                 int64_t i, L (&out)[num_sums<Rule>::value]) {
-  const L g = transform_grad(x, load(static_cast<const G*>(t.grad) + i, Lane<L>{}));
+  const L g = transform_grad(x, load_grad<L>(t, i));
   const L p = load_value<L, P>(t, i);
   L s[Rule::max_state];
   load_state(t, i, s);
@@ -78,12 +90,11 @@ FASTOPT_HD void prepass_element(const typename Rule::Coeffs& c, const GradTransf
   if (writes_state<Rule>::prepass) store_state(t, i, s);
 }
 
-template <class Rule, class L, class P, class G>
+template <class Rule, class L, class P>
 FASTOPT_HD void apply_element(const typename Rule::Coeffs& c, const GradTransform& x, const TensorSlot& t,
                               int64_t i) {
   P* param = static_cast<P*>(t.param);
-  const G* grad = static_cast<const G*>(t.grad);
-  const L g = transform_grad(x, load(grad + i, Lane<L>{}));
+  const L g = transform_grad(x, load_grad<L>(t, i));
   L p = load_value<L, P>(t, i);
   L s[Rule::max_state];
   load_state(t, i, s);
