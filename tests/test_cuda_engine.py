@@ -17,8 +17,8 @@ import pytest
 import torch
 
 import fastopt
-from registry import (CASES, DTYPES, HALF_DTYPES, assert_bits_equal, case_by_id, grad_steps,
-                      random_params, refill, torch_tol)
+from registry import (CASES, DTYPES, HALF_DTYPES, assert_bits_equal, assert_rounding_close, case_by_id,
+                      grad_steps, random_params, refill)
 
 pytestmark = pytest.mark.cuda
 
@@ -155,8 +155,8 @@ def test_matches_torch_optim_on_cuda(case):
             g.copy_(p.grad)
         topt.step()
         opt.step()
-    for i, (p, e) in enumerate(zip(params, tparams)):
-        np.testing.assert_allclose(to_numpy(p), to_numpy(e), **torch_tol(case), err_msg=f"param {i}")
+    assert_rounding_close([to_numpy(p) for p in params], [to_numpy(e) for e in tparams], 50, optimizer=case.name,
+                          implementations=2)
 
 
 def test_cupy_arrays():
@@ -269,8 +269,8 @@ def test_capture_and_replay_with_changing_lr(case_id):
         plain.step()
     torch.cuda.synchronize()
     assert opt.steps == [8]
-    for i, (p, q) in enumerate(zip(params, plain_params)):
-        np.testing.assert_allclose(to_numpy(p), to_numpy(q), rtol=1e-6, atol=1e-7, err_msg=f"param {i}")
+    # Device and host coefficients (pow, cos) may differ in their last bits: two fp32 runs.
+    assert_rounding_close([to_numpy(p) for p in params], [to_numpy(q) for q in plain_params], 8, implementations=2)
 
 
 def test_capture_of_a_non_capturable_step_counts_on_the_device():
@@ -295,8 +295,7 @@ def test_capture_of_a_non_capturable_step_counts_on_the_device():
     opt.step()
     plain.step()
     torch.cuda.synchronize()
-    for i, (p, q) in enumerate(zip(params, plain_params)):
-        np.testing.assert_allclose(to_numpy(p), to_numpy(q), rtol=1e-6, atol=1e-7, err_msg=f"param {i}")
+    assert_rounding_close([to_numpy(p) for p in params], [to_numpy(q) for q in plain_params], 6, implementations=2)
 
 
 def test_capturable_rejected_on_cpu():

@@ -16,9 +16,9 @@ import pytest
 
 import fastopt
 from reference import reference_for
-from registry import (BASELINE, CASE_IDS, CASES, DTYPES, HALF_DTYPES, Case, assert_bits_equal,
-                      case_by_id, functional_step, grad_steps, random_params, refill,
-                      supported_isas, tol)
+from registry import (BASELINE, CASE_IDS, CASES, DTYPES, HALF_DTYPES, HALF_TOLERANCES, Case, Magnitudes,
+                      assert_bits_equal, assert_rounding_close, case_by_id, functional_step, grad_steps,
+                      random_params, refill, supported_isas)
 from registry import isa_switch  # noqa: F401  (a fixture)
 
 SHAPES = [(37,), (4, 9), (128,), (2, 3, 5)]  # vector bodies and scalar tails on every ISA
@@ -37,6 +37,8 @@ class Run:
     grads: list[np.ndarray]
     ref: object
     ref_params: list[np.ndarray]
+    steps: int = 0
+    magnitudes: Magnitudes = dataclasses.field(default_factory=Magnitudes)  # of the reference's values
 
 
 def as_list(x, n: int) -> list:
@@ -61,6 +63,7 @@ def run_with_reference(case: Case, shapes: Sequence[tuple], steps: int, *,
     opt = case.cls(params, grads, master_weights=master_weights, **case.kwargs)
     run = Run(opt, params, grads, reference_for(case.name, case.kwargs),
               [p.astype(np.float64) for p in params])
+    run.magnitudes.see("param", run.ref_params)
     for t, fp32_grads in enumerate(grad_steps(case.seed + 1, shapes, steps), 1):
         new = [g.astype(DTYPES[d]) for g, d in zip(fp32_grads, gdt)]
         refill(grads, new)
@@ -69,6 +72,10 @@ def run_with_reference(case: Case, shapes: Sequence[tuple], steps: int, *,
         if quantize_reference:
             for r, d in zip(run.ref_params, pdt):
                 r[...] = r.astype(DTYPES[d]).astype(np.float64)
+        run.steps = t
+        run.magnitudes.see("param", run.ref_params)
+        for name in run.ref.state_of(0) if shapes else ():
+            run.magnitudes.see(name, [run.ref.state_of(i)[name] for i in range(len(shapes))])
         if after_step:
             after_step(run, t)
     return run
@@ -87,30 +94,42 @@ def reference_state(case: Case, run: Run, i: int) -> dict[str, np.ndarray]:
     return expected
 
 
-def assert_matches_reference(run: Run, kind: str, case: Case) -> None:
-    for i, (v, r) in enumerate(zip(fp32_values(run), run.ref_params)):
-        assert v.dtype == np.float32
-        assert_param_close(run.ref, i, v, r, tol(kind), f"param {i}")
-        expected = reference_state(case, run, i)
-        got = {k: a for k, a in run.opt.state[i].items() if k != "master_param"}
-        assert set(got) == set(expected), f"param {i}: state {sorted(got)} != {sorted(expected)}"
-        for name, a in expected.items():
-            np.testing.assert_allclose(got[name], a, **tol(kind), err_msg=f"param {i} {name}")
+def assert_matches_reference(run: Run, case: Case) -> None:
+    """The fp32 values (params, or their masters) and the state within the registry's
+    rounding bound of the float64 reference."""
+    values = fp32_values(run)
+    assert all(v.dtype == np.float32 for v in values)
+    assert_params_close(run.ref, values, run.ref_params, run.steps, case.name, run.magnitudes.get("param"))
+    expected = [reference_state(case, run, i) for i in range(len(values))]
+    got = [{k: a for k, a in run.opt.state[i].items() if k != "master_param"} for i in range(len(values))]
+    for i, (g, e) in enumerate(zip(got, expected)):
+        assert set(g) == set(e), f"param {i}: state {sorted(g)} != {sorted(e)}"
+    for name in expected[0] if expected else ():
+        assert_rounding_close([g[name] for g in got], [e[name] for e in expected], run.steps, optimizer=case.name,
+                              scale=run.magnitudes.get(name), msg=name)
 
 
-def assert_param_close(ref, i: int, actual: np.ndarray, expected: np.ndarray, tolerance: dict,
-                       msg: str) -> None:
-    """``actual`` within ``tolerance`` of the reference's ``expected``. Lion moves every
-    coordinate by exactly lr, in the direction of sign(c): where |c| was within fp32
-    rounding of zero (the reference counts those steps per element) the sign is a toss-up
-    for any fp32 implementation, and such an element may be off by 2 lr per toss-up."""
-    slack = 0.0
-    ambiguous = getattr(ref, "ambiguous", {}).get(i)
-    if ambiguous is not None:
-        slack = 2 * ref.lr * ambiguous
-    bound = tolerance["atol"] + slack + tolerance["rtol"] * np.abs(expected)
-    if not np.all(np.abs(actual.astype(np.float64) - expected) <= bound):
-        np.testing.assert_allclose(actual, expected, **tolerance, err_msg=msg)
+def lion_slack(ref, n: int) -> list:
+    """Lion moves every coordinate by exactly lr, in the direction of sign(c): where |c| was
+    within fp32 rounding of zero (the reference counts those steps per element) the sign is a
+    toss-up for any fp32 implementation, and such an element may be off by 2 lr per toss-up."""
+    ambiguous = getattr(ref, "ambiguous", {})
+    return [2 * ref.lr * ambiguous[i] if i in ambiguous else None for i in range(n)]
+
+
+def assert_params_close(ref, actual: Sequence[np.ndarray], expected: Sequence[np.ndarray], steps: int,
+                        optimizer: str, scale: float | None = None) -> None:
+    assert_rounding_close(actual, expected, steps, optimizer=optimizer, scale=scale,
+                          slack=lion_slack(ref, len(actual)), msg="param")
+
+
+def assert_half_params_close(ref, actual: Sequence[np.ndarray], expected: Sequence[np.ndarray], dtype: str) -> None:
+    """fp16/bf16 params (no master) within HALF_TOLERANCES of the quantised reference."""
+    tolerance = HALF_TOLERANCES[dtype]
+    for i, (a, e, slack) in enumerate(zip(actual, expected, lion_slack(ref, len(actual)))):
+        bound = tolerance["atol"] + (0.0 if slack is None else slack) + tolerance["rtol"] * np.abs(e)
+        if not np.all(np.abs(a.astype(np.float64) - e) <= bound):
+            np.testing.assert_allclose(a, e, **tolerance, err_msg=f"param {i}")
 
 
 def assert_params_are_rounded_masters(run: Run) -> None:
@@ -161,7 +180,7 @@ def test_amsgrad_max_is_active_on_these_grads():
 def test_fp32_matches_reference(case):
     run = run_with_reference(case, SHAPES, STEPS)
     assert run.opt.steps == [STEPS]
-    assert_matches_reference(run, "float32", case)
+    assert_matches_reference(run, case)
 
 
 # ---- (b) fp16/bf16 params with fp32 master weights ------------------------------------------
@@ -178,7 +197,7 @@ def test_master_weights_track_reference(case, param_dtype, grad_dtype):
 
     run = run_with_reference(case, SHAPES, STEPS, param_dtype=param_dtype, grad_dtype=grad_dtype,
                              master_weights=True, after_step=check_step)
-    assert_matches_reference(run, "master", case)
+    assert_matches_reference(run, case)
 
 
 @pytest.mark.parametrize("param_dtype", HALF_DTYPES)
@@ -204,11 +223,11 @@ def test_half_params_without_master_weights(case, param_dtype):
     assert run.opt.master_params == [None] * len(SHAPES)
     assert "master_param" not in run.opt.state[0]
     moved = False
-    for i, (p, p0, r) in enumerate(zip(run.params, initial, run.ref_params)):
+    for i, (p, p0) in enumerate(zip(run.params, initial)):
         assert p.dtype == DTYPES[param_dtype]
         assert np.all(np.isfinite(p.astype(np.float32))), f"param {i} is not finite"
-        assert_param_close(run.ref, i, p.astype(np.float64), r, tol(param_dtype), f"param {i}")
         moved |= bool(np.any(p != p0))
+    assert_half_params_close(run.ref, [p.astype(np.float64) for p in run.params], run.ref_params, param_dtype)
     assert moved, "no param moved: the comparison would be vacuous"
 
 
@@ -298,7 +317,7 @@ SIZES = [0, 1, 15, 17, 1023, 2**20 + 3]
 def test_sizes(case, n):
     run = run_with_reference(case, [(n,)], 3)
     assert run.params[0].shape == (n,)
-    assert_matches_reference(run, "float32", case)
+    assert_matches_reference(run, case)
 
 
 def many_shapes(count: int = 300) -> list[tuple]:
@@ -320,7 +339,7 @@ def test_many_tensors_of_mixed_shapes_and_dtypes(case):
                              master_weights=True)
     for p, s, d in zip(run.params, shapes, dtypes):
         assert p.shape == s and p.dtype == DTYPES[d]
-    assert_matches_reference(run, "master", case)
+    assert_matches_reference(run, case)
     for i, (p, m) in enumerate(zip(run.params, run.opt.master_params)):
         if m is not None:
             assert_bits_equal(p, m.astype(p.dtype), f"param {i} != round(master)")
@@ -358,8 +377,8 @@ def test_updates_in_place(case):
         assert p.ctypes.data == addr and p.dtype == dtype and p.shape == shape
         assert p.flags.c_contiguous and p.flags.writeable
         assert np.any(p != p0), f"param {i} was not updated"
-        value = opt.master_params[i] if opt.master_params[i] is not None else p
-        assert_param_close(ref, i, value, ref_params[i], tol("master"), f"param {i}")
+    values = [m if m is not None else p for p, m in zip(params, opt.master_params)]
+    assert_params_close(ref, values, ref_params, 3, case.name)
 
 
 def test_views_of_one_buffer_are_updated_in_place():

@@ -2,6 +2,11 @@
 optimizer and options torch.optim has (SGD in its torch momentum form, Adam, AdamW, Adagrad,
 Adadelta, RMSprop, Adamax, NAdam, RAdam).
 
+fastopt's fp32 run and torch's fp32 run are each held to the registry's rounding bound
+against torch's float64 run: where torch rounds differently (its AVX2 and AVX-512 kernels do),
+both stay within what a correct fp32 implementation may err, and a bound that torch itself
+fails is a wrong bound, reported as such.
+
 torch is a hard requirement of this module: a missing torch is a failure, not a skip.
 """
 
@@ -14,8 +19,8 @@ import pytest
 import torch
 
 from reference import reference_for
-from registry import (CASES, DTYPES, NOT_IN_TORCH, Case, assert_bits_equal, grad_steps, random_params,
-                      refill, tol, torch_tol)
+from registry import (CASES, DTYPES, NOT_IN_TORCH, Case, Magnitudes, assert_bits_equal, assert_rounding_close,
+                      grad_steps, random_params, refill)
 
 SHAPES = [(5,), (3, 7), (64,), (2, 3, 4), ()]
 STEPS = 100
@@ -39,8 +44,11 @@ def test_torch_cases_are_every_case_torch_has():
 
 
 def torch_run(case: Case, initial: Sequence[np.ndarray], grad_seq, dtype=torch.float32,
-              before_step: Callable[[torch.optim.Optimizer, int], None] | None = None) -> list[torch.Tensor]:
-    """torch.optim's trajectory from ``initial`` on the grads of ``grad_seq``.
+              before_step: Callable[[torch.optim.Optimizer, int], None] | None = None,
+              magnitudes: Magnitudes | None = None) -> tuple[list[torch.Tensor], torch.optim.Optimizer]:
+    """torch.optim's trajectory from ``initial`` on the grads of ``grad_seq``: its params and
+    the optimizer (for its state). ``magnitudes``, if given, sees the params and state after
+    every step.
 
     In float64 the default dtype is float64 as well, so that torch's scalar state (step
     counts, NAdam's mu_product) is float64 too: with the default float32 it would round
@@ -56,16 +64,34 @@ def torch_run(case: Case, initial: Sequence[np.ndarray], grad_seq, dtype=torch.f
             if before_step:
                 before_step(opt, t)
             opt.step()
+            if magnitudes is not None:
+                magnitudes.see("param", [p.detach().numpy() for p in params])
+                for k, arrays in torch_state(case, opt).items():
+                    magnitudes.see(k, arrays)
     finally:
         torch.set_default_dtype(previous)
-    return [p.detach() for p in params]
+    return [p.detach() for p in params], opt
 
 
-def assert_close_to_torch(got: Sequence, expected: Sequence[torch.Tensor], tolerance: dict) -> None:
-    for i, (g, e) in enumerate(zip(got, expected)):
-        g = g.numpy() if isinstance(g, torch.Tensor) else g
-        assert g.shape == tuple(e.shape), f"param {i}"
-        np.testing.assert_allclose(g, e.numpy(), **tolerance, err_msg=f"param {i}")
+def numpy_of(xs: Sequence) -> list[np.ndarray]:
+    return [x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x) for x in xs]
+
+
+def assert_parity(case: Case, got: Sequence, initial: Sequence[np.ndarray], steps: int,
+                  before_step: Callable[[torch.optim.Optimizer, int], None] | None = None) -> None:
+    """fastopt's fp32 params ``got`` and torch.optim's fp32 ones, from ``initial`` on the
+    registry's grads, each within the rounding bound of torch.optim's float64 run."""
+    grads = lambda: grad_steps(case.seed + 1, SHAPES, steps)  # noqa: E731
+    expected, _ = torch_run(case, initial, grads(), before_step=before_step)
+    magnitudes = Magnitudes()
+    magnitudes.see("param", initial)
+    exact, _ = torch_run(case, [p.astype(np.float64) for p in initial], grads(), dtype=torch.float64,
+                         before_step=before_step, magnitudes=magnitudes)
+    scale = magnitudes["param"]
+    assert_rounding_close(numpy_of(expected), numpy_of(exact), steps, optimizer=case.name, scale=scale,
+                          msg="torch.optim fp32 itself vs float64")
+    assert_rounding_close(numpy_of(got), numpy_of(exact), steps, optimizer=case.name, scale=scale,
+                          msg="fastopt fp32 vs torch.optim float64")
 
 
 def lr_at(case: Case, t: int) -> float:
@@ -81,49 +107,63 @@ def lr_at(case: Case, t: int) -> float:
 def test_matches_torch_optim(case):
     rng = np.random.default_rng(case.seed)
     params = random_params(rng, SHAPES)
-    expected = torch_run(case, params, grad_steps(case.seed + 1, SHAPES, STEPS))
+    initial = [p.copy() for p in params]
     grads = [np.zeros(s, np.float32) for s in SHAPES]
     opt = case.cls(params, grads, **case.kwargs)
     for gs in grad_steps(case.seed + 1, SHAPES, STEPS):
         refill(grads, gs)
         opt.step()
-    assert_close_to_torch(params, expected, torch_tol(case))
+    assert_parity(case, params, initial, STEPS)
+
+
+def torch_state(case: Case, topt: torch.optim.Optimizer) -> dict[str, list[np.ndarray]]:
+    """torch's per-param state arrays by name (the streams fastopt binds idle as zeros)."""
+    params = [p for g in topt.param_groups for p in g["params"]]
+    names = [k for k, v in topt.state[params[0]].items() if k not in TORCH_SCALAR_STATE and v is not None]
+    out = {k: [topt.state[p][k].numpy() for p in params] for k in names}
+    out.update({k: [np.zeros(p.shape) for p in params] for k in case.idle_state})
+    return out
 
 
 @each_case
 def test_state_matches_torch_optim(case):
-    """Optimizer state (momentum buffers, moments) matches torch's after a short run."""
+    """Optimizer state (momentum buffers, moments) after a short run: fastopt's and torch's
+    fp32 state each within the rounding bound of torch's float64 state."""
+    steps = 20
     rng = np.random.default_rng(case.seed)
     params = random_params(rng, SHAPES)
-    tparams = [torch.nn.Parameter(torch.tensor(p)) for p in params]
-    topt = getattr(torch.optim, case.name)(tparams, **case.kwargs)
+    initial = [p.copy() for p in params]
     grads = [np.zeros(s, np.float32) for s in SHAPES]
     opt = case.cls(params, grads, **case.kwargs)
-    for gs in grad_steps(case.seed + 1, SHAPES, 20):
+    for gs in grad_steps(case.seed + 1, SHAPES, steps):
         refill(grads, gs)
-        for p, g in zip(tparams, gs):
-            p.grad = torch.tensor(g)
         opt.step()
-        topt.step()
-    for i, p in enumerate(tparams):
-        expected = {k: v.numpy() for k, v in topt.state[p].items() if k not in TORCH_SCALAR_STATE and v is not None}
-        expected.update({k: np.zeros(p.shape, np.float32) for k in case.idle_state})
-        got = {k: v for k, v in opt.state[i].items()}
-        assert set(got) == set(expected), f"param {i}"
-        for k in expected:
-            np.testing.assert_allclose(got[k], expected[k], **torch_tol(case), err_msg=f"param {i} {k}")
+    _, topt = torch_run(case, initial, grad_steps(case.seed + 1, SHAPES, steps))
+    magnitudes = Magnitudes()
+    _, topt64 = torch_run(case, [p.astype(np.float64) for p in initial], grad_steps(case.seed + 1, SHAPES, steps),
+                          dtype=torch.float64, magnitudes=magnitudes)
+    expected, exact = torch_state(case, topt), torch_state(case, topt64)
+    for i in range(len(SHAPES)):
+        assert set(opt.state[i]) == set(exact), f"param {i}: {sorted(opt.state[i])} != {sorted(exact)}"
+    for k in exact:
+        assert_rounding_close(expected[k], exact[k], steps, optimizer=case.name, scale=magnitudes.get(k),
+                              msg=f"torch.optim fp32 {k} itself vs float64")
+        assert_rounding_close([opt.state[i][k] for i in range(len(SHAPES))], exact[k], steps, optimizer=case.name,
+                              scale=magnitudes.get(k), msg=f"fastopt {k} vs torch.optim float64")
 
 
 @each_case
 def test_reference_matches_torch_float64(case):
-    """The float64 reference the other tests rely on is torch.optim's algorithm."""
+    """The float64 reference the other tests rely on is torch.optim's algorithm: the two
+    float64 runs within the rounding bound of float64."""
     rng = np.random.default_rng(case.seed)
     params = [p.astype(np.float64) for p in random_params(rng, SHAPES)]
-    expected = torch_run(case, params, grad_steps(case.seed + 1, SHAPES, STEPS), dtype=torch.float64)
+    expected, _ = torch_run(case, params, grad_steps(case.seed + 1, SHAPES, STEPS), dtype=torch.float64)
     ref = reference_for(case.name, case.kwargs)
     for gs in grad_steps(case.seed + 1, SHAPES, STEPS):
         ref.step(params, gs)
-    assert_close_to_torch(params, expected, tol("reference_vs_torch"))
+    assert_rounding_close(params, numpy_of(expected), STEPS, optimizer=case.name, dtype="float64",
+                          implementations=2, msg="float64 reference vs torch.optim float64")
 
 
 # ---- torch tensors in fastopt (DLPack) ----------------------------------------------------------
@@ -133,7 +173,6 @@ def test_reference_matches_torch_float64(case):
 def test_torch_tensors_in_place_match_torch_optim(case):
     rng = np.random.default_rng(case.seed)
     initial = random_params(rng, SHAPES)
-    expected = torch_run(case, initial, grad_steps(case.seed + 1, SHAPES, STEPS))
     params = [torch.tensor(p) for p in initial]  # plain tensors: no requires_grad
     grads = [torch.zeros(s, dtype=torch.float32) for s in SHAPES]
     ptrs = [p.data_ptr() for p in params]
@@ -144,7 +183,7 @@ def test_torch_tensors_in_place_match_torch_optim(case):
         opt.step()
     for p, ptr in zip(params, ptrs):
         assert p.data_ptr() == ptr and p.dtype == torch.float32
-    assert_close_to_torch(params, expected, torch_tol(case))
+    assert_parity(case, params, initial, STEPS)
 
 
 @pytest.mark.parametrize("case", [c for c in TORCH_CASES if c.id in ("sgd-nesterov", "adamw-amsgrad")],
@@ -193,7 +232,7 @@ def test_lr_changes_between_steps_match_torch(case, setter):
         for group in topt.param_groups:
             group["lr"] = lr_at(case, t)
 
-    expected = torch_run(case, params, grad_steps(case.seed + 1, SHAPES, steps), before_step=torch_schedule)
+    initial = [p.copy() for p in params]
     grads = [np.zeros(s, np.float32) for s in SHAPES]
     opt = case.cls(params, grads, **case.kwargs)
     for t, gs in enumerate(grad_steps(case.seed + 1, SHAPES, steps), 1):
@@ -201,7 +240,7 @@ def test_lr_changes_between_steps_match_torch(case, setter):
         LR_SETTERS[setter](opt, lr_at(case, t))
         assert opt.lr == lr_at(case, t) and opt.param_groups[0]["lr"] == lr_at(case, t)
         opt.step()
-    assert_close_to_torch(params, expected, torch_tol(case))
+    assert_parity(case, params, initial, steps, before_step=torch_schedule)
 
 
 def test_lr_schedule_is_not_constant():

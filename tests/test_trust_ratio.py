@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import fastopt
-from registry import assert_bits_equal, grad_steps, random_params, refill, supported_isas
+from registry import assert_bits_equal, assert_rounding_close, grad_steps, random_params, refill, supported_isas
 from registry import isa_switch  # noqa: F401  (a fixture)
 
 SHAPES = [(37,), (40, 9), (300,), (2, 3, 5), (1,)]
@@ -55,8 +55,10 @@ def test_fused_and_two_region_tensors_match_reference(cls, kw):
         refill(grads, gs)
         opt.step()
         ref.step(ref_params, [g.astype(np.float64) for g in gs])
-    for i, (p, r) in enumerate(zip(params, ref_params)):
-        np.testing.assert_allclose(p, r, rtol=1e-5, atol=5e-6, err_msg=f"param {i}")
+    # The trust ratios come from norms of up to 2^20 elements: fastopt's lanes add 64 squares
+    # by fma per 2048-element block (blocks then summed in double), so each norm errs by at most
+    # 35 u and a ratio of two by 70 u, which scales that step's update.
+    assert_rounding_close(params, ref_params, 6, extra_per_step=70)
 
 
 def test_exclude_1d_and_max_trust_act_per_tensor():
