@@ -10,6 +10,7 @@ that all test modules feed the optimizers the same kind of inputs.
 from __future__ import annotations
 
 import dataclasses
+import math
 import zlib
 from typing import Any, Callable, Iterator, Sequence
 
@@ -282,6 +283,19 @@ def assert_rounding_close(actual: Sequence, expected: Sequence, steps: int, *, o
                 f"{msg} [{i}]: |actual - expected| = {err.flat[k]:.3g} at element {k} ({a.flat[k]!r} vs "
                 f"{e.flat[k]!r}) exceeds the rounding bound {bound:.3g} = {bound / scale / U[dtype]:.0f} u x S "
                 f"(S = {scale:.3g}, {steps} steps, {implementations} implementation(s))")
+
+
+def sumsq_error(n: int) -> float:
+    """A bound on the relative error of fastopt's sum of squares of a tensor of n fp32 values
+    (reduce.h's canonical order): in each 2048-element block, each of 64 lanes adds at most
+    ceil(min(n, 2048) / 64) squares by fma (one rounding each), the lanes fold in 6 levels and
+    the block's float sum is rounded once; blocks and tensors then add in double (negligible)."""
+    return (math.ceil(min(n, 2048) / 64) + 6 + 1) * U["float32"]
+
+
+def norm_error(n: int) -> float:
+    """The same for the norm, the square root of that sum: half its error, plus one rounding."""
+    return sumsq_error(n) / 2 + U["float32"]
 
 
 # fp16/bf16 params rounded at every step (no master weights) vs a float64 reference that

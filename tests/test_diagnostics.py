@@ -8,7 +8,8 @@ import pytest
 
 import fastopt
 from fastopt.lamb import LAMB
-from registry import assert_bits_equal, case_by_id, grad_steps, random_params, refill, supported_isas
+from registry import (U, assert_bits_equal, case_by_id, grad_steps, norm_error, random_params, refill,
+                      supported_isas)
 from registry import isa_switch  # noqa: F401  (a fixture)
 
 SHAPES = [(37,), (40, 9), (131072 + 5,), (1,)]
@@ -33,9 +34,11 @@ def test_values_match_numpy_and_leave_the_update_unchanged(cls, kwargs):
         assert plain.step().diagnostics is None
         after = [p.astype(np.float64) for p in params]
         for i, (b, a, g) in enumerate(zip(before, after, gs)):
-            np.testing.assert_allclose(d.grad_norm[i], np.linalg.norm(g.astype(np.float64)), rtol=1e-6)
-            np.testing.assert_allclose(d.param_norm[i], np.linalg.norm(b), rtol=1e-6)
-            np.testing.assert_allclose(d.update_norm[i], np.linalg.norm(a - b), rtol=1e-4, atol=1e-12)
+            rtol = norm_error(g.size)
+            np.testing.assert_allclose(d.grad_norm[i], np.linalg.norm(g.astype(np.float64)), rtol=rtol)
+            np.testing.assert_allclose(d.param_norm[i], np.linalg.norm(b), rtol=rtol)
+            # new - old is rounded once in fp32 (exact where they are within a factor 2).
+            np.testing.assert_allclose(d.update_norm[i], np.linalg.norm(a - b), rtol=rtol + U["float32"])
             np.testing.assert_allclose(d.update_ratio[i], d.update_norm[i] / d.param_norm[i], rtol=1e-12)
         assert (d.nonfinite_grads == 0).all()
     for p, q in zip(params, pparams):
@@ -48,7 +51,7 @@ def test_master_weights_param_norm_is_the_fp32_value():
     refill(grads, next(iter(grad_steps(1, SHAPES, 1))))
     d = opt.step().diagnostics
     for i, m in enumerate(masters):
-        np.testing.assert_allclose(d.param_norm[i], np.linalg.norm(m), rtol=1e-6)
+        np.testing.assert_allclose(d.param_norm[i], np.linalg.norm(m), rtol=norm_error(m.size))
 
 
 def test_bit_identical_across_isas_and_threads(isa_switch):

@@ -101,7 +101,8 @@ __device__ __forceinline__ void with_dtype(DType d, F&& f) {
 // For every task of the group, one warp sums the squares of K values per element in reduce.h's
 // order and stores the block's sums and non-finite count in tb.task_sums / tb.task_bad.
 // make(slot, t, Tag<P>{}) returns a callable f(i, float (&v)[K]) -> non-finite count
-// that fills v for element i of tensor t (made once per task: dtype dispatch stays out of the loop).
+// that fills v for element i of tensor t (made once per task: the param dtype's dispatch stays
+// out of the loop; the grad's is load_grad's uniform branch).
 template <int K, class F>
 __device__ void task_sums(const Group::Tables& tb, F&& make) {
   static_assert(K <= kMaxSums, "more sums than the tables hold");
