@@ -8,22 +8,13 @@ from __future__ import annotations
 
 from . import _core, functional, norms, schedules
 from ._core import TensorError
-from .adabelief import AdaBelief
-from .adadelta import Adadelta
-from .adagrad import Adagrad
-from .adam import Adam, AdamW
-from .adamax import Adamax
+from .catalog import OPTIMIZERS
 from .cuda import cuda_available
-from .lamb import LAMB
-from .lars import LARS
-from .lion import Lion
-from .nadam import NAdam
 from .norms import l2_norms
 from .optimizer import Diagnostics, Optimizer, ParamGroup, StepResult
-from .radam import RAdam
-from .rmsprop import RMSprop
 from .scaler import DynamicLossScaler
-from .sgd import SGD
+
+globals().update({cls.__name__: cls for cls in OPTIMIZERS})  # SGD, Adam, AdamW, ...
 
 __version__ = "0.1.0"
 
@@ -31,9 +22,8 @@ __version__ = "0.1.0"
 _core.cpu_isa()
 
 __all__ = [
-    "SGD", "Adam", "AdamW", "Adagrad", "Adadelta", "RMSprop", "Adamax", "NAdam", "RAdam", "AdaBelief",
-    "Lion", "LARS", "LAMB", "Optimizer", "ParamGroup", "StepResult", "Diagnostics", "DynamicLossScaler",
-    "TensorError", "functional", "schedules", "norms", "l2_norms",
+    *(cls.__name__ for cls in OPTIMIZERS), "Optimizer", "ParamGroup", "StepResult", "Diagnostics",
+    "DynamicLossScaler", "TensorError", "functional", "schedules", "norms", "l2_norms",
     "cpu_isa", "set_num_threads", "get_num_threads", "cuda_available",
 ]
 

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
-
-from . import _core
-from ._hypers import build
 from .optimizer import Optimizer
 
 
@@ -45,13 +41,8 @@ class AdaBelief(Optimizer):
 
     rule = "adabelief"
     state_names = ("exp_avg", "exp_avg_var", "max_exp_avg_var")
-
-    @classmethod
-    def default_hypers(cls) -> dict[str, Any]:
-        return {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-16, "weight_decay": 0.0, "amsgrad": False,
-                "weight_decouple": False, "maximize": False}
-
-    @classmethod
-    def _to_hyper(cls, group: Mapping[str, Any]) -> Any:
-        return build(_core.AdaBeliefHyper, group, ("lr", "eps", "weight_decay"),
-                     ("amsgrad", "weight_decouple", "maximize"), {"weight_decouple": "decoupled"})
+    hyper_defaults = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-16, "weight_decay": 0.0, "amsgrad": False,
+                      "weight_decouple": False, "maximize": False}
+    hyper_fields = {"weight_decouple": "decoupled"}
+    optional_state = {"max_exp_avg_var": "amsgrad"}
+    bench_hypers = {"lr": 1e-3}

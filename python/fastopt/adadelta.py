@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
-
-from . import _core
-from ._hypers import build
 from .optimizer import Optimizer
 
 
@@ -33,11 +29,7 @@ class Adadelta(Optimizer):
 
     rule = "adadelta"
     state_names = ("square_avg", "acc_delta")
-
-    @classmethod
-    def default_hypers(cls) -> dict[str, Any]:
-        return {"lr": 1.0, "rho": 0.9, "eps": 1e-6, "weight_decay": 0.0, "maximize": False}
-
-    @classmethod
-    def _to_hyper(cls, group: Mapping[str, Any]) -> Any:
-        return build(_core.AdadeltaHyper, group, ("lr", "rho", "eps", "weight_decay"), ("maximize",))
+    hyper_defaults = {"lr": 1.0, "rho": 0.9, "eps": 1e-6, "weight_decay": 0.0, "maximize": False}
+    in_torch = True
+    step_dependent = False
+    bench_hypers = {"lr": 1.0}

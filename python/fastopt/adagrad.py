@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
-
-from . import _core
-from ._hypers import build
 from .optimizer import Optimizer
 
 
@@ -34,16 +30,13 @@ class Adagrad(Optimizer):
 
     rule = "adagrad"
     state_names = ("sum",)
-
-    @classmethod
-    def default_hypers(cls) -> dict[str, Any]:
-        return {"lr": 1e-2, "lr_decay": 0.0, "weight_decay": 0.0, "initial_accumulator_value": 0.0,
-                "eps": 1e-10, "maximize": False}
-
-    @classmethod
-    def _to_hyper(cls, group: Mapping[str, Any]) -> Any:
-        return build(_core.AdagradHyper, group, ("lr", "lr_decay", "weight_decay", "initial_accumulator_value",
-                                                 "eps"), ("maximize",))
+    hyper_defaults = {"lr": 1e-2, "lr_decay": 0.0, "weight_decay": 0.0, "initial_accumulator_value": 0.0,
+                      "eps": 1e-10, "maximize": False}
+    in_torch = True
+    functional_state_args = {"sum": "state_sums"}
+    functional_excluded = ("initial_accumulator_value",)
+    functional_note = "``state_sums`` start at the initial accumulator value, which the caller fills in."
+    bench_hypers = {"lr": 1e-2}
 
     def _initial_value(self, name: str, group: int) -> float:
         return float(self.param_groups[group]["initial_accumulator_value"])

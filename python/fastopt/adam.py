@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
-
-from . import _core
-from .optimizer import Optimizer, flag, real
+from .optimizer import Optimizer
 
 
 class Adam(Optimizer):
@@ -33,31 +30,12 @@ class Adam(Optimizer):
 
     rule = "adam"
     state_names = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
-    decoupled = False
-
-    @classmethod
-    def default_hypers(cls) -> dict[str, Any]:
-        return {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8,
-                "weight_decay": 1e-2 if cls.decoupled else 0.0, "amsgrad": False, "maximize": False}
-
-    @classmethod
-    def _to_hyper(cls, group: Mapping[str, Any]) -> Any:
-        h = _core.AdamHyper()
-        h.lr = real("lr", group["lr"])
-        betas = group["betas"]
-        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-        h.beta1 = real("beta1", betas[0])
-        h.beta2 = real("beta2", betas[1])
-        h.eps = real("eps", group["eps"])
-        h.weight_decay = real("weight_decay", group["weight_decay"])
-        h.amsgrad = flag("amsgrad", group["amsgrad"])
-        h.maximize = flag("maximize", group["maximize"])
-        h.decoupled = cls.decoupled
-        err = h.check()
-        if err:
-            raise ValueError(err)
-        return h
+    hyper_defaults = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "amsgrad": False,
+                      "maximize": False}
+    fixed_fields = {"decoupled": False}
+    optional_state = {"max_exp_avg_sq": "amsgrad"}
+    in_torch = True
+    bench_hypers = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0}
 
 
 class AdamW(Adam):
@@ -67,4 +45,6 @@ class AdamW(Adam):
     is first scaled by ``1 - lr * weight_decay`` (default weight_decay 1e-2).
     """
 
-    decoupled = True
+    hyper_defaults = {**Adam.hyper_defaults, "weight_decay": 1e-2}
+    fixed_fields = {"decoupled": True}
+    bench_hypers = {**Adam.bench_hypers, "weight_decay": 1e-2}

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
-
-from . import _core
-from ._hypers import build
 from .optimizer import Optimizer
 
 
@@ -32,11 +28,6 @@ class Adamax(Optimizer):
 
     rule = "adamax"
     state_names = ("exp_avg", "exp_inf")
-
-    @classmethod
-    def default_hypers(cls) -> dict[str, Any]:
-        return {"lr": 2e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "maximize": False}
-
-    @classmethod
-    def _to_hyper(cls, group: Mapping[str, Any]) -> Any:
-        return build(_core.AdamaxHyper, group, ("lr", "eps", "weight_decay"), ("maximize",))
+    hyper_defaults = {"lr": 2e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "maximize": False}
+    in_torch = True
+    bench_hypers = {"lr": 2e-3}

@@ -1,6 +1,6 @@
 """The ``fastopt bench`` benchmark: fastopt's optimizer steps against a bandwidth probe and peers.
 
-For each optimizer (SGD with momentum 0.9, Adam, AdamW) and two layouts of the same ``size``
+For each optimizer (``catalog.OPTIMIZERS``, each with its class's ``bench_hypers``) and two layouts of the same ``size``
 params (ONE tensor, and ``tensors`` tensors of mixed sizes that sum exactly to ``size``), it
 times steps of:
 
@@ -55,18 +55,7 @@ import ml_dtypes
 import numpy as np
 
 from . import __version__, _core, cpu_isa, get_num_threads, set_num_threads
-from .adabelief import AdaBelief
-from .adadelta import Adadelta
-from .adagrad import Adagrad
-from .adam import Adam, AdamW
-from .adamax import Adamax
-from .lamb import LAMB
-from .lars import LARS
-from .lion import Lion
-from .nadam import NAdam
-from .radam import RAdam
-from .rmsprop import RMSprop
-from .sgd import SGD
+from .catalog import OPTIMIZERS
 
 DTYPES: dict[str, np.dtype] = {
     "float32": np.dtype(np.float32),
@@ -103,17 +92,35 @@ class Stream:
 
 @dataclass(frozen=True)
 class OptimizerSpec:
-    """One benchmarked optimizer: the same hyperparameters for fastopt, torch and NumPy."""
+    """One benchmarked optimizer (its class's description): the same hyperparameters for
+    fastopt, torch and NumPy."""
 
-    name: str
     fastopt_cls: type
-    torch_name: str | None  # None: torch.optim has no such optimizer
-    hypers: Mapping[str, Any]
     numpy_step: Callable[..., None] | None = None  # (params, grads, states, step, hypers, scratch)
-    # A two-pass rule's first pass, in bytes per param: LARS reads p and g (8); LAMB's second
-    # pass re-reads p, m and v (12) after the first has moved the elementwise streams.
-    extra_bytes: int = 0
-    extra_doc: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.fastopt_cls.__name__.lower()
+
+    @property
+    def torch_name(self) -> str | None:  # None: torch.optim has no such optimizer
+        return self.fastopt_cls.__name__ if self.fastopt_cls.in_torch else None
+
+    @property
+    def hypers(self) -> Mapping[str, Any]:
+        return self.fastopt_cls.bench_hypers
+
+    @property
+    def extra_bytes(self) -> int:
+        """A two-pass rule's other pass, in bytes per param: LARS's norm pass reads p and g (8);
+        LAMB's second pass re-reads p, m and v (12) after the first has moved the elementwise streams."""
+        extra = self.fastopt_cls.extra_pass
+        return 4 * len(extra[1]) if extra else 0
+
+    @property
+    def extra_doc(self) -> str:
+        extra = self.fastopt_cls.extra_pass
+        return f"; {extra[0]} " + ", ".join(f"{s} r 4" for s in extra[1]) if extra else ""
 
     @property
     def state_names(self) -> tuple[str, ...]:
@@ -189,24 +196,9 @@ def numpy_adamw(params, grads, states, step, h, scratch) -> None:
     _numpy_adam(params, grads, states, step, h, scratch, decoupled=True)
 
 
-_ADAM = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8}
-SPECS: dict[str, OptimizerSpec] = {s.name: s for s in (
-    OptimizerSpec("sgd", SGD, "SGD", {"lr": 1e-3, "momentum": 0.9}, numpy_sgd),
-    OptimizerSpec("adam", Adam, "Adam", {**_ADAM, "weight_decay": 0.0}, numpy_adam),
-    OptimizerSpec("adamw", AdamW, "AdamW", {**_ADAM, "weight_decay": 1e-2}, numpy_adamw),
-    OptimizerSpec("adagrad", Adagrad, "Adagrad", {"lr": 1e-2}),
-    OptimizerSpec("adadelta", Adadelta, "Adadelta", {"lr": 1.0}),
-    OptimizerSpec("rmsprop", RMSprop, "RMSprop", {"lr": 1e-3}),
-    OptimizerSpec("adamax", Adamax, "Adamax", {"lr": 2e-3}),
-    OptimizerSpec("nadam", NAdam, "NAdam", {"lr": 2e-3}),
-    OptimizerSpec("radam", RAdam, "RAdam", {"lr": 1e-3}),
-    OptimizerSpec("adabelief", AdaBelief, None, {"lr": 1e-3}),
-    OptimizerSpec("lion", Lion, None, {"lr": 1e-4, "weight_decay": 1e-2}),
-    OptimizerSpec("lars", LARS, None, {"lr": 1e-3, "momentum": 0.9, "weight_decay": 1e-4}, extra_bytes=8,
-                  extra_doc="; norm pass p r 4, grad r 4"),
-    OptimizerSpec("lamb", LAMB, None, {"lr": 1e-3, "weight_decay": 1e-2}, extra_bytes=12,
-                  extra_doc="; second pass p r 4, exp_avg r 4, exp_avg_sq r 4"),
-)}
+NUMPY_STEPS = {"sgd": numpy_sgd, "adam": numpy_adam, "adamw": numpy_adamw}
+SPECS: dict[str, OptimizerSpec] = {
+    spec.name: spec for spec in (OptimizerSpec(cls, NUMPY_STEPS.get(cls.__name__.lower())) for cls in OPTIMIZERS)}
 
 
 # ---- layouts and data ----------------------------------------------------------------------
@@ -636,7 +628,7 @@ def fixed_cost_us(torch=None, tensors: int = 1000, rounds: int = 5) -> dict[str,
 
     params = [np.zeros(1, np.float32) for _ in range(tensors)]
     grads = [np.ones(1, np.float32) for _ in range(tensors)]
-    out = {"fastopt": timed(AdamW(params, grads, lr=1e-3).step)}
+    out = {"fastopt": timed(SPECS["adamw"].fastopt_cls(params, grads, lr=1e-3).step)}
     if torch is not None:
         tparams = [torch.zeros(1) for _ in range(tensors)]
         for t in tparams:

@@ -51,9 +51,9 @@ def _optimizers(text: str) -> tuple[str, ...]:
 BENCH_DESCRIPTION = """\
 Times in-place optimizer steps of fastopt against a memory-bandwidth probe and peers.
 
-For each optimizer (every one fastopt has: SGD with momentum 0.9, Adam, AdamW, Adagrad,
-Adadelta, RMSprop, Adamax, NAdam, RAdam, AdaBelief, Lion, LARS, LAMB; hyperparameters in
-fastopt.bench.SPECS) the same --size params are laid out as ONE tensor and as --tensors tensors of mixed sizes
+For each optimizer fastopt has, with its class's bench_hypers:
+  {optimizers}
+the same --size params are laid out as ONE tensor and as --tensors tensors of mixed sizes
 (log-uniform over 3 orders of magnitude from a fixed seed, summing exactly to --size). Each
 implementation starts from fresh copies of the same values and takes the same steps:
 
@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     bench = sub.add_parser(
         "bench", help="benchmark optimizer steps against a bandwidth probe, torch.optim and NumPy",
-        description=BENCH_DESCRIPTION, epilog=BENCH_EPILOG,
+        description=BENCH_DESCRIPTION.format(optimizers=", ".join(s.fastopt_cls.__name__ for s in SPECS.values())),
+        epilog=BENCH_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     bench.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                        help="cpu (default) or cuda: the GPU table (needs PyTorch with CUDA), with a "

@@ -8,21 +8,12 @@ current stream of their library.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import inspect
+from typing import Any, Callable, Mapping, Sequence
 
+from .catalog import OPTIMIZERS
 from .engine import engine_for
-from .adabelief import AdaBelief
-from .adadelta import Adadelta
-from .adagrad import Adagrad
-from .adam import Adam, AdamW
-from .adamax import Adamax
-from .lamb import LAMB
-from .lars import LARS
-from .lion import Lion
-from .nadam import NAdam
-from .radam import RAdam
-from .rmsprop import RMSprop
-from .sgd import SGD
+from .optimizer import Optimizer
 
 Array = Any
 
@@ -42,177 +33,90 @@ def _run(cls, params, grads, states, names, master_params, step: int, hypers: di
     engine.step(group, [h], [int(step)], None, params[0] if n else None)
 
 
-def sgd_(params: Sequence[Array], grads: Sequence[Array],
-         momentum_buffers: Sequence[Array] | None = None, *, step: int, lr: float,
-         momentum: float = 0.0, dampening: float = 0.0, weight_decay: float = 0.0,
-         nesterov: bool = False, maximize: bool = False, momentum_form: str = "torch",
-         master_params: Sequence[Array | None] | None = None) -> None:
-    """One SGD step in place (see :class:`fastopt.SGD` for the update and the two momentum forms).
-
-    ``momentum_buffers`` (float32, one per param) are required when momentum != 0; ``step``
-    counts their updates, this one included: at ``step=1`` they are set to the gradient
-    (torch form) or to -lr times it (Sutskever form), whatever they held.
-    ``master_params`` holds fp32 master weights for float16/bfloat16 params (or None each).
-    """
-    if momentum != 0 and momentum_buffers is None:
-        raise ValueError("momentum != 0 needs momentum_buffers")
-    states = [list(momentum_buffers)] if momentum != 0 else []
-    _run(SGD, params, grads, states, SGD.state_names, master_params, step,
-         dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-              nesterov=nesterov, maximize=maximize, momentum_form=momentum_form))
-
-
-def _adam(cls, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step, master_params, hypers):
-    if hypers["amsgrad"] and max_exp_avg_sqs is None:
-        raise ValueError("amsgrad needs max_exp_avg_sqs")
-    states = [list(exp_avgs), list(exp_avg_sqs)]
-    if hypers["amsgrad"]:
-        states.append(list(max_exp_avg_sqs))
-    _run(cls, params, grads, states, cls.state_names, master_params, step, hypers)
-
-
-def adam_(params: Sequence[Array], grads: Sequence[Array], exp_avgs: Sequence[Array],
-          exp_avg_sqs: Sequence[Array], max_exp_avg_sqs: Sequence[Array] | None = None, *,
-          step: int, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999,
-          eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False,
-          maximize: bool = False, master_params: Sequence[Array | None] | None = None) -> None:
-    """One Adam step in place (see :class:`fastopt.Adam`); ``step`` is 1-based, this one included."""
-    _adam(Adam, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step, master_params,
-          dict(lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-               maximize=maximize))
-
-
-def adamw_(params: Sequence[Array], grads: Sequence[Array], exp_avgs: Sequence[Array],
-           exp_avg_sqs: Sequence[Array], max_exp_avg_sqs: Sequence[Array] | None = None, *,
-           step: int, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999,
-           eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False,
-           maximize: bool = False, master_params: Sequence[Array | None] | None = None) -> None:
-    """One AdamW step in place (see :class:`fastopt.AdamW`); ``step`` is 1-based, this one included."""
-    _adam(AdamW, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step, master_params,
-          dict(lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-               maximize=maximize))
-
-
-def _stateful(cls, params, grads, given: dict, reasons: dict, step, master_params, hypers) -> None:
+def _stateful(cls: type[Optimizer], params, grads, given: Mapping[str, Any], step, master_params, hypers) -> None:
     """Runs ``cls``'s rule with the state lists its hyperparameters bind: a prefix of
-    ``cls.state_names``; ``given`` maps each name to the caller's list (or None), ``reasons``
-    says which option needs a name that is optional."""
+    ``cls.state_names``; ``given`` maps each name to the caller's list (or None)."""
     n = cls._to_hyper({**cls.default_hypers(), **hypers}).num_state()  # validates first
     names = cls.state_names[:n]
     for name in names:
         if given[name] is None:
-            raise ValueError(f"{reasons[name]} needs {name}s")
+            raise ValueError(f"{cls.optional_state[name]} needs {_state_arg(cls, name)}")
     _run(cls, params, grads, [list(given[name]) for name in names], cls.state_names, master_params, step, hypers)
 
 
-def adagrad_(params: Sequence[Array], grads: Sequence[Array], state_sums: Sequence[Array], *,
-             step: int, lr: float = 1e-2, lr_decay: float = 0.0, weight_decay: float = 0.0,
-             eps: float = 1e-10, maximize: bool = False,
-             master_params: Sequence[Array | None] | None = None) -> None:
-    """One Adagrad step in place (see :class:`fastopt.Adagrad`); ``step`` is 1-based, this
-    one included (it sets the lr decay). ``state_sums`` start at the initial accumulator
-    value, which the caller fills in."""
-    _stateful(Adagrad, params, grads, {"sum": state_sums}, {}, step, master_params,
-              dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, eps=eps, maximize=maximize))
+def _state_arg(cls: type[Optimizer], name: str) -> str:
+    return cls.functional_state_args.get(name, name + "s")
 
 
-def adadelta_(params: Sequence[Array], grads: Sequence[Array], square_avgs: Sequence[Array],
-              acc_deltas: Sequence[Array], *, step: int = 1, lr: float = 1.0, rho: float = 0.9,
-              eps: float = 1e-6, weight_decay: float = 0.0, maximize: bool = False,
-              master_params: Sequence[Array | None] | None = None) -> None:
-    """One Adadelta step in place (see :class:`fastopt.Adadelta`); the update does not
-    depend on ``step``."""
-    _stateful(Adadelta, params, grads, {"square_avg": square_avgs, "acc_delta": acc_deltas}, {}, step,
-              master_params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize))
+def _keywords(cls: type[Optimizer]) -> dict[str, Any]:
+    """The functional form's hyperparameter keywords and defaults: the class's, betas split."""
+    out: dict[str, Any] = {}
+    for key, value in cls.hyper_defaults.items():
+        if key == "betas":
+            out["beta1"], out["beta2"] = value
+        elif key not in cls.functional_excluded:
+            out[key] = value
+    return out
 
 
-def rmsprop_(params: Sequence[Array], grads: Sequence[Array], square_avgs: Sequence[Array],
-             momentum_buffers: Sequence[Array] | None = None, grad_avgs: Sequence[Array] | None = None, *,
-             step: int = 1, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
-             weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False,
-             maximize: bool = False, master_params: Sequence[Array | None] | None = None) -> None:
-    """One RMSprop step in place (see :class:`fastopt.RMSprop`); the update does not depend
-    on ``step``. ``momentum_buffers`` are needed when momentum > 0 or centered (state is
-    bound as a prefix: centered without momentum leaves them untouched); ``grad_avgs`` when
-    centered."""
-    _stateful(RMSprop, params, grads,
-              {"square_avg": square_avgs, "momentum_buffer": momentum_buffers, "grad_avg": grad_avgs},
-              {"momentum_buffer": "momentum > 0 or centered", "grad_avg": "centered"}, step, master_params,
-              dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
-                   centered=centered, maximize=maximize))
+def _doc(cls: type[Optimizer], keywords: Mapping[str, Any]) -> str:
+    name = cls.__name__
+    states = ", ".join(_state_arg(cls, s) for s in cls.state_names)
+    needs = "".join(f"\n            {_state_arg(cls, s)} are needed when {option} (else None)."
+                    for s, option in cls.optional_state.items())
+    step = ("the 1-based count of updates of the state passed in, this one included (required)."
+            if cls.step_dependent else "the update does not depend on it (default 1).")
+    betas = " (betas as beta1, beta2)" if "betas" in cls.hyper_defaults else ""
+    note = f"\n    {cls.functional_note}\n" if cls.functional_note else ""
+    return f"""One {name} step in place (see :class:`fastopt.{name}` for the update and its source).
+
+    Args:
+        params, grads: sequences of arrays, one grad per param, shaped like it; the params are
+            updated in place, the grads only read.
+        {states}: the state: float32 arrays shaped like the params,
+            one per param, updated in place (positional, in this order).{needs}
+        step: {step}
+        {", ".join(keywords)}:
+            the hyperparameters and their defaults, as in :class:`fastopt.{name}`{betas}.
+        master_params: fp32 master weights of float16/bfloat16 params (None each, or None).
+{note}
+    Raises:
+        TypeError, ValueError: a bad argument, a missing or short state list, or a tensor
+            fastopt cannot take (:class:`fastopt.TensorError`); nothing is written then.
+    """
 
 
-def adamax_(params: Sequence[Array], grads: Sequence[Array], exp_avgs: Sequence[Array],
-            exp_infs: Sequence[Array], *, step: int, lr: float = 2e-3, beta1: float = 0.9,
-            beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0, maximize: bool = False,
-            master_params: Sequence[Array | None] | None = None) -> None:
-    """One Adamax step in place (see :class:`fastopt.Adamax`); ``step`` is 1-based, this one included."""
-    _stateful(Adamax, params, grads, {"exp_avg": exp_avgs, "exp_inf": exp_infs}, {}, step, master_params,
-              dict(lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay, maximize=maximize))
+def _functional_form(cls: type[Optimizer]) -> Callable[..., None]:
+    """fastopt.functional.<name>_ for the optimizer class ``cls``."""
+    P = inspect.Parameter
+    args = [P("params", P.POSITIONAL_OR_KEYWORD), P("grads", P.POSITIONAL_OR_KEYWORD)]
+    for name in cls.state_names:
+        args.append(P(_state_arg(cls, name), P.POSITIONAL_OR_KEYWORD,
+                      default=None if name in cls.optional_state else P.empty))
+    args.append(P("step", P.KEYWORD_ONLY, default=P.empty if cls.step_dependent else 1))
+    keywords = _keywords(cls)
+    args += [P(k, P.KEYWORD_ONLY, default=P.empty if k in cls.functional_required else v)
+             for k, v in keywords.items()]
+    args.append(P("master_params", P.KEYWORD_ONLY, default=None))
+    signature = inspect.Signature(args)
+
+    def form(*args: Any, **kwargs: Any) -> None:
+        bound = signature.bind(*args, **kwargs)  # TypeError for a missing or unknown argument
+        bound.apply_defaults()
+        a = bound.arguments
+        hypers = {k: a[k] for k in keywords}
+        if "betas" in cls.hyper_defaults:
+            hypers["betas"] = (hypers.pop("beta1"), hypers.pop("beta2"))
+        given = {name: a[_state_arg(cls, name)] for name in cls.state_names}
+        _stateful(cls, a["params"], a["grads"], given, a["step"], a["master_params"], hypers)
+
+    form.__name__ = form.__qualname__ = cls.__name__.lower() + "_"
+    form.__module__ = __name__
+    form.__doc__ = _doc(cls, keywords)
+    form.__signature__ = signature  # type: ignore[attr-defined]
+    return form
 
 
-def nadam_(params: Sequence[Array], grads: Sequence[Array], exp_avgs: Sequence[Array],
-           exp_avg_sqs: Sequence[Array], *, step: int, lr: float = 2e-3, beta1: float = 0.9,
-           beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
-           momentum_decay: float = 4e-3, decoupled_weight_decay: bool = False, maximize: bool = False,
-           master_params: Sequence[Array | None] | None = None) -> None:
-    """One NAdam step in place (see :class:`fastopt.NAdam`); ``step`` is 1-based, this one
-    included. The momentum product of the steps so far is computed from ``step``."""
-    _stateful(NAdam, params, grads, {"exp_avg": exp_avgs, "exp_avg_sq": exp_avg_sqs}, {}, step, master_params,
-              dict(lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay, momentum_decay=momentum_decay,
-                   decoupled_weight_decay=decoupled_weight_decay, maximize=maximize))
-
-
-def radam_(params: Sequence[Array], grads: Sequence[Array], exp_avgs: Sequence[Array],
-           exp_avg_sqs: Sequence[Array], *, step: int, lr: float = 1e-3, beta1: float = 0.9,
-           beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
-           decoupled_weight_decay: bool = False, maximize: bool = False,
-           master_params: Sequence[Array | None] | None = None) -> None:
-    """One RAdam step in place (see :class:`fastopt.RAdam`); ``step`` is 1-based, this one included."""
-    _stateful(RAdam, params, grads, {"exp_avg": exp_avgs, "exp_avg_sq": exp_avg_sqs}, {}, step, master_params,
-              dict(lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay,
-                   decoupled_weight_decay=decoupled_weight_decay, maximize=maximize))
-
-
-def adabelief_(params: Sequence[Array], grads: Sequence[Array], exp_avgs: Sequence[Array],
-               exp_avg_vars: Sequence[Array], max_exp_avg_vars: Sequence[Array] | None = None, *,
-               step: int, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-16,
-               weight_decay: float = 0.0, amsgrad: bool = False, weight_decouple: bool = False,
-               maximize: bool = False, master_params: Sequence[Array | None] | None = None) -> None:
-    """One AdaBelief step in place (see :class:`fastopt.AdaBelief`); ``step`` is 1-based,
-    this one included. ``max_exp_avg_vars`` are needed with amsgrad."""
-    _stateful(AdaBelief, params, grads,
-              {"exp_avg": exp_avgs, "exp_avg_var": exp_avg_vars, "max_exp_avg_var": max_exp_avg_vars},
-              {"max_exp_avg_var": "amsgrad"}, step, master_params,
-              dict(lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-                   weight_decouple=weight_decouple, maximize=maximize))
-
-
-def lion_(params: Sequence[Array], grads: Sequence[Array], exp_avgs: Sequence[Array], *, step: int = 1,
-          lr: float = 1e-4, beta1: float = 0.9, beta2: float = 0.99, weight_decay: float = 0.0,
-          maximize: bool = False, master_params: Sequence[Array | None] | None = None) -> None:
-    """One Lion step in place (see :class:`fastopt.Lion`); the update does not depend on ``step``."""
-    _stateful(Lion, params, grads, {"exp_avg": exp_avgs}, {}, step, master_params,
-              dict(lr=lr, betas=(beta1, beta2), weight_decay=weight_decay, maximize=maximize))
-
-
-def lars_(params: Sequence[Array], grads: Sequence[Array], momentum_buffers: Sequence[Array] | None = None, *,
-          step: int = 1, lr: float = 1e-3, momentum: float = 0.9, weight_decay: float = 0.0,
-          trust_coefficient: float = 1e-3, eps: float = 1e-8, exclude_1d: bool = False, maximize: bool = False,
-          master_params: Sequence[Array | None] | None = None) -> None:
-    """One LARS step in place (see :class:`fastopt.LARS`): the norm pass, then the update.
-    ``momentum_buffers`` are required when momentum != 0; the update does not depend on ``step``."""
-    _stateful(LARS, params, grads, {"momentum_buffer": momentum_buffers}, {"momentum_buffer": "momentum != 0"},
-              step, master_params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
-                                        trust_coefficient=trust_coefficient, eps=eps, exclude_1d=exclude_1d,
-                                        maximize=maximize))
-
-
-def lamb_(params: Sequence[Array], grads: Sequence[Array], exp_avgs: Sequence[Array],
-          exp_avg_sqs: Sequence[Array], *, step: int, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999,
-          eps: float = 1e-6, weight_decay: float = 0.0, max_trust: float = 0.0, bias_correction: bool = True,
-          maximize: bool = False, master_params: Sequence[Array | None] | None = None) -> None:
-    """One LAMB step in place (see :class:`fastopt.LAMB`); ``step`` is 1-based, this one included."""
-    _stateful(LAMB, params, grads, {"exp_avg": exp_avgs, "exp_avg_sq": exp_avg_sqs}, {}, step, master_params,
-              dict(lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay, max_trust=max_trust,
-                   bias_correction=bias_correction, maximize=maximize))
+FORMS: dict[str, Callable[..., None]] = {f.__name__: f for f in map(_functional_form, OPTIMIZERS)}
+globals().update(FORMS)
+__all__ = list(FORMS)

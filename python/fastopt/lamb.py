@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
-
-from . import _core
-from ._hypers import build
 from .optimizer import Optimizer
 
 
@@ -40,13 +36,7 @@ class LAMB(Optimizer):
 
     rule = "lamb"
     state_names = ("exp_avg", "exp_avg_sq")
-
-    @classmethod
-    def default_hypers(cls) -> dict[str, Any]:
-        return {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-6, "weight_decay": 0.0, "max_trust": 0.0,
-                "bias_correction": True, "maximize": False}
-
-    @classmethod
-    def _to_hyper(cls, group: Mapping[str, Any]) -> Any:
-        return build(_core.LambHyper, group, ("lr", "eps", "weight_decay", "max_trust"),
-                     ("bias_correction", "maximize"))
+    hyper_defaults = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-6, "weight_decay": 0.0, "max_trust": 0.0,
+                      "bias_correction": True, "maximize": False}
+    bench_hypers = {"lr": 1e-3, "weight_decay": 1e-2}
+    extra_pass = ("second pass", ("p", "exp_avg", "exp_avg_sq"))

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
-
-from . import _core
-from ._hypers import build
 from .optimizer import Optimizer
 
 
@@ -40,13 +36,10 @@ class LARS(Optimizer):
 
     rule = "lars"
     state_names = ("momentum_buffer",)
-
-    @classmethod
-    def default_hypers(cls) -> dict[str, Any]:
-        return {"lr": 1e-3, "momentum": 0.9, "weight_decay": 0.0, "trust_coefficient": 1e-3, "eps": 1e-8,
-                "exclude_1d": False, "maximize": False}
-
-    @classmethod
-    def _to_hyper(cls, group: Mapping[str, Any]) -> Any:
-        return build(_core.LarsHyper, group, ("lr", "momentum", "weight_decay", "trust_coefficient", "eps"),
-                     ("exclude_1d", "maximize"))
+    hyper_defaults = {"lr": 1e-3, "momentum": 0.9, "weight_decay": 0.0, "trust_coefficient": 1e-3, "eps": 1e-8,
+                      "exclude_1d": False, "maximize": False}
+    optional_state = {"momentum_buffer": "momentum != 0"}
+    step_dependent = False
+    functional_note = "The norm pass, then the update."
+    bench_hypers = {"lr": 1e-3, "momentum": 0.9, "weight_decay": 1e-4}
+    extra_pass = ("norm pass", ("p", "grad"))

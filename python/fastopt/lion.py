@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
-
-from . import _core
-from ._hypers import build
 from .optimizer import Optimizer
 
 
@@ -33,11 +29,6 @@ class Lion(Optimizer):
 
     rule = "lion"
     state_names = ("exp_avg",)
-
-    @classmethod
-    def default_hypers(cls) -> dict[str, Any]:
-        return {"lr": 1e-4, "betas": (0.9, 0.99), "weight_decay": 0.0, "maximize": False}
-
-    @classmethod
-    def _to_hyper(cls, group: Mapping[str, Any]) -> Any:
-        return build(_core.LionHyper, group, ("lr", "weight_decay"), ("maximize",))
+    hyper_defaults = {"lr": 1e-4, "betas": (0.9, 0.99), "weight_decay": 0.0, "maximize": False}
+    step_dependent = False
+    bench_hypers = {"lr": 1e-4, "weight_decay": 1e-2}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import abc
 import math
 import numbers
 from dataclasses import dataclass
@@ -31,6 +30,13 @@ def flag(name: str, value: Any) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a bool, got {value!r}")
     return bool(value)
+
+
+def betas(value: Any) -> tuple[float, float]:
+    """(beta1, beta2) from a pair, or TypeError."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise TypeError(f"betas must be a pair (beta1, beta2), got {value!r}")
+    return real("beta1", value[0]), real("beta2", value[1])
 
 
 @dataclass(frozen=True)
@@ -140,7 +146,7 @@ class ParamGroup(dict):
     __delitem__ = pop = popitem = clear = _no_removal
 
 
-class Optimizer(abc.ABC):
+class Optimizer:
     """Base of fastopt's optimizers: binds params, grads and state once, steps many times.
 
     Args:
@@ -193,8 +199,29 @@ class Optimizer(abc.ABC):
     != 0) starts its buffer as if momentum had been on, unlike torch.
     """
 
-    rule: ClassVar[str]
-    state_names: ClassVar[tuple[str, ...]]
+    # ---- the description each optimizer gives (in fastopt/<rule>.py; see catalog.py) -------
+    rule: ClassVar[str]                       # its C++ rule id, a key of _core.rules
+    state_names: ClassVar[tuple[str, ...]]    # its float32 state arrays, in binding order
+    hyper_defaults: ClassVar[dict[str, Any]]  # hyperparameters (torch.optim's names) -> default;
+    # a float default makes a real-valued field of the rule's Hyper struct, a bool a flag,
+    # "betas" its beta1/beta2; other types are the class's own _to_hyper's to map.
+    hyper_fields: ClassVar[dict[str, str]] = {}  # a hyperparameter whose Hyper field is named otherwise
+    fixed_fields: ClassVar[dict[str, Any]] = {}  # Hyper fields the class sets (AdamW: decoupled)
+    optional_state: ClassVar[dict[str, str]] = {}  # state bound only under an option -> that option
+    in_torch: ClassVar[bool] = False  # torch.optim has this optimizer, with these semantics
+    # The functional form (fastopt.functional.<name>_): whether the update depends on the step
+    # count (then `step` is required), hyperparameters it takes no keyword for, and those it
+    # requires, and what its docstring adds to the generic one.
+    step_dependent: ClassVar[bool] = True
+    functional_excluded: ClassVar[tuple[str, ...]] = ()
+    functional_required: ClassVar[tuple[str, ...]] = ()
+    functional_note: ClassVar[str] = ""
+    # The functional form's name for a state list where not the state's name + "s".
+    functional_state_args: ClassVar[dict[str, str]] = {}
+    # The benchmark: its hyperparameters, and for a two-pass rule its other pass: a name and the
+    # fp32 streams that pass reads beyond those of the elementwise update.
+    bench_hypers: ClassVar[dict[str, Any]] = {}
+    extra_pass: ClassVar[tuple[str, tuple[str, ...]] | None] = None
     defaults: dict[str, Any]
 
     def __init__(self, params: Sequence[Array] | Sequence[Mapping[str, Any]],
@@ -248,16 +275,31 @@ class Optimizer(abc.ABC):
         self._bound_states: list[int] | None = None  # state streams bound per group
         self._refresh()
 
-    # ---- what each optimizer defines --------------------------------------------------
+    # ---- what the description gives --------------------------------------------------------
     @classmethod
-    @abc.abstractmethod
     def default_hypers(cls) -> dict[str, Any]:
         """The hyperparameters and their defaults."""
+        return dict(cls.hyper_defaults)
 
     @classmethod
-    @abc.abstractmethod
-    def _to_hyper(cls, group: Mapping[str, Any]) -> Any:
-        """The engine's hyperparameter struct for ``group``; raises on a bad value."""
+    def _to_hyper(cls, group: Mapping[str, Any], **fields: Any) -> Any:
+        """The engine's hyperparameter struct for ``group`` (plus ``fields``, set as given);
+        TypeError for a value of the wrong type, ValueError (the rule's message) for one out
+        of range."""
+        h = _core.rules[cls.rule]()
+        for key, default in cls.hyper_defaults.items():
+            if key == "betas":
+                h.beta1, h.beta2 = betas(group[key])
+            elif isinstance(default, bool):
+                setattr(h, cls.hyper_fields.get(key, key), flag(key, group[key]))
+            elif isinstance(default, float):
+                setattr(h, cls.hyper_fields.get(key, key), real(key, group[key]))
+        for key, value in {**cls.fixed_fields, **fields}.items():
+            setattr(h, key, value)
+        err = h.check()
+        if err:
+            raise ValueError(err)
+        return h
 
     def _rule_steps(self) -> list[int]:
         """The step count the rule sees for each group at the step being taken."""

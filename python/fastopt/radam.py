@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
-
-from . import _core
-from ._hypers import build
 from .optimizer import Optimizer
 
 
@@ -44,13 +40,8 @@ class RAdam(Optimizer):
 
     rule = "radam"
     state_names = ("exp_avg", "exp_avg_sq")
-
-    @classmethod
-    def default_hypers(cls) -> dict[str, Any]:
-        return {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0,
-                "decoupled_weight_decay": False, "maximize": False}
-
-    @classmethod
-    def _to_hyper(cls, group: Mapping[str, Any]) -> Any:
-        return build(_core.RAdamHyper, group, ("lr", "eps", "weight_decay"), ("decoupled_weight_decay", "maximize"),
-                     {"decoupled_weight_decay": "decoupled"})
+    hyper_defaults = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0,
+                      "decoupled_weight_decay": False, "maximize": False}
+    hyper_fields = {"decoupled_weight_decay": "decoupled"}
+    in_torch = True
+    bench_hypers = {"lr": 1e-3}

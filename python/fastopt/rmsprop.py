@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
-
-from . import _core
-from ._hypers import build
 from .optimizer import Optimizer
 
 
@@ -41,13 +37,11 @@ class RMSprop(Optimizer):
 
     rule = "rmsprop"
     state_names = ("square_avg", "momentum_buffer", "grad_avg")
-
-    @classmethod
-    def default_hypers(cls) -> dict[str, Any]:
-        return {"lr": 1e-2, "alpha": 0.99, "eps": 1e-8, "weight_decay": 0.0, "momentum": 0.0,
-                "centered": False, "maximize": False}
-
-    @classmethod
-    def _to_hyper(cls, group: Mapping[str, Any]) -> Any:
-        return build(_core.RmsPropHyper, group, ("lr", "alpha", "eps", "weight_decay", "momentum"),
-                     ("centered", "maximize"))
+    hyper_defaults = {"lr": 1e-2, "alpha": 0.99, "eps": 1e-8, "weight_decay": 0.0, "momentum": 0.0,
+                      "centered": False, "maximize": False}
+    optional_state = {"momentum_buffer": "momentum > 0 or centered", "grad_avg": "centered"}
+    in_torch = True
+    step_dependent = False
+    functional_note = ("State is bound as a prefix of the state lists: centered without momentum leaves\n"
+                       "    ``momentum_buffers`` untouched.")
+    bench_hypers = {"lr": 1e-3}

@@ -6,8 +6,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from . import _core
-from .optimizer import Optimizer, flag, real
+from .optimizer import Optimizer
 
 
 MOMENTUM_FORMS = ("torch", "sutskever")
@@ -55,29 +54,24 @@ class SGD(Optimizer):
 
     rule = "sgd"
     state_names = ("momentum_buffer",)
-
-    @classmethod
-    def default_hypers(cls) -> dict[str, Any]:
-        return {"lr": 1e-3, "momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0,
-                "nesterov": False, "maximize": False, "momentum_form": "torch"}
+    hyper_defaults = {"lr": 1e-3, "momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0,
+                      "nesterov": False, "maximize": False, "momentum_form": "torch"}
+    optional_state = {"momentum_buffer": "momentum != 0"}
+    in_torch = True
+    functional_required = ("lr",)
+    functional_note = ("``step`` counts the momentum buffers' updates, this one included: at ``step=1`` they\n"
+                       "    are set to the gradient (torch form) or to -lr times it (Sutskever form), whatever\n"
+                       "    they held.")
+    bench_hypers = {"lr": 1e-3, "momentum": 0.9}
 
     @classmethod
     def _to_hyper(cls, group: Mapping[str, Any]) -> Any:
-        h = _core.SgdHyper()
-        for key in ("lr", "momentum", "dampening", "weight_decay"):
-            setattr(h, key, real(key, group[key]))
-        h.nesterov = flag("nesterov", group["nesterov"])
-        h.maximize = flag("maximize", group["maximize"])
         form = group["momentum_form"]
         if not isinstance(form, str):
             raise TypeError(f"momentum_form must be a str, got {form!r}")
         if form not in MOMENTUM_FORMS:
             raise ValueError(f"momentum_form must be one of {', '.join(map(repr, MOMENTUM_FORMS))}, got {form!r}")
-        h.sutskever = form == "sutskever"
-        err = h.check()
-        if err:
-            raise ValueError(err)
-        return h
+        return super()._to_hyper(group, sutskever=form == "sutskever")
 
     def __init__(self, params, grads=None, *, master_weights: bool = False, **hypers: Any):
         self._momentum_steps: dict[int, int] = {}  # updates of each group's buffers so far

@@ -49,7 +49,8 @@ std::vector<typename Rule::Hyper> hypers_of(pybind11::sequence hypers) {
 }
 
 // Registers every rule's Hyper struct as <Type>Hyper (AdamHyper, ...): fields by name,
-// check() -> error message or "", num_state().
+// check() -> error message or "", num_state(); and `rules`, each rule id (its name) mapped to
+// its Hyper class in the registry's order: the Python side finds its optimizers through it.
 inline void bind_hypers(pybind11::module_& m) {
   namespace py = pybind11;
   auto bind = [&m](auto rule, const char* cls_name) {
@@ -61,9 +62,13 @@ inline void bind_hypers(pybind11::module_& m) {
     c.def("check", [](const H& h) { return Rule::check(h); });
     c.def("num_state", [](const H& h) { return Rule::num_state(h); });
   };
-#define FASTOPT_RULE_BIND(id, T) bind(T{}, #T "Hyper");
+  py::dict rules;
+#define FASTOPT_RULE_BIND(id, T) \
+  bind(T{}, #T "Hyper");         \
+  rules[#id] = m.attr(#T "Hyper");
   FASTOPT_RULES(FASTOPT_RULE_BIND)
 #undef FASTOPT_RULE_BIND
+  m.attr("rules") = rules;
 }
 
 }  // namespace fastopt::py_intake

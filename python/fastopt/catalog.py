@@ -1,0 +1,35 @@
+"""The optimizers, found through the C++ registry of rules.
+
+For each rule id of ``_core.rules`` (``FASTOPT_RULES``' order), the optimizers are the
+:class:`~fastopt.Optimizer` subclasses that ``fastopt/<rule id>.py`` defines (``adam.py``:
+Adam and AdamW), in their order there. Each class is its optimizer's one description (rule,
+state, hyperparameters and their defaults, docstring, functional form, benchmark entry; see
+the class attributes of :class:`~fastopt.Optimizer`): the package's exports, the functional
+forms, the benchmark's entries and the CLI's list are all derived from :data:`OPTIMIZERS`.
+Adding an optimizer is its rule header and registry line in C++ and that one Python module.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from . import _core
+from .optimizer import Optimizer
+
+
+def _load() -> tuple[type[Optimizer], ...]:
+    found: list[type[Optimizer]] = []
+    for rule in _core.rules:
+        module = importlib.import_module(f"{__package__}.{rule}")
+        classes = [c for c in vars(module).values()
+                   if isinstance(c, type) and issubclass(c, Optimizer) and c.__module__ == module.__name__]
+        if not classes:
+            raise ImportError(f"{module.__name__} defines no optimizer for the C++ rule '{rule}'")
+        for c in classes:
+            if c.rule != rule:
+                raise ImportError(f"{c.__name__} in {module.__name__} names the rule '{c.rule}', not '{rule}'")
+        found += classes
+    return tuple(found)
+
+
+OPTIMIZERS: tuple[type[Optimizer], ...] = _load()
