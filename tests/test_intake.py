@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import fastopt
-import fastopt.optimizer as optimizer_module
+import fastopt.binding as binding_module
 from fastopt import functional as F
 
 SUPPORTED = "fastopt takes float32, float16 and bfloat16"
@@ -187,7 +187,7 @@ class OffsetDLPack:
 def allocations(monkeypatch):
     """Records every state / master-weight allocation the optimizer classes make."""
     made = []
-    real_zeros, real_master = optimizer_module.state_like, optimizer_module.master_copy
+    real_zeros, real_master = binding_module.state_like, binding_module.master_copy
 
     def zeros(*args, **kwargs):
         made.append(("state", args))
@@ -197,8 +197,8 @@ def allocations(monkeypatch):
         made.append(("master", args))
         return real_master(*args, **kwargs)
 
-    monkeypatch.setattr(optimizer_module, "state_like", zeros)
-    monkeypatch.setattr(optimizer_module, "master_copy", master)
+    monkeypatch.setattr(binding_module, "state_like", zeros)
+    monkeypatch.setattr(binding_module, "master_copy", master)
     return made
 
 

@@ -923,8 +923,8 @@ def test_state_held_in_torch_tensors_round_trips(monkeypatch):
     """The library-neutral array handling (_arrays: copy, fill, assign, to_host) that CUDA
     state relies on, exercised with torch CPU tensors as the state arrays."""
     import torch
-    import fastopt.optimizer as optimizer_module
-    monkeypatch.setattr(optimizer_module, "state_like",
+    import fastopt.binding as binding_module
+    monkeypatch.setattr(binding_module, "state_like",
                         lambda p, name: torch.zeros(np.shape(p), dtype=torch.float32))
     params, grads = [np.ones(5, np.float32)], [np.full(5, 0.5, np.float32)]
     opt = fastopt.SGD(params, grads, lr=0.1, momentum=0.9)

@@ -9,7 +9,7 @@ current stream of their library.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 from .catalog import OPTIMIZERS
 from .engine import engine_for

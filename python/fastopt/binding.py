@@ -1,0 +1,117 @@
+"""Binding: the optimizer's arrays (params, grads, fp32 masters, state) bound to one engine
+group, rebound when the state streams the groups need change; on CUDA, the group's device
+values (lrs, schedules, step counts), written and read on the params' current stream."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _core
+from ._arrays import fill, master_copy, state_like
+from .schedules import Schedule
+
+
+class Binding:
+    """The binding side of :class:`~fastopt.Optimizer` (its arrays and its engine group).
+    Every array the optimizer owns is allocated here."""
+
+    def _master_copies(self, master_weights: bool) -> list:
+        """An exact fp32 copy of each float16/bfloat16 param when ``master_weights`` (else None)."""
+        stream = self._engine.stream(None, self._params[0]) if self._engine.is_cuda else 0
+        return [master_copy(p, f"param {i}", stream)
+                if master_weights and _core.describe(p, f"param {i}")[1] != "float32" else None
+                for i, p in enumerate(self._params)]
+
+    def _new_state(self, i: int, name: str):
+        """A fresh state array ``name`` for param i, at its initial value."""
+        a = state_like(self._params[i], f"param {i}")
+        value = self._initial_value(name, self._group_of[i])
+        if value != 0:
+            fill(a, value)
+        return a
+
+    def _state_created(self, group: int) -> None:
+        """Called when a group's state arrays are allocated."""
+
+    def _initial_value(self, name: str, group: int) -> float:
+        """The value a fresh state array ``name`` of a param in ``group`` starts at."""
+        return 0.0
+
+    def _refresh(self) -> None:
+        """Rebuilds the hyperparameter structs (cheap, per group); rebinds only when the
+        state streams some group needs have changed (momentum or amsgrad switched)."""
+        self._hypers = [self._hyper_at(g, s) for g, s in zip(self.param_groups, self._steps)]
+        self._scheduled = [j for j, g in enumerate(self.param_groups) if isinstance(g["lr"], Schedule)]
+        need = [h.num_state() for h in self._hypers]
+        if need != self._bound_states:
+            self._bind(need)
+        if self._engine.is_cuda:  # schedules are evaluated on the device, from its step counts
+            stream = self._cuda_stream()
+            for j, g in enumerate(self.param_groups):
+                lr = g["lr"]
+                self._core.set_schedule(j, lr._pod.to_bytes() if isinstance(lr, Schedule) else None, stream)
+                if self._capturable:  # the lrs live on the device: enqueue the current ones
+                    self._core.set_lr(j, self._hypers[j].lr, stream)
+        self._stale = False
+
+    def _changed(self) -> None:
+        """A hyperparameter changed: the next step rebuilds the structs. On CUDA the new lrs
+        and schedules are enqueued now, so that a graph replayed next sees them."""
+        self._stale = True
+        if self._engine.is_cuda:
+            self._refresh()
+
+    def _device_steps(self) -> list[int]:
+        """A CUDA group's step counts, read from the device (waits for the current stream); the
+        host's counts are exact again."""
+        self._steps_exact = True
+        return list(self._core.read_steps(self._cuda_stream()))
+
+    def _cuda_stream(self) -> int:
+        """The params' library's current stream: device values (lrs, schedules, step counts)
+        are written and read there, in order with steps and graph replays enqueued there."""
+        return self._engine.stream(None, self._params[0])
+
+    def _bind(self, need: list[int]) -> None:
+        """Binds every param with the first need[group] state streams, allocating any that
+        are missing. Arrays no longer needed stay in the state, unbound and untouched."""
+        created = set()
+        for i, j in enumerate(self._group_of):
+            for name in self.state_names[: need[j]]:
+                if name not in self._state[i]:
+                    self._state[i][name] = self._new_state(i, name)
+                    created.add(j)
+        for j in sorted(created):
+            self._state_created(j)
+        if self._engine.is_cuda and self._bound_states is not None:
+            self._steps = self._device_steps()  # the new group starts from the old one's counts
+        self._core = self._engine.bind(
+            self.rule, self._params, self._grads, self._masters,
+            [[self._state[i][n] for n in self.state_names[: need[j]]] for i, j in enumerate(self._group_of)],
+            self.state_names, self._group_sizes)
+        self._bound_states = need
+        if self._engine.is_cuda:  # the kernels count steps on the device
+            stream = self._cuda_stream()
+            for j, s in enumerate(self._steps):
+                self._core.set_step(j, s, stream)
+
+    @property
+    def state(self) -> dict[int, dict[str, np.ndarray]]:
+        """Live state arrays by param index (``"master_param"`` for fp32 master weights)."""
+        out = {}
+        for i, s in enumerate(self._state):
+            d = dict(s)
+            if self._masters[i] is not None:
+                d["master_param"] = self._masters[i]
+            out[i] = d
+        return out
+
+    @property
+    def master_params(self) -> list[np.ndarray | None]:
+        """The fp32 master weights by param index (None where the param has none)."""
+        return list(self._masters)
+
+    @property
+    def device(self) -> str:
+        """Where the params live and the steps run: ``"cpu"`` or ``"cuda:N"``."""
+        return f"cuda:{self._engine.device}" if self._engine.is_cuda else "cpu"

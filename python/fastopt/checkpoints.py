@@ -1,0 +1,142 @@
+"""Checkpoints: ``state_dict`` (copies) and ``load_state_dict`` (validated before anything
+changes, then copied into the bound arrays)."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Mapping
+
+import numpy as np
+
+from . import _core
+from ._arrays import assign, copy, fill, to_host
+
+Array = Any
+
+
+class Checkpoints:
+    """The checkpoint side of :class:`~fastopt.Optimizer`."""
+
+    def _required_state(self, group: int, hyper: Any, step: int) -> tuple[str, ...]:
+        """The state arrays a checkpoint must hold for a group at ``step`` steps."""
+        return self.state_names[: hyper.num_state()] if step > 0 else ()
+
+    def _check_loaded(self, group: int, arrays: list[dict[str, np.ndarray]]) -> None:
+        """Raises ValueError for a group's loaded arrays that cannot be resumed from."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """A snapshot: copies of the state arrays (on the params' device), hyperparameters and
+        step counts."""
+        if self._engine.is_cuda:
+            self._steps = self._device_steps()
+        state: dict[int, dict[str, Any]] = {}
+        for i, j in enumerate(self._group_of):
+            entry: dict[str, Any] = {"step": self._steps[j]}
+            entry.update({k: copy(v) for k, v in self._saved_state(i).items()})
+            if self._masters[i] is not None:
+                entry["master_param"] = copy(self._masters[i])
+            state[i] = entry
+        groups = []
+        first = 0
+        for g, n in zip(self.param_groups, self._group_sizes):
+            groups.append({**g, "params": list(range(first, first + n))})
+            first += n
+        return {"state": state, "param_groups": groups}
+
+    def _saved_state(self, i: int) -> dict[str, Array]:
+        """The state of param i worth saving."""
+        return self._state[i]
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restores a :meth:`state_dict`. Everything is validated before anything changes:
+        the groups and their params, every array's shape and dtype (float32), step counts
+        (integers >= 0, equal within a group), and that every state array a resumed step
+        needs is present. State absent from a checkpoint at step 0 is reset to zero."""
+        groups = list(state_dict["param_groups"])
+        saved = dict(state_dict["state"])
+        if len(groups) != len(self.param_groups):
+            raise ValueError(f"state_dict has {len(groups)} param groups, this optimizer {len(self.param_groups)}")
+        keys = [k for g in groups for k in g["params"]]
+        if len(set(keys)) != len(keys):
+            raise ValueError("state_dict lists a param key twice")
+        unknown = set(saved) - set(keys)
+        if unknown:
+            raise ValueError(f"state_dict has state for unknown param keys {sorted(map(repr, unknown))}")
+        merged_groups, steps, arrays = [], [], []
+        first = 0
+        for j, (g, n) in enumerate(zip(groups, self._group_sizes)):
+            if len(g["params"]) != n:
+                raise ValueError(f"param group {j}: state_dict has {len(g['params'])} params, this optimizer {n}")
+            values = {k: v for k, v in g.items() if k != "params"}
+            bad = set(values) - set(self.defaults)
+            if bad:
+                raise ValueError(f"param group {j}: unknown hyperparameters {sorted(bad)}")
+            merged = {**self.param_groups[j], **values}
+            hyper = self._hyper_at(merged, 0)
+            group_steps, group_arrays = set(), []
+            for i, key in zip(range(first, first + n), g["params"]):
+                entry = dict(saved.get(key, {}))
+                step = entry.pop("step", 0)
+                if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
+                    raise ValueError(f"param {i}: step must be an integer >= 0, got {step!r}")
+                group_steps.add(int(step))
+                group_arrays.append(self._loaded_arrays(i, entry))
+            if len(group_steps) > 1:
+                raise ValueError(f"param group {j}: params have different step counts {sorted(group_steps)}")
+            step = group_steps.pop()
+            for i, got in zip(range(first, first + n), group_arrays):
+                missing = [s for s in self._required_state(j, hyper, step) if s not in got]
+                if missing:
+                    raise ValueError(f"param {i}: state_dict lacks {', '.join(missing)} at step {step}")
+            self._check_loaded(j, group_arrays)
+            merged_groups.append(merged)
+            steps.append(step)
+            arrays += group_arrays
+            first += n
+        # Validated: now commit.
+        for g, merged in zip(self.param_groups, merged_groups):
+            dict.update(g, merged)
+        created = False
+        for i, got in enumerate(arrays):
+            for name, a in got.items():
+                if name == "master_param":
+                    assign(self._masters[i], a)
+                    continue
+                if name not in self._state[i]:
+                    self._state[i][name] = self._new_state(i, name)
+                    created = True
+                assign(self._state[i][name], a)
+            for name, a in self._state[i].items():
+                if name not in got:  # absent from a step-0 checkpoint: as a fresh optimizer has it
+                    fill(a, self._initial_value(name, self._group_of[i]))
+        self._steps = steps
+        if created:
+            self._bound_states = None  # new arrays: rebind
+        elif self._engine.is_cuda:  # same device group (a captured graph stays valid): new step counts
+            stream = self._cuda_stream()
+            for j, s in enumerate(steps):
+                self._core.set_step(j, s, stream)
+            self._steps_exact = True
+        self._refresh()
+        self._loaded(arrays)
+
+    def _loaded_arrays(self, i: int, entry: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Param i's arrays from a checkpoint entry, each checked for name, dtype and shape."""
+        shape = tuple(_core.describe(self._params[i], f"param {i}")[0])
+        got = {}
+        for name, value in entry.items():
+            if name not in self.state_names and name != "master_param":
+                raise ValueError(f"param {i}: unknown state '{name}'")
+            if name == "master_param" and self._masters[i] is None:
+                raise ValueError(f"param {i}: state_dict has master weights, this optimizer none")
+            a = to_host(value)
+            if a.dtype != np.float32 or a.shape != shape:
+                raise ValueError(f"param {i}: state '{name}' is {a.dtype}{list(a.shape)}, "
+                                 f"expected float32{list(shape)}")
+            got[name] = a
+        if self._masters[i] is not None and "master_param" not in got:
+            raise ValueError(f"param {i}: state_dict lacks its master weights")
+        return got
+
+    def _loaded(self, arrays: list[dict[str, np.ndarray]]) -> None:
+        """Called after load_state_dict copied the arrays in."""
