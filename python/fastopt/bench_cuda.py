@@ -32,7 +32,9 @@ from typing import Any, Callable, Mapping, TextIO
 import numpy as np
 
 from . import __version__
-from .bench import DTYPES, F32, SPECS, Layout, OptimizerSpec, Progress, _row, check_run, table_lines
+from .bench import SPECS, check_run
+from .bench_measure import DTYPES, F32, Layout, OptimizerSpec
+from .bench_report import Progress, _row, table_lines
 
 COPY_BYTES = 2 ** 30
 

@@ -1,0 +1,232 @@
+"""The benchmark's measuring: the streams a step moves and the bytes they count, the specs of
+the benchmarked optimizers (from their classes), the tensor layouts and data, fastopt's own
+runner, the bandwidth probe and the timers. (``fastopt.bench`` runs it all.)"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import ml_dtypes
+import numpy as np
+
+from . import _core
+
+DTYPES: dict[str, np.dtype] = {
+    "float32": np.dtype(np.float32),
+    "bfloat16": np.dtype(ml_dtypes.bfloat16),
+    "float16": np.dtype(np.float16),
+}
+F32 = np.dtype(np.float32)
+SEED = 0
+SIZE_SPREAD = 1000.0  # tensor sizes are log-uniform over this ratio before rescaling
+
+
+# ---- what is measured ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Stream:
+    """One array the update streams through memory, per param element."""
+
+    name: str
+    dtype: np.dtype
+    read: bool
+    written: bool
+
+    @property
+    def bytes(self) -> int:
+        """Bytes moved per element and step."""
+        return self.dtype.itemsize * (int(self.read) + int(self.written))
+
+    def describe(self) -> str:
+        n = self.dtype.itemsize
+        mode = "r+w" if self.read and self.written else "w" if self.written else "r"
+        sizes = f"{n}+{n}" if self.read and self.written else f"{n}"
+        return f"{self.name} {mode} {sizes}"
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """One benchmarked optimizer (its class's description): the same hyperparameters for
+    fastopt, torch and NumPy."""
+
+    fastopt_cls: type
+    numpy_step: Callable[..., None] | None = None  # (params, grads, states, step, hypers, scratch)
+
+    @property
+    def name(self) -> str:
+        return self.fastopt_cls.__name__.lower()
+
+    @property
+    def torch_name(self) -> str | None:  # None: torch.optim has no such optimizer
+        return self.fastopt_cls.__name__ if self.fastopt_cls.in_torch else None
+
+    @property
+    def hypers(self) -> Mapping[str, Any]:
+        return self.fastopt_cls.bench_hypers
+
+    @property
+    def extra_bytes(self) -> int:
+        """A two-pass rule's other pass, in bytes per param: LARS's norm pass reads p and g (8);
+        LAMB's second pass re-reads p, m and v (12) after the first has moved the elementwise streams."""
+        extra = self.fastopt_cls.extra_pass
+        return 4 * len(extra[1]) if extra else 0
+
+    @property
+    def extra_doc(self) -> str:
+        extra = self.fastopt_cls.extra_pass
+        return f"; {extra[0]} " + ", ".join(f"{s} r 4" for s in extra[1]) if extra else ""
+
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        """The state arrays these hyperparameters use."""
+        cls = self.fastopt_cls
+        hyper = cls._to_hyper({**cls.default_hypers(), **self.hypers})
+        return tuple(cls.state_names[:hyper.num_state()])
+
+    def streams(self, dtype: np.dtype) -> list[Stream]:
+        """The update's streams for params of ``dtype`` (fp32 grads; fp32 master if half)."""
+        half = dtype != F32  # then the fp32 master is read and the param only written
+        out = [Stream("param", dtype, not half, True), Stream("grad", F32, True, False)]
+        if half:
+            out.append(Stream("master", F32, True, True))
+        out += [Stream(s, F32, True, True) for s in self.state_names]
+        return out
+
+    def bytes_per_param(self, dtype: np.dtype) -> int:
+        return sum(s.bytes for s in self.streams(dtype)) + self.extra_bytes
+
+    def describe(self, dtype: np.dtype) -> str:
+        return ", ".join(s.describe() for s in self.streams(dtype)) + self.extra_doc
+
+
+# ---- layouts and data ----------------------------------------------------------------------
+
+def tensor_sizes(total: int, count: int, seed: int = SEED, spread: float = SIZE_SPREAD) -> list[int]:
+    """``count`` deterministic sizes >= 1 that sum exactly to ``total``.
+
+    Weights are log-uniform over ``[1, spread]`` from a fixed seed; each tensor gets one
+    element plus its share of the rest, rounded down, and the remainder goes one element
+    each to the tensors with the largest rounded-off fractions.
+    """
+    if not 1 <= count <= total:
+        raise ValueError(f"need 1 <= tensors <= size, got {count} tensors for {total} params")
+    if count == 1:
+        return [total]
+    rng = np.random.default_rng(seed)
+    w = np.exp(rng.uniform(0.0, np.log(spread), count))
+    share = w / w.sum() * (total - count)
+    sizes = 1 + np.floor(share).astype(np.int64)
+    short = total - int(sizes.sum())
+    sizes[np.argsort(np.floor(share) - share)[:short]] += 1
+    return [int(s) for s in sizes]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How the params are split into tensors."""
+
+    name: str  # "single" or "multi"
+    sizes: tuple[int, ...]
+
+    @property
+    def label(self) -> str:
+        n = len(self.sizes)
+        return f"{n} tensor" if n == 1 else f"{n} tensors"
+
+    def views(self, flat: np.ndarray) -> list[np.ndarray]:
+        """Views of consecutive pieces of ``flat``."""
+        ends = np.cumsum(self.sizes)
+        return [flat[e - s:e] for s, e in zip(self.sizes, ends)]
+
+    def copies(self, flat: np.ndarray) -> list[np.ndarray]:
+        """Separately allocated copies of the pieces of ``flat``, as a model's tensors are."""
+        return [v.copy() for v in self.views(flat)]
+
+
+@dataclass
+class Data:
+    """The starting values every implementation copies: params (their dtype and widened to
+    float32) and float32 grads, all flat."""
+
+    params: np.ndarray
+    params32: np.ndarray
+    grads: np.ndarray
+
+    @classmethod
+    def make(cls, size: int, dtype: np.dtype, seed: int = SEED) -> "Data":
+        rng = np.random.default_rng(seed)
+        p32 = rng.standard_normal(size, dtype=np.float32)
+        p32 *= 0.1
+        params = p32.astype(dtype)
+        grads = rng.standard_normal(size, dtype=np.float32)
+        grads *= 0.01
+        return cls(params, params.astype(F32) if dtype != F32 else params, grads)
+
+    @property
+    def half(self) -> bool:
+        return self.params.dtype != F32
+
+
+# ---- implementations -------------------------------------------------------------------------
+
+@dataclass
+class Runner:
+    """A built implementation: ``step()`` takes one step; ``result()`` is the params now,
+    flattened to float32."""
+
+    step: Callable[[], None]
+    result: Callable[[], np.ndarray]
+
+
+def _flat32(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    return np.concatenate([a.reshape(-1).astype(F32) for a in arrays])
+
+
+def build_fastopt(spec: OptimizerSpec, layout: Layout, data: Data) -> Runner:
+    params = layout.copies(data.params)
+    grads = layout.copies(data.grads)
+    opt = spec.fastopt_cls(params, grads, master_weights=data.half, **spec.hypers)
+    return Runner(opt.step, lambda: _flat32(params))
+
+
+# ---- timing --------------------------------------------------------------------------------
+
+def median_step_time(step: Callable[[], None], warmup: int, repeats: int) -> float:
+    """Median seconds of ``repeats`` separately timed calls, after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def probe_step(streams: Sequence[Stream], size: int) -> Callable[[], None]:
+    """The bandwidth probe over fresh, filled arrays with the given streams: fastopt's
+    engine bound to one tensor with these streams, the update replaced by x + 0*g (no
+    math). Filled, not zeroed: untouched zero pages would let reads come from cache."""
+    arrays = {s.name: np.ones(size, s.dtype) for s in streams}
+    names = [s.name for s in streams if s.name not in ("param", "grad", "master")]
+    group = _core.Group("probe", [arrays["param"]], [arrays["grad"]], [arrays.get("master")],
+                        [[arrays[n] for n in names]], names, [1])
+    return group.probe
+
+
+def interleaved_times(steps: Mapping[Any, Callable[[], None]], warmup: int, repeats: int) -> dict[Any, float]:
+    """Median seconds per step of each of ``steps``, stepped round-robin ``repeats`` times
+    after ``warmup`` rounds."""
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    times: dict[Any, list[float]] = {k: [] for k in steps}
+    for _ in range(repeats):
+        for k, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}

@@ -1,0 +1,109 @@
+"""The benchmark's reporting: its rows, the table (or JSON) and the progress lines."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence, TextIO
+
+from .bench_measure import Layout, OptimizerSpec
+
+
+def _row(spec: OptimizerSpec, layout: Layout, impl: str, bpp: int, size: int,
+         seconds: float | None, error: str | None = None) -> dict[str, Any]:
+    return {
+        "optimizer": spec.name, "layout": layout.name, "num_tensors": len(layout.sizes),
+        "impl": impl,
+        "ms_per_step": None if seconds is None else seconds * 1e3,
+        "gb_per_s": None if seconds is None else bpp * size / seconds / 1e9,
+        "bytes_per_param": bpp,
+        "fraction_of_probe": None, "speedup_vs": None, "max_abs_diff": None, "error": error,
+    }
+
+
+class Progress:
+    """One line per case on ``stream``: its label when it starts, its time when it ends."""
+
+    def __init__(self, total: int, stream: TextIO | None = None):
+        self.total, self.done, self.stream = total, 0, stream
+
+    def start(self, label: str) -> None:
+        self.done += 1
+        self._write(f"[{self.done}/{self.total}] {label} ... ")
+
+    def end(self, text: str) -> None:
+        self._write(text + "\n")
+
+    def _write(self, text: str) -> None:
+        if self.stream is not None:
+            self.stream.write(text)
+            self.stream.flush()
+
+
+# ---- the table -----------------------------------------------------------------------------
+
+def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
+    return "-" if value is None else format(value, spec) + suffix
+
+
+def _table_cells(row: Mapping[str, Any]) -> list[str]:
+    layout = "-" if row["impl"] == "probe" else (
+        "1 tensor" if row["num_tensors"] == 1 else f"{row['num_tensors']} tensors")
+    frac = row["fraction_of_probe"]
+    speed = row["speedup_vs"]
+    cells = [row["optimizer"], layout, row["impl"],
+             _fmt(row["ms_per_step"], ".3f"), _fmt(row["gb_per_s"], ".1f"), str(row["bytes_per_param"]),
+             _fmt(None if frac is None else 100 * frac, ".0f", "%"),
+             "-" if row["impl"] in ("fastopt", "probe") else _fmt(speed, ".2f", "x"),
+             _fmt(row["max_abs_diff"], ".1e")]
+    if row["error"]:
+        cells[3] = "n/a"
+        cells.append(row["error"][:90])
+    return cells
+
+
+def _layouts_doc(report: Mapping[str, Any]) -> str:
+    if report["tensors"] == 1:
+        return "1 tensor"
+    sizes = report["tensor_sizes"]
+    return f"1 tensor, and {report['tensors']} tensors of {sizes['min']} to {sizes['max']} params"
+
+
+HEADER = ["optimizer", "layout", "impl", "ms/step", "GB/s", "B/param", "of probe",
+          "fastopt faster", "max|dp|"]
+
+
+def format_table(report: Mapping[str, Any]) -> str:
+    """The report as text: a header (environment, bytes model) and an aligned table."""
+    torch = f"torch {report['torch']} ({report['torch_threads']} threads)" if report["torch"] else "torch: not used"
+    size = report["size"]
+    pow2 = f" = 2**{size.bit_length() - 1}" if size & (size - 1) == 0 else ""
+    lines = [
+        f"fastopt {report['fastopt_version']} bench: {size} {report['dtype']} params{pow2}; "
+        f"cpu_isa {report['cpu_isa']}, {report['threads']} threads; {torch}; numpy {report['numpy']}",
+        f"layouts: {_layouts_doc(report)}; median of {report['repeats']} steps after "
+        f"{report['warmup']} warmup steps",
+        "bytes per param and step (GB/s = B/param * params / time, for every row):",
+    ]
+    for name, doc in report["streams"].items():
+        bpp = next(r["bytes_per_param"] for r in report["rows"] if r["optimizer"] == name and r["impl"] != "probe")
+        lines.append(f"  {name:<6}{bpp:>3} B = {doc}")
+    lines.append("probe: fastopt's engine over one tensor with those streams and no math; of probe = GB/s / probe GB/s; "
+                 "fastopt faster = impl time / fastopt time; max|dp| = final params vs fastopt's")
+    lines.append("")
+    fixed = report["fixed_cost_us"]
+    lines.append("fixed cost of a step (adamw, 1000 tensors of 1 element): " +
+                 ", ".join(f"{k} {v:.1f} us" for k, v in fixed.items()))
+    lines.append("")
+    return "\n".join(lines + table_lines(report["rows"]))
+
+
+def table_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The rows as aligned text lines under HEADER, a blank line between optimizers."""
+    table = [HEADER] + [_table_cells(r) for r in rows]
+    widths = [max(len(c[i]) for c in table) for i in range(len(HEADER))]
+    lines = []
+    for k, cells in enumerate(table):
+        if k > 1 and cells[0] != table[k - 1][0]:
+            lines.append("")
+        out = [c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))]
+        lines.append("  ".join(out + cells[len(HEADER):]).rstrip())
+    return lines
