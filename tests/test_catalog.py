@@ -1,0 +1,100 @@
+"""The one description per optimizer (python/fastopt/catalog.py and each optimizer's class):
+found through the C++ registry, and everything derived from it."""
+
+from __future__ import annotations
+
+import inspect
+import types
+
+import pytest
+import torch
+
+import fastopt
+from fastopt import _core, catalog, functional
+from fastopt.bench import SPECS
+from fastopt.optimizer import Optimizer
+
+OPTIMIZERS = catalog.OPTIMIZERS
+each = pytest.mark.parametrize("cls", OPTIMIZERS, ids=[c.__name__ for c in OPTIMIZERS])
+
+
+def test_every_rule_of_the_registry_has_its_optimizers_in_order():
+    rules = list(_core.rules)
+    assert rules[:3] == ["sgd", "adam", "adagrad"] and len(rules) == 12
+    assert [c.rule for c in OPTIMIZERS] == sorted((c.rule for c in OPTIMIZERS), key=rules.index)
+    assert {c.rule for c in OPTIMIZERS} == set(rules)
+    assert [c.__name__ for c in OPTIMIZERS if c.rule == "adam"] == ["Adam", "AdamW"]
+
+
+def test_a_module_without_its_optimizer_or_with_another_rule_fails_the_import(monkeypatch):
+    empty = types.ModuleType("fastopt.lion")
+    monkeypatch.setattr(catalog.importlib, "import_module", lambda name: empty)
+    with pytest.raises(ImportError, match="defines no optimizer for the C\\+\\+ rule 'sgd'"):
+        catalog._load()
+
+    class Stray(Optimizer):
+        rule = "lion"
+    Stray.__module__ = "fastopt.sgd"
+    wrong = types.ModuleType("fastopt.sgd")
+    wrong.Stray = Stray
+    monkeypatch.setattr(catalog.importlib, "import_module", lambda name: wrong)
+    with pytest.raises(ImportError, match="Stray in fastopt.sgd names the rule 'lion', not 'sgd'"):
+        catalog._load()
+
+
+@each
+def test_exported(cls):
+    assert getattr(fastopt, cls.__name__) is cls and cls.__name__ in fastopt.__all__
+
+
+@each
+def test_description_maps_to_the_rules_struct(cls):
+    """Every hyperparameter default lands in its Hyper field (renamed where the class says)."""
+    h = cls._to_hyper(cls.default_hypers())
+    assert isinstance(h, _core.rules[cls.rule])
+    for key, value in cls.hyper_defaults.items():
+        if key == "betas":
+            assert (h.beta1, h.beta2) == pytest.approx(value)
+        elif isinstance(value, (bool, float)):
+            assert getattr(h, cls.hyper_fields.get(key, key)) == pytest.approx(value), key
+    for key, value in cls.fixed_fields.items():
+        assert getattr(h, key) == value
+    assert set(cls.optional_state) <= set(cls.state_names)
+    # Public docstrings: the update, the arguments with defaults, state and bytes per param.
+    assert cls.__doc__ and "Args:" in cls.__doc__ and "default" in cls.__doc__
+    assert "Bytes moved per fp32 param" in cls.__doc__
+
+
+@each
+def test_functional_form_is_derived(cls):
+    form = getattr(functional, cls.__name__.lower() + "_")
+    assert form.__name__ in functional.__all__
+    params = inspect.signature(form).parameters
+    P = inspect.Parameter
+    names = list(params)
+    states = [cls.functional_state_args.get(s, s + "s") for s in cls.state_names]
+    assert names[:2 + len(states)] == ["params", "grads", *states]
+    for s, arg in zip(cls.state_names, states):
+        assert params[arg].kind is P.POSITIONAL_OR_KEYWORD
+        assert (params[arg].default is None) == (s in cls.optional_state), arg
+    assert params["step"].kind is P.KEYWORD_ONLY
+    assert (params["step"].default is P.empty) == cls.step_dependent
+    expected = {}
+    for key, value in cls.hyper_defaults.items():
+        if key == "betas":
+            expected["beta1"], expected["beta2"] = value
+        elif key not in cls.functional_excluded:
+            expected[key] = P.empty if key in cls.functional_required else value
+    assert {k: params[k].default for k in names[3 + len(states):-1]} == expected
+    assert names[-1] == "master_params" and params["master_params"].default is None
+    assert f"fastopt.{cls.__name__}" in form.__doc__ and "in place" in form.__doc__
+    with pytest.raises(TypeError):
+        form([], [], *([[]] * len(states)), step=1, no_such_hyperparameter=1.0)
+
+
+@each
+def test_bench_entry_is_derived(cls):
+    spec = SPECS[cls.__name__.lower()]
+    assert spec.fastopt_cls is cls and spec.hypers == cls.bench_hypers
+    assert (spec.torch_name is not None) == cls.in_torch == hasattr(torch.optim, cls.__name__)
+    assert spec.extra_bytes == (4 * len(cls.extra_pass[1]) if cls.extra_pass else 0)
