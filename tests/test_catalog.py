@@ -4,6 +4,7 @@ found through the C++ registry, and everything derived from it."""
 from __future__ import annotations
 
 import inspect
+import pathlib
 import types
 
 import pytest
@@ -98,3 +99,12 @@ def test_bench_entry_is_derived(cls):
     assert spec.fastopt_cls is cls and spec.hypers == cls.bench_hypers
     assert (spec.torch_name is not None) == cls.in_torch == hasattr(torch.optim, cls.__name__)
     assert spec.extra_bytes == (4 * len(cls.extra_pass[1]) if cls.extra_pass else 0)
+
+
+def test_readme_table_of_optimizers_is_the_catalogs():
+    """The README's table is generated from the classes' doc_rows (see catalog.markdown_table)."""
+    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    table = catalog.markdown_table()
+    assert table in readme
+    assert table.count("\n| `") == sum(len(c.doc_rows) for c in OPTIMIZERS) >= len(OPTIMIZERS)
+    assert all(c.doc_rows for c in OPTIMIZERS)

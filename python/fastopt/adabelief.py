@@ -46,3 +46,9 @@ class AdaBelief(Optimizer):
     hyper_fields = {"weight_decouple": "decoupled"}
     optional_state = {"max_exp_avg_var": "amsgrad"}
     bench_hypers = {"lr": 1e-3}
+    doc_rows = (
+        ('',
+         ('`m += (1-b1)(g-m)`, `s = b2*s + (1-b2)(g-m)² + eps`, `p -= lr/(1-b1^t) * m / (sqrt(s/(1-b2^t)) + eps)`; '
+          'L2 or decoupled (`weight_decouple`); amsgrad over s'),
+         '28; 36 amsgrad'),
+    )

@@ -33,3 +33,9 @@ class Adadelta(Optimizer):
     in_torch = True
     step_dependent = False
     bench_hypers = {"lr": 1.0}
+    doc_rows = (
+        ('',
+         ('`v = rho*v + (1-rho)g²`, `d = sqrt(u+eps)/sqrt(v+eps) * g`, `u = rho*u + (1-rho)d²`, `p -= lr*d`; '
+          'L2'),
+         '28'),
+    )

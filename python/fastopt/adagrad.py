@@ -37,6 +37,12 @@ class Adagrad(Optimizer):
     functional_excluded = ("initial_accumulator_value",)
     functional_note = "``state_sums`` start at the initial accumulator value, which the caller fills in."
     bench_hypers = {"lr": 1e-2}
+    doc_rows = (
+        ('',
+         ('`sum += g²`, `p -= lr/(1+(t-1)*lr_decay) * g / (sqrt(sum) + eps)`; L2; '
+          '`sum` starts at `initial_accumulator_value`'),
+         '20'),
+    )
 
     def _initial_value(self, name: str, group: int) -> float:
         return float(self.param_groups[group]["initial_accumulator_value"])

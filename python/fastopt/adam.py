@@ -36,6 +36,12 @@ class Adam(Optimizer):
     optional_state = {"max_exp_avg_sq": "amsgrad"}
     in_torch = True
     bench_hypers = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0}
+    doc_rows = (
+        ('',
+         ('`m += (1-b1)(g-m)`, `v = b2*v + (1-b2)g²`, `p -= lr/(1-b1^t) * m / (sqrt(v/(1-b2^t)) + eps)`; '
+          'L2; amsgrad'),
+         '28; 36 amsgrad'),
+    )
 
 
 class AdamW(Adam):
@@ -65,3 +71,4 @@ class AdamW(Adam):
     hyper_defaults = {**Adam.hyper_defaults, "weight_decay": 1e-2}
     fixed_fields = {"decoupled": True}
     bench_hypers = {**Adam.bench_hypers, "weight_decay": 1e-2}
+    doc_rows = (("", "as Adam, with decoupled weight decay", "28; 36 amsgrad"),)

@@ -31,3 +31,8 @@ class Adamax(Optimizer):
     hyper_defaults = {"lr": 2e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "maximize": False}
     in_torch = True
     bench_hypers = {"lr": 2e-3}
+    doc_rows = (
+        ('',
+         '`m += (1-b1)(g-m)`, `u = max(b2*u, abs(g) + eps)`, `p -= lr/(1-b1^t) * m/u`; L2',
+         '28'),
+    )

@@ -33,3 +33,16 @@ def _load() -> tuple[type[Optimizer], ...]:
 
 
 OPTIMIZERS: tuple[type[Optimizer], ...] = _load()
+
+
+def markdown_table() -> str:
+    """The README's table of optimizers, a row per ``doc_rows`` entry of each class, its state
+    from ``state_names``. To refresh the README: ``python -c "from fastopt import catalog;
+    print(catalog.markdown_table(), end='')"``."""
+    lines = ["| class | update | state | B/param |", "|---|---|---|---|"]
+    for cls in OPTIMIZERS:
+        state = ", ".join(f"`{s}`" for s in cls.state_names)
+        for label, update, nbytes in cls.doc_rows:
+            lines.append(f"| {label or f'`{cls.__name__}`'} | {update} | {state} | {nbytes} |")
+    return "\n".join(lines) + "\n"
+

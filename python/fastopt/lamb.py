@@ -39,4 +39,10 @@ class LAMB(Optimizer):
     hyper_defaults = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-6, "weight_decay": 0.0, "max_trust": 0.0,
                       "bias_correction": True, "maximize": False}
     bench_hypers = {"lr": 1e-3, "weight_decay": 1e-2}
+    doc_rows = (
+        ('`LAMB` (You et al. 2019)',
+         ('Adam moments, `u = m̂/(sqrt(v̂) + eps) + wd*p`, `ratio = ‖p‖/‖u‖` (1 if a norm is 0; '
+          'clamped to `max_trust` when > 0), `p -= lr*ratio*u`'),
+         '40 (pass 1: p, g, m, v, writes m, v = 24; pass 2: p, m, v, writes p = 16)'),
+    )
     extra_pass = ("second pass", ("p", "exp_avg", "exp_avg_sq"))

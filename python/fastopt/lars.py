@@ -42,4 +42,10 @@ class LARS(Optimizer):
     step_dependent = False
     functional_note = "The norm pass, then the update."
     bench_hypers = {"lr": 1e-3, "momentum": 0.9, "weight_decay": 1e-4}
+    doc_rows = (
+        ('`LARS` (You et al. 2017)',
+         ('`local = eta*‖p‖/(‖g‖ + wd*‖p‖ + eps)` (1 if a norm is 0), `v = mu*v + lr*local*(g + wd*p)`, `p -= v`; '
+          '`exclude_1d`: 1-D tensors take plain SGD momentum (no ratio, no decay)'),
+         '28 (norm pass 8 + update 20)'),
+    )
     extra_pass = ("norm pass", ("p", "grad"))

@@ -32,3 +32,8 @@ class Lion(Optimizer):
     hyper_defaults = {"lr": 1e-4, "betas": (0.9, 0.99), "weight_decay": 0.0, "maximize": False}
     step_dependent = False
     bench_hypers = {"lr": 1e-4, "weight_decay": 1e-2}
+    doc_rows = (
+        ('',
+         '`c = b1*m + (1-b1)g`, `p = p*(1 - lr*wd) - lr*sign(c)`, `m = b2*m + (1-b2)g`',
+         '20'),
+    )

@@ -46,3 +46,10 @@ class NAdam(Optimizer):
     in_torch = True
     functional_note = "The momentum product of the steps so far is computed from ``step``."
     bench_hypers = {"lr": 2e-3}
+    doc_rows = (
+        ('',
+         ("`mu_t = b1(1 - 0.5*0.96^(t*momentum_decay))`, `P_t = mu_1...mu_t`; Adam's m, v; "
+          '`d = sqrt(v/(1-b2^t)) + eps`; '
+          '`p -= lr(1-mu_t)/(1-P_t) * g/d + lr*mu_{t+1}/(1-P_t*mu_{t+1}) * m/d`; L2 or decoupled'),
+         '28'),
+    )

@@ -97,6 +97,9 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
     # fp32 streams that pass reads beyond those of the elementwise update.
     bench_hypers: ClassVar[dict[str, Any]] = {}
     extra_pass: ClassVar[tuple[str, tuple[str, ...]] | None] = None
+    # The README's table of optimizers (catalog.markdown_table): rows of (label, "" for the
+    # class name; the update in short; bytes moved per fp32 param and step).
+    doc_rows: ClassVar[tuple[tuple[str, str, str], ...]] = ()
     defaults: dict[str, Any]
 
     def __init__(self, params: Sequence[Array] | Sequence[Mapping[str, Any]],

@@ -45,3 +45,10 @@ class RAdam(Optimizer):
     hyper_fields = {"decoupled_weight_decay": "decoupled"}
     in_torch = True
     bench_hypers = {"lr": 1e-3}
+    doc_rows = (
+        ('',
+         ("Adam's m, v; `rho_t = rho_inf - 2t*b2^t/(1-b2^t)`, `rho_inf = 2/(1-b2) - 1`; "
+          'if `rho_t > 5`: `p -= lr*r_t*sqrt(1-b2^t)/(1-b1^t) * m/(sqrt(v) + eps)`, '
+          'else `p -= lr/(1-b1^t) * m`; L2 or decoupled'),
+         '28'),
+    )

@@ -45,3 +45,10 @@ class RMSprop(Optimizer):
     functional_note = ("State is bound as a prefix of the state lists: centered without momentum leaves\n"
                        "    ``momentum_buffers`` untouched.")
     bench_hypers = {"lr": 1e-3}
+    doc_rows = (
+        ('',
+         ('`v = alpha*v + (1-alpha)g²`; '
+          'centered: `a += (1-alpha)(g-a)`, `avg = sqrt(v - a²) + eps` (else `sqrt(v) + eps`); '
+          'momentum: `b = mu*b + g/avg`, `p -= lr*b` (else `p -= lr*g/avg`); L2'),
+         '20; 28 momentum; 36 centered'),
+    )

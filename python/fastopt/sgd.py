@@ -63,6 +63,16 @@ class SGD(Optimizer):
                        "    are set to the gradient (torch form) or to -lr times it (Sutskever form), whatever\n"
                        "    they held.")
     bench_hypers = {"lr": 1e-3, "momentum": 0.9}
+    doc_rows = (
+        ('',
+         ('torch form: `b = mu*b + (1-dampening)*g` (`b = g` at first), `p -= lr*b` (nesterov: `p -= lr*(g + mu*b)`); '
+          'L2'),
+         '12; 20 with momentum'),
+        ('`SGD(momentum_form="sutskever")`',
+         ('`v = mu*v - lr*g` (`v = -lr*g` at first), `p += v` (nesterov: `p += mu*v - lr*g`); '
+          'no dampening; L2; the buffer holds v'),
+         '20'),
+    )
 
     @classmethod
     def _to_hyper(cls, group: Mapping[str, Any]) -> Any:
