@@ -1,5 +1,6 @@
 // The registry of rules: every engine and binding instantiates the rules listed here.
-// Adding an optimizer = its rule header, its include below and one line in FASTOPT_RULES.
+// Adding an optimizer = its rule header, its include below and one line in FASTOPT_RULES,
+// and on the Python side python/fastopt/<id>.py with its class (found through _core.rules).
 #pragma once
 
 #include "fastopt/rules/adabelief.h"
