@@ -75,7 +75,7 @@ def test_json_fp32_all_optimizers(capsys):
     torch = _torch_available()
     if torch:
         assert isinstance(report["torch"], str)
-    paper_only = ("adabelief", "lion", "lars", "lamb")  # torch.optim has none of these
+    paper_only = [n for n, s in bench.SPECS.items() if s.torch_name is None]  # torch.optim has none of these
 
     def impls(o):
         return (["fastopt"] + (["numpy"] if o in ("sgd", "adam", "adamw") else [])

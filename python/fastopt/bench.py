@@ -51,21 +51,18 @@ from typing import Any, Callable, Sequence, TextIO
 import numpy as np
 
 from . import __version__, cpu_isa, get_num_threads, set_num_threads
-
 from .bench_measure import (DTYPES, Data, Layout, OptimizerSpec, Runner, interleaved_times, median_step_time,
                             probe_step, tensor_sizes)
 from .bench_peers import IMPLS, NUMPY_STEPS, Impl, _import_torch, fixed_cost_us
 from .bench_report import Progress, _row, format_table
+from .catalog import OPTIMIZERS
 
 # The run and what its callers (the CLI, the CUDA benchmark, the tests) name through it.
 __all__ = ["BenchConfig", "run_bench", "check_run", "format_table", "fixed_cost_us", "SPECS", "DTYPES", "IMPLS",
            "Impl", "tensor_sizes"]
-from .catalog import OPTIMIZERS
 
 SPECS: dict[str, OptimizerSpec] = {
     spec.name: spec for spec in (OptimizerSpec(cls, NUMPY_STEPS.get(cls.__name__.lower())) for cls in OPTIMIZERS)}
-
-
 
 
 # ---- the run -------------------------------------------------------------------------------

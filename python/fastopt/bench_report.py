@@ -84,7 +84,8 @@ def format_table(report: Mapping[str, Any]) -> str:
         "bytes per param and step (GB/s = B/param * params / time, for every row):",
     ]
     for name, doc in report["streams"].items():
-        bpp = next(r["bytes_per_param"] for r in report["rows"] if r["optimizer"] == name and r["impl"] != "probe")
+        bpp = next(r["bytes_per_param"] for r in report["rows"]
+                   if r["optimizer"] == name and r["impl"] != "probe")
         lines.append(f"  {name:<6}{bpp:>3} B = {doc}")
     lines.append("probe: fastopt's engine over one tensor with those streams and no math; of probe = GB/s / probe GB/s; "
                  "fastopt faster = impl time / fastopt time; max|dp| = final params vs fastopt's")

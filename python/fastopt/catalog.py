@@ -20,9 +20,13 @@ from .optimizer import Optimizer
 def _load() -> tuple[type[Optimizer], ...]:
     found: list[type[Optimizer]] = []
     for rule in _core.rules:
-        module = importlib.import_module(f"{__package__}.{rule}")
-        classes = [c for c in vars(module).values()
-                   if isinstance(c, type) and issubclass(c, Optimizer) and c.__module__ == module.__name__]
+        try:
+            module = importlib.import_module(f"{__package__}.{rule}")
+        except ModuleNotFoundError as e:
+            raise ImportError(f"the C++ rule '{rule}' has no Python description ({e})") from None
+        classes = [c for name, c in vars(module).items()
+                   if isinstance(c, type) and issubclass(c, Optimizer) and c.__module__ == module.__name__
+                   and not name.startswith("_")]
         if not classes:
             raise ImportError(f"{module.__name__} defines no optimizer for the C++ rule '{rule}'")
         for c in classes:
@@ -41,7 +45,8 @@ def markdown_table() -> str:
     print(catalog.markdown_table(), end='')"``."""
     lines = ["| class | update | state | B/param |", "|---|---|---|---|"]
     for cls in OPTIMIZERS:
-        state = ", ".join(f"`{s}`" for s in cls.state_names)
+        state = ", ".join(f"`{s}`" + (f" ({cls.optional_state[s]})" if s in cls.optional_state else "")
+                          for s in cls.state_names) or "none"
         for label, update, nbytes in cls.doc_rows:
             lines.append(f"| {label or f'`{cls.__name__}`'} | {update} | {state} | {nbytes} |")
     return "\n".join(lines) + "\n"

@@ -15,11 +15,7 @@ from .catalog import OPTIMIZERS
 from .engine import engine_for
 from .optimizer import Optimizer
 
-Array = Any
-
-
-def _run(cls, params, grads, states, names, master_params, step: int, hypers: dict) -> None:
-    h = cls._to_hyper({**cls.default_hypers(), **hypers})
+def _run(cls, h, params, grads, states, names, master_params, step: int) -> None:
     n = len(params)
     for s, name in zip(states, names):
         if len(s) != n:
@@ -36,12 +32,12 @@ def _run(cls, params, grads, states, names, master_params, step: int, hypers: di
 def _stateful(cls: type[Optimizer], params, grads, given: Mapping[str, Any], step, master_params, hypers) -> None:
     """Runs ``cls``'s rule with the state lists its hyperparameters bind: a prefix of
     ``cls.state_names``; ``given`` maps each name to the caller's list (or None)."""
-    n = cls._to_hyper({**cls.default_hypers(), **hypers}).num_state()  # validates first
-    names = cls.state_names[:n]
+    h = cls._to_hyper({**cls.default_hypers(), **hypers})  # validates first
+    names = cls.state_names[:h.num_state()]
     for name in names:
         if given[name] is None:
             raise ValueError(f"{cls.optional_state[name]} needs {_state_arg(cls, name)}")
-    _run(cls, params, grads, [list(given[name]) for name in names], cls.state_names, master_params, step, hypers)
+    _run(cls, h, params, grads, [list(given[name]) for name in names], cls.state_names, master_params, step)
 
 
 def _state_arg(cls: type[Optimizer], name: str) -> str:
@@ -51,7 +47,7 @@ def _state_arg(cls: type[Optimizer], name: str) -> str:
 def _keywords(cls: type[Optimizer]) -> dict[str, Any]:
     """The functional form's hyperparameter keywords and defaults: the class's, betas split."""
     out: dict[str, Any] = {}
-    for key, value in cls.hyper_defaults.items():
+    for key, value in cls.default_hypers().items():
         if key == "betas":
             out["beta1"], out["beta2"] = value
         elif key not in cls.functional_excluded:
@@ -68,14 +64,15 @@ def _doc(cls: type[Optimizer], keywords: Mapping[str, Any]) -> str:
             if cls.step_dependent else "the update does not depend on it (default 1).")
     betas = " (betas as beta1, beta2)" if "betas" in cls.hyper_defaults else ""
     note = f"\n    {cls.functional_note}\n" if cls.functional_note else ""
+    state_lines = (f"        {states}: the state: float32 arrays shaped like the params,\n"
+                   f"            one per param, updated in place (positional, in this order).{needs}\n"
+                   if states else "")
     return f"""One {name} step in place (see :class:`fastopt.{name}` for the update and its source).
 
     Args:
         params, grads: sequences of arrays, one grad per param, shaped like it; the params are
             updated in place, the grads only read.
-        {states}: the state: float32 arrays shaped like the params,
-            one per param, updated in place (positional, in this order).{needs}
-        step: {step}
+{state_lines}        step: {step}
         {", ".join(keywords)}:
             the hyperparameters and their defaults, as in :class:`fastopt.{name}`{betas}.
         master_params: fp32 master weights of float16/bfloat16 params (None each, or None).
@@ -101,7 +98,10 @@ def _functional_form(cls: type[Optimizer]) -> Callable[..., None]:
     signature = inspect.Signature(args)
 
     def form(*args: Any, **kwargs: Any) -> None:
-        bound = signature.bind(*args, **kwargs)  # TypeError for a missing or unknown argument
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError as e:  # a missing or unknown argument
+            raise TypeError(f"{form.__name__}() {e}") from None
         bound.apply_defaults()
         a = bound.arguments
         hypers = {k: a[k] for k in keywords}

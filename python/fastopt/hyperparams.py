@@ -113,8 +113,11 @@ class HyperParams:
                 h.beta1, h.beta2 = betas(group[key])
             elif isinstance(default, bool):
                 setattr(h, cls.hyper_fields.get(key, key), flag(key, group[key]))
-            elif isinstance(default, float):
+            elif isinstance(default, numbers.Real):
                 setattr(h, cls.hyper_fields.get(key, key), real(key, group[key]))
+            elif key not in cls.custom_hypers:
+                raise TypeError(f"{cls.__name__} describes no mapping of its hyperparameter '{key}' "
+                                f"(default {default!r}) to the rule's fields")
         for key, value in {**cls.fixed_fields, **fields}.items():
             setattr(h, key, value)
         err = h.check()
@@ -143,7 +146,6 @@ class HyperParams:
             self._hyper_at({**g, "lr": value}, 0)
         for g in self.param_groups:
             g["lr"] = value
-
 
 
 def split_groups(params: Iterable[Any], grads: Sequence[Array] | None):

@@ -78,8 +78,9 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
     rule: ClassVar[str]                       # its C++ rule id, a key of _core.rules
     state_names: ClassVar[tuple[str, ...]]    # its float32 state arrays, in binding order
     hyper_defaults: ClassVar[dict[str, Any]]  # hyperparameters (torch.optim's names) -> default;
-    # a float default makes a real-valued field of the rule's Hyper struct, a bool a flag,
-    # "betas" its beta1/beta2; other types are the class's own _to_hyper's to map.
+    # a real default makes a real-valued field of the rule's Hyper struct, a bool a flag,
+    # "betas" its beta1/beta2; others are custom_hypers, which the class's _to_hyper maps.
+    custom_hypers: ClassVar[tuple[str, ...]] = ()
     hyper_fields: ClassVar[dict[str, str]] = {}  # a hyperparameter whose Hyper field is named otherwise
     fixed_fields: ClassVar[dict[str, Any]] = {}  # Hyper fields the class sets (AdamW: decoupled)
     optional_state: ClassVar[dict[str, str]] = {}  # state bound only under an option -> that option
@@ -107,6 +108,8 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
                  max_grad_norm: float | None = None, clip_value: float | None = None,
                  skip_nonfinite: bool = False, report_grad_norm: bool = False, diagnostics: bool = False,
                  capturable: bool = False, **defaults: Any):
+        if not hasattr(type(self), "rule"):
+            raise TypeError("Optimizer is the base class: build one of fastopt's optimizers (fastopt.SGD, ...)")
         self.defaults = dict(type(self).default_hypers())
         for k in defaults:
             if k not in self.defaults:

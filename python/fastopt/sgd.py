@@ -56,6 +56,7 @@ class SGD(Optimizer):
     state_names = ("momentum_buffer",)
     hyper_defaults = {"lr": 1e-3, "momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0,
                       "nesterov": False, "maximize": False, "momentum_form": "torch"}
+    custom_hypers = ("momentum_form",)
     optional_state = {"momentum_buffer": "momentum != 0"}
     in_torch = True
     functional_required = ("lr",)

@@ -1,6 +1,7 @@
 // The registry of rules: every engine and binding instantiates the rules listed here.
 // Adding an optimizer = its rule header, its include below and one line in FASTOPT_RULES,
 // and on the Python side python/fastopt/<id>.py with its class (found through _core.rules).
+// A rule without state declares max_state = 1 (arrays of 0 are not C++) and num_state() = 0.
 #pragma once
 
 #include "fastopt/rules/adabelief.h"
