@@ -858,6 +858,39 @@ def test_param_group_copies_are_plain_dicts():
     assert group["lr"] == 0.1
 
 
+# ---- lifetimes -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", fastopt.catalog.OPTIMIZERS, ids=lambda c: c.__name__)
+def test_freed_when_the_last_reference_goes(cls):
+    """No reference cycle: the optimizer and the state it allocated go at `del`, without a
+    garbage collection (gc is off here); its param groups then say so instead of acting."""
+    import gc
+    import weakref
+    params = [np.ones(6, np.float32), np.ones(3, np.float16)]
+    grads = [np.full(6, 0.5, np.float32), np.full(3, 0.5, np.float16)]
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        opt = cls(params, grads, master_weights=True, momentum=0.9) if "momentum" in cls.hyper_defaults \
+            else cls(params, grads, master_weights=True)
+        opt.step()
+        opt.lr = 0.5 * opt.lr
+        opt.state_dict()
+        group = opt.param_groups[0]
+        owned = [weakref.ref(a) for st in opt.state.values() for a in st.values()]
+        assert owned  # master weights at least
+        ref = weakref.ref(opt)
+        del opt
+        assert ref() is None, f"{cls.__name__} outlived its last reference"
+        assert all(w() is None for w in owned), "state or master arrays outlived the optimizer"
+        with pytest.raises(ReferenceError, match="optimizer has been freed"):
+            group["lr"] = 0.1
+    finally:
+        if enabled:
+            gc.enable()
+
+
 # ---- lr schedules ------------------------------------------------------------------------
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import weakref
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -57,7 +58,16 @@ class ParamGroup(dict):
 
     def __init__(self, owner: "Optimizer", values: Mapping[str, Any]):
         super().__init__(values)
-        self._owner = owner
+        # A weak reference: no cycle with the optimizer, which is then freed (and its memory
+        # with it) as soon as its last reference goes, not at a later garbage collection.
+        self._owner_ref = weakref.ref(owner)
+
+    @property
+    def _owner(self) -> "Optimizer":
+        owner = self._owner_ref()
+        if owner is None:
+            raise ReferenceError("this param group's optimizer has been freed")
+        return owner
 
     def __setitem__(self, key: str, value: Any) -> None:
         self.update({key: value})
