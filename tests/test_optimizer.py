@@ -891,6 +891,56 @@ def test_freed_when_the_last_reference_goes(cls):
             gc.enable()
 
 
+# ---- clear errors for torch habits and misuse (issue 12, failure 9) ---------------------------
+
+
+def test_step_with_a_closure_is_refused_clearly():
+    p, g = [np.ones(3, np.float32)], [np.ones(3, np.float32)]
+    opt = fastopt.SGD(p, g, lr=0.1)
+    with pytest.raises(TypeError, match="takes no closure"):
+        opt.step(lambda: 0.0)
+    assert (p[0] == 1).all()
+
+
+@pytest.mark.parametrize("how", ["pickle", "deepcopy", "copy"])
+def test_pickle_and_copy_are_refused_naming_the_optimizer(how):
+    import pickle
+    opt = fastopt.AdamW([np.ones(3, np.float32)], [np.ones(3, np.float32)])
+    do = {"pickle": pickle.dumps, "deepcopy": copy.deepcopy, "copy": copy.copy}[how]
+    with pytest.raises(TypeError, match="a AdamW cannot be pickled or copied"):
+        do(opt)
+    assert copy.deepcopy(opt.param_groups)[0]["lr"] == opt.lr  # its groups copy as plain dicts
+
+
+@pytest.mark.parametrize("make", [lambda: np.ones(4, np.float32), lambda: np.ones((2, 4), np.float32),
+                                  lambda: torch.ones(4)], ids=["1-d", "2-d", "tensor"])
+def test_one_array_instead_of_a_list_is_refused(make):
+    with pytest.raises(TypeError, match="params must be a list of arrays .* not one array"):
+        fastopt.SGD(make(), [np.ones(4, np.float32)], lr=0.1)
+    with pytest.raises(TypeError, match="grads must be a list of arrays"):
+        fastopt.SGD([np.ones(4, np.float32)], make(), lr=0.1)
+
+
+def test_step_count_beyond_int64_is_refused_at_load():
+    p, g = [np.ones(3, np.float32)], [np.ones(3, np.float32)]
+    opt = fastopt.Adam(p, g)
+    opt.step()
+    sd = opt.state_dict()
+    sd["state"][0]["step"] = 2**63 - 1
+    with pytest.raises(ValueError, match=r"step must be an integer >= 0 and <= 2\*\*63 - 2"):
+        opt.load_state_dict(sd)
+    assert opt.steps == [1]
+    opt.step()
+
+
+def test_set_num_threads_bounds_and_keeps_its_count():
+    before = fastopt.get_num_threads()
+    for n in (0, 10**6):
+        with pytest.raises(ValueError, match="num_threads must be in"):
+            fastopt.set_num_threads(n)
+        assert fastopt.get_num_threads() == before
+
+
 # ---- lr schedules ------------------------------------------------------------------------
 
 

@@ -37,7 +37,8 @@ def cpu_isa() -> str:
 
 
 def set_num_threads(n: int) -> None:
-    """Sets the number of CPU threads a step uses (default: the cores available)."""
+    """Sets the number of CPU threads a step uses (default: the cores available; 1 to 4 per
+    CPU, ValueError outside; RuntimeError, and the count unchanged, if the system refuses)."""
     _core.set_num_threads(int(n))
 
 

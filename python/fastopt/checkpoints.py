@@ -77,8 +77,8 @@ class Checkpoints:
             for i, key in zip(range(first, first + n), g["params"]):
                 entry = dict(saved.get(key, {}))
                 step = entry.pop("step", 0)
-                if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
-                    raise ValueError(f"param {i}: step must be an integer >= 0, got {step!r}")
+                if isinstance(step, bool) or not isinstance(step, numbers.Integral) or not 0 <= step <= 2**63 - 2:
+                    raise ValueError(f"param {i}: step must be an integer >= 0 and <= 2**63 - 2, got {step!r}")
                 group_steps.add(int(step))
                 group_arrays.append(self._loaded_arrays(i, entry))
             if len(group_steps) > 1:

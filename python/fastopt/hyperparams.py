@@ -160,6 +160,10 @@ class HyperParams:
 
 def split_groups(params: Iterable[Any], grads: Sequence[Array] | None):
     """[(hyperparameters, params, grads)] from the constructor's arguments."""
+    for name, value in (("params", params), ("grads", grads)):
+        if isinstance(value, np.ndarray) or hasattr(value, "__dlpack__") or hasattr(value, "__array_interface__"):
+            raise TypeError(f"{name} must be a list of arrays (or params a list of param-group dicts), "
+                            f"not one array: wrap it, [{name[:-1]}]")
     params = list(params)
     if not params or not all(isinstance(p, Mapping) for p in params):
         if any(isinstance(p, Mapping) for p in params):

@@ -152,6 +152,10 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
         self._bound_states: list[int] | None = None  # state streams bound per group
         self._refresh()
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError(f"a {type(self).__name__} cannot be pickled or copied: it is bound to its arrays, which it "
+                        "updates in place; save state_dict() and load it into a new optimizer")
+
     def _rule_steps(self) -> list[int]:
         """The step count the rule sees for each group at the step being taken."""
         return [s + 1 for s in self._steps]
@@ -174,6 +178,9 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
         and a skipped step leaves the device step counts as they were. A plain step is one
         kernel launch. ``skip_nonfinite`` overrides the optimizer's setting for this step (a
         loss scaler needs it on)."""
+        if callable(grad_scale):
+            raise TypeError(f"{type(self).__name__}.step takes no closure (torch.optim's step(closure)): "
+                            "compute the loss and the grads before calling step()")
         if self._stale:
             self._refresh()
         skip = self._skip_nonfinite if skip_nonfinite is None else flag("skip_nonfinite", skip_nonfinite)

@@ -1,5 +1,10 @@
 #include "pool.h"
 
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+#include <system_error>
+
 #include <pthread.h>
 #if defined(__linux__)
 #include <sched.h>
@@ -69,11 +74,25 @@ void ThreadPool::stop() {
 }
 
 void ThreadPool::set_num_threads(int n) {
-  if (n < 1) throw std::invalid_argument("num_threads must be >= 1, got " + std::to_string(n));
+  // A step is memory-bound: threads beyond a few per core only add scheduling.
+  const int most = 4 * std::max(default_num_threads(), std::thread::hardware_concurrency() > 0
+                                                          ? int(std::thread::hardware_concurrency()) : 1);
+  if (n < 1 || n > most) {
+    throw std::invalid_argument("num_threads must be in [1, " + std::to_string(most) + "] (4 per CPU), got " +
+                                std::to_string(n));
+  }
   std::lock_guard<std::mutex> g(run_mutex_);
   if (n == num_threads()) return;
+  const int before = num_threads();
   stop();
-  start(n);
+  try {
+    start(n);
+  } catch (const std::system_error& e) {  // the system refused a thread: back to the pool it had
+    stop();
+    start(before);
+    throw std::runtime_error("set_num_threads(" + std::to_string(n) + "): could not start the threads (" +
+                             e.what() + "); still " + std::to_string(before));
+  }
 }
 
 void ThreadPool::drain() {
