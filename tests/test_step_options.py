@@ -200,3 +200,17 @@ def test_bad_grad_scale_rejected_nothing_changes(scale):
     assert opt.steps == [0]
     for p, q in zip(params, before):
         assert_bits_equal(p, q, "param changed")
+
+
+@pytest.mark.parametrize("scale", [1e-39, 2.0 ** -130, 0.0, -1.0, float("inf")])
+def test_grad_scale_whose_reciprocal_overflows_is_refused(scale):
+    """1/1e-39 overflows float32: finite grads would turn every param into NaN (issue 12, failure 7)."""
+    opt, params, grads = make(case_by_id("adamw-default"))
+    before = [p.copy() for p in params]
+    with pytest.raises(ValueError, match="grad_scale must be finite and > 0 with a finite float32 reciprocal"):
+        opt.step(grad_scale=scale)
+    for p, b in zip(params, before):
+        assert_bits_equal(p, b, "a refused step wrote")
+    assert opt.steps == [0]
+    opt.step(grad_scale=2.0 ** -120)  # the smallest scales with a finite reciprocal still step
+    assert all(np.isfinite(p).all() for p in params)

@@ -79,6 +79,9 @@ class StepOptions:
                                  f"got {got}")
             return 1.0, data_ptr(grad_scale)
         scale = real("grad_scale", grad_scale)
-        if not (scale > 0 and math.isfinite(scale)):
-            raise ValueError(f"grad_scale must be finite and > 0, got {grad_scale!r}")
-        return float(np.float32(1.0 / scale)), 0
+        with np.errstate(over="ignore"):
+            inv = np.float32(1.0 / scale) if scale > 0 else np.float32(np.inf)
+        if not (math.isfinite(scale) and np.isfinite(inv)):  # a finite grad times an inf factor is NaN
+            raise ValueError(f"grad_scale must be finite and > 0 with a finite float32 reciprocal "
+                             f"(>= {1 / float(np.finfo(np.float32).max):.3g}), got {grad_scale!r}")
+        return float(inv), 0
