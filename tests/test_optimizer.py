@@ -891,6 +891,45 @@ def test_freed_when_the_last_reference_goes(cls):
             gc.enable()
 
 
+# ---- one optimizer, one thread at a time (issue 12, failure 5) ---------------------------------
+
+
+def test_a_step_while_another_thread_steps_is_refused():
+    """The step releases the GIL: a second thread's step (or load_state_dict) of the same
+    optimizer would update the same arrays at once. It raises; the first step completes."""
+    import threading
+    params, grads = [np.ones(8, np.float32)], [np.ones(8, np.float32)]
+    opt = fastopt.SGD(params, grads, lr=0.5)
+    saved = opt.state_dict()
+    inside, release = threading.Event(), threading.Event()
+
+    class SlowCore:  # the bound group, held inside its step until released
+        def __init__(self, core):
+            self.core = core
+
+        def step(self, *args, **kwargs):
+            inside.set()
+            release.wait(10)
+            return self.core.step(*args, **kwargs)
+
+    opt._core = SlowCore(opt._core)
+    worker = threading.Thread(target=opt.step)
+    worker.start()
+    assert inside.wait(10)
+    try:
+        with pytest.raises(RuntimeError, match="SGD.step: this optimizer is stepping in another thread"):
+            opt.step()
+        with pytest.raises(RuntimeError, match="SGD.load_state_dict: this optimizer is stepping"):
+            opt.load_state_dict(saved)
+    finally:
+        release.set()
+        worker.join(10)
+    assert opt.steps == [1] and np.all(params[0] == 0.5)
+    opt._core = opt._core.core
+    opt.step()  # free again
+    assert np.all(params[0] == 0.0)
+
+
 # ---- clear errors for torch habits and misuse (issue 12, failure 9) ---------------------------
 
 

@@ -52,6 +52,10 @@ class Checkpoints:
         the groups and their params, every array's shape and dtype (float32), step counts
         (integers >= 0, equal within a group), and that every state array a resumed step
         needs is present. State absent from a checkpoint at step 0 is reset to zero."""
+        with self._exclusive("load_state_dict"):
+            self._load_state_dict(state_dict)
+
+    def _load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         groups = list(state_dict["param_groups"])
         saved = dict(state_dict["state"])
         if len(groups) != len(self.param_groups):

@@ -4,8 +4,10 @@ binding.py (arrays and the engine group), step_options.py, checkpoints.py."""
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any, ClassVar, Mapping, Sequence
+import threading
+from typing import Any, ClassVar, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -108,6 +110,7 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
                  max_grad_norm: float | None = None, clip_value: float | None = None,
                  skip_nonfinite: bool = False, report_grad_norm: bool = False, diagnostics: bool = False,
                  capturable: bool = False, **defaults: Any):
+        self._busy = threading.Lock()  # held by a step: see _exclusive
         if not hasattr(type(self), "rule"):
             raise TypeError("Optimizer is the base class: build one of fastopt's optimizers (fastopt.SGD, ...)")
         self.defaults = dict(type(self).default_hypers())
@@ -152,6 +155,21 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
         self._bound_states: list[int] | None = None  # state streams bound per group
         self._refresh()
 
+    @contextlib.contextmanager
+    def _exclusive(self, what: str) -> Iterator[None]:
+        """Runs ``what`` with the optimizer to itself, or raises at once if a step runs in
+        another thread (the step releases the GIL, so another thread's call would race it)."""
+        if not self._busy.acquire(False):
+            raise self._busy_error(what)
+        try:
+            yield
+        finally:
+            self._busy.release()
+
+    def _busy_error(self, what: str) -> RuntimeError:
+        return RuntimeError(f"{type(self).__name__}.{what}: this optimizer is stepping in another thread; "
+                            "step one optimizer from one thread at a time")
+
     def __reduce_ex__(self, protocol: Any) -> Any:
         raise TypeError(f"a {type(self).__name__} cannot be pickled or copied: it is bound to its arrays, which it "
                         "updates in place; save state_dict() and load it into a new optimizer")
@@ -177,7 +195,19 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
         for the GPU: the norm, the clip factor and the skip decision are taken on the device,
         and a skipped step leaves the device step counts as they were. A plain step is one
         kernel launch. ``skip_nonfinite`` overrides the optimizer's setting for this step (a
-        loss scaler needs it on)."""
+        loss scaler needs it on).
+
+        One optimizer steps in one thread at a time: a step (or ``load_state_dict``) called
+        while another thread steps the same optimizer raises RuntimeError, as both would
+        update the same arrays."""
+        if not self._busy.acquire(False):  # (not a context manager: this is every step's fixed cost)
+            raise self._busy_error("step")
+        try:
+            return self._step(grad_scale, stream, skip_nonfinite)
+        finally:
+            self._busy.release()
+
+    def _step(self, grad_scale: Any, stream: Any, skip_nonfinite: bool | None) -> StepResult:
         if callable(grad_scale):
             raise TypeError(f"{type(self).__name__}.step takes no closure (torch.optim's step(closure)): "
                             "compute the loss and the grads before calling step()")
