@@ -741,3 +741,42 @@ def test_zero_size_param_twice_rejected():
         fastopt.SGD([empty, empty], grads, lr=0.1)
     with pytest.raises(fastopt.TensorError, match="grad 0 is the same memory as param 0"):
         fastopt.SGD([empty], [empty], lr=0.1)
+
+
+# ---- tensors whose memory does not hold their values (issue 12) ---------------------------------
+
+
+@pytest.mark.parametrize("where", ["param", "grad"])
+def test_numpy_masked_arrays_are_refused(where):
+    """The buffer protocol gives a masked array's data without its mask: masked elements would
+    be updated and masked grads used. Refused at bind, naming the tensor; nothing written."""
+    params = [np.ones(4, np.float32), np.ones(3, np.float32)]
+    grads = [np.ones(4, np.float32), np.ones(3, np.float32)]
+    masked = np.ma.masked_array(np.ones(3, np.float32), mask=[False, True, False])
+    (params if where == "param" else grads)[1] = masked
+    with pytest.raises(fastopt.TensorError, match=f"{where} 1: is a NumPy masked array"):
+        fastopt.SGD(params, grads, lr=0.1)
+    assert np.all(np.asarray(params[0]) == 1) and np.all(masked.data == 1)
+
+
+def test_masked_state_in_a_functional_call_is_refused():
+    p, g = [np.ones(3, np.float32)], [np.ones(3, np.float32)]
+    m = [np.ma.masked_array(np.zeros(3, np.float32), mask=[True, False, False])]
+    with pytest.raises(fastopt.TensorError, match="exp_avg 0: is a NumPy masked array"):
+        F.lion_(p, g, m, lr=0.1)
+    assert np.all(p[0] == 1)
+
+
+@pytest.mark.parametrize("where", ["param", "grad"])
+def test_torch_negative_view_is_refused(where):
+    """A tensor with the lazy negation bit: its memory holds -x. DLPack hands over the memory,
+    so the sign would be lost (a step gave -0.5 where -1.5 was right)."""
+    params = [torch.ones(4), torch.ones(4)]
+    grads = [torch.ones(4), torch.ones(4)]
+    if where == "param":
+        params[0] = torch.ones(4)._neg_view()
+    else:
+        grads[0] = torch.full((4,), 0.5)._neg_view()
+    with pytest.raises(fastopt.TensorError, match=f"{where} 0: has PyTorch's lazy negation"):
+        fastopt.SGD(params, grads, lr=1.0)
+    assert torch.all(params[1] == 1)
