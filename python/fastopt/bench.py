@@ -53,8 +53,8 @@ import numpy as np
 from . import __version__, cpu_isa, get_num_threads, set_num_threads
 from .bench_measure import (DTYPES, Data, Layout, OptimizerSpec, Runner, interleaved_times, median_step_time,
                             probe_step, tensor_sizes)
-from .bench_peers import IMPLS, NUMPY_STEPS, Impl, _import_torch, fixed_cost_us
-from .bench_report import Progress, _row, format_table
+from .bench_peers import IMPLS, NUMPY_STEPS, Impl, import_torch, fixed_cost_us
+from .bench_report import Progress, format_table, make_row
 from .catalog import OPTIMIZERS
 
 # The run and what its callers (the CLI, the CUDA benchmark, the tests) name through it.
@@ -156,7 +156,7 @@ def _bench_optimizer(spec: OptimizerSpec, layouts: Sequence[Layout], data: Data,
     runners = steps = None
     gc.collect()
     # The probe moves the elementwise streams once: a two-pass rule's extra reads are not in it.
-    probe = _row(spec, single, "probe", bpp - spec.extra_bytes, cfg.size, times[("single", "probe")])
+    probe = make_row(spec, single, "probe", bpp - spec.extra_bytes, cfg.size, times[("single", "probe")])
     probe["fraction_of_probe"] = 1.0
     progress.end(f"probe {probe['gb_per_s']:.1f} GB/s")
 
@@ -177,7 +177,7 @@ def _bench_optimizer(spec: OptimizerSpec, layouts: Sequence[Layout], data: Data,
                     result = runner.result()
                 runner = None
                 gc.collect()
-            row = _row(spec, layout, impl.name, bpp, cfg.size, seconds, error)
+            row = make_row(spec, layout, impl.name, bpp, cfg.size, seconds, error)
             if result is not None and impl.name != "fastopt":
                 row["max_abs_diff"] = float(np.max(np.abs(result - reference)))
             if impl not in close:
@@ -201,7 +201,7 @@ def run_bench(cfg: BenchConfig, progress_stream: TextIO | None = sys.stderr) -> 
     (of the final params against fastopt's) and error (why a peer could not run, or None).
     """
     cfg.validate()
-    torch = _import_torch(cfg.use_torch)
+    torch = import_torch(cfg.use_torch)
     if cfg.threads is not None:
         set_num_threads(cfg.threads)
         if torch is not None:

@@ -34,7 +34,7 @@ import numpy as np
 from . import __version__
 from .bench import SPECS, check_run
 from .bench_measure import DTYPES, F32, Layout, OptimizerSpec
-from .bench_report import Progress, _row, table_lines
+from .bench_report import Progress, make_row, table_lines
 
 COPY_BYTES = 2 ** 30
 
@@ -158,7 +158,7 @@ def _bench_optimizer(torch, spec: OptimizerSpec, layouts: list[Layout], data: _D
     gc.collect()
     torch.cuda.empty_cache()
 
-    copy_row = _row(spec, Layout("single", (cfg.size,)), "probe", bpp, cfg.size, None)
+    copy_row = make_row(spec, Layout("single", (cfg.size,)), "probe", bpp, cfg.size, None)
     copy_row["gb_per_s"] = 2 * copy_bytes / times[("single", "probe")] / 1e9
     copy_row["ms_per_step"] = times[("single", "probe")] * 1e3
     copy_row["bytes_per_param"] = "copy"
@@ -171,7 +171,7 @@ def _bench_optimizer(torch, spec: OptimizerSpec, layouts: list[Layout], data: _D
         base = times[(layout.name, "fastopt")]
         for impl in impls:
             key = (layout.name, impl)
-            row = _row(spec, layout, impl, bpp, n, times.get(key), errors.get(key))
+            row = make_row(spec, layout, impl, bpp, n, times.get(key), errors.get(key))
             if key in times:
                 row["fraction_of_probe"] = row["gb_per_s"] / copy_row["gb_per_s"]
                 row["speedup_vs"] = times[key] / base

@@ -181,7 +181,7 @@ class Runner:
     result: Callable[[], np.ndarray]
 
 
-def _flat32(arrays: Sequence[np.ndarray]) -> np.ndarray:
+def flat32(arrays: Sequence[np.ndarray]) -> np.ndarray:
     return np.concatenate([a.reshape(-1).astype(F32) for a in arrays])
 
 
@@ -189,7 +189,7 @@ def build_fastopt(spec: OptimizerSpec, layout: Layout, data: Data) -> Runner:
     params = layout.copies(data.params)
     grads = layout.copies(data.grads)
     opt = spec.fastopt_cls(params, grads, master_weights=data.half, **spec.hypers)
-    return Runner(opt.step, lambda: _flat32(params))
+    return Runner(opt.step, lambda: flat32(params))
 
 
 # ---- timing --------------------------------------------------------------------------------

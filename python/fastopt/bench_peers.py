@@ -14,7 +14,7 @@ import numpy as np
 
 from .catalog import OPTIMIZERS
 
-from .bench_measure import F32, Data, Layout, OptimizerSpec, Runner, _flat32, build_fastopt
+from .bench_measure import F32, Data, Layout, OptimizerSpec, Runner, flat32, build_fastopt
 
 
 def numpy_sgd(params, grads, states, step, h, scratch) -> None:
@@ -71,7 +71,7 @@ def numpy_adamw(params, grads, states, step, h, scratch) -> None:
 NUMPY_STEPS = {"sgd": numpy_sgd, "adam": numpy_adam, "adamw": numpy_adamw}
 
 
-def _import_torch(wanted: bool):
+def import_torch(wanted: bool):
     if not wanted:
         return None
     try:
@@ -96,7 +96,7 @@ def build_numpy(spec: OptimizerSpec, layout: Layout, data: Data) -> Runner:
             for p, m in zip(params, masters):
                 p[...] = m  # rounds to nearest even
 
-    return Runner(step, lambda: _flat32(params))
+    return Runner(step, lambda: flat32(params))
 
 
 def build_torch(spec: OptimizerSpec, layout: Layout, data: Data, *, variant: Mapping[str, Any]) -> Runner:

@@ -7,7 +7,7 @@ from typing import Any, Mapping, Sequence, TextIO
 from .bench_measure import Layout, OptimizerSpec
 
 
-def _row(spec: OptimizerSpec, layout: Layout, impl: str, bpp: int, size: int,
+def make_row(spec: OptimizerSpec, layout: Layout, impl: str, bpp: int, size: int,
          seconds: float | None, error: str | None = None) -> dict[str, Any]:
     return {
         "optimizer": spec.name, "layout": layout.name, "num_tensors": len(layout.sizes),

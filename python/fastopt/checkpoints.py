@@ -10,8 +10,7 @@ import numpy as np
 
 from . import _core
 from ._arrays import assign, copy, fill, to_host
-
-Array = Any
+from .hyperparams import Array
 
 
 class Checkpoints:
@@ -52,8 +51,7 @@ class Checkpoints:
         the groups and their params, every array's shape and dtype (float32), step counts
         (integers >= 0, equal within a group), and that every state array a resumed step
         needs is present. State absent from a checkpoint at step 0 is reset to zero."""
-        with self._exclusive("load_state_dict"):
-            self._load_state_dict(state_dict)
+        self._alone("load_state_dict", self._load_state_dict, state_dict)
 
     def _load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         groups = list(state_dict["param_groups"])

@@ -4,10 +4,9 @@ binding.py (arrays and the engine group), step_options.py, checkpoints.py."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 import threading
-from typing import Any, ClassVar, Iterator, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 
@@ -110,7 +109,7 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
                  max_grad_norm: float | None = None, clip_value: float | None = None,
                  skip_nonfinite: bool = False, report_grad_norm: bool = False, diagnostics: bool = False,
                  capturable: bool = False, **defaults: Any):
-        self._busy = threading.Lock()  # held by a step: see _exclusive
+        self._busy = threading.Lock()  # held by a step: see _alone
         if not hasattr(type(self), "rule"):
             raise TypeError("Optimizer is the base class: build one of fastopt's optimizers (fastopt.SGD, ...)")
         self.defaults = dict(type(self).default_hypers())
@@ -155,20 +154,16 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
         self._bound_states: list[int] | None = None  # state streams bound per group
         self._refresh()
 
-    @contextlib.contextmanager
-    def _exclusive(self, what: str) -> Iterator[None]:
-        """Runs ``what`` with the optimizer to itself, or raises at once if a step runs in
-        another thread (the step releases the GIL, so another thread's call would race it)."""
+    def _alone(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """fn(*args) with the optimizer to itself, or RuntimeError at once if a step runs in
+        another thread (a step releases the GIL: another thread's call would race it)."""
         if not self._busy.acquire(False):
-            raise self._busy_error(what)
+            raise RuntimeError(f"{type(self).__name__}.{what}: this optimizer is stepping in another thread; "
+                               "step one optimizer from one thread at a time")
         try:
-            yield
+            return fn(*args)
         finally:
             self._busy.release()
-
-    def _busy_error(self, what: str) -> RuntimeError:
-        return RuntimeError(f"{type(self).__name__}.{what}: this optimizer is stepping in another thread; "
-                            "step one optimizer from one thread at a time")
 
     def __reduce_ex__(self, protocol: Any) -> Any:
         raise TypeError(f"a {type(self).__name__} cannot be pickled or copied: it is bound to its arrays, which it "
@@ -200,12 +195,7 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
         One optimizer steps in one thread at a time: a step (or ``load_state_dict``) called
         while another thread steps the same optimizer raises RuntimeError, as both would
         update the same arrays."""
-        if not self._busy.acquire(False):  # (not a context manager: this is every step's fixed cost)
-            raise self._busy_error("step")
-        try:
-            return self._step(grad_scale, stream, skip_nonfinite)
-        finally:
-            self._busy.release()
+        return self._alone("step", self._step, grad_scale, stream, skip_nonfinite)
 
     def _step(self, grad_scale: Any, stream: Any, skip_nonfinite: bool | None) -> StepResult:
         if callable(grad_scale):
