@@ -7,7 +7,7 @@ pass over memory, for any number of tensors, with AVX2/AVX-512 kernels chosen at
 from __future__ import annotations
 
 from . import _core, functional, norms, schedules
-from ._core import TensorError
+from ._core import MemoryMoved, TensorError
 from .catalog import OPTIMIZERS
 from .cuda import cuda_available
 from .norms import l2_norms
@@ -23,7 +23,7 @@ _core.cpu_isa()
 
 __all__ = [
     *(cls.__name__ for cls in OPTIMIZERS), "Optimizer", "ParamGroup", "StepResult", "Diagnostics",
-    "DynamicLossScaler", "TensorError", "functional", "schedules", "norms", "l2_norms",
+    "DynamicLossScaler", "TensorError", "MemoryMoved", "functional", "schedules", "norms", "l2_norms",
     "cpu_isa", "set_num_threads", "get_num_threads", "cuda_available",
 ]
 

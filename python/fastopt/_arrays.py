@@ -1,6 +1,6 @@
 """The fp32 arrays fastopt owns (optimizer state, master weights), allocated where the params
-live: aligned NumPy arrays for CPU params, arrays of the params' own library (PyTorch or
-CuPy) for CUDA params. Also the few library-neutral operations the optimizers need on them."""
+live, with the params' own library: PyTorch tensors for PyTorch params, CuPy arrays for CuPy
+params, aligned NumPy arrays for other CPU params. Also the few library-neutral operations the optimizers need on them."""
 
 from __future__ import annotations
 
@@ -32,14 +32,14 @@ def library(a: Any) -> str:
 
 
 def state_like(param: Any, name: str) -> Any:
-    """A zeroed float32 array with the shape of ``param``, on its device: a 64-byte aligned
-    NumPy array for CPU memory; a PyTorch tensor or CuPy array (as the param) on its GPU."""
+    """A zeroed float32 array with the shape of ``param``, on its device: a PyTorch tensor for
+    a PyTorch param, a CuPy array for a CuPy one, else a 64-byte aligned NumPy array."""
     shape, _, _ = _core.describe(param, name)
     kind, dev = _core.device_of(param)
-    if kind == _CPU:
-        return aligned_zeros(tuple(shape))
     lib = library(param)
-    if lib == "torch":
+    if kind == _CPU and lib != "torch":
+        return aligned_zeros(tuple(shape))
+    if lib == "torch":  # (torch's CPU allocator aligns to 64 bytes)
         import torch
         return torch.zeros(tuple(shape), dtype=torch.float32, device=param.device)
     if lib == "cupy":
@@ -54,7 +54,7 @@ def master_copy(param: Any, name: str, stream: int = 0) -> Any:
     """The exact float32 value of ``param``, in a new array on its device (written on
     ``stream`` for GPU params)."""
     out = state_like(param, name)
-    if isinstance(out, np.ndarray):
+    if _core.device_of(param)[0] == _CPU:
         _core.widen_into(param, out)
     else:
         from .cuda import engine

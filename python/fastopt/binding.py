@@ -18,9 +18,13 @@ class Binding:
     def _master_copies(self, master_weights: bool) -> list:
         """An exact fp32 copy of each float16/bfloat16 param when ``master_weights`` (else None)."""
         stream = self._engine.stream(None, self._params[0]) if self._engine.is_cuda else 0
-        return [master_copy(p, f"param {i}", stream)
+        return [self._new_master(i, stream)
                 if master_weights and _core.describe(p, f"param {i}")[1] != "float32" else None
                 for i, p in enumerate(self._params)]
+
+    def _new_master(self, i: int, stream: int):
+        """Param i's fp32 master weights: its exact value (written on ``stream`` on CUDA)."""
+        return master_copy(self._params[i], f"param {i}", stream)
 
     def _new_state(self, i: int, name: str):
         """A fresh state array ``name`` for param i, at its initial value."""
@@ -60,6 +64,19 @@ class Binding:
         self._stale = True
         if self._engine.is_cuda:
             self._refresh()
+
+    def _start_at(self, steps: list[int]) -> None:
+        """Sets the step counts of the groups (on CUDA, the device's too)."""
+        self._steps = list(steps)
+        if self._engine.is_cuda:
+            stream = self._cuda_stream()
+            for j, s in enumerate(self._steps):
+                self._core.set_step(j, s, stream)
+            self._steps_exact = True
+
+    def _exact_steps(self) -> list[int]:
+        """The step counts, read from the device only when a step may have been skipped there."""
+        return list(self._steps) if self._steps_exact else self._device_steps()
 
     def _device_steps(self) -> list[int]:
         """A CUDA group's step counts, read from the device (waits for the current stream); the

@@ -111,14 +111,11 @@ class Checkpoints:
             for name, a in self._state[i].items():
                 if name not in got:  # absent from a step-0 checkpoint: as a fresh optimizer has it
                     fill(a, self._initial_value(name, self._group_of[i]))
-        self._steps = steps
-        if created:
-            self._bound_states = None  # new arrays: rebind
-        elif self._engine.is_cuda:  # same device group (a captured graph stays valid): new step counts
-            stream = self._cuda_stream()
-            for j, s in enumerate(steps):
-                self._core.set_step(j, s, stream)
-            self._steps_exact = True
+        if created:  # new arrays: rebind (which sets the device's step counts)
+            self._steps = steps
+            self._bound_states = None
+        else:  # same device group (a captured graph stays valid): new step counts
+            self._start_at(steps)
         self._refresh()
         self._loaded(arrays)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 from .optimizer import Optimizer
 
 
@@ -53,3 +55,11 @@ class NAdam(Optimizer):
           '`p -= lr(1-mu_t)/(1-P_t) * g/d + lr*mu_{t+1}/(1-P_t*mu_{t+1}) * m/d`; L2 or decoupled'),
          '28'),
     )
+
+    @classmethod
+    def torch_state(cls, group: Mapping[str, Any], step: int) -> dict[str, Any]:
+        import torch
+        beta1, psi, product = group["betas"][0], group["momentum_decay"], 1.0
+        for t in range(1, step + 1):
+            product *= beta1 * (1 - 0.5 * 0.96 ** (t * psi))
+        return {"mu_product": torch.tensor(product)}

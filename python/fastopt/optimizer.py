@@ -154,6 +154,12 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
         self._bound_states: list[int] | None = None  # state streams bound per group
         self._refresh()
 
+    @classmethod
+    def torch_state(cls, group: Mapping[str, Any], step: int) -> dict[str, Any]:
+        """State that torch.optim keeps per param and fastopt derives from the step count (NAdam's
+        ``mu_product``), as torch.optim's checkpoints hold it after ``step`` steps of ``group``."""
+        return {}
+
     def _alone(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
         """fn(*args) with the optimizer to itself, or RuntimeError at once if a step runs in
         another thread (a step releases the GIL: another thread's call would race it)."""

@@ -40,6 +40,7 @@ class CudaGroup {
             uintptr_t nonfinite) {
     if (!(max_grad_norm >= 0 && max_grad_norm < 1e300)) throw std::invalid_argument("max_grad_norm must be finite and >= 0");
     if (steps && capturable) throw std::invalid_argument("a capturable step reads its step counts on the device");
+    binding_.check();
     py_intake::with_rule(group_.rule(), [&](auto rule) {
       using Rule = decltype(rule);
       const auto hs = py_intake::hypers_of<Rule>(hypers);
@@ -120,11 +121,14 @@ class CudaGroup {
 
 PYBIND11_MODULE(_cuda, m) {
   m.doc() = "fastopt's CUDA engine (internal: use the fastopt package)";
-  // Bind errors raise the CPU module's TensorError, so that callers catch one class.
+  // Bind errors raise the CPU module's exceptions, so that callers catch one class.
   static py::handle tensor_error = py::object(py::module_::import("fastopt._core").attr("TensorError")).release();
+  static py::handle memory_moved = py::object(py::module_::import("fastopt._core").attr("MemoryMoved")).release();
   py::register_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
+    } catch (const py_intake::MemoryMoved& e) {
+      PyErr_SetString(memory_moved.ptr(), e.what());
     } catch (const py_intake::TensorError& e) {
       PyErr_SetString(tensor_error.ptr(), e.what());
     }

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include <pybind11/numpy.h>
+
 namespace py = pybind11;
 
 namespace fastopt::py_intake {
@@ -40,7 +42,63 @@ void check_overlap(std::vector<Named> all) {
   }
 }
 
+// The array, and each NumPy array it views, with where its memory is now: resizing the base
+// of a view frees the view's memory too.
+void watch(const View& v, const std::string& name, std::vector<Watched>& out) {
+  if (v.mover == View::Mover::torch) {
+    out.push_back({name, v.source, v.data, v.numel, true});
+    return;
+  }
+  int64_t numel = v.numel;
+  for (py::handle a = v.source; py::isinstance<py::array>(a); numel = -1) {
+    out.push_back({name, py::reinterpret_borrow<py::object>(a), py::detail::array_proxy(a.ptr())->data, numel, false});
+    a = py::detail::array_proxy(a.ptr())->base;
+    if (!a) break;
+  }
+}
+
+int64_t numpy_numel(const py::detail::PyArray_Proxy* a) {
+  int64_t n = 1;
+  for (int d = 0; d < a->nd; ++d) n *= a->dimensions[d];
+  return n;
+}
+
 }  // namespace
+
+void Binding::check() const {
+  static PyObject* const data_ptr = PyUnicode_InternFromString("data_ptr");  // kept for the process
+  static PyObject* const grad_attr = PyUnicode_InternFromString("grad");
+  for (const Watched& w : watched) {
+    bool moved;
+    if (w.torch) {
+      PyObject* now = PyObject_CallMethodNoArgs(w.array.ptr(), data_ptr);
+      if (!now) throw py::error_already_set();
+      moved = PyLong_AsVoidPtr(now) != w.data;
+      Py_DECREF(now);
+    } else {
+      const auto* a = py::detail::array_proxy(w.array.ptr());
+      moved = a->data != w.data || (w.numel >= 0 && numpy_numel(a) != w.numel);
+    }
+    if (moved) {
+      throw MemoryMoved(w.name + ": its memory was moved or freed since the optimizer was built (NumPy resize, "
+                        "torch resize_/share_memory_/set_, `.data = ...`, module.to(...)); fastopt updates the "
+                        "memory it was bound to: build a new optimizer over the new tensors (fastopt.torch "
+                        "follows them by itself)");
+    }
+  }
+  for (const BoundGrad& b : bound_grads) {
+    PyObject* now = PyObject_GetAttr(b.param.ptr(), grad_attr);
+    if (!now) throw py::error_already_set();
+    const bool same = now == b.grad.ptr();
+    Py_DECREF(now);
+    if (!same) {
+      throw MemoryMoved(b.name + ": its .grad is no longer the grad tensor bound to it (torch replaced it: "
+                        "zero_grad(set_to_none=True), backward(create_graph=True), DDP's "
+                        "gradient_as_bucket_view); the step would read a stale gradient: zero the grads with "
+                        "set_to_none=False, or use fastopt.torch, which reads .grad at every step");
+    }
+  }
+}
 
 Binding bind(py::sequence params, py::sequence grads, py::sequence masters, py::sequence states,
              const std::vector<std::string>& state_names, const std::vector<int64_t>& group_sizes, int engine) {
@@ -88,10 +146,15 @@ Binding bind(py::sequence params, py::sequence grads, py::sequence masters, py::
   }
 
   std::vector<Named> named;
-  auto take = [&](const py::object& o, const std::string& nm, bool writable) -> const View& {
+  // `users`: the caller's params and grads (masters and state may be the optimizer's own
+  // torch tensors, which nobody else resizes; NumPy arrays cost nothing to watch).
+  auto take = [&](const py::object& o, const std::string& nm, bool writable, bool users = false) -> const View& {
     b.views.push_back(intake(o, nm, engine));
     const View& v = b.views.back();
     if (writable && v.readonly) throw TensorError(nm + ": is read-only (fastopt updates it in place)");
+    if (v.numel > 0 && (v.mover == View::Mover::numpy || (v.mover == View::Mover::torch && users))) {
+      watch(v, nm, b.watched);
+    }
     named.push_back({nm, named.size(), &v});
     return v;
   };
@@ -112,9 +175,12 @@ Binding bind(py::sequence params, py::sequence grads, py::sequence masters, py::
   for (size_t j = 0; j < group_sizes.size(); ++j) {
     for (int64_t k = 0; k < group_sizes[j]; ++k, ++i) {
       const std::string pn = name("param", i), gn = name("grad", i);
-      const View& p = take(p_objs[i], pn, true);
-      const View& g = take(g_objs[i], gn, false);  // grads are only read
+      const View& p = take(p_objs[i], pn, true, true);
+      const View& g = take(g_objs[i], gn, false, true);  // grads are only read
       same_shape(g, p, gn, pn);
+      if (p.mover == View::Mover::torch && py::getattr(p_objs[i], "grad", py::none()).is(g_objs[i])) {
+        b.bound_grads.push_back({pn, p_objs[i], g_objs[i]});
+      }
       TensorSlot& t = slots[i];
       t = TensorSlot{};
       t.param = p.data;

@@ -13,11 +13,34 @@
 
 namespace fastopt::py_intake {
 
+// Memory its owner could move or free after binding (see View::Mover), with where it was.
+struct Watched {
+  std::string name;
+  pybind11::object array;
+  const void* data;
+  int64_t numel;  // -1: not checked (a NumPy base array, whose shape is its own)
+  bool torch;
+};
+
+// A PyTorch param bound with its `.grad` tensor as its grad: torch replaces `.grad` (zero_grad
+// with set_to_none=True, backward(create_graph=True), DDP's gradient_as_bucket_view).
+struct BoundGrad {
+  std::string name;
+  pybind11::object param, grad;
+};
+
 struct Binding {
   std::deque<View> views;  // a deque: growing it never moves the views bound so far
   std::vector<TensorSlot> slots;
   std::vector<int> group_state;  // the fewest state arrays any param of group j has
   Device device{1, 0};
+  std::vector<Watched> watched;
+  std::vector<BoundGrad> bound_grads;
+
+  // TensorError naming the first tensor whose memory moved since binding, or whose param's
+  // `.grad` is no longer the grad bound to it: the step would write freed memory or update
+  // memory the model no longer uses. Called (GIL held) before every pass over the tensors.
+  void check() const;
 };
 
 // params[i] and grads[i] pair up; masters[i] is None or param i's fp32 master weights;

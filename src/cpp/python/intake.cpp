@@ -1,5 +1,7 @@
 #include "intake.h"
 
+#include <pybind11/numpy.h>
+
 #include <functional>
 #include <memory>
 #include <sstream>
@@ -72,6 +74,10 @@ bool from_buffer(py::handle obj, const std::string& name, int engine, View& v) {
     delete b;
   });
   v.owner = std::shared_ptr<void>(view, view.get());
+  if (py::isinstance<py::array>(obj)) {
+    v.mover = View::Mover::numpy;
+    v.source = py::reinterpret_borrow<py::object>(obj);
+  }
   v.data = view->buf;
   v.readonly = view->readonly != 0;
   v.shape.assign(view->shape, view->shape + view->ndim);
@@ -116,6 +122,16 @@ std::shared_ptr<void> own(Managed* m) {
   });
 }
 
+bool is_torch_tensor(py::handle obj) {
+  for (py::handle t : py::type::of(obj).attr("__mro__")) {
+    if (py::str(t.attr("__name__")).equal(py::str("TensorBase")) &&
+        py::str(py::getattr(t, "__module__", py::str(""))).equal(py::str("torch._C"))) {
+      return true;
+    }
+  }
+  return false;
+}
+
 void from_dlpack(py::handle obj, const std::string& name, int engine, View& v) {
   if (!py::hasattr(obj, "__dlpack__")) {
     fail(name, "is of type " + py::str(py::type::of(obj).attr("__name__")).cast<std::string>() +
@@ -123,6 +139,12 @@ void from_dlpack(py::handle obj, const std::string& name, int engine, View& v) {
   }
   v.device = device_of(obj);
   check_engine_device(v.device, engine, name, "is on ");
+  // A param that requires grad is exported through a detached alias (torch refuses to
+  // export it), as torch.optim updates params outside autograd; the param itself is watched.
+  const bool torch = is_torch_tensor(obj);
+  const py::object exporter = torch && py::getattr(obj, "requires_grad", py::bool_(false)).cast<bool>()
+                                  ? obj.attr("detach")()
+                                  : py::reinterpret_borrow<py::object>(obj);
   // Newest protocol first: versioned capsules with copy=False (the update must reach the
   // producer's memory), then without `copy`, then a producer that predates max_version.
   py::object capsule;
@@ -131,9 +153,9 @@ void from_dlpack(py::handle obj, const std::string& name, int engine, View& v) {
   py::dict extra;
   if (v.device.type == dlpack::kCUDA) extra["stream"] = -1;
   const std::function<py::object()> attempts[] = {
-      [&] { return obj.attr("__dlpack__")(**extra, py::arg("max_version") = version, py::arg("copy") = false); },
-      [&] { return obj.attr("__dlpack__")(**extra, py::arg("max_version") = version); },
-      [&] { return obj.attr("__dlpack__")(**extra); },
+      [&] { return exporter.attr("__dlpack__")(**extra, py::arg("max_version") = version, py::arg("copy") = false); },
+      [&] { return exporter.attr("__dlpack__")(**extra, py::arg("max_version") = version); },
+      [&] { return exporter.attr("__dlpack__")(**extra); },
   };
   for (size_t a = 0; a < 3 && !capsule; ++a) {
     try {
@@ -182,6 +204,10 @@ void from_dlpack(py::handle obj, const std::string& name, int engine, View& v) {
   }
   if (!c_contiguous(v.shape, t->strides)) {
     fail(name, "is not C-contiguous (fastopt never copies; pass a contiguous array)");
+  }
+  if (torch) {
+    v.mover = View::Mover::torch;
+    v.source = py::reinterpret_borrow<py::object>(obj);
   }
 }
 

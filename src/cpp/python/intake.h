@@ -28,6 +28,12 @@ struct View {
   bool readonly = false;
   Device device{1, 0};
   std::shared_ptr<void> owner;  // releases the buffer / calls the DLPack deleter
+  // Who can move or free this memory after it was bound, keeping the object alive: a NumPy
+  // array (ndarray.resize(refcheck=False)) or a PyTorch tensor (resize_, share_memory_, set_,
+  // `.data = ...`). CuPy arrays and other DLPack producers cannot: their memory stays where
+  // the capsule holds it.
+  enum class Mover { none, numpy, torch } mover = Mover::none;
+  pybind11::object source;  // the array or tensor, when mover is not none
   size_t nbytes() const { return size_t(numel) * (dtype == DType::f32 ? 4 : 2); }
   std::string shape_str() const;
 };
@@ -35,6 +41,12 @@ struct View {
 // Raised for a tensor that cannot be bound: the message names the tensor and the reason.
 struct TensorError : std::runtime_error {
   using std::runtime_error::runtime_error;
+};
+
+// Raised before a step when a bound tensor's memory moved or its param's `.grad` was replaced
+// (Binding::check): nothing was written; binding again takes the new memory.
+struct MemoryMoved : TensorError {
+  using TensorError::TensorError;
 };
 
 // The device an array lives on, read without exporting it (CPU for buffer objects).

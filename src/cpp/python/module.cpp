@@ -48,6 +48,7 @@ class CpuGroup {
   // values, canonical order), flattened; else None.
   py::object step(py::sequence hypers, const std::vector<int64_t>& steps, float grad_scale, float clip_value,
                   bool diagnose) {
+    binding_.check();
     std::vector<double> diag(diagnose ? 2 * binding_.slots.size() : 0);
     py_intake::with_rule(group_.rule(), [&](auto rule) {
       using Rule = decltype(rule);
@@ -71,6 +72,7 @@ class CpuGroup {
   // Per tensor: the sum of squares (canonical order) and non-finite count of the grads, or of
   // the params' fp32 values (their master weights where they have them).
   py::tuple sumsq(const std::string& which) {
+    binding_.check();
     std::unique_ptr<cpu::Reducer>& r = which == "grads" ? grad_reducer_ : param_reducer_;
     if (which != "grads" && which != "params") throw std::invalid_argument("which must be 'grads' or 'params'");
     if (!r) {
@@ -126,7 +128,8 @@ void widen_into(py::handle src, py::handle dst) {
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "fastopt's C++ engine (internal: use the fastopt package)";
-  py::register_exception<py_intake::TensorError>(m, "TensorError", PyExc_ValueError);
+  auto& tensor_error = py::register_exception<py_intake::TensorError>(m, "TensorError", PyExc_ValueError);
+  py::register_exception<py_intake::MemoryMoved>(m, "MemoryMoved", tensor_error);
 
   m.def("cpu_isa", [] { return std::string(cpu::active_kernels().isa); });
   m.def("set_cpu_isa", &cpu::set_isa, py::arg("name"));

@@ -1,0 +1,324 @@
+"""Drop-in ``torch.optim`` optimizers: ``fastopt.torch.AdamW(model.parameters(), lr=1e-3)``.
+
+Each class is a ``torch.optim.Optimizer`` subclass running fastopt's fused step: grads are read
+from ``p.grad`` at every step, params whose grad is None are skipped (no weight decay, no step
+count), as torch does; ``zero_grad`` (either setting), ``add_param_group``, closures, step
+hooks and ``torch.optim.lr_scheduler`` schedulers work unchanged; ``state_dict()`` is in
+torch.optim's format and ``load_state_dict()`` takes a torch.optim checkpoint of the same
+optimizer (and torch.optim takes ours), so a run can switch either way.
+
+The step binds its tensors once and reuses the binding while they stay where they are: it binds
+again when a param gains or loses its grad, when torch hands over new grad tensors
+(``zero_grad(set_to_none=True)``, ``backward(create_graph=True)``, DDP's bucket views), when
+a param's memory moved (``module.to(...)``, ``p.data = ...``, ``share_memory_()``,
+``resize_``), and when a module's ``load_state_dict(assign=True)`` (or any assignment of a
+new ``Parameter`` to a module attribute) replaces a param this optimizer holds: it then steps
+the new ``Parameter``, with the old one's state.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections import defaultdict
+import re
+import warnings
+import weakref
+from typing import Any, ClassVar, Iterable
+
+import torch
+
+from . import _core
+from .catalog import OPTIMIZERS
+from .optimizer import Optimizer as _Bound
+
+__all__ = ["Optimizer", *(cls.__name__ for cls in OPTIMIZERS)]
+
+_grad = operator.attrgetter("grad")
+
+
+class Optimizer(torch.optim.Optimizer):
+    """Base of the drop-in optimizers; ``fastopt_class`` is the fastopt optimizer it runs.
+
+    Args:
+        params: an iterable of tensors or of param-group dicts, as for ``torch.optim``
+            (float32, float16 or bfloat16 params; CPU or CUDA).
+        master_weights, max_grad_norm, clip_value, skip_nonfinite: as for
+            :class:`fastopt.Optimizer` (clipping covers the params that have a grad).
+        **hypers: the optimizer's hyperparameters, torch.optim's names and defaults.
+
+    The state of param ``p`` is in ``self.state[p]``, float32 tensors named as torch.optim
+    names them (plus ``"master_param"`` with ``master_weights``); its ``"step"`` is written by
+    :meth:`state_dict`. :attr:`last_step` is the :class:`fastopt.StepResult` of the last step.
+    """
+
+    fastopt_class: ClassVar[type[_Bound]]
+
+    def __init__(self, params: Iterable[Any], *, master_weights: bool = False, max_grad_norm: float | None = None,
+                 clip_value: float | None = None, skip_nonfinite: bool = False, **hypers: Any):
+        cls = self.fastopt_class
+        defaults = cls.default_hypers()
+        for k in hypers:
+            if k not in defaults:
+                raise TypeError(f"{type(self).__name__} got an unknown hyperparameter '{k}'")
+        defaults.update(hypers)
+        cls._hyper_at(defaults, 0)
+        self._options = {"master_weights": master_weights, "max_grad_norm": max_grad_norm,
+                         "clip_value": clip_value, "skip_nonfinite": skip_nonfinite}
+        self._unbind()
+        self.last_step = None
+        super().__init__(params, defaults)
+        _watch_replacements(self)
+
+    def _unbind(self) -> None:
+        self._inner: _Bound | None = None
+        self._buckets: list[list[int]] = []  # the flat params of each bound group
+        self._bound_grads: list[Any] = []
+        self._snapshot: list[tuple] = []
+        self._counts: dict[Any, int] = getattr(self, "_counts", {})  # steps taken by each param
+
+    def __getstate__(self) -> dict[str, Any]:
+        self._sync_counts()
+        return {**super().__getstate__(), "_options": self._options, "_counts": self._counts}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:  # unpickled or deep-copied: bind afresh
+        super().__setstate__(state)
+        self._unbind()
+        self.last_step = None
+        _watch_replacements(self)
+
+    def _hypers(self, group: dict[str, Any]) -> dict[str, Any]:
+        """The fastopt hyperparameters of a group (torch.optim adds keys of its own: foreach, ...)."""
+        return {k: group.get(k, v) for k, v in self.fastopt_class.default_hypers().items()}
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Adds a group (torch.optim's checks, then fastopt's check of its hyperparameters)."""
+        super().add_param_group(param_group)
+        try:
+            self.fastopt_class._hyper_at(self._hypers(self.param_groups[-1]), 0)
+        except (TypeError, ValueError) as e:
+            self.param_groups.pop()
+            raise type(e)(f"param group {len(self.param_groups)}: {e}") from None
+        self._sync_counts()
+        self._unbind()
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        """One fused step over every param that has a grad; returns ``closure()``'s loss (the
+        closure runs first, with grad enabled), as torch.optim."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        params = [p for g in self.param_groups for p in g["params"]]
+        grads = list(map(_grad, params))
+        if (self._inner is None or len(grads) != len(self._bound_grads)
+                or not all(map(operator.is_, grads, self._bound_grads))):
+            self._bind(params, grads)
+        else:
+            self._push_hypers()
+        if self._inner is None:
+            warnings.warn(f"{type(self).__name__}.step: no param has a grad (did backward() run? or do the "
+                          "params belong to the model any more?); nothing was updated", RuntimeWarning,
+                          stacklevel=2)
+            return loss
+        try:
+            self.last_step = self._inner.step()
+        except _core.MemoryMoved:  # a param's memory moved (module.to, p.data = ...): follow it
+            self._bind(params, grads)
+            self.last_step = self._inner.step()
+        return loss
+
+    def _bind(self, params: list[Any], grads: list[Any]) -> None:
+        """Binds the params that have a grad, one fastopt group per (param group, step count)."""
+        self._sync_counts()
+        self._unbind()
+        self._bound_grads = grads
+        buckets: dict[tuple[int, int], list[int]] = {}
+        flat = 0
+        for j, group in enumerate(self.param_groups):
+            for p in group["params"]:
+                g = grads[flat]
+                if g is not None:
+                    if g.is_sparse:
+                        raise RuntimeError(f"{type(self).__name__} does not support sparse gradients (param {flat})")
+                    buckets.setdefault((j, self._counts.get(p, 0)), []).append(flat)
+                flat += 1
+        if not buckets:
+            return
+        self._buckets = list(buckets.values())
+        groups = [{**self._hypers(self.param_groups[j]), "params": [params[i] for i in idx],
+                   "grads": [grads[i] for i in idx]} for (j, _), idx in buckets.items()]
+        states = [self.state[params[i]] for idx in self._buckets for i in idx]
+        names = [i for idx in self._buckets for i in idx]
+        try:
+            inner = _inner_class(self.fastopt_class)(groups, states, **self._options)
+        except _core.TensorError as e:  # name the tensors by their place in this optimizer
+            raise _core.TensorError(re.sub(r"\b([a-z_]+) (\d+)\b", lambda m: f"{m[1]} {names[int(m[2])]}",
+                                           str(e))) from None
+        inner._start_at([count for _, count in buckets])
+        self._inner = inner
+        self._snapshot = [tuple(self._hypers(g).values()) for g in self.param_groups]
+        self._group_of_bucket = [j for j, _ in buckets]
+
+    def _push_hypers(self) -> None:
+        """Hyperparameters changed in param_groups (a scheduler's lr) go to the bound groups."""
+        for j, g in enumerate(self.param_groups):
+            values = self._hypers(g)
+            snap = tuple(values.values())
+            if snap != self._snapshot[j]:
+                for b, owner in enumerate(self._group_of_bucket):
+                    if owner == j:
+                        self._inner.param_groups[b].update(values)
+                self._snapshot[j] = snap
+
+    def _sync_counts(self) -> None:
+        """Each bound param's step count, from the bound groups (CUDA: read from the device only
+        when a step may have been skipped there)."""
+        if self._inner is None:
+            return
+        params = [p for g in self.param_groups for p in g["params"]]
+        for idx, count in zip(self._buckets, self._inner._exact_steps()):
+            for i in idx:
+                self._counts[params[i]] = count
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch.optim's format: ``{"state": {index: {"step": tensor, <state>: tensor}},
+        "param_groups": [...]}``; the state tensors are the live ones, as torch.optim's."""
+        self._sync_counts()
+        out = super().state_dict()
+        i = 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                count = self._counts.get(p, 0)
+                if count or i in out["state"]:
+                    extra = self.fastopt_class.torch_state(self._hypers(group), count)
+                    out["state"][i] = {**out["state"].get(i, {}), "step": torch.tensor(float(count)), **extra}
+                i += 1
+        return out
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Loads a :meth:`state_dict`, or a torch.optim checkpoint of the same optimizer:
+        validated before anything changes (ValueError); state tensors are copied as float32
+        onto their params' devices; a missing ``"step"`` counts 1 where state is present;
+        torch's derived state (NAdam's ``mu_product``) is recomputed from the step count."""
+        for hook in self._optimizer_load_state_dict_pre_hooks.values():
+            state_dict = hook(self, state_dict) or state_dict
+        groups, saved = state_dict["param_groups"], state_dict["state"]
+        if len(groups) != len(self.param_groups):
+            raise ValueError(f"state_dict has {len(groups)} param groups, this optimizer {len(self.param_groups)}")
+        by_key, new_groups = {}, []
+        for j, (own, g) in enumerate(zip(self.param_groups, groups)):
+            if len(g["params"]) != len(own["params"]):
+                raise ValueError(f"param group {j}: state_dict has {len(g['params'])} params, "
+                                 f"this optimizer {len(own['params'])}")
+            by_key.update(zip(g["params"], own["params"]))
+            group = {**self.defaults, **{k: v for k, v in g.items() if k != "params"}, "params": own["params"]}
+            try:
+                self.fastopt_class._hyper_at(self._hypers(group), 0)
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"param group {j}: {e}") from None
+            new_groups.append(group)
+        state, counts = {}, {}
+        names = (*self.fastopt_class.state_names, "master_param")
+        for key, entry in saved.items():
+            if key not in by_key:
+                raise ValueError(f"state_dict has state for unknown param key {key!r}")
+            p = by_key[key]
+            arrays = {}
+            for k, v in entry.items():
+                if k in names and v is not None:
+                    if not torch.is_tensor(v) or v.shape != p.shape:
+                        raise ValueError(f"param {key!r}: state '{k}' is not a tensor of the param's shape "
+                                         f"{list(p.shape)}")
+                    arrays[k] = v.detach().to(dtype=torch.float32, device=p.device, copy=True).contiguous()
+            step = entry.get("step")
+            state[p] = arrays
+            counts[p] = int(step) if step is not None else int(bool(arrays))
+        self.state = defaultdict(dict, state)
+        self.param_groups[:] = new_groups
+        self._counts = counts
+        self._unbind()
+        for hook in self._optimizer_load_state_dict_post_hooks.values():
+            hook(self)
+
+
+class _Adopting:
+    """Mixin of the fastopt optimizer a drop-in class binds: its state arrays and master weights
+    are the torch state dicts' (param i's is ``torch_states[i]``), adopted where present and
+    stored there when created."""
+
+    def __init__(self, groups: list[dict[str, Any]], torch_states: list[dict[str, Any]], **options: Any):
+        self._torch_states = torch_states
+        super().__init__(groups, **options)
+
+    def _bind(self, need: list[int]) -> None:
+        adopted = []
+        for i, st in enumerate(self._torch_states):
+            got = {k: v for k, v in st.items() if k in self.state_names}
+            for k, v in got.items():
+                self._state[i].setdefault(k, v)
+            adopted.append(got)
+        super()._bind(need)
+        if any(adopted):
+            self._loaded(adopted)
+
+    def _new_state(self, i: int, name: str):
+        a = super()._new_state(i, name)
+        self._torch_states[i][name] = a
+        return a
+
+    def _new_master(self, i: int, stream: int):
+        st = self._torch_states[i]
+        if "master_param" not in st:
+            st["master_param"] = super()._new_master(i, stream)
+        return st["master_param"]
+
+
+_INNER: dict[type, type] = {}
+
+
+def _inner_class(cls: type[_Bound]) -> type[_Bound]:
+    if cls not in _INNER:
+        _INNER[cls] = type(f"_Adopting{cls.__name__}", (_Adopting, cls), {})
+    return _INNER[cls]
+
+
+# Module attributes replaced by a new Parameter (a module's load_state_dict(assign=True)): the
+# optimizers holding the old one step the new one instead, with its state.
+_HOLDERS: "weakref.WeakSet[Optimizer]" = weakref.WeakSet()
+_hook = None
+
+
+def _watch_replacements(opt: Optimizer) -> None:
+    global _hook
+    _HOLDERS.add(opt)
+    if _hook is None:
+        _hook = torch.nn.modules.module.register_module_parameter_registration_hook(_replaced)
+
+
+def _replaced(module: torch.nn.Module, name: str, new: Any) -> None:
+    old = module._parameters.get(name)
+    if old is None or new is None or old is new:
+        return
+    for opt in list(_HOLDERS):
+        for group in opt.param_groups:
+            for k, p in enumerate(group["params"]):
+                if p is old:
+                    opt._sync_counts()
+                    group["params"][k] = new
+                    if old in opt.state:
+                        opt.state[new] = opt.state.pop(old)
+                    if old in opt._counts:
+                        opt._counts[new] = opt._counts.pop(old)
+                    opt._unbind()
+
+
+def _drop_in(cls: type[_Bound]) -> type[Optimizer]:
+    hypers = ", ".join(f"{k}={v!r}" for k, v in cls.hyper_defaults.items())
+    doc = (f"``{cls.__name__}`` as a ``torch.optim.Optimizer``: fastopt's fused step behind torch.optim's "
+           f"interface (see :class:`fastopt.torch.Optimizer`; the update: :class:`fastopt.{cls.__name__}`).\n\n"
+           f"    Hyperparameters and defaults: {hypers}.\n")
+    return type(cls.__name__, (Optimizer,), {"fastopt_class": cls, "__doc__": doc, "__module__": __name__})
+
+
+globals().update({cls.__name__: _drop_in(cls) for cls in OPTIMIZERS})

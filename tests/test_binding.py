@@ -1,0 +1,114 @@
+"""The binding's lifetime checks (src/cpp/python/binding.cpp, Binding::check): before every
+step, a bound tensor whose owner moved or freed its memory since binding, or a torch param whose
+``.grad`` is no longer the grad bound to it, raises fastopt.MemoryMoved naming it, and nothing is
+written (issue 12, failures 1 to 3, on the plain optimizers)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import fastopt
+from fastopt import _core
+
+
+def arrays(n=4):
+    return [np.full(n, 1.0, np.float32), np.full(n, 2.0, np.float32)], [np.ones(n, np.float32), np.ones(n, np.float32)]
+
+
+def assert_moved(opt, name, watched):
+    """The step raises MemoryMoved naming ``name``, and ``watched`` arrays are unchanged."""
+    before = [np.array(a, copy=True) for a in watched]
+    with pytest.raises(_core.MemoryMoved, match=f"^{name}: "):
+        opt.step()
+    for a, b in zip(watched, before):
+        np.testing.assert_array_equal(np.asarray(a), b)
+
+
+@pytest.mark.parametrize("n", [1000, 2, 4])
+def test_numpy_resize_after_binding(n):
+    """ndarray.resize(refcheck=False) reallocates (larger or smaller): the cached pointer dangles;
+    the same size (no reallocation) keeps the binding valid."""
+    params, grads = arrays()
+    opt = fastopt.Adam(params, grads, lr=0.1)
+    opt.step()
+    params[1].resize(n, refcheck=False)
+    if n == 4:
+        opt.step()
+        return
+    assert_moved(opt, "param 1", [params[0]])
+
+
+def test_numpy_base_of_a_view_resized():
+    base = np.zeros(16, np.float32)
+    view = base[4:8]
+    opt = fastopt.SGD([view], [np.ones(4, np.float32)], lr=0.1)
+    base.resize(1 << 20, refcheck=False)
+    assert_moved(opt, "param 0", [])
+
+
+def test_numpy_grad_resized():
+    params, grads = arrays()
+    opt = fastopt.SGD(params, grads, lr=0.1)
+    grads[0].resize(64, refcheck=False)
+    assert_moved(opt, "grad 0", params)
+
+
+TORCH_MOVES = {
+    "resize_": lambda t: t.resize_(1000),
+    "share_memory_": lambda t: t.share_memory_(),
+    "set_": lambda t: t.set_(torch.zeros(4)),
+    "data =": lambda t: setattr(t, "data", torch.zeros(4)),
+}
+
+
+@pytest.mark.parametrize("move", TORCH_MOVES)
+@pytest.mark.parametrize("role", ["param", "grad"])
+def test_torch_memory_moved_after_binding(move, role):
+    params = [torch.ones(4), torch.ones(4)]
+    grads = [torch.ones(4), torch.ones(4)]
+    opt = fastopt.AdamW(params, grads, lr=0.1)
+    opt.step()
+    TORCH_MOVES[move]((params if role == "param" else grads)[1])
+    assert_moved(opt, f"{role} 1", [params[0].numpy()])
+
+
+def test_module_to_after_binding():
+    model = torch.nn.Linear(3, 2)
+    params = list(model.parameters())
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    opt = fastopt.SGD(params, [p.grad for p in params], lr=0.1)  # Parameters that require grad, as they are
+    opt.step()
+    model.to(torch.float16)
+    with pytest.raises(_core.MemoryMoved, match="^param 0: its memory was moved or freed"):
+        opt.step()
+
+
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_torch_grad_replaced_after_binding(set_to_none):
+    """zero_grad(set_to_none=True) then backward: new .grad tensors, refused; with
+    set_to_none=False the bound grads are refilled and training goes on."""
+    model = torch.nn.Linear(3, 1)
+    params = list(model.parameters())
+    model(torch.ones(2, 3)).sum().backward()
+    opt = fastopt.SGD(params, [p.grad for p in params], lr=0.1)
+    opt.step()
+    model.zero_grad(set_to_none=set_to_none)
+    model(torch.ones(2, 3)).sum().backward()
+    if set_to_none:
+        with pytest.raises(_core.MemoryMoved, match=r"^param 0: its \.grad is no longer the grad tensor"):
+            opt.step()
+    else:
+        before = params[0].detach().clone()
+        opt.step()
+        assert not torch.equal(before, params[0])
+
+
+def test_state_resize_under_the_optimizer():
+    params, grads = arrays()
+    opt = fastopt.Adam(params, grads, lr=0.1)
+    opt.step()
+    opt.state[0]["exp_avg"].base.resize(1 << 20, refcheck=False)  # the aligned allocation it views
+    assert_moved(opt, "exp_avg 0", params)

@@ -1,0 +1,358 @@
+"""fastopt.torch, the drop-in torch.optim optimizers: parity with torch.optim on real modules
+(an MLP and a small conv net) under a scheduler with zero_grad both ways, params without
+grads, closures, add_param_group, checkpoints both ways, and the PyTorch habits that replace a
+param's memory or its grad tensor after the optimizer was built."""
+
+from __future__ import annotations
+
+import copy
+import io
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import fastopt
+import fastopt.torch as ft
+from registry import BASELINE, CASES, assert_rounding_close, case_by_id
+
+TORCH_CASES = [c for c in CASES if c.in_torch]
+# The MLP runs every case torch has; the conv net (slower) each optimizer's baseline case.
+MODULE_CASES = [(c, "mlp") for c in TORCH_CASES] + [(case_by_id(BASELINE[c.name]), "convnet")
+                                                     for c in TORCH_CASES if c.id == BASELINE.get(c.name)]
+STEPS = 100
+
+
+def mlp() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+
+
+def convnet() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3), torch.nn.Tanh(), torch.nn.Flatten(), torch.nn.Linear(4 * 4 * 4, 3))
+
+
+MODELS = {"mlp": (mlp, (6,)), "convnet": (convnet, (2, 6, 6))}
+
+
+def build(kind: str, dtype=torch.float32) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return MODELS[kind][0]().to(dtype)
+
+
+def batches(kind: str, steps: int):
+    g = torch.Generator().manual_seed(1)
+    shape = MODELS[kind][1]
+    return [(torch.randn(8, *shape, generator=g, dtype=torch.float64), torch.randn(8, 3, generator=g, dtype=torch.float64))
+            for _ in range(steps)]
+
+
+def train(model, opt, data, dtype, sign=1.0):
+    """STEPS steps under a StepLR schedule; zero_grad alternates set_to_none=True/False. With
+    sign -1 the objective is the negated loss (for maximize=True)."""
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=10, gamma=0.7)
+    for t, (x, y) in enumerate(data):
+        opt.zero_grad(set_to_none=t % 2 == 0)
+        (sign * torch.nn.functional.mse_loss(model(x.to(dtype)), y.to(dtype))).backward()
+        opt.step()
+        sched.step()
+    return [p.detach().to(torch.float64).numpy() for p in model.parameters()]
+
+
+def fast_class(case):
+    return getattr(ft, case.name)
+
+
+@pytest.mark.parametrize("case, kind", MODULE_CASES, ids=[f"{c.id}-{k}" for c, k in MODULE_CASES])
+def test_module_parity_with_torch_optim(case, kind):
+    """fastopt.torch and torch.optim, both fp32, each within the rounding bound of torch.optim's
+    float64 run (params feed back into the grads, so the bound's per-step growth covers both)."""
+    data = batches(kind, STEPS)
+    sign = -1.0 if case.kwargs.get("maximize") else 1.0
+    exact = train(m := build(kind, torch.float64), getattr(torch.optim, case.name)(m.parameters(), **case.kwargs),
+                  data, torch.float64, sign)
+    theirs = train(m := build(kind), getattr(torch.optim, case.name)(m.parameters(), **case.kwargs), data,
+                   torch.float32, sign)
+    ours = train(m := build(kind), fast_class(case)(m.parameters(), **case.kwargs), data, torch.float32, sign)
+    scale = max(float(np.abs(p).max()) for p in exact)
+    assert_rounding_close(theirs, exact, STEPS, optimizer=case.name, scale=scale, implementations=2,
+                          msg="torch.optim fp32 vs float64")
+    assert_rounding_close(ours, exact, STEPS, optimizer=case.name, scale=scale, implementations=2,
+                          msg="fastopt.torch fp32 vs float64")
+
+
+def test_params_without_grad_are_skipped_as_torch_does():
+    """A param outside the graph: no weight decay, no step count, no state (torch.optim too)."""
+    def run(cls):
+        torch.manual_seed(0)
+        used, unused = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+        opt = cls([*used.parameters(), *unused.parameters()], lr=0.1, weight_decay=0.5)
+        for t in range(6):
+            opt.zero_grad()
+            model = used if t != 3 else unused  # step 3 trains the other layer only
+            model(torch.ones(4, 3)).sum().backward()
+            opt.step()
+        return [p.detach().clone() for p in (*used.parameters(), *unused.parameters())], opt
+    ours, opt = run(ft.AdamW)
+    theirs, topt = run(torch.optim.AdamW)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    steps = [int(s["step"]) for s in opt.state_dict()["state"].values()]
+    assert steps == [int(s["step"]) for s in topt.state_dict()["state"].values()] == [5, 5, 1, 1]
+
+
+def test_closure_and_add_param_group():
+    def run(cls):
+        torch.manual_seed(0)
+        a, b = torch.nn.Linear(4, 4), torch.nn.Linear(4, 1)
+        opt = cls(a.parameters(), lr=0.05, momentum=0.9)
+        x = torch.randn(5, 4)
+        losses = []
+        for t in range(8):
+            if t == 3:
+                opt.add_param_group({"params": b.parameters(), "lr": 0.01})
+
+            def closure():
+                opt.zero_grad()
+                loss = b(torch.tanh(a(x))).pow(2).mean()
+                loss.backward()
+                return loss
+            losses.append(float(opt.step(closure).detach()))
+        return losses, [p.detach().clone() for p in (*a.parameters(), *b.parameters())]
+    ours, theirs = run(ft.SGD), run(torch.optim.SGD)
+    np.testing.assert_allclose(ours[0], theirs[0], rtol=1e-6)
+    for p, q in zip(ours[1], theirs[1]):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+def test_invalid_hyperparameters_refused():
+    with pytest.raises(TypeError, match="unknown hyperparameter 'lr_max'"):
+        ft.Adam([torch.zeros(2, requires_grad=True)], lr_max=1.0)
+    with pytest.raises(ValueError, match="lr"):
+        ft.Adam([torch.zeros(2, requires_grad=True)], lr=-1.0)
+    opt = ft.Adam([torch.zeros(2, requires_grad=True)])
+    with pytest.raises(ValueError, match="param group 1"):
+        opt.add_param_group({"params": [torch.zeros(2, requires_grad=True)], "eps": -1.0})
+    assert len(opt.param_groups) == 1
+
+
+@pytest.mark.parametrize("direction", ["fastopt->torch", "torch->fastopt"])
+@pytest.mark.parametrize("name", ["AdamW", "SGD", "NAdam", "RMSprop", "Adagrad"])
+def test_checkpoints_switch_either_way(name, direction):
+    """Half a run in one implementation, a torch.save/torch.load (weights_only, the default) of
+    its state_dict, the other half in the other: the same as a run in torch.optim alone."""
+    kw = {"lr": 0.01, **({"momentum": 0.9} if name in ("SGD", "RMSprop") else {})}
+    data = batches("mlp", 40)
+    first, second = (getattr(ft, name), getattr(torch.optim, name))
+    if direction == "torch->fastopt":
+        first, second = second, first
+    model = build("mlp")
+    opt = first(model.parameters(), **kw)
+    for x, y in data[:20]:
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x.float()), y.float()).backward()
+        opt.step()
+    buf = io.BytesIO()
+    torch.save(opt.state_dict(), buf)
+    buf.seek(0)
+    opt = second(model.parameters(), **kw)
+    opt.load_state_dict(torch.load(buf))
+    for x, y in data[20:]:
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x.float()), y.float()).backward()
+        opt.step()
+    ref = build("mlp")
+    ropt = torch.optim.__dict__[name](ref.parameters(), **kw)
+    for x, y in data:
+        ropt.zero_grad()
+        torch.nn.functional.mse_loss(ref(x.float()), y.float()).backward()
+        ropt.step()
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=2e-5, atol=2e-6)
+
+
+def test_bf16_state_stays_float32_through_a_checkpoint():
+    model = build("mlp", torch.bfloat16)
+    opt = ft.AdamW(model.parameters(), lr=1e-3, master_weights=True)
+    x = torch.randn(4, 6, dtype=torch.bfloat16)
+    model(x).sum().backward()
+    opt.step()
+    sd = opt.state_dict()
+    assert all(s["exp_avg"].dtype == torch.float32 and s["master_param"].dtype == torch.float32
+               for s in sd["state"].values())
+    other = ft.AdamW(model.parameters(), lr=1e-3, master_weights=True)
+    other.load_state_dict(sd)
+    for p in model.parameters():
+        assert torch.equal(other.state[p]["exp_avg_sq"], opt.state[p]["exp_avg_sq"])
+        assert other.state[p]["exp_avg_sq"].dtype == torch.float32
+
+
+def test_bad_checkpoint_changes_nothing():
+    model = build("mlp")
+    opt = ft.Adam(model.parameters())
+    model(torch.randn(2, 6)).sum().backward()
+    opt.step()
+    sd = opt.state_dict()
+    sd["state"][0]["exp_avg"] = torch.zeros(3)
+    before = copy.deepcopy(opt.state_dict())
+    with pytest.raises(ValueError, match="state 'exp_avg' is not a tensor of the param's shape"):
+        opt.load_state_dict(sd)
+    after = opt.state_dict()
+    for i in before["state"]:
+        for k, v in before["state"][i].items():
+            assert torch.equal(v, after["state"][i][k]), (i, k)
+
+
+def losses_fall(model, opt, steps=30, dtype=torch.float32, set_to_none=True):
+    x, y = torch.randn(32, 6, dtype=dtype), torch.randn(32, 3, dtype=dtype)
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=set_to_none)
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses[-1] < 0.9 * losses[0]
+
+
+HABITS = {
+    "module.to(bfloat16)": lambda m: m.to(torch.bfloat16),
+    "p.data = new tensor": lambda m: [setattr(p, "data", p.detach().clone()) for p in m.parameters()],
+    "module.share_memory()": lambda m: m.share_memory(),
+    "load_state_dict(assign=True)": lambda m: m.load_state_dict({k: v.clone() for k, v in m.state_dict().items()},
+                                                               assign=True),
+}
+
+
+@pytest.mark.parametrize("habit", HABITS)
+def test_follows_params_replaced_after_building(habit):
+    """Failure 2 and 3 of issue 12: the optimizer keeps training the module's params after the
+    module moved them (before: fastopt updated the old memory and the model never changed)."""
+    torch.manual_seed(0)
+    model = mlp()
+    opt = ft.AdamW(model.parameters(), lr=1e-2, master_weights=True)
+    assert losses_fall(model, opt, 5)
+    HABITS[habit](model)
+    dtype = next(model.parameters()).dtype
+    before = [p.detach().clone() for p in model.parameters()]
+    assert losses_fall(model, opt, 30, dtype)
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    kept = {k: int(v["step"]) for k, v in opt.state_dict()["state"].items()}
+    assert set(kept.values()) == {35}, "the state went with the params"
+
+
+@pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True")
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_grads_replaced_by_torch_are_followed(set_to_none):
+    """Failure 1 of issue 12: new .grad tensors at every backward (zero_grad(set_to_none=True),
+    create_graph=True) are the ones stepped on."""
+    torch.manual_seed(0)
+    model = mlp()
+    opt = ft.SGD(model.parameters(), lr=0.05)
+    x, y = torch.randn(16, 6), torch.randn(16, 3)
+    ref = copy.deepcopy(model)
+    ropt = torch.optim.SGD(ref.parameters(), lr=0.05)
+    for m, o in ((model, opt), (ref, ropt)):
+        for _ in range(5):
+            o.zero_grad(set_to_none=set_to_none)
+            torch.nn.functional.mse_loss(m(x), y).backward(create_graph=True)
+            o.step()
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+def test_no_grads_at_all_warns():
+    model = mlp()
+    opt = ft.Adam(model.parameters())
+    with pytest.warns(RuntimeWarning, match="no param has a grad"):
+        opt.step()
+
+
+def test_deepcopy_and_pickle_carry_state_and_options():
+    """Copies of a (model, optimizer) pair step exactly as the original does from there."""
+    x, y = torch.randn(8, 6), torch.randn(8, 3)
+
+    def step(pair):
+        pair["opt"].zero_grad()
+        torch.nn.functional.mse_loss(pair["model"](x), y).backward()
+        pair["opt"].step()
+    model = build("mlp")
+    pair = {"model": model, "opt": ft.AdamW(model.parameters(), lr=1e-2, max_grad_norm=0.5)}
+    for _ in range(3):
+        step(pair)
+    twins = [copy.deepcopy(pair), pickle.loads(pickle.dumps(pair))]
+    for p in [pair, *twins]:
+        step(p)
+    for twin in twins:
+        assert twin["opt"]._options == pair["opt"]._options
+        assert int(twin["opt"].state_dict()["state"][0]["step"]) == 4
+        for a, b in zip(twin["model"].parameters(), model.parameters()):
+            assert torch.equal(a, b)
+
+
+def test_freed_with_last_reference():
+    import gc
+    import weakref
+    model = mlp()
+    opt = ft.Adam(model.parameters())
+    losses_fall(model, opt, 2)
+    ref = weakref.ref(opt)
+    gc.disable()
+    try:
+        del opt
+        assert ref() is None
+    finally:
+        gc.enable()
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", ["AdamW", "SGD"])
+def test_cuda_module_parity(name):
+    kw = {"lr": 0.01, **({"momentum": 0.9} if name == "SGD" else {})}
+    data = batches("mlp", 30)
+    runs = []
+    for cls in (getattr(ft, name), getattr(torch.optim, name)):
+        model = build("mlp").cuda()
+        opt = cls(model.parameters(), **kw)
+        for t, (x, y) in enumerate(data):
+            opt.zero_grad(set_to_none=t % 2 == 0)
+            torch.nn.functional.mse_loss(model(x.float().cuda()), y.float().cuda()).backward()
+            opt.step()
+        runs.append([p.detach().cpu() for p in model.parameters()])
+    for p, q in zip(*runs):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_exported_names():
+    assert set(ft.__all__) == {"Optimizer", *(cls.__name__ for cls in fastopt.OPTIMIZERS)}
+    assert issubclass(ft.LAMB, torch.optim.Optimizer) and ft.LAMB.fastopt_class is fastopt.LAMB
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ft.Lion([torch.zeros(3, requires_grad=True)], lr=1e-4)
+
+
+def test_ddp_gradient_as_bucket_view():
+    """DDP with gradient_as_bucket_view=True makes .grad views of its buckets (new tensors even
+    with set_to_none=False): the step reads them (a one-process gloo group)."""
+    import socket
+
+    import torch.distributed as dist
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        runs = []
+        for cls in (ft.SGD, torch.optim.SGD):
+            model = torch.nn.parallel.DistributedDataParallel(build("mlp"), gradient_as_bucket_view=True)
+            opt = cls(model.parameters(), lr=0.05, momentum=0.9)
+            for x, y in batches("mlp", 6):
+                opt.zero_grad(set_to_none=False)
+                torch.nn.functional.mse_loss(model(x.float()), y.float()).backward()
+                opt.step()
+            runs.append([p.detach().clone() for p in model.parameters()])
+        for p, q in zip(*runs):
+            torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+    finally:
+        dist.destroy_process_group()
