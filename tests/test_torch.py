@@ -356,3 +356,19 @@ def test_ddp_gradient_as_bucket_view():
             torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("first", ["bound", "fresh"])
+def test_new_grads_are_validated(first):
+    """A .grad that aliases its param is refused, naming it, before anything is written, whether
+    it comes with the first binding or replaces a bound grad."""
+    a, b = torch.nn.Parameter(torch.ones(4)), torch.nn.Parameter(torch.ones(4))
+    opt = ft.SGD([a, b], lr=0.1)
+    a.grad, b.grad = torch.ones(4), torch.ones(4)
+    if first == "bound":
+        opt.step()
+    b.grad = b.detach()  # the param's own memory
+    before = [a.detach().clone(), b.detach().clone()]
+    with pytest.raises(fastopt.TensorError, match="grad 1 is the same memory as param 1"):
+        opt.step()
+    assert torch.equal(a, before[0]) and torch.equal(b, before[1])

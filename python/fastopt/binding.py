@@ -65,6 +65,12 @@ class Binding:
         if self._engine.is_cuda:
             self._refresh()
 
+    def _take_grads(self, grads: list) -> None:
+        """New grad tensors for the bound params, in order (torch replaced their ``.grad``):
+        only those that changed are bound again, validated as at construction."""
+        self._engine.rebind_grads(self._core, grads, self._params[0])
+        self._grads = list(grads)
+
     def _start_at(self, steps: list[int]) -> None:
         """Sets the step counts of the groups (on CUDA, the device's too)."""
         self._steps = list(steps)

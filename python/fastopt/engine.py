@@ -51,6 +51,15 @@ class Engine:
         return module.Group(rule, list(params), list(grads), list(masters), list(states),
                             list(state_names), list(group_sizes))
 
+    def rebind_grads(self, group: Any, grads: Sequence, like: Any) -> None:
+        """Binds new grad tensors into a bound group, where they are not the bound ones (on CUDA
+        the device table is rewritten on the current stream of ``like``'s library)."""
+        refuse_misleading([], grads, [], [], [])
+        if self.is_cuda:
+            group.rebind_grads(list(grads), self.stream(None, like))
+        else:
+            group.rebind_grads(list(grads))
+
     def step(self, group: Any, hypers: list, steps: list[int], stream: Any, like: Any,
              grad_scale: float = 1.0, clip_value: float = 0.0) -> None:
         """One step at the given step counts (the functional forms); every grad is first

@@ -111,9 +111,15 @@ class Optimizer(torch.optim.Optimizer):
                 loss = closure()
         params = [p for g in self.param_groups for p in g["params"]]
         grads = list(map(_grad, params))
-        if (self._inner is None or len(grads) != len(self._bound_grads)
-                or not all(map(operator.is_, grads, self._bound_grads))):
+        if self._inner is None or len(grads) != len(self._bound_grads):
             self._bind(params, grads)
+        elif not all(map(operator.is_, grads, self._bound_grads)):
+            if [g is None for g in grads] == [g is None for g in self._bound_grads]:
+                self._inner._take_grads([grads[i] for idx in self._buckets for i in idx])  # new .grad tensors
+                self._bound_grads = grads
+                self._push_hypers()
+            else:  # a param gained or lost its grad
+                self._bind(params, grads)
         else:
             self._push_hypers()
         if self._inner is None:

@@ -291,6 +291,16 @@ void Group::update_loss_scale(float* scale, int32_t* clean_steps, double growth,
   check(cudaGetLastError(), "loss scale kernel launch");
 }
 
+void Group::set_grads(const std::vector<TensorSlot>& slots, void* stream) {
+  if (int64_t(slots.size()) != num_tensors_) throw std::invalid_argument("set_grads: one slot per bound tensor");
+  DeviceGuard guard(device_);
+  // The whole table (grads are interleaved with the rest); pageable memory is staged by the
+  // driver, so `slots` may go once this returns.
+  check(cudaMemcpyAsync(tables_->slots, slots.data(), sizeof(TensorSlot) * slots.size(), cudaMemcpyHostToDevice,
+                        static_cast<cudaStream_t>(stream)),
+        "set_grads");
+}
+
 void Group::read_steps(int64_t* out, void* stream) const {
   DeviceGuard guard(device_);
   const auto s = static_cast<cudaStream_t>(stream);

@@ -61,6 +61,10 @@ class Group {
   // their current values.
   void step(const StepArgs& args) const;
 
+  // Takes the grad pointers and dtypes of `slots` (the same tensors as bound, new grads): the
+  // device table is rewritten on `stream`, in order with the steps enqueued there.
+  void set_grads(const std::vector<TensorSlot>& slots, void* stream);
+
   // Group j's lr is lr_at(*schedule, steps taken) on the device from now on (null: its Hyper's
   // or device lr again). Enqueued on `stream` (a kernel: capturable, no host sync).
   void set_schedule(int group, const Schedule* schedule, void* stream) const;

@@ -67,6 +67,12 @@ class CudaGroup {
     });
   }
 
+  // New grad tensors for some params (torch replaced their `.grad`), written into the device
+  // table on `stream`; see Binding::rebind_grads.
+  void rebind_grads(py::sequence grads, uintptr_t stream) {
+    if (binding_.rebind_grads(grads)) group_.set_grads(binding_.slots, as_stream(stream));
+  }
+
   // Group j's lr from `schedule` (a Schedule's to_bytes()) evaluated on the device, or, with
   // None, from its hyperparameters again.
   void set_schedule(int group, py::object schedule, uintptr_t stream) {
@@ -159,6 +165,7 @@ PYBIND11_MODULE(_cuda, m) {
            py::arg("capturable") = false, py::arg("grad_norm") = false, py::arg("skip_nonfinite") = false,
            py::arg("max_grad_norm") = 0.0, py::arg("grad_norm_out") = 0, py::arg("skipped_out") = 0,
            py::arg("diagnostics") = 0, py::arg("nonfinite") = 0)
+      .def("rebind_grads", &CudaGroup::rebind_grads, py::arg("grads"), py::arg("stream"))
       .def("set_schedule", &CudaGroup::set_schedule, py::arg("group"), py::arg("schedule"), py::arg("stream"))
       .def("update_loss_scale", &CudaGroup::update_loss_scale, py::arg("scale"), py::arg("clean_steps"),
            py::arg("growth"), py::arg("backoff"), py::arg("interval"), py::arg("stream"),

@@ -10,6 +10,13 @@ namespace fastopt::cpu {
 static_assert(Group::kTaskElems == reduce::kSuper, "tasks must be reduce.h's super-blocks");
 static_assert(Group::kFusedElems <= reduce::kSuper, "a fused tensor's first pass must be one super-block");
 
+void Group::set_grads(const std::vector<TensorSlot>& slots) {
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    slots_[i].grad = slots[i].grad;
+    slots_[i].grad_dtype = slots[i].grad_dtype;
+  }
+}
+
 Group::Group(RuleId rule, std::vector<TensorSlot> slots)
     : rule_(rule), isa_(active_kernels().isa), slots_(std::move(slots)) {
   const KernelSet& ks = active_kernels();

@@ -39,6 +39,9 @@ class Group {
   void run_two_pass(const void* coeffs, size_t stride, const GradTransform& transform, int num_sums,
                     FinishFn finish, size_t coeffs_size, double* diag = nullptr) const;
 
+  // Takes the grad pointers and dtypes of `slots` (the same tensors as bound, new grads).
+  void set_grads(const std::vector<TensorSlot>& slots);
+
   RuleId rule() const { return rule_; }
   const char* isa() const { return isa_; }
   size_t num_tasks() const { return task_start_.size() - 1; }

@@ -4,6 +4,8 @@
 
 #include <pybind11/numpy.h>
 
+#include "dlpack.h"
+
 namespace py = pybind11;
 
 namespace fastopt::py_intake {
@@ -44,14 +46,14 @@ void check_overlap(std::vector<Named> all) {
 
 // The array, and each NumPy array it views, with where its memory is now: resizing the base
 // of a view frees the view's memory too.
-void watch(const View& v, const std::string& name, std::vector<Watched>& out) {
+void watch(const View& v, size_t k, std::vector<Watched>& out) {
   if (v.mover == View::Mover::torch) {
-    out.push_back({name, v.source, v.data, v.numel, true});
+    out.push_back({k, v.source, v.data, v.numel, true});
     return;
   }
   int64_t numel = v.numel;
   for (py::handle a = v.source; py::isinstance<py::array>(a); numel = -1) {
-    out.push_back({name, py::reinterpret_borrow<py::object>(a), py::detail::array_proxy(a.ptr())->data, numel, false});
+    out.push_back({k, py::reinterpret_borrow<py::object>(a), py::detail::array_proxy(a.ptr())->data, numel, false});
     a = py::detail::array_proxy(a.ptr())->base;
     if (!a) break;
   }
@@ -61,6 +63,21 @@ int64_t numpy_numel(const py::detail::PyArray_Proxy* a) {
   int64_t n = 1;
   for (int d = 0; d < a->nd; ++d) n *= a->dimensions[d];
   return n;
+}
+
+// Param `p`'s grad is its `.grad`: remembered, to refuse a step after torch replaced it.
+BoundGrad bound_grad(const View& p, const py::object& param, const py::object& grad) {
+  if (p.mover == View::Mover::torch && py::getattr(param, "grad", py::none()).is(grad)) return {param, grad};
+  return {py::none(), py::none()};
+}
+
+// The views of `b` by name, with replacing[k] (where given and not null) in place of views[k].
+std::vector<Named> named_views(const Binding& b, const std::vector<const View*>& replacing) {
+  std::vector<Named> named;
+  for (size_t k = 0; k < b.views.size(); ++k) {
+    named.push_back({b.names[k], k, k < replacing.size() && replacing[k] ? replacing[k] : &b.views[k]});
+  }
+  return named;
 }
 
 }  // namespace
@@ -80,19 +97,21 @@ void Binding::check() const {
       moved = a->data != w.data || (w.numel >= 0 && numpy_numel(a) != w.numel);
     }
     if (moved) {
-      throw MemoryMoved(w.name + ": its memory was moved or freed since the optimizer was built (NumPy resize, "
+      throw MemoryMoved(names[w.view] + ": its memory was moved or freed since the optimizer was built (NumPy resize, "
                         "torch resize_/share_memory_/set_, `.data = ...`, module.to(...)); fastopt updates the "
                         "memory it was bound to: build a new optimizer over the new tensors (fastopt.torch "
                         "follows them by itself)");
     }
   }
-  for (const BoundGrad& b : bound_grads) {
+  for (size_t i = 0; i < bound_grads.size(); ++i) {
+    const BoundGrad& b = bound_grads[i];
+    if (b.param.is_none()) continue;
     PyObject* now = PyObject_GetAttr(b.param.ptr(), grad_attr);
     if (!now) throw py::error_already_set();
     const bool same = now == b.grad.ptr();
     Py_DECREF(now);
     if (!same) {
-      throw MemoryMoved(b.name + ": its .grad is no longer the grad tensor bound to it (torch replaced it: "
+      throw MemoryMoved(names[param_view[i]] + ": its .grad is no longer the grad tensor bound to it (torch replaced it: "
                         "zero_grad(set_to_none=True), backward(create_graph=True), DDP's "
                         "gradient_as_bucket_view); the step would read a stale gradient: zero the grads with "
                         "set_to_none=False, or use fastopt.torch, which reads .grad at every step");
@@ -145,17 +164,14 @@ Binding bind(py::sequence params, py::sequence grads, py::sequence masters, py::
     }
   }
 
-  std::vector<Named> named;
-  // `users`: the caller's params and grads (masters and state may be the optimizer's own
-  // torch tensors, which nobody else resizes; NumPy arrays cost nothing to watch).
-  auto take = [&](const py::object& o, const std::string& nm, bool writable, bool users = false) -> const View& {
+  b.engine = engine;
+  b.params = p_objs;
+  b.grads = g_objs;
+  auto take = [&](const py::object& o, const std::string& nm, bool writable) -> const View& {
     b.views.push_back(intake(o, nm, engine));
+    b.names.push_back(nm);
     const View& v = b.views.back();
     if (writable && v.readonly) throw TensorError(nm + ": is read-only (fastopt updates it in place)");
-    if (v.numel > 0 && (v.mover == View::Mover::numpy || (v.mover == View::Mover::torch && users))) {
-      watch(v, nm, b.watched);
-    }
-    named.push_back({nm, named.size(), &v});
     return v;
   };
   auto same_shape = [](const View& v, const View& p, const std::string& nm, const std::string& pn) {
@@ -175,12 +191,12 @@ Binding bind(py::sequence params, py::sequence grads, py::sequence masters, py::
   for (size_t j = 0; j < group_sizes.size(); ++j) {
     for (int64_t k = 0; k < group_sizes[j]; ++k, ++i) {
       const std::string pn = name("param", i), gn = name("grad", i);
-      const View& p = take(p_objs[i], pn, true, true);
-      const View& g = take(g_objs[i], gn, false, true);  // grads are only read
+      b.param_view.push_back(b.views.size());
+      const View& p = take(p_objs[i], pn, true);
+      b.grad_view.push_back(b.views.size());
+      const View& g = take(g_objs[i], gn, false);  // grads are only read
       same_shape(g, p, gn, pn);
-      if (p.mover == View::Mover::torch && py::getattr(p_objs[i], "grad", py::none()).is(g_objs[i])) {
-        b.bound_grads.push_back({pn, p_objs[i], g_objs[i]});
-      }
+      b.bound_grads.push_back(bound_grad(p, p_objs[i], g_objs[i]));
       TensorSlot& t = slots[i];
       t = TensorSlot{};
       t.param = p.data;
@@ -215,10 +231,65 @@ Binding bind(py::sequence params, py::sequence grads, py::sequence masters, py::
       b.group_state[j] = std::min(b.group_state[j], t.num_state);
     }
   }
-  check_overlap(named);
+  check_overlap(named_views(b, {}));
   b.slots = std::move(slots);
   b.device = first_dev;
+  b.rewatch();
   return b;
+}
+
+void Binding::rewatch() {
+  watched.clear();
+  std::vector<bool> users(views.size());  // the caller's params and grads
+  for (size_t i = 0; i < param_view.size(); ++i) users[param_view[i]] = users[grad_view[i]] = true;
+  for (size_t k = 0; k < views.size(); ++k) {
+    const View& v = views[k];
+    // Masters and state may be the optimizer's own torch tensors, which nobody else resizes;
+    // NumPy arrays cost nothing to watch.
+    if (v.numel > 0 && (v.mover == View::Mover::numpy || (v.mover == View::Mover::torch && users[k]))) {
+      watch(v, k, watched);
+    }
+  }
+}
+
+bool Binding::rebind_grads(py::sequence new_grads) {
+  const auto g_objs = as_list(new_grads);
+  if (g_objs.size() != params.size()) {
+    throw std::invalid_argument("got " + std::to_string(g_objs.size()) + " grads for " + std::to_string(params.size()) +
+                                " params");
+  }
+  std::vector<std::pair<size_t, View>> fresh;  // validated before anything changes
+  for (size_t i = 0; i < params.size(); ++i) {
+    if (g_objs[i].is(grads[i])) continue;
+    const std::string gn = "grad " + std::to_string(i);
+    if (g_objs[i].is(params[i])) throw TensorError(gn + " is the same memory as " + names[param_view[i]] + kOwnMemory);
+    View v = intake(g_objs[i], gn, engine);
+    const Device d = v.device.type == dlpack::kCUDAHost ? Device{dlpack::kCPU, 0} : v.device;  // as device_of
+    if (!(d == device)) {
+      throw TensorError(gn + " is on " + d.str() + " but the group is on " + device.str() +
+                        ": all tensors of a group must be on one device");
+    }
+    const View& p = views[param_view[i]];
+    if (v.shape != p.shape) {
+      throw TensorError(gn + ": shape " + v.shape_str() + " differs from " + names[param_view[i]] + "'s shape " +
+                        p.shape_str());
+    }
+    fresh.emplace_back(i, std::move(v));
+  }
+  if (fresh.empty()) return false;
+  std::vector<const View*> replacing(views.size(), nullptr);
+  for (const auto& [i, v] : fresh) replacing[grad_view[i]] = &v;
+  check_overlap(named_views(*this, replacing));
+  for (auto& [i, v] : fresh) {
+    TensorSlot& t = slots[i];
+    t.grad = v.data;
+    t.grad_dtype = v.dtype;
+    views[grad_view[i]] = std::move(v);
+    grads[i] = g_objs[i];
+    bound_grads[i] = bound_grad(views[param_view[i]], params[i], g_objs[i]);
+  }
+  rewatch();
+  return true;
 }
 
 }  // namespace fastopt::py_intake

@@ -15,7 +15,7 @@ namespace fastopt::py_intake {
 
 // Memory its owner could move or free after binding (see View::Mover), with where it was.
 struct Watched {
-  std::string name;
+  size_t view;  // the tensor's index in Binding::views
   pybind11::object array;
   const void* data;
   int64_t numel;  // -1: not checked (a NumPy base array, whose shape is its own)
@@ -25,22 +25,33 @@ struct Watched {
 // A PyTorch param bound with its `.grad` tensor as its grad: torch replaces `.grad` (zero_grad
 // with set_to_none=True, backward(create_graph=True), DDP's gradient_as_bucket_view).
 struct BoundGrad {
-  std::string name;
-  pybind11::object param, grad;
+  pybind11::object param, grad;  // param None: not bound that way
 };
 
 struct Binding {
   std::deque<View> views;  // a deque: growing it never moves the views bound so far
+  std::vector<std::string> names;  // names[k] names views[k] in errors ("param 3", "exp_avg 3")
+  std::vector<size_t> param_view, grad_view;  // index in views of param i and of grad i
+  std::vector<pybind11::object> params, grads;
   std::vector<TensorSlot> slots;
   std::vector<int> group_state;  // the fewest state arrays any param of group j has
   Device device{1, 0};
+  int engine = 1;
   std::vector<Watched> watched;
-  std::vector<BoundGrad> bound_grads;
+  std::vector<BoundGrad> bound_grads;  // one per param
 
-  // TensorError naming the first tensor whose memory moved since binding, or whose param's
+  // MemoryMoved naming the first tensor whose memory moved since binding, or whose param's
   // `.grad` is no longer the grad bound to it: the step would write freed memory or update
   // memory the model no longer uses. Called (GIL held) before every pass over the tensors.
   void check() const;
+
+  // Binds grads[i] as param i's grad where it is not the grad bound now (torch handed over a
+  // new `.grad`), validated as bind() validates grads; nothing changes on an error. The slots'
+  // grad pointers and dtypes are updated: the engine group must take them. Returns whether
+  // any grad changed.
+  bool rebind_grads(pybind11::sequence grads);
+
+  void rewatch();  // watched, from the views
 };
 
 // params[i] and grads[i] pair up; masters[i] is None or param i's fp32 master weights;

@@ -3,6 +3,7 @@
 #include <pybind11/numpy.h>
 
 #include <functional>
+#include <unordered_map>
 #include <memory>
 #include <sstream>
 
@@ -122,14 +123,20 @@ std::shared_ptr<void> own(Managed* m) {
   });
 }
 
+// Whether obj is a PyTorch tensor (of torch._C.TensorBase or a subclass), remembered per type.
 bool is_torch_tensor(py::handle obj) {
+  static std::unordered_map<PyTypeObject*, bool> known;  // the types are kept alive (see below)
+  PyTypeObject* type = Py_TYPE(obj.ptr());
+  const auto hit = known.find(type);
+  if (hit != known.end()) return hit->second;
+  bool torch = false;
   for (py::handle t : py::type::of(obj).attr("__mro__")) {
-    if (py::str(t.attr("__name__")).equal(py::str("TensorBase")) &&
-        py::str(py::getattr(t, "__module__", py::str(""))).equal(py::str("torch._C"))) {
-      return true;
-    }
+    torch = torch || (py::str(t.attr("__name__")).equal(py::str("TensorBase")) &&
+                      py::str(py::getattr(t, "__module__", py::str(""))).equal(py::str("torch._C")));
   }
-  return false;
+  Py_INCREF(type);  // so that the address is never reused for another type
+  known.emplace(type, torch);
+  return torch;
 }
 
 void from_dlpack(py::handle obj, const std::string& name, int engine, View& v) {
@@ -157,6 +164,14 @@ void from_dlpack(py::handle obj, const std::string& name, int engine, View& v) {
       [&] { return exporter.attr("__dlpack__")(**extra, py::arg("max_version") = version); },
       [&] { return exporter.attr("__dlpack__")(**extra); },
   };
+  if (torch) {  // torch's own exporter: its __dlpack__ adds microseconds of Python checks
+    static const py::handle to_dlpack = py::object(py::module_::import("torch.utils.dlpack").attr("to_dlpack")).release();
+    try {
+      capsule = to_dlpack(exporter);
+    } catch (py::error_already_set& e) {
+      fail(name, "torch.utils.dlpack.to_dlpack failed: " + one_line(e));
+    }
+  }
   for (size_t a = 0; a < 3 && !capsule; ++a) {
     try {
       capsule = attempts[a]();
@@ -235,7 +250,12 @@ const char* dtype_name(DType d) {
 }
 
 Device device_of(py::handle obj) {
-  if (PyObject_CheckBuffer(obj.ptr()) || !py::hasattr(obj, "__dlpack_device__")) return {dlpack::kCPU, 0};
+  if (PyObject_CheckBuffer(obj.ptr())) return {dlpack::kCPU, 0};
+  if (is_torch_tensor(obj)) {  // torch's own properties: its __dlpack_device__ is a slow Python call
+    if (obj.attr("is_cuda").cast<bool>()) return {dlpack::kCUDA, obj.attr("get_device")().cast<int>()};
+    if (obj.attr("is_cpu").cast<bool>()) return {dlpack::kCPU, 0};
+  }
+  if (!py::hasattr(obj, "__dlpack_device__")) return {dlpack::kCPU, 0};
   const auto dev = obj.attr("__dlpack_device__")().cast<std::pair<int, int>>();
   if (dev.first == dlpack::kCUDAHost) return {dlpack::kCPU, 0};  // pinned host memory
   return {dev.first, dev.second};

@@ -87,6 +87,14 @@ class CpuGroup {
     return run_reducer(*r);
   }
 
+  // New grad tensors for some params (torch replaced their `.grad`); see Binding::rebind_grads.
+  void rebind_grads(py::sequence grads) {
+    if (binding_.rebind_grads(grads)) {
+      group_.set_grads(binding_.slots);
+      grad_reducer_.reset();
+    }
+  }
+
   // The bandwidth probe over this group's streams (a group bound with rule "probe").
   void probe() {
     if (group_.rule() != RuleId::probe) throw std::invalid_argument("not a probe group");
@@ -172,6 +180,8 @@ PYBIND11_MODULE(_core, m) {
            py::arg("state_names"), py::arg("group_sizes"))
       .def("step", &CpuGroup::step, py::arg("hypers"), py::arg("steps"), py::arg("grad_scale") = 1.0f,
            py::arg("clip_value") = 0.0f, py::arg("diagnose") = false)
+      .def("rebind_grads", &CpuGroup::rebind_grads, py::arg("grads"),
+           "Binds new grad tensors where they are not the ones bound (validated; nothing changes on an error)")
       .def("sumsq", &CpuGroup::sumsq, py::arg("which"),
            "([sum of squares], [non-finite count]) per tensor of 'grads' or 'params' (fp32 values)")
       .def("probe", &CpuGroup::probe,
