@@ -272,10 +272,12 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
         diagnostics = None if diag is None else Diagnostics(diag[0], nonfinite, diag[2], diag[1], diag[3])
         return StepResult(norm, skipped if need_norm else False, diagnostics)
 
-    def _update_loss_scale(self, scale: Any, clean_steps: Any, growth: float, backoff: float, interval: int,
-                           stream: Any) -> None:
-        """On CUDA: a loss scaler's update from the last step's skip decision, on the device."""
-        self._core.update_loss_scale(data_ptr(scale), data_ptr(clean_steps), growth, backoff, interval,
+    def _update_loss_scale(self, scale: Any, clean_steps: Any, floor_skips: Any, growth: float, backoff: float,
+                           interval: int, min_scale: float, stream: Any) -> None:
+        """On CUDA: a loss scaler's update from the last step's skip decision, on the device
+        (``scale``, ``clean_steps`` and ``floor_skips`` are its 0-d device arrays)."""
+        self._core.update_loss_scale(data_ptr(scale), data_ptr(clean_steps), data_ptr(floor_skips), growth, backoff,
+                                     interval, min_scale,
                                      self._engine.stream(stream, self._params[0]) if stream is not None
                                      else self._cuda_stream())
 

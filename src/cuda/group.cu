@@ -97,14 +97,18 @@ __global__ void __launch_bounds__(kReduceThreads) diagnostics_kernel(Group::Tabl
   }
 }
 
-// torch.amp.GradScaler's update (the CPU's DynamicLossScaler.update), in double as torch's kernel.
-__global__ void loss_scale_kernel(float* scale, int32_t* clean_steps, const Control* control, double growth,
-                                  double backoff, int32_t interval) {
+// torch.amp.GradScaler's update (the CPU's DynamicLossScaler.update), in double as torch's kernel,
+// with the backoff floored at min_scale.
+__global__ void loss_scale_kernel(float* scale, int32_t* clean_steps, int32_t* floor_skips, const Control* control,
+                                  double growth, double backoff, int32_t interval, float min_scale) {
   if (control->skip) {
-    *scale = float(double(*scale) * backoff);
+    *floor_skips = *scale == min_scale ? *floor_skips + 1 : 0;
+    const float backed_off = float(double(*scale) * backoff);
+    *scale = backed_off < min_scale ? min_scale : backed_off;
     *clean_steps = 0;
     return;
   }
+  *floor_skips = 0;
   const int32_t clean = *clean_steps + 1;
   if (clean < interval) {
     *clean_steps = clean;
@@ -283,11 +287,11 @@ void Group::set_schedule(int group, const Schedule* schedule, void* stream) cons
   check(cudaGetLastError(), "set_schedule kernel launch");
 }
 
-void Group::update_loss_scale(float* scale, int32_t* clean_steps, double growth, double backoff, int32_t interval,
-                              void* stream) const {
+void Group::update_loss_scale(float* scale, int32_t* clean_steps, int32_t* floor_skips, double growth,
+                              double backoff, int32_t interval, float min_scale, void* stream) const {
   DeviceGuard guard(device_);
-  loss_scale_kernel<<<1, 1, 0, static_cast<cudaStream_t>(stream)>>>(scale, clean_steps, tables_->control, growth,
-                                                                     backoff, interval);
+  loss_scale_kernel<<<1, 1, 0, static_cast<cudaStream_t>(stream)>>>(scale, clean_steps, floor_skips, tables_->control,
+                                                                     growth, backoff, interval, min_scale);
   check(cudaGetLastError(), "loss scale kernel launch");
 }
 

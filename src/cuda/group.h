@@ -70,10 +70,12 @@ class Group {
   void set_schedule(int group, const Schedule* schedule, void* stream) const;
 
   // Torch's GradScaler update from the last step's skip decision, on the device: after a
-  // skipped step *scale *= backoff and *clean_steps = 0; else ++*clean_steps, and at
-  // `interval` the scale grows by `growth` (when the result is finite) and the count restarts.
-  void update_loss_scale(float* scale, int32_t* clean_steps, double growth, double backoff, int32_t interval,
-                         void* stream) const;
+  // skipped step *scale = max(*scale * backoff, min_scale) and *clean_steps = 0; else
+  // ++*clean_steps, and at `interval` the scale grows by `growth` (when the result is finite)
+  // and the count restarts. *floor_skips counts the skipped steps in a row whose scale was
+  // already min_scale (0 after any other step).
+  void update_loss_scale(float* scale, int32_t* clean_steps, int32_t* floor_skips, double growth, double backoff,
+                         int32_t interval, float min_scale, void* stream) const;
 
   // Copies the device-resident step counts (num_groups of them) to `out`, in order on
   // `stream`, and waits for them: for checkpoints, not for the step loop.

@@ -85,10 +85,11 @@ class CudaGroup {
     group_.set_schedule(group, &s, as_stream(stream));
   }
 
-  void update_loss_scale(uintptr_t scale, uintptr_t clean_steps, double growth, double backoff, int32_t interval,
-                         uintptr_t stream) {
-    group_.update_loss_scale(reinterpret_cast<float*>(scale), reinterpret_cast<int32_t*>(clean_steps), growth,
-                             backoff, interval, as_stream(stream));
+  void update_loss_scale(uintptr_t scale, uintptr_t clean_steps, uintptr_t floor_skips, double growth, double backoff,
+                         int32_t interval, float min_scale, uintptr_t stream) {
+    group_.update_loss_scale(reinterpret_cast<float*>(scale), reinterpret_cast<int32_t*>(clean_steps),
+                             reinterpret_cast<int32_t*>(floor_skips), growth, backoff, interval, min_scale,
+                             as_stream(stream));
   }
 
   void set_lr(int group, double lr, uintptr_t stream) {
@@ -168,8 +169,9 @@ PYBIND11_MODULE(_cuda, m) {
       .def("rebind_grads", &CudaGroup::rebind_grads, py::arg("grads"), py::arg("stream"))
       .def("set_schedule", &CudaGroup::set_schedule, py::arg("group"), py::arg("schedule"), py::arg("stream"))
       .def("update_loss_scale", &CudaGroup::update_loss_scale, py::arg("scale"), py::arg("clean_steps"),
-           py::arg("growth"), py::arg("backoff"), py::arg("interval"), py::arg("stream"),
-           "GradScaler's update from the last step's skip decision, on the device")
+           py::arg("floor_skips"), py::arg("growth"), py::arg("backoff"), py::arg("interval"), py::arg("min_scale"),
+           py::arg("stream"),
+           "GradScaler's update from the last step's skip decision, on the device, floored at min_scale")
       .def("set_lr", &CudaGroup::set_lr, py::arg("group"), py::arg("lr"), py::arg("stream"))
       .def("set_step", &CudaGroup::set_step, py::arg("group"), py::arg("step"), py::arg("stream"))
       .def("read_steps", &CudaGroup::read_steps, py::arg("stream"),
