@@ -44,30 +44,50 @@ void check_overlap(std::vector<Named> all) {
   }
 }
 
-// The array, and each NumPy array it views, with where its memory is now: resizing the base
-// of a view frees the view's memory too.
-void watch(const View& v, size_t k, std::vector<Watched>& out) {
-  if (v.mover == View::Mover::torch) {
-    out.push_back({k, v.source, v.data, v.numel, true});
-    return;
-  }
-  int64_t numel = v.numel;
-  for (py::handle a = v.source; py::isinstance<py::array>(a); numel = -1) {
-    out.push_back({k, py::reinterpret_borrow<py::object>(a), py::detail::array_proxy(a.ptr())->data, numel, false});
-    a = py::detail::array_proxy(a.ptr())->base;
-    if (!a) break;
-  }
-}
+// torch's C implementations of Tensor.data_ptr() and Tensor.grad, found once on
+// torch._C.TensorBase: called directly they cost a few ns a tensor, as Python calls ~60 (a
+// step checks every bound torch param and grad). Null where torch defines them otherwise.
+struct TorchAccess {
+  PyCFunction data_ptr = nullptr;
+  getter grad = nullptr;
+  void* grad_closure = nullptr;
 
-int64_t numpy_numel(const py::detail::PyArray_Proxy* a) {
-  int64_t n = 1;
-  for (int d = 0; d < a->nd; ++d) n *= a->dimensions[d];
-  return n;
-}
+  static const TorchAccess& get() {
+    static const TorchAccess access = [] {
+      TorchAccess a;
+      const py::object base = py::module_::import("torch._C").attr("TensorBase");
+      PyObject* dict = reinterpret_cast<PyTypeObject*>(base.ptr())->tp_dict;
+      PyObject* d = PyDict_GetItemString(dict, "data_ptr");
+      if (d && Py_IS_TYPE(d, &PyMethodDescr_Type)) {
+        const PyMethodDef* m = reinterpret_cast<PyMethodDescrObject*>(d)->d_method;
+        if ((m->ml_flags & (METH_VARARGS | METH_KEYWORDS | METH_FASTCALL | METH_O)) == 0 && (m->ml_flags & METH_NOARGS)) {
+          a.data_ptr = m->ml_meth;
+        }
+      }
+      PyObject* g = PyDict_GetItemString(dict, "grad");
+      if (g && Py_IS_TYPE(g, &PyGetSetDescr_Type)) {
+        a.grad = reinterpret_cast<PyGetSetDescrObject*>(g)->d_getset->get;
+        a.grad_closure = reinterpret_cast<PyGetSetDescrObject*>(g)->d_getset->closure;
+      }
+      return a;
+    }();
+    return access;
+  }
+
+  // New references (null with a Python error set on failure).
+  PyObject* call_data_ptr(PyObject* t) const {
+    static PyObject* const name = PyUnicode_InternFromString("data_ptr");
+    return data_ptr ? data_ptr(t, nullptr) : PyObject_CallMethodNoArgs(t, name);
+  }
+  PyObject* get_grad(PyObject* t) const {
+    static PyObject* const name = PyUnicode_InternFromString("grad");
+    return grad ? grad(t, grad_closure) : PyObject_GetAttr(t, name);
+  }
+};
 
 // Param `p`'s grad is its `.grad`: remembered, to refuse a step after torch replaced it.
 BoundGrad bound_grad(const View& p, const py::object& param, const py::object& grad) {
-  if (p.mover == View::Mover::torch && py::getattr(param, "grad", py::none()).is(grad)) return {param, grad};
+  if (p.torch_tensor && py::getattr(param, "grad", py::none()).is(grad)) return {param, grad};
   return {py::none(), py::none()};
 }
 
@@ -83,22 +103,16 @@ std::vector<Named> named_views(const Binding& b, const std::vector<const View*>&
 }  // namespace
 
 void Binding::check() const {
-  static PyObject* const data_ptr = PyUnicode_InternFromString("data_ptr");  // kept for the process
-  static PyObject* const grad_attr = PyUnicode_InternFromString("grad");
+  if (!has_torch) return;  // (NumPy arrays are pinned, CuPy's memory cannot move)
+  const TorchAccess& torch = TorchAccess::get();
   for (const Watched& w : watched) {
-    bool moved;
-    if (w.torch) {
-      PyObject* now = PyObject_CallMethodNoArgs(w.array.ptr(), data_ptr);
-      if (!now) throw py::error_already_set();
-      moved = PyLong_AsVoidPtr(now) != w.data;
-      Py_DECREF(now);
-    } else {
-      const auto* a = py::detail::array_proxy(w.array.ptr());
-      moved = a->data != w.data || (w.numel >= 0 && numpy_numel(a) != w.numel);
-    }
+    PyObject* now = torch.call_data_ptr(w.tensor.ptr());
+    if (!now) throw py::error_already_set();
+    const bool moved = PyLong_AsVoidPtr(now) != w.data;
+    Py_DECREF(now);
     if (moved) {
-      throw MemoryMoved(names[w.view] + ": its memory was moved or freed since the optimizer was built (NumPy resize, "
-                        "torch resize_/share_memory_/set_, `.data = ...`, module.to(...)); fastopt updates the "
+      throw MemoryMoved(names[w.view] + ": its memory was moved or freed since the optimizer was built (torch "
+                        "resize_/share_memory_/set_, `.data = ...`, module.to(...)); fastopt updates the "
                         "memory it was bound to: build a new optimizer over the new tensors (fastopt.torch "
                         "follows them by itself)");
     }
@@ -106,7 +120,7 @@ void Binding::check() const {
   for (size_t i = 0; i < bound_grads.size(); ++i) {
     const BoundGrad& b = bound_grads[i];
     if (b.param.is_none()) continue;
-    PyObject* now = PyObject_GetAttr(b.param.ptr(), grad_attr);
+    PyObject* now = torch.get_grad(b.param.ptr());
     if (!now) throw py::error_already_set();
     const bool same = now == b.grad.ptr();
     Py_DECREF(now);
@@ -240,14 +254,12 @@ Binding bind(py::sequence params, py::sequence grads, py::sequence masters, py::
 
 void Binding::rewatch() {
   watched.clear();
-  std::vector<bool> users(views.size());  // the caller's params and grads
-  for (size_t i = 0; i < param_view.size(); ++i) users[param_view[i]] = users[grad_view[i]] = true;
-  for (size_t k = 0; k < views.size(); ++k) {
-    const View& v = views[k];
-    // Masters and state may be the optimizer's own torch tensors, which nobody else resizes;
-    // NumPy arrays cost nothing to watch.
-    if (v.numel > 0 && (v.mover == View::Mover::numpy || (v.mover == View::Mover::torch && users[k]))) {
-      watch(v, k, watched);
+  has_torch = std::any_of(views.begin(), views.end(), [](const View& v) { return bool(v.torch_tensor); });
+  // The caller's params and grads: masters and state may be the optimizer's own torch
+  // tensors, which nobody else moves.
+  for (const auto* index : {&param_view, &grad_view}) {
+    for (size_t k : *index) {
+      if (views[k].torch_tensor && views[k].numel > 0) watched.push_back({k, views[k].torch_tensor, views[k].data});
     }
   }
 }

@@ -13,13 +13,11 @@
 
 namespace fastopt::py_intake {
 
-// Memory its owner could move or free after binding (see View::Mover), with where it was.
+// A bound PyTorch tensor (see View::torch_tensor), with where its memory was.
 struct Watched {
   size_t view;  // the tensor's index in Binding::views
-  pybind11::object array;
+  pybind11::object tensor;
   const void* data;
-  int64_t numel;  // -1: not checked (a NumPy base array, whose shape is its own)
-  bool torch;
 };
 
 // A PyTorch param bound with its `.grad` tensor as its grad: torch replaces `.grad` (zero_grad
@@ -39,8 +37,9 @@ struct Binding {
   int engine = 1;
   std::vector<Watched> watched;
   std::vector<BoundGrad> bound_grads;  // one per param
+  bool has_torch = false;              // any view is a torch tensor: check() has work
 
-  // MemoryMoved naming the first tensor whose memory moved since binding, or whose param's
+  // MemoryMoved naming the first torch tensor whose memory moved since binding, or whose param's
   // `.grad` is no longer the grad bound to it: the step would write freed memory or update
   // memory the model no longer uses. Called (GIL held) before every pass over the tensors.
   void check() const;

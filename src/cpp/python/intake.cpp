@@ -75,9 +75,13 @@ bool from_buffer(py::handle obj, const std::string& name, int engine, View& v) {
     delete b;
   });
   v.owner = std::shared_ptr<void>(view, view.get());
-  if (py::isinstance<py::array>(obj)) {
-    v.mover = View::Mover::numpy;
-    v.source = py::reinterpret_borrow<py::object>(obj);
+  if (py::isinstance<py::array>(obj)) {  // pin the array that owns the memory (a view owns none)
+    py::handle owner = obj;
+    while (!(py::detail::array_proxy(owner.ptr())->flags & py::detail::npy_api::NPY_ARRAY_OWNDATA_) &&
+           py::detail::array_proxy(owner.ptr())->base && py::isinstance<py::array>(py::detail::array_proxy(owner.ptr())->base)) {
+      owner = py::detail::array_proxy(owner.ptr())->base;
+    }
+    v.pin = py::weakref(owner);
   }
   v.data = view->buf;
   v.readonly = view->readonly != 0;
@@ -220,10 +224,7 @@ void from_dlpack(py::handle obj, const std::string& name, int engine, View& v) {
   if (!c_contiguous(v.shape, t->strides)) {
     fail(name, "is not C-contiguous (fastopt never copies; pass a contiguous array)");
   }
-  if (torch) {
-    v.mover = View::Mover::torch;
-    v.source = py::reinterpret_borrow<py::object>(obj);
-  }
+  if (torch) v.torch_tensor = py::reinterpret_borrow<py::object>(obj);
 }
 
 }  // namespace

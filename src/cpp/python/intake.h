@@ -28,12 +28,13 @@ struct View {
   bool readonly = false;
   Device device{1, 0};
   std::shared_ptr<void> owner;  // releases the buffer / calls the DLPack deleter
-  // Who can move or free this memory after it was bound, keeping the object alive: a NumPy
-  // array (ndarray.resize(refcheck=False)) or a PyTorch tensor (resize_, share_memory_, set_,
-  // `.data = ...`). CuPy arrays and other DLPack producers cannot: their memory stays where
-  // the capsule holds it.
-  enum class Mover { none, numpy, torch } mover = Mover::none;
-  pybind11::object source;  // the array or tensor, when mover is not none
+  // A PyTorch tensor, whose memory torch can move or free after binding (resize_,
+  // share_memory_, set_, `.data = ...`): checked before every step (Binding::check). None for
+  // other producers: CuPy arrays and DLPack producers cannot move theirs (the capsule holds it).
+  pybind11::object torch_tensor;
+  // For a NumPy array: a weak reference to the array that owns the memory, which makes NumPy
+  // refuse to resize it (even with refcheck=False) while the view lives.
+  pybind11::object pin;
   size_t nbytes() const { return size_t(numel) * (dtype == DType::f32 ? 4 : 2); }
   std::string shape_str() const;
 };
