@@ -136,7 +136,9 @@ def test_backoff_stops_at_min_scale(min_scale):
     assert [w.category for w in caught] == [RuntimeWarning]
     assert f"1 step(s) skipped with the loss scale at min_scale={floor!r}" in str(caught[0].message)
     assert opt.steps == [0]
-    refill(grads, [np.ones(s, np.float32) for s in SHAPES])
+    # Grads whose unscaled norm stays within float32 even at the 2**-126 floor (beyond it a
+    # step counts as non-finite: fastopt/step_control.h).
+    refill(grads, [np.full(s, 1e-3, np.float32) for s in SHAPES])
     for _ in range(3):
         assert not scaler.step(opt).skipped
     assert scaler.scale == 2 * floor and scaler.skipped_at_min_scale == 0 and opt.steps == [3]

@@ -4,7 +4,6 @@ binding.py (arrays and the engine group), step_options.py, checkpoints.py."""
 
 from __future__ import annotations
 
-import math
 import threading
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
@@ -13,6 +12,7 @@ import numpy as np
 from ._arrays import data_ptr, device_empty
 from .binding import Binding
 from .checkpoints import Checkpoints
+from . import _core
 from .engine import engine_for
 from .hyperparams import Array, HyperParams, ParamGroup, betas, flag, real, split_groups
 from .norms import combine
@@ -41,8 +41,10 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
             update pass); the grad buffers are never rewritten. None: no clipping.
         clip_value: clamp every grad element to [-clip_value, clip_value] (after unscaling and
             norm clipping), as ``torch.nn.utils.clip_grad_value_``; None: no clamping.
-        skip_nonfinite: skip the whole step when any grad holds an inf or NaN: nothing is
-            written and the step count does not advance (``step()`` reports it).
+        skip_nonfinite: skip the whole step when any grad holds an inf or NaN, or (without
+            max_grad_norm) when the unscaled grads' norm exceeds float32's range, so that an
+            unscaled element may overflow: nothing is written and the step count does not
+            advance (``step()`` reports it).
         report_grad_norm: compute the global grad norm at every step even when neither
             clipping nor skipping needs it.
         diagnostics: report per-tensor grad, param and update norms, update/param ratios and
@@ -219,14 +221,13 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
         factor = np.float32(inv)
         if self._max_grad_norm is not None or skip or self._report_grad_norm or self._diagnostics:
             sums, bad = self._core.sumsq("grads")
-            norm = math.sqrt(combine(sums)) * inv
+            # The clip factor and the skip decision, as the CUDA engine takes them (step_control.h).
+            norm, factor, skipped = _core.step_control(inv, combine(sums), sum(bad), skip, self._max_grad_norm or 0.0)
+            factor = np.float32(factor)
             if self._diagnostics:
                 diag = Diagnostics(np.sqrt(np.asarray(sums)) * inv, np.asarray(bad, np.int64))
-            if skip and sum(bad) > 0:
+            if skipped:
                 return StepResult(norm, True, diag)
-            if self._max_grad_norm is not None:  # torch's clip coefficient, in float32 as torch computes it
-                coef = np.float32(self._max_grad_norm) * (np.float32(1) / (np.float32(norm) + np.float32(1e-6)))
-                factor = np.float32(factor * min(coef, np.float32(1.0)))
         clip = self._clip_value or 0.0
         if self._diagnostics:
             out = np.asarray(self._core.step(self._hypers, self._rule_steps(), float(factor), clip, True))

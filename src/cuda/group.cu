@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "fastopt/step_control.h"
 #include "device.cuh"
 #include "group.h"
 
@@ -70,16 +71,10 @@ __global__ void __launch_bounds__(kReduceThreads) control_kernel(ControlArgs a, 
   if (threadIdx.x != 0) return;
   double total = 0;
   for (int64_t r = 0; r < runs; ++r) total += tb.run_sums[r];
-  const double norm = sqrt(total) * double(inv);
-  const bool skip = a.skip_nonfinite && bad > 0;
-  float factor = inv;
-  if (a.max_grad_norm > 0) {
-    const float coef = float(a.max_grad_norm) * (1.0f / (float(norm) + 1e-6f));
-    factor = factor * (1.0f < coef ? 1.0f : coef);  // min(coef, 1) as Python's min: NaN stays
-  }
-  *tb.control = Control{factor, skip ? 1 : 0};
-  if (a.grad_norm) *a.grad_norm = norm;
-  if (a.skipped) *a.skipped = skip;
+  const StepControl c = step_control(inv, total, int64_t(bad), a.skip_nonfinite, a.max_grad_norm);
+  *tb.control = Control{c.factor, c.skip ? 1 : 0};
+  if (a.grad_norm) *a.grad_norm = c.norm;
+  if (a.skipped) *a.skipped = c.skip;
 }
 
 // After a diagnosed update, in one block: each tensor's update and param norms and their

@@ -12,6 +12,7 @@
 #include "../cpu/reduce.h"
 #include "binding.h"
 #include "fastopt/numeric/convert.h"
+#include "fastopt/step_control.h"
 #include "rules.h"
 #include "schedules.h"
 
@@ -155,6 +156,11 @@ PYBIND11_MODULE(_core, m) {
     const View v = py_intake::intake(a, name, kind == 2 ? 2 : 1);
     return py::make_tuple(py::cast(v.shape), py_intake::dtype_name(v.dtype), v.readonly);
   }, py::arg("array"), py::arg("name"));
+  m.def("step_control", [](float inv, double sumsq, int64_t nonfinite, bool skip_nonfinite, double max_grad_norm) {
+    const StepControl c = step_control(inv, sumsq, nonfinite, skip_nonfinite, max_grad_norm);
+    return py::make_tuple(c.norm, c.factor, c.skip);
+  }, py::arg("inv"), py::arg("sumsq"), py::arg("nonfinite"), py::arg("skip_nonfinite"), py::arg("max_grad_norm"),
+     "(norm, factor, skip) of a step: see fastopt/step_control.h");
   m.attr("task_elems") = cpu::Group::kTaskElems;
   m.def("sumsq", [](py::sequence tensors) {
     std::deque<View> views;  // kept alive while the reduction runs
