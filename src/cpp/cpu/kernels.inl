@@ -58,7 +58,7 @@ void run(const void* coeffs, const GradTransform& transform, const TensorSlot& s
 // Sums of squares of K values per element over elements [begin, end) of a tensor, in the
 // canonical order of reduce.h (begin a multiple of reduce::kSuper, at most kSuper elements).
 // f(i, v) fills v[0..K) for elements i.. of one lane (a V or a float). Lane l of reduce.h is
-// lane l % W of accumulator l / W.
+// lane l % W of accumulator l / W (W doubles: squares_t<V>).
 template <int K, class F>
 void canonical_sums(F&& f, int64_t begin, int64_t end, double* sums) {
   using V = FASTOPT_LANE;
@@ -66,28 +66,25 @@ void canonical_sums(F&& f, int64_t begin, int64_t end, double* sums) {
   for (int k = 0; k < K; ++k) sums[k] = 0;
   for (int64_t b = begin; b < end; b += reduce::kBlock) {
     const int64_t e = b + reduce::kBlock < end ? b + reduce::kBlock : end;
-    V acc[K][N];
-    for (int k = 0; k < K; ++k) {
-      for (int j = 0; j < N; ++j) acc[k][j] = V(0.0f);
-    }
+    squares_t<V> acc[K][N] = {};
     int64_t i = b;
     for (; i + reduce::kLanes <= e; i += reduce::kLanes) {
       for (int j = 0; j < N; ++j) {
         V v[K];
         f(i + j * W, v);
-        for (int k = 0; k < K; ++k) acc[k][j] = vfma(v[k], v[k], acc[k][j]);
+        for (int k = 0; k < K; ++k) acc[k][j] = add_square(v[k], acc[k][j]);
       }
     }
-    float lanes[K][reduce::kLanes];
+    double lanes[K][reduce::kLanes];
     for (int k = 0; k < K; ++k) {
       for (int j = 0; j < N; ++j) store(lanes[k] + j * W, acc[k][j]);
     }
     for (int l = 0; i < e; ++i, ++l) {
       float v[K];
       f(i, v);
-      for (int k = 0; k < K; ++k) lanes[k][l] = vfma(v[k], v[k], lanes[k][l]);
+      for (int k = 0; k < K; ++k) lanes[k][l] = add_square(v[k], lanes[k][l]);
     }
-    for (int k = 0; k < K; ++k) sums[k] += double(reduce::fold_lanes(lanes[k]));
+    for (int k = 0; k < K; ++k) sums[k] += reduce::fold_lanes(lanes[k]);
   }
 }
 
