@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import fastopt
-from registry import (CHAIN, Magnitudes, assert_bits_equal, assert_rounding_close, grad_steps, random_params,
+from registry import (CHAIN, U, Magnitudes, assert_bits_equal, assert_rounding_close, grad_steps, random_params,
                       refill, supported_isas)
 from registry import isa_switch  # noqa: F401  (a fixture)
 
@@ -112,6 +112,29 @@ def test_tiny_grads_match_reference_on_every_isa_and_thread_count(cls, kw, isa_s
         magnitudes.see("update", [r - b for r, b in zip(ref_params, before)])
     extra = RATIO_U * magnitudes["update"] / magnitudes["param"]
     assert_rounding_close(results[0], ref_params, steps, extra_per_step=extra, scale=magnitudes["param"])
+
+
+def test_lars_weight_decay_is_continuous_at_zero_grad():
+    """With weight_decay > 0 the ratio's denominator ||g|| + wd ||p|| + eps is not 0 at a zero
+    grad: the paper's ratio applies there too, so a zero grad and a tiny one give nearly the
+    same step (the ratio was 1 at ||g|| = 0, a jump by wd / trust_coefficient; issue 12), and
+    the float64 reference's."""
+    from reference import reference_for
+    kw = dict(lr=0.5, weight_decay=0.05)
+    out = []
+    for scale in (0.0, 1e-12):
+        params = random_params(np.random.default_rng(8), SHAPES)
+        grads = [np.asarray(scale * np.random.default_rng(9).standard_normal(s), np.float32) for s in SHAPES]
+        fastopt.LARS(params, grads, **kw).step()
+        out.append(params)
+    ref_params = [p.astype(np.float64) for p in random_params(np.random.default_rng(8), SHAPES)]
+    before = [r.copy() for r in ref_params]
+    reference_for("LARS", kw).step(ref_params, [np.zeros(s) for s in SHAPES])
+    update = max(float(np.max(np.abs(r - b))) for r, b in zip(ref_params, before))
+    scale = max(float(np.max(np.abs(b))) for b in before)
+    for zero, tiny in zip(*out):
+        np.testing.assert_allclose(zero, tiny, rtol=0, atol=4 * U["float32"] * scale)
+    assert_rounding_close(out[0], ref_params, 1, extra_per_step=RATIO_U * update / scale, scale=scale)
 
 
 def test_exclude_1d_and_max_trust_act_per_tensor():
