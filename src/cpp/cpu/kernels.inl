@@ -88,19 +88,24 @@ void canonical_sums(F&& f, int64_t begin, int64_t end, double* sums) {
   }
 }
 
-// Sum of squares and non-finite count of elements [begin, end) of a tensor of T.
+// Sum of squares and non-finite count of elements [begin, end) of a tensor of T. The values
+// are counted only where the sum is not finite: the double square of a finite value is finite,
+// and so is a sum of at most kSuper of them (reduce.h), so a finite sum means no inf or NaN,
+// and the pass over finite grads needs no per-element check. No software prefetch: on this
+// one stream it made the pass 7-29% slower (2-core AVX-512 machine, AVX2 and AVX-512 kernels).
 template <class T>
 void sumsq(const void* data, int64_t begin, int64_t end, double* sum, int64_t* nonfinite) {
+  using V = FASTOPT_LANE;
   const T* x = static_cast<const T*>(data);
-  int64_t bad = 0;
   canonical_sums<1>(
-      [&](int64_t i, auto (&v)[1]) {
-        using L = std::remove_reference_t<decltype(v[0])>;
-        if (lane_width<L> > 1 && i + kPrefetchElems < end) __builtin_prefetch(x + i + kPrefetchElems, 0, 2);
-        v[0] = load(x + i, Lane<L>{});
-        bad += count_nonfinite(v[0]);
-      },
-      begin, end, sum);
+      [x](int64_t i, auto (&v)[1]) { v[0] = load(x + i, Lane<std::remove_reference_t<decltype(v[0])>>{}); }, begin,
+      end, sum);
+  int64_t bad = 0;
+  if (!(*sum - *sum == 0)) {
+    int64_t i = begin;
+    for (; i + lane_width<V> <= end; i += lane_width<V>) bad += count_nonfinite(load(x + i, Lane<V>{}));
+    for (; i < end; ++i) bad += count_nonfinite(load(x + i, Lane<float>{}));
+  }
   *nonfinite = bad;
 }
 
