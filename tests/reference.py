@@ -457,7 +457,8 @@ class LARSRef(_Ref):
     """LARS, You, Gitman & Ginsburg 2017, Algorithm 1 (plus maximize), per tensor::
 
         g <- -g if maximize
-        local <- eta * ||p|| / (||g|| + weight_decay * ||p|| + eps)   (1 if a norm is 0)
+        local <- eta * ||p|| / (||g|| + weight_decay * ||p|| + eps)
+                 (1 if ||p|| or the denominator is 0)
         (exclude_1d and p.ndim <= 1: local <- 1 and no weight decay)
         v <- momentum * v + lr * local * (g + weight_decay * p);   p <- p - v
     """
@@ -473,10 +474,11 @@ class LARSRef(_Ref):
             g = self.grad(p, g)
             wd = 0.0 if self.exclude_1d and p.ndim <= 1 else self.weight_decay
             pn, gn = np.linalg.norm(p), np.linalg.norm(g)
-            if self.exclude_1d and p.ndim <= 1 or not (pn > 0 and gn > 0):
+            denom = gn + wd * pn + self.eps
+            if self.exclude_1d and p.ndim <= 1 or not (pn > 0 and denom > 0):
                 local = 1.0
             else:
-                local = self.trust_coefficient * pn / (gn + wd * pn + self.eps)
+                local = self.trust_coefficient * pn / denom
             d = self.lr * local * (g + wd * p)
             if self.momentum != 0:
                 v = self.buf("momentum_buffer", i, p)

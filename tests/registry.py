@@ -285,17 +285,35 @@ def assert_rounding_close(actual: Sequence, expected: Sequence, steps: int, *, o
                 f"(S = {scale:.3g}, {steps} steps, {implementations} implementation(s))")
 
 
-def sumsq_error(n: int) -> float:
-    """A bound on the relative error of fastopt's sum of squares of a tensor of n fp32 values
-    (reduce.h's canonical order): in each 2048-element block, each of 64 lanes adds at most
-    ceil(min(n, 2048) / 64) squares by fma (one rounding each), the lanes fold in 6 levels and
-    the block's float sum is rounded once; blocks and tensors then add in double (negligible)."""
-    return (math.ceil(min(n, 2048) / 64) + 6 + 1) * U["float32"]
+def sumsq_error(n: int, tensors: int = 1) -> float:
+    """A bound on the relative error of fastopt's sum of squares of a tensor of n values (fp32,
+    fp16 or bf16; reduce.h's canonical order), or of the global sum over ``tensors`` tensors of
+    at most n values each. Each square is exact in double (two 24-bit significands, exponents
+    within double's range), so only additions of non-negative terms round, each by at most u
+    (float64) of its result, and a sum whose every term passes through at most k additions errs
+    by at most k u / (1 - k u) (Higham, "Accuracy and Stability of Numerical Algorithms", 4.2).
+    k: ceil(min(n, 2048) / 64) lane adds, 6 fold levels, ceil(min(n, 131072) / 2048) adds of
+    block sums into the super-block's, ceil(n / 131072) of super-blocks into the tensor's; a
+    global sum adds min(tensors, 64) into a run of tensors and ceil(tensors / 64) of runs.
+    Under 2e-14 for a tensor of up to 2^23 values (k <= 166)."""
+    k = math.ceil(min(n, 2048) / 64) + 6 + math.ceil(min(n, 131072) / 2048) + math.ceil(n / 131072)
+    if tensors > 1:
+        k += min(tensors, 64) + math.ceil(tensors / 64)
+    return k * U["float64"] / (1 - k * U["float64"])
 
 
-def norm_error(n: int) -> float:
-    """The same for the norm, the square root of that sum: half its error, plus one rounding."""
-    return sumsq_error(n) / 2 + U["float32"]
+def norm_error(n: int, tensors: int = 1) -> float:
+    """The same for the norm, the square root of that sum (in double): half its error, plus
+    the square root's rounding."""
+    return sumsq_error(n, tensors) / 2 + U["float64"]
+
+
+def exact_sumsq(arrays: Sequence) -> float:
+    """The sum of squares of all values of ``arrays``, correctly rounded to float64 (squares
+    of fp32 values are exact in float64; math.fsum adds them exactly): a reference that
+    :func:`sumsq_error` can be held to, as a float64 np.linalg.norm (rounding errors up to
+    ~n u) cannot."""
+    return math.fsum(v for a in arrays for v in np.square(np.asarray(a, np.float64)).ravel().tolist())
 
 
 # fp16/bf16 params rounded at every step (no master weights) vs a float64 reference that

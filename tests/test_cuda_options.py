@@ -37,11 +37,11 @@ def poison(gs, t):
     return gs
 
 
-def run_pair(case, shapes, steps, options, *, grad_scale=None):
+def run_pair(case, shapes, steps, options, *, grad_scale=None, grad_factor=1.0):
     """The same case and options stepped on the CPU (NumPy) and the GPU (torch); returns the
     optimizers, their params and the per-step results (GPU results read after the run). With
     skip_nonfinite, every third step has non-finite grads (without it they would make NaNs,
-    whose payloads differ between CPU and GPU)."""
+    whose payloads differ between CPU and GPU). The grads are grad_steps' times grad_factor."""
     poisoned = options.get("skip_nonfinite", False)
     kwargs = {**case.kwargs, **options}
     rng = np.random.default_rng(case.seed)
@@ -52,6 +52,7 @@ def run_pair(case, shapes, steps, options, *, grad_scale=None):
     gpu = case.cls(gparams, ggrads, **kwargs)
     cpu_results, gpu_results = [], []
     for t, gs in enumerate(grad_steps(case.seed + 1, shapes, steps)):
+        gs = [g * np.float32(grad_factor) for g in gs]
         gs = poison(gs, t) if poisoned else gs
         refill(grads, gs)
         for g, v in zip(ggrads, gs):
@@ -153,6 +154,24 @@ def test_ten_thousand_tensors_norm_as_on_cpu():
                                                      dict(max_grad_norm=1.0))
     assert [float(g.grad_norm) for g in gres] == [c.grad_norm for c in cres]
     assert_same(cpu, gpu, params, gparams)
+
+
+@pytest.mark.parametrize("case_id, options, factor", [
+    ("sgd-momentum", dict(max_grad_norm=1.0), 2e19),
+    ("adamw-default", dict(report_grad_norm=True, diagnostics=True), 2e19),
+    ("lars-weight_decay", dict(report_grad_norm=True), 1e-30),
+    ("lamb-plain", dict(diagnostics=True), 1e-30),
+])
+def test_extreme_grads_bit_identical_to_cpu(case_id, options, factor):
+    """Grads of 2e19 and 1e-30, whose fp32 squares overflow or underflow: the same finite,
+    nonzero double norms (double lanes on both engines, reduce.h) and the same steps."""
+    cpu, gpu, params, gparams, cres, gres = run_pair(case_by_id(case_id), SHAPES, 3, options, grad_factor=factor)
+    assert_same(cpu, gpu, params, gparams)
+    for c, g in zip(cres, gres):
+        assert 0 < c.grad_norm < np.inf and float(g.grad_norm) == c.grad_norm
+        if c.diagnostics is not None:
+            for name in ("grad_norm", "param_norm", "update_norm"):
+                np.testing.assert_array_equal(to_numpy(getattr(g.diagnostics, name)), getattr(c.diagnostics, name))
 
 
 @pytest.mark.parametrize("case_id", ["lars-plain", "lars-exclude_1d", "lamb-plain", "lamb-max_trust"])

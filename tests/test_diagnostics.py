@@ -3,16 +3,22 @@ without effect on the update."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
 import fastopt
 from fastopt.lamb import LAMB
-from registry import (U, assert_bits_equal, case_by_id, grad_steps, norm_error, random_params, refill,
+from registry import (U, assert_bits_equal, case_by_id, exact_sumsq, grad_steps, norm_error, random_params, refill,
                       supported_isas)
 from registry import isa_switch  # noqa: F401  (a fixture)
 
 SHAPES = [(37,), (40, 9), (131072 + 5,), (1,)]
+
+
+def exact_norm(x) -> float:
+    return math.sqrt(exact_sumsq([x]))
 
 
 def make(cls, kwargs, seed=0, dtype="float32", **options):
@@ -34,11 +40,11 @@ def test_values_match_numpy_and_leave_the_update_unchanged(cls, kwargs):
         assert plain.step().diagnostics is None
         after = [p.astype(np.float64) for p in params]
         for i, (b, a, g) in enumerate(zip(before, after, gs)):
-            rtol = norm_error(g.size)
-            np.testing.assert_allclose(d.grad_norm[i], np.linalg.norm(g.astype(np.float64)), rtol=rtol)
-            np.testing.assert_allclose(d.param_norm[i], np.linalg.norm(b), rtol=rtol)
+            rtol = norm_error(g.size) + U["float64"]  # the exact norm, rounded once
+            np.testing.assert_allclose(d.grad_norm[i], exact_norm(g), rtol=rtol)
+            np.testing.assert_allclose(d.param_norm[i], exact_norm(b), rtol=rtol)
             # new - old is rounded once in fp32 (exact where they are within a factor 2).
-            np.testing.assert_allclose(d.update_norm[i], np.linalg.norm(a - b), rtol=rtol + U["float32"])
+            np.testing.assert_allclose(d.update_norm[i], exact_norm(a - b), rtol=rtol + U["float32"])
             np.testing.assert_allclose(d.update_ratio[i], d.update_norm[i] / d.param_norm[i], rtol=1e-12)
         assert (d.nonfinite_grads == 0).all()
     for p, q in zip(params, pparams):
@@ -51,7 +57,24 @@ def test_master_weights_param_norm_is_the_fp32_value():
     refill(grads, next(iter(grad_steps(1, SHAPES, 1))))
     d = opt.step().diagnostics
     for i, m in enumerate(masters):
-        np.testing.assert_allclose(d.param_norm[i], np.linalg.norm(m), rtol=norm_error(m.size))
+        np.testing.assert_allclose(d.param_norm[i], exact_norm(m), rtol=norm_error(m.size) + U["float64"])
+
+
+@pytest.mark.parametrize("magnitude", [2e19, 1e-30])
+def test_norms_of_extreme_magnitudes(magnitude):
+    """Params and grads of 2e19 or 1e-30 (and updates of half that): finite, nonzero norms
+    within norm_error of the exact ones (fp32 squares made them inf or 0; issue 12)."""
+    params = [np.asarray(magnitude * p, np.float32) for p in random_params(np.random.default_rng(4), SHAPES)]
+    grads = [np.asarray(magnitude * g, np.float32) for g in random_params(np.random.default_rng(5), SHAPES)]
+    before = [p.astype(np.float64) for p in params]
+    d = fastopt.SGD(params, grads, lr=0.5, diagnostics=True).step().diagnostics
+    for i, (b, g) in enumerate(zip(before, grads)):
+        rtol = norm_error(g.size) + U["float64"]
+        np.testing.assert_allclose(d.grad_norm[i], exact_norm(g), rtol=rtol)
+        np.testing.assert_allclose(d.param_norm[i], exact_norm(b), rtol=rtol)
+        np.testing.assert_allclose(d.update_norm[i], exact_norm(params[i].astype(np.float64) - b),
+                                   rtol=rtol + U["float32"])
+        assert 0 < d.update_norm[i] < np.inf
 
 
 def test_bit_identical_across_isas_and_threads(isa_switch):

@@ -12,8 +12,10 @@ import torch
 
 import fastopt
 from fastopt.norms import l2_norms
-from registry import (U, Magnitudes, assert_bits_equal, assert_rounding_close, case_by_id, grad_steps, norm_error,
-                      random_params, refill)
+from reference import reference_for
+from registry import (U, Magnitudes, assert_bits_equal, assert_rounding_close, case_by_id, exact_sumsq, grad_steps,
+                      norm_error, random_params, refill, supported_isas)
+from registry import isa_switch  # noqa: F401  (a fixture)
 
 SHAPES = [(37,), (4, 9), (300,), (2, 3, 5)]
 CASE_IDS = ["sgd-momentum", "adam-weight_decay", "adamw-amsgrad"]
@@ -160,6 +162,78 @@ def test_report_grad_norm_is_the_deterministic_global_norm():
         assert norm == l2_norms(grads).total / 4.0
         expected = math.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for g in gs)) / 4.0
         assert norm == pytest.approx(expected, rel=NORM_U * U["float32"])
+
+
+HUGE = 2e19  # fp32 squares overflow beyond ~1.8e19
+
+
+def huge_grads(magnitude, seed):
+    """Finite float32 grads of ``magnitude`` times [0.5, 1], random signs."""
+    rng = np.random.default_rng(seed)
+    return [np.asarray(magnitude * rng.uniform(0.5, 1, s) * rng.choice([-1.0, 1.0], s), np.float32) for s in SHAPES]
+
+
+def global_norm_close(norm, gs):
+    """The global norm of ``gs`` within registry.norm_error of the exact one (itself rounded once)."""
+    rel = norm_error(max(g.size for g in gs), len(gs)) + U["float64"]
+    return norm == pytest.approx(math.sqrt(exact_sumsq(gs)), rel=rel, abs=0)
+
+
+@pytest.mark.parametrize("magnitude", [HUGE, float(np.finfo(np.float32).max)])
+def test_grad_norm_of_huge_finite_grads(magnitude):
+    """Finite grads of 2e19 or FLT_MAX: a finite global norm, the exact one within norm_error
+    (fp32 squares overflowed: grad_norm was inf; issue 12), and a step that is taken."""
+    opt, params, grads = make(case_by_id("sgd-plain"), skip_nonfinite=True, report_grad_norm=True)
+    gs = huge_grads(magnitude, 7)
+    refill(grads, gs)
+    result = opt.step(grad_scale=2.0)
+    assert not result.skipped and opt.steps == [1]
+    assert global_norm_close(2 * result.grad_norm, gs)
+
+
+def clipped_run(case, steps):
+    """``steps`` steps of ``case`` with max_grad_norm=1 and grads of 2e19: (params, norms, grads)."""
+    opt, params, grads = make(case, max_grad_norm=1.0)
+    norms, seen = [], []
+    for t in range(steps):
+        gs = huge_grads(HUGE, t)
+        refill(grads, gs)
+        norms.append(opt.step().grad_norm)
+        seen.append(gs)
+    return params, norms, seen
+
+
+@pytest.mark.parametrize("case_id", ["sgd-momentum", "adamw-default"])
+def test_clip_huge_grads_matches_float64_reference_on_every_isa(case_id, isa_switch):
+    """max_grad_norm with grads of 2e19: each grad scaled by max_norm / (norm + 1e-6) from the
+    finite norm, then the step, as the float64 reference does it (an fp32 norm was inf, the
+    clip factor 0: nothing moved; issue 12); the same bits on every ISA and thread count."""
+    case, steps = case_by_id(case_id), 3
+    runs = []
+    for isa in supported_isas():
+        isa_switch(isa)
+        for threads in (1, 2):
+            fastopt.set_num_threads(threads)
+            runs.append(clipped_run(case, steps))
+    fastopt.set_num_threads(2)
+    params, norms, seen = runs[0]
+    for other, other_norms, _ in runs[1:]:
+        assert other_norms == norms
+        for a, b in zip(other, params):
+            assert_bits_equal(a, b, "ISA or thread count")
+    ref_params = [p.astype(np.float64) for p in random_params(np.random.default_rng(0), SHAPES)]
+    ref = reference_for(case.name, case.kwargs)
+    magnitudes = Magnitudes()
+    magnitudes.see("param", ref_params)
+    for norm, gs in zip(norms, seen):
+        assert global_norm_close(norm, gs)
+        coef = min(1.0, 1.0 / (math.sqrt(exact_sumsq(gs)) + 1e-6))
+        before = [r.copy() for r in ref_params]
+        ref.step(ref_params, [g.astype(np.float64) * coef for g in gs])
+        magnitudes.see("param", ref_params)
+        magnitudes.see("update", [r - b for r, b in zip(ref_params, before)])
+    bound = dict(extra_per_step=CLIP_EXTRA_U * magnitudes["update"] / magnitudes["param"], scale=magnitudes["param"])
+    assert_rounding_close(params, ref_params, steps, optimizer=case.name, **bound)
 
 
 def test_half_params_with_masters_and_every_option():

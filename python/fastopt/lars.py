@@ -12,7 +12,7 @@ class LARS(Optimizer):
     Per tensor, with ``g`` its grad (negated when ``maximize``) and L2 norms over the tensor::
 
         local = trust_coefficient * ||p|| / (||g|| + weight_decay * ||p|| + eps)
-                (1 where ||p|| or ||g|| is 0)
+                (1 where ||p|| or the denominator is 0)
         v = momentum * v + lr * local * (g + weight_decay * p)
         p = p - v
 
@@ -44,7 +44,8 @@ class LARS(Optimizer):
     bench_hypers = {"lr": 1e-3, "momentum": 0.9, "weight_decay": 1e-4}
     doc_rows = (
         ('`LARS` (You et al. 2017)',
-         ('`local = eta*‖p‖/(‖g‖ + wd*‖p‖ + eps)` (1 if a norm is 0), `v = mu*v + lr*local*(g + wd*p)`, `p -= v`; '
+         ('`local = eta*‖p‖/(‖g‖ + wd*‖p‖ + eps)` (1 if ‖p‖ or the denominator is 0), '
+          '`v = mu*v + lr*local*(g + wd*p)`, `p -= v`; '
           '`exclude_1d`: 1-D tensors take plain SGD momentum (no ratio, no decay)'),
          '28 (norm pass 8 + update 20)'),
     )

@@ -3,9 +3,9 @@
 //
 // Reductions: a task is one block of reduce.h (kBlock elements of one tensor, or its tail),
 // summed by one warp, lane j holding reduce lanes j and j + 32 (so each warp load is 128
-// contiguous bytes) and accumulating fma(v, v, lane) in element order; the fold is reduce.h's
-// tree (w = 32 inside the thread, then shuffles 16..1). Block sums go to memory as floats;
-// one thread block then adds them in order, as doubles, into super-block and tensor sums.
+// contiguous bytes) as doubles and accumulating add_square(v, lane) in element order; the fold
+// is reduce.h's tree (w = 32 inside the thread, then shuffles 16..1). Block sums go to memory;
+// one thread block then adds them in order into super-block and tensor sums.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -64,7 +64,7 @@ struct Group::Tables {
   int64_t* super_first;   // super-block s is tasks [super_first[s], super_first[s + 1])
   int64_t num_supers;
   int64_t* tensor_super;  // tensor t is super-blocks [tensor_super[t], tensor_super[t + 1])
-  float* task_sums;       // kMaxSums per task
+  double* task_sums;      // kMaxSums per task
   int32_t* task_bad;      // non-finite counts per task (grad norm pass)
   double* super_sums;     // kMaxSums per super-block
   int64_t* super_bad;
@@ -113,22 +113,22 @@ __device__ void task_sums(const Group::Tables& tb, F&& make) {
     const TensorSlot t = tb.slots[task.slot];
     with_dtype(t.param_dtype, [&](auto p) {
       auto f = make(task.slot, t, p);
-      float lo[K], hi[K];
+      double lo[K], hi[K];
       int bad = 0;
-      for (int k = 0; k < K; ++k) lo[k] = hi[k] = 0.0f;
+      for (int k = 0; k < K; ++k) lo[k] = hi[k] = 0.0;
       for (int64_t row = task.begin; row < task.end; row += reduce::kLanes) {
         float v[K];
         if (row + lane < task.end) {
           bad += f(row + lane, v);
-          for (int k = 0; k < K; ++k) lo[k] = fmaf(v[k], v[k], lo[k]);
+          for (int k = 0; k < K; ++k) lo[k] = add_square(v[k], lo[k]);
         }
         if (row + 32 + lane < task.end) {
           bad += f(row + 32 + lane, v);
-          for (int k = 0; k < K; ++k) hi[k] = fmaf(v[k], v[k], hi[k]);
+          for (int k = 0; k < K; ++k) hi[k] = add_square(v[k], hi[k]);
         }
       }
       for (int k = 0; k < K; ++k) {
-        float s = lo[k] + hi[k];  // the tree's w = 32: lane j += lane j + 32
+        double s = lo[k] + hi[k];  // the tree's w = 32: lane j += lane j + 32
         for (int d = 16; d >= 1; d /= 2) s = s + __shfl_down_sync(0xffffffffu, s, d);
         if (lane == 0) tb.task_sums[w * kMaxSums + k] = s;
       }
@@ -147,7 +147,7 @@ __device__ void tensor_sums(const Group::Tables& tb, bool bad) {
     double acc[K] = {};
     int64_t n = 0;
     for (int64_t b = tb.super_first[s]; b < tb.super_first[s + 1]; ++b) {
-      for (int k = 0; k < K; ++k) acc[k] += double(tb.task_sums[b * kMaxSums + k]);
+      for (int k = 0; k < K; ++k) acc[k] += tb.task_sums[b * kMaxSums + k];
       if (bad) n += tb.task_bad[b];
     }
     for (int k = 0; k < K; ++k) tb.super_sums[s * kMaxSums + k] = acc[k];

@@ -213,7 +213,7 @@ Group::Group(RuleId rule, const std::vector<TensorSlot>& slots, int device, int 
   tb.super_first = mem.upload(super_first);
   tb.num_supers = num_supers;
   tb.tensor_super = mem.upload(tensor_super);
-  tb.task_sums = mem.alloc<float>(tasks.size() * kMaxSums);
+  tb.task_sums = mem.alloc<double>(tasks.size() * kMaxSums);
   tb.task_bad = mem.alloc<int32_t>(tasks.size());
   tb.super_sums = mem.alloc<double>(size_t(num_supers) * kMaxSums);
   tb.super_bad = mem.alloc<int64_t>(size_t(num_supers));

@@ -18,4 +18,15 @@ template <class V>
 constexpr int lane_width = V::width;
 template <>
 constexpr int lane_width<float> = 1;
+
+// The accumulator of sums of squares of a lane type V (fastopt/reduce.h): lane_width<V>
+// doubles. Each lane header specializes it, with add_square and store(double*, ...).
+template <class V>
+struct Squares;
+template <>
+struct Squares<float> {
+  using type = double;
+};
+template <class V>
+using squares_t = typename Squares<V>::type;
 }  // namespace fastopt

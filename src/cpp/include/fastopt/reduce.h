@@ -2,10 +2,18 @@
 // engine so that a norm is bit-identical on every CPU ISA, any thread count and the GPU:
 //
 //   a tensor is cut into blocks of kBlock elements from its start; in a block, element i goes
-//   to float lane i % kLanes, each lane accumulating fma(x, x, lane) in element order; the
-//   lanes fold in a fixed tree (fold_lanes); the block sums, as doubles, add up in order into
-//   super-block sums (kSuper elements), and those in order into the tensor's sum. Tensors
-//   combine in order within runs of kTensorRun, and the runs in order (combine_tensors).
+//   to double lane i % kLanes, each lane accumulating x * x + lane in element order (x, the
+//   fp32 value, converted to double: add_square); the lanes fold in a fixed tree (fold_lanes);
+//   the block sums add up in order into super-block sums (kSuper elements), and those in order
+//   into the tensor's sum. Tensors combine in order within runs of kTensorRun, and the runs in
+//   order (combine_tensors).
+//
+// Why double lanes: the square of a finite fp32 value (fp16 and bf16 load as fp32) is exact in
+// double (at most 48 significant bits, between 2^-298 and 2^256), so a sum of squares of finite
+// values neither overflows nor underflows to 0, as fp32 squares do beyond ~1.8e19 and below
+// ~1e-19 (a sum of 2^64 squares of FLT_MAX is still below 1e97). Only the additions round, by
+// 2^-53 each, and an exact product plus one rounded add is what an fma gives, so every target,
+// fused or not, gets the same bits.
 //
 // Counts of non-finite values are integers: exact in any order.
 #pragma once
@@ -21,7 +29,7 @@ constexpr int64_t kSuper = 131072;  // 64 blocks
 constexpr int64_t kTensorRun = 64;
 
 // The fixed tree: lane l += lane l + w, for w = 32, 16, ..., 1.
-FASTOPT_HD float fold_lanes(float (&lanes)[kLanes]) {
+FASTOPT_HD double fold_lanes(double (&lanes)[kLanes]) {
   for (int w = kLanes / 2; w >= 1; w /= 2) {
     for (int l = 0; l < w; ++l) lanes[l] = lanes[l] + lanes[l + w];
   }

@@ -52,6 +52,15 @@ FASTOPT_HD float vabs(float a) {
 // 1 where a is infinite or NaN, else 0 (a - a is 0 exactly for every finite a).
 FASTOPT_HD int count_nonfinite(float a) { return !(a - a == 0.0f); }
 
+// acc + x^2 in double (fastopt/reduce.h): the square is exact, so the add is the one rounding,
+// as in fma(x, x, acc), whether or not the compiler contracts the two.
+FASTOPT_HD double add_square(float x, double acc) {
+  const double d = x;
+  return acc + d * d;
+}
+
+FASTOPT_HD void store(double* p, double x) { *p = x; }
+
 // 1 for a > 0, -1 for a < 0, a itself for +-0 and NaN (torch.sign).
 FASTOPT_HD float vsign(float a) { return a > 0 ? 1.0f : (a < 0 ? -1.0f : a); }
 

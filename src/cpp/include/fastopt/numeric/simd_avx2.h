@@ -34,6 +34,25 @@ FASTOPT_HD VecAvx2 vsign(VecAvx2 a) {
   return _mm256_blendv_ps(r, _mm256_set1_ps(-1.0f), _mm256_cmp_ps(a.v, zero, _CMP_LT_OQ));
 }
 
+// Sums of squares of VecAvx2 values (fastopt/reduce.h): its 8 lanes as doubles,
+// added to by fma (the square is exact: the same bits as scalar.h's acc + d * d).
+struct SquaresAvx2 {
+  __m256d lo, hi;  // lanes 0-3, 4-7
+};
+template <>
+struct Squares<VecAvx2> {
+  using type = SquaresAvx2;
+};
+FASTOPT_HD SquaresAvx2 add_square(VecAvx2 x, SquaresAvx2 acc) {
+  const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(x.v));
+  const __m256d hi = _mm256_cvtps_pd(_mm256_extractf128_ps(x.v, 1));
+  return {_mm256_fmadd_pd(lo, lo, acc.lo), _mm256_fmadd_pd(hi, hi, acc.hi)};
+}
+FASTOPT_HD void store(double* p, SquaresAvx2 x) {
+  _mm256_storeu_pd(p, x.lo);
+  _mm256_storeu_pd(p + 4, x.hi);
+}
+
 FASTOPT_HD VecAvx2 load(const float* p, Lane<VecAvx2>) { return _mm256_loadu_ps(p); }
 FASTOPT_HD VecAvx2 load(const f16* p, Lane<VecAvx2>) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));

@@ -34,6 +34,25 @@ FASTOPT_HD VecAvx512 vsign(VecAvx512 a) {
   return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a.v, zero, _CMP_LT_OQ), r, _mm512_set1_ps(-1.0f));
 }
 
+// Sums of squares of VecAvx512 values (fastopt/reduce.h): its 16 lanes as doubles,
+// added to by fma (the square is exact: the same bits as scalar.h's acc + d * d).
+struct SquaresAvx512 {
+  __m512d lo, hi;  // lanes 0-7, 8-15
+};
+template <>
+struct Squares<VecAvx512> {
+  using type = SquaresAvx512;
+};
+FASTOPT_HD SquaresAvx512 add_square(VecAvx512 x, SquaresAvx512 acc) {
+  const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(x.v));
+  const __m512d hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps(x.v, 1));
+  return {_mm512_fmadd_pd(lo, lo, acc.lo), _mm512_fmadd_pd(hi, hi, acc.hi)};
+}
+FASTOPT_HD void store(double* p, SquaresAvx512 x) {
+  _mm512_storeu_pd(p, x.lo);
+  _mm512_storeu_pd(p + 8, x.hi);
+}
+
 FASTOPT_HD VecAvx512 load(const float* p, Lane<VecAvx512>) { return _mm512_loadu_ps(p); }
 FASTOPT_HD VecAvx512 load(const f16* p, Lane<VecAvx512>) {
   return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));

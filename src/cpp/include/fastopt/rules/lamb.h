@@ -3,6 +3,9 @@
 //   m = beta1 * m + (1 - beta1) * g;   v = beta2 * v + (1 - beta2) * g^2
 //   u = (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps) + weight_decay * p
 //   ratio = ||p|| / ||u|| per tensor (1 where either is 0), clamped to max_trust when > 0
+//     (1 at ||p|| = 0, as in LARS: with 0 a zero-initialized tensor would never move. ||u|| is
+//     0 only where u is 0 everywhere (sums of squares are exact, reduce.h): the step is 0
+//     whatever the ratio, so this case, unlike LARS's zero grad, needs no other rule.)
 //   p = p - lr * ratio * u
 // Two passes over the state: the first updates m and v and sums ||p||^2 and ||u||^2; the
 // second reads m and v (not writing them) and recomputes u with the same operations.

@@ -1,7 +1,8 @@
 // LARS (You, Gitman & Ginsburg, 2017, "Large Batch Training of Convolutional Networks",
 // Algorithm 1): per tensor, a local lr from the trust ratio of param and grad norms,
 //   local = trust_coefficient * ||p|| / (||g|| + weight_decay * ||p|| + eps)
-//     (1 where ||p|| or ||g|| is 0: no ratio to take),
+//     (1 where ||p|| is 0 or the denominator is: no ratio to take; a zero grad with
+//     weight_decay or eps > 0 takes the ratio, so the step is continuous as ||g|| -> 0),
 //   v = momentum * v + lr * local * (g + weight_decay * p);   p = p - v.
 // With exclude_1d, tensors of at most one dimension (biases, norm scales) take neither the
 // ratio nor weight decay: v = momentum * v + lr * g. Two passes: the norms, then the update.
@@ -70,7 +71,8 @@ struct Lars {
       return c;
     }
     const double pn = std::sqrt(sums[0]), gn = std::sqrt(sums[1]);
-    const double local = pn > 0 && gn > 0 ? c.trust_coefficient * pn / (gn + c.weight_decay * pn + c.eps) : 1.0;
+    const double denom = gn + c.weight_decay * pn + c.eps;
+    const double local = pn > 0 && denom > 0 ? c.trust_coefficient * pn / denom : 1.0;
     c.scaled_lr = float(c.lr * local);
     c.decay = float(c.weight_decay);
     return c;
