@@ -105,3 +105,14 @@ def test_torch_grad_replaced_after_binding(set_to_none):
         before = params[0].detach().clone()
         opt.step()
         assert not torch.equal(before, params[0])
+
+
+def test_numpy_owner_behind_an_as_strided_view_cannot_be_resized():
+    """as_strided's view keeps its array behind a non-array base: the owner is pinned too."""
+    owner = np.zeros(16, np.float32)
+    view = np.lib.stride_tricks.as_strided(owner, shape=(4,), strides=(4,))
+    opt = fastopt.SGD([view], [np.ones(4, np.float32)], lr=0.1)
+    for n in (1 << 20, 2):  # growing or shrinking (which keeps the address: the check could not see it)
+        with pytest.raises(ValueError, match=NUMPY_PINNED):
+            owner.resize(n, refcheck=False)
+    opt.step()

@@ -51,4 +51,5 @@ def test_step_control_is_torchs_coefficient_within_float32():
     assert factor == np.float32(0.5) * (np.float32(1.0) * (np.float32(1) / (np.float32(2.0) + np.float32(1e-6))))
     assert fastopt._core.step_control(1.0, 1.0, 3, True, 0.0)[2]
     assert not fastopt._core.step_control(1.0, 1.0, 3, False, 0.0)[2]
-    assert fastopt._core.step_control(1.0, (2 * FLT_MAX) ** 2, 0, True, 0.0)[2]
+    assert fastopt._core.step_control(2.0, FLT_MAX ** 2, 0, True, 0.0)[2]
+    assert not fastopt._core.step_control(1.0, (2 * FLT_MAX) ** 2, 0, True, 0.0)[2]  # |g * 1| <= |g|

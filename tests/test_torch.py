@@ -372,3 +372,169 @@ def test_new_grads_are_validated(first):
     with pytest.raises(fastopt.TensorError, match="grad 1 is the same memory as param 1"):
         opt.step()
     assert torch.equal(a, before[0]) and torch.equal(b, before[1])
+
+
+# ---- what a review as a new user found (issue 12) ------------------------------------------
+
+
+def twin_runs(setup, mutate, steps=(3, 3), name="Adam", **kw):
+    """The same model trained by torch.optim and by fastopt.torch, with ``mutate(model, opt)``
+    between the two runs of steps: the params of both."""
+    out = []
+    for cls in (getattr(torch.optim, name), getattr(ft, name)):
+        torch.manual_seed(0)
+        model = setup()
+        opt = cls(model.parameters(), lr=0.1, **kw)
+        x = torch.linspace(-1, 1, 6 * 4).reshape(4, 6)
+        for phase, n in enumerate(steps):
+            if phase:
+                mutate(model, opt)
+            for _ in range(n):
+                opt.zero_grad()
+                model(x).pow(2).mean().backward()
+                opt.step()
+        out.append([p.detach().float().clone() for p in model.parameters()])
+    return out
+
+
+STATE_RESETS = {
+    "state.clear()": lambda m, o: o.state.clear(),
+    "state = defaultdict(dict)": lambda m, o: setattr(o, "state", __import__("collections").defaultdict(dict)),
+    "del state[p]": lambda m, o: o.state.pop(next(iter(m.parameters()))),
+}
+
+
+@pytest.mark.parametrize("reset", STATE_RESETS)
+def test_state_reset_by_the_user_starts_afresh(reset):
+    theirs, ours = twin_runs(mlp, STATE_RESETS[reset])
+    for a, b in zip(theirs, ours):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_param_replaced_in_param_groups():
+    def swap(model, opt):
+        first = model[0].weight
+        model[0].weight = torch.nn.Parameter(first.detach() * 2)
+        opt.param_groups[0]["params"][0] = model[0].weight
+    theirs, ours = twin_runs(mlp, swap, name="SGD")
+    for a, b in zip(theirs, ours):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
+
+
+MASTER_WRITES = {
+    "in-place load_state_dict": lambda m: m.load_state_dict({k: torch.full_like(v, 0.5) for k, v in m.state_dict().items()}),
+    "copy_": lambda m: [p.copy_(torch.full_like(p, 0.5)) for p in m.parameters()],  # (under no_grad)
+    "p.data =": lambda m: [setattr(p, "data", torch.full_like(p, 0.5)) for p in m.parameters()],
+    "assign=True": lambda m: m.load_state_dict({k: torch.full_like(v, 0.5) for k, v in m.state_dict().items()},
+                                               assign=True),
+}
+
+
+@pytest.mark.parametrize("write", MASTER_WRITES)
+def test_params_written_by_the_user_are_not_overwritten_by_master_weights(write):
+    """bf16 params with fp32 master weights: after the user writes the params (0.5), the next
+    step starts from 0.5 (before: the stale master overwrote them)."""
+    torch.manual_seed(0)
+    model = mlp().to(torch.bfloat16)
+    opt = ft.SGD(model.parameters(), lr=1e-3, master_weights=True)
+    x = torch.ones(2, 6, dtype=torch.bfloat16)
+    for _ in range(3):
+        opt.zero_grad()
+        model(x).sum().backward()
+        opt.step()
+    with torch.no_grad():
+        MASTER_WRITES[write](model)
+    opt.zero_grad()
+    model(x).sum().backward()
+    opt.step()
+    for p in model.parameters():
+        assert torch.all((p.float() - 0.5).abs() < 0.01), p
+
+
+def test_master_weights_follow_a_dtype_round_trip():
+    """bf16 -> fp32 -> bf16: the fp32 steps are kept (before: the old master came back)."""
+    torch.manual_seed(0)
+    model = mlp().to(torch.bfloat16)
+    opt = ft.SGD(model.parameters(), lr=0.1, master_weights=True)
+    x = torch.ones(2, 6)
+
+    def train(n):
+        for _ in range(n):
+            opt.zero_grad()
+            model(x.to(next(model.parameters()).dtype)).sum().backward()
+            opt.step()
+    train(2)
+    model.float()
+    train(5)
+    moved = [p.detach().clone() for p in model.parameters()]
+    model.to(torch.bfloat16)
+    for p, q in zip(model.parameters(), moved):
+        torch.testing.assert_close(p.float(), q, rtol=1e-2, atol=1e-2)
+    train(1)
+
+
+def test_weight_tied_after_building():
+    torch.manual_seed(0)
+    enc, dec = torch.nn.Linear(4, 4, bias=False), torch.nn.Linear(4, 4, bias=False)
+    opt = ft.Adam([enc.weight, dec.weight], lr=0.1)
+    x = torch.ones(2, 4)
+    for _ in range(2):
+        opt.zero_grad()
+        dec(enc(x)).sum().backward()
+        opt.step()
+    before = opt.state[enc.weight]["exp_avg"].clone()
+    dec.weight = enc.weight
+    opt.zero_grad()
+    dec(enc(x)).sum().backward()
+    opt.step()
+    assert len(opt.param_groups[0]["params"]) == 1
+    assert not torch.equal(opt.state[enc.weight]["exp_avg"], before)
+    assert int(opt.state_dict()["state"][0]["step"]) == 3
+
+
+def test_torch_options_accepted_or_refused():
+    p = [torch.zeros(3, requires_grad=True)]
+    ft.AdamW(p, lr=torch.tensor(0.01), foreach=True, fused=True, capturable=False)
+    with pytest.raises(ValueError, match="differentiable=True is not supported"):
+        ft.Adam(p, differentiable=True)
+    with pytest.raises(ValueError, match="use fastopt.torch.AdamW"):
+        ft.Adam(p, decoupled_weight_decay=True)
+    decoupled = torch.optim.Adam([torch.zeros(3, requires_grad=True)], decoupled_weight_decay=True)
+    with pytest.raises(ValueError, match="use fastopt.torch.AdamW"):
+        ft.Adam(p).load_state_dict(decoupled.state_dict())
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"step": torch.tensor(-2.0)}, "step must be a whole number >= 0"),
+    ({"step": torch.tensor(float("nan"))}, "step must be a whole number >= 0"),
+    ({"step": torch.tensor(3.0), "exp_avg": torch.zeros(3)}, "lacks exp_avg_sq at step 3"),
+])
+def test_bad_checkpoint_entries_refused(entry, message):
+    opt = ft.Adam([torch.zeros(3, requires_grad=True)])
+    sd = {"state": {0: entry}, "param_groups": [{**opt.param_groups[0], "params": [0]}]}
+    with pytest.raises(ValueError, match=message):
+        opt.load_state_dict(sd)
+
+
+def test_step_is_in_state_and_seen_by_state_dict_hooks():
+    model = mlp()
+    opt = ft.Adam(model.parameters())
+    seen = []
+    opt.register_state_dict_post_hook(lambda o, sd: seen.append(int(sd["state"][0]["step"])))
+    for _ in range(2):
+        opt.zero_grad()
+        model(torch.ones(1, 6)).sum().backward()
+        opt.step()
+    opt.state_dict()
+    assert seen == [2] and int(opt.state[next(model.parameters())]["step"]) == 2
+
+
+def test_replaced_grad_errors_name_the_param_by_its_place():
+    params = [torch.nn.Parameter(torch.ones(4)) for _ in range(3)]
+    opt = ft.SGD([{"params": params[:1]}, {"params": params[1:]}], lr=0.1)
+    for p in params:
+        p.grad = torch.ones(4)
+    opt.step()
+    params[2].grad = torch.ones(8)[::2]  # a strided view
+    with pytest.raises(fastopt.TensorError, match="^grad 2: is not C-contiguous"):
+        opt.step()

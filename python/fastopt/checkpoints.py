@@ -16,9 +16,10 @@ from .hyperparams import Array
 class Checkpoints:
     """The checkpoint side of :class:`~fastopt.Optimizer`."""
 
-    def _required_state(self, group: int, hyper: Any, step: int) -> tuple[str, ...]:
+    @classmethod
+    def _required_state(cls, hyper: Any, step: int) -> tuple[str, ...]:
         """The state arrays a checkpoint must hold for a group at ``step`` steps."""
-        return self.state_names[: hyper.num_state()] if step > 0 else ()
+        return cls.state_names[: hyper.num_state()] if step > 0 else ()
 
     def _check_loaded(self, group: int, arrays: list[dict[str, np.ndarray]]) -> None:
         """Raises ValueError for a group's loaded arrays that cannot be resumed from."""
@@ -87,7 +88,7 @@ class Checkpoints:
                 raise ValueError(f"param group {j}: params have different step counts {sorted(group_steps)}")
             step = group_steps.pop()
             for i, got in zip(range(first, first + n), group_arrays):
-                missing = [s for s in self._required_state(j, hyper, step) if s not in got]
+                missing = [s for s in self._required_state(hyper, step) if s not in got]
                 if missing:
                     raise ValueError(f"param {i}: state_dict lacks {', '.join(missing)} at step {step}")
             self._check_loaded(j, group_arrays)

@@ -6,31 +6,11 @@ from __future__ import annotations
 import sys
 from typing import Any, Sequence
 
-import numpy as np
-
 from . import _core
 from ._arrays import library
 from .cuda import engine as cuda_module
 
 CPU, CUDA = 1, 2  # DLPack device types
-
-
-def refuse_misleading(params: Sequence, grads: Sequence, masters: Sequence, states: Sequence,
-                      state_names: Sequence[str]) -> None:
-    """TensorError for a tensor whose memory does not hold what it stands for, which the
-    intake (buffer protocol, DLPack) would read as if it did: a NumPy masked array (its mask
-    would be ignored: masked elements updated, masked grads used) or a PyTorch tensor with its
-    lazy negation or conjugation bit set (the memory holds the value without it)."""
-    named = [(f"param {i}", a) for i, a in enumerate(params)] + [(f"grad {i}", a) for i, a in enumerate(grads)]
-    named += [(f"master_param {i}", a) for i, a in enumerate(masters) if a is not None]
-    named += [(f"{state_names[k]} {i}", a) for i, arrays in enumerate(states) for k, a in enumerate(arrays)]
-    for name, a in named:
-        if isinstance(a, np.ma.MaskedArray):
-            raise _core.TensorError(f"{name}: is a NumPy masked array, whose mask fastopt would ignore "
-                                    "(masked elements updated, masked grads used): pass .data or .filled()")
-        if callable(getattr(a, "is_neg", None)) and (a.is_neg() or a.is_conj()):
-            raise _core.TensorError(f"{name}: has PyTorch's lazy negation or conjugation bit set, so its memory "
-                                    "does not hold its values: pass .resolve_neg() / .resolve_conj()")
 
 
 class Engine:
@@ -46,7 +26,6 @@ class Engine:
     def bind(self, rule: str, params: Sequence, grads: Sequence, masters: Sequence,
              states: Sequence, state_names: Sequence[str], group_sizes: Sequence[int]) -> Any:
         """A bound group (validates every tensor; raises TensorError naming the bad one)."""
-        refuse_misleading(params, grads, masters, states, state_names)
         module = self._module if self.is_cuda else _core
         return module.Group(rule, list(params), list(grads), list(masters), list(states),
                             list(state_names), list(group_sizes))
@@ -54,7 +33,6 @@ class Engine:
     def rebind_grads(self, group: Any, grads: Sequence, like: Any) -> None:
         """Binds new grad tensors into a bound group, where they are not the bound ones (on CUDA
         the device table is rewritten on the current stream of ``like``'s library)."""
-        refuse_misleading([], grads, [], [], [])
         if self.is_cuda:
             group.rebind_grads(list(grads), self.stream(None, like))
         else:

@@ -41,10 +41,10 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
             update pass); the grad buffers are never rewritten. None: no clipping.
         clip_value: clamp every grad element to [-clip_value, clip_value] (after unscaling and
             norm clipping), as ``torch.nn.utils.clip_grad_value_``; None: no clamping.
-        skip_nonfinite: skip the whole step when any grad holds an inf or NaN, or (without
-            max_grad_norm) when the unscaled grads' norm exceeds float32's range, so that an
-            unscaled element may overflow: nothing is written and the step count does not
-            advance (``step()`` reports it).
+        skip_nonfinite: skip the whole step when any grad holds an inf or NaN, or when an
+            unscaled grad may overflow float32 (a ``grad_scale`` below 1, no max_grad_norm, and
+            an unscaled norm beyond float32's range): nothing is written and the step count
+            does not advance (``step()`` reports it).
         report_grad_norm: compute the global grad norm at every step even when neither
             clipping nor skipping needs it.
         diagnostics: report per-tensor grad, param and update norms, update/param ratios and

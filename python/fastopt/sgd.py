@@ -104,7 +104,8 @@ class SGD(Optimizer):
         # Like torch: no momentum_buffer until the first momentum step has filled it.
         return self._state[i] if self._momentum_steps.get(self._group_of[i], 0) > 0 else {}
 
-    def _required_state(self, group: int, hyper: Any, step: int) -> tuple[str, ...]:
+    @classmethod
+    def _required_state(cls, hyper: Any, step: int) -> tuple[str, ...]:
         return ()  # like torch: a checkpoint taken before any momentum step has no buffer
 
     def _check_loaded(self, group: int, arrays: list[dict[str, np.ndarray]]) -> None:

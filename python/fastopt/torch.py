@@ -18,6 +18,7 @@ the new ``Parameter``, with the old one's state.
 
 from __future__ import annotations
 
+import math
 import operator
 from collections import defaultdict
 import re
@@ -58,10 +59,10 @@ class Optimizer(torch.optim.Optimizer):
         cls = self.fastopt_class
         defaults = cls.default_hypers()
         for k in hypers:
-            if k not in defaults:
+            if k not in defaults and k not in _TORCH_OPTIONS:
                 raise TypeError(f"{type(self).__name__} got an unknown hyperparameter '{k}'")
         defaults.update(hypers)
-        cls._hyper_at(defaults, 0)
+        self._check_group(defaults)
         self._options = {"master_weights": master_weights, "max_grad_norm": max_grad_norm,
                          "clip_value": clip_value, "skip_nonfinite": skip_nonfinite}
         self._unbind()
@@ -72,7 +73,11 @@ class Optimizer(torch.optim.Optimizer):
     def _unbind(self) -> None:
         self._inner: _Bound | None = None
         self._buckets: list[list[int]] = []  # the flat params of each bound group
+        self._bound_params: list[Any] = []
         self._bound_grads: list[Any] = []
+        self._bound_state: tuple[Any, int] | None = None  # self.state and its length when bound
+        self._ptrs: dict[Any, int] = {}  # each bound param's data_ptr when bound
+        self._mastered: list[tuple[Any, Any, int]] = []  # (param, its master, its _version after a step)
         self._snapshot: list[tuple] = []
         self._counts: dict[Any, int] = getattr(self, "_counts", {})  # steps taken by each param
 
@@ -87,14 +92,27 @@ class Optimizer(torch.optim.Optimizer):
         _watch_replacements(self)
 
     def _hypers(self, group: dict[str, Any]) -> dict[str, Any]:
-        """The fastopt hyperparameters of a group (torch.optim adds keys of its own: foreach, ...)."""
-        return {k: group.get(k, v) for k, v in self.fastopt_class.default_hypers().items()}
+        """The fastopt hyperparameters of a group (torch.optim adds keys of its own: foreach, ...;
+        a 0-d tensor, as torch allows for lr and betas, is taken as its value)."""
+        return {k: _value(group.get(k, v)) for k, v in self.fastopt_class.default_hypers().items()}
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        """TypeError/ValueError for hyperparameters fastopt cannot run as torch.optim would."""
+        if group.get("differentiable"):
+            raise ValueError("differentiable=True is not supported: fastopt's step is not part of the autograd graph")
+        cls = self.fastopt_class
+        if "decoupled_weight_decay" in group and "decoupled_weight_decay" not in cls.hyper_defaults:
+            wanted = bool(group["decoupled_weight_decay"])
+            if wanted != bool(cls.fixed_fields.get("decoupled", False)):  # torch's Adam and AdamW
+                raise ValueError(f"{type(self).__name__} with decoupled_weight_decay={wanted} is not its update: "
+                                 f"use fastopt.torch.{'AdamW' if wanted else 'Adam'}")
+        cls._hyper_at(self._hypers(group), 0)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Adds a group (torch.optim's checks, then fastopt's check of its hyperparameters)."""
         super().add_param_group(param_group)
         try:
-            self.fastopt_class._hyper_at(self._hypers(self.param_groups[-1]), 0)
+            self._check_group(self.param_groups[-1])
         except (TypeError, ValueError) as e:
             self.param_groups.pop()
             raise type(e)(f"param group {len(self.param_groups)}: {e}") from None
@@ -111,34 +129,58 @@ class Optimizer(torch.optim.Optimizer):
                 loss = closure()
         params = [p for g in self.param_groups for p in g["params"]]
         grads = list(map(_grad, params))
-        if self._inner is None or len(grads) != len(self._bound_grads):
-            self._bind(params, grads)
+        if (self._inner is None or not self._state_unchanged()
+                or len(params) != len(self._bound_params) or not all(map(operator.is_, params, self._bound_params))):
+            self._bind(params, grads)  # first step, params or state changed by the user
         elif not all(map(operator.is_, grads, self._bound_grads)):
             if [g is None for g in grads] == [g is None for g in self._bound_grads]:
-                self._inner._take_grads([grads[i] for idx in self._buckets for i in idx])  # new .grad tensors
-                self._bound_grads = grads
-                self._push_hypers()
+                try:  # torch handed over new .grad tensors: bind those alone
+                    self._inner._take_grads([grads[i] for idx in self._buckets for i in idx])
+                    self._bound_grads = grads
+                except _core.TensorError:  # bind everything again, for the precise error if any
+                    self._bind(params, grads)
             else:  # a param gained or lost its grad
                 self._bind(params, grads)
-        else:
-            self._push_hypers()
         if self._inner is None:
             warnings.warn(f"{type(self).__name__}.step: no param has a grad (did backward() run? or do the "
                           "params belong to the model any more?); nothing was updated", RuntimeWarning,
                           stacklevel=2)
             return loss
+        self._push_hypers()
+        self._refresh_masters()
         try:
             self.last_step = self._inner.step()
         except _core.MemoryMoved:  # a param's memory moved (module.to, p.data = ...): follow it
             self._bind(params, grads)
             self.last_step = self._inner.step()
+        self._mastered = [(p, m, p._version) for p, m, _ in self._mastered]
         return loss
 
+    def _state_unchanged(self) -> bool:
+        """Whether ``self.state`` is the mapping bound, with as many entries (``state.clear()``,
+        a new ``state``, ``del state[p]``: the user reset some state, which then starts afresh)."""
+        bound = self._bound_state
+        return bound is not None and bound[0] is self.state and bound[1] == len(self.state)
+
+    def _refresh_masters(self) -> None:
+        """A param written in place since the last step (load_state_dict of its module,
+        ``copy_``, ...) has its master weights taken from it again: the master would overwrite it."""
+        for k, (p, master, version) in enumerate(self._mastered):
+            if p._version != version:
+                master.copy_(p)
+                self._mastered[k] = (p, master, p._version)
+
     def _bind(self, params: list[Any], grads: list[Any]) -> None:
-        """Binds the params that have a grad, one fastopt group per (param group, step count)."""
+        """Binds the params that have a grad, one fastopt group per (param group, step count).
+        State the user reset (``opt.state.clear()``, ...) starts afresh; master weights of a
+        param whose memory moved are taken from it again."""
         self._sync_counts()
+        self._counts = {p: c for p, c in self._counts.items() if self.state.get(p)}
+        for p, ptr in self._ptrs.items():
+            if p in self.state and p.data_ptr() != ptr:
+                self.state[p].pop("master_param", None)
         self._unbind()
-        self._bound_grads = grads
+        self._bound_params, self._bound_grads = params, grads
         buckets: dict[tuple[int, int], list[int]] = {}
         flat = 0
         for j, group in enumerate(self.param_groups):
@@ -163,6 +205,10 @@ class Optimizer(torch.optim.Optimizer):
                                            str(e))) from None
         inner._start_at([count for _, count in buckets])
         self._inner = inner
+        self._ids = {id(p) for p in params}
+        self._ptrs = {params[i]: params[i].data_ptr() for i in names}
+        self._mastered = [(p, m, p._version) for p, m in zip(inner._params, inner._masters) if m is not None]
+        self._bound_state = (self.state, len(self.state))
         self._snapshot = [tuple(self._hypers(g).values()) for g in self.param_groups]
         self._group_of_bucket = [j for j, _ in buckets]
 
@@ -189,18 +235,19 @@ class Optimizer(torch.optim.Optimizer):
 
     def state_dict(self) -> dict[str, Any]:
         """torch.optim's format: ``{"state": {index: {"step": tensor, <state>: tensor}},
-        "param_groups": [...]}``; the state tensors are the live ones, as torch.optim's."""
+        "param_groups": [...]}``; the state tensors are the live ones, as torch.optim's. The
+        step counts are written into ``self.state`` first (between calls they are kept by the
+        bound groups)."""
         self._sync_counts()
-        out = super().state_dict()
-        i = 0
         for group in self.param_groups:
             for p in group["params"]:
                 count = self._counts.get(p, 0)
-                if count or i in out["state"]:
-                    extra = self.fastopt_class.torch_state(self._hypers(group), count)
-                    out["state"][i] = {**out["state"].get(i, {}), "step": torch.tensor(float(count)), **extra}
-                i += 1
-        return out
+                if count or p in self.state:
+                    self.state[p]["step"] = torch.tensor(float(count))
+                    self.state[p].update(self.fastopt_class.torch_state(self._hypers(group), count))
+        if self._bound_state is not None:
+            self._bound_state = (self.state, len(self.state))
+        return super().state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Loads a :meth:`state_dict`, or a torch.optim checkpoint of the same optimizer:
@@ -212,7 +259,7 @@ class Optimizer(torch.optim.Optimizer):
         groups, saved = state_dict["param_groups"], state_dict["state"]
         if len(groups) != len(self.param_groups):
             raise ValueError(f"state_dict has {len(groups)} param groups, this optimizer {len(self.param_groups)}")
-        by_key, new_groups = {}, []
+        by_key, new_groups, group_of = {}, [], {}
         for j, (own, g) in enumerate(zip(self.param_groups, groups)):
             if len(g["params"]) != len(own["params"]):
                 raise ValueError(f"param group {j}: state_dict has {len(g['params'])} params, "
@@ -220,10 +267,11 @@ class Optimizer(torch.optim.Optimizer):
             by_key.update(zip(g["params"], own["params"]))
             group = {**self.defaults, **{k: v for k, v in g.items() if k != "params"}, "params": own["params"]}
             try:
-                self.fastopt_class._hyper_at(self._hypers(group), 0)
+                self._check_group(group)
             except (TypeError, ValueError) as e:
                 raise type(e)(f"param group {j}: {e}") from None
             new_groups.append(group)
+            group_of.update({k: group for k in g["params"]})
         state, counts = {}, {}
         names = (*self.fastopt_class.state_names, "master_param")
         for key, entry in saved.items():
@@ -238,14 +286,43 @@ class Optimizer(torch.optim.Optimizer):
                                          f"{list(p.shape)}")
                     arrays[k] = v.detach().to(dtype=torch.float32, device=p.device, copy=True).contiguous()
             step = entry.get("step")
+            count = _step_count(key, step) if step is not None else int(bool(arrays))
+            hyper = self.fastopt_class._hyper_at(self._hypers(group_of[key]), 0)
+            missing = [n for n in self.fastopt_class._required_state(hyper, count)
+                       if n not in arrays and n not in self.fastopt_class.optional_state]
+            if missing:
+                raise ValueError(f"param {key!r}: state_dict lacks {', '.join(missing)} at step {count}")
             state[p] = arrays
-            counts[p] = int(step) if step is not None else int(bool(arrays))
+            counts[p] = count
         self.state = defaultdict(dict, state)
         self.param_groups[:] = new_groups
         self._counts = counts
         self._unbind()
         for hook in self._optimizer_load_state_dict_post_hooks.values():
             hook(self)
+
+
+# torch.optim's options that fastopt's step makes moot: always fused, on any device; kept in the
+# groups so that checkpoints go both ways (differentiable=True is refused).
+_TORCH_OPTIONS = {"foreach": None, "fused": None, "capturable": False, "differentiable": False,
+                  "decoupled_weight_decay": False}
+
+
+def _value(v: Any) -> Any:
+    """A hyperparameter given as a tensor (torch allows lr and betas as tensors) as its value."""
+    if torch.is_tensor(v):
+        return v.item()
+    if isinstance(v, tuple) and any(torch.is_tensor(x) for x in v):
+        return tuple(_value(x) for x in v)
+    return v
+
+
+def _step_count(key: Any, step: Any) -> int:
+    """A checkpoint's step (a tensor or a number) as a count, or ValueError."""
+    value = float(step)
+    if not (math.isfinite(value) and value == int(value) and 0 <= value <= 2**63 - 2):
+        raise ValueError(f"param {key!r}: step must be a whole number >= 0, got {step!r}")
+    return int(value)
 
 
 class _Adopting:
@@ -297,6 +374,7 @@ _hook = None
 
 def _watch_replacements(opt: Optimizer) -> None:
     global _hook
+    opt._ids = {id(p) for g in opt.param_groups for p in g["params"]}
     _HOLDERS.add(opt)
     if _hook is None:
         _hook = torch.nn.modules.module.register_module_parameter_registration_hook(_replaced)
@@ -307,16 +385,28 @@ def _replaced(module: torch.nn.Module, name: str, new: Any) -> None:
     if old is None or new is None or old is new:
         return
     for opt in list(_HOLDERS):
+        if id(old) not in opt._ids:
+            continue
+        opt._sync_counts()
+        held = any(p is new for g in opt.param_groups for p in g["params"])
         for group in opt.param_groups:
             for k, p in enumerate(group["params"]):
                 if p is old:
-                    opt._sync_counts()
-                    group["params"][k] = new
-                    if old in opt.state:
-                        opt.state[new] = opt.state.pop(old)
+                    if held:  # tied to a param it already steps: the old one is gone from the model
+                        del group["params"][k]
+                        opt.state.pop(old, None)
+                    else:  # the new Parameter takes the old one's state (its master from itself)
+                        group["params"][k] = new
+                        if old in opt.state:
+                            opt.state[new] = opt.state.pop(old)
+                            opt.state[new].pop("master_param", None)
                     if old in opt._counts:
-                        opt._counts[new] = opt._counts.pop(old)
-                    opt._unbind()
+                        count = opt._counts.pop(old)
+                        if not held:
+                            opt._counts[new] = count
+                    break
+        opt._ids = {id(p) for g in opt.param_groups for p in g["params"]}
+        opt._unbind()
 
 
 def _drop_in(cls: type[_Bound]) -> type[Optimizer]:

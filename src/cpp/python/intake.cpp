@@ -53,6 +53,21 @@ void check_engine_device(const Device& d, int engine, const std::string& name, c
                                                 : ", but fastopt's CUDA engine is not available here"));
 }
 
+// The NumPy array that owns the memory `array` views: a weak reference to it makes NumPy refuse
+// to resize it. Bases are followed through arrays and through objects that keep an array as
+// their `base` (as_strided's interface holder).
+py::object memory_owner(py::handle array) {
+  py::object owner = py::reinterpret_borrow<py::object>(array);
+  for (;;) {
+    const auto* a = py::detail::array_proxy(owner.ptr());
+    if ((a->flags & py::detail::npy_api::NPY_ARRAY_OWNDATA_) || !a->base) return owner;
+    py::object base = py::reinterpret_borrow<py::object>(a->base);
+    if (!py::isinstance<py::array>(base)) base = py::getattr(base, "base", py::none());
+    if (!py::isinstance<py::array>(base)) return owner;  // memory NumPy cannot resize (bytes, mmap, ...)
+    owner = base;
+  }
+}
+
 bool from_buffer(py::handle obj, const std::string& name, int engine, View& v) {
   if (!PyObject_CheckBuffer(obj.ptr())) return false;
   check_engine_device(Device{dlpack::kCPU, 0}, engine, name, "is on ");
@@ -75,13 +90,13 @@ bool from_buffer(py::handle obj, const std::string& name, int engine, View& v) {
     delete b;
   });
   v.owner = std::shared_ptr<void>(view, view.get());
-  if (py::isinstance<py::array>(obj)) {  // pin the array that owns the memory (a view owns none)
-    py::handle owner = obj;
-    while (!(py::detail::array_proxy(owner.ptr())->flags & py::detail::npy_api::NPY_ARRAY_OWNDATA_) &&
-           py::detail::array_proxy(owner.ptr())->base && py::isinstance<py::array>(py::detail::array_proxy(owner.ptr())->base)) {
-      owner = py::detail::array_proxy(owner.ptr())->base;
+  if (py::isinstance<py::array>(obj)) {
+    static const py::handle masked = py::object(py::module_::import("numpy.ma").attr("MaskedArray")).release();
+    if (py::isinstance(obj, masked)) {
+      fail(name, "is a NumPy masked array, whose mask fastopt would ignore (masked elements updated, masked "
+                 "grads used): pass .data or .filled()");
     }
-    v.pin = py::weakref(owner);
+    v.pin = py::weakref(memory_owner(obj));
   }
   v.data = view->buf;
   v.readonly = view->readonly != 0;
@@ -153,6 +168,11 @@ void from_dlpack(py::handle obj, const std::string& name, int engine, View& v) {
   // A param that requires grad is exported through a detached alias (torch refuses to
   // export it), as torch.optim updates params outside autograd; the param itself is watched.
   const bool torch = is_torch_tensor(obj);
+  // DLPack hands over the memory, which holds the values without torch's lazy sign.
+  if (torch && (obj.attr("is_neg")().cast<bool>() || obj.attr("is_conj")().cast<bool>())) {
+    fail(name, "has PyTorch's lazy negation or conjugation bit set, so its memory does not hold its values: pass "
+               ".resolve_neg() / .resolve_conj()");
+  }
   const py::object exporter = torch && py::getattr(obj, "requires_grad", py::bool_(false)).cast<bool>()
                                   ? obj.attr("detach")()
                                   : py::reinterpret_borrow<py::object>(obj);

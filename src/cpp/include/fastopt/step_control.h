@@ -23,9 +23,10 @@ struct StepControl {
 // The clip coefficient is torch's clip_grad_norm_, computed in float32 as torch does:
 // max_grad_norm / (norm + 1e-6), at most 1; for a norm beyond float32's range (where torch's
 // float32 norm is inf and its coefficient 0: nothing would move) it is taken in double. The
-// step counts as non-finite when a grad is inf or NaN, or, unclipped, when the unscaled norm
-// exceeds float32's range: an unscaled element may then overflow (none can when the norm is
-// within range, and clipping brings every element within max_grad_norm).
+// step counts as non-finite when a grad is inf or NaN, or when an unscaled element may overflow
+// float32: unclipped, with a loss scale below 1 (inv > 1; else |g * inv| <= |g|), and an
+// unscaled norm beyond float32's range (within it, no element can exceed it; clipping brings
+// every element within max_grad_norm).
 FASTOPT_HD StepControl step_control(float inv, double sumsq, int64_t nonfinite, bool skip_nonfinite,
                                     double max_grad_norm) {
   const double norm = std::sqrt(sumsq) * double(inv);
@@ -35,7 +36,7 @@ FASTOPT_HD StepControl step_control(float inv, double sumsq, int64_t nonfinite, 
                                                : float(max_grad_norm / norm);
     factor = factor * (1.0f < coef ? 1.0f : coef);  // min(coef, 1) as Python's min: NaN stays
   }
-  const bool overflow = max_grad_norm <= 0 && norm > double(FLT_MAX);
+  const bool overflow = max_grad_norm <= 0 && inv > 1.0f && norm > double(FLT_MAX);
   return {norm, factor, skip_nonfinite && (nonfinite > 0 || overflow)};
 }
 
