@@ -1,12 +1,24 @@
 """GPU tests carry the ``cuda`` marker: they run where fastopt's CUDA engine and a device
-are present, and are skipped (and reported as skipped) everywhere else."""
+are present, and are skipped (and reported as skipped) everywhere else; with
+``FASTOPT_REQUIRE_CUDA=1`` (the GPU check) a missing engine fails the run instead.
+
+Kernels load eagerly (CUDA_MODULE_LOADING=EAGER, read when CUDA initialises, after this runs):
+with lazy loading the first launch of each kernel synchronises, which the tests that a step
+never waits for the GPU would take for a wait."""
+
+import os
 
 import pytest
 
-import fastopt
+os.environ.setdefault("CUDA_MODULE_LOADING", "EAGER")
+
+import fastopt  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
+    if os.environ.get("FASTOPT_REQUIRE_CUDA") == "1":
+        fastopt.cuda.engine()  # raises with the reason the engine is missing
+        return
     if fastopt.cuda_available():
         return
     skip = pytest.mark.skip(reason="no CUDA GPU (or fastopt's CUDA engine not built)")

@@ -10,7 +10,7 @@ import pytest
 
 import fastopt
 from fastopt.lamb import LAMB
-from registry import (U, assert_bits_equal, case_by_id, exact_sumsq, grad_steps, norm_error, random_params, refill,
+from registry import (U, assert_bits_equal, exact_sumsq, grad_steps, norm_error, random_params, refill,
                       supported_isas)
 from registry import isa_switch  # noqa: F401  (a fixture)
 

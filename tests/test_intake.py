@@ -798,3 +798,62 @@ def test_torch_negative_view_is_refused(where):
     with pytest.raises(fastopt.TensorError, match=f"{where} 0: has PyTorch's lazy negation"):
         fastopt.SGD(params, grads, lr=1.0)
     assert torch.all(params[1] == 1)
+
+
+class HostBufferOnCuda(np.ndarray):
+    """Has the buffer protocol yet reports CUDA memory (as CuPy >= 13.6 does): never read as
+    host memory."""
+
+    def __dlpack_device__(self):
+        return (2, 0)
+
+    def __dlpack__(self, **kwargs):
+        raise AssertionError("a CUDA tensor must not be exported to the CPU engine")
+
+
+def test_buffer_protocol_object_on_cuda_goes_to_the_cuda_engine():
+    params = [np.zeros(4, np.float32).view(HostBufferOnCuda)]
+    grads = [np.zeros(4, np.float32).view(HostBufferOnCuda)]
+    if fastopt.cuda_available():
+        pytest.skip("a CUDA engine is present: these fakes hold host memory")
+    with pytest.raises(fastopt.TensorError, match="param 0: is on cuda:0, but fastopt's CUDA engine is not available"):
+        fastopt.SGD(params, grads, lr=0.1)
+
+
+class CopyingProducer:
+    """A DLPack producer that hands over a copy (DLPack 1.x's is-copied flag)."""
+
+    def __init__(self, array):
+        self.array = array
+
+    def __dlpack_device__(self):
+        return (1, 0)
+
+    def __dlpack__(self, **kwargs):
+        return self.array.__dlpack__(max_version=(1, 0), copy=True)
+
+
+def test_copied_capsule_refused():
+    with pytest.raises(fastopt.TensorError, match="param 0: its producer exported a copy"):
+        fastopt.SGD([CopyingProducer(np.zeros(4, np.float32))], [np.ones(4, np.float32)], lr=0.1)
+
+
+class OldProducer:
+    """A producer that refuses DLPack 1.x's keywords with BufferError (as torch does for some)."""
+
+    def __init__(self, array):
+        self.array = array
+
+    def __dlpack_device__(self):
+        return (1, 0)
+
+    def __dlpack__(self, **kwargs):
+        if kwargs.keys() - {"stream"}:
+            raise BufferError("no max_version here")
+        return self.array.__dlpack__()
+
+
+def test_legacy_export_after_a_buffer_error():
+    param = np.zeros(4, np.float32)
+    fastopt.SGD([OldProducer(param)], [np.ones(4, np.float32)], lr=0.5).step()
+    np.testing.assert_array_equal(param, -0.5)

@@ -108,6 +108,8 @@ class Binding:
             self._state_created(j)
         if self._engine.is_cuda and self._bound_states is not None:
             self._steps = self._device_steps()  # the new group starts from the old one's counts
+            if self._captured:  # a graph captured before may replay the old group: keep its device memory
+                self._retired.append(self._core)
         self._core = self._engine.bind(
             self.rule, self._params, self._grads, self._masters,
             [[self._state[i][n] for n in self.state_names[: need[j]]] for i, j in enumerate(self._group_of)],

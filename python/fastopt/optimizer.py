@@ -57,7 +57,8 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
             current stream) are seen by the next replay. A captured graph holds the device
             group it was captured with: switching momentum or amsgrad on or off, or loading a
             checkpoint that brings new state arrays, rebinds it, and the step must then be
-            captured again. A number ``grad_scale`` and the step options are fixed in a
+            captured again (the replaced device group stays allocated until the optimizer is
+            freed, so that an old graph replayed by mistake never touches freed memory). A number ``grad_scale`` and the step options are fixed in a
             captured step (a loss scale in device memory is read at every replay).
 
     Any group's ``lr`` may be a :mod:`fastopt.schedules` schedule instead of a number: each
@@ -154,6 +155,8 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
         self._steps = [0] * len(self.param_groups)
         self._steps_exact = True  # CUDA: whether self._steps are the device's counts
         self._bound_states: list[int] | None = None  # state streams bound per group
+        self._captured = False  # CUDA: a step was captured into a graph
+        self._retired: list = []  # CUDA: device groups replaced after a capture, kept for its replays
         self._refresh()
 
     @classmethod
@@ -255,6 +258,7 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
         diag = device_empty(like, (4, n), "float64", handle) if self._diagnostics else None
         nonfinite = device_empty(like, (n,), "int64", handle) if self._diagnostics else None
         capturing = self._engine.capturing(handle)
+        self._captured = self._captured or capturing
         host = self._steps_exact and not self._capturable and not capturing
         if host:  # the CPU engine's lrs and coefficients, at the device's step counts
             for j in self._scheduled:

@@ -8,6 +8,7 @@ namespace fastopt::dlpack {
 enum DeviceType : int32_t { kCPU = 1, kCUDA = 2, kCUDAHost = 3 };
 enum TypeCode : uint8_t { kInt = 0, kUInt = 1, kFloat = 2, kBfloat = 4, kComplex = 5, kBool = 6 };
 constexpr uint64_t kFlagReadOnly = 1ull << 0;
+constexpr uint64_t kFlagIsCopied = 1ull << 1;
 
 struct Device { int32_t device_type, device_id; };
 struct DataType { uint8_t code, bits; uint16_t lanes; };

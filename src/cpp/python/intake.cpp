@@ -200,7 +200,10 @@ void from_dlpack(py::handle obj, const std::string& name, int engine, View& v) {
     try {
       capsule = attempts[a]();
     } catch (py::error_already_set& e) {
-      if (!e.matches(PyExc_TypeError) || a == 2) fail(name, "__dlpack__ failed: " + one_line(e));
+      // An older producer refuses the newer keywords with TypeError (torch: BufferError).
+      if (!(e.matches(PyExc_TypeError) || e.matches(PyExc_BufferError)) || a == 2) {
+        fail(name, "__dlpack__ failed: " + one_line(e));
+      }
     }
   }
   const dlpack::Tensor* t = nullptr;
@@ -213,6 +216,9 @@ void from_dlpack(py::handle obj, const std::string& name, int engine, View& v) {
       fail(name, "DLPack version " + std::to_string(m->version.major) + " is not supported (expected 1.x)");
     }
     v.readonly = (m->flags & dlpack::kFlagReadOnly) != 0;
+    if (m->flags & dlpack::kFlagIsCopied) {
+      fail(name, "its producer exported a copy (DLPack's is-copied flag): an update would not reach its memory");
+    }
     t = &m->dl_tensor;
   } else if (PyCapsule_IsValid(capsule.ptr(), "dltensor")) {
     auto* m = static_cast<dlpack::ManagedTensor*>(PyCapsule_GetPointer(capsule.ptr(), "dltensor"));
@@ -271,11 +277,11 @@ const char* dtype_name(DType d) {
 }
 
 Device device_of(py::handle obj) {
-  if (PyObject_CheckBuffer(obj.ptr())) return {dlpack::kCPU, 0};
   if (is_torch_tensor(obj)) {  // torch's own properties: its __dlpack_device__ is a slow Python call
     if (obj.attr("is_cuda").cast<bool>()) return {dlpack::kCUDA, obj.attr("get_device")().cast<int>()};
     if (obj.attr("is_cpu").cast<bool>()) return {dlpack::kCPU, 0};
   }
+  // The producer's word first: CuPy arrays also have the buffer protocol (which refuses).
   if (!py::hasattr(obj, "__dlpack_device__")) return {dlpack::kCPU, 0};
   const auto dev = obj.attr("__dlpack_device__")().cast<std::pair<int, int>>();
   if (dev.first == dlpack::kCUDAHost) return {dlpack::kCPU, 0};  // pinned host memory
@@ -285,7 +291,9 @@ Device device_of(py::handle obj) {
 View intake(py::handle obj, const std::string& name, int engine) {
   View v;
   if (obj.is_none()) fail(name, "is None (a missing gradient? bind a persistent gradient buffer)");
-  if (!from_buffer(obj, name, engine, v)) from_dlpack(obj, name, engine, v);
+  // The buffer protocol only for memory on the host (NumPy, ml_dtypes' bfloat16, which has no
+  // DLPack dtype); anything a producer reports elsewhere goes through DLPack.
+  if (device_of(obj).type != dlpack::kCPU || !from_buffer(obj, name, engine, v)) from_dlpack(obj, name, engine, v);
   return v;
 }
 
