@@ -1,0 +1,26 @@
+"""A pytest plugin for the GPU check (``-p test_timeout`` with this folder on PYTHONPATH): a test
+that runs past FASTOPT_TEST_TIMEOUT seconds (default 120) fails with TimeoutError, so that one
+hung test cannot take the whole check's time. (A kernel that never returns is not interrupted:
+the check's overall timeout ends that.)"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+LIMIT = int(os.environ.get("FASTOPT_TEST_TIMEOUT", "120"))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    def expire(signum, frame):
+        raise TimeoutError(f"{item.nodeid} ran past {LIMIT} s")
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(LIMIT)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
