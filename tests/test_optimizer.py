@@ -946,7 +946,7 @@ def test_pickle_and_copy_are_refused_naming_the_optimizer(how):
     import pickle
     opt = fastopt.AdamW([np.ones(3, np.float32)], [np.ones(3, np.float32)])
     do = {"pickle": pickle.dumps, "deepcopy": copy.deepcopy, "copy": copy.copy}[how]
-    with pytest.raises(TypeError, match="a AdamW cannot be pickled or copied"):
+    with pytest.raises(TypeError, match="this AdamW cannot be pickled or copied"):
         do(opt)
     assert copy.deepcopy(opt.param_groups)[0]["lr"] == opt.lr  # its groups copy as plain dicts
 
@@ -970,12 +970,31 @@ def test_step_count_beyond_int64_is_refused_at_load():
         opt.load_state_dict(sd)
     assert opt.steps == [1]
     opt.step()
+    sd["state"][0]["step"] = 2**63 - 2  # the most a checkpoint may hold: one more step fits
+    opt.load_state_dict(sd)
+    opt.step()
+    with pytest.raises(OverflowError, match=r"the step count reached 2\*\*63 - 1"):
+        opt.step()
+
+
+def test_state_dict_refused_while_another_thread_steps():
+    opt = fastopt.Adam([np.ones(3, np.float32)], [np.ones(3, np.float32)])
+    opt._busy.acquire()  # as a step running in another thread holds it
+    try:
+        with pytest.raises(RuntimeError, match="Adam.state_dict: this optimizer is stepping in another thread"):
+            opt.state_dict()
+    finally:
+        opt._busy.release()
 
 
 def test_set_num_threads_bounds_and_keeps_its_count():
     before = fastopt.get_num_threads()
     for n in (0, 10**6):
         with pytest.raises(ValueError, match="num_threads must be in"):
+            fastopt.set_num_threads(n)
+        assert fastopt.get_num_threads() == before
+    for n in (2.9, True, "2"):
+        with pytest.raises(TypeError):
             fastopt.set_num_threads(n)
         assert fastopt.get_num_threads() == before
 

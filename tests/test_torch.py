@@ -397,16 +397,37 @@ def twin_runs(setup, mutate, steps=(3, 3), name="Adam", **kw):
     return out
 
 
+def first(model):
+    return next(iter(model.parameters()))
+
+
 STATE_RESETS = {
     "state.clear()": lambda m, o: o.state.clear(),
     "state = defaultdict(dict)": lambda m, o: setattr(o, "state", __import__("collections").defaultdict(dict)),
-    "del state[p]": lambda m, o: o.state.pop(next(iter(m.parameters()))),
+    "del state[p]": lambda m, o: o.state.pop(first(m)),
+    "state[p] = {}": lambda m, o: o.state.__setitem__(first(m), {}),
+    "state[p].clear()": lambda m, o: o.state[first(m)].clear(),
+    "state[p][exp_avg] = zeros": lambda m, o: o.state[first(m)].__setitem__("exp_avg", torch.zeros_like(first(m))),
+    "state[p][step] = 0": lambda m, o: o.state[first(m)].__setitem__("step", torch.tensor(0.0)),
 }
 
 
 @pytest.mark.parametrize("reset", STATE_RESETS)
 def test_state_reset_by_the_user_starts_afresh(reset):
     theirs, ours = twin_runs(mlp, STATE_RESETS[reset])
+    for a, b in zip(theirs, ours):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+PARAM_LIST_EDITS = {
+    "insert": lambda m, o: o.param_groups[0]["params"].insert(0, torch.nn.Parameter(torch.ones(3))),
+    "pop": lambda m, o: o.param_groups[0]["params"].pop(0),
+}
+
+
+@pytest.mark.parametrize("edit", PARAM_LIST_EDITS)
+def test_param_list_edited_in_place(edit):
+    theirs, ours = twin_runs(mlp, PARAM_LIST_EDITS[edit], steps=(5, 3))
     for a, b in zip(theirs, ours):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
 
@@ -505,8 +526,9 @@ def test_torch_options_accepted_or_refused():
 
 
 @pytest.mark.parametrize("entry, message", [
-    ({"step": torch.tensor(-2.0)}, "step must be a whole number >= 0"),
-    ({"step": torch.tensor(float("nan"))}, "step must be a whole number >= 0"),
+    ({"step": torch.tensor(-2.0)}, "step must be a whole number in"),
+    ({"step": torch.tensor(float("nan"))}, "step must be a whole number in"),
+    ({"step": 2**63 - 1}, "step must be a whole number in"),
     ({"step": torch.tensor(3.0), "exp_avg": torch.zeros(3)}, "lacks exp_avg_sq at step 3"),
 ])
 def test_bad_checkpoint_entries_refused(entry, message):
@@ -538,3 +560,31 @@ def test_replaced_grad_errors_name_the_param_by_its_place():
     params[2].grad = torch.ones(8)[::2]  # a strided view
     with pytest.raises(fastopt.TensorError, match="^grad 2: is not C-contiguous"):
         opt.step()
+
+
+def test_model_weights_loaded_after_an_optimizer_checkpoint_are_kept():
+    """opt.load_state_dict(a checkpoint with master weights), then model.load_state_dict(other
+    weights): the next step starts from the model's weights, not the checkpoint's masters."""
+    torch.manual_seed(0)
+    model = mlp().to(torch.bfloat16)
+    opt = ft.SGD(model.parameters(), lr=0.0, master_weights=True)
+    model(torch.ones(1, 6, dtype=torch.bfloat16)).sum().backward()
+    opt.step()
+    ckpt = opt.state_dict()
+    opt = ft.SGD(model.parameters(), lr=0.0, master_weights=True)
+    opt.load_state_dict(ckpt)
+    with torch.no_grad():
+        model.load_state_dict({k: torch.full_like(v, 0.25) for k, v in model.state_dict().items()})
+    opt.step()
+    assert all(torch.all(p == 0.25) for p in model.parameters())
+
+
+def test_one_thread_at_a_time():
+    opt = ft.Adam([torch.nn.Parameter(torch.ones(3))])
+    opt._busy.acquire()  # as a step running in another thread holds it
+    try:
+        for call in (opt.step, opt.state_dict, lambda: opt.load_state_dict({})):
+            with pytest.raises(RuntimeError, match="stepping in another thread"):
+                call()
+    finally:
+        opt._busy.release()

@@ -6,6 +6,8 @@ pass over memory, for any number of tensors, with AVX2/AVX-512 kernels chosen at
 
 from __future__ import annotations
 
+import operator
+
 from . import _core, functional, norms, schedules
 from ._core import MemoryMoved, TensorError
 from .catalog import OPTIMIZERS
@@ -38,8 +40,11 @@ def cpu_isa() -> str:
 
 def set_num_threads(n: int) -> None:
     """Sets the number of CPU threads a step uses (default: the cores available; 1 to 4 per
-    CPU, ValueError outside; RuntimeError, and the count unchanged, if the system refuses)."""
-    _core.set_num_threads(int(n))
+    CPU, ValueError outside; TypeError for a non-integer; RuntimeError, and the count
+    unchanged, if the system refuses)."""
+    if isinstance(n, bool):
+        raise TypeError(f"n must be an integer, got {n!r}")
+    _core.set_num_threads(operator.index(n))
 
 
 def get_num_threads() -> int:

@@ -26,7 +26,11 @@ class Checkpoints:
 
     def state_dict(self) -> dict[str, Any]:
         """A snapshot: copies of the state arrays (on the params' device), hyperparameters and
-        step counts."""
+        step counts (RuntimeError while another thread steps this optimizer: the copy would
+        be torn)."""
+        return self._alone("state_dict", self._state_dict)
+
+    def _state_dict(self) -> dict[str, Any]:
         if self._engine.is_cuda:
             self._steps = self._device_steps()
         state: dict[int, dict[str, Any]] = {}

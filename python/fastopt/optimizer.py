@@ -22,6 +22,19 @@ from .step_options import StepOptions
 __all__ = ["Optimizer", "ParamGroup", "StepResult", "Diagnostics", "real", "flag", "betas"]
 
 
+def alone(lock: threading.Lock, name: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """fn(*args) holding an optimizer's ``lock``, or RuntimeError at once (naming the call,
+    ``name``) if another thread holds it: a step releases the GIL, and a second call would race
+    it on the same arrays."""
+    if not lock.acquire(False):
+        raise RuntimeError(f"{name}: this optimizer is stepping in another thread; "
+                           "step one optimizer from one thread at a time")
+    try:
+        return fn(*args)
+    finally:
+        lock.release()
+
+
 class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
     """Base of fastopt's optimizers: binds params, grads and state once, steps many times.
 
@@ -166,18 +179,10 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
         return {}
 
     def _alone(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
-        """fn(*args) with the optimizer to itself, or RuntimeError at once if a step runs in
-        another thread (a step releases the GIL: another thread's call would race it)."""
-        if not self._busy.acquire(False):
-            raise RuntimeError(f"{type(self).__name__}.{what}: this optimizer is stepping in another thread; "
-                               "step one optimizer from one thread at a time")
-        try:
-            return fn(*args)
-        finally:
-            self._busy.release()
+        return alone(self._busy, f"{type(self).__name__}.{what}", fn, *args)
 
     def __reduce_ex__(self, protocol: Any) -> Any:
-        raise TypeError(f"a {type(self).__name__} cannot be pickled or copied: it is bound to its arrays, which it "
+        raise TypeError(f"this {type(self).__name__} cannot be pickled or copied: it is bound to its arrays, which it "
                         "updates in place; save state_dict() and load it into a new optimizer")
 
     def _rule_steps(self) -> list[int]:
@@ -212,6 +217,8 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
         if callable(grad_scale):
             raise TypeError(f"{type(self).__name__}.step takes no closure (torch.optim's step(closure)): "
                             "compute the loss and the grads before calling step()")
+        if self._steps and max(self._steps) >= 2**63 - 1:  # the next rule step would not fit in int64
+            raise OverflowError(f"{type(self).__name__}.step: the step count reached 2**63 - 1, the most it can hold")
         if self._stale:
             self._refresh()
         skip = self._skip_nonfinite if skip_nonfinite is None else flag("skip_nonfinite", skip_nonfinite)

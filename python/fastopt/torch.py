@@ -18,8 +18,10 @@ the new ``Parameter``, with the old one's state.
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
+import threading
 from collections import defaultdict
 import re
 import warnings
@@ -31,6 +33,7 @@ import torch
 from . import _core
 from .catalog import OPTIMIZERS
 from .optimizer import Optimizer as _Bound
+from .optimizer import alone
 
 __all__ = ["Optimizer", *(cls.__name__ for cls in OPTIMIZERS)]
 
@@ -67,7 +70,10 @@ class Optimizer(torch.optim.Optimizer):
                          "clip_value": clip_value, "skip_nonfinite": skip_nonfinite}
         self._unbind()
         self.last_step = None
+        self._busy = threading.Lock()  # held by step, state_dict and load_state_dict
         super().__init__(params, defaults)
+        self._changed = [False]
+        self.state = _State(self._changed, self.state)
         _watch_replacements(self)
 
     def _unbind(self) -> None:
@@ -87,6 +93,8 @@ class Optimizer(torch.optim.Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:  # unpickled or deep-copied: bind afresh
         super().__setstate__(state)
+        self._busy = threading.Lock()
+        self._changed = self.state._changed if isinstance(self.state, _State) else [False]
         self._unbind()
         self.last_step = None
         _watch_replacements(self)
@@ -122,7 +130,11 @@ class Optimizer(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
         """One fused step over every param that has a grad; returns ``closure()``'s loss (the
-        closure runs first, with grad enabled), as torch.optim."""
+        closure runs first, with grad enabled), as torch.optim. One thread at a time: a step,
+        ``state_dict`` or ``load_state_dict`` while another thread steps raises RuntimeError."""
+        return alone(self._busy, f"{type(self).__name__}.step", self._step, closure)
+
+    def _step(self, closure: Any) -> Any:
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -157,10 +169,11 @@ class Optimizer(torch.optim.Optimizer):
         return loss
 
     def _state_unchanged(self) -> bool:
-        """Whether ``self.state`` is the mapping bound, with as many entries (``state.clear()``,
-        a new ``state``, ``del state[p]``: the user reset some state, which then starts afresh)."""
+        """Whether ``self.state`` is the mapping bound, unchanged by the user since (a new
+        ``state``, ``state.clear()``, ``state[p] = {}``, a state tensor or ``"step"`` replaced:
+        the next step binds what the state then holds; state removed starts afresh)."""
         bound = self._bound_state
-        return bound is not None and bound[0] is self.state and bound[1] == len(self.state)
+        return bound is not None and bound[0] is self.state and not self._changed[0]
 
     def _refresh_masters(self) -> None:
         """A param written in place since the last step (load_state_dict of its module,
@@ -175,10 +188,20 @@ class Optimizer(torch.optim.Optimizer):
         State the user reset (``opt.state.clear()``, ...) starts afresh; master weights of a
         param whose memory moved are taken from it again."""
         self._sync_counts()
-        self._counts = {p: c for p, c in self._counts.items() if self.state.get(p)}
+        if not self._state_unchanged():  # the user changed the state: it says what the counts are now
+            if not isinstance(self.state, _State):  # a new mapping: its "step" entries count
+                self.state = _State(self._changed, {p: _ParamState(self._changed, st) for p, st in self.state.items()})
+                for st in self.state.values():
+                    st.user_step = st.get("step")
+            counts = {}
+            for p, st in self.state.items():
+                if st:  # (state removed or emptied: the param starts afresh)
+                    counts[p] = self._counts.get(p, 0) if st.user_step is None else _step_count(p, st.user_step)
+                st.user_step = None
+            self._counts = counts
         for p, ptr in self._ptrs.items():
             if p in self.state and p.data_ptr() != ptr:
-                self.state[p].pop("master_param", None)
+                dict.pop(self.state[p], "master_param", None)
         self._unbind()
         self._bound_params, self._bound_grads = params, grads
         buckets: dict[tuple[int, int], list[int]] = {}
@@ -207,8 +230,12 @@ class Optimizer(torch.optim.Optimizer):
         self._inner = inner
         self._ids = {id(p) for p in params}
         self._ptrs = {params[i]: params[i].data_ptr() for i in names}
-        self._mastered = [(p, m, p._version) for p, m in zip(inner._params, inner._masters) if m is not None]
+        loaded = getattr(self, "_loaded_versions", {})
+        self._mastered = [(p, m, loaded.get(p, p._version)) for p, m in zip(inner._params, inner._masters)
+                          if m is not None]
+        self._loaded_versions = {}
         self._bound_state = (self.state, len(self.state))
+        self._changed[0] = False
         self._snapshot = [tuple(self._hypers(g).values()) for g in self.param_groups]
         self._group_of_bucket = [j for j, _ in buckets]
 
@@ -228,7 +255,7 @@ class Optimizer(torch.optim.Optimizer):
         when a step may have been skipped there)."""
         if self._inner is None:
             return
-        params = [p for g in self.param_groups for p in g["params"]]
+        params = self._bound_params
         for idx, count in zip(self._buckets, self._inner._exact_steps()):
             for i in idx:
                 self._counts[params[i]] = count
@@ -238,22 +265,29 @@ class Optimizer(torch.optim.Optimizer):
         "param_groups": [...]}``; the state tensors are the live ones, as torch.optim's. The
         step counts are written into ``self.state`` first (between calls they are kept by the
         bound groups)."""
+        return alone(self._busy, f"{type(self).__name__}.state_dict", self._state_dict)
+
+    def _state_dict(self) -> dict[str, Any]:
         self._sync_counts()
         for group in self.param_groups:
             for p in group["params"]:
                 count = self._counts.get(p, 0)
                 if count or p in self.state:
-                    self.state[p]["step"] = torch.tensor(float(count))
-                    self.state[p].update(self.fastopt_class.torch_state(self._hypers(group), count))
-        if self._bound_state is not None:
-            self._bound_state = (self.state, len(self.state))
-        return super().state_dict()
+                    st = self.state[p] if p in self.state else dict.setdefault(self.state, p, _ParamState(self._changed))
+                    dict.update(st, {"step": torch.tensor(float(count)),
+                                     **self.fastopt_class.torch_state(self._hypers(group), count)})
+        out = super().state_dict()
+        out["state"] = {k: dict(v) for k, v in out["state"].items()}  # plain dicts: torch.load's defaults take them
+        return out
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Loads a :meth:`state_dict`, or a torch.optim checkpoint of the same optimizer:
         validated before anything changes (ValueError); state tensors are copied as float32
         onto their params' devices; a missing ``"step"`` counts 1 where state is present;
         torch's derived state (NAdam's ``mu_product``) is recomputed from the step count."""
+        alone(self._busy, f"{type(self).__name__}.load_state_dict", self._load_state_dict, state_dict)
+
+    def _load_state_dict(self, state_dict: dict[str, Any]) -> None:
         for hook in self._optimizer_load_state_dict_pre_hooks.values():
             state_dict = hook(self, state_dict) or state_dict
         groups, saved = state_dict["param_groups"], state_dict["state"]
@@ -294,12 +328,98 @@ class Optimizer(torch.optim.Optimizer):
                 raise ValueError(f"param {key!r}: state_dict lacks {', '.join(missing)} at step {count}")
             state[p] = arrays
             counts[p] = count
-        self.state = defaultdict(dict, state)
+        self.state = _State(self._changed, {p: _ParamState(self._changed, st) for p, st in state.items()})
         self.param_groups[:] = new_groups
         self._counts = counts
         self._unbind()
+        self._changed[0] = True
+        # Loaded master weights hold until the param is written after this (model.load_state_dict).
+        self._loaded_versions = {p: p._version for p, st in state.items() if "master_param" in st}
         for hook in self._optimizer_load_state_dict_post_hooks.values():
             hook(self)
+
+
+class _ParamState(dict):
+    """One param's state. A change made by the user (a state tensor replaced, the dict cleared,
+    ``"step"`` set) marks the binding stale (``changed[0]``), so the next step binds what the
+    state holds then; fastopt's own writes go through ``dict``'s methods."""
+
+    def __init__(self, changed: list, *args: Any):
+        super().__init__(*args)
+        self._changed = changed
+
+    def _mark(self, result: Any = None) -> Any:
+        self._changed[0] = True
+        return result
+
+    user_step: Any = None  # a "step" the user set, which the next binding takes
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        super().__setitem__(key, value)
+        if key == "step":
+            self.user_step = value
+        self._mark()
+
+    def __delitem__(self, key: Any) -> None:
+        super().__delitem__(key)
+        self._mark()
+
+    def clear(self) -> None:
+        super().clear()
+        self._mark()
+
+    def pop(self, *args: Any) -> Any:
+        return self._mark(super().pop(*args))
+
+    def popitem(self) -> Any:
+        return self._mark(super().popitem())
+
+    def setdefault(self, *args: Any) -> Any:
+        return self._mark(super().setdefault(*args))
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        super().update(*args, **kwargs)
+        self._mark()
+
+    def __reduce__(self) -> Any:  # copies keep the shared flag
+        return (type(self), (self._changed, dict(self)))
+
+
+class _State(defaultdict):
+    """``optimizer.state``: param -> :class:`_ParamState`; adding, replacing or removing a
+    param's state marks the binding stale as well."""
+
+    def __init__(self, changed: list, *args: Any):
+        super().__init__(functools.partial(_ParamState, changed), *args)
+        self._changed = changed
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if not isinstance(value, _ParamState):
+            value = _ParamState(self._changed, value)
+            value.user_step = value.get("step")
+        super().__setitem__(key, value)
+        self._changed[0] = True
+
+    def __delitem__(self, key: Any) -> None:
+        super().__delitem__(key)
+        self._changed[0] = True
+
+    def clear(self) -> None:
+        super().clear()
+        self._changed[0] = True
+
+    def pop(self, *args: Any) -> Any:
+        value = super().pop(*args)
+        self._changed[0] = True
+        return value
+
+    def popitem(self) -> Any:
+        item = super().popitem()
+        self._changed[0] = True
+        return item
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self._changed, dict(self)))
 
 
 # torch.optim's options that fastopt's step makes moot: always fused, on any device; kept in the
@@ -318,11 +438,16 @@ def _value(v: Any) -> Any:
 
 
 def _step_count(key: Any, step: Any) -> int:
-    """A checkpoint's step (a tensor or a number) as a count, or ValueError."""
-    value = float(step)
-    if not (math.isfinite(value) and value == int(value) and 0 <= value <= 2**63 - 2):
-        raise ValueError(f"param {key!r}: step must be a whole number >= 0, got {step!r}")
-    return int(value)
+    """A step count given as a tensor or a number (a checkpoint's, or set in the state), or
+    ValueError naming ``key``."""
+    value = step.item() if torch.is_tensor(step) else step
+    if isinstance(value, float):
+        if not (math.isfinite(value) and value.is_integer()):
+            raise ValueError(f"param {key!r}: step must be a whole number in [0, 2**63 - 2], got {step!r}")
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 2**63 - 2:
+        raise ValueError(f"param {key!r}: step must be a whole number in [0, 2**63 - 2], got {step!r}")
+    return value
 
 
 class _Adopting:
@@ -347,13 +472,13 @@ class _Adopting:
 
     def _new_state(self, i: int, name: str):
         a = super()._new_state(i, name)
-        self._torch_states[i][name] = a
+        dict.__setitem__(self._torch_states[i], name, a)
         return a
 
     def _new_master(self, i: int, stream: int):
         st = self._torch_states[i]
         if "master_param" not in st:
-            st["master_param"] = super()._new_master(i, stream)
+            dict.__setitem__(st, "master_param", super()._new_master(i, stream))
         return st["master_param"]
 
 
@@ -362,7 +487,7 @@ _INNER: dict[type, type] = {}
 
 def _inner_class(cls: type[_Bound]) -> type[_Bound]:
     if cls not in _INNER:
-        _INNER[cls] = type(f"_Adopting{cls.__name__}", (_Adopting, cls), {})
+        _INNER[cls] = type(cls.__name__, (_Adopting, cls), {})  # named as the optimizer in its errors
     return _INNER[cls]
 
 
@@ -394,12 +519,12 @@ def _replaced(module: torch.nn.Module, name: str, new: Any) -> None:
                 if p is old:
                     if held:  # tied to a param it already steps: the old one is gone from the model
                         del group["params"][k]
-                        opt.state.pop(old, None)
+                        dict.pop(opt.state, old, None)
                     else:  # the new Parameter takes the old one's state (its master from itself)
                         group["params"][k] = new
                         if old in opt.state:
-                            opt.state[new] = opt.state.pop(old)
-                            opt.state[new].pop("master_param", None)
+                            dict.__setitem__(opt.state, new, dict.pop(opt.state, old))
+                            dict.pop(opt.state[new], "master_param", None)
                     if old in opt._counts:
                         count = opt._counts.pop(old)
                         if not held:
