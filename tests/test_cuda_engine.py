@@ -328,6 +328,27 @@ def test_graph_replayed_after_a_rebind_touches_no_freed_memory():
     assert torch.isfinite(params[0]).all()
 
 
+def test_bound_functional_step_on_cuda():
+    """A functional form bound once steps as the per-call form does, bit for bit (issue 13:
+    the per-call form binds a device group each time)."""
+    initial = random_params(np.random.default_rng(3), SHAPES)
+    runs = []
+    for bound in (True, False):
+        params = [to_cuda(p) for p in initial]
+        grads = [torch.ones_like(p) for p in params]
+        m, v = [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params]
+        step = fastopt.functional.adamw_.bind(params, grads, m, v) if bound else None
+        for t in range(1, 6):
+            if bound:
+                step(step=t, lr=1e-2)
+            else:
+                fastopt.functional.adamw_(params, grads, m, v, step=t, lr=1e-2)
+        torch.cuda.synchronize()
+        runs.append([to_numpy(p) for p in params])
+    for a, b in zip(*runs):
+        assert_bits_equal(a, b)
+
+
 def test_capturable_rejected_on_cpu():
     with pytest.raises(ValueError, match="capturable"):
         fastopt.Adam([np.zeros(4, np.float32)], [np.zeros(4, np.float32)], capturable=True)

@@ -4,6 +4,7 @@ are checked against the optimizer classes in test_rules.py."""
 import numpy as np
 import pytest
 
+import fastopt
 from fastopt import functional as F
 
 
@@ -39,3 +40,53 @@ def test_adam_list_lengths_checked(short):
         F.adam_(params, arrays(), lists["exp_avgs"], lists["exp_avg_sqs"], step=1,
                 master_params=lists["master_params"])
     assert all((p == 1).all() for p in params)
+
+
+# ---- bound once, stepped many times (<form>.bind) ------------------------------------------
+
+
+def _arrays(n_state, seed=0):
+    rng = np.random.default_rng(seed)
+    shapes = [(5,), (3, 7)]
+    params = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    grads = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    states = [[np.zeros(s, np.float32) for s in shapes] for _ in range(n_state)]
+    return params, grads, states
+
+
+def test_bound_step_is_the_functional_step():
+    """adamw_.bind(...)(step=t, lr=...) gives the bits adamw_(..., step=t, lr=...) gives, with
+    hyperparameters changing between calls."""
+    a, b = _arrays(2), _arrays(2)
+    step = fastopt.functional.adamw_.bind(a[0], a[1], *a[2])
+    for t in range(1, 6):
+        lr = 1e-3 * t
+        step(step=t, lr=lr, weight_decay=0.1)
+        fastopt.functional.adamw_(b[0], b[1], *b[2], step=t, lr=lr, weight_decay=0.1)
+        for x, y in zip(a[0] + a[2][0] + a[2][1], b[0] + b[2][0] + b[2][1]):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_bound_step_needs_the_state_its_hyperparameters_use():
+    params, grads, states = _arrays(2)
+    step = fastopt.functional.adam_.bind(params, grads, *states)
+    before = [p.copy() for p in params]
+    with pytest.raises(ValueError, match="amsgrad needs max_exp_avg_sqs, which were not bound"):
+        step(step=1, lr=0.1, amsgrad=True)
+    with pytest.raises(TypeError, match="step= is required"):
+        step(lr=0.1)
+    with pytest.raises(TypeError, match="unknown hyperparameters"):
+        step(step=1, lr_max=0.1)
+    for p, q in zip(params, before):
+        np.testing.assert_array_equal(p, q)
+    sgd = fastopt.functional.sgd_.bind(params, grads)
+    with pytest.raises(ValueError, match="momentum_buffers, which were not bound"):
+        sgd(step=1, lr=0.1, momentum=0.9)
+
+
+def test_bind_validates_at_bind_time():
+    params, grads, states = _arrays(2)
+    with pytest.raises(fastopt.TensorError, match="exp_avg_sq 1: shape"):
+        fastopt.functional.adam_.bind(params, grads, states[0], [states[1][0], np.zeros(4, np.float32)])
+    with pytest.raises(ValueError, match="got 2 params but 1 exp_avgs"):
+        fastopt.functional.adam_.bind(params, grads, states[0][:1], states[1])

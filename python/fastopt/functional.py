@@ -4,6 +4,11 @@ Each call binds the given arrays (validating them as an optimizer does) and runs
 kernels as the optimizer classes. Nothing is allocated; every array is updated in place.
 CUDA arrays (PyTorch, CuPy, any DLPack tensor) run on the CUDA engine, enqueued on the
 current stream of their library.
+
+In a loop, bind once: ``step = adamw_.bind(params, grads, exp_avgs, exp_avg_sqs)`` validates
+and binds the arrays (on CUDA: the device table, allocated and uploaded once), then
+``step(step=t, lr=...)`` runs the same update as ``adamw_(..., step=t, lr=...)`` with no
+binding per call: on CUDA one launch, no allocation, no host synchronisation.
 """
 
 from __future__ import annotations
@@ -15,29 +20,56 @@ from .catalog import OPTIMIZERS
 from .engine import engine_for
 from .optimizer import Optimizer
 
-def _run(cls, h, params, grads, states, names, master_params, step: int) -> None:
-    n = len(params)
-    for s, name in zip(states, names):
-        if len(s) != n:
-            raise ValueError(f"got {n} params but {len(s)} {name}s")
-    masters = list(master_params) if master_params is not None else [None] * n
-    if len(masters) != n:
-        raise ValueError(f"got {n} params but {len(masters)} master_params")
-    per_param = [[s[i] for s in states] for i in range(n)]
-    engine = engine_for(params[0] if n else None)
-    group = engine.bind(cls.rule, params, grads, masters, per_param, names, [n])
-    engine.step(group, [h], [int(step)], None, params[0] if n else None)
+class BoundStep:
+    """A functional form's arrays bound once (``<form>.bind(...)``); calling it with ``step=``
+    and hyperparameters (the form's keywords and defaults) runs one update in place. The
+    hyperparameters may change from call to call, but not beyond the state bound (amsgrad
+    needs ``max_exp_avg_sqs`` bound, ...): ValueError then, before anything is written."""
+
+    def __init__(self, cls: type[Optimizer], params, grads, given: Mapping[str, Any], master_params,
+                 keywords: Mapping[str, Any]):
+        self._cls, self._keywords = cls, dict(keywords)
+        n = len(params)
+        names = []
+        for name in cls.state_names:  # the state bound: the lists given, a prefix of state_names
+            if given[name] is None:
+                break
+            names.append(name)
+        states = [list(given[name]) for name in names]
+        for s, name in zip(states, names):
+            if len(s) != n:
+                raise ValueError(f"got {n} params but {len(s)} {_state_arg(cls, name)}")
+        masters = list(master_params) if master_params is not None else [None] * n
+        if len(masters) != n:
+            raise ValueError(f"got {n} params but {len(masters)} master_params")
+        self._like = params[0] if n else None
+        self._engine = engine_for(self._like)
+        self._bound = names
+        self._group = self._engine.bind(cls.rule, list(params), list(grads), masters,
+                                        [[s[i] for s in states] for i in range(n)], cls.state_names, [n])
+
+    def __call__(self, *, step: int | None = None, **kwargs: Any) -> None:
+        unknown = set(kwargs) - set(self._keywords)
+        if unknown:
+            raise TypeError(f"unknown hyperparameters {sorted(unknown)}")
+        cls = self._cls
+        if step is None:
+            if cls.step_dependent:
+                raise TypeError("step= is required: the update depends on the step count")
+            step = 1
+        h = cls._to_hyper({**cls.default_hypers(), **_betas(cls, {**self._keywords, **kwargs})})  # validates first
+        for name in cls.state_names[len(self._bound):h.num_state()]:
+            raise ValueError(f"{cls.optional_state[name]} needs {_state_arg(cls, name)}, which were not bound")
+        self._engine.step(self._group, [h], [int(step)], None, self._like)
 
 
-def _stateful(cls: type[Optimizer], params, grads, given: Mapping[str, Any], step, master_params, hypers) -> None:
-    """Runs ``cls``'s rule with the state lists its hyperparameters bind: a prefix of
-    ``cls.state_names``; ``given`` maps each name to the caller's list (or None)."""
-    h = cls._to_hyper({**cls.default_hypers(), **hypers})  # validates first
-    names = cls.state_names[:h.num_state()]
-    for name in names:
-        if given[name] is None:
-            raise ValueError(f"{cls.optional_state[name]} needs {_state_arg(cls, name)}")
-    _run(cls, h, params, grads, [list(given[name]) for name in names], cls.state_names, master_params, step)
+def _betas(cls: type[Optimizer], hypers: dict[str, Any]) -> dict[str, Any]:
+    """The functional keywords as the class's hyperparameters (beta1, beta2 as betas)."""
+    if "betas" not in cls.hyper_defaults:
+        return hypers
+    out = dict(hypers)
+    out["betas"] = (out.pop("beta1"), out.pop("beta2"))
+    return out
 
 
 def _state_arg(cls: type[Optimizer], name: str) -> str:
@@ -97,6 +129,19 @@ def _functional_form(cls: type[Optimizer]) -> Callable[..., None]:
     args.append(P("master_params", P.KEYWORD_ONLY, default=None))
     signature = inspect.Signature(args)
 
+    arrays = inspect.Signature([p for p in args if p.kind is P.POSITIONAL_OR_KEYWORD] +
+                               [P("master_params", P.KEYWORD_ONLY, default=None)])
+
+    def bind(*args: Any, **kwargs: Any) -> BoundStep:
+        try:
+            bound = arrays.bind(*args, **kwargs)
+        except TypeError as e:
+            raise TypeError(f"{form.__name__}.bind() {e}") from None
+        bound.apply_defaults()
+        a = bound.arguments
+        given = {name: a[_state_arg(cls, name)] for name in cls.state_names}
+        return BoundStep(cls, a["params"], a["grads"], given, a["master_params"], keywords)
+
     def form(*args: Any, **kwargs: Any) -> None:
         try:
             bound = signature.bind(*args, **kwargs)
@@ -104,19 +149,27 @@ def _functional_form(cls: type[Optimizer]) -> Callable[..., None]:
             raise TypeError(f"{form.__name__}() {e}") from None
         bound.apply_defaults()
         a = bound.arguments
-        hypers = {k: a[k] for k in keywords}
-        if "betas" in cls.hyper_defaults:
-            hypers["betas"] = (hypers.pop("beta1"), hypers.pop("beta2"))
         given = {name: a[_state_arg(cls, name)] for name in cls.state_names}
-        _stateful(cls, a["params"], a["grads"], given, a["step"], a["master_params"], hypers)
+        hypers = {k: a[k] for k in keywords}
+        h = cls._to_hyper({**cls.default_hypers(), **_betas(cls, hypers)})  # validates first
+        for name in cls.state_names[:h.num_state()]:
+            if given[name] is None:
+                raise ValueError(f"{cls.optional_state[name]} needs {_state_arg(cls, name)}")
+        given = {name: (given[name] if i < h.num_state() else None) for i, name in enumerate(cls.state_names)}
+        BoundStep(cls, a["params"], a["grads"], given, a["master_params"], keywords)(step=a["step"], **hypers)
 
     form.__name__ = form.__qualname__ = cls.__name__.lower() + "_"
     form.__module__ = __name__
     form.__doc__ = _doc(cls, keywords)
     form.__signature__ = signature  # type: ignore[attr-defined]
+    bind.__name__ = bind.__qualname__ = "bind"
+    bind.__doc__ = (f"Binds the arrays of :func:`{form.__name__}` once (validated as it validates them); returns "
+                    f"a :class:`BoundStep`: call it with step= and the hyperparameters.")
+    bind.__signature__ = arrays  # type: ignore[attr-defined]
+    form.bind = bind  # type: ignore[attr-defined]
     return form
 
 
 FORMS: dict[str, Callable[..., None]] = {f.__name__: f for f in map(_functional_form, OPTIMIZERS)}
 globals().update(FORMS)
-__all__ = list(FORMS)
+__all__ = [*FORMS, "BoundStep"]
