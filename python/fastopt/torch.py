@@ -81,7 +81,7 @@ class Optimizer(torch.optim.Optimizer):
         self._buckets: list[list[int]] = []  # the flat params of each bound group
         self._bound_params: list[Any] = []
         self._bound_grads: list[Any] = []
-        self._bound_state: tuple[Any, int] | None = None  # self.state and its length when bound
+        self._bound_state: Any = None  # the self.state mapping bound
         self._ptrs: dict[Any, int] = {}  # each bound param's data_ptr when bound
         self._mastered: list[tuple[Any, Any, int]] = []  # (param, its master, its _version after a step)
         self._snapshot: list[tuple] = []
@@ -172,8 +172,7 @@ class Optimizer(torch.optim.Optimizer):
         """Whether ``self.state`` is the mapping bound, unchanged by the user since (a new
         ``state``, ``state.clear()``, ``state[p] = {}``, a state tensor or ``"step"`` replaced:
         the next step binds what the state then holds; state removed starts afresh)."""
-        bound = self._bound_state
-        return bound is not None and bound[0] is self.state and not self._changed[0]
+        return self._bound_state is self.state and not self._changed[0]
 
     def _refresh_masters(self) -> None:
         """A param written in place since the last step (load_state_dict of its module,
@@ -234,7 +233,7 @@ class Optimizer(torch.optim.Optimizer):
         self._mastered = [(p, m, loaded.get(p, p._version)) for p, m in zip(inner._params, inner._masters)
                           if m is not None]
         self._loaded_versions = {}
-        self._bound_state = (self.state, len(self.state))
+        self._bound_state = self.state
         self._changed[0] = False
         self._snapshot = [tuple(self._hypers(g).values()) for g in self.param_groups]
         self._group_of_bucket = [j for j, _ in buckets]
