@@ -456,7 +456,7 @@ def _arrays(n=2, value=1.0):
     (lambda p, g: F.rmsprop_(p, g, _arrays(), centered=True), "momentum > 0 or centered needs momentum_buffers"),
     (lambda p, g: F.rmsprop_(p, g, _arrays(), _arrays(), centered=True), "centered needs grad_avgs"),
     (lambda p, g: F.adabelief_(p, g, _arrays(), _arrays(), step=1, amsgrad=True), "amsgrad needs max_exp_avg_vars"),
-    (lambda p, g: F.adagrad_(p, g, _arrays(1), step=1), "got 2 params but 1 sum"),
+    (lambda p, g: F.adagrad_(p, g, _arrays(1), step=1), "got 2 params but 1 state_sums"),
     (lambda p, g: F.nadam_(p, g, _arrays(), _arrays(3), step=1), "got 2 params but 3 exp_avg_sq"),
     (lambda p, g: F.lion_(p, g, _arrays(), lr=-1.0), "lr must be finite and >= 0"),
     (lambda p, g: F.radam_(p, g, _arrays(), _arrays(), step=0), "step must be >= 1"),
