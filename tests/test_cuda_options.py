@@ -289,3 +289,29 @@ def test_capture_with_schedule_options_and_scaler():
     assert scaler.state_dict() == plain_scaler.state_dict()
     for i, (p, q) in enumerate(zip(params, plain_params)):
         assert torch.equal(p, q), f"param {i}"
+
+
+def test_skip_nonfinite_keeps_host_counts_exact_and_bits_equal():
+    """NAdam under a cosine schedule with skip_nonfinite, 300 steps, every third one poisoned:
+    each step's skip decision comes back to the host in the background, so the host keeps the
+    exact counts and computes the coefficients as the CPU engine does (before: after the first
+    skip the device's pow/exp took over, which may differ from glibc's in the last bit)."""
+    shapes = [(33,), (4, 17)]
+    kwargs = dict(lr=S.warmup_cosine(2e-3, warmup_steps=10, total_steps=300), skip_nonfinite=True)
+    rng = np.random.default_rng(5)
+    params = random_params(rng, shapes)
+    grads = [np.zeros(s, np.float32) for s in shapes]
+    gparams, ggrads = [to_cuda(p) for p in params], [to_cuda(g) for g in grads]
+    cpu, gpu = fastopt.NAdam(params, grads, **kwargs), fastopt.NAdam(gparams, ggrads, **kwargs)
+    for t, gs in enumerate(grad_steps(6, shapes, 300)):
+        gs = poison(gs, t)
+        refill(grads, gs)
+        for g, v in zip(ggrads, gs):
+            g.copy_(to_cuda(v))
+        cpu.step()
+        gpu.step()
+        torch.cuda.synchronize()  # as a training loop reading its loss does
+        assert gpu._steps_exact, f"step {t}: the host lost the exact counts"
+    assert gpu.steps == cpu.steps == [200]
+    for p, g in zip(params, gparams):
+        assert_bits_equal(to_numpy(g), p)

@@ -79,15 +79,32 @@ class Binding:
             for j, s in enumerate(self._steps):
                 self._core.set_step(j, s, stream)
             self._steps_exact = True
+            self._skip_pending = False
+
+    def _settle(self) -> None:
+        """CUDA: takes the last step's skip decision where it is back on the host (it never
+        waits): a skipped step did not advance the counts. Not back yet: the host's counts are
+        no longer known to be exact (the device's are read, or used, from then on)."""
+        if not self._skip_pending:
+            return
+        self._skip_pending = False
+        skipped = self._core.poll_skip()
+        if skipped < 0:
+            self._steps_exact = False
+        elif skipped:
+            self._steps = [s - 1 for s in self._steps]
 
     def _exact_steps(self) -> list[int]:
-        """The step counts, read from the device only when a step may have been skipped there."""
+        """The step counts, read from the device only when a step may have been skipped there
+        and its decision is not back on the host."""
+        self._settle()
         return list(self._steps) if self._steps_exact else self._device_steps()
 
     def _device_steps(self) -> list[int]:
         """A CUDA group's step counts, read from the device (waits for the current stream); the
         host's counts are exact again."""
         self._steps_exact = True
+        self._skip_pending = False
         return list(self._core.read_steps(self._cuda_stream()))
 
     def _cuda_stream(self) -> int:

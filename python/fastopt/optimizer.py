@@ -169,6 +169,7 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
         self._steps_exact = True  # CUDA: whether self._steps are the device's counts
         self._bound_states: list[int] | None = None  # state streams bound per group
         self._captured = False  # CUDA: a step was captured into a graph
+        self._skip_pending = False  # CUDA: the last step's skip decision is not yet back on the host
         self._retired: list = []  # CUDA: device groups replaced after a capture, kept for its replays
         self._refresh()
 
@@ -253,9 +254,10 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
     def _step_cuda(self, inv: float, loss_scale: int, stream: Any, skip: bool) -> StepResult:
         """step() on the CUDA engine: every option decided on the device, nothing waited for.
         The coefficients are computed on the host, as the CPU engine's, while the host knows the
-        step counts (no step could have been skipped since they were last read) and the step is
-        neither capturable nor being captured (a graph replays it: it must read the device's
-        counts, lrs and schedules)."""
+        step counts (each skip decision is copied back to the host in the background, and read
+        at the next step if it has arrived: a loop that reads its loss keeps them known) and the
+        step is neither capturable nor being captured (a graph replays it: it must read the
+        device's counts, lrs and schedules)."""
         like = self._params[0]
         handle = self._engine.stream(stream, like)
         need_norm = self._max_grad_norm is not None or skip or self._report_grad_norm or self._diagnostics
@@ -266,6 +268,7 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
         nonfinite = device_empty(like, (n,), "int64", handle) if self._diagnostics else None
         capturing = self._engine.capturing(handle)
         self._captured = self._captured or capturing
+        self._settle()
         host = self._steps_exact and not self._capturable and not capturing
         if host:  # the CPU engine's lrs and coefficients, at the device's step counts
             for j in self._scheduled:
@@ -276,11 +279,14 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
                         grad_norm_out=data_ptr(norm) if need_norm else 0,
                         skipped_out=data_ptr(skipped) if need_norm else 0,
                         diagnostics=data_ptr(diag) if diag is not None else 0,
-                        nonfinite=data_ptr(nonfinite) if diag is not None else 0)
+                        nonfinite=data_ptr(nonfinite) if diag is not None else 0,
+                        track_skip=skip and not capturing)
         self._rule_steps()  # host bookkeeping only (SGD's momentum count): the device counts the steps
         self._steps = [s + 1 for s in self._steps]
-        # A skip is known on the device only; a captured step advances the counts at each replay.
-        self._steps_exact = self._steps_exact and not skip and not capturing
+        # A skip is decided on the device: its flag comes back to the host in the background
+        # (_settle); a captured step advances the counts at each replay.
+        self._skip_pending = skip and not capturing
+        self._steps_exact = self._steps_exact and not capturing
         diagnostics = None if diag is None else Diagnostics(diag[0], nonfinite, diag[2], diag[1], diag[3])
         return StepResult(norm, skipped if need_norm else False, diagnostics)
 

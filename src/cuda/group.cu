@@ -242,11 +242,22 @@ Group::Group(RuleId rule, const std::vector<TensorSlot>& slots, int device, int 
 }
 
 Group::~Group() {
+  if (skip_event_) cudaEventDestroy(static_cast<cudaEvent_t>(skip_event_));
+  if (skip_host_) cudaFreeHost(skip_host_);
   delete static_cast<Arena*>(arena_);
   delete tables_;
 }
 
-void Group::step(const StepArgs& in) const {
+int Group::poll_skip() const {
+  if (!skip_pending_) return -1;
+  const cudaError_t done = cudaEventQuery(static_cast<cudaEvent_t>(skip_event_));
+  if (done == cudaErrorNotReady) return -1;
+  check(done, "cudaEventQuery");
+  skip_pending_ = false;
+  return *skip_host_ != 0 ? 1 : 0;
+}
+
+void Group::step(const StepArgs& in) {
   StepArgs a = in;
   a.grad_norm = a.grad_norm || a.skip_nonfinite || a.max_grad_norm > 0 || a.grad_norm_out || a.skipped_out ||
                 a.diagnostics;
@@ -272,6 +283,18 @@ void Group::step(const StepArgs& in) const {
   if (a.diagnostics) {
     diagnostics_kernel<<<1, kReduceThreads, 0, s>>>(*tables_, a.diagnostics);
     check(cudaGetLastError(), "diagnostics kernel launch");
+  }
+  if (a.track_skip && control) {
+    if (!skip_host_) {
+      check(cudaHostAlloc(reinterpret_cast<void**>(&skip_host_), sizeof(int32_t), cudaHostAllocDefault), "cudaHostAlloc");
+      cudaEvent_t e;
+      check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate");
+      skip_event_ = e;
+    }
+    check(cudaMemcpyAsync(skip_host_, &tables_->control->skip, sizeof(int32_t), cudaMemcpyDeviceToHost, s),
+          "skip readback");
+    check(cudaEventRecord(static_cast<cudaEvent_t>(skip_event_), s), "cudaEventRecord");
+    skip_pending_ = true;
   }
 }
 

@@ -41,6 +41,9 @@ struct StepArgs {
   double max_grad_norm = 0;     // > 0: clip by global norm, torch's coefficient in float32
   double* grad_norm_out = nullptr;  // device: the global grad norm
   bool* skipped_out = nullptr;      // device: whether the step was skipped
+  // Copy the skip decision to pinned host memory after the step, for poll_skip(): the host's
+  // step counts stay exact without waiting for the GPU (not while capturing a graph).
+  bool track_skip = false;
   // device, 4 x num_tensors: grad norm, update norm, param norm, update/param ratio (the last
   // three NaN for a skipped step), and num_tensors non-finite grad counts; the update pass then
   // also sums updates and params.
@@ -59,7 +62,7 @@ class Group {
   // One step, enqueued on args.stream. Safe to capture in a CUDA graph: it reads lrs, step
   // counts, schedules and the loss scale from device memory when told to, so a replay sees
   // their current values.
-  void step(const StepArgs& args) const;
+  void step(const StepArgs& args);
 
   // Takes the grad pointers and dtypes of `slots` (the same tensors as bound, new grads): the
   // device table is rewritten on `stream`, in order with the steps enqueued there.
@@ -76,6 +79,10 @@ class Group {
   // already min_scale (0 after any other step).
   void update_loss_scale(float* scale, int32_t* clean_steps, int32_t* floor_skips, double growth, double backoff,
                          int32_t interval, float min_scale, void* stream) const;
+
+  // The skip decision of the last step run with track_skip: -1 while its copy to the host
+  // has not completed (never waits), else 1 (skipped) or 0; -1 again once read.
+  int poll_skip() const;
 
   // Copies the device-resident step counts (num_groups of them) to `out`, in order on
   // `stream`, and waits for them: for checkpoints, not for the step loop.
@@ -100,6 +107,9 @@ class Group {
   void* arena_ = nullptr;     // owns the device memory
   int chunk_grid_ = 1, task_grid_ = 1;  // blocks for the update pass and the reduction passes
   double* lr_ = nullptr;       // device: one per group (capturable steps)
+  int32_t* skip_host_ = nullptr;  // pinned: the last tracked skip decision (made on first use)
+  void* skip_event_ = nullptr;    // cudaEvent_t recorded after its copy
+  mutable bool skip_pending_ = false;
   int64_t* steps_ = nullptr;   // device: one per group
 };
 

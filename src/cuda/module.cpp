@@ -37,7 +37,7 @@ class CudaGroup {
   void step(py::sequence hypers, uintptr_t stream, std::optional<std::vector<int64_t>> steps, float grad_scale,
             uintptr_t loss_scale, float clip_value, bool capturable, bool grad_norm, bool skip_nonfinite,
             double max_grad_norm, uintptr_t grad_norm_out, uintptr_t skipped_out, uintptr_t diagnostics,
-            uintptr_t nonfinite) {
+            uintptr_t nonfinite, bool track_skip) {
     if (!(max_grad_norm >= 0 && max_grad_norm < 1e300)) throw std::invalid_argument("max_grad_norm must be finite and >= 0");
     if (steps && capturable) throw std::invalid_argument("a capturable step reads its step counts on the device");
     binding_.check();
@@ -62,6 +62,7 @@ class CudaGroup {
       a.skipped_out = reinterpret_cast<bool*>(skipped_out);
       a.diagnostics = reinterpret_cast<double*>(diagnostics);
       a.nonfinite = reinterpret_cast<int64_t*>(nonfinite);
+      a.track_skip = track_skip;
       py::gil_scoped_release nogil;
       group_.step(a);
     });
@@ -111,6 +112,7 @@ class CudaGroup {
     return out;
   }
 
+  int poll_skip() const { return group_.poll_skip(); }
   int device() const { return group_.device(); }
   int64_t num_chunks() const { return group_.num_chunks(); }
   int64_t num_tensors() const { return group_.num_tensors(); }
@@ -165,7 +167,9 @@ PYBIND11_MODULE(_cuda, m) {
            py::arg("grad_scale") = 1.0f, py::arg("loss_scale") = 0, py::arg("clip_value") = 0.0f,
            py::arg("capturable") = false, py::arg("grad_norm") = false, py::arg("skip_nonfinite") = false,
            py::arg("max_grad_norm") = 0.0, py::arg("grad_norm_out") = 0, py::arg("skipped_out") = 0,
-           py::arg("diagnostics") = 0, py::arg("nonfinite") = 0)
+           py::arg("diagnostics") = 0, py::arg("nonfinite") = 0, py::arg("track_skip") = false)
+      .def("poll_skip", &CudaGroup::poll_skip,
+           "The last tracked step's skip decision: -1 while not back on the host (never waits), else 1 or 0")
       .def("rebind_grads", &CudaGroup::rebind_grads, py::arg("grads"), py::arg("stream"))
       .def("set_schedule", &CudaGroup::set_schedule, py::arg("group"), py::arg("schedule"), py::arg("stream"))
       .def("update_loss_scale", &CudaGroup::update_loss_scale, py::arg("scale"), py::arg("clean_steps"),
