@@ -90,3 +90,18 @@ def test_bind_validates_at_bind_time():
         fastopt.functional.adam_.bind(params, grads, states[0], [states[1][0], np.zeros(4, np.float32)])
     with pytest.raises(ValueError, match="got 2 params but 1 exp_avgs"):
         fastopt.functional.adam_.bind(params, grads, states[0][:1], states[1])
+
+
+def test_bound_step_watches_the_callers_state():
+    """A bound form's state is the caller's: a torch state tensor moved after binding
+    (resize_ reallocates it) is refused before anything is written, as a param would be."""
+    import torch
+    params, grads = [torch.zeros(4)], [torch.ones(4)]
+    m, v = [torch.zeros(4)], [torch.zeros(4)]
+    step = fastopt.functional.adam_.bind(params, grads, m, v)
+    step(step=1, lr=0.1)
+    before = params[0].clone()
+    v[0].resize_(1 << 16)
+    with pytest.raises(fastopt.MemoryMoved, match="^exp_avg_sq 0: its memory was moved"):
+        step(step=2, lr=0.1)
+    assert torch.equal(params[0], before)

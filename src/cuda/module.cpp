@@ -68,6 +68,12 @@ class CudaGroup {
     });
   }
 
+  // The masters and state are the caller's too (a functional form bound once): watch them.
+  void watch_state() {
+    binding_.watch_state = true;
+    binding_.rewatch();
+  }
+
   // New grad tensors for some params (torch replaced their `.grad`), written into the device
   // table on `stream`; see Binding::rebind_grads.
   void rebind_grads(py::sequence grads, uintptr_t stream) {
@@ -170,6 +176,7 @@ PYBIND11_MODULE(_cuda, m) {
            py::arg("diagnostics") = 0, py::arg("nonfinite") = 0, py::arg("track_skip") = false)
       .def("poll_skip", &CudaGroup::poll_skip,
            "The last tracked step's skip decision: -1 while not back on the host (never waits), else 1 or 0")
+      .def("watch_state", &CudaGroup::watch_state, "Watch the masters and state as the params (the caller's)")
       .def("rebind_grads", &CudaGroup::rebind_grads, py::arg("grads"), py::arg("stream"))
       .def("set_schedule", &CudaGroup::set_schedule, py::arg("group"), py::arg("schedule"), py::arg("stream"))
       .def("update_loss_scale", &CudaGroup::update_loss_scale, py::arg("scale"), py::arg("clean_steps"),

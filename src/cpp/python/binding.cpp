@@ -255,11 +255,13 @@ Binding bind(py::sequence params, py::sequence grads, py::sequence masters, py::
 void Binding::rewatch() {
   watched.clear();
   has_torch = std::any_of(views.begin(), views.end(), [](const View& v) { return bool(v.torch_tensor); });
-  // The caller's params and grads: masters and state may be the optimizer's own torch
-  // tensors, which nobody else moves.
-  for (const auto* index : {&param_view, &grad_view}) {
-    for (size_t k : *index) {
-      if (views[k].torch_tensor && views[k].numel > 0) watched.push_back({k, views[k].torch_tensor, views[k].data});
+  // The caller's tensors: the params and grads, and the rest where watch_state says so (else
+  // they are the optimizer's own torch tensors, which nobody else moves).
+  std::vector<bool> callers(views.size(), watch_state);
+  for (size_t i = 0; i < param_view.size(); ++i) callers[param_view[i]] = callers[grad_view[i]] = true;
+  for (size_t k = 0; k < views.size(); ++k) {
+    if (callers[k] && views[k].torch_tensor && views[k].numel > 0) {
+      watched.push_back({k, views[k].torch_tensor, views[k].data});
     }
   }
 }

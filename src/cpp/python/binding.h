@@ -38,6 +38,9 @@ struct Binding {
   std::vector<Watched> watched;
   std::vector<BoundGrad> bound_grads;  // one per param
   bool has_torch = false;              // any view is a torch tensor: check() has work
+  // The masters and state are the caller's as well (a functional form bound once), so they are
+  // watched as the params and grads are; else they are the optimizer's own.
+  bool watch_state = false;
 
   // MemoryMoved naming the first torch tensor whose memory moved since binding, or whose param's
   // `.grad` is no longer the grad bound to it: the step would write freed memory or update

@@ -88,6 +88,12 @@ class CpuGroup {
     return run_reducer(*r);
   }
 
+  // The masters and state are the caller's too (a functional form bound once): watch them.
+  void watch_state() {
+    binding_.watch_state = true;
+    binding_.rewatch();
+  }
+
   // New grad tensors for some params (torch replaced their `.grad`); see Binding::rebind_grads.
   void rebind_grads(py::sequence grads) {
     if (binding_.rebind_grads(grads)) {
@@ -186,6 +192,7 @@ PYBIND11_MODULE(_core, m) {
            py::arg("state_names"), py::arg("group_sizes"))
       .def("step", &CpuGroup::step, py::arg("hypers"), py::arg("steps"), py::arg("grad_scale") = 1.0f,
            py::arg("clip_value") = 0.0f, py::arg("diagnose") = false)
+      .def("watch_state", &CpuGroup::watch_state, "Watch the masters and state as the params (the caller's)")
       .def("rebind_grads", &CpuGroup::rebind_grads, py::arg("grads"),
            "Binds new grad tensors where they are not the ones bound (validated; nothing changes on an error)")
       .def("sumsq", &CpuGroup::sumsq, py::arg("which"),
