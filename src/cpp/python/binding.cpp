@@ -181,8 +181,8 @@ Binding bind(py::sequence params, py::sequence grads, py::sequence masters, py::
   b.engine = engine;
   b.params = p_objs;
   b.grads = g_objs;
-  auto take = [&](const py::object& o, const std::string& nm, bool writable) -> const View& {
-    b.views.push_back(intake(o, nm, engine));
+  auto take = [&](const py::object& o, const std::string& nm, bool writable, bool watched = false) -> const View& {
+    b.views.push_back(intake(o, nm, engine, watched));
     b.names.push_back(nm);
     const View& v = b.views.back();
     if (writable && v.readonly) throw TensorError(nm + ": is read-only (fastopt updates it in place)");
@@ -206,9 +206,9 @@ Binding bind(py::sequence params, py::sequence grads, py::sequence masters, py::
     for (int64_t k = 0; k < group_sizes[j]; ++k, ++i) {
       const std::string pn = name("param", i), gn = name("grad", i);
       b.param_view.push_back(b.views.size());
-      const View& p = take(p_objs[i], pn, true);
+      const View& p = take(p_objs[i], pn, true, true);  // params and grads are watched (rewatch)
       b.grad_view.push_back(b.views.size());
-      const View& g = take(g_objs[i], gn, false);  // grads are only read
+      const View& g = take(g_objs[i], gn, false, true);  // grads are only read
       same_shape(g, p, gn, pn);
       b.bound_grads.push_back(bound_grad(p, p_objs[i], g_objs[i]));
       TensorSlot& t = slots[i];
@@ -277,7 +277,7 @@ bool Binding::rebind_grads(py::sequence new_grads) {
     if (g_objs[i].is(grads[i])) continue;
     const std::string gn = "grad " + std::to_string(i);
     if (g_objs[i].is(params[i])) throw TensorError(gn + " is the same memory as " + names[param_view[i]] + kOwnMemory);
-    View v = intake(g_objs[i], gn, engine);
+    View v = intake(g_objs[i], gn, engine, true);
     const Device d = v.device.type == dlpack::kCUDAHost ? Device{dlpack::kCPU, 0} : v.device;  // as device_of
     if (!(d == device)) {
       throw TensorError(gn + " is on " + d.str() + " but the group is on " + device.str() +

@@ -288,9 +288,36 @@ Device device_of(py::handle obj) {
   return {dev.first, dev.second};
 }
 
-View intake(py::handle obj, const std::string& name, int engine) {
+// A watched torch tensor on the plain path (a float dtype fastopt takes, contiguous, no lazy
+// sign bits), read through torch's attributes; false for anything else, which DLPack reads
+// (and reports).
+bool from_torch(py::handle obj, const std::string& name, int engine, View& v) {
+  static const py::handle torch = py::module_::import("torch").release();
+  static const py::handle dtypes[3] = {py::object(torch.attr("float32")).release(),
+                                       py::object(torch.attr("float16")).release(),
+                                       py::object(torch.attr("bfloat16")).release()};
+  const py::object dtype = obj.attr("dtype");
+  int d = 0;
+  while (d < 3 && !dtype.is(dtypes[d])) ++d;
+  if (d == 3 || obj.attr("is_neg")().cast<bool>() || obj.attr("is_conj")().cast<bool>() ||
+      !obj.attr("is_contiguous")().cast<bool>()) {
+    return false;
+  }
+  v.device = device_of(obj);
+  check_engine_device(v.device, engine, name, "is on ");
+  v.dtype = d == 0 ? DType::f32 : d == 1 ? DType::f16 : DType::bf16;
+  for (py::handle n : obj.attr("shape")) v.shape.push_back(n.cast<int64_t>());
+  v.numel = product(v.shape);
+  v.data = reinterpret_cast<void*>(obj.attr("data_ptr")().cast<uintptr_t>());
+  v.torch_tensor = py::reinterpret_borrow<py::object>(obj);
+  v.owner = std::make_shared<py::object>(v.torch_tensor);  // released with the GIL held, as views are
+  return true;
+}
+
+View intake(py::handle obj, const std::string& name, int engine, bool watched) {
   View v;
   if (obj.is_none()) fail(name, "is None (a missing gradient? bind a persistent gradient buffer)");
+  if (watched && is_torch_tensor(obj) && from_torch(obj, name, engine, v)) return v;
   // The buffer protocol only for memory on the host (NumPy, ml_dtypes' bfloat16, which has no
   // DLPack dtype); anything a producer reports elsewhere goes through DLPack.
   if (device_of(obj).type != dlpack::kCPU || !from_buffer(obj, name, engine, v)) from_dlpack(obj, name, engine, v);

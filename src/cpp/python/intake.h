@@ -55,7 +55,12 @@ Device device_of(pybind11::handle obj);
 
 // Reads `obj`; `name` (like "param 3") prefixes any error message. `engine` is the device
 // type of the engine that will use it (DLPack: 1 CPU, 2 CUDA); memory elsewhere is rejected.
-View intake(pybind11::handle obj, const std::string& name, int engine = 1);
+//
+// With `watched` (the caller promises that the binding checks this tensor before every step:
+// a param or a grad), a PyTorch tensor is read through torch's own attributes instead of a
+// DLPack export (microseconds each): the view then holds the tensor, not its storage, so
+// memory torch swaps out may be freed; Binding::check sees that before any step touches it.
+View intake(pybind11::handle obj, const std::string& name, int engine = 1, bool watched = false);
 
 const char* dtype_name(DType d);
 
