@@ -14,7 +14,7 @@ namespace {
 const char* kOwnMemory = " (every tensor of a group must have its own memory)";
 
 struct Named {
-  std::string name;
+  const std::string* name;  // in Binding::names, or the new grad's
   size_t order;  // position in the bind order, to name the later tensor first
   const View* view;
 };
@@ -38,7 +38,7 @@ void check_overlap(std::vector<Named> all) {
       const bool same = n.view->data == reach->view->data && n.view->nbytes() == reach->view->nbytes();
       const Named& later = n.order > reach->order ? n : *reach;
       const Named& earlier = n.order > reach->order ? *reach : n;
-      throw TensorError(later.name + (same ? " is the same memory as " : " overlaps ") + earlier.name + kOwnMemory);
+      throw TensorError(*later.name + (same ? " is the same memory as " : " overlaps ") + *earlier.name + kOwnMemory);
     }
     if (!reach || end_of(n) > end_of(*reach)) reach = &n;
   }
@@ -95,7 +95,7 @@ BoundGrad bound_grad(const View& p, const py::object& param, const py::object& g
 std::vector<Named> named_views(const Binding& b, const std::vector<const View*>& replacing) {
   std::vector<Named> named;
   for (size_t k = 0; k < b.views.size(); ++k) {
-    named.push_back({b.names[k], k, k < replacing.size() && replacing[k] ? replacing[k] : &b.views[k]});
+    named.push_back({&b.names[k], k, k < replacing.size() && replacing[k] ? replacing[k] : &b.views[k]});
   }
   return named;
 }
