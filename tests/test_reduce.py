@@ -56,8 +56,8 @@ def test_matches_canonical_order_exactly(dtype):
         assert s == pytest.approx(exact_sumsq([x]), rel=sumsq_error(n) + U["float64"], abs=0), f"size {n}"
 
 
-def test_bit_identical_across_isas_and_threads(isa_switch):
-    xs = tensors([5, 4097, 2 * SUPER + 3, 100] * 3, seed=1)
+def sums_everywhere(xs, isa_switch):
+    """_core.sumsq(xs) on every ISA this CPU has, with 1 and 2 threads."""
     results = []
     for isa in supported_isas():
         isa_switch(isa)
@@ -65,6 +65,11 @@ def test_bit_identical_across_isas_and_threads(isa_switch):
             fastopt.set_num_threads(threads)
             results.append(fastopt._core.sumsq(xs))
     fastopt.set_num_threads(2)
+    return results
+
+
+def test_bit_identical_across_isas_and_threads(isa_switch):
+    results = sums_everywhere(tensors([5, 4097, 2 * SUPER + 3, 100] * 3, seed=1), isa_switch)
     assert all(r == results[0] for r in results[1:])
 
 
@@ -97,14 +102,7 @@ def test_extreme_magnitudes_neither_overflow_nor_underflow(dtype):
 
 
 def test_extremes_bit_identical_across_isas_and_threads(isa_switch):
-    xs = extreme_tensors("float32") + extreme_tensors("bfloat16", sizes=(2049,))
-    results = []
-    for isa in supported_isas():
-        isa_switch(isa)
-        for threads in (1, 2):
-            fastopt.set_num_threads(threads)
-            results.append(fastopt._core.sumsq(xs))
-    fastopt.set_num_threads(2)
+    results = sums_everywhere(extreme_tensors("float32") + extreme_tensors("bfloat16", sizes=(2049,)), isa_switch)
     assert all(0 < s < math.inf for s in results[0][0])
     assert all(r == results[0] for r in results[1:])
 
