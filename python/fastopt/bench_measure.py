@@ -213,7 +213,7 @@ def probe_step(streams: Sequence[Stream], size: int) -> Callable[[], None]:
     arrays = {s.name: np.ones(size, s.dtype) for s in streams}
     names = [s.name for s in streams if s.name not in ("param", "grad", "master")]
     group = _core.Group("probe", [arrays["param"]], [arrays["grad"]], [arrays.get("master")],
-                        [[arrays[n] for n in names]], names, [1])
+                        [[arrays[n] for n in names]], [1])
     return group.probe
 
 

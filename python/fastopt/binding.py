@@ -75,9 +75,7 @@ class Binding:
         """Sets the step counts of the groups (on CUDA, the device's too)."""
         self._steps = list(steps)
         if self._engine.is_cuda:
-            stream = self._cuda_stream()
-            for j, s in enumerate(self._steps):
-                self._core.set_step(j, s, stream)
+            self._core.set_steps(self._steps, self._cuda_stream())
             self._steps_exact = True
             self._skip_pending = False
 
@@ -130,12 +128,10 @@ class Binding:
         self._core = self._engine.bind(
             self.rule, self._params, self._grads, self._masters,
             [[self._state[i][n] for n in self.state_names[: need[j]]] for i, j in enumerate(self._group_of)],
-            self.state_names, self._group_sizes)
+            self._group_sizes)
         self._bound_states = need
         if self._engine.is_cuda:  # the kernels count steps on the device
-            stream = self._cuda_stream()
-            for j, s in enumerate(self._steps):
-                self._core.set_step(j, s, stream)
+            self._core.set_steps(self._steps, self._cuda_stream())
 
     @property
     def state(self) -> dict[int, dict[str, np.ndarray]]:

@@ -24,11 +24,11 @@ class Engine:
         return self.kind == "cuda"
 
     def bind(self, rule: str, params: Sequence, grads: Sequence, masters: Sequence,
-             states: Sequence, state_names: Sequence[str], group_sizes: Sequence[int]) -> Any:
-        """A bound group (validates every tensor; raises TensorError naming the bad one)."""
+             states: Sequence, group_sizes: Sequence[int]) -> Any:
+        """A bound group (validates every tensor; raises TensorError naming the bad one). The
+        state arrays of each param are in the order of ``_core.state_names[rule]``."""
         module = self._module if self.is_cuda else _core
-        return module.Group(rule, list(params), list(grads), list(masters), list(states),
-                            list(state_names), list(group_sizes))
+        return module.Group(rule, list(params), list(grads), list(masters), list(states), list(group_sizes))
 
     def rebind_grads(self, group: Any, grads: Sequence, like: Any) -> None:
         """Binds new grad tensors into a bound group, where they are not the bound ones (on CUDA
@@ -38,16 +38,12 @@ class Engine:
         else:
             group.rebind_grads(list(grads))
 
-    def step(self, group: Any, hypers: list, steps: list[int], stream: Any, like: Any,
-             grad_scale: float = 1.0, clip_value: float = 0.0) -> None:
-        """One step at the given step counts (the functional forms); every grad is first
-        multiplied by ``grad_scale`` and, when ``clip_value`` > 0, clamped to
-        [-clip_value, clip_value]."""
+    def step(self, group: Any, hypers: list, steps: list[int], stream: Any, like: Any) -> None:
+        """One plain step at the given step counts (the functional forms)."""
         if self.is_cuda:
-            group.step(hypers, self.stream(stream, like), steps=list(steps), grad_scale=grad_scale,
-                       clip_value=clip_value)
+            group.step(hypers, self.stream(stream, like), steps=list(steps))
         else:
-            group.step(hypers, steps, grad_scale, clip_value)
+            group.step(hypers, steps)
 
     def stream(self, stream: Any, like: Any) -> int:
         """The CUDA stream handle to use: ``stream`` when given (an int handle, a

@@ -46,7 +46,7 @@ class BoundStep:
         self._engine = engine_for(self._like)
         self._bound = names
         self._group = self._engine.bind(cls.rule, list(params), list(grads), masters,
-                                        [[s[i] for s in states] for i in range(n)], cls.state_names, [n])
+                                        [[s[i] for s in states] for i in range(n)], [n])
         self._group.watch_state()  # the state is the caller's: checked before each step as the params
 
     def __call__(self, *, step: int | None = None, **kwargs: Any) -> None:

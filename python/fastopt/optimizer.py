@@ -7,15 +7,12 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
-import numpy as np
 
 from ._arrays import data_ptr, device_empty
 from .binding import Binding
 from .checkpoints import Checkpoints
-from . import _core
 from .engine import engine_for
 from .hyperparams import Array, HyperParams, ParamGroup, betas, flag, real, split_groups
-from .norms import combine
 from .results import Diagnostics, StepResult
 from .step_options import StepOptions
 
@@ -162,7 +159,7 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
         # Bind the user's arrays alone first: every bad input is reported before anything
         # is allocated or written.
         self._engine.bind(self.rule, self._params, self._grads, [None] * len(self._params),
-                          [[] for _ in self._params], self.state_names, self._group_sizes)
+                          [[] for _ in self._params], self._group_sizes)
         self._masters: list[Array | None] = self._master_copies(master_weights)
         self._state: list[dict[str, Array]] = [{} for _ in self._params]
         self._steps = [0] * len(self.param_groups)
@@ -189,6 +186,9 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
     def _rule_steps(self) -> list[int]:
         """The step count the rule sees for each group at the step being taken."""
         return [s + 1 for s in self._steps]
+
+    def _count_step(self) -> None:
+        """Called after a step that was taken (not skipped), for counts the rule keeps apart."""
 
     def step(self, grad_scale: Any = None, stream: Any = None, *,
              skip_nonfinite: bool | None = None) -> StepResult:
@@ -223,35 +223,22 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
         if self._stale:
             self._refresh()
         skip = self._skip_nonfinite if skip_nonfinite is None else flag("skip_nonfinite", skip_nonfinite)
-        inv, loss_scale = self._grad_scale(grad_scale)
+        scale, loss_scale = self._grad_scale(grad_scale)
         if self._engine.is_cuda:
-            return self._step_cuda(inv, loss_scale, stream, skip)
+            return self._step_cuda(scale, loss_scale, stream, skip)
         for j in self._scheduled:  # an lr schedule gives this step's lr
             self._hypers[j] = self._hyper_at(self.param_groups[j], self._steps[j])
-        norm = diag = None
-        factor = np.float32(inv)
-        if self._max_grad_norm is not None or skip or self._report_grad_norm or self._diagnostics:
-            sums, bad = self._core.sumsq("grads")
-            # The clip factor and the skip decision, as the CUDA engine takes them (step_control.h).
-            norm, factor, skipped = _core.step_control(inv, combine(sums), sum(bad), skip, self._max_grad_norm or 0.0)
-            factor = np.float32(factor)
-            if self._diagnostics:
-                diag = Diagnostics(np.sqrt(np.asarray(sums)) * inv, np.asarray(bad, np.int64))
-            if skipped:
-                return StepResult(norm, True, diag)
-        clip = self._clip_value or 0.0
-        if self._diagnostics:
-            out = np.asarray(self._core.step(self._hypers, self._rule_steps(), float(factor), clip, True))
-            update_norm, param_norm = np.sqrt(out[0::2]), np.sqrt(out[1::2])
-            with np.errstate(divide="ignore", invalid="ignore"):
-                ratio = update_norm / param_norm
-            diag = Diagnostics(diag.grad_norm, diag.nonfinite_grads, param_norm, update_norm, ratio)
-        else:
-            self._core.step(self._hypers, self._rule_steps(), float(factor), clip)
-        self._steps = [s + 1 for s in self._steps]
-        return StepResult(norm, False, diag)
+        # One call: the norm pass where an option needs it, the clip factor and the skip decision
+        # (fastopt/step_control.h, as the CUDA engine takes them), then the update pass.
+        norm, skipped, diag = self._core.step(
+            self._hypers, self._rule_steps(), scale, self._clip_value or 0.0, self._max_grad_norm or 0.0, skip,
+            self._report_grad_norm, self._diagnostics)
+        if not skipped:
+            self._count_step()
+            self._steps = [s + 1 for s in self._steps]
+        return StepResult(norm, skipped, None if diag is None else Diagnostics(*diag))
 
-    def _step_cuda(self, inv: float, loss_scale: int, stream: Any, skip: bool) -> StepResult:
+    def _step_cuda(self, scale: float, loss_scale: int, stream: Any, skip: bool) -> StepResult:
         """step() on the CUDA engine: every option decided on the device, nothing waited for.
         The coefficients are computed on the host, as the CPU engine's, while the host knows the
         step counts (each skip decision is copied back to the host in the background, and read
@@ -273,7 +260,7 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
         if host:  # the CPU engine's lrs and coefficients, at the device's step counts
             for j in self._scheduled:
                 self._hypers[j] = self._hyper_at(self.param_groups[j], self._steps[j])
-        self._core.step(self._hypers, handle, steps=[s + 1 for s in self._steps] if host else None, grad_scale=inv,
+        self._core.step(self._hypers, handle, steps=[s + 1 for s in self._steps] if host else None, grad_scale=scale,
                         loss_scale=loss_scale, clip_value=self._clip_value or 0.0, capturable=self._capturable,
                         grad_norm=need_norm, skip_nonfinite=skip, max_grad_norm=self._max_grad_norm or 0.0,
                         grad_norm_out=data_ptr(norm) if need_norm else 0,
@@ -281,7 +268,7 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
                         diagnostics=data_ptr(diag) if diag is not None else 0,
                         nonfinite=data_ptr(nonfinite) if diag is not None else 0,
                         track_skip=skip and not capturing)
-        self._rule_steps()  # host bookkeeping only (SGD's momentum count): the device counts the steps
+        self._count_step()  # host bookkeeping only (SGD's momentum count): the device counts the steps
         self._steps = [s + 1 for s in self._steps]
         # A skip is decided on the device: its flag comes back to the host in the background
         # (_settle); a captured step advances the counts at each replay.

@@ -93,12 +93,11 @@ class SGD(Optimizer):
 
     def _rule_steps(self) -> list[int]:
         # The rule's step is the buffer's update count: 1 sets the buffer to the gradient.
-        steps = []
+        return [max(self._momentum_steps.get(j, 0) + (1 if h.num_state() else 0), 1) for j, h in enumerate(self._hypers)]
+
+    def _count_step(self) -> None:
         for j, h in enumerate(self._hypers):
-            n = self._momentum_steps.get(j, 0) + (1 if h.num_state() else 0)
-            self._momentum_steps[j] = n
-            steps.append(max(n, 1))
-        return steps
+            self._momentum_steps[j] = self._momentum_steps.get(j, 0) + (1 if h.num_state() else 0)
 
     def _saved_state(self, i: int) -> dict[str, np.ndarray]:
         # Like torch: no momentum_buffer until the first momentum step has filled it.

@@ -2,8 +2,6 @@
 
 #include <algorithm>
 
-#include <pybind11/numpy.h>
-
 #include "dlpack.h"
 
 namespace py = pybind11;
@@ -13,35 +11,10 @@ namespace {
 
 const char* kOwnMemory = " (every tensor of a group must have its own memory)";
 
-struct Named {
-  const std::string* name;  // in Binding::names, or the new grad's
-  size_t order;  // position in the bind order, to name the later tensor first
-  const View* view;
-};
-
 std::vector<py::object> as_list(py::handle seq) {
   std::vector<py::object> out;
   for (py::handle h : seq) out.push_back(py::reinterpret_borrow<py::object>(h));
   return out;
-}
-
-void check_overlap(std::vector<Named> all) {
-  all.erase(std::remove_if(all.begin(), all.end(), [](const Named& n) { return n.view->nbytes() == 0; }),
-            all.end());
-  std::sort(all.begin(), all.end(), [](const Named& a, const Named& b) {
-    return static_cast<char*>(a.view->data) < static_cast<char*>(b.view->data);
-  });
-  auto end_of = [](const Named& n) { return static_cast<char*>(n.view->data) + n.view->nbytes(); };
-  const Named* reach = nullptr;  // the tensor whose end lies furthest so far
-  for (const Named& n : all) {
-    if (reach && static_cast<char*>(n.view->data) < end_of(*reach)) {
-      const bool same = n.view->data == reach->view->data && n.view->nbytes() == reach->view->nbytes();
-      const Named& later = n.order > reach->order ? n : *reach;
-      const Named& earlier = n.order > reach->order ? *reach : n;
-      throw TensorError(*later.name + (same ? " is the same memory as " : " overlaps ") + *earlier.name + kOwnMemory);
-    }
-    if (!reach || end_of(n) > end_of(*reach)) reach = &n;
-  }
 }
 
 // torch's C implementations of Tensor.data_ptr() and Tensor.grad, found once on
@@ -91,15 +64,6 @@ BoundGrad bound_grad(const View& p, const py::object& param, const py::object& g
   return {py::none(), py::none()};
 }
 
-// The views of `b` by name, with replacing[k] (where given and not null) in place of views[k].
-std::vector<Named> named_views(const Binding& b, const std::vector<const View*>& replacing) {
-  std::vector<Named> named;
-  for (size_t k = 0; k < b.views.size(); ++k) {
-    named.push_back({&b.names[k], k, k < replacing.size() && replacing[k] ? replacing[k] : &b.views[k]});
-  }
-  return named;
-}
-
 }  // namespace
 
 void Binding::check() const {
@@ -133,8 +97,8 @@ void Binding::check() const {
   }
 }
 
-Binding bind(py::sequence params, py::sequence grads, py::sequence masters, py::sequence states,
-             const std::vector<std::string>& state_names, const std::vector<int64_t>& group_sizes, int engine) {
+Binding read(py::sequence params, py::sequence grads, py::sequence masters, py::sequence states,
+             const std::vector<int64_t>& group_sizes, RuleId rule, int engine) {
   Binding b;
   const auto p_objs = as_list(params), g_objs = as_list(grads), m_objs = as_list(masters),
              s_objs = as_list(states);
@@ -150,7 +114,8 @@ Binding bind(py::sequence params, py::sequence grads, py::sequence masters, py::
 
   auto name = [](const std::string& role, size_t i) { return role + " " + std::to_string(i); };
 
-  // Devices first, so that a mixed group is reported as such before anything is exported.
+  // Devices first, so that a mixed group is reported as such before anything is exported
+  // (intake refuses memory the engine cannot use, with what this module can do about it).
   Device first_dev{engine, 0};
   std::string first_name;
   for (size_t i = 0; i < 2 * n; ++i) {
@@ -160,7 +125,7 @@ Binding bind(py::sequence params, py::sequence grads, py::sequence masters, py::
     if (first_name.empty()) {
       first_dev = d;
       first_name = nm;
-    } else if (!(d == first_dev)) {
+    } else if (d != first_dev) {
       throw TensorError(nm + " is on " + d.str() + " but " + first_name + " is on " + first_dev.str() +
                         ": all tensors of a group must be on one device");
     }
@@ -178,76 +143,32 @@ Binding bind(py::sequence params, py::sequence grads, py::sequence masters, py::
     }
   }
 
-  b.engine = engine;
   b.params = p_objs;
   b.grads = g_objs;
-  auto take = [&](const py::object& o, const std::string& nm, bool writable, bool watched = false) -> const View& {
+  auto take = [&](const py::object& o, const std::string& nm, bool watched = false) -> const Tensor& {
     b.views.push_back(intake(o, nm, engine, watched));
     b.names.push_back(nm);
-    const View& v = b.views.back();
-    if (writable && v.readonly) throw TensorError(nm + ": is read-only (fastopt updates it in place)");
-    return v;
+    return b.views.back();
   };
-  auto same_shape = [](const View& v, const View& p, const std::string& nm, const std::string& pn) {
-    if (v.shape != p.shape) {
-      throw TensorError(nm + ": shape " + v.shape_str() + " differs from " + pn + "'s shape " + p.shape_str());
-    }
-  };
-  auto must_f32 = [](const View& v, const std::string& nm) {
-    if (v.dtype != DType::f32) {
-      throw TensorError(nm + ": dtype " + std::string(dtype_name(v.dtype)) + ", expected float32");
-    }
-  };
-
-  std::vector<TensorSlot> slots(n);
-  b.group_state.assign(group_sizes.size(), kMaxState);
+  const std::vector<std::string> state_names =
+      rule == RuleId::probe ? std::vector<std::string>(kMaxState, "state") : fastopt::state_names(rule);
   size_t i = 0;
-  for (size_t j = 0; j < group_sizes.size(); ++j) {
-    for (int64_t k = 0; k < group_sizes[j]; ++k, ++i) {
-      const std::string pn = name("param", i), gn = name("grad", i);
+  for (int64_t size : group_sizes) {
+    ParamGroup& g = b.groups.emplace_back();
+    if (rule != RuleId::probe) g.hyper = default_hyper(rule);
+    for (int64_t k = 0; k < size; ++k, ++i) {
+      ParamTensors& t = g.params.emplace_back();
       b.param_view.push_back(b.views.size());
-      const View& p = take(p_objs[i], pn, true, true);  // params and grads are watched (rewatch)
+      t.param = take(p_objs[i], name("param", i), true);  // params and grads are watched (rewatch)
       b.grad_view.push_back(b.views.size());
-      const View& g = take(g_objs[i], gn, false, true);  // grads are only read
-      same_shape(g, p, gn, pn);
-      b.bound_grads.push_back(bound_grad(p, p_objs[i], g_objs[i]));
-      TensorSlot& t = slots[i];
-      t = TensorSlot{};
-      t.param = p.data;
-      t.grad = g.data;
-      t.numel = p.numel;
-      t.ndim = int(p.shape.size());
-      t.param_dtype = p.dtype;
-      t.grad_dtype = g.dtype;
-      t.hyper_index = int(j);
-      if (!m_objs[i].is_none()) {
-        const std::string mn = name("master", i);
-        if (p.dtype == DType::f32) {
-          throw TensorError(pn + ": master weights are for float16/bfloat16 params; this one is float32");
-        }
-        const View& m = take(m_objs[i], mn, true);
-        must_f32(m, mn);
-        same_shape(m, p, mn, pn);
-        t.master = static_cast<float*>(m.data);
-      }
+      t.grad = take(g_objs[i], name("grad", i), true);
+      b.bound_grads.push_back(bound_grad(b.views[b.param_view[i]], p_objs[i], g_objs[i]));
+      if (!m_objs[i].is_none()) t.master = take(m_objs[i], name("master", i));
       const auto st = as_list(s_objs[i]);
-      if (st.size() > state_names.size() || st.size() > size_t(kMaxState)) {
-        throw std::invalid_argument(pn + ": too many state arrays");
-      }
-      t.num_state = int(st.size());
-      for (size_t s = 0; s < st.size(); ++s) {
-        const std::string sn = name(state_names[s], i);
-        const View& sv = take(st[s], sn, true);
-        must_f32(sv, sn);
-        same_shape(sv, p, sn, pn);
-        t.state[s] = static_cast<float*>(sv.data);
-      }
-      b.group_state[j] = std::min(b.group_state[j], t.num_state);
+      if (st.size() > state_names.size()) throw std::invalid_argument(name("param", i) + ": too many state arrays");
+      for (size_t s = 0; s < st.size(); ++s) t.state.push_back(take(st[s], name(state_names[s], i)));
     }
   }
-  check_overlap(named_views(b, {}));
-  b.slots = std::move(slots);
-  b.device = first_dev;
   b.rewatch();
   return b;
 }
@@ -260,50 +181,44 @@ void Binding::rewatch() {
   std::vector<bool> callers(views.size(), watch_state);
   for (size_t i = 0; i < param_view.size(); ++i) callers[param_view[i]] = callers[grad_view[i]] = true;
   for (size_t k = 0; k < views.size(); ++k) {
-    if (callers[k] && views[k].torch_tensor && views[k].numel > 0) {
+    if (callers[k] && views[k].torch_tensor && views[k].numel() > 0) {
       watched.push_back({k, views[k].torch_tensor, views[k].data});
     }
   }
 }
 
-bool Binding::rebind_grads(py::sequence new_grads) {
-  const auto g_objs = as_list(new_grads);
-  if (g_objs.size() != params.size()) {
-    throw std::invalid_argument("got " + std::to_string(g_objs.size()) + " grads for " + std::to_string(params.size()) +
-                                " params");
+std::vector<Tensor> read_grads(const Binding& b, py::sequence grads, int engine,
+                               std::vector<std::pair<size_t, View>>& fresh) {
+  const auto g_objs = as_list(grads);
+  if (g_objs.size() != b.params.size()) {
+    throw std::invalid_argument("got " + std::to_string(g_objs.size()) + " grads for " +
+                                std::to_string(b.params.size()) + " params");
   }
-  std::vector<std::pair<size_t, View>> fresh;  // validated before anything changes
-  for (size_t i = 0; i < params.size(); ++i) {
-    if (g_objs[i].is(grads[i])) continue;
+  std::vector<Tensor> out;
+  for (size_t i = 0; i < b.params.size(); ++i) {
+    if (g_objs[i].is(b.grads[i])) {
+      out.push_back(b.views[b.grad_view[i]]);
+      continue;
+    }
     const std::string gn = "grad " + std::to_string(i);
-    if (g_objs[i].is(params[i])) throw TensorError(gn + " is the same memory as " + names[param_view[i]] + kOwnMemory);
-    View v = intake(g_objs[i], gn, engine, true);
-    const Device d = v.device.type == dlpack::kCUDAHost ? Device{dlpack::kCPU, 0} : v.device;  // as device_of
-    if (!(d == device)) {
-      throw TensorError(gn + " is on " + d.str() + " but the group is on " + device.str() +
-                        ": all tensors of a group must be on one device");
+    if (g_objs[i].is(b.params[i])) {
+      throw TensorError(gn + " is the same memory as " + b.names[b.param_view[i]] + kOwnMemory);
     }
-    const View& p = views[param_view[i]];
-    if (v.shape != p.shape) {
-      throw TensorError(gn + ": shape " + v.shape_str() + " differs from " + names[param_view[i]] + "'s shape " +
-                        p.shape_str());
-    }
-    fresh.emplace_back(i, std::move(v));
+    fresh.emplace_back(i, intake(g_objs[i], gn, engine, true));
+    out.push_back(fresh.back().second);
   }
-  if (fresh.empty()) return false;
-  std::vector<const View*> replacing(views.size(), nullptr);
-  for (const auto& [i, v] : fresh) replacing[grad_view[i]] = &v;
-  check_overlap(named_views(*this, replacing));
+  return out;
+}
+
+void commit_grads(Binding& b, py::sequence grads, std::vector<std::pair<size_t, View>>& fresh) {
+  if (fresh.empty()) return;
+  const auto g_objs = as_list(grads);
   for (auto& [i, v] : fresh) {
-    TensorSlot& t = slots[i];
-    t.grad = v.data;
-    t.grad_dtype = v.dtype;
-    views[grad_view[i]] = std::move(v);
-    grads[i] = g_objs[i];
-    bound_grads[i] = bound_grad(views[param_view[i]], params[i], g_objs[i]);
+    b.views[b.grad_view[i]] = std::move(v);
+    b.grads[i] = g_objs[i];
+    b.bound_grads[i] = bound_grad(b.views[b.param_view[i]], b.params[i], g_objs[i]);
   }
-  rewatch();
-  return true;
+  b.rewatch();
 }
 
 }  // namespace fastopt::py_intake

@@ -1,14 +1,14 @@
-// Binding Python arrays into a tensor table, shared by the CPU and CUDA engines: every tensor
-// validated once (dtype, layout, shape, writability, device, overlap) and kept alive.
+// Python arrays bound to a C++ optimizer: each read into a fastopt::Tensor (intake.h) and kept
+// alive; the optimizer (fastopt/optimizer.h) validates them. What only Python needs is here:
+// PyTorch tensors whose memory torch may move, and params whose `.grad` torch may replace.
 #pragma once
 #include <pybind11/pybind11.h>
 
 #include <deque>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
-#include "fastopt/tensor_list.h"
+#include "fastopt/optimizer.h"
 #include "intake.h"
 
 namespace fastopt::py_intake {
@@ -28,13 +28,10 @@ struct BoundGrad {
 
 struct Binding {
   std::deque<View> views;  // a deque: growing it never moves the views bound so far
-  std::vector<std::string> names;  // names[k] names views[k] in errors ("param 3", "exp_avg 3")
+  std::vector<std::string> names;  // names[k] names views[k] in errors ("param 3", "master 3")
   std::vector<size_t> param_view, grad_view;  // index in views of param i and of grad i
   std::vector<pybind11::object> params, grads;
-  std::vector<TensorSlot> slots;
-  std::vector<int> group_state;  // the fewest state arrays any param of group j has
-  Device device{1, 0};
-  int engine = 1;
+  std::vector<ParamGroup> groups;  // the tensors, for the optimizer to bind
   std::vector<Watched> watched;
   std::vector<BoundGrad> bound_grads;  // one per param
   bool has_torch = false;              // any view is a torch tensor: check() has work
@@ -47,44 +44,24 @@ struct Binding {
   // memory the model no longer uses. Called (GIL held) before every pass over the tensors.
   void check() const;
 
-  // Binds grads[i] as param i's grad where it is not the grad bound now (torch handed over a
-  // new `.grad`), validated as bind() validates grads; nothing changes on an error. The slots'
-  // grad pointers and dtypes are updated: the engine group must take them. Returns whether
-  // any grad changed.
-  bool rebind_grads(pybind11::sequence grads);
-
   void rewatch();  // watched, from the views
 };
 
-// params[i] and grads[i] pair up; masters[i] is None or param i's fp32 master weights;
-// states[i] lists param i's state arrays, named state_names[k] in errors. The params fall
-// into param groups of group_sizes[j] consecutive params. Tensors are named by their index
-// in the whole list. `engine` is the device type the engine runs on (DLPack: 1 CPU, 2 CUDA).
-Binding bind(pybind11::sequence params, pybind11::sequence grads, pybind11::sequence masters,
-             pybind11::sequence states, const std::vector<std::string>& state_names,
-             const std::vector<int64_t>& group_sizes, int engine);
+// Reads the arrays of a group into a Binding: params[i] and grads[i] pair up; masters[i] is
+// None or param i's fp32 master weights; states[i] lists param i's state arrays. The params
+// fall into param groups of group_sizes[j] consecutive params, each given `hyper`. Tensors are
+// named by their index in the whole list. `engine` is the device type the engine runs on
+// (DLPack: 1 CPU, 2 CUDA). Validation is the optimizer's, when it binds binding.groups.
+Binding read(pybind11::sequence params, pybind11::sequence grads, pybind11::sequence masters,
+             pybind11::sequence states, const std::vector<int64_t>& group_sizes, RuleId rule, int engine);
 
-// The coefficients of one step, one set per param group, after checking the hyperparameters
-// and that every group has the state its rule needs.
-template <class Rule>
-std::vector<typename Rule::Coeffs> step_coeffs(const Binding& b, const std::vector<typename Rule::Hyper>& hypers,
-                                               const std::vector<int64_t>& steps) {
-  if (hypers.size() != b.group_state.size() || steps.size() != b.group_state.size()) {
-    throw std::invalid_argument("one hyperparameter set and one step count per param group are required");
-  }
-  std::vector<typename Rule::Coeffs> coeffs;
-  coeffs.reserve(hypers.size());
-  for (size_t j = 0; j < hypers.size(); ++j) {
-    const std::string err = Rule::check(hypers[j]);
-    if (!err.empty()) throw std::invalid_argument("param group " + std::to_string(j) + ": " + err);
-    if (steps[j] < 1) throw std::invalid_argument("step must be >= 1, got " + std::to_string(steps[j]));
-    if (b.group_state[j] < Rule::num_state(hypers[j])) {
-      throw std::invalid_argument("param group " + std::to_string(j) +
-                                  " was bound with fewer state arrays than its hyperparameters need");
-    }
-    coeffs.push_back(Rule::coeffs(hypers[j], steps[j]));
-  }
-  return coeffs;
-}
+// New grads for a bound group: grads[i] read where it is not the object bound now (torch
+// handed over a new `.grad`). Returns the grads as tensors (for the optimizer's set_grads,
+// which validates them), the new views in `fresh` (by param index).
+std::vector<Tensor> read_grads(const Binding& b, pybind11::sequence grads, int engine,
+                               std::vector<std::pair<size_t, View>>& fresh);
+
+// Takes what read_grads read, once the optimizer accepted the grads.
+void commit_grads(Binding& b, pybind11::sequence grads, std::vector<std::pair<size_t, View>>& fresh);
 
 }  // namespace fastopt::py_intake

@@ -37,17 +37,9 @@ bool c_contiguous(const std::vector<int64_t>& shape, const int64_t* strides) {
   return true;
 }
 
-int64_t product(const std::vector<int64_t>& shape) {
-  int64_t n = 1;
-  for (int64_t s : shape) n *= s;
-  return n;
-}
-
-bool host_memory(const Device& d) { return d.type == dlpack::kCPU || d.type == dlpack::kCUDAHost; }
-
 // Whether memory on `d` is what an engine on device type `engine` works on.
 void check_engine_device(const Device& d, int engine, const std::string& name, const char* what) {
-  if (engine == dlpack::kCUDA ? d.type == dlpack::kCUDA : host_memory(d)) return;
+  if (engine == dlpack::kCUDA ? d.type == dlpack::kCUDA : d.host()) return;
   fail(name, std::string(what) + d.str() + (engine == dlpack::kCUDA
                                                 ? "; the CUDA engine takes CUDA device memory"
                                                 : ", but fastopt's CUDA engine is not available here"));
@@ -102,7 +94,6 @@ bool from_buffer(py::handle obj, const std::string& name, int engine, View& v) {
   v.readonly = view->readonly != 0;
   v.shape.assign(view->shape, view->shape + view->ndim);
   if (view->ndim == 0) v.shape.clear();
-  v.numel = product(v.shape);
   std::string dtype;
   if (has_format && view->format) {
     std::string f = view->format;
@@ -231,7 +222,6 @@ void from_dlpack(py::handle obj, const std::string& name, int engine, View& v) {
   v.device = {t->device.device_type, t->device.device_id};
   check_engine_device(v.device, engine, name, "its DLPack capsule is on ");
   v.shape.assign(t->shape, t->shape + t->ndim);
-  v.numel = product(v.shape);
   v.data = static_cast<char*>(t->data) + t->byte_offset;
   const auto& dt = t->dtype;
   if (dt.lanes == 1 && dt.code == dlpack::kFloat && dt.bits == 32) v.dtype = DType::f32;
@@ -254,27 +244,6 @@ void from_dlpack(py::handle obj, const std::string& name, int engine, View& v) {
 }
 
 }  // namespace
-
-std::string Device::str() const {
-  switch (type) {
-    case dlpack::kCPU: return "cpu";
-    case dlpack::kCUDA: return "cuda:" + std::to_string(id);
-    case dlpack::kCUDAHost: return "cuda_host";
-    default: return "device type " + std::to_string(type) + ":" + std::to_string(id);
-  }
-}
-
-std::string View::shape_str() const {
-  std::ostringstream s;
-  s << "(";
-  for (size_t i = 0; i < shape.size(); ++i) s << (i ? ", " : "") << shape[i];
-  s << (shape.size() == 1 ? ",)" : ")");
-  return s.str();
-}
-
-const char* dtype_name(DType d) {
-  return d == DType::f32 ? "float32" : d == DType::f16 ? "float16" : "bfloat16";
-}
 
 Device device_of(py::handle obj) {
   if (is_torch_tensor(obj)) {  // torch's own properties: its __dlpack_device__ is a slow Python call
@@ -307,7 +276,6 @@ bool from_torch(py::handle obj, const std::string& name, int engine, View& v) {
   check_engine_device(v.device, engine, name, "is on ");
   v.dtype = d == 0 ? DType::f32 : d == 1 ? DType::f16 : DType::bf16;
   for (py::handle n : obj.attr("shape")) v.shape.push_back(n.cast<int64_t>());
-  v.numel = product(v.shape);
   v.data = reinterpret_cast<void*>(obj.attr("data_ptr")().cast<uintptr_t>());
   v.torch_tensor = py::reinterpret_borrow<py::object>(obj);
   v.owner = std::make_shared<py::object>(v.torch_tensor);  // released with the GIL held, as views are

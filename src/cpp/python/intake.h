@@ -9,24 +9,12 @@
 #include <string>
 #include <vector>
 
-#include "fastopt/tensor_list.h"
+#include "fastopt/tensor.h"
 
 namespace fastopt::py_intake {
 
-struct Device {
-  int type;  // DLPack device type; 1 = CPU
-  int id;
-  bool operator==(const Device& o) const { return type == o.type && id == o.id; }
-  std::string str() const;
-};
-
-struct View {
-  void* data = nullptr;
-  int64_t numel = 0;
-  std::vector<int64_t> shape;
-  DType dtype = DType::f32;
-  bool readonly = false;
-  Device device{1, 0};
+// A Python array read as a fastopt::Tensor, with what keeps its memory alive.
+struct View : Tensor {
   std::shared_ptr<void> owner;  // releases the buffer / calls the DLPack deleter
   // A PyTorch tensor, whose memory torch can move or free after binding (resize_,
   // share_memory_, set_, `.data = ...`): checked before every step (Binding::check). None for
@@ -35,13 +23,6 @@ struct View {
   // For a NumPy array: a weak reference to the array that owns the memory, which makes NumPy
   // refuse to resize it (even with refcheck=False) while the view lives.
   pybind11::object pin;
-  size_t nbytes() const { return size_t(numel) * (dtype == DType::f32 ? 4 : 2); }
-  std::string shape_str() const;
-};
-
-// Raised for a tensor that cannot be bound: the message names the tensor and the reason.
-struct TensorError : std::runtime_error {
-  using std::runtime_error::runtime_error;
 };
 
 // Raised before a step when a bound tensor's memory moved or its param's `.grad` was replaced
@@ -61,7 +42,5 @@ Device device_of(pybind11::handle obj);
 // DLPack export (microseconds each): the view then holds the tensor, not its storage, so
 // memory torch swaps out may be freed; Binding::check sees that before any step touches it.
 View intake(pybind11::handle obj, const std::string& name, int engine = 1, bool watched = false);
-
-const char* dtype_name(DType d);
 
 }  // namespace fastopt::py_intake

@@ -3,15 +3,13 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <deque>
-#include <memory>
 
-#include "../cpu/isa.h"
-#include "../cpu/group.h"
-#include "../cpu/pool.h"
-#include "../cpu/reduce.h"
+#include <pybind11/numpy.h>
+
+#include <variant>
+
 #include "binding.h"
-#include "fastopt/numeric/convert.h"
+#include "fastopt/reduce.h"
 #include "fastopt/step_control.h"
 #include "rules.h"
 #include "schedules.h"
@@ -22,136 +20,139 @@ using py_intake::View;
 
 namespace {
 
+template <class T>
+py::array_t<T> array(const std::vector<T>& v) {
+  return py::array_t<T>(py::ssize_t(v.size()), v.data());
+}
+
 // (per-tensor sums of squares, per-tensor non-finite counts) as two lists.
-py::tuple run_reducer(const cpu::Reducer& r) {
-  std::vector<double> sums(r.num_tensors());
-  std::vector<int64_t> bad(r.num_tensors());
+template <class F>
+py::tuple sums_of(size_t n, F&& run) {
+  std::vector<double> sums(n);
+  std::vector<int64_t> bad(n);
   {
     py::gil_scoped_release nogil;
-    r.run(sums.data(), bad.data());
+    run(sums.data(), bad.data());
   }
   return py::make_tuple(py::cast(sums), py::cast(bad));
 }
 
-volatile float probe_zero = 0.0f;  // read at run time, so the probe's work cannot be elided
-
-// A group on the CPU engine: the validated binding and the engine's task table.
+// A group on the CPU engine: the arrays read from Python and the optimizer over them.
 class CpuGroup {
  public:
   CpuGroup(RuleId rule, py::sequence params, py::sequence grads, py::sequence masters, py::sequence states,
-           const std::vector<std::string>& state_names, const std::vector<int64_t>& group_sizes)
-      : binding_(py_intake::bind(params, grads, masters, states, state_names, group_sizes, 1)),
-        group_(rule, binding_.slots) {}
+           const std::vector<int64_t>& group_sizes)
+      : binding_(py_intake::read(params, grads, masters, states, group_sizes, rule, Device::kCPU)),
+        opt_(make(rule, binding_.groups)) {}
 
-  // One step: hypers holds one of the group's rule's Hyper structs per param group; every
-  // grad is multiplied by grad_scale and, when clip_value > 0, clamped to +-clip_value. With
-  // diagnose, returns per tensor [sum of squared updates, sum of squared old values] (fp32
-  // values, canonical order), flattened; else None.
-  py::object step(py::sequence hypers, const std::vector<int64_t>& steps, float grad_scale, float clip_value,
-                  bool diagnose) {
+  // One step with the hyperparameters `hypers` (one per param group) at the rule step counts
+  // `steps`: see fastopt::StepOptions. Returns (grad norm or None, skipped, diagnostics or
+  // None), the diagnostics as (grad_norm, nonfinite_grads, param_norm, update_norm,
+  // update_ratio) arrays, the last three None for a skipped step.
+  py::tuple step(py::sequence hypers, const std::vector<int64_t>& steps, double grad_scale, float clip_value,
+                 double max_grad_norm, bool skip_nonfinite, bool grad_norm, bool diagnostics) {
     binding_.check();
-    std::vector<double> diag(diagnose ? 2 * binding_.slots.size() : 0);
-    py_intake::with_rule(group_.rule(), [&](auto rule) {
-      using Rule = decltype(rule);
-      using C = typename Rule::Coeffs;
-      const auto coeffs = py_intake::step_coeffs<Rule>(binding_, py_intake::hypers_of<Rule>(hypers), steps);
-      const GradTransform x{grad_scale, clip_value};
-      double* d = diagnose ? diag.data() : nullptr;
+    Optimizer& opt = std::get<Optimizer>(opt_);
+    const std::vector<Hyper> hs = py_intake::hypers_of(opt.rule(), hypers);
+    if (hs.size() != opt.num_groups() || steps.size() != opt.num_groups()) {
+      throw std::invalid_argument("one hyperparameter set and one step count per param group are required");
+    }
+    for (size_t j = 0; j < hs.size(); ++j) opt.set_hyper(j, hs[j]);
+    StepOptions o;
+    o.grad_scale = grad_scale;
+    o.clip_value = clip_value;
+    o.max_grad_norm = max_grad_norm;
+    o.skip_nonfinite = skip_nonfinite;
+    o.grad_norm = grad_norm;
+    o.diagnostics = diagnostics;
+    o.rule_steps = steps.data();
+    StepResult r;
+    {
       py::gil_scoped_release nogil;
-      if constexpr (num_sums<Rule>::value > 0) {  // two passes: per-tensor sums, then Coeffs
-        const cpu::Group::FinishFn finish = [](const void* c, const double* sums, const TensorSlot& t, void* out) {
-          *static_cast<C*>(out) = Rule::finish(*static_cast<const C*>(c), sums, t);
-        };
-        group_.run_two_pass(coeffs.data(), sizeof(C), x, num_sums<Rule>::value, finish, sizeof(C), d);
-      } else {
-        group_.run(coeffs.data(), sizeof(C), x, d);
-      }
-    });
-    return diagnose ? py::cast(diag) : py::none();
+      r = opt.step(o);
+    }
+    py::object diag = py::none();
+    if (r.diagnostics) {
+      const Diagnostics& d = *r.diagnostics;
+      auto or_none = [&](const std::vector<double>& v) { return r.skipped ? py::object(py::none()) : py::object(array(v)); };
+      diag = py::make_tuple(array(d.grad_norm), array(d.nonfinite_grads), or_none(d.param_norm),
+                            or_none(d.update_norm), or_none(d.update_ratio));
+    }
+    return py::make_tuple(r.grad_norm ? py::object(py::float_(*r.grad_norm)) : py::object(py::none()), r.skipped,
+                          diag);
   }
 
   // Per tensor: the sum of squares (canonical order) and non-finite count of the grads, or of
   // the params' fp32 values (their master weights where they have them).
   py::tuple sumsq(const std::string& which) {
-    binding_.check();
-    std::unique_ptr<cpu::Reducer>& r = which == "grads" ? grad_reducer_ : param_reducer_;
     if (which != "grads" && which != "params") throw std::invalid_argument("which must be 'grads' or 'params'");
-    if (!r) {
-      std::vector<cpu::Span> spans;
-      for (const TensorSlot& t : binding_.slots) {
-        spans.push_back(which == "grads" ? cpu::Span{t.grad, t.grad_dtype, t.numel}
-                        : t.master      ? cpu::Span{t.master, DType::f32, t.numel}
-                                        : cpu::Span{t.param, t.param_dtype, t.numel});
-      }
-      r = std::make_unique<cpu::Reducer>(spans);
-    }
-    return run_reducer(*r);
+    binding_.check();
+    const Optimizer& opt = std::get<Optimizer>(opt_);
+    return sums_of(opt.num_params(), [&](double* s, int64_t* b) {
+      which == "grads" ? opt.grad_sumsq(s, b) : opt.param_sumsq(s, b);
+    });
   }
 
-  // The masters and state are the caller's too (a functional form bound once): watch them.
   void watch_state() {
     binding_.watch_state = true;
     binding_.rewatch();
   }
 
-  // New grad tensors for some params (torch replaced their `.grad`); see Binding::rebind_grads.
+  // New grad tensors for some params (torch replaced their `.grad`): read, validated by the
+  // optimizer, then kept; nothing changes on an error.
   void rebind_grads(py::sequence grads) {
-    if (binding_.rebind_grads(grads)) {
-      group_.set_grads(binding_.slots);
-      grad_reducer_.reset();
-    }
+    std::vector<std::pair<size_t, View>> fresh;
+    const std::vector<Tensor> tensors = py_intake::read_grads(binding_, grads, Device::kCPU, fresh);
+    std::get<Optimizer>(opt_).set_grads(tensors);
+    py_intake::commit_grads(binding_, grads, fresh);
   }
 
   // The bandwidth probe over this group's streams (a group bound with rule "probe").
   void probe() {
-    if (group_.rule() != RuleId::probe) throw std::invalid_argument("not a probe group");
-    const float coeffs[1] = {probe_zero};
+    auto* p = std::get_if<BandwidthProbe>(&opt_);
+    if (!p) throw std::invalid_argument("not a probe group");
     py::gil_scoped_release nogil;
-    group_.run(coeffs, sizeof(coeffs));
+    p->run();
   }
 
-  const cpu::Group& group() const { return group_; }
+  std::string isa() const { return std::visit([](const auto& o) { return std::string(o.isa()); }, opt_); }
+  size_t num_tasks() const { return std::visit([](const auto& o) { return o.num_tasks(); }, opt_); }
 
  private:
+  using Engine = std::variant<Optimizer, BandwidthProbe>;
+  static Engine make(RuleId rule, const std::vector<ParamGroup>& groups) {
+    if (rule != RuleId::probe) return Engine(std::in_place_type<Optimizer>, rule, groups);
+    std::vector<ParamTensors> params;
+    for (const ParamGroup& g : groups) params.insert(params.end(), g.params.begin(), g.params.end());
+    return Engine(std::in_place_type<BandwidthProbe>, std::move(params));
+  }
+
   py_intake::Binding binding_;
-  cpu::Group group_;
-  std::unique_ptr<cpu::Reducer> grad_reducer_, param_reducer_;  // built on first use
+  Engine opt_;
 };
 
-template <class T>
-void widen(const void* src, float* dst, int64_t n) {
-  const T* s = static_cast<const T*>(src);
-  for (int64_t i = 0; i < n; ++i) dst[i] = to_f32(s[i]);
-}
-
-// Writes the exact fp32 value of every element of `src` into `dst` (same shape, float32).
-void widen_into(py::handle src, py::handle dst) {
-  const View v = py_intake::intake(src, "source");
-  const View d = py_intake::intake(dst, "destination");
-  if (d.dtype != DType::f32 || d.readonly || d.shape != v.shape) {
-    throw std::invalid_argument("destination must be a writable float32 array of the source's shape");
-  }
-  float* out = static_cast<float*>(d.data);
-  switch (v.dtype) {
-    case DType::f32: widen<float>(v.data, out, v.numel); break;
-    case DType::f16: widen<f16>(v.data, out, v.numel); break;
-    case DType::bf16: widen<bf16>(v.data, out, v.numel); break;
-  }
+// Reads a Python array on the host into a tensor that the view keeps alive.
+std::vector<View> read_all(py::sequence arrays, const std::string& role) {
+  std::vector<View> out;
+  for (py::handle a : arrays) out.push_back(py_intake::intake(a, role + " " + std::to_string(out.size())));
+  return out;
 }
 
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "fastopt's C++ engine (internal: use the fastopt package)";
-  auto& tensor_error = py::register_exception<py_intake::TensorError>(m, "TensorError", PyExc_ValueError);
+  auto& tensor_error = py::register_exception<TensorError>(m, "TensorError", PyExc_ValueError);
   py::register_exception<py_intake::MemoryMoved>(m, "MemoryMoved", tensor_error);
 
-  m.def("cpu_isa", [] { return std::string(cpu::active_kernels().isa); });
-  m.def("set_cpu_isa", &cpu::set_isa, py::arg("name"));
-  m.def("cpu_isa_supported", &cpu::isa_supported, py::arg("name"));
-  m.def("get_num_threads", [] { return cpu::ThreadPool::instance().num_threads(); });
-  m.def("set_num_threads", [](int n) { cpu::ThreadPool::instance().set_num_threads(n); }, py::arg("n"));
-  m.def("widen_into", &widen_into, py::arg("src"), py::arg("dst"));
+  m.def("cpu_isa", [] { return std::string(cpu_isa()); });
+  m.def("set_cpu_isa", &set_cpu_isa, py::arg("name"));
+  m.def("cpu_isa_supported", &cpu_isa_supported, py::arg("name"));
+  m.def("get_num_threads", &num_threads);
+  m.def("set_num_threads", &set_num_threads, py::arg("n"));
+  m.def("widen_into", [](py::handle src, py::handle dst) {
+    widen(py_intake::intake(src, "source"), py_intake::intake(dst, "destination"));
+  }, py::arg("src"), py::arg("dst"), "dst = the exact float32 values of src (same shape)");
   m.def("device_of", [](py::handle a) {
     const auto d = py_intake::device_of(a);
     return py::make_tuple(d.type, d.id);
@@ -159,24 +160,19 @@ PYBIND11_MODULE(_core, m) {
   // Shape, dtype name and read-only flag of an array in CPU or CUDA memory.
   m.def("describe", [](py::handle a, const std::string& name) {
     const int kind = py_intake::device_of(a).type;
-    const View v = py_intake::intake(a, name, kind == 2 ? 2 : 1);
-    return py::make_tuple(py::cast(v.shape), py_intake::dtype_name(v.dtype), v.readonly);
+    const View v = py_intake::intake(a, name, kind == Device::kCUDA ? Device::kCUDA : Device::kCPU);
+    return py::make_tuple(py::cast(v.shape), dtype_name(v.dtype), v.readonly);
   }, py::arg("array"), py::arg("name"));
   m.def("step_control", [](float inv, double sumsq, int64_t nonfinite, bool skip_nonfinite, double max_grad_norm) {
     const StepControl c = step_control(inv, sumsq, nonfinite, skip_nonfinite, max_grad_norm);
     return py::make_tuple(c.norm, c.factor, c.skip);
   }, py::arg("inv"), py::arg("sumsq"), py::arg("nonfinite"), py::arg("skip_nonfinite"), py::arg("max_grad_norm"),
      "(norm, factor, skip) of a step: see fastopt/step_control.h");
-  m.attr("task_elems") = cpu::Group::kTaskElems;
+  m.attr("task_elems") = reduce::kSuper;  // the CPU engine's task: one super-block
   m.def("sumsq", [](py::sequence tensors) {
-    std::deque<View> views;  // kept alive while the reduction runs
-    std::vector<cpu::Span> spans;
-    size_t i = 0;
-    for (py::handle t : tensors) {
-      views.push_back(py_intake::intake(t, "tensor " + std::to_string(i++)));
-      spans.push_back({views.back().data, views.back().dtype, views.back().numel});
-    }
-    return run_reducer(cpu::Reducer(spans));
+    const std::vector<View> views = read_all(tensors, "tensor");  // kept alive while the reduction runs
+    const std::vector<Tensor> ts(views.begin(), views.end());
+    return sums_of(ts.size(), [&](double* s, int64_t* b) { fastopt::sumsq(ts, s, b); });
   }, py::arg("tensors"), "([sum of squares], [non-finite count]) per tensor, in the canonical order");
 
   py_intake::bind_hypers(m);
@@ -184,14 +180,14 @@ PYBIND11_MODULE(_core, m) {
 
   py::class_<CpuGroup>(m, "Group")
       .def(py::init([](const std::string& rule, py::sequence params, py::sequence grads, py::sequence masters,
-                       py::sequence states, std::vector<std::string> state_names,
-                       std::vector<int64_t> group_sizes) {
-             return new CpuGroup(py_intake::rule_id(rule, true), params, grads, masters, states, state_names, group_sizes);
+                       py::sequence states, std::vector<int64_t> group_sizes) {
+             return new CpuGroup(rule_id(rule, true), params, grads, masters, states, group_sizes);
            }),
            py::arg("rule"), py::arg("params"), py::arg("grads"), py::arg("masters"), py::arg("states"),
-           py::arg("state_names"), py::arg("group_sizes"))
-      .def("step", &CpuGroup::step, py::arg("hypers"), py::arg("steps"), py::arg("grad_scale") = 1.0f,
-           py::arg("clip_value") = 0.0f, py::arg("diagnose") = false)
+           py::arg("group_sizes"))
+      .def("step", &CpuGroup::step, py::arg("hypers"), py::arg("steps"), py::arg("grad_scale") = 1.0,
+           py::arg("clip_value") = 0.0f, py::arg("max_grad_norm") = 0.0, py::arg("skip_nonfinite") = false,
+           py::arg("grad_norm") = false, py::arg("diagnostics") = false)
       .def("watch_state", &CpuGroup::watch_state, "Watch the masters and state as the params (the caller's)")
       .def("rebind_grads", &CpuGroup::rebind_grads, py::arg("grads"),
            "Binds new grad tensors where they are not the ones bound (validated; nothing changes on an error)")
@@ -199,6 +195,6 @@ PYBIND11_MODULE(_core, m) {
            "([sum of squares], [non-finite count]) per tensor of 'grads' or 'params' (fp32 values)")
       .def("probe", &CpuGroup::probe,
            "Moves this group's streams with no math (a group bound with rule 'probe')")
-      .def_property_readonly("isa", [](const CpuGroup& g) { return std::string(g.group().isa()); })
-      .def_property_readonly("num_tasks", [](const CpuGroup& g) { return g.group().num_tasks(); });
+      .def_property_readonly("isa", &CpuGroup::isa)
+      .def_property_readonly("num_tasks", &CpuGroup::num_tasks);
 }

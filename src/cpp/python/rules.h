@@ -1,51 +1,26 @@
-// The registry's rules as seen from Python, shared by the CPU and CUDA modules: rule names,
-// hyperparameter classes, and dispatch from a run-time RuleId to the rule's type.
+// The registry's rules as seen from Python, shared by the CPU and CUDA modules: the
+// hyperparameter classes, and their conversion to fastopt::Hyper.
 #pragma once
 #include <pybind11/pybind11.h>
 
-#include <stdexcept>
-#include <string>
 #include <vector>
 
-#include "fastopt/rules/registry.h"
+#include "fastopt/hyper.h"
 
 namespace fastopt::py_intake {
 
-// The RuleId of a registered rule's name ("probe" only where allow_probe).
-inline RuleId rule_id(const std::string& name, bool allow_probe) {
-#define FASTOPT_RULE_NAME(id, T) \
-  if (name == #id) return RuleId::id;
-  FASTOPT_RULES(FASTOPT_RULE_NAME)
-#undef FASTOPT_RULE_NAME
-  if (allow_probe && name == "probe") return RuleId::probe;
-  throw std::invalid_argument("unknown rule '" + name + "'");
-}
-
-// Calls f(Rule{}) with the rule type registered as `id`; throws for the probe.
-template <class F>
-decltype(auto) with_rule(RuleId id, F&& f) {
-  switch (id) {
-#define FASTOPT_RULE_CASE(id, T) \
-  case RuleId::id:               \
-    return f(T{});
-    FASTOPT_RULES(FASTOPT_RULE_CASE)
-#undef FASTOPT_RULE_CASE
-    default:
-      throw std::invalid_argument("the probe has no hyperparameters");
-  }
-}
-
-// The Hyper structs of a step, one per param group; TypeError if they are another rule's.
-template <class Rule>
-std::vector<typename Rule::Hyper> hypers_of(pybind11::sequence hypers) {
-  std::vector<typename Rule::Hyper> out;
-  for (pybind11::handle h : hypers) {
-    if (!pybind11::isinstance<typename Rule::Hyper>(h)) {
-      throw pybind11::type_error("these hyperparameters are for another optimizer");
+// A step's hyperparameter structs (one per param group) as fastopt::Hyper values; TypeError if
+// they are another rule's.
+inline std::vector<Hyper> hypers_of(RuleId rule, pybind11::sequence hypers) {
+  return with_rule(rule, [&](auto r) {
+    using H = typename decltype(r)::Hyper;
+    std::vector<Hyper> out;
+    for (pybind11::handle h : hypers) {
+      if (!pybind11::isinstance<H>(h)) throw pybind11::type_error("these hyperparameters are for another optimizer");
+      out.push_back(h.cast<H>());
     }
-    out.push_back(h.cast<typename Rule::Hyper>());
-  }
-  return out;
+    return out;
+  });
 }
 
 // Registers every rule's Hyper struct as <Type>Hyper (AdamHyper, ...): fields by name,
@@ -69,6 +44,11 @@ inline void bind_hypers(pybind11::module_& m) {
   FASTOPT_RULES(FASTOPT_RULE_BIND)
 #undef FASTOPT_RULE_BIND
   m.attr("rules") = rules;
+  py::dict names;  // each rule's state arrays, in binding order
+#define FASTOPT_RULE_STATE(id, T) names[#id] = py::tuple(py::cast(state_names(RuleId::id)));
+  FASTOPT_RULES(FASTOPT_RULE_STATE)
+#undef FASTOPT_RULE_STATE
+  m.attr("state_names") = names;
 }
 
 }  // namespace fastopt::py_intake

@@ -35,7 +35,8 @@ struct AdaBelief {
     bool decoupled, amsgrad;
   };
 
-  static constexpr int max_state = 3;  // exp_avg, exp_avg_var, max_exp_avg_var
+  static constexpr int max_state = 3;
+  static constexpr const char* state_names[max_state] = {"exp_avg", "exp_avg_var", "max_exp_avg_var"};  // in binding order
 
   FASTOPT_HD static int num_state(const Hyper& h) { return h.amsgrad ? 3 : 2; }
 

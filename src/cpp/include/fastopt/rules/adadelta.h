@@ -26,7 +26,8 @@ struct Adadelta {
     float neg_lr, rho, one_minus_rho, eps, weight_decay, grad_sign;
   };
 
-  static constexpr int max_state = 2;  // square_avg, acc_delta
+  static constexpr int max_state = 2;
+  static constexpr const char* state_names[max_state] = {"square_avg", "acc_delta"};  // in binding order
 
   FASTOPT_HD static int num_state(const Hyper&) { return 2; }
 

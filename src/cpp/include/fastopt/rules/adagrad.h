@@ -28,7 +28,8 @@ struct Adagrad {
     float neg_clr, eps, weight_decay, grad_sign;
   };
 
-  static constexpr int max_state = 1;  // sum
+  static constexpr int max_state = 1;
+  static constexpr const char* state_names[max_state] = {"sum"};  // in binding order
 
   FASTOPT_HD static int num_state(const Hyper&) { return 1; }
 

@@ -32,7 +32,8 @@ struct Adam {
     bool decoupled, amsgrad;
   };
 
-  static constexpr int max_state = 3;  // exp_avg, exp_avg_sq, max_exp_avg_sq
+  static constexpr int max_state = 3;
+  static constexpr const char* state_names[max_state] = {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"};  // in binding order
 
   FASTOPT_HD static int num_state(const Hyper& h) { return h.amsgrad ? 3 : 2; }
 

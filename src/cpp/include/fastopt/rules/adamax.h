@@ -28,7 +28,8 @@ struct Adamax {
     float one_minus_beta1, beta2, eps, weight_decay, neg_step_size, grad_sign;
   };
 
-  static constexpr int max_state = 2;  // exp_avg, exp_inf
+  static constexpr int max_state = 2;
+  static constexpr const char* state_names[max_state] = {"exp_avg", "exp_inf"};  // in binding order
 
   FASTOPT_HD static int num_state(const Hyper&) { return 2; }
 

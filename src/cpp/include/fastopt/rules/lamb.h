@@ -42,7 +42,8 @@ struct Lamb {
     float neg_step;  // per tensor: -lr * ratio
   };
 
-  static constexpr int max_state = 2;  // exp_avg, exp_avg_sq
+  static constexpr int max_state = 2;
+  static constexpr const char* state_names[max_state] = {"exp_avg", "exp_avg_sq"};  // in binding order
   static constexpr int num_sums = 2;   // ||p||^2, ||u||^2
   static constexpr bool prepass_writes_state = true, update_writes_state = false;
 

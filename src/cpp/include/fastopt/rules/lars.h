@@ -38,7 +38,8 @@ struct Lars {
     bool exclude_1d;
   };
 
-  static constexpr int max_state = 1;  // momentum_buffer
+  static constexpr int max_state = 1;
+  static constexpr const char* state_names[max_state] = {"momentum_buffer"};  // in binding order
   static constexpr int num_sums = 2;   // ||p||^2, ||g||^2
 
   FASTOPT_HD static int num_state(const Hyper& h) { return h.momentum != 0 ? 1 : 0; }

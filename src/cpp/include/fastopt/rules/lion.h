@@ -30,7 +30,8 @@ struct Lion {
     bool decay;
   };
 
-  static constexpr int max_state = 1;  // exp_avg
+  static constexpr int max_state = 1;
+  static constexpr const char* state_names[max_state] = {"exp_avg"};  // in binding order
 
   FASTOPT_HD static int num_state(const Hyper&) { return 1; }
 

@@ -32,7 +32,8 @@ struct NAdam {
     bool decoupled;
   };
 
-  static constexpr int max_state = 2;  // exp_avg, exp_avg_sq
+  static constexpr int max_state = 2;
+  static constexpr const char* state_names[max_state] = {"exp_avg", "exp_avg_sq"};  // in binding order
 
   FASTOPT_HD static int num_state(const Hyper&) { return 2; }
 

@@ -31,7 +31,8 @@ struct RAdam {
     bool decoupled, rectified;
   };
 
-  static constexpr int max_state = 2;  // exp_avg, exp_avg_sq
+  static constexpr int max_state = 2;
+  static constexpr const char* state_names[max_state] = {"exp_avg", "exp_avg_sq"};  // in binding order
 
   FASTOPT_HD static int num_state(const Hyper&) { return 2; }
 

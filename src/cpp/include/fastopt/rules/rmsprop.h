@@ -31,6 +31,7 @@ struct RmsProp {
   // square_avg, momentum_buffer, grad_avg. The bound streams are a prefix of these, so
   // centered without momentum binds an idle momentum_buffer too (left untouched).
   static constexpr int max_state = 3;
+  static constexpr const char* state_names[max_state] = {"square_avg", "momentum_buffer", "grad_avg"};  // in binding order
 
   FASTOPT_HD static int num_state(const Hyper& h) { return h.centered ? 3 : (h.momentum != 0 ? 2 : 1); }
 

@@ -34,7 +34,8 @@ struct Sgd {
     bool has_momentum, first, nesterov, sutskever;
   };
 
-  static constexpr int max_state = 1;  // momentum_buffer
+  static constexpr int max_state = 1;
+  static constexpr const char* state_names[max_state] = {"momentum_buffer"};  // in binding order
 
   FASTOPT_HD static int num_state(const Hyper& h) { return h.momentum != 0 ? 1 : 0; }
 

@@ -1,0 +1,110 @@
+#include "fastopt/hyper.h"
+
+#include <cmath>
+#include <iterator>
+#include <type_traits>
+
+namespace fastopt {
+
+RuleId rule_id(const std::string& name, bool allow_probe) {
+#define FASTOPT_RULE_NAME(id, T) \
+  if (name == #id) return RuleId::id;
+  FASTOPT_RULES(FASTOPT_RULE_NAME)
+#undef FASTOPT_RULE_NAME
+  if (allow_probe && name == "probe") return RuleId::probe;
+  throw std::invalid_argument("unknown rule '" + name + "'");
+}
+
+const char* rule_name(RuleId id) {
+  switch (id) {
+#define FASTOPT_RULE_STR(id, T) \
+  case RuleId::id:              \
+    return #id;
+    FASTOPT_RULES(FASTOPT_RULE_STR)
+#undef FASTOPT_RULE_STR
+    default:
+      return "probe";
+  }
+}
+
+RuleId rule_of(const Hyper& h) {
+  if (std::holds_alternative<std::monostate>(h)) throw std::invalid_argument("empty hyperparameters (no rule)");
+  return RuleId(h.index());
+}
+
+Hyper default_hyper(RuleId id) {
+  return with_rule(id, [](auto rule) { return Hyper(typename decltype(rule)::Hyper{}); });
+}
+
+// f(Rule{}, the Rule::Hyper held by h).
+template <class H, class F>
+decltype(auto) visit_rule(H& h, F&& f) {
+  return with_rule(rule_of(h), [&](auto rule) -> decltype(auto) {
+    return f(rule, std::get<typename decltype(rule)::Hyper>(h));
+  });
+}
+
+std::string hyper_error(const Hyper& h) {
+  return visit_rule(h, [](auto rule, const auto& x) { return decltype(rule)::check(x); });
+}
+
+int num_state(const Hyper& h) {
+  return visit_rule(h, [](auto rule, const auto& x) { return decltype(rule)::num_state(x); });
+}
+
+std::vector<std::string> state_names(RuleId id) {
+  return with_rule(id, [](auto rule) {
+    using R = decltype(rule);
+    return std::vector<std::string>(std::begin(R::state_names), std::end(R::state_names));
+  });
+}
+
+std::vector<std::string> field_names(RuleId id) {
+  return with_rule(id, [](auto rule) {
+    std::vector<std::string> out;
+    decltype(rule)::fields([&out](const char* name, auto) { out.push_back(name); });
+    return out;
+  });
+}
+
+namespace {
+
+[[noreturn]] void unknown_field(const Hyper& h, const std::string& name) {
+  throw std::invalid_argument(std::string(rule_name(rule_of(h))) + " has no hyperparameter '" + name + "'");
+}
+
+}  // namespace
+
+void set_field(Hyper& h, const std::string& name, double value) {
+  bool found = false;
+  visit_rule(h, [&](auto rule, auto& x) {
+    decltype(rule)::fields([&](const char* field, auto member) {
+      if (name != field) return;
+      found = true;
+      using T = std::remove_reference_t<decltype(x.*member)>;
+      if constexpr (std::is_same_v<T, bool>) {
+        if (value != 0 && value != 1) {
+          throw std::invalid_argument(name + " is a flag: it takes 0 or 1, got " + std::to_string(value));
+        }
+        x.*member = value == 1;
+      } else {
+        x.*member = T(value);
+      }
+    });
+  });
+  if (!found) unknown_field(h, name);
+}
+
+double get_field(const Hyper& h, const std::string& name) {
+  double out = NAN;
+  bool found = false;
+  visit_rule(h, [&](auto rule, const auto& x) {
+    decltype(rule)::fields([&](const char* field, auto member) {
+      if (name == field) found = true, out = double(x.*member);
+    });
+  });
+  if (!found) unknown_field(h, name);
+  return out;
+}
+
+}  // namespace fastopt

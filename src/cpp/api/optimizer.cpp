@@ -1,0 +1,230 @@
+// The CPU engine behind fastopt::Optimizer: a validated table (table.h), the engine's task
+// table (cpu/group.h), and the step's sequence: the grad norm pass where an option needs it,
+// the clip and skip decision (fastopt/step_control.h), then the update pass.
+#include "fastopt/optimizer.h"
+
+#include <cmath>
+#include <memory>
+
+#include "../cpu/group.h"
+#include "../cpu/isa.h"
+#include "../cpu/pool.h"
+#include "../cpu/reduce.h"
+#include "fastopt/numeric/convert.h"
+#include "fastopt/reduce.h"
+#include "fastopt/step_control.h"
+#include "table.h"
+
+namespace fastopt {
+
+struct Optimizer::Impl {
+  api::Table table;
+  cpu::Group group;
+  std::vector<std::optional<Schedule>> schedules;
+  std::vector<int64_t> steps;
+  mutable std::unique_ptr<cpu::Reducer> grad_reducer, param_reducer;  // built on first use
+
+  Impl(std::vector<ParamGroup> groups, RuleId rule)
+      : table(api::bind(std::move(groups), rule, Device::kCPU)),
+        group(rule, table.slots),
+        schedules(table.hypers.size()),
+        steps(table.hypers.size(), 0) {}
+
+  cpu::Reducer& reducer(bool grads) const {
+    std::unique_ptr<cpu::Reducer>& r = grads ? grad_reducer : param_reducer;
+    if (!r) {
+      std::vector<cpu::Span> spans;
+      for (const TensorSlot& t : table.slots) {
+        spans.push_back(grads ? cpu::Span{t.grad, t.grad_dtype, t.numel}
+                        : t.master ? cpu::Span{t.master, DType::f32, t.numel}
+                                   : cpu::Span{t.param, t.param_dtype, t.numel});
+      }
+      r = std::make_unique<cpu::Reducer>(spans);
+    }
+    return *r;
+  }
+
+  // The update pass with grads multiplied by `factor` and clamped to +-clip; per-tensor sums of
+  // squared updates and old values into diag (2 per tensor) where not null.
+  void update(const std::vector<int64_t>& rule_steps, float factor, float clip, double* diag) {
+    with_rule(table.rule, [&](auto rule) {
+      using Rule = decltype(rule);
+      using C = typename Rule::Coeffs;
+      std::vector<typename Rule::Hyper> hypers = api::hypers_of<Rule>(table);
+      for (size_t j = 0; j < hypers.size(); ++j) {
+        if (schedules[j]) hypers[j].lr = lr_at(*schedules[j], steps[j]);
+      }
+      const auto coeffs = api::step_coeffs<Rule>(table, hypers, rule_steps);
+      const GradTransform x{factor, clip};
+      if constexpr (num_sums<Rule>::value > 0) {  // two passes: per-tensor sums, then Coeffs
+        const cpu::Group::FinishFn finish = [](const void* c, const double* sums, const TensorSlot& t, void* out) {
+          *static_cast<C*>(out) = Rule::finish(*static_cast<const C*>(c), sums, t);
+        };
+        group.run_two_pass(coeffs.data(), sizeof(C), x, num_sums<Rule>::value, finish, sizeof(C), diag);
+      } else {
+        group.run(coeffs.data(), sizeof(C), x, diag);
+      }
+    });
+  }
+
+  StepResult step(const StepOptions& o) {
+    api::check_options(o);
+    const float inv = api::unscale_factor(o.grad_scale);
+    const std::vector<int64_t> rule_steps = api::rule_steps(o, steps);
+    StepResult result;
+    float factor = inv;
+    const size_t n = table.slots.size();
+    if (o.max_grad_norm > 0 || o.skip_nonfinite || o.grad_norm || o.diagnostics) {
+      std::vector<double> sums(n);
+      std::vector<int64_t> bad(n);
+      reducer(true).run(sums.data(), bad.data());
+      int64_t nonfinite = 0;
+      for (int64_t b : bad) nonfinite += b;
+      const StepControl c =
+          step_control(inv, reduce::combine_tensors(sums.data(), int64_t(n)), nonfinite, o.skip_nonfinite,
+                       o.max_grad_norm);
+      result.grad_norm = c.norm;
+      result.skipped = c.skip;
+      factor = c.factor;
+      if (o.diagnostics) {
+        Diagnostics d;
+        for (double s : sums) d.grad_norm.push_back(std::sqrt(s) * double(inv));
+        d.nonfinite_grads = std::move(bad);
+        result.diagnostics = std::move(d);
+      }
+      if (c.skip) return result;
+    }
+    if (o.diagnostics) {
+      std::vector<double> diag(2 * n);
+      update(rule_steps, factor, o.clip_value, diag.data());
+      Diagnostics& d = *result.diagnostics;
+      for (size_t i = 0; i < n; ++i) {
+        d.update_norm.push_back(std::sqrt(diag[2 * i]));
+        d.param_norm.push_back(std::sqrt(diag[2 * i + 1]));
+        d.update_ratio.push_back(d.update_norm[i] / d.param_norm[i]);
+      }
+    } else {
+      update(rule_steps, factor, o.clip_value, nullptr);
+    }
+    for (int64_t& s : steps) ++s;
+    return result;
+  }
+};
+
+Optimizer::Optimizer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Optimizer::Optimizer(RuleId rule, std::vector<ParamGroup> groups)
+    : impl_(std::make_unique<Impl>(std::move(groups), rule)) {
+  if (rule == RuleId::probe) throw std::invalid_argument("the probe is a BandwidthProbe, not an Optimizer");
+}
+
+Optimizer::Optimizer(std::vector<ParamGroup> groups) : Optimizer(api::rule_of_groups(groups), std::move(groups)) {}
+
+Optimizer::~Optimizer() = default;
+Optimizer::Optimizer(Optimizer&&) noexcept = default;
+Optimizer& Optimizer::operator=(Optimizer&&) noexcept = default;
+
+StepResult Optimizer::step(const StepOptions& options) { return impl_->step(options); }
+RuleId Optimizer::rule() const { return impl_->table.rule; }
+size_t Optimizer::num_groups() const { return impl_->table.hypers.size(); }
+size_t Optimizer::num_params() const { return impl_->table.tensors.size(); }
+
+const Hyper& Optimizer::hyper(size_t group) const {
+  api::check_group(impl_->table, group);
+  return impl_->table.hypers[group];
+}
+
+void Optimizer::set_hyper(size_t group, const Hyper& h) {
+  api::check_hyper(impl_->table, group, h);
+  impl_->table.hypers[group] = h;
+}
+
+void Optimizer::set_schedule(size_t group, const Schedule* schedule) {
+  api::check_group(impl_->table, group);
+  impl_->schedules[group] = schedule ? std::optional<Schedule>(*schedule) : std::nullopt;
+}
+
+const std::vector<int64_t>& Optimizer::steps() const { return impl_->steps; }
+
+void Optimizer::set_steps(const std::vector<int64_t>& steps) {
+  api::check_steps(impl_->table, steps);
+  impl_->steps = steps;
+}
+
+const ParamTensors& Optimizer::tensors(size_t param) const {
+  if (param >= impl_->table.tensors.size()) {
+    throw std::out_of_range("no param " + std::to_string(param) + " (there are " +
+                            std::to_string(impl_->table.tensors.size()) + ")");
+  }
+  return impl_->table.tensors[param];
+}
+
+void Optimizer::set_grads(const std::vector<Tensor>& grads) {
+  if (api::set_grads(impl_->table, grads)) {
+    impl_->group.set_grads(impl_->table.slots);
+    impl_->grad_reducer.reset();
+  }
+}
+
+void Optimizer::grad_sumsq(double* sums, int64_t* nonfinite) const { impl_->reducer(true).run(sums, nonfinite); }
+void Optimizer::param_sumsq(double* sums, int64_t* nonfinite) const { impl_->reducer(false).run(sums, nonfinite); }
+const char* Optimizer::isa() const { return impl_->group.isa(); }
+size_t Optimizer::num_tasks() const { return impl_->group.num_tasks(); }
+
+namespace {
+volatile float probe_zero = 0.0f;  // read at run time, so the probe's work cannot be elided
+}
+
+BandwidthProbe::BandwidthProbe(std::vector<ParamTensors> params)
+    : opt_(std::make_unique<Optimizer::Impl>(std::vector<ParamGroup>{ParamGroup{{}, std::move(params)}},
+                                             RuleId::probe)) {}
+
+void BandwidthProbe::run() {
+  const float coeffs[1] = {probe_zero};
+  opt_.impl_->group.run(coeffs, sizeof(coeffs));
+}
+
+// Host memory of float32/float16/bfloat16, named "tensor i" in errors.
+static void check_host(const Tensor& t, const std::string& name) {
+  if (!t.device.host()) throw TensorError(name + ": is on " + t.device.str() + "; the CPU engine takes host memory");
+  if (!t.data && t.numel() > 0) throw TensorError(name + ": null data pointer");
+}
+
+void sumsq(const std::vector<Tensor>& tensors, double* sums, int64_t* nonfinite) {
+  std::vector<cpu::Span> spans;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    check_host(tensors[i], "tensor " + std::to_string(i));
+    spans.push_back({tensors[i].data, tensors[i].dtype, tensors[i].numel()});
+  }
+  cpu::Reducer(spans).run(sums, nonfinite);
+}
+
+double global_norm(const double* sums, size_t n) { return std::sqrt(reduce::combine_tensors(sums, int64_t(n))); }
+
+template <class T>
+static void widen_from(const void* src, float* dst, int64_t n) {
+  const T* s = static_cast<const T*>(src);
+  for (int64_t i = 0; i < n; ++i) dst[i] = to_f32(s[i]);
+}
+
+void widen(const Tensor& src, const Tensor& dst) {
+  check_host(src, "source");
+  check_host(dst, "destination");
+  if (dst.dtype != DType::f32 || dst.readonly || dst.shape != src.shape) {
+    throw std::invalid_argument("destination must be a writable float32 array of the source's shape");
+  }
+  float* out = static_cast<float*>(dst.data);
+  switch (src.dtype) {
+    case DType::f32: widen_from<float>(src.data, out, src.numel()); break;
+    case DType::f16: widen_from<f16>(src.data, out, src.numel()); break;
+    case DType::bf16: widen_from<bf16>(src.data, out, src.numel()); break;
+  }
+}
+
+const char* cpu_isa() { return cpu::active_kernels().isa; }
+bool cpu_isa_supported(const std::string& name) { return cpu::isa_supported(name); }
+void set_cpu_isa(const std::string& name) { cpu::set_isa(name); }
+int num_threads() { return cpu::ThreadPool::instance().num_threads(); }
+void set_num_threads(int n) { cpu::ThreadPool::instance().set_num_threads(n); }
+
+}  // namespace fastopt

@@ -1,0 +1,284 @@
+#include "table.h"
+
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <sstream>
+
+namespace fastopt::api {
+namespace {
+
+const char* kOwnMemory = " (every tensor of a group must have its own memory)";
+
+struct Named {
+  const std::string* name;
+  size_t order;  // position in the bind order, to name the later tensor first
+  const Tensor* tensor;
+};
+
+// TensorError naming the later of two overlapping tensors.
+void check_overlap(std::vector<Named> all) {
+  all.erase(std::remove_if(all.begin(), all.end(), [](const Named& n) { return n.tensor->nbytes() == 0; }),
+            all.end());
+  std::sort(all.begin(), all.end(), [](const Named& a, const Named& b) {
+    return static_cast<char*>(a.tensor->data) < static_cast<char*>(b.tensor->data);
+  });
+  auto end_of = [](const Named& n) { return static_cast<char*>(n.tensor->data) + n.tensor->nbytes(); };
+  const Named* reach = nullptr;  // the tensor whose end lies furthest so far
+  for (const Named& n : all) {
+    if (reach && static_cast<char*>(n.tensor->data) < end_of(*reach)) {
+      const bool same = n.tensor->data == reach->tensor->data && n.tensor->nbytes() == reach->tensor->nbytes();
+      const Named& later = n.order > reach->order ? n : *reach;
+      const Named& earlier = n.order > reach->order ? *reach : n;
+      throw TensorError(*later.name + (same ? " is the same memory as " : " overlaps ") + *earlier.name + kOwnMemory);
+    }
+    if (!reach || end_of(n) > end_of(*reach)) reach = &n;
+  }
+}
+
+std::string name(const std::string& role, size_t i) { return role + " " + std::to_string(i); }
+
+// Every tensor of t (grads[i] in place of param i's grad where given), named, in bind order.
+void check_overlap(const Table& t, const std::vector<std::string>& state_names,
+                   const std::vector<Tensor>* grads = nullptr) {
+  std::vector<std::string> names;
+  std::vector<const Tensor*> tensors;
+  for (size_t i = 0; i < t.tensors.size(); ++i) {
+    const ParamTensors& p = t.tensors[i];
+    names.push_back(name("param", i)), tensors.push_back(&p.param);
+    names.push_back(name("grad", i)), tensors.push_back(grads ? &(*grads)[i] : &p.grad);
+    if (p.master.data) names.push_back(name("master", i)), tensors.push_back(&p.master);
+    for (size_t s = 0; s < p.state.size(); ++s) names.push_back(name(state_names[s], i)), tensors.push_back(&p.state[s]);
+  }
+  std::vector<Named> all;
+  for (size_t k = 0; k < names.size(); ++k) all.push_back({&names[k], k, tensors[k]});
+  check_overlap(all);
+}
+
+// Host memory counts as one device: pinned and pageable memory may mix on the CPU engine.
+Device canonical(const Device& d) { return d.host() ? Device{} : d; }
+
+void check_engine(const Tensor& x, const std::string& nm, int engine) {
+  if (engine == Device::kCUDA ? x.device.type == Device::kCUDA : x.device.host()) return;
+  throw TensorError(nm + ": is on " + x.device.str() +
+                    (engine == Device::kCUDA ? "; the CUDA engine takes CUDA device memory"
+                                             : "; the CPU engine takes host memory"));
+}
+
+void check_tensor(const Tensor& x, const std::string& nm) {
+  for (int64_t d : x.shape) {
+    if (d < 0) throw TensorError(nm + ": negative dimension in shape " + x.shape_str());
+  }
+  if (!x.data && x.numel() > 0) throw TensorError(nm + ": null data pointer");
+}
+
+std::vector<std::string> names_of_state(RuleId rule) {
+  return rule == RuleId::probe ? std::vector<std::string>(kMaxState, "state") : state_names(rule);
+}
+
+void same_shape(const Tensor& v, const Tensor& p, const std::string& nm, const std::string& pn) {
+  if (v.shape != p.shape) {
+    throw TensorError(nm + ": shape " + v.shape_str() + " differs from " + pn + "'s shape " + p.shape_str());
+  }
+}
+
+void must_f32(const Tensor& v, const std::string& nm) {
+  if (v.dtype != DType::f32) throw TensorError(nm + ": dtype " + std::string(dtype_name(v.dtype)) + ", expected float32");
+}
+
+void writable(const Tensor& v, const std::string& nm) {
+  if (v.readonly) throw TensorError(nm + ": is read-only (fastopt updates it in place)");
+}
+
+// The grad of param i (named gn), checked against the param.
+void check_grad(const Table& t, size_t i, const Tensor& g, const std::string& gn) {
+  check_tensor(g, gn);
+  if (canonical(g.device) != canonical(t.device)) {
+    throw TensorError(gn + " is on " + g.device.str() + " but the group is on " + canonical(t.device).str() +
+                      ": all tensors of a group must be on one device");
+  }
+  same_shape(g, t.tensors[i].param, gn, name("param", i));
+}
+
+}  // namespace
+
+[[noreturn]] void throw_missing_state(size_t group) {
+  throw std::invalid_argument("param group " + std::to_string(group) +
+                              " was bound with fewer state arrays than its hyperparameters need");
+}
+
+Table bind(std::vector<ParamGroup> groups, RuleId rule, int engine) {
+  Table t;
+  t.rule = rule;
+  const std::vector<std::string> state_names = names_of_state(rule);
+  // Devices first, so that a mixed group is reported as such.
+  std::string first;
+  for (const ParamGroup& g : groups) {
+    for (const ParamTensors& p : g.params) {
+      const size_t i = t.tensors.size();
+      t.tensors.push_back(p);  // (copied: the table owns its descriptions)
+      for (const auto& [x, nm] : {std::pair{&p.param, name("param", i)}, std::pair{&p.grad, name("grad", i)}}) {
+        if (first.empty()) {
+          t.device = canonical(x->device);
+          first = nm;
+        } else if (canonical(x->device) != t.device) {
+          throw TensorError(nm + " is on " + x->device.str() + " but " + first + " is on " + t.device.str() +
+                            ": all tensors of a group must be on one device");
+        }
+      }
+    }
+  }
+  if (!first.empty()) t.device = canonical(t.tensors[0].param.device);
+  else t.device = engine == Device::kCUDA ? Device{Device::kCUDA, 0} : Device{};
+  t.group_state.assign(groups.size(), kMaxState);
+  size_t i = 0;
+  for (size_t j = 0; j < groups.size(); ++j) {
+    if (rule != RuleId::probe) {
+      if (groups[j].hyper.index() != size_t(rule)) {
+        throw std::invalid_argument("param group " + std::to_string(j) + ": these hyperparameters are for another " +
+                                    "optimizer (the group's rule is " + rule_name(rule) + ")");
+      }
+      const std::string err = hyper_error(groups[j].hyper);
+      if (!err.empty()) throw std::invalid_argument("param group " + std::to_string(j) + ": " + err);
+      t.hypers.push_back(groups[j].hyper);
+    }
+    for (size_t k = 0; k < groups[j].params.size(); ++k, ++i) {
+      const ParamTensors& x = t.tensors[i];
+      const std::string pn = name("param", i), gn = name("grad", i);
+      check_tensor(x.param, pn);
+      check_engine(x.param, pn, engine);
+      writable(x.param, pn);
+      check_grad(t, i, x.grad, gn);
+      TensorSlot s{};
+      s.param = x.param.data;
+      s.grad = x.grad.data;
+      s.numel = x.param.numel();
+      s.ndim = int(x.param.shape.size());
+      s.param_dtype = x.param.dtype;
+      s.grad_dtype = x.grad.dtype;
+      s.hyper_index = int(j);
+      if (x.master.data) {
+        const std::string mn = name("master", i);
+        if (x.param.dtype == DType::f32) {
+          throw TensorError(pn + ": master weights are for float16/bfloat16 params; this one is float32");
+        }
+        check_tensor(x.master, mn);
+        check_engine(x.master, mn, engine);
+        writable(x.master, mn);
+        must_f32(x.master, mn);
+        same_shape(x.master, x.param, mn, pn);
+        s.master = static_cast<float*>(x.master.data);
+      }
+      if (x.state.size() > size_t(kMaxState) || x.state.size() > state_names.size()) {
+        throw std::invalid_argument(pn + ": too many state arrays");
+      }
+      s.num_state = int(x.state.size());
+      for (size_t st = 0; st < x.state.size(); ++st) {
+        const std::string sn = name(state_names[st], i);
+        check_tensor(x.state[st], sn);
+        check_engine(x.state[st], sn, engine);
+        writable(x.state[st], sn);
+        must_f32(x.state[st], sn);
+        same_shape(x.state[st], x.param, sn, pn);
+        s.state[st] = static_cast<float*>(x.state[st].data);
+      }
+      t.group_state[j] = std::min(t.group_state[j], s.num_state);
+      t.slots.push_back(s);
+    }
+  }
+  check_overlap(t, state_names);
+  return t;
+}
+
+RuleId rule_of_groups(const std::vector<ParamGroup>& groups) {
+  if (groups.empty()) throw std::invalid_argument("no param groups: name the rule (Optimizer(rule, {}))");
+  return rule_of(groups.front().hyper);
+}
+
+void check_group(const Table& t, size_t group) {
+  if (group >= t.hypers.size()) {
+    throw std::out_of_range("no param group " + std::to_string(group) + " (there are " +
+                            std::to_string(t.hypers.size()) + ")");
+  }
+}
+
+void check_hyper(const Table& t, size_t group, const Hyper& h) {
+  check_group(t, group);
+  if (h.index() != size_t(t.rule)) {
+    throw std::invalid_argument("these hyperparameters are for another optimizer (this one's rule is " +
+                                std::string(rule_name(t.rule)) + ")");
+  }
+  const std::string err = hyper_error(h);
+  if (!err.empty()) throw std::invalid_argument("param group " + std::to_string(group) + ": " + err);
+  if (t.group_state[group] < num_state(h)) throw_missing_state(group);
+}
+
+bool set_grads(Table& t, const std::vector<Tensor>& grads) {
+  if (grads.size() != t.tensors.size()) {
+    throw std::invalid_argument("got " + std::to_string(grads.size()) + " grads for " +
+                                std::to_string(t.tensors.size()) + " params");
+  }
+  bool changed = false;
+  for (size_t i = 0; i < grads.size(); ++i) {
+    const Tensor& g = grads[i];
+    const Tensor& old = t.tensors[i].grad;
+    if (g.data == old.data && g.dtype == old.dtype && g.shape == old.shape && g.device == old.device) continue;
+    check_grad(t, i, g, name("grad", i));
+    changed = true;
+  }
+  if (!changed) return false;
+  check_overlap(t, names_of_state(t.rule), &grads);
+  for (size_t i = 0; i < grads.size(); ++i) {
+    t.tensors[i].grad = grads[i];
+    t.slots[i].grad = grads[i].data;
+    t.slots[i].grad_dtype = grads[i].dtype;
+  }
+  return true;
+}
+
+float unscale_factor(double grad_scale) {
+  const float inv = grad_scale > 0 ? float(1.0 / grad_scale) : INFINITY;
+  if (!(std::isfinite(grad_scale) && std::isfinite(inv))) {  // a finite grad times an inf factor is NaN
+    std::ostringstream s;
+    s << "grad_scale must be finite and > 0 with a finite float32 reciprocal (>= " << 1.0 / double(FLT_MAX)
+      << "), got " << grad_scale;
+    throw std::invalid_argument(s.str());
+  }
+  return inv;
+}
+
+void check_options(const StepOptions& o) {
+  unscale_factor(o.grad_scale);
+  if (!(o.max_grad_norm >= 0 && std::isfinite(o.max_grad_norm))) {
+    throw std::invalid_argument("max_grad_norm must be finite and >= 0 (0: no clipping), got " +
+                                std::to_string(o.max_grad_norm));
+  }
+  if (!(o.clip_value >= 0 && std::isfinite(o.clip_value))) {
+    throw std::invalid_argument("clip_value must be finite and >= 0 (0: no clamping), got " +
+                                std::to_string(o.clip_value));
+  }
+}
+
+std::vector<int64_t> rule_steps(const StepOptions& o, const std::vector<int64_t>& counts) {
+  std::vector<int64_t> steps(counts.size());
+  for (size_t j = 0; j < counts.size(); ++j) {
+    if (!o.rule_steps && counts[j] == INT64_MAX) {
+      throw std::overflow_error("param group " + std::to_string(j) + ": the step count reached 2**63 - 1");
+    }
+    steps[j] = o.rule_steps ? o.rule_steps[j] : counts[j] + 1;
+    if (steps[j] < 1) throw std::invalid_argument("step must be >= 1, got " + std::to_string(steps[j]));
+  }
+  return steps;
+}
+
+void check_steps(const Table& t, const std::vector<int64_t>& steps) {
+  if (steps.size() != t.hypers.size()) {
+    throw std::invalid_argument("got " + std::to_string(steps.size()) + " step counts for " +
+                                std::to_string(t.hypers.size()) + " param groups");
+  }
+  for (int64_t s : steps) {
+    if (s < 0) throw std::invalid_argument("step counts must be >= 0, got " + std::to_string(s));
+  }
+}
+
+}  // namespace fastopt::api

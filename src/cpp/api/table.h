@@ -1,0 +1,76 @@
+// The validated table of a bound optimizer, shared by the CPU and CUDA engines' APIs: every
+// check the C++ API (and so the Python and C faces) makes on tensors, hyperparameters, step
+// counts and step options, with its message.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "fastopt/optimizer.h"
+
+namespace fastopt::api {
+
+struct Table {
+  RuleId rule = RuleId::probe;
+  std::vector<Hyper> hypers;          // one per param group (none for the probe)
+  std::vector<ParamTensors> tensors;  // by param, across groups
+  std::vector<TensorSlot> slots;      // the engines' view of `tensors`
+  std::vector<int> group_state;       // the fewest state arrays any param of group j has
+  Device device{};
+};
+
+// Validates and lays out `groups` for an engine on device type `engine` (Device::kCPU or
+// kCUDA), their state arrays named as `rule`'s (the probe: "state"). Every hyperparameter set
+// must be `rule`'s and in range (state counts are checked by set_hyper and each step).
+Table bind(std::vector<ParamGroup> groups, RuleId rule, int engine);
+
+// The rule of the first group's hyperparameters (std::invalid_argument for no groups).
+RuleId rule_of_groups(const std::vector<ParamGroup>& groups);
+
+// std::out_of_range unless t has a param group `group`.
+void check_group(const Table& t, size_t group);
+
+// Throws unless group j of `t` exists and `h` holds hyperparameters it can step with.
+void check_hyper(const Table& t, size_t group, const Hyper& h);
+
+// Validates new grads (one per param) as bind() does and takes them into t.tensors and
+// t.slots; nothing changes on an error. Returns whether any grad changed.
+bool set_grads(Table& t, const std::vector<Tensor>& grads);
+
+// The float32 unscale factor of a loss scale: float(1 / grad_scale), validated.
+float unscale_factor(double grad_scale);
+
+// Throws std::invalid_argument for out-of-range step options.
+void check_options(const StepOptions& o);
+
+// The step count each group's rule sees: options.rule_steps, or counts[j] + 1; each >= 1.
+std::vector<int64_t> rule_steps(const StepOptions& o, const std::vector<int64_t>& counts);
+
+// Restored step counts: one per group, each >= 0.
+void check_steps(const Table& t, const std::vector<int64_t>& steps);
+
+[[noreturn]] void throw_missing_state(size_t group);
+
+// The rule's coefficients for this step, one per group, `Rule` being t.rule's type; throws
+// where a group's hyperparameters need more state arrays than were bound.
+template <class Rule>
+std::vector<typename Rule::Coeffs> step_coeffs(const Table& t, const std::vector<typename Rule::Hyper>& hypers,
+                                               const std::vector<int64_t>& steps) {
+  std::vector<typename Rule::Coeffs> out;
+  out.reserve(hypers.size());
+  for (size_t j = 0; j < hypers.size(); ++j) {
+    if (t.group_state[j] < Rule::num_state(hypers[j])) throw_missing_state(j);
+    out.push_back(Rule::coeffs(hypers[j], steps[j]));
+  }
+  return out;
+}
+
+// t's hyperparameters as `Rule`'s structs (lr replaced where a schedule gives it).
+template <class Rule>
+std::vector<typename Rule::Hyper> hypers_of(const Table& t) {
+  std::vector<typename Rule::Hyper> out;
+  out.reserve(t.hypers.size());
+  for (const Hyper& h : t.hypers) out.push_back(std::get<typename Rule::Hyper>(h));
+  return out;
+}
+
+}  // namespace fastopt::api

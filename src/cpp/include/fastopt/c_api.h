@@ -1,0 +1,111 @@
+/* fastopt's C ABI: the C++ API (fastopt/optimizer.h) behind plain C types, for engines in C,
+ * Rust, Julia, Zig, ... Every call returns a fastopt_status; on an error nothing was changed and
+ * fastopt_last_error() gives the message (the C++ API's, naming the bad tensor). Tensors are
+ * caller memory, described, never copied or owned: they must outlive the optimizer.
+ *
+ * Thread-safety: the last error is per thread. An optimizer is used by one thread at a time. */
+#ifndef FASTOPT_C_API_H
+#define FASTOPT_C_API_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum fastopt_status {
+  FASTOPT_OK = 0,
+  FASTOPT_ERROR_TENSOR = 1,    /* a tensor cannot be used (TensorError) */
+  FASTOPT_ERROR_ARGUMENT = 2,  /* a bad argument: hyperparameter, option, index, name */
+  FASTOPT_ERROR_RUNTIME = 3,   /* the engine failed (out of memory, threads) */
+} fastopt_status;
+
+typedef enum fastopt_dtype { FASTOPT_FLOAT32 = 0, FASTOPT_FLOAT16 = 1, FASTOPT_BFLOAT16 = 2 } fastopt_dtype;
+
+/* A C-contiguous tensor: `ndim` dimensions in `shape` (ndim 0: a scalar). device_type as
+ * DLPack numbers it: 1 CPU (the C ABI's optimizers run on the CPU engine), 3 pinned host. */
+typedef struct fastopt_tensor {
+  void* data;
+  const int64_t* shape;
+  int32_t ndim;
+  int32_t dtype; /* a fastopt_dtype */
+  int32_t device_type;
+  int32_t device_id;
+  int32_t readonly; /* nonzero: fastopt must not write it (refused but for grads) */
+} fastopt_tensor;
+
+/* One param's tensors (all of its shape). master.data NULL: no master weights. `state`:
+ * num_state arrays in the rule's order (fastopt_state_name). */
+typedef struct fastopt_param {
+  fastopt_tensor param, grad, master;
+  const fastopt_tensor* state;
+  int32_t num_state;
+} fastopt_param;
+
+typedef struct fastopt_optimizer fastopt_optimizer;
+
+/* The message of this thread's last error ("" if none). Valid until the next failing call. */
+const char* fastopt_last_error(void);
+
+/* Binds `num_params` params to a new optimizer of rule `rule` ("sgd", "adam", ...: see
+ * fastopt/rules/registry.h), split into `num_groups` param groups of group_sizes[j]
+ * consecutive params, each starting at the rule's default hyperparameters
+ * (fastopt_set_hyper changes them). *out is set on success. */
+fastopt_status fastopt_optimizer_create(const char* rule, const fastopt_param* params, int64_t num_params,
+                                        const int64_t* group_sizes, int32_t num_groups, fastopt_optimizer** out);
+void fastopt_optimizer_destroy(fastopt_optimizer* opt); /* NULL is fine */
+
+/* A hyperparameter of param group `group` by its field name (fastopt/rules/<rule>.h: "lr",
+ * "beta1", "weight_decay", "decoupled", ...); flags are 0 or 1. Setting validates the group's
+ * whole set (ranges, state arrays bound) and applies it from the next step. */
+fastopt_status fastopt_set_hyper(fastopt_optimizer* opt, int32_t group, const char* name, double value);
+fastopt_status fastopt_get_hyper(const fastopt_optimizer* opt, int32_t group, const char* name, double* value);
+
+/* The name of the rule's k-th state array ("exp_avg", ...), or NULL past the last. */
+const char* fastopt_state_name(const char* rule, int32_t k);
+/* The state arrays group `group` needs with its current hyperparameters. */
+fastopt_status fastopt_num_state(const fastopt_optimizer* opt, int32_t group, int32_t* out);
+
+typedef struct fastopt_step_options {
+  double grad_scale;    /* the loss scale the grads carry (1: none) */
+  double max_grad_norm; /* > 0: clip by global norm */
+  float clip_value;     /* > 0: clamp grads */
+  int32_t skip_nonfinite, grad_norm, diagnostics; /* flags */
+} fastopt_step_options;
+
+/* {grad_scale 1, everything else off}. */
+fastopt_step_options fastopt_default_step_options(void);
+
+typedef struct fastopt_step_result {
+  double grad_norm;  /* NaN where the step computed none */
+  int32_t skipped;
+} fastopt_step_result;
+
+/* One step (options NULL: the defaults). *result may be NULL. With options->diagnostics, the
+ * per-param numbers are then read with fastopt_diagnostics. */
+fastopt_status fastopt_step(fastopt_optimizer* opt, const fastopt_step_options* options,
+                            fastopt_step_result* result);
+
+/* The last step's diagnostics, num_params values per array (any array may be NULL): grad
+ * norms, non-finite grad counts, param norms, update norms, update/param ratios (the last three
+ * NaN for a skipped step). FASTOPT_ERROR_ARGUMENT if the last step had no diagnostics. */
+fastopt_status fastopt_diagnostics(const fastopt_optimizer* opt, double* grad_norm, int64_t* nonfinite_grads,
+                                   double* param_norm, double* update_norm, double* update_ratio);
+
+/* Steps taken by each param group (num_groups values), for checkpoints. */
+fastopt_status fastopt_get_steps(const fastopt_optimizer* opt, int64_t* steps, int32_t num_groups);
+fastopt_status fastopt_set_steps(fastopt_optimizer* opt, const int64_t* steps, int32_t num_groups);
+
+/* New grad buffers, one per param (validated; nothing changes on an error). */
+fastopt_status fastopt_set_grads(fastopt_optimizer* opt, const fastopt_tensor* grads, int64_t num_params);
+
+/* The active CPU target ("avx512", "avx2", "scalar"), and the threads a step uses. */
+const char* fastopt_cpu_isa(void);
+fastopt_status fastopt_set_num_threads(int32_t n);
+int32_t fastopt_get_num_threads(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* FASTOPT_C_API_H */

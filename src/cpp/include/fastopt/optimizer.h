@@ -1,0 +1,180 @@
+// fastopt's C++ API: an optimizer bound once to caller-owned tensors, stepped many times, in
+// place, on the CPU engine (AVX-512, AVX2 or scalar kernels chosen at run time, one parallel
+// region per step). The Python package is a layer over this API: the same validation, the same
+// messages, the same bits. See fastopt/cuda_optimizer.h for the CUDA engine and
+// fastopt/c_api.h for the C ABI.
+//
+// Thread-safety: an Optimizer is stepped (and its hyperparameters, steps and grads set) by one
+// thread at a time; distinct optimizers may be used from distinct threads (their parallel
+// regions then take turns on the pool, or run on the calling thread alone).
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "fastopt/hyper.h"
+#include "fastopt/schedule.h"
+#include "fastopt/tensor.h"
+
+namespace fastopt {
+
+// One param's tensors, all of the param's shape, each with its own memory (no two tensors of an
+// optimizer may overlap).
+struct ParamTensors {
+  Tensor param;  // float32, float16 or bfloat16; updated in place
+  Tensor grad;   // float32, float16 or bfloat16; only read (may be read-only)
+  // float32 master weights of a float16/bfloat16 param, or data == nullptr for none. With a
+  // master, a step updates the master and rewrites the param from it, rounded to nearest even.
+  Tensor master;
+  // The rule's state arrays, float32, in the order of state_names(rule): at least
+  // num_state(hyper) of them for the param group's hyperparameters. They start at 0 (Adagrad's
+  // `sum` at initial_accumulator_value: the caller fills it) and are updated in place.
+  std::vector<Tensor> state;
+};
+
+// A param group: the params that share one set of hyperparameters.
+struct ParamGroup {
+  Hyper hyper;
+  std::vector<ParamTensors> params;
+};
+
+// What a step does around the update (torch semantics; python/fastopt/optimizer.py documents
+// each option at length).
+struct StepOptions {
+  // The loss scale the grads carry: the update unscales them by float(1 / grad_scale), as
+  // torch's GradScaler does (finite and > 0, with a finite float32 reciprocal).
+  double grad_scale = 1.0;
+  // > 0: clip by global norm, as torch.nn.utils.clip_grad_norm_: every grad is scaled by
+  // max_grad_norm / (norm + 1e-6) when the norm exceeds it. 0: off.
+  double max_grad_norm = 0.0;
+  // > 0: clamp every grad element (after unscaling and norm clipping) to +-clip_value. 0: off.
+  float clip_value = 0.0f;
+  // Skip the whole step (nothing written, step counts unchanged) when a grad holds an inf or NaN
+  // or an unscaled grad may overflow float32.
+  bool skip_nonfinite = false;
+  // Compute the global grad norm even when no option above needs it.
+  bool grad_norm = false;
+  // Per-tensor diagnostics in the result (a norm pass over the grads; the update pass then
+  // sums the updates and the old values as it goes).
+  bool diagnostics = false;
+  // The 1-based step count each param group's rule sees at this step, num_groups() of them;
+  // null: steps()[j] + 1. (The counts kept by the optimizer advance either way.)
+  const int64_t* rule_steps = nullptr;
+};
+
+// Per-tensor numbers of one step, by param index (global index, across groups).
+struct Diagnostics {
+  std::vector<double> grad_norm;         // L2 norm of each grad after unscaling, before clipping
+  std::vector<int64_t> nonfinite_grads;  // its count of inf/NaN elements
+  // Empty for a skipped step: L2 norms of each param's fp32 value before the update and of the
+  // change it made, and their ratio (inf where the param was 0).
+  std::vector<double> param_norm, update_norm, update_ratio;
+};
+
+struct StepResult {
+  // The global L2 norm of the grads after unscaling, before clipping, where the step computed
+  // it (max_grad_norm, skip_nonfinite, grad_norm or diagnostics).
+  std::optional<double> grad_norm;
+  bool skipped = false;  // the step was skipped for a non-finite grad
+  std::optional<Diagnostics> diagnostics;
+};
+
+class Optimizer {
+ public:
+  // Binds the tensors of every param group: each is validated once (device: host memory;
+  // dtype; shape; writability; masters only for float16/bfloat16 params; no two tensors
+  // overlapping), then never again. All groups must hold the same rule's hyperparameters,
+  // each in range. Throws TensorError (naming the tensor: "param 3", "grad 3", "master 3",
+  // "exp_avg 3", indexed across groups) or std::invalid_argument; nothing is kept on error.
+  explicit Optimizer(std::vector<ParamGroup> groups);
+  // The same with the rule named (an optimizer over no param groups has no Hyper to tell it).
+  Optimizer(RuleId rule, std::vector<ParamGroup> groups);
+  ~Optimizer();
+  Optimizer(Optimizer&&) noexcept;
+  Optimizer& operator=(Optimizer&&) noexcept;
+
+  // One step over every param, in place. Throws std::invalid_argument for bad options (nothing
+  // is written then).
+  StepResult step(const StepOptions& options = {});
+
+  RuleId rule() const;
+  size_t num_groups() const;
+  size_t num_params() const;
+
+  // Group j's hyperparameters; set_hyper validates them (same rule, in range, no more state
+  // arrays than were bound) and they apply from the next step.
+  const Hyper& hyper(size_t group) const;
+  void set_hyper(size_t group, const Hyper& h);
+
+  // Group j's lr from now on: lr_at(*schedule, steps()[j]) at each step (the schedule is
+  // copied); null: the Hyper's lr again.
+  void set_schedule(size_t group, const Schedule* schedule);
+
+  // Steps taken by each group (skipped steps not counted); set_steps restores them from a
+  // checkpoint (each >= 0).
+  const std::vector<int64_t>& steps() const;
+  void set_steps(const std::vector<int64_t>& steps);
+
+  // The tensors bound for param i (its state arrays and master: what a checkpoint saves and
+  // restores, by writing their memory).
+  const ParamTensors& tensors(size_t param) const;
+
+  // New grad buffers, one per param in order (those equal to the bound ones are kept),
+  // validated as at binding; nothing changes on an error.
+  void set_grads(const std::vector<Tensor>& grads);
+
+  // Per param: the sum of squares of the grad's (or the param's fp32 value's: its master's where
+  // it has one) elements in the canonical order of fastopt/reduce.h, and its non-finite count.
+  void grad_sumsq(double* sums, int64_t* nonfinite) const;
+  void param_sumsq(double* sums, int64_t* nonfinite) const;
+
+  const char* isa() const;   // the kernels this optimizer runs: "avx512", "avx2" or "scalar"
+  size_t num_tasks() const;  // the parallel tasks a step is cut into
+
+  struct Impl;
+
+ private:
+  explicit Optimizer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+  friend class BandwidthProbe;
+};
+
+// The bandwidth probe: the engine's streams over a param's tensors with no arithmetic (each
+// param is rewritten as param + 0 * grad, every state array rewritten as itself): the time a
+// step takes at best. `params` as for an Optimizer (up to 3 state arrays each).
+class BandwidthProbe {
+ public:
+  explicit BandwidthProbe(std::vector<ParamTensors> params);
+  void run();
+  const char* isa() const { return opt_.isa(); }
+  size_t num_tasks() const { return opt_.num_tasks(); }
+
+ private:
+  Optimizer opt_;
+};
+
+// Per tensor, in one parallel pass: the sum of squares (canonical order) and the non-finite
+// count of its elements (host memory, float32/float16/bfloat16; only read).
+void sumsq(const std::vector<Tensor>& tensors, double* sums, int64_t* nonfinite);
+
+// The global L2 norm of per-tensor sums of squares, combined in the canonical order.
+double global_norm(const double* sums, size_t n);
+
+// dst = the exact float32 value of every element of src (host memory, same shape): a master
+// copy of a float16/bfloat16 param.
+void widen(const Tensor& src, const Tensor& dst);
+
+// The CPU targets: "avx512", "avx2", "scalar". cpu_isa() is the active one (FASTOPT_CPU_ISA
+// if set, else the best this CPU runs); set_cpu_isa forces one for optimizers bound after it
+// (std::invalid_argument if unknown or unsupported here).
+const char* cpu_isa();
+bool cpu_isa_supported(const std::string& name);
+void set_cpu_isa(const std::string& name);
+
+// The threads a step uses (the caller's included); default: the cores available.
+int num_threads();
+void set_num_threads(int n);  // n >= 1
+
+}  // namespace fastopt

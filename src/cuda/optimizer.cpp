@@ -1,0 +1,141 @@
+// fastopt::CudaOptimizer: the shared validated table (../cpp/api/table.h) over the CUDA
+// engine's group (group.h). Plain C++: compiled by the host compiler.
+#include "fastopt/cuda_optimizer.h"
+
+#include "../cpp/api/table.h"
+#include "group.h"
+
+namespace fastopt {
+
+struct CudaOptimizer::Impl {
+  api::Table table;
+  cuda::Group group;
+
+  Impl(std::vector<ParamGroup> groups, RuleId rule)
+      : table(bind(std::move(groups), rule)),
+        group(rule, table.slots, table.device.id, int(table.hypers.size())) {}
+
+  static api::Table bind(std::vector<ParamGroup> groups, RuleId rule) {
+    if (rule == RuleId::probe) throw std::invalid_argument("the CUDA engine has no bandwidth probe");
+    return api::bind(std::move(groups), rule, Device::kCUDA);
+  }
+};
+
+CudaOptimizer::CudaOptimizer(RuleId rule, std::vector<ParamGroup> groups)
+    : impl_(std::make_unique<Impl>(std::move(groups), rule)) {}
+CudaOptimizer::CudaOptimizer(std::vector<ParamGroup> groups)
+    : CudaOptimizer(api::rule_of_groups(groups), std::move(groups)) {}
+CudaOptimizer::~CudaOptimizer() = default;
+CudaOptimizer::CudaOptimizer(CudaOptimizer&&) noexcept = default;
+CudaOptimizer& CudaOptimizer::operator=(CudaOptimizer&&) noexcept = default;
+
+void CudaOptimizer::step(cudaStream_t stream, const CudaStepOptions& o) {
+  api::check_options(o);
+  if (o.rule_steps && o.capturable) throw std::invalid_argument("a capturable step reads its step counts on the device");
+  if (o.diagnostics && !(o.diagnostics_out && o.nonfinite_out)) {
+    throw std::invalid_argument("diagnostics need diagnostics_out and nonfinite_out (device memory)");
+  }
+  const api::Table& t = impl_->table;
+  with_rule(t.rule, [&](auto rule) {
+    using Rule = decltype(rule);
+    const auto hypers = api::hypers_of<Rule>(t);
+    // The coefficients where the caller gives the step counts; otherwise only the state counts
+    // are checked here (the device computes them from its counts).
+    const std::vector<int64_t> steps =
+        o.rule_steps ? api::rule_steps(o, std::vector<int64_t>(hypers.size(), 0)) : std::vector<int64_t>(hypers.size(), 1);
+    const auto coeffs = api::step_coeffs<Rule>(t, hypers, steps);
+    cuda::StepArgs a;
+    a.hypers = hypers.data();
+    a.stride = sizeof(typename Rule::Hyper);
+    a.coeffs = o.rule_steps ? coeffs.data() : nullptr;
+    a.coeffs_stride = sizeof(typename Rule::Coeffs);
+    a.stream = stream;
+    a.transform = GradTransform{api::unscale_factor(o.grad_scale), o.clip_value};
+    a.loss_scale = o.loss_scale;
+    a.lr_on_device = o.capturable;
+    a.skip_nonfinite = o.skip_nonfinite;
+    a.max_grad_norm = o.max_grad_norm;
+    a.grad_norm = o.grad_norm || o.skip_nonfinite || o.max_grad_norm > 0 || o.diagnostics || o.grad_norm_out;
+    a.grad_norm_out = o.grad_norm_out;
+    a.skipped_out = o.skipped_out;
+    a.diagnostics = o.diagnostics ? o.diagnostics_out : nullptr;
+    a.nonfinite = o.diagnostics ? o.nonfinite_out : nullptr;
+    a.track_skip = o.track_skip;
+    impl_->group.step(a);
+  });
+}
+
+RuleId CudaOptimizer::rule() const { return impl_->table.rule; }
+size_t CudaOptimizer::num_groups() const { return impl_->table.hypers.size(); }
+size_t CudaOptimizer::num_params() const { return impl_->table.tensors.size(); }
+int CudaOptimizer::device() const { return impl_->group.device(); }
+
+const Hyper& CudaOptimizer::hyper(size_t group) const {
+  api::check_group(impl_->table, group);
+  return impl_->table.hypers[group];
+}
+
+void CudaOptimizer::set_hyper(size_t group, const Hyper& h) {
+  api::check_hyper(impl_->table, group, h);
+  impl_->table.hypers[group] = h;
+}
+
+void CudaOptimizer::set_lr(size_t group, double lr, cudaStream_t stream) {
+  api::check_group(impl_->table, group);
+  if (!(lr >= 0 && lr < 1e300)) throw std::invalid_argument("lr must be finite and >= 0");
+  cuda::set_device_value(impl_->group.lr_device() + group, lr, impl_->group.device(), stream);
+}
+
+void CudaOptimizer::set_schedule(size_t group, const Schedule* schedule, cudaStream_t stream) {
+  api::check_group(impl_->table, group);
+  impl_->group.set_schedule(int(group), schedule, stream);
+}
+
+std::vector<int64_t> CudaOptimizer::read_steps(cudaStream_t stream) const {
+  std::vector<int64_t> out(impl_->table.hypers.size());
+  impl_->group.read_steps(out.data(), stream);
+  return out;
+}
+
+void CudaOptimizer::set_steps(const std::vector<int64_t>& steps, cudaStream_t stream) {
+  api::check_steps(impl_->table, steps);
+  for (size_t j = 0; j < steps.size(); ++j) {
+    cuda::set_device_value(impl_->group.steps_device() + j, steps[j], impl_->group.device(), stream);
+  }
+}
+
+int CudaOptimizer::poll_skip() const { return impl_->group.poll_skip(); }
+
+void CudaOptimizer::update_loss_scale(float* scale, int32_t* clean_steps, int32_t* floor_skips, double growth,
+                                      double backoff, int32_t interval, float min_scale, cudaStream_t stream) const {
+  impl_->group.update_loss_scale(scale, clean_steps, floor_skips, growth, backoff, interval, min_scale, stream);
+}
+
+const ParamTensors& CudaOptimizer::tensors(size_t param) const {
+  if (param >= impl_->table.tensors.size()) throw std::out_of_range("no param " + std::to_string(param));
+  return impl_->table.tensors[param];
+}
+
+void CudaOptimizer::set_grads(const std::vector<Tensor>& grads, cudaStream_t stream) {
+  if (api::set_grads(impl_->table, grads)) impl_->group.set_grads(impl_->table.slots, stream);
+}
+
+int64_t CudaOptimizer::num_chunks() const { return impl_->group.num_chunks(); }
+
+int cuda_device_count() { return cuda::device_count(); }
+
+void cuda_widen(const Tensor& src, const Tensor& dst, cudaStream_t stream) {
+  for (const auto& [t, name] : {std::pair{&src, "source"}, std::pair{&dst, "destination"}}) {
+    if (t->device.type != Device::kCUDA) {
+      throw TensorError(std::string(name) + ": is on " + t->device.str() + "; the CUDA engine takes CUDA device memory");
+    }
+  }
+  if (dst.dtype != DType::f32 || dst.readonly || dst.shape != src.shape || dst.device != src.device) {
+    throw std::invalid_argument("destination must be a writable float32 array of the source's shape and device");
+  }
+  cuda::widen(src.data, src.dtype, static_cast<float*>(dst.data), src.numel(), dst.device.id, stream);
+}
+
+bool cuda_stream_is_capturing(cudaStream_t stream) { return cuda::stream_is_capturing(stream); }
+
+}  // namespace fastopt
