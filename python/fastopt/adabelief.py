@@ -40,7 +40,6 @@ class AdaBelief(Optimizer):
     """
 
     rule = "adabelief"
-    state_names = ("exp_avg", "exp_avg_var", "max_exp_avg_var")
     hyper_defaults = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-16, "weight_decay": 0.0, "amsgrad": False,
                       "weight_decouple": False, "maximize": False}
     hyper_fields = {"weight_decouple": "decoupled"}

@@ -28,7 +28,6 @@ class Adadelta(Optimizer):
     """
 
     rule = "adadelta"
-    state_names = ("square_avg", "acc_delta")
     hyper_defaults = {"lr": 1.0, "rho": 0.9, "eps": 1e-6, "weight_decay": 0.0, "maximize": False}
     in_torch = True
     step_dependent = False

@@ -29,7 +29,6 @@ class Adagrad(Optimizer):
     """
 
     rule = "adagrad"
-    state_names = ("sum",)
     hyper_defaults = {"lr": 1e-2, "lr_decay": 0.0, "weight_decay": 0.0, "initial_accumulator_value": 0.0,
                       "eps": 1e-10, "maximize": False}
     in_torch = True

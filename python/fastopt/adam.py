@@ -29,7 +29,6 @@ class Adam(Optimizer):
     """
 
     rule = "adam"
-    state_names = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
     hyper_defaults = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "amsgrad": False,
                       "maximize": False}
     fixed_fields = {"decoupled": False}

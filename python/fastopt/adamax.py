@@ -27,7 +27,6 @@ class Adamax(Optimizer):
     """
 
     rule = "adamax"
-    state_names = ("exp_avg", "exp_inf")
     hyper_defaults = {"lr": 2e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "maximize": False}
     in_torch = True
     bench_hypers = {"lr": 2e-3}

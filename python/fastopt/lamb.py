@@ -35,7 +35,6 @@ class LAMB(Optimizer):
     """
 
     rule = "lamb"
-    state_names = ("exp_avg", "exp_avg_sq")
     hyper_defaults = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-6, "weight_decay": 0.0, "max_trust": 0.0,
                       "bias_correction": True, "maximize": False}
     bench_hypers = {"lr": 1e-3, "weight_decay": 1e-2}

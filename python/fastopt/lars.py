@@ -35,7 +35,6 @@ class LARS(Optimizer):
     """
 
     rule = "lars"
-    state_names = ("momentum_buffer",)
     hyper_defaults = {"lr": 1e-3, "momentum": 0.9, "weight_decay": 0.0, "trust_coefficient": 1e-3, "eps": 1e-8,
                       "exclude_1d": False, "maximize": False}
     optional_state = {"momentum_buffer": "momentum != 0"}

@@ -28,7 +28,6 @@ class Lion(Optimizer):
     """
 
     rule = "lion"
-    state_names = ("exp_avg",)
     hyper_defaults = {"lr": 1e-4, "betas": (0.9, 0.99), "weight_decay": 0.0, "maximize": False}
     step_dependent = False
     bench_hypers = {"lr": 1e-4, "weight_decay": 1e-2}

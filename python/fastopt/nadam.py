@@ -41,7 +41,6 @@ class NAdam(Optimizer):
     """
 
     rule = "nadam"
-    state_names = ("exp_avg", "exp_avg_sq")
     hyper_defaults = {"lr": 2e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "momentum_decay": 4e-3,
                       "decoupled_weight_decay": False, "maximize": False}
     hyper_fields = {"decoupled_weight_decay": "decoupled"}

@@ -11,6 +11,7 @@ from typing import Any, Callable, ClassVar, Mapping, Sequence
 from ._arrays import data_ptr, device_empty
 from .binding import Binding
 from .checkpoints import Checkpoints
+from . import _core
 from .engine import engine_for
 from .hyperparams import Array, HyperParams, ParamGroup, betas, flag, real, split_groups
 from .results import Diagnostics, StepResult
@@ -90,7 +91,8 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
 
     # ---- the description each optimizer gives (in fastopt/<rule>.py; see catalog.py) -------
     rule: ClassVar[str]                       # its C++ rule id, a key of _core.rules
-    state_names: ClassVar[tuple[str, ...]]    # its float32 state arrays, in binding order
+    state_names: ClassVar[tuple[str, ...]]    # its float32 state arrays, in binding order: the rule's
+    # (set from the C++ rule header's state_names, through _core.state_names)
     hyper_defaults: ClassVar[dict[str, Any]]  # hyperparameters (torch.optim's names) -> default;
     # a real default makes a real-valued field of the rule's Hyper struct, a bool a flag,
     # "betas" its beta1/beta2; others are custom_hypers, which the class's _to_hyper maps.
@@ -169,6 +171,11 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
         self._skip_pending = False  # CUDA: the last step's skip decision is not yet back on the host
         self._retired: list = []  # CUDA: device groups replaced after a capture, kept for its replays
         self._refresh()
+
+    def __init_subclass__(cls, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        if "rule" in cls.__dict__:
+            cls.state_names = _core.state_names[cls.rule]
 
     @classmethod
     def torch_state(cls, group: Mapping[str, Any], step: int) -> dict[str, Any]:

@@ -39,7 +39,6 @@ class RAdam(Optimizer):
     """
 
     rule = "radam"
-    state_names = ("exp_avg", "exp_avg_sq")
     hyper_defaults = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0,
                       "decoupled_weight_decay": False, "maximize": False}
     hyper_fields = {"decoupled_weight_decay": "decoupled"}

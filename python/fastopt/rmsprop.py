@@ -36,7 +36,6 @@ class RMSprop(Optimizer):
     """
 
     rule = "rmsprop"
-    state_names = ("square_avg", "momentum_buffer", "grad_avg")
     hyper_defaults = {"lr": 1e-2, "alpha": 0.99, "eps": 1e-8, "weight_decay": 0.0, "momentum": 0.0,
                       "centered": False, "maximize": False}
     optional_state = {"momentum_buffer": "momentum > 0 or centered", "grad_avg": "centered"}

@@ -53,7 +53,6 @@ class SGD(Optimizer):
     """
 
     rule = "sgd"
-    state_names = ("momentum_buffer",)
     hyper_defaults = {"lr": 1e-3, "momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0,
                       "nesterov": False, "maximize": False, "momentum_form": "torch"}
     custom_hypers = ("momentum_form",)

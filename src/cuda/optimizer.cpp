@@ -13,7 +13,7 @@ struct CudaOptimizer::Impl {
 
   Impl(std::vector<ParamGroup> groups, RuleId rule)
       : table(bind(std::move(groups), rule)),
-        group(rule, table.slots, table.device.id, int(table.hypers.size())) {}
+        group(table.rule, table.slots, table.device.id, int(table.hypers.size())) {}
 
   static api::Table bind(std::vector<ParamGroup> groups, RuleId rule) {
     if (rule == RuleId::probe) throw std::invalid_argument("the CUDA engine has no bandwidth probe");
@@ -24,7 +24,7 @@ struct CudaOptimizer::Impl {
 CudaOptimizer::CudaOptimizer(RuleId rule, std::vector<ParamGroup> groups)
     : impl_(std::make_unique<Impl>(std::move(groups), rule)) {}
 CudaOptimizer::CudaOptimizer(std::vector<ParamGroup> groups)
-    : CudaOptimizer(api::rule_of_groups(groups), std::move(groups)) {}
+    : impl_(std::make_unique<Impl>(std::move(groups), api::kRuleOfGroups)) {}
 CudaOptimizer::~CudaOptimizer() = default;
 CudaOptimizer::CudaOptimizer(CudaOptimizer&&) noexcept = default;
 CudaOptimizer& CudaOptimizer::operator=(CudaOptimizer&&) noexcept = default;

@@ -214,7 +214,11 @@ fastopt_status fastopt_set_grads(fastopt_optimizer* opt, const fastopt_tensor* g
   });
 }
 
-const char* fastopt_cpu_isa(void) { return fastopt::cpu_isa(); }
+const char* fastopt_cpu_isa(void) {
+  const char* isa = nullptr;
+  guard([&] { isa = fastopt::cpu_isa(); });  // FASTOPT_CPU_ISA may name a target this CPU lacks
+  return isa;
+}
 
 fastopt_status fastopt_set_num_threads(int32_t n) {
   return guard([&] { fastopt::set_num_threads(n); });

@@ -26,7 +26,7 @@ struct Optimizer::Impl {
 
   Impl(std::vector<ParamGroup> groups, RuleId rule)
       : table(api::bind(std::move(groups), rule, Device::kCPU)),
-        group(rule, table.slots),
+        group(table.rule, table.slots),
         schedules(table.hypers.size()),
         steps(table.hypers.size(), 0) {}
 
@@ -118,7 +118,8 @@ Optimizer::Optimizer(RuleId rule, std::vector<ParamGroup> groups)
   if (rule == RuleId::probe) throw std::invalid_argument("the probe is a BandwidthProbe, not an Optimizer");
 }
 
-Optimizer::Optimizer(std::vector<ParamGroup> groups) : Optimizer(api::rule_of_groups(groups), std::move(groups)) {}
+Optimizer::Optimizer(std::vector<ParamGroup> groups)
+    : impl_(std::make_unique<Impl>(std::move(groups), api::kRuleOfGroups)) {}
 
 Optimizer::~Optimizer() = default;
 Optimizer::Optimizer(Optimizer&&) noexcept = default;

@@ -108,6 +108,10 @@ void check_grad(const Table& t, size_t i, const Tensor& g, const std::string& gn
 }
 
 Table bind(std::vector<ParamGroup> groups, RuleId rule, int engine) {
+  if (rule == kRuleOfGroups) {
+    if (groups.empty()) throw std::invalid_argument("no param groups: name the rule (Optimizer(rule, {}))");
+    rule = rule_of(groups.front().hyper);
+  }
   Table t;
   t.rule = rule;
   const std::vector<std::string> state_names = names_of_state(rule);
@@ -188,11 +192,6 @@ Table bind(std::vector<ParamGroup> groups, RuleId rule, int engine) {
   }
   check_overlap(t, state_names);
   return t;
-}
-
-RuleId rule_of_groups(const std::vector<ParamGroup>& groups) {
-  if (groups.empty()) throw std::invalid_argument("no param groups: name the rule (Optimizer(rule, {}))");
-  return rule_of(groups.front().hyper);
 }
 
 void check_group(const Table& t, size_t group) {

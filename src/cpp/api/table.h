@@ -18,13 +18,13 @@ struct Table {
   Device device{};
 };
 
+// bind()'s rule when the groups' hyperparameters tell it (std::invalid_argument for no groups).
+constexpr RuleId kRuleOfGroups = RuleId::count;
+
 // Validates and lays out `groups` for an engine on device type `engine` (Device::kCPU or
 // kCUDA), their state arrays named as `rule`'s (the probe: "state"). Every hyperparameter set
 // must be `rule`'s and in range (state counts are checked by set_hyper and each step).
 Table bind(std::vector<ParamGroup> groups, RuleId rule, int engine);
-
-// The rule of the first group's hyperparameters (std::invalid_argument for no groups).
-RuleId rule_of_groups(const std::vector<ParamGroup>& groups);
 
 // std::out_of_range unless t has a param group `group`.
 void check_group(const Table& t, size_t group);

@@ -99,7 +99,8 @@ fastopt_status fastopt_set_steps(fastopt_optimizer* opt, const int64_t* steps, i
 /* New grad buffers, one per param (validated; nothing changes on an error). */
 fastopt_status fastopt_set_grads(fastopt_optimizer* opt, const fastopt_tensor* grads, int64_t num_params);
 
-/* The active CPU target ("avx512", "avx2", "scalar"), and the threads a step uses. */
+/* The active CPU target ("avx512", "avx2", "scalar"; NULL with the error set if FASTOPT_CPU_ISA
+ * names one this CPU lacks), and the threads a step uses. */
 const char* fastopt_cpu_isa(void);
 fastopt_status fastopt_set_num_threads(int32_t n);
 int32_t fastopt_get_num_threads(void);
