@@ -39,19 +39,11 @@ class CudaGroup {
             double max_grad_norm, uintptr_t grad_norm_out, uintptr_t skipped_out, uintptr_t diagnostics,
             uintptr_t nonfinite, bool track_skip) {
     binding_.check();
-    const std::vector<Hyper> hs = py_intake::hypers_of(opt_.rule(), hypers);
-    if (hs.size() != opt_.num_groups() || (steps && steps->size() != opt_.num_groups())) {
-      throw std::invalid_argument("one hyperparameter set and one step count per param group are required");
-    }
-    for (size_t j = 0; j < hs.size(); ++j) opt_.set_hyper(j, hs[j]);
+    const std::vector<int64_t>* given = steps ? &*steps : nullptr;
+    py_intake::set_hypers(opt_, hypers, given);
     CudaStepOptions o;
-    o.grad_scale = grad_scale;
-    o.clip_value = clip_value;
-    o.max_grad_norm = max_grad_norm;
-    o.skip_nonfinite = skip_nonfinite;
-    o.grad_norm = grad_norm;
-    o.diagnostics = diagnostics != 0;
-    o.rule_steps = steps ? steps->data() : nullptr;
+    static_cast<StepOptions&>(o) = py_intake::step_options(grad_scale, clip_value, max_grad_norm, skip_nonfinite,
+                                                           grad_norm, diagnostics != 0, given);
     o.loss_scale = reinterpret_cast<const float*>(loss_scale);
     o.capturable = capturable;
     o.grad_norm_out = reinterpret_cast<double*>(grad_norm_out);

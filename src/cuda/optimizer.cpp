@@ -70,15 +70,8 @@ size_t CudaOptimizer::num_groups() const { return impl_->table.hypers.size(); }
 size_t CudaOptimizer::num_params() const { return impl_->table.tensors.size(); }
 int CudaOptimizer::device() const { return impl_->group.device(); }
 
-const Hyper& CudaOptimizer::hyper(size_t group) const {
-  api::check_group(impl_->table, group);
-  return impl_->table.hypers[group];
-}
-
-void CudaOptimizer::set_hyper(size_t group, const Hyper& h) {
-  api::check_hyper(impl_->table, group, h);
-  impl_->table.hypers[group] = h;
-}
+const Hyper& CudaOptimizer::hyper(size_t group) const { return api::hyper(impl_->table, group); }
+void CudaOptimizer::set_hyper(size_t group, const Hyper& h) { api::set_hyper(impl_->table, group, h); }
 
 void CudaOptimizer::set_lr(size_t group, double lr, cudaStream_t stream) {
   api::check_group(impl_->table, group);
@@ -111,10 +104,7 @@ void CudaOptimizer::update_loss_scale(float* scale, int32_t* clean_steps, int32_
   impl_->group.update_loss_scale(scale, clean_steps, floor_skips, growth, backoff, interval, min_scale, stream);
 }
 
-const ParamTensors& CudaOptimizer::tensors(size_t param) const {
-  if (param >= impl_->table.tensors.size()) throw std::out_of_range("no param " + std::to_string(param));
-  return impl_->table.tensors[param];
-}
+const ParamTensors& CudaOptimizer::tensors(size_t param) const { return api::tensors(impl_->table, param); }
 
 void CudaOptimizer::set_grads(const std::vector<Tensor>& grads, cudaStream_t stream) {
   if (api::set_grads(impl_->table, grads)) impl_->group.set_grads(impl_->table.slots, stream);

@@ -130,15 +130,8 @@ RuleId Optimizer::rule() const { return impl_->table.rule; }
 size_t Optimizer::num_groups() const { return impl_->table.hypers.size(); }
 size_t Optimizer::num_params() const { return impl_->table.tensors.size(); }
 
-const Hyper& Optimizer::hyper(size_t group) const {
-  api::check_group(impl_->table, group);
-  return impl_->table.hypers[group];
-}
-
-void Optimizer::set_hyper(size_t group, const Hyper& h) {
-  api::check_hyper(impl_->table, group, h);
-  impl_->table.hypers[group] = h;
-}
+const Hyper& Optimizer::hyper(size_t group) const { return api::hyper(impl_->table, group); }
+void Optimizer::set_hyper(size_t group, const Hyper& h) { api::set_hyper(impl_->table, group, h); }
 
 void Optimizer::set_schedule(size_t group, const Schedule* schedule) {
   api::check_group(impl_->table, group);
@@ -152,13 +145,7 @@ void Optimizer::set_steps(const std::vector<int64_t>& steps) {
   impl_->steps = steps;
 }
 
-const ParamTensors& Optimizer::tensors(size_t param) const {
-  if (param >= impl_->table.tensors.size()) {
-    throw std::out_of_range("no param " + std::to_string(param) + " (there are " +
-                            std::to_string(impl_->table.tensors.size()) + ")");
-  }
-  return impl_->table.tensors[param];
-}
+const ParamTensors& Optimizer::tensors(size_t param) const { return api::tensors(impl_->table, param); }
 
 void Optimizer::set_grads(const std::vector<Tensor>& grads) {
   if (api::set_grads(impl_->table, grads)) {

@@ -212,6 +212,24 @@ void check_hyper(const Table& t, size_t group, const Hyper& h) {
   if (t.group_state[group] < num_state(h)) throw_missing_state(group);
 }
 
+const Hyper& hyper(const Table& t, size_t group) {
+  check_group(t, group);
+  return t.hypers[group];
+}
+
+void set_hyper(Table& t, size_t group, const Hyper& h) {
+  check_hyper(t, group, h);
+  t.hypers[group] = h;
+}
+
+const ParamTensors& tensors(const Table& t, size_t param) {
+  if (param >= t.tensors.size()) {
+    throw std::out_of_range("no param " + std::to_string(param) + " (there are " + std::to_string(t.tensors.size()) +
+                            ")");
+  }
+  return t.tensors[param];
+}
+
 bool set_grads(Table& t, const std::vector<Tensor>& grads) {
   if (grads.size() != t.tensors.size()) {
     throw std::invalid_argument("got " + std::to_string(grads.size()) + " grads for " +

@@ -32,6 +32,12 @@ void check_group(const Table& t, size_t group);
 // Throws unless group j of `t` exists and `h` holds hyperparameters it can step with.
 void check_hyper(const Table& t, size_t group, const Hyper& h);
 
+// Group j's hyperparameters, read or set (checked); param i's tensors. std::out_of_range for
+// an index past the end.
+const Hyper& hyper(const Table& t, size_t group);
+void set_hyper(Table& t, size_t group, const Hyper& h);
+const ParamTensors& tensors(const Table& t, size_t param);
+
 // Validates new grads (one per param) as bind() does and takes them into t.tensors and
 // t.slots; nothing changes on an error. Returns whether any grad changed.
 bool set_grads(Table& t, const std::vector<Tensor>& grads);

@@ -53,19 +53,9 @@ class CpuGroup {
                  double max_grad_norm, bool skip_nonfinite, bool grad_norm, bool diagnostics) {
     binding_.check();
     Optimizer& opt = std::get<Optimizer>(opt_);
-    const std::vector<Hyper> hs = py_intake::hypers_of(opt.rule(), hypers);
-    if (hs.size() != opt.num_groups() || steps.size() != opt.num_groups()) {
-      throw std::invalid_argument("one hyperparameter set and one step count per param group are required");
-    }
-    for (size_t j = 0; j < hs.size(); ++j) opt.set_hyper(j, hs[j]);
-    StepOptions o;
-    o.grad_scale = grad_scale;
-    o.clip_value = clip_value;
-    o.max_grad_norm = max_grad_norm;
-    o.skip_nonfinite = skip_nonfinite;
-    o.grad_norm = grad_norm;
-    o.diagnostics = diagnostics;
-    o.rule_steps = steps.data();
+    py_intake::set_hypers(opt, hypers, &steps);
+    const StepOptions o =
+        py_intake::step_options(grad_scale, clip_value, max_grad_norm, skip_nonfinite, grad_norm, diagnostics, &steps);
     StepResult r;
     {
       py::gil_scoped_release nogil;

@@ -5,7 +5,7 @@
 
 #include <vector>
 
-#include "fastopt/hyper.h"
+#include "fastopt/optimizer.h"
 
 namespace fastopt::py_intake {
 
@@ -21,6 +21,31 @@ inline std::vector<Hyper> hypers_of(RuleId rule, pybind11::sequence hypers) {
     }
     return out;
   });
+}
+
+// Gives each param group of `opt` (an Optimizer or CudaOptimizer) its hyperparameters for the
+// next step, `hypers` holding one per group, as `steps` does where given.
+template <class Opt>
+void set_hypers(Opt& opt, pybind11::sequence hypers, const std::vector<int64_t>* steps) {
+  const std::vector<Hyper> hs = hypers_of(opt.rule(), hypers);
+  if (hs.size() != opt.num_groups() || (steps && steps->size() != opt.num_groups())) {
+    throw std::invalid_argument("one hyperparameter set and one step count per param group are required");
+  }
+  for (size_t j = 0; j < hs.size(); ++j) opt.set_hyper(j, hs[j]);
+}
+
+// The step options the modules' step() takes, in the C++ API's struct.
+inline StepOptions step_options(double grad_scale, float clip_value, double max_grad_norm, bool skip_nonfinite,
+                                bool grad_norm, bool diagnostics, const std::vector<int64_t>* steps) {
+  StepOptions o;
+  o.grad_scale = grad_scale;
+  o.clip_value = clip_value;
+  o.max_grad_norm = max_grad_norm;
+  o.skip_nonfinite = skip_nonfinite;
+  o.grad_norm = grad_norm;
+  o.diagnostics = diagnostics;
+  o.rule_steps = steps ? steps->data() : nullptr;
+  return o;
 }
 
 // Registers every rule's Hyper struct as <Type>Hyper (AdamHyper, ...): fields by name,
