@@ -217,10 +217,8 @@ int main(int argc, char** argv) try {
   const Digits data = shuffled(load_digits(argc > 1 ? argv[1] : DIGITS_CSV), rng);
   Params p = init_params(rng);
   Params g, m, v;  // the grads, refilled in place by backward(), and AdamW's state, from 0
-  // Two param groups, the weights with weight decay and the biases without; bound once. (The
-  // rule is named because Optimizer(groups), which reads it from the groups, throws "no param
-  // groups" when built with gcc.)
-  fastopt::Optimizer opt(fastopt::RuleId::adam, {
+  // Two param groups, the weights with weight decay and the biases without; bound once.
+  fastopt::Optimizer opt({
       {adamw(kWeightDecay),
        {param_tensors(p.w1, g.w1, m.w1, v.w1, {kIn, kHidden}),
         param_tensors(p.w2, g.w2, m.w2, v.w2, {kHidden, kClasses})}},
