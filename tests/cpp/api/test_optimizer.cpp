@@ -1,0 +1,164 @@
+// fastopt::Optimizer (src/cpp/api/optimizer.cpp) beyond the rule cases: checkpoints (state
+// arrays and step counts saved, restored into a second optimizer), the rule deduced from the
+// groups, the accessors, new grad buffers.
+#include "fastopt/optimizer.h"
+
+#include <gtest/gtest.h>
+
+#include "support/expect.h"
+#include "support/rule_case.h"
+
+namespace fastopt_test {
+namespace {
+
+const RuleCase& find_case(const std::string& name) {
+  for (const RuleCase& c : rule_cases()) {
+    if (name == c.name) return c;
+  }
+  throw std::invalid_argument("no rule case " + name);
+}
+
+// Steps an optimizer over m, at step k with the case's grads of step k % (number of steps).
+void step_times(fastopt::Optimizer& opt, CaseMemory& m, const RuleCase& c, size_t first, size_t count) {
+  for (size_t k = first; k < first + count; ++k) {
+    m.load_grads(k % c.steps.size());
+    opt.step();
+  }
+}
+
+// A checkpoint: every buffer a step writes, and the step counts.
+struct Checkpoint {
+  std::vector<Bits> memory;
+  std::vector<int64_t> steps;
+};
+
+Checkpoint save(const fastopt::Optimizer& opt, const CaseMemory& m) { return {m.written(), opt.steps()}; }
+
+// Restores c into memory m bound to opt: params, masters and state arrays written through the
+// tensors the optimizer reports (tensors(i)), then the step counts.
+void restore(fastopt::Optimizer& opt, CaseMemory& m, const Checkpoint& c, bool steps = true) {
+  size_t k = 0;
+  for (size_t i = 0; i < opt.num_params(); ++i) {
+    const fastopt::ParamTensors& t = opt.tensors(i);
+    m.params[i].param.set_bits(c.memory[k++]);
+    Buffer& master = m.params[i].master;
+    if (t.master.data) {
+      EXPECT_EQ(t.master.data, master.data());
+    }
+    master.set_bits(c.memory[k++]);
+    for (size_t s = 0; s < t.state.size(); ++s) {
+      EXPECT_EQ(t.state[s].data, m.params[i].state[s].data());
+      m.params[i].state[s].set_bits(c.memory[k++]);
+    }
+  }
+  if (steps) opt.set_steps(c.steps);
+}
+
+class Checkpoints : public ::testing::TestWithParam<const char*> {};
+
+// Step 3 times, save, step 3 more; a second optimizer restored from the save continues with
+// the same bits, and one restored without its step counts does not.
+TEST_P(Checkpoints, RestoredOptimizerContinuesBitIdentically) {
+  const RuleCase& c = find_case(GetParam());
+  CaseMemory a(c);
+  fastopt::Optimizer first(fastopt::rule_id(c.rule), a.groups());
+  step_times(first, a, c, 0, 3);
+  const Checkpoint saved = save(first, a);
+  EXPECT_EQ(saved.steps, std::vector<int64_t>(c.groups.size(), 3));
+  step_times(first, a, c, 3, 3);
+
+  CaseMemory b(c);
+  fastopt::Optimizer second(fastopt::rule_id(c.rule), b.groups());
+  restore(second, b, saved);
+  step_times(second, b, c, 3, 3);
+  EXPECT_EQ(b.written(), a.written());
+  EXPECT_EQ(second.steps(), first.steps());
+
+  CaseMemory fresh(c);
+  fastopt::Optimizer counts_lost(fastopt::rule_id(c.rule), fresh.groups());
+  restore(counts_lost, fresh, saved, /*steps=*/false);
+  step_times(counts_lost, fresh, c, 3, 3);
+  EXPECT_NE(fresh.written(), a.written()) << "the step counts should matter to " << c.rule;
+}
+
+INSTANTIATE_TEST_SUITE_P(Rules, Checkpoints, ::testing::Values("adam", "adamw_amsgrad_maximize", "radam", "nadam",
+                                                               "lamb", "adagrad", "sgd_momentum_nesterov"));
+
+// Optimizer(groups) takes the rule from the groups' hyperparameters (optimizer.h). It fails:
+// the delegating constructor Optimizer(rule_of_groups(groups), std::move(groups)) moves the
+// groups into its second argument before the first reads them (GCC evaluates the arguments
+// right to left), and then reports "no param groups".
+TEST(OptimizerConstructor, DeducesTheRuleFromTheGroups) {
+  const RuleCase& c = find_case("adam");
+  CaseMemory m(c);
+  try {
+    fastopt::Optimizer opt(m.groups());
+    EXPECT_EQ(opt.rule(), fastopt::RuleId::adam);
+    EXPECT_EQ(opt.num_params(), c.params.size());
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "Optimizer(groups) threw: " << e.what();
+  }
+}
+
+TEST(OptimizerAccessors, DescribeTheBinding) {
+  const RuleCase& c = find_case("rmsprop_centered_momentum");
+  CaseMemory m(c);
+  fastopt::Optimizer opt(fastopt::RuleId::rmsprop, m.groups());
+  EXPECT_EQ(opt.rule(), fastopt::RuleId::rmsprop);
+  EXPECT_EQ(opt.num_groups(), 2u);
+  EXPECT_EQ(opt.num_params(), 3u);
+  EXPECT_STREQ(opt.isa(), fastopt::cpu_isa());
+  EXPECT_GE(opt.num_tasks(), 1u);
+  EXPECT_EQ(opt.steps(), (std::vector<int64_t>{0, 0}));
+  EXPECT_EQ(opt.tensors(1).param.data, m.params[1].param.data());
+  EXPECT_EQ(opt.tensors(1).master.data, m.params[1].master.data());
+  EXPECT_EQ(opt.tensors(2).state.size(), 3u);
+  EXPECT_EQ(fastopt::get_field(opt.hyper(1), "lr"), fastopt::get_field(case_hyper(c, 1), "lr"));
+  EXPECT_NE(fastopt::get_field(opt.hyper(0), "lr"), fastopt::get_field(opt.hyper(1), "lr"));
+}
+
+// Grads rebound with set_grads are the ones the next step reads.
+TEST(OptimizerGrads, NewBuffersAreRead) {
+  const RuleCase& c = find_case("adam");
+  CaseMemory a(c), b(c);
+  fastopt::Optimizer by_copy(fastopt::RuleId::adam, a.groups()), rebound(fastopt::RuleId::adam, b.groups());
+  std::deque<Buffer> fresh;
+  std::vector<fastopt::Tensor> grads;
+  for (size_t i = 0; i < c.params.size(); ++i) {
+    fresh.emplace_back(c.params[i].grad_dtype, c.params[i].shape);
+    fresh.back().set_bits(c.params[i].grads[1]);
+    grads.push_back(fresh.back().tensor());
+  }
+  a.load_grads(1);
+  b.load_grads(0);  // (not read: replaced)
+  rebound.set_grads(grads);
+  by_copy.step();
+  rebound.step();
+  EXPECT_EQ(b.written(), a.written());
+  EXPECT_EQ(rebound.tensors(0).grad.data, fresh[0].data());
+}
+
+// The grad norm of a step is the global norm of sumsq() over the grads.
+TEST(OptimizerNorms, GradNormIsTheGlobalNormOfTheSums) {
+  const RuleCase& c = find_case("adam_max_grad_norm");
+  CaseMemory m(c);
+  fastopt::Optimizer opt(fastopt::RuleId::adam, m.groups());
+  m.load_grads(0);
+  std::vector<fastopt::Tensor> grads;
+  for (CaseMemory::Param& p : m.params) grads.push_back(p.grad.tensor());
+  std::vector<double> sums(grads.size()), by_opt(grads.size());
+  std::vector<int64_t> bad(grads.size()), bad_opt(grads.size());
+  fastopt::sumsq(grads, sums.data(), bad.data());
+  opt.grad_sumsq(by_opt.data(), bad_opt.data());
+  EXPECT_EQ(sums, by_opt);
+  EXPECT_EQ(bad, std::vector<int64_t>(grads.size(), 0));
+  fastopt::StepOptions o;
+  o.grad_norm = true;
+  const fastopt::StepResult r = opt.step(o);
+  ASSERT_TRUE(r.grad_norm.has_value());
+  EXPECT_TRUE(same_double(*r.grad_norm, fastopt::global_norm(sums.data(), sums.size())));
+  EXPECT_TRUE(same_double(*r.grad_norm, *c.steps[0].grad_norm));  // Python's, for the same grads
+}
+
+}  // namespace
+}  // namespace fastopt_test
