@@ -119,6 +119,21 @@ fastopt_status fastopt_set_hyper(fastopt_optimizer* opt, int32_t group, const ch
   });
 }
 
+fastopt_status fastopt_set_hypers(fastopt_optimizer* opt, int32_t group, const char* const* names,
+                                  const double* values, int32_t n) {
+  return guard([&] {
+    const size_t j = group_index(opt, group);
+    if (n < 0) throw std::invalid_argument("negative n");
+    if (n > 0) need(names, "names"), need(values, "values");
+    fastopt::Hyper h = opt->opt.hyper(j);
+    for (int32_t k = 0; k < n; ++k) {
+      need(names[k], "a name");
+      fastopt::set_field(h, names[k], values[k]);
+    }
+    opt->opt.set_hyper(j, h);
+  });
+}
+
 fastopt_status fastopt_get_hyper(const fastopt_optimizer* opt, int32_t group, const char* name, double* value) {
   return guard([&] {
     const size_t j = group_index(opt, group);

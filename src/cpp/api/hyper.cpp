@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <iterator>
+#include <sstream>
 #include <type_traits>
 
 namespace fastopt {
@@ -84,7 +85,9 @@ void set_field(Hyper& h, const std::string& name, double value) {
       using T = std::remove_reference_t<decltype(x.*member)>;
       if constexpr (std::is_same_v<T, bool>) {
         if (value != 0 && value != 1) {
-          throw std::invalid_argument(name + " is a flag: it takes 0 or 1, got " + std::to_string(value));
+          std::ostringstream s;
+          s << name << " is a flag: it takes 0 or 1, got " << value;
+          throw std::invalid_argument(s.str());
         }
         x.*member = value == 1;
       } else {

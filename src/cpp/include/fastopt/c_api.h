@@ -60,6 +60,11 @@ void fastopt_optimizer_destroy(fastopt_optimizer* opt); /* NULL is fine */
  * whole set (ranges, state arrays bound) and applies it from the next step. */
 fastopt_status fastopt_set_hyper(fastopt_optimizer* opt, int32_t group, const char* name, double value);
 fastopt_status fastopt_get_hyper(const fastopt_optimizer* opt, int32_t group, const char* name, double* value);
+/* Several hyperparameters of group `group` at once (names[k] = values[k]), validated together:
+ * for values that are only valid together (SGD's nesterov with momentum; LARS bound without a
+ * momentum buffer, whose default momentum is 0.9, with momentum 0). All or nothing. */
+fastopt_status fastopt_set_hypers(fastopt_optimizer* opt, int32_t group, const char* const* names,
+                                  const double* values, int32_t n);
 
 /* The name of the rule's k-th state array ("exp_avg", ...), or NULL past the last. */
 const char* fastopt_state_name(const char* rule, int32_t k);

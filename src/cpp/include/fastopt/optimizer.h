@@ -86,7 +86,7 @@ class Optimizer {
   // Binds the tensors of every param group: each is validated once (device: host memory;
   // dtype; shape; writability; masters only for float16/bfloat16 params; no two tensors
   // overlapping), then never again. All groups must hold the same rule's hyperparameters,
-  // each in range. Throws TensorError (naming the tensor: "param 3", "grad 3", "master 3",
+  // each in range (the state arrays they need are checked by set_hyper and by each step). Throws TensorError (naming the tensor: "param 3", "grad 3", "master 3",
   // "exp_avg 3", indexed across groups) or std::invalid_argument; nothing is kept on error.
   explicit Optimizer(std::vector<ParamGroup> groups);
   // The same with the rule named (an optimizer over no param groups has no Hyper to tell it).
