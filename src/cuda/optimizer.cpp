@@ -16,13 +16,12 @@ struct CudaOptimizer::Impl {
         group(table.rule, table.slots, table.device.id, int(table.hypers.size())) {}
 
   static api::Table bind(std::vector<ParamGroup> groups, RuleId rule) {
-    if (rule == RuleId::probe) throw std::invalid_argument("the CUDA engine has no bandwidth probe");
     return api::bind(std::move(groups), rule, Device::kCUDA);
   }
 };
 
 CudaOptimizer::CudaOptimizer(RuleId rule, std::vector<ParamGroup> groups)
-    : impl_(std::make_unique<Impl>(std::move(groups), rule)) {}
+    : impl_(std::make_unique<Impl>(std::move(groups), api::check_rule(rule))) {}
 CudaOptimizer::CudaOptimizer(std::vector<ParamGroup> groups)
     : impl_(std::make_unique<Impl>(std::move(groups), api::kRuleOfGroups)) {}
 CudaOptimizer::~CudaOptimizer() = default;
@@ -72,6 +71,7 @@ int CudaOptimizer::device() const { return impl_->group.device(); }
 
 const Hyper& CudaOptimizer::hyper(size_t group) const { return api::hyper(impl_->table, group); }
 void CudaOptimizer::set_hyper(size_t group, const Hyper& h) { api::set_hyper(impl_->table, group, h); }
+void CudaOptimizer::set_hypers(const std::vector<Hyper>& hs) { api::set_hypers(impl_->table, hs); }
 
 void CudaOptimizer::set_lr(size_t group, double lr, cudaStream_t stream) {
   api::check_group(impl_->table, group);
@@ -81,6 +81,7 @@ void CudaOptimizer::set_lr(size_t group, double lr, cudaStream_t stream) {
 
 void CudaOptimizer::set_schedule(size_t group, const Schedule* schedule, cudaStream_t stream) {
   api::check_group(impl_->table, group);
+  if (schedule) api::check_schedule(*schedule);
   impl_->group.set_schedule(int(group), schedule, stream);
 }
 

@@ -2,6 +2,7 @@
 // codes and a per-thread message.
 #include "fastopt/c_api.h"
 
+#include <algorithm>
 #include <cmath>
 #include <new>
 #include <string>
@@ -51,7 +52,11 @@ void need(const void* p, const char* what) {
 
 fastopt::Tensor tensor(const fastopt_tensor& t, const std::string& name) {
   if (t.ndim < 0 || (t.ndim > 0 && !t.shape)) throw fastopt::TensorError(name + ": bad shape (ndim < 0 or NULL shape)");
-  if (t.dtype < 0 || t.dtype > 2) throw fastopt::TensorError(name + ": unknown dtype code " + std::to_string(t.dtype));
+  // (DType holds a byte: other codes are refused here, those it holds by the validation.)
+  if (t.dtype < 0 || t.dtype > 255) {
+    throw fastopt::TensorError(name + ": unknown dtype code " + std::to_string(t.dtype) +
+                               " (fastopt takes float32, float16 and bfloat16)");
+  }
   return fastopt::Tensor(t.data, std::vector<int64_t>(t.shape, t.shape + t.ndim), fastopt::DType(t.dtype),
                          fastopt::Device{t.device_type, t.device_id}, t.readonly != 0);
 }
@@ -63,6 +68,20 @@ size_t group_index(const fastopt_optimizer* opt, int32_t group) {
                             std::to_string(opt->opt.num_groups()) + ")");
   }
   return size_t(group);
+}
+
+// Per-param sums of squares and non-finite counts into the caller's arrays (either may be NULL).
+template <class F>
+fastopt_status sums_into(const fastopt_optimizer* opt, double* sums, int64_t* nonfinite, F&& run) {
+  return guard([&] {
+    need(opt, "optimizer");
+    const size_t n = opt->opt.num_params();
+    std::vector<double> s(n);
+    std::vector<int64_t> bad(n);
+    run(s.data(), bad.data());
+    if (sums) std::copy(s.begin(), s.end(), sums);
+    if (nonfinite) std::copy(bad.begin(), bad.end(), nonfinite);
+  });
 }
 
 }  // namespace
@@ -81,6 +100,7 @@ fastopt_status fastopt_optimizer_create(const char* rule, const fastopt_param* p
     if (num_params > 0) need(params, "params");
     if (num_groups > 0) need(group_sizes, "group_sizes");
     const fastopt::RuleId id = fastopt::rule_id(rule);
+    const std::vector<std::string> names = fastopt::state_names(id);
     std::vector<fastopt::ParamGroup> groups;
     int64_t i = 0;
     for (int32_t j = 0; j < num_groups; ++j) {
@@ -99,7 +119,10 @@ fastopt_status fastopt_optimizer_create(const char* rule, const fastopt_param* p
         if (p.num_state < 0 || (p.num_state > 0 && !p.state)) {
           throw std::invalid_argument("param " + n + ": bad state list (num_state < 0 or NULL state)");
         }
-        for (int32_t s = 0; s < p.num_state; ++s) t.state.push_back(tensor(p.state[s], "state " + std::to_string(s) + " of param " + n));
+        for (int32_t s = 0; s < p.num_state; ++s) {
+          const std::string name = size_t(s) < names.size() ? names[size_t(s)] : "state " + std::to_string(s) + " of param";
+          t.state.push_back(tensor(p.state[s], name + " " + n));
+        }
       }
     }
     if (i != num_params) throw std::invalid_argument("group_sizes must add up to num_params");
@@ -160,7 +183,11 @@ fastopt_status fastopt_num_state(const fastopt_optimizer* opt, int32_t group, in
   });
 }
 
-fastopt_step_options fastopt_default_step_options(void) { return fastopt_step_options{1.0, 0.0, 0.0f, 0, 0, 0}; }
+fastopt_step_options fastopt_default_step_options(void) {
+  return fastopt_step_options{1.0, 0.0, 0.0f, 0, 0, 0, nullptr};
+}
+
+int32_t fastopt_abi_version(void) { return FASTOPT_ABI_VERSION; }
 
 fastopt_status fastopt_step(fastopt_optimizer* opt, const fastopt_step_options* options, fastopt_step_result* result) {
   return guard([&] {
@@ -173,6 +200,7 @@ fastopt_status fastopt_step(fastopt_optimizer* opt, const fastopt_step_options* 
     so.skip_nonfinite = o.skip_nonfinite != 0;
     so.grad_norm = o.grad_norm != 0;
     so.diagnostics = o.diagnostics != 0;
+    so.rule_steps = o.rule_steps;
     fastopt::StepResult r = opt->opt.step(so);
     opt->diagnostics = std::move(r.diagnostics);
     if (result) *result = fastopt_step_result{r.grad_norm ? *r.grad_norm : NAN, r.skipped ? 1 : 0};
@@ -216,6 +244,14 @@ fastopt_status fastopt_set_steps(fastopt_optimizer* opt, const int64_t* steps, i
     if (num_groups < 0) throw std::invalid_argument("negative num_groups");
     opt->opt.set_steps(std::vector<int64_t>(steps, steps + num_groups));
   });
+}
+
+fastopt_status fastopt_grad_sumsq(const fastopt_optimizer* opt, double* sums, int64_t* nonfinite) {
+  return sums_into(opt, sums, nonfinite, [&](double* s, int64_t* b) { opt->opt.grad_sumsq(s, b); });
+}
+
+fastopt_status fastopt_param_sumsq(const fastopt_optimizer* opt, double* sums, int64_t* nonfinite) {
+  return sums_into(opt, sums, nonfinite, [&](double* s, int64_t* b) { opt->opt.param_sumsq(s, b); });
 }
 
 fastopt_status fastopt_set_grads(fastopt_optimizer* opt, const fastopt_tensor* grads, int64_t num_params) {

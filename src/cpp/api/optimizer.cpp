@@ -3,6 +3,7 @@
 // the clip and skip decision (fastopt/step_control.h), then the update pass.
 #include "fastopt/optimizer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <memory>
 
@@ -22,13 +23,40 @@ struct Optimizer::Impl {
   cpu::Group group;
   std::vector<std::optional<Schedule>> schedules;
   std::vector<int64_t> steps;
+  std::vector<int64_t> buffer_steps;  // steps taken with state arrays in use (Sgd::counts_buffer_updates)
   mutable std::unique_ptr<cpu::Reducer> grad_reducer, param_reducer;  // built on first use
 
   Impl(std::vector<ParamGroup> groups, RuleId rule)
       : table(api::bind(std::move(groups), rule, Device::kCPU)),
         group(table.rule, table.slots),
         schedules(table.hypers.size()),
-        steps(table.hypers.size(), 0) {}
+        steps(table.hypers.size(), 0),
+        buffer_steps(table.hypers.size(), 0) {}
+
+  // The counts the rule steps follow (the rule's step is the count + 1): the optimizer steps,
+  // or for a rule that counts buffer updates (SGD), the steps taken with its buffer; a step
+  // without the buffer sees 1.
+  std::vector<int64_t> rule_counts() const {
+    return with_rule(table.rule, [&](auto rule) {
+      using Rule = decltype(rule);
+      if constexpr (api::counts_buffer_updates<Rule>::value) {
+        std::vector<int64_t> c(buffer_steps.size());
+        for (size_t j = 0; j < c.size(); ++j) {
+          c[j] = num_state(table.hypers[j]) > 0 ? buffer_steps[j] : std::max<int64_t>(buffer_steps[j], 1) - 1;
+        }
+        return c;
+      } else {
+        return steps;
+      }
+    });
+  }
+
+  void count_step() {
+    for (size_t j = 0; j < steps.size(); ++j) {
+      ++steps[j];
+      if (num_state(table.hypers[j]) > 0) ++buffer_steps[j];
+    }
+  }
 
   cpu::Reducer& reducer(bool grads) const {
     std::unique_ptr<cpu::Reducer>& r = grads ? grad_reducer : param_reducer;
@@ -52,7 +80,10 @@ struct Optimizer::Impl {
       using C = typename Rule::Coeffs;
       std::vector<typename Rule::Hyper> hypers = api::hypers_of<Rule>(table);
       for (size_t j = 0; j < hypers.size(); ++j) {
-        if (schedules[j]) hypers[j].lr = lr_at(*schedules[j], steps[j]);
+        if (schedules[j]) {
+          hypers[j].lr = lr_at(*schedules[j], steps[j]);
+          api::check_scheduled_lr(j, hypers[j].lr, steps[j]);
+        }
       }
       const auto coeffs = api::step_coeffs<Rule>(table, hypers, rule_steps);
       const GradTransform x{factor, clip};
@@ -70,7 +101,8 @@ struct Optimizer::Impl {
   StepResult step(const StepOptions& o) {
     api::check_options(o);
     const float inv = api::unscale_factor(o.grad_scale);
-    const std::vector<int64_t> rule_steps = api::rule_steps(o, steps);
+    api::check_can_count(steps);
+    const std::vector<int64_t> rule_steps = api::rule_steps(o, rule_counts());
     StepResult result;
     float factor = inv;
     const size_t n = table.slots.size();
@@ -106,7 +138,7 @@ struct Optimizer::Impl {
     } else {
       update(rule_steps, factor, o.clip_value, nullptr);
     }
-    for (int64_t& s : steps) ++s;
+    count_step();
     return result;
   }
 };
@@ -114,9 +146,7 @@ struct Optimizer::Impl {
 Optimizer::Optimizer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 Optimizer::Optimizer(RuleId rule, std::vector<ParamGroup> groups)
-    : impl_(std::make_unique<Impl>(std::move(groups), rule)) {
-  if (rule == RuleId::probe) throw std::invalid_argument("the probe is a BandwidthProbe, not an Optimizer");
-}
+    : impl_(std::make_unique<Impl>(std::move(groups), api::check_rule(rule))) {}
 
 Optimizer::Optimizer(std::vector<ParamGroup> groups)
     : impl_(std::make_unique<Impl>(std::move(groups), api::kRuleOfGroups)) {}
@@ -132,9 +162,11 @@ size_t Optimizer::num_params() const { return impl_->table.tensors.size(); }
 
 const Hyper& Optimizer::hyper(size_t group) const { return api::hyper(impl_->table, group); }
 void Optimizer::set_hyper(size_t group, const Hyper& h) { api::set_hyper(impl_->table, group, h); }
+void Optimizer::set_hypers(const std::vector<Hyper>& hs) { api::set_hypers(impl_->table, hs); }
 
 void Optimizer::set_schedule(size_t group, const Schedule* schedule) {
   api::check_group(impl_->table, group);
+  if (schedule) api::check_schedule(*schedule);
   impl_->schedules[group] = schedule ? std::optional<Schedule>(*schedule) : std::nullopt;
 }
 
@@ -142,7 +174,7 @@ const std::vector<int64_t>& Optimizer::steps() const { return impl_->steps; }
 
 void Optimizer::set_steps(const std::vector<int64_t>& steps) {
   api::check_steps(impl_->table, steps);
-  impl_->steps = steps;
+  impl_->steps = impl_->buffer_steps = steps;
 }
 
 const ParamTensors& Optimizer::tensors(size_t param) const { return api::tensors(impl_->table, param); }
@@ -172,10 +204,10 @@ void BandwidthProbe::run() {
   opt_.impl_->group.run(coeffs, sizeof(coeffs));
 }
 
-// Host memory of float32/float16/bfloat16, named "tensor i" in errors.
+// Host memory of float32/float16/bfloat16, named `name` in errors.
 static void check_host(const Tensor& t, const std::string& name) {
+  api::check_tensor(t, name);
   if (!t.device.host()) throw TensorError(name + ": is on " + t.device.str() + "; the CPU engine takes host memory");
-  if (!t.data && t.numel() > 0) throw TensorError(name + ": null data pointer");
 }
 
 void sumsq(const std::vector<Tensor>& tensors, double* sums, int64_t* nonfinite) {

@@ -51,7 +51,11 @@ void check_overlap(const Table& t, const std::vector<std::string>& state_names,
     for (size_t s = 0; s < p.state.size(); ++s) names.push_back(name(state_names[s], i)), tensors.push_back(&p.state[s]);
   }
   std::vector<Named> all;
-  for (size_t k = 0; k < names.size(); ++k) all.push_back({&names[k], k, tensors[k]});
+  for (size_t k = 0; k < names.size(); ++k) {
+    // New grads count as bound last: an overlap is theirs to report.
+    const bool new_grad = grads && names[k].rfind("grad ", 0) == 0;
+    all.push_back({&names[k], new_grad ? names.size() + k : k, tensors[k]});
+  }
   check_overlap(all);
 }
 
@@ -63,13 +67,6 @@ void check_engine(const Tensor& x, const std::string& nm, int engine) {
   throw TensorError(nm + ": is on " + x.device.str() +
                     (engine == Device::kCUDA ? "; the CUDA engine takes CUDA device memory"
                                              : "; the CPU engine takes host memory"));
-}
-
-void check_tensor(const Tensor& x, const std::string& nm) {
-  for (int64_t d : x.shape) {
-    if (d < 0) throw TensorError(nm + ": negative dimension in shape " + x.shape_str());
-  }
-  if (!x.data && x.numel() > 0) throw TensorError(nm + ": null data pointer");
 }
 
 std::vector<std::string> names_of_state(RuleId rule) {
@@ -101,6 +98,29 @@ void check_grad(const Table& t, size_t i, const Tensor& g, const std::string& gn
 }
 
 }  // namespace
+
+void check_tensor(const Tensor& x, const std::string& nm) {
+  if (int(x.dtype) >= kNumDTypes) {  // (DType is unsigned)
+    throw TensorError(nm + ": unknown dtype code " + std::to_string(int(x.dtype)) +
+                      " (fastopt takes float32, float16 and bfloat16)");
+  }
+  int64_t n = 1, bytes = 0;
+  for (int64_t d : x.shape) {
+    if (d < 0) throw TensorError(nm + ": negative dimension in shape " + x.shape_str());
+    if (__builtin_mul_overflow(n, d, &n) || __builtin_mul_overflow(n, int64_t(4), &bytes)) {
+      throw TensorError(nm + ": shape " + x.shape_str() + " has more elements than memory can hold");
+    }
+  }
+  if (!x.data && n > 0) throw TensorError(nm + ": null data pointer");
+}
+
+RuleId check_rule(RuleId rule) {
+  if (rule == RuleId::probe) throw std::invalid_argument("the probe is a BandwidthProbe, not an optimizer");
+  if (int(rule) < 0 || int(rule) >= int(RuleId::probe)) {
+    throw std::invalid_argument("unknown rule id " + std::to_string(int(rule)));
+  }
+  return rule;
+}
 
 [[noreturn]] void throw_missing_state(size_t group) {
   throw std::invalid_argument("param group " + std::to_string(group) +
@@ -222,6 +242,39 @@ void set_hyper(Table& t, size_t group, const Hyper& h) {
   t.hypers[group] = h;
 }
 
+void set_hypers(Table& t, const std::vector<Hyper>& hs) {
+  if (hs.size() != t.hypers.size()) {
+    throw std::invalid_argument("got " + std::to_string(hs.size()) + " hyperparameter sets for " +
+                                std::to_string(t.hypers.size()) + " param groups");
+  }
+  for (size_t j = 0; j < hs.size(); ++j) check_hyper(t, j, hs[j]);
+  t.hypers = hs;
+}
+
+void check_schedule(const Schedule& s) {
+  const auto bad = [](const std::string& why) { throw std::invalid_argument("malformed schedule: " + why); };
+  if (s.num_segments < 1 || s.num_segments > Schedule::kMaxSegments) bad("num_segments out of [1, 8]");
+  if (s.num_milestones < 0 || s.num_milestones > Schedule::kMaxMilestones) bad("num_milestones out of [0, 8]");
+  if (s.start[0] != 0) bad("the first segment must start at step 0");
+  for (int i = 0; i < s.num_segments; ++i) {
+    const ScheduleSegment& g = s.seg[i];
+    if (i > 0 && s.start[i] <= s.start[i - 1]) bad("segment starts must increase");
+    if (g.kind < 0 || g.kind > int32_t(ScheduleKind::anneal)) bad("unknown kind " + std::to_string(g.kind));
+    if (g.kind == int32_t(ScheduleKind::multistep) && (g.opt < 0 || g.n < 0 || g.opt + g.n > s.num_milestones)) {
+      bad("multistep milestones out of range");
+    }
+  }
+}
+
+void check_scheduled_lr(size_t group, double lr, int64_t step) {
+  if (!(lr >= 0 && std::isfinite(lr))) {
+    std::ostringstream s;
+    s << "param group " << group << ": its schedule gives lr " << lr << " at step " << step
+      << " (an lr must be finite and >= 0)";
+    throw std::invalid_argument(s.str());
+  }
+}
+
 const ParamTensors& tensors(const Table& t, size_t param) {
   if (param >= t.tensors.size()) {
     throw std::out_of_range("no param " + std::to_string(param) + " (there are " + std::to_string(t.tensors.size()) +
@@ -266,22 +319,28 @@ float unscale_factor(double grad_scale) {
 
 void check_options(const StepOptions& o) {
   unscale_factor(o.grad_scale);
-  if (!(o.max_grad_norm >= 0 && std::isfinite(o.max_grad_norm))) {
-    throw std::invalid_argument("max_grad_norm must be finite and >= 0 (0: no clipping), got " +
-                                std::to_string(o.max_grad_norm));
-  }
-  if (!(o.clip_value >= 0 && std::isfinite(o.clip_value))) {
-    throw std::invalid_argument("clip_value must be finite and >= 0 (0: no clamping), got " +
-                                std::to_string(o.clip_value));
+  const auto bad = [](const char* what, double v) {
+    std::ostringstream s;
+    s << what << " must be finite and >= 0 (0: off), got " << v;
+    throw std::invalid_argument(s.str());
+  };
+  if (!(o.max_grad_norm >= 0 && std::isfinite(o.max_grad_norm))) bad("max_grad_norm", o.max_grad_norm);
+  if (!(o.clip_value >= 0 && std::isfinite(o.clip_value))) bad("clip_value", o.clip_value);
+}
+
+void check_can_count(const std::vector<int64_t>& counts) {
+  for (size_t j = 0; j < counts.size(); ++j) {
+    if (counts[j] == INT64_MAX) {
+      throw std::overflow_error("param group " + std::to_string(j) +
+                                ": the step count reached 2**63 - 1, the most it can hold");
+    }
   }
 }
 
 std::vector<int64_t> rule_steps(const StepOptions& o, const std::vector<int64_t>& counts) {
+  if (!o.rule_steps) check_can_count(counts);
   std::vector<int64_t> steps(counts.size());
   for (size_t j = 0; j < counts.size(); ++j) {
-    if (!o.rule_steps && counts[j] == INT64_MAX) {
-      throw std::overflow_error("param group " + std::to_string(j) + ": the step count reached 2**63 - 1");
-    }
     steps[j] = o.rule_steps ? o.rule_steps[j] : counts[j] + 1;
     if (steps[j] < 1) throw std::invalid_argument("step must be >= 1, got " + std::to_string(steps[j]));
   }

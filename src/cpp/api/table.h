@@ -3,6 +3,7 @@
 // counts and step options, with its message.
 #pragma once
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "fastopt/optimizer.h"
@@ -17,6 +18,16 @@ struct Table {
   std::vector<int> group_state;       // the fewest state arrays any param of group j has
   Device device{};
 };
+
+// Whether a rule's step is its count of buffer updates (Sgd::counts_buffer_updates).
+template <class R, class = void>
+struct counts_buffer_updates : std::false_type {};
+template <class R>
+struct counts_buffer_updates<R, decltype(void(R::counts_buffer_updates))>
+    : std::integral_constant<bool, R::counts_buffer_updates> {};
+
+// `rule` if it names a registered rule; std::invalid_argument otherwise (the probe included).
+RuleId check_rule(RuleId rule);
 
 // bind()'s rule when the groups' hyperparameters tell it (std::invalid_argument for no groups).
 constexpr RuleId kRuleOfGroups = RuleId::count;
@@ -50,6 +61,21 @@ void check_options(const StepOptions& o);
 
 // The step count each group's rule sees: options.rule_steps, or counts[j] + 1; each >= 1.
 std::vector<int64_t> rule_steps(const StepOptions& o, const std::vector<int64_t>& counts);
+
+// std::overflow_error where a step count cannot advance (2**63 - 1).
+void check_can_count(const std::vector<int64_t>& counts);
+
+// TensorError unless `x` (named `name`) has a known dtype, a shape of non-negative dimensions
+// whose element count fits int64, and data wherever it has elements.
+void check_tensor(const Tensor& x, const std::string& name);
+
+// Group j's hyperparameters, all or none (each checked as set_hyper checks).
+void set_hypers(Table& t, const std::vector<Hyper>& hs);
+
+// std::invalid_argument unless `s` is a well-formed Schedule (segment, milestone and kind
+// fields in range), and unless `lr`, a value it gave, is finite and >= 0.
+void check_schedule(const Schedule& s);
+void check_scheduled_lr(size_t group, double lr, int64_t step);
 
 // Restored step counts: one per group, each >= 0.
 void check_steps(const Table& t, const std::vector<int64_t>& steps);

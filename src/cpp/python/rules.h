@@ -24,14 +24,14 @@ inline std::vector<Hyper> hypers_of(RuleId rule, pybind11::sequence hypers) {
 }
 
 // Gives each param group of `opt` (an Optimizer or CudaOptimizer) its hyperparameters for the
-// next step, `hypers` holding one per group, as `steps` does where given.
+// next step (all or none), `hypers` holding one per group, as `steps` does where given.
 template <class Opt>
 void set_hypers(Opt& opt, pybind11::sequence hypers, const std::vector<int64_t>* steps) {
   const std::vector<Hyper> hs = hypers_of(opt.rule(), hypers);
   if (hs.size() != opt.num_groups() || (steps && steps->size() != opt.num_groups())) {
     throw std::invalid_argument("one hyperparameter set and one step count per param group are required");
   }
-  for (size_t j = 0; j < hs.size(); ++j) opt.set_hyper(j, hs[j]);
+  opt.set_hypers(hs);
 }
 
 // The step options the modules' step() takes, in the C++ API's struct.

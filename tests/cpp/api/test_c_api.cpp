@@ -122,7 +122,19 @@ TEST_F(CAbi, BadTensorDescriptions) {  // C only
     EXPECT_TRUE(c_error(fastopt_optimizer_create("adam", ps.data(), 2, sizes, 1, &opt), status, message));
     EXPECT_EQ(opt, nullptr);
   };
-  create_with([](auto& ps) { ps[0].param.dtype = 7; }, kTensor, "param 0: unknown dtype code 7");
+  create_with([](auto& ps) { ps[0].param.dtype = 7; }, kTensor,
+              "param 0: unknown dtype code 7 (fastopt takes float32, float16 and bfloat16)");
+  create_with([](auto& ps) { ps[0].param.dtype = 300; }, kTensor,
+              "param 0: unknown dtype code 300 (fastopt takes float32, float16 and bfloat16)");
+  std::vector<fastopt_tensor> state;  // (a state array is named as the rule names it)
+  create_with(
+      [&](auto& ps) {
+        state.assign(ps[1].state, ps[1].state + ps[1].num_state);
+        state[0].dtype = -1;
+        ps[1].state = state.data();
+      },
+      kTensor,
+              "exp_avg 1: unknown dtype code -1 (fastopt takes float32, float16 and bfloat16)");
   create_with([](auto& ps) { ps[1].grad.ndim = -1; }, kTensor, "grad 1: bad shape (ndim < 0 or NULL shape)");
   create_with([](auto& ps) { ps[0].param.data = nullptr; }, kTensor, "param 0: null data pointer");
   create_with([](auto& ps) { ps[1].state = nullptr; }, kArgument,
@@ -241,6 +253,42 @@ TEST_F(CAbi, BadStepOptions) {
   }
   EXPECT_TRUE(c_error(fastopt_diagnostics(opt, nullptr, nullptr, nullptr, nullptr, nullptr), kArgument,
                       "the last step had no diagnostics (step with diagnostics = 1)"));
+}
+
+// rule_steps in the options, and the per-param sums of squares, as the C++ API gives them.
+TEST_F(CAbi, RuleStepsAndSums) {
+  EXPECT_EQ(fastopt_abi_version(), FASTOPT_ABI_VERSION);
+  created();
+  std::vector<double> sums(2), by_cpp(2);
+  std::vector<int64_t> bad(2, -1), bad_cpp(2);
+  ASSERT_EQ(fastopt_grad_sumsq(opt, sums.data(), bad.data()), FASTOPT_OK);
+  fastopt::Optimizer twin = AdamSetup::optimizer();
+  twin.grad_sumsq(by_cpp.data(), bad_cpp.data());
+  EXPECT_EQ(sums, by_cpp);
+  EXPECT_EQ(bad, bad_cpp);
+  ASSERT_EQ(fastopt_param_sumsq(opt, sums.data(), nullptr), FASTOPT_OK);
+  twin.param_sumsq(by_cpp.data(), bad_cpp.data());
+  EXPECT_EQ(sums, by_cpp);
+  const int64_t zero = 0;
+  fastopt_step_options o = fastopt_default_step_options();
+  o.rule_steps = &zero;
+  EXPECT_TRUE(c_error(fastopt_step(opt, &o, nullptr), kArgument, "step must be >= 1, got 0"));
+  expect_untouched();
+  // One step from the initial values at rule step 3 (Adam's bias corrections of step 3) through
+  // each face: the same bits, and not those of rule step 1.
+  const int64_t three = 3;
+  o.rule_steps = &three;
+  ASSERT_EQ(fastopt_step(opt, &o, nullptr), FASTOPT_OK);
+  EXPECT_EQ(steps(), 1);
+  const std::vector<Bits> by_c = values();
+  restore_initial();
+  fastopt::StepOptions cpp;
+  cpp.rule_steps = &three;
+  twin.step(cpp);
+  EXPECT_EQ(values(), by_c);
+  restore_initial();
+  twin.step();
+  EXPECT_NE(values(), by_c);
 }
 
 TEST_F(CAbi, BadGrads) {

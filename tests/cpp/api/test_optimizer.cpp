@@ -84,10 +84,8 @@ TEST_P(Checkpoints, RestoredOptimizerContinuesBitIdentically) {
 INSTANTIATE_TEST_SUITE_P(Rules, Checkpoints, ::testing::Values("adam", "adamw_amsgrad_maximize", "radam", "nadam",
                                                                "lamb", "adagrad", "sgd_momentum_nesterov"));
 
-// Optimizer(groups) takes the rule from the groups' hyperparameters (optimizer.h). It fails:
-// the delegating constructor Optimizer(rule_of_groups(groups), std::move(groups)) moves the
-// groups into its second argument before the first reads them (GCC evaluates the arguments
-// right to left), and then reports "no param groups".
+// Optimizer(groups) takes the rule from the groups' hyperparameters (optimizer.h); a regression
+// test: it once read them after moving them away (GCC evaluates arguments right to left).
 TEST(OptimizerConstructor, DeducesTheRuleFromTheGroups) {
   const RuleCase& c = find_case("adam");
   CaseMemory m(c);
@@ -136,6 +134,30 @@ TEST(OptimizerGrads, NewBuffersAreRead) {
   rebound.step();
   EXPECT_EQ(b.written(), a.written());
   EXPECT_EQ(rebound.tensors(0).grad.data, fresh[0].data());
+}
+
+// SGD's rule step counts its momentum buffer's updates (torch.optim.SGD): momentum switched on
+// after two steps starts the buffer from the grad. Expected: fastopt.SGD and torch.optim.SGD on
+// the same run (lr 0.1, dampening 0.5, momentum 0 then 0.9, grads (i + step) / 4), equal bits.
+TEST(OptimizerSgd, MomentumSwitchedOnMidRunStartsTheBuffer) {
+  std::vector<float> p{1, 2, 3, 4}, g(4), buffer(4);
+  fastopt::Sgd::Hyper h;
+  h.lr = 0.1;
+  h.dampening = 0.5;
+  fastopt::Optimizer opt({fastopt::ParamGroup{h, {{{p.data(), 4}, {g.data(), 4}, {}, {{buffer.data(), 4}}}}}});
+  for (int s = 0; s < 4; ++s) {
+    if (s == 2) {
+      h.momentum = 0.9;
+      opt.set_hyper(0, h);
+    }
+    for (int i = 0; i < 4; ++i) g[size_t(i)] = float(i + s) / 4;
+    opt.step();
+  }
+  const Bits expected{0x3f57ae15, 0x3fddc290, 0x4027d70b, 0x4060cccd};
+  Bits got;
+  for (float x : p) got.push_back(float_bits(x));
+  EXPECT_EQ(got, expected);
+  EXPECT_EQ(opt.steps(), std::vector<int64_t>{4});
 }
 
 // The grad norm of a step is the global norm of sumsq() over the grads.

@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <limits>
+#include <sstream>
 
 #include "fastopt/optimizer.h"
 #include "support/adam_setup.h"
@@ -138,6 +139,34 @@ TEST_F(BadTensor, PinnedHostMemoryIsFine) {
   expect_changed();
 }
 
+TEST_F(BadTensor, UnknownDtype) {  // C++ only (the C ABI checks its codes too)
+  std::vector<fastopt::ParamGroup> g = groups();
+  g[0].params[0].grad.dtype = fastopt::DType(200);
+  EXPECT_TRUE(throws_exactly<TensorError>([&] { fastopt::Optimizer(fastopt::RuleId::adam, g); },
+                                          "grad 0: unknown dtype code 200 (fastopt takes float32, float16 and bfloat16)"));
+  fastopt::Optimizer opt = optimizer();
+  fastopt::Tensor bad = params[0].grad.tensor();
+  bad.dtype = fastopt::DType(9);
+  EXPECT_TRUE(throws_exactly<TensorError>([&] { opt.set_grads({bad, params[1].grad.tensor()}); },
+                                          "grad 0: unknown dtype code 9 (fastopt takes float32, float16 and bfloat16)"));
+  expect_untouched();
+}
+
+TEST_F(BadTensor, ElementCountOverflows) {  // C++ only
+  std::vector<fastopt::ParamGroup> g = groups();
+  for (auto shape : {std::vector<int64_t>{int64_t(1) << 32, int64_t(1) << 32},  // 2^64 wraps to 0
+                     std::vector<int64_t>{(int64_t(1) << 62) + 1, 4},             // wraps to 4
+                     std::vector<int64_t>{int64_t(1) << 61, 1}}) {               // 2^63 bytes
+    fastopt::ParamTensors& p = g[0].params[0];
+    for (fastopt::Tensor* t : {&p.param, &p.grad, &p.state[0], &p.state[1]}) t->shape = shape;
+    const fastopt::Tensor probe(nullptr, shape);
+    EXPECT_TRUE(throws_exactly<TensorError>([&] { fastopt::Optimizer(fastopt::RuleId::adam, g); },
+                                            "param 0: shape " + probe.shape_str() +
+                                                " has more elements than memory can hold"));
+  }
+  expect_untouched();
+}
+
 TEST_F(BadTensor, NewGrads) {
   fastopt::Optimizer opt = optimizer();
   Buffer wrong = Buffer::f32({1, 2, 3, 4});
@@ -148,6 +177,10 @@ TEST_F(BadTensor, NewGrads) {
   EXPECT_TRUE(throws_exactly<TensorError>(
       [&] { opt.set_grads({params[0].param.tensor(), params[1].grad.tensor()}); },
       std::string("grad 0 is the same memory as param 0") + kOwnMemory));
+  // The new grad is the one named, wherever it lies in the bind order.
+  EXPECT_TRUE(throws_exactly<TensorError>(
+      [&] { opt.set_grads({params[0].state[1].tensor(), params[1].grad.tensor()}); },
+      std::string("grad 0 is the same memory as exp_avg_sq 0") + kOwnMemory));
   EXPECT_EQ(opt.tensors(0).grad.data, params[0].grad.data());  // the bound grads are kept
   expect_untouched();
 }
@@ -232,6 +265,54 @@ TEST_F(BadHyper, GroupIndexOutOfRange) {  // C++ only (Python: an IndexError of 
   expect_untouched();
 }
 
+TEST_F(BadHyper, SetHypersIsAllOrNothing) {
+  fastopt::Optimizer opt = optimizer();
+  EXPECT_TRUE(throws_exactly<invalid_argument>([&] { opt.set_hypers({adam("lr", 0.5), adam("lr", 0.5)}); },
+                                               "got 2 hyperparameter sets for 1 param groups"));
+  EXPECT_TRUE(throws_exactly<invalid_argument>([&] { opt.set_hypers({adam("beta2", 1)}); },
+                                               "param group 0: beta2 must be in [0, 1), got 1"));
+  EXPECT_EQ(fastopt::get_field(opt.hyper(0), "beta2"), 0.999);
+  opt.set_hypers({adam("lr", 0.5)});
+  EXPECT_EQ(fastopt::get_field(opt.hyper(0), "lr"), 0.5);
+  expect_untouched();
+}
+
+TEST_F(BadHyper, UnknownRuleId) {  // C++ only
+  for (fastopt::RuleId r : {fastopt::RuleId(99), fastopt::RuleId::count}) {
+    EXPECT_TRUE(throws_exactly<invalid_argument>([&] { fastopt::Optimizer(r, groups()); },
+                                                 "unknown rule id " + std::to_string(int(r))));
+  }
+  EXPECT_TRUE(throws_exactly<invalid_argument>([&] { fastopt::Optimizer(fastopt::RuleId::probe, groups()); },
+                                               "the probe is a BandwidthProbe, not an optimizer"));
+  expect_untouched();
+}
+
+// A schedule is checked when set (its fields) and at each step (the lr it gives); a step that
+// refuses writes nothing and counts nothing.
+TEST_F(BadHyper, Schedules) {  // C++ only (fastopt.schedules checks every argument)
+  fastopt::Optimizer opt = optimizer();
+  fastopt::Schedule empty{};
+  EXPECT_TRUE(throws_exactly<invalid_argument>([&] { opt.set_schedule(0, &empty); },
+                                               "malformed schedule: num_segments out of [1, 8]"));
+  const int64_t milestones[9] = {1, 2, 3, 4, 5, 6, 7, 8, 9};
+  const fastopt::Schedule many = fastopt::schedules::multistep(0.1, milestones, 9);
+  EXPECT_TRUE(throws_exactly<invalid_argument>([&] { opt.set_schedule(0, &many); },
+                                               "malformed schedule: num_milestones out of [0, 8]"));
+  for (const fastopt::Schedule& s : {fastopt::schedules::constant(-1.0), fastopt::schedules::linear(1e-3, NAN, 1.0, 10)}) {
+    opt.set_schedule(0, &s);
+    const double lr = fastopt::lr_at(s, 0);
+    std::ostringstream message;
+    message << "param group 0: its schedule gives lr " << lr << " at step 0 (an lr must be finite and >= 0)";
+    EXPECT_TRUE(throws_exactly<invalid_argument>([&] { opt.step(); }, message.str()));
+  }
+  EXPECT_EQ(opt.steps(), std::vector<int64_t>{0});
+  expect_untouched();
+  const fastopt::Schedule halves = fastopt::schedules::exponential(1e-3, 0.5);
+  opt.set_schedule(0, &halves);
+  opt.step();
+  expect_changed();
+}
+
 TEST_F(BadHyper, NoGroupsNeedsTheRule) {
   EXPECT_TRUE(throws_exactly<invalid_argument>([] { fastopt::Optimizer(std::vector<fastopt::ParamGroup>{}); },
                                                "no param groups: name the rule (Optimizer(rule, {}))"));
@@ -272,10 +353,10 @@ TEST_F(BadOption, GradScale) {
 TEST_F(BadOption, MaxGradNormAndClipValue) {
   fastopt::StepOptions o;
   o.max_grad_norm = -1;
-  expect_refused(o, "max_grad_norm must be finite and >= 0 (0: no clipping), got -1.000000");
+  expect_refused(o, "max_grad_norm must be finite and >= 0 (0: off), got -1");
   o = {};
   o.clip_value = -1;
-  expect_refused(o, "clip_value must be finite and >= 0 (0: no clamping), got -1.000000");
+  expect_refused(o, "clip_value must be finite and >= 0 (0: off), got -1");
 }
 
 TEST_F(BadOption, RuleStep) {
@@ -283,6 +364,21 @@ TEST_F(BadOption, RuleStep) {
   fastopt::StepOptions o;
   o.rule_steps = &zero;
   expect_refused(o, "step must be >= 1, got 0");
+}
+
+// A step count at 2**63 - 1 cannot advance, whoever gives the rule's step.
+TEST_F(BadOption, StepCountOverflow) {
+  const int64_t five = 5;
+  for (const int64_t* rule_steps : {static_cast<const int64_t*>(nullptr), &five}) {
+    fastopt::Optimizer opt = optimizer();
+    opt.set_steps({INT64_MAX});
+    fastopt::StepOptions o;
+    o.rule_steps = rule_steps;
+    EXPECT_TRUE(throws_exactly<std::overflow_error>(
+        [&] { opt.step(o); }, "param group 0: the step count reached 2**63 - 1, the most it can hold"));
+    EXPECT_EQ(opt.steps(), std::vector<int64_t>{INT64_MAX});
+  }
+  expect_untouched();
 }
 
 TEST_F(BadOption, StepCounts) {  // C++ only (Python checks its checkpoints' counts itself)

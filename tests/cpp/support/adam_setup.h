@@ -76,6 +76,14 @@ class AdamSetup : public ::testing::Test {
     }
     return out;
   }
+  // Writes the initial values back into every buffer (the order of values()).
+  void restore_initial() {
+    size_t k = 0;
+    for (ParamMemory& p : params) {
+      p.param.set_bits(initial[k++]), p.grad.set_bits(initial[k++]), p.master.set_bits(initial[k++]);
+      for (Buffer& s : p.state) s.set_bits(initial[k++]);
+    }
+  }
   void expect_untouched() const { EXPECT_EQ(values(), initial) << "a refused call changed memory"; }
   void expect_changed() const { EXPECT_NE(values(), initial) << "the step wrote nothing"; }
 

@@ -1,7 +1,9 @@
 /* fastopt's C ABI: the C++ API (fastopt/optimizer.h) behind plain C types, for engines in C,
  * Rust, Julia, Zig, ... Every call returns a fastopt_status; on an error nothing was changed and
  * fastopt_last_error() gives the message (the C++ API's, naming the bad tensor). Tensors are
- * caller memory, described, never copied or owned: they must outlive the optimizer.
+ * caller memory, described, never copied or owned: they must outlive the optimizer. The CPU
+ * engine only; no lr schedules (set "lr" between steps). Structs may gain fields at the end
+ * in later versions: fastopt_abi_version() says which this library has.
  *
  * Thread-safety: the last error is per thread. An optimizer is used by one thread at a time. */
 #ifndef FASTOPT_C_API_H
@@ -17,8 +19,11 @@ typedef enum fastopt_status {
   FASTOPT_OK = 0,
   FASTOPT_ERROR_TENSOR = 1,    /* a tensor cannot be used (TensorError) */
   FASTOPT_ERROR_ARGUMENT = 2,  /* a bad argument: hyperparameter, option, index, name */
-  FASTOPT_ERROR_RUNTIME = 3,   /* the engine failed (out of memory, threads) */
+  FASTOPT_ERROR_RUNTIME = 3    /* the engine cannot go on (out of memory, threads, a step count at 2**63 - 1) */
 } fastopt_status;
+
+#define FASTOPT_ABI_VERSION 1
+int32_t fastopt_abi_version(void); /* FASTOPT_ABI_VERSION of the library linked */
 
 typedef enum fastopt_dtype { FASTOPT_FLOAT32 = 0, FASTOPT_FLOAT16 = 1, FASTOPT_BFLOAT16 = 2 } fastopt_dtype;
 
@@ -44,13 +49,14 @@ typedef struct fastopt_param {
 
 typedef struct fastopt_optimizer fastopt_optimizer;
 
-/* The message of this thread's last error ("" if none). Valid until the next failing call. */
+/* The message of this thread's last failing call; every successful call clears it to "". Valid
+ * until this thread's next call. */
 const char* fastopt_last_error(void);
 
 /* Binds `num_params` params to a new optimizer of rule `rule` ("sgd", "adam", ...: see
  * fastopt/rules/registry.h), split into `num_groups` param groups of group_sizes[j]
  * consecutive params, each starting at the rule's default hyperparameters
- * (fastopt_set_hyper changes them). *out is set on success. */
+ * (fastopt_set_hyper changes them). *out is set to the optimizer, or to NULL on an error. */
 fastopt_status fastopt_optimizer_create(const char* rule, const fastopt_param* params, int64_t num_params,
                                         const int64_t* group_sizes, int32_t num_groups, fastopt_optimizer** out);
 void fastopt_optimizer_destroy(fastopt_optimizer* opt); /* NULL is fine */
@@ -76,9 +82,12 @@ typedef struct fastopt_step_options {
   double max_grad_norm; /* > 0: clip by global norm */
   float clip_value;     /* > 0: clamp grads */
   int32_t skip_nonfinite, grad_norm, diagnostics; /* flags */
+  /* NULL, or the 1-based step count each group's rule sees at this step (num_groups of them;
+   * by default each group's steps taken + 1; SGD: its momentum buffer's updates + 1) */
+  const int64_t* rule_steps;
 } fastopt_step_options;
 
-/* {grad_scale 1, everything else off}. */
+/* {grad_scale 1, everything else off, rule_steps NULL}. */
 fastopt_step_options fastopt_default_step_options(void);
 
 typedef struct fastopt_step_result {
@@ -100,6 +109,12 @@ fastopt_status fastopt_diagnostics(const fastopt_optimizer* opt, double* grad_no
 /* Steps taken by each param group (num_groups values), for checkpoints. */
 fastopt_status fastopt_get_steps(const fastopt_optimizer* opt, int64_t* steps, int32_t num_groups);
 fastopt_status fastopt_set_steps(fastopt_optimizer* opt, const int64_t* steps, int32_t num_groups);
+
+/* Per param: the sum of squares of its grad (of its fp32 value: the master where it has one)
+ * in the canonical order of fastopt/reduce.h, and its count of inf/NaN elements (num_params
+ * values in each array; either may be NULL). */
+fastopt_status fastopt_grad_sumsq(const fastopt_optimizer* opt, double* sums, int64_t* nonfinite);
+fastopt_status fastopt_param_sumsq(const fastopt_optimizer* opt, double* sums, int64_t* nonfinite);
 
 /* New grad buffers, one per param (validated; nothing changes on an error). */
 fastopt_status fastopt_set_grads(fastopt_optimizer* opt, const fastopt_tensor* grads, int64_t num_params);

@@ -45,6 +45,7 @@ class CudaOptimizer {
   explicit CudaOptimizer(std::vector<ParamGroup> groups);
   CudaOptimizer(RuleId rule, std::vector<ParamGroup> groups);
   ~CudaOptimizer();  // frees the device tables (cudaFree: waits for the device)
+  // A moved-from optimizer may only be destroyed or assigned to.
   CudaOptimizer(CudaOptimizer&&) noexcept;
   CudaOptimizer& operator=(CudaOptimizer&&) noexcept;
 
@@ -61,6 +62,7 @@ class CudaOptimizer {
   // Host hyperparameters, applied from the next step (validated as Optimizer::set_hyper).
   const Hyper& hyper(size_t group) const;
   void set_hyper(size_t group, const Hyper& h);
+  void set_hypers(const std::vector<Hyper>& hypers);
 
   // Group j's device lr (for capturable steps), written on `stream` (a kernel: capturable).
   void set_lr(size_t group, double lr, cudaStream_t stream);

@@ -21,7 +21,7 @@
 namespace fastopt {
 
 // One param's tensors, all of the param's shape, each with its own memory (no two tensors of an
-// optimizer may overlap).
+// optimizer may overlap; tensors of no elements have no memory, and never overlap).
 struct ParamTensors {
   Tensor param;  // float32, float16 or bfloat16; updated in place
   Tensor grad;   // float32, float16 or bfloat16; only read (may be read-only)
@@ -92,11 +92,14 @@ class Optimizer {
   // The same with the rule named (an optimizer over no param groups has no Hyper to tell it).
   Optimizer(RuleId rule, std::vector<ParamGroup> groups);
   ~Optimizer();
+  // A moved-from optimizer may only be destroyed or assigned to.
   Optimizer(Optimizer&&) noexcept;
   Optimizer& operator=(Optimizer&&) noexcept;
 
-  // One step over every param, in place. Throws std::invalid_argument for bad options (nothing
-  // is written then).
+  // One step over every param, in place. Nothing is written when it throws:
+  // std::invalid_argument for bad options, a rule step < 1, a group whose hyperparameters need
+  // more state arrays than were bound, or a schedule's lr out of range; std::overflow_error
+  // when a step count reached 2**63 - 1.
   StepResult step(const StepOptions& options = {});
 
   RuleId rule() const;
@@ -104,16 +107,22 @@ class Optimizer {
   size_t num_params() const;
 
   // Group j's hyperparameters; set_hyper validates them (same rule, in range, no more state
-  // arrays than were bound) and they apply from the next step.
+  // arrays than were bound) and they apply from the next step. set_hypers sets every group's
+  // (one per group), all or none.
   const Hyper& hyper(size_t group) const;
   void set_hyper(size_t group, const Hyper& h);
+  void set_hypers(const std::vector<Hyper>& hypers);
 
   // Group j's lr from now on: lr_at(*schedule, steps()[j]) at each step (the schedule is
-  // copied); null: the Hyper's lr again.
+  // copied; std::invalid_argument if malformed, and a step refuses an lr it gives that is not
+  // finite and >= 0); null: the Hyper's lr again. fastopt/schedule.h builds schedules.
   void set_schedule(size_t group, const Schedule* schedule);
 
   // Steps taken by each group (skipped steps not counted); set_steps restores them from a
-  // checkpoint (each >= 0).
+  // checkpoint (each >= 0). The rule's step is steps()[j] + 1, except SGD's: the count of its
+  // momentum buffer's updates (steps taken with momentum != 0; torch.optim.SGD's semantics),
+  // which set_steps also sets to `steps` (a checkpoint of a run that switched momentum on
+  // mid-run resumes with StepOptions::rule_steps).
   const std::vector<int64_t>& steps() const;
   void set_steps(const std::vector<int64_t>& steps);
 

@@ -179,11 +179,12 @@ inline Schedule constant(double base_lr, double factor = 1.0, int64_t total_iter
 inline Schedule step(double base_lr, int64_t step_size, double gamma = 0.1) {
   return single(ScheduleKind::step, 0, step_size, base_lr, gamma);
 }
-// `milestones` sorted, at most Schedule::kMaxMilestones of them.
+// `milestones` sorted, at most Schedule::kMaxMilestones of them (more make a schedule that
+// set_schedule refuses as malformed; only the first kMaxMilestones are copied).
 inline Schedule multistep(double base_lr, const int64_t* milestones, int count, double gamma = 0.1) {
   Schedule s = single(ScheduleKind::multistep, 0, count, base_lr, gamma);
   s.num_milestones = count;
-  for (int i = 0; i < count; ++i) s.milestones[i] = milestones[i];
+  for (int i = 0; i < count && i < Schedule::kMaxMilestones; ++i) s.milestones[i] = milestones[i];
   return s;
 }
 inline Schedule exponential(double base_lr, double gamma) {

@@ -17,6 +17,11 @@
 namespace fastopt {
 
 struct Sgd {
+  // The rule's step is the count of momentum buffer updates (this one included), not of
+  // optimizer steps: with momentum switched on mid-run, its first step sets the buffer to the
+  // grad, as torch.optim.SGD does (engines that count steps themselves follow this).
+  static constexpr bool counts_buffer_updates = true;
+
   struct Hyper {
     double lr = 1e-3, momentum = 0, dampening = 0, weight_decay = 0;
     bool nesterov = false, maximize = false, sutskever = false;
