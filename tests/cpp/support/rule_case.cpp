@@ -84,8 +84,10 @@ std::vector<Bits> CaseMemory::written() const {
   return out;
 }
 
-fastopt::StepOptions step_options(const RuleCase& c, size_t k) {
-  fastopt::StepOptions o;
+// The case's options at step k into `o`, a fastopt::StepOptions or a fastopt_step_options (the
+// same field names).
+template <class Options>
+Options with_case_options(Options o, const RuleCase& c, size_t k) {
   o.grad_scale = c.steps.at(k).grad_scale;
   o.max_grad_norm = c.options.max_grad_norm;
   o.clip_value = c.options.clip_value;
@@ -95,15 +97,10 @@ fastopt::StepOptions step_options(const RuleCase& c, size_t k) {
   return o;
 }
 
+fastopt::StepOptions step_options(const RuleCase& c, size_t k) { return with_case_options(fastopt::StepOptions{}, c, k); }
+
 fastopt_step_options c_step_options(const RuleCase& c, size_t k) {
-  fastopt_step_options o = fastopt_default_step_options();
-  o.grad_scale = c.steps.at(k).grad_scale;
-  o.max_grad_norm = c.options.max_grad_norm;
-  o.clip_value = c.options.clip_value;
-  o.skip_nonfinite = c.options.skip_nonfinite;
-  o.grad_norm = c.options.grad_norm;
-  o.diagnostics = c.options.diagnostics;
-  return o;
+  return with_case_options(fastopt_default_step_options(), c, k);
 }
 
 }  // namespace fastopt_test
