@@ -143,7 +143,7 @@ struct Optimizer::Impl {
   }
 };
 
-Optimizer::Optimizer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Optimizer::Optimizer(Adopt, std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 Optimizer::Optimizer(RuleId rule, std::vector<ParamGroup> groups)
     : impl_(std::make_unique<Impl>(std::move(groups), api::check_rule(rule))) {}
@@ -196,7 +196,7 @@ volatile float probe_zero = 0.0f;  // read at run time, so the probe's work cann
 }
 
 BandwidthProbe::BandwidthProbe(std::vector<ParamTensors> params)
-    : opt_(std::make_unique<Optimizer::Impl>(std::vector<ParamGroup>{ParamGroup{{}, std::move(params)}},
+    : opt_(Optimizer::Adopt{}, std::make_unique<Optimizer::Impl>(std::vector<ParamGroup>{ParamGroup{{}, std::move(params)}},
                                              RuleId::probe)) {}
 
 void BandwidthProbe::run() {

@@ -263,6 +263,10 @@ void check_schedule(const Schedule& s) {
     if (g.kind == int32_t(ScheduleKind::multistep) && (g.opt < 0 || g.n < 0 || g.opt + g.n > s.num_milestones)) {
       bad("multistep milestones out of range");
     }
+    if ((g.kind == int32_t(ScheduleKind::anneal) && (g.opt < 0 || g.opt > int32_t(AnnealShape::one_minus_sqrt))) ||
+        (g.kind == int32_t(ScheduleKind::one_cycle) && (g.opt < 0 || g.opt > 3))) {
+      bad("unknown shape " + std::to_string(g.opt));
+    }
   }
 }
 

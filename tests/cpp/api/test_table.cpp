@@ -298,6 +298,13 @@ TEST_F(BadHyper, Schedules) {  // C++ only (fastopt.schedules checks every argum
   const fastopt::Schedule many = fastopt::schedules::multistep(0.1, milestones, 9);
   EXPECT_TRUE(throws_exactly<invalid_argument>([&] { opt.set_schedule(0, &many); },
                                                "malformed schedule: num_milestones out of [0, 8]"));
+  const fastopt::Schedule shape7 = fastopt::schedules::anneal(0.1, 0.0, 10, fastopt::AnnealShape(7));
+  EXPECT_TRUE(throws_exactly<invalid_argument>([&] { opt.set_schedule(0, &shape7); },
+                                               "malformed schedule: unknown shape 7"));
+  const fastopt::Schedule parts[2] = {fastopt::schedules::constant(0.1), fastopt::schedules::constant(0.2)};
+  const int64_t at_zero[1] = {0};
+  fastopt::Schedule chained;
+  EXPECT_STREQ(fastopt::schedules::chain(parts, at_zero, 2, &chained), "milestones must be strictly increasing and > 0");
   for (const fastopt::Schedule& s : {fastopt::schedules::constant(-1.0), fastopt::schedules::linear(1e-3, NAN, 1.0, 10)}) {
     opt.set_schedule(0, &s);
     const double lr = fastopt::lr_at(s, 0);
@@ -314,7 +321,7 @@ TEST_F(BadHyper, Schedules) {  // C++ only (fastopt.schedules checks every argum
 }
 
 TEST_F(BadHyper, NoGroupsNeedsTheRule) {
-  EXPECT_TRUE(throws_exactly<invalid_argument>([] { fastopt::Optimizer(std::vector<fastopt::ParamGroup>{}); },
+  EXPECT_TRUE(throws_exactly<invalid_argument>([] { fastopt::Optimizer none({}); },
                                                "no param groups: name the rule (Optimizer(rule, {}))"));
   fastopt::Optimizer empty(fastopt::RuleId::lion, {});
   EXPECT_EQ(empty.num_params(), 0u);

@@ -49,8 +49,9 @@ typedef struct fastopt_param {
 
 typedef struct fastopt_optimizer fastopt_optimizer;
 
-/* The message of this thread's last failing call; every successful call clears it to "". Valid
- * until this thread's next call. */
+/* The message of this thread's last failing call; every successful call that can fail (those
+ * returning a fastopt_status, and fastopt_state_name and fastopt_cpu_isa) clears it to "".
+ * Valid until this thread's next such call. */
 const char* fastopt_last_error(void);
 
 /* Binds `num_params` params to a new optimizer of rule `rule` ("sgd", "adam", ...: see

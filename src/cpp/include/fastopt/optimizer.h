@@ -145,7 +145,8 @@ class Optimizer {
   struct Impl;
 
  private:
-  explicit Optimizer(std::unique_ptr<Impl> impl);
+  struct Adopt {};  // (a tag: this constructor never competes with the public ones)
+  Optimizer(Adopt, std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
   friend class BandwidthProbe;
 };

@@ -215,6 +215,9 @@ inline Schedule anneal(double start_lr, double end_lr, int64_t steps, AnnealShap
 // must be strictly increasing and > 0. Returns nullptr, or why the chain does not fit.
 inline const char* chain(const Schedule* parts, const int64_t* milestones, int count, Schedule* out) {
   Schedule s{};
+  for (int i = 0; i + 1 < count; ++i) {
+    if (milestones[i] <= (i == 0 ? 0 : milestones[i - 1])) return "milestones must be strictly increasing and > 0";
+  }
   for (int i = 0; i < count; ++i) {
     const int64_t begin = i == 0 ? 0 : milestones[i - 1];
     const Schedule& p = parts[i];

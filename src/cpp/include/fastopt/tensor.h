@@ -45,7 +45,7 @@ struct Tensor {
   // A one-dimensional fp32 tensor of n elements in host memory.
   Tensor(float* data_, int64_t n) : data(data_), shape{n} {}
 
-  int64_t numel() const;
+  int64_t numel() const;  // (meaningful for shapes an optimizer accepts: it refuses counts past int64)
   size_t nbytes() const { return size_t(numel()) * (dtype == DType::f32 ? 4 : 2); }
   std::string shape_str() const;  // "(3, 4)", "(5,)", "()"
 };
