@@ -12,6 +12,7 @@
 #include "fastopt/reduce.h"
 #include "fastopt/step_control.h"
 #include "rules.h"
+#include "numerics.h"
 #include "schedules.h"
 
 namespace py = pybind11;
@@ -167,6 +168,7 @@ PYBIND11_MODULE(_core, m) {
 
   py_intake::bind_hypers(m);
   bind_schedules(m);
+  bind_numerics(m);
 
   py::class_<CpuGroup>(m, "Group")
       .def(py::init([](const std::string& rule, py::sequence params, py::sequence grads, py::sequence masters,

@@ -1,0 +1,117 @@
+// fastopt._core.numeric: the storage numerics (random.h, rounding.h, quantize8.h) over NumPy
+// arrays, for the tests that check them against float64 references. Internal.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <algorithm>
+
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "fastopt/numeric/quantize8.h"
+#include "fastopt/numeric/random.h"
+#include "fastopt/numeric/rounding.h"
+#include "numerics.h"
+
+namespace py = pybind11;
+
+namespace fastopt {
+namespace {
+
+template <class T>
+using Array = py::array_t<T, py::array::c_style | py::array::forcecast>;
+
+template <class T>
+py::array_t<T> like(py::ssize_t n) {
+  return py::array_t<T>(n);
+}
+
+const float* dynamic_map_of(bool is_signed) {
+  static const auto maps = [] {
+    struct Maps {
+      float signed_map[quant::kMapSize], unsigned_map[quant::kMapSize];
+    } m;
+    quant::dynamic_map(true, m.signed_map);
+    quant::dynamic_map(false, m.unsigned_map);
+    return m;
+  }();
+  return is_signed ? maps.signed_map : maps.unsigned_map;
+}
+
+}  // namespace
+
+void bind_numerics(py::module_& core) {
+  py::module_ m = core.def_submodule("numeric", "Storage numerics over NumPy arrays, for tests (internal)");
+  m.def("stream_key", &random::stream_key, py::arg("seed"), py::arg("step"), py::arg("tensor"));
+  m.def("random_bits", [](uint64_t key, uint64_t start, py::ssize_t n) {
+    auto out = like<uint32_t>(n);
+    uint32_t* o = out.mutable_data();
+    for (py::ssize_t i = 0; i < n; ++i) o[i] = random::bits32(key, start + uint64_t(i));
+    return out;
+  }, py::arg("key"), py::arg("start"), py::arg("n"), "bits32(key, start + i) for i < n");
+  m.def("stochastic_round", [](Array<float> x, Array<uint32_t> r, const std::string& dtype) {
+    if (x.size() != r.size()) throw std::invalid_argument("x and r must have as many elements");
+    if (dtype != "bfloat16" && dtype != "float16") throw std::invalid_argument("dtype: bfloat16 or float16");
+    auto out = like<uint16_t>(x.size());
+    uint16_t* o = out.mutable_data();
+    for (py::ssize_t i = 0; i < x.size(); ++i) {
+      o[i] = dtype == "bfloat16" ? bf16_stochastic(x.data()[i], r.data()[i]).bits
+                                 : f16_stochastic(x.data()[i], r.data()[i]).bits;
+    }
+    return out;
+  }, py::arg("x"), py::arg("r"), py::arg("dtype"), "x rounded with random bits r: the 16-bit patterns");
+  m.def("kahan_bf16", [](py::array_t<uint16_t, py::array::c_style> p, py::array_t<uint16_t, py::array::c_style> c,
+                         Array<float> values) {
+    if (p.size() != c.size() || p.size() != values.size()) throw std::invalid_argument("sizes differ");
+    uint16_t* pp = p.mutable_data();
+    uint16_t* cc = c.mutable_data();
+    for (py::ssize_t i = 0; i < p.size(); ++i) {
+      bf16 a{pp[i]}, b{cc[i]};
+      kahan_bf16(values.data()[i], a, b);
+      pp[i] = a.bits, cc[i] = b.bits;
+    }
+  }, py::arg("p"), py::arg("c"), py::arg("values"), "p, c (bfloat16 bits) moved to `values`, in place");
+  m.def("split_remainder", [](Array<float> v) {
+    auto hi = like<uint16_t>(v.size()), lo = like<uint16_t>(v.size());
+    for (py::ssize_t i = 0; i < v.size(); ++i) {
+      bf16 h;
+      split_remainder(v.data()[i], h, lo.mutable_data()[i]);
+      hi.mutable_data()[i] = h.bits;
+    }
+    return py::make_tuple(hi, lo);
+  }, py::arg("values"));
+  m.def("join_remainder", [](Array<uint16_t> hi, Array<uint16_t> lo) {
+    if (hi.size() != lo.size()) throw std::invalid_argument("sizes differ");
+    auto out = like<float>(hi.size());
+    for (py::ssize_t i = 0; i < hi.size(); ++i) out.mutable_data()[i] = join_remainder(bf16{hi.data()[i]}, lo.data()[i]);
+    return out;
+  }, py::arg("high"), py::arg("low"));
+  m.attr("quant_block") = quant::kQuantBlock;
+  m.def("dynamic_map", [](bool is_signed) {
+    auto out = like<float>(quant::kMapSize);
+    std::memcpy(out.mutable_data(), dynamic_map_of(is_signed), sizeof(float) * quant::kMapSize);
+    return out;
+  }, py::arg("signed"));
+  m.def("quantize_blockwise", [](Array<float> x, bool is_signed) {
+    const py::ssize_t n = x.size(), blocks = (n + quant::kQuantBlock - 1) / quant::kQuantBlock;
+    auto codes = like<uint8_t>(n);
+    auto absmax = like<float>(blocks);
+    for (py::ssize_t b = 0; b < blocks; ++b) {
+      const int64_t begin = b * quant::kQuantBlock, len = std::min<int64_t>(quant::kQuantBlock, n - begin);
+      quant::quantize_block(x.data() + begin, len, dynamic_map_of(is_signed), codes.mutable_data() + begin,
+                            absmax.mutable_data() + b);
+    }
+    return py::make_tuple(codes, absmax);
+  }, py::arg("x"), py::arg("signed"), "(codes, per-block absmax)");
+  m.def("dequantize_blockwise", [](Array<uint8_t> codes, Array<float> absmax, bool is_signed) {
+    auto out = like<float>(codes.size());
+    for (py::ssize_t i = 0; i < codes.size(); ++i) {
+      out.mutable_data()[i] =
+          quant::dequantize(codes.data()[i], absmax.data()[i / quant::kQuantBlock], dynamic_map_of(is_signed));
+    }
+    return out;
+  }, py::arg("codes"), py::arg("absmax"), py::arg("signed"));
+}
+
+}  // namespace fastopt
