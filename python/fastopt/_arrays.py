@@ -14,12 +14,12 @@ _ALIGN = 64  # one cache line, and one AVX-512 vector
 _CPU = 1     # DLPack device type
 
 
-def aligned_zeros(shape: tuple[int, ...]) -> np.ndarray:
-    """A zeroed, C-contiguous float32 array whose data starts on a 64-byte boundary."""
+def aligned_zeros(shape: tuple[int, ...], dtype: str = "float32") -> np.ndarray:
+    """A zeroed, C-contiguous array whose data starts on a 64-byte boundary."""
     n = int(np.prod(shape, dtype=np.int64))
-    pad = _ALIGN // 4
-    raw = np.zeros(n + pad, dtype=np.float32)
-    start = (-raw.ctypes.data % _ALIGN) // 4
+    size = np.dtype(dtype).itemsize
+    raw = np.zeros(n + _ALIGN // size, dtype=dtype)
+    start = (-raw.ctypes.data % _ALIGN) // size
     return raw[start:start + n].reshape(shape)
 
 
@@ -31,21 +31,22 @@ def library(a: Any) -> str:
     return root if root in ("torch", "cupy") else "other"
 
 
-def state_like(param: Any, name: str) -> Any:
-    """A zeroed float32 array with the shape of ``param``, on its device: a PyTorch tensor for
-    a PyTorch param, a CuPy array for a CuPy one, else a 64-byte aligned NumPy array."""
+def state_like(param: Any, name: str, dtype: str = "float32") -> Any:
+    """A zeroed array (float32, or uint16 for a remainder) with the shape of ``param``, on its
+    device: a PyTorch tensor for a PyTorch param, a CuPy array for a CuPy one, else a 64-byte
+    aligned NumPy array."""
     shape, _, _ = _core.describe(param, name)
     kind, dev = _core.device_of(param)
     lib = library(param)
     if kind == _CPU and lib != "torch":
-        return aligned_zeros(tuple(shape))
+        return aligned_zeros(tuple(shape), dtype)
     if lib == "torch":  # (torch's CPU allocator aligns to 64 bytes)
         import torch
-        return torch.zeros(tuple(shape), dtype=torch.float32, device=param.device)
+        return torch.zeros(tuple(shape), dtype=getattr(torch, dtype), device=param.device)
     if lib == "cupy":
         import cupy
         with cupy.cuda.Device(dev):
-            return cupy.zeros(tuple(shape), dtype=np.float32)
+            return cupy.zeros(tuple(shape), dtype=dtype)
     raise TypeError(f"{name}: fastopt allocates the state of GPU params with PyTorch or CuPy, and "
                     f"{type(param).__name__} is neither; use fastopt.functional with state arrays of your own")
 

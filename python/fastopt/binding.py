@@ -15,12 +15,25 @@ class Binding:
     """The binding side of :class:`~fastopt.Optimizer` (its arrays and its engine group).
     Every array the optimizer owns is allocated here."""
 
-    def _master_copies(self, master_weights: bool) -> list:
-        """An exact fp32 copy of each float16/bfloat16 param when ``master_weights`` (else None)."""
-        stream = self._engine.stream(None, self._params[0]) if self._engine.is_cuda else 0
-        return [self._new_master(i, stream)
-                if master_weights and _core.describe(p, f"param {i}")[1] != "float32" else None
-                for i, p in enumerate(self._params)]
+    def _master_copies(self, master_weights: bool | str) -> tuple[list, list]:
+        """(masters, remainders): with ``master_weights=True`` an exact fp32 copy of each
+        float16/bfloat16 param; with ``"remainder"`` a zeroed uint16 remainder for each bfloat16
+        param (its master is exactly the param then); None elsewhere."""
+        if master_weights not in (True, False, "remainder"):
+            raise ValueError(f"master_weights must be True, False or 'remainder', got {master_weights!r}")
+        dtypes = [_core.describe(p, f"param {i}")[1] for i, p in enumerate(self._params)]
+        if master_weights != "remainder":
+            stream = self._engine.stream(None, self._params[0]) if self._engine.is_cuda else 0
+            return [self._new_master(i, stream) if master_weights and d != "float32" else None
+                    for i, d in enumerate(dtypes)], [None] * len(dtypes)
+        if self._engine.is_cuda:
+            raise ValueError("master_weights='remainder' runs on the CPU engine only so far")
+        for i, d in enumerate(dtypes):
+            if d == "float16":
+                raise ValueError(f"param {i}: master_weights='remainder' keeps the low half of a bfloat16 "
+                                 "param's fp32 master; this param is float16: use master_weights=True")
+        return [None] * len(dtypes), [state_like(self._params[i], f"param {i}", "uint16") if d == "bfloat16"
+                                      else None for i, d in enumerate(dtypes)]
 
     def _new_master(self, i: int, stream: int):
         """Param i's fp32 master weights: its exact value (written on ``stream`` on CUDA)."""
@@ -126,7 +139,7 @@ class Binding:
             if self._captured:  # a graph captured before may replay the old group: keep its device memory
                 self._retired.append(self._core)
         self._core = self._engine.bind(
-            self.rule, self._params, self._grads, self._masters,
+            self.rule, self._params, self._grads, self._masters, self._remainders,
             [[self._state[i][n] for n in self.state_names[: need[j]]] for i, j in enumerate(self._group_of)],
             self._group_sizes)
         self._bound_states = need
@@ -135,19 +148,31 @@ class Binding:
 
     @property
     def state(self) -> dict[int, dict[str, np.ndarray]]:
-        """Live state arrays by param index (``"master_param"`` for fp32 master weights)."""
+        """Live state arrays by param index (``"master_param"`` for fp32 master weights,
+        ``"master_remainder"`` for the uint16 low halves of a master kept as a remainder)."""
         out = {}
         for i, s in enumerate(self._state):
             d = dict(s)
             if self._masters[i] is not None:
                 d["master_param"] = self._masters[i]
+            if self._remainders[i] is not None:
+                d["master_remainder"] = self._remainders[i]
             out[i] = d
         return out
 
     @property
     def master_params(self) -> list[np.ndarray | None]:
-        """The fp32 master weights by param index (None where the param has none)."""
-        return list(self._masters)
+        """The fp32 master weights by param index (None where the param has none; a copy, joined
+        from the param and its remainder, where the master is kept as a remainder)."""
+        return [self._master_value(i) for i in range(len(self._params))]
+
+    def _master_value(self, i: int):
+        """Param i's fp32 master: the live array, a joined copy (remainder) or None."""
+        if self._remainders[i] is None:
+            return self._masters[i]
+        out = state_like(self._params[i], f"param {i}")
+        _core.join_master(self._params[i], self._remainders[i], out)
+        return out
 
     @property
     def device(self) -> str:

@@ -37,8 +37,8 @@ class Checkpoints:
         for i, j in enumerate(self._group_of):
             entry: dict[str, Any] = {"step": self._steps[j]}
             entry.update({k: copy(v) for k, v in self._saved_state(i).items()})
-            if self._masters[i] is not None:
-                entry["master_param"] = copy(self._masters[i])
+            if self._masters[i] is not None or self._remainders[i] is not None:
+                entry["master_param"] = copy(self._master_value(i))
             state[i] = entry
         groups = []
         first = 0
@@ -107,7 +107,10 @@ class Checkpoints:
         for i, got in enumerate(arrays):
             for name, a in got.items():
                 if name == "master_param":
-                    assign(self._masters[i], a)
+                    if self._remainders[i] is not None:  # (the CPU engine: host arrays)
+                        _core.split_master(a, self._params[i], self._remainders[i])
+                    else:
+                        assign(self._masters[i], a)
                     continue
                 if name not in self._state[i]:
                     self._state[i][name] = self._new_state(i, name)
@@ -131,14 +134,14 @@ class Checkpoints:
         for name, value in entry.items():
             if name not in self.state_names and name != "master_param":
                 raise ValueError(f"param {i}: unknown state '{name}'")
-            if name == "master_param" and self._masters[i] is None:
+            if name == "master_param" and self._masters[i] is None and self._remainders[i] is None:
                 raise ValueError(f"param {i}: state_dict has master weights, this optimizer none")
             a = to_host(value)
             if a.dtype != np.float32 or a.shape != shape:
                 raise ValueError(f"param {i}: state '{name}' is {a.dtype}{list(a.shape)}, "
                                  f"expected float32{list(shape)}")
             got[name] = a
-        if self._masters[i] is not None and "master_param" not in got:
+        if (self._masters[i] is not None or self._remainders[i] is not None) and "master_param" not in got:
             raise ValueError(f"param {i}: state_dict lacks its master weights")
         return got
 

@@ -23,12 +23,13 @@ class Engine:
     def is_cuda(self) -> bool:
         return self.kind == "cuda"
 
-    def bind(self, rule: str, params: Sequence, grads: Sequence, masters: Sequence,
+    def bind(self, rule: str, params: Sequence, grads: Sequence, masters: Sequence, remainders: Sequence,
              states: Sequence, group_sizes: Sequence[int]) -> Any:
         """A bound group (validates every tensor; raises TensorError naming the bad one). The
         state arrays of each param are in the order of ``_core.state_names[rule]``."""
         module = self._module if self.is_cuda else _core
-        return module.Group(rule, list(params), list(grads), list(masters), list(states), list(group_sizes))
+        return module.Group(rule, list(params), list(grads), list(masters), list(remainders), list(states),
+                            list(group_sizes))
 
     def rebind_grads(self, group: Any, grads: Sequence, like: Any) -> None:
         """Binds new grad tensors into a bound group, where they are not the bound ones (on CUDA

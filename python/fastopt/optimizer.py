@@ -43,9 +43,13 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
         grads: the gradient buffers, one per param in order (across groups when the groups
             carry no ``"grads"``). They are read at every step, so they must stay the same
             buffers: refill them in place (e.g. ``zero_grad(set_to_none=False)`` in PyTorch).
-        master_weights: keep an fp32 master copy of every float16/bfloat16 param, owned by
-            the optimizer, initialised exactly from the param; each step updates the master
-            and rewrites the param from it, rounded to nearest even. float32 params need none.
+        master_weights: ``True``: keep an fp32 master copy of every float16/bfloat16 param, owned
+            by the optimizer, initialised exactly from the param; each step updates the master
+            and rewrites the param from it, rounded to nearest even (6 bytes per param).
+            ``"remainder"`` (bfloat16 params, CPU engine): keep the same fp32 master as the
+            bfloat16 param (its high half: the master truncated toward zero, which the model
+            uses) plus a uint16 remainder (its low half) owned by the optimizer: the very same
+            master trajectory in 4 bytes per param. float32 params need none.
         max_grad_norm: clip by global norm, as ``torch.nn.utils.clip_grad_norm_`` (norm 2) before
             each step: when the grads' global L2 norm exceeds it, every grad is scaled by
             ``max_grad_norm / (norm + 1e-6)``. Folded into the update (one norm pass, then the
@@ -120,7 +124,7 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
     defaults: dict[str, Any]
 
     def __init__(self, params: Sequence[Array] | Sequence[Mapping[str, Any]],
-                 grads: Sequence[Array] | None = None, *, master_weights: bool = False,
+                 grads: Sequence[Array] | None = None, *, master_weights: bool | str = False,
                  max_grad_norm: float | None = None, clip_value: float | None = None,
                  skip_nonfinite: bool = False, report_grad_norm: bool = False, diagnostics: bool = False,
                  capturable: bool = False, **defaults: Any):
@@ -161,8 +165,8 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
         # Bind the user's arrays alone first: every bad input is reported before anything
         # is allocated or written.
         self._engine.bind(self.rule, self._params, self._grads, [None] * len(self._params),
-                          [[] for _ in self._params], self._group_sizes)
-        self._masters: list[Array | None] = self._master_copies(master_weights)
+                          [None] * len(self._params), [[] for _ in self._params], self._group_sizes)
+        self._masters, self._remainders = self._master_copies(master_weights)
         self._state: list[dict[str, Array]] = [{} for _ in self._params]
         self._steps = [0] * len(self.param_groups)
         self._steps_exact = True  # CUDA: whether self._steps are the device's counts

@@ -238,7 +238,39 @@ void widen(const Tensor& src, const Tensor& dst) {
     case DType::f32: widen_from<float>(src.data, out, src.numel()); break;
     case DType::f16: widen_from<f16>(src.data, out, src.numel()); break;
     case DType::bf16: widen_from<bf16>(src.data, out, src.numel()); break;
+    case DType::u16: throw TensorError("source: dtype uint16 (fastopt takes float32, float16 and bfloat16)");
   }
+}
+
+// The three tensors of a master kept as a remainder: bfloat16 high halves, uint16 low halves,
+// float32 masters, all of one shape in host memory.
+static void check_halves(const Tensor& high, const Tensor& low, const Tensor& master, bool writes_master) {
+  check_host(high, "param");
+  check_host(low, "remainder");
+  check_host(master, "master");
+  if (high.dtype != DType::bf16 || low.dtype != DType::u16 || master.dtype != DType::f32 ||
+      high.shape != low.shape || high.shape != master.shape) {
+    throw std::invalid_argument("expected a bfloat16 param, a uint16 remainder and a float32 master of one shape");
+  }
+  if (writes_master ? master.readonly : high.readonly || low.readonly) {
+    throw std::invalid_argument("the arrays written must be writable");
+  }
+}
+
+void join_master(const Tensor& high, const Tensor& low, const Tensor& dst) {
+  check_halves(high, low, dst, true);
+  const bf16* h = static_cast<const bf16*>(high.data);
+  const uint16_t* l = static_cast<const uint16_t*>(low.data);
+  float* out = static_cast<float*>(dst.data);
+  for (int64_t i = 0; i < dst.numel(); ++i) out[i] = join_remainder(h[i], l[i]);
+}
+
+void split_master(const Tensor& src, const Tensor& high, const Tensor& low) {
+  check_halves(high, low, src, false);
+  const float* in = static_cast<const float*>(src.data);
+  bf16* h = static_cast<bf16*>(high.data);
+  uint16_t* l = static_cast<uint16_t*>(low.data);
+  for (int64_t i = 0; i < src.numel(); ++i) split_remainder(in[i], h[i], l[i]);
 }
 
 const char* cpu_isa() { return cpu::active_kernels().isa; }

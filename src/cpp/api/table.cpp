@@ -48,6 +48,7 @@ void check_overlap(const Table& t, const std::vector<std::string>& state_names,
     names.push_back(name("param", i)), tensors.push_back(&p.param);
     names.push_back(name("grad", i)), tensors.push_back(grads ? &(*grads)[i] : &p.grad);
     if (p.master.data) names.push_back(name("master", i)), tensors.push_back(&p.master);
+    if (p.remainder.data) names.push_back(name("remainder", i)), tensors.push_back(&p.remainder);
     for (size_t s = 0; s < p.state.size(); ++s) names.push_back(name(state_names[s], i)), tensors.push_back(&p.state[s]);
   }
   std::vector<Named> all;
@@ -83,6 +84,12 @@ void must_f32(const Tensor& v, const std::string& nm) {
   if (v.dtype != DType::f32) throw TensorError(nm + ": dtype " + std::string(dtype_name(v.dtype)) + ", expected float32");
 }
 
+void must_float(const Tensor& v, const std::string& nm) {
+  if (v.dtype == DType::u16) {
+    throw TensorError(nm + ": dtype uint16 (fastopt takes float32, float16 and bfloat16)");
+  }
+}
+
 void writable(const Tensor& v, const std::string& nm) {
   if (v.readonly) throw TensorError(nm + ": is read-only (fastopt updates it in place)");
 }
@@ -90,6 +97,7 @@ void writable(const Tensor& v, const std::string& nm) {
 // The grad of param i (named gn), checked against the param.
 void check_grad(const Table& t, size_t i, const Tensor& g, const std::string& gn) {
   check_tensor(g, gn);
+  must_float(g, gn);
   if (canonical(g.device) != canonical(t.device)) {
     throw TensorError(gn + " is on " + g.device.str() + " but the group is on " + canonical(t.device).str() +
                       ": all tensors of a group must be on one device");
@@ -100,7 +108,7 @@ void check_grad(const Table& t, size_t i, const Tensor& g, const std::string& gn
 }  // namespace
 
 void check_tensor(const Tensor& x, const std::string& nm) {
-  if (int(x.dtype) >= kNumDTypes) {  // (DType is unsigned)
+  if (int(x.dtype) > int(DType::u16)) {  // (DType is unsigned)
     throw TensorError(nm + ": unknown dtype code " + std::to_string(int(x.dtype)) +
                       " (fastopt takes float32, float16 and bfloat16)");
   }
@@ -170,6 +178,7 @@ Table bind(std::vector<ParamGroup> groups, RuleId rule, int engine) {
       const ParamTensors& x = t.tensors[i];
       const std::string pn = name("param", i), gn = name("grad", i);
       check_tensor(x.param, pn);
+      must_float(x.param, pn);
       check_engine(x.param, pn, engine);
       writable(x.param, pn);
       check_grad(t, i, x.grad, gn);
@@ -192,6 +201,21 @@ Table bind(std::vector<ParamGroup> groups, RuleId rule, int engine) {
         must_f32(x.master, mn);
         same_shape(x.master, x.param, mn, pn);
         s.master = static_cast<float*>(x.master.data);
+      }
+      if (x.remainder.data) {
+        const std::string rn = name("remainder", i);
+        if (x.param.dtype != DType::bf16) {
+          throw TensorError(pn + ": a remainder is for bfloat16 params; this one is " + dtype_name(x.param.dtype));
+        }
+        if (x.master.data) throw TensorError(pn + ": has both master weights and a remainder (one or the other)");
+        check_tensor(x.remainder, rn);
+        check_engine(x.remainder, rn, engine);
+        writable(x.remainder, rn);
+        if (x.remainder.dtype != DType::u16) {
+          throw TensorError(rn + ": dtype " + std::string(dtype_name(x.remainder.dtype)) + ", expected uint16");
+        }
+        same_shape(x.remainder, x.param, rn, pn);
+        s.remainder = static_cast<uint16_t*>(x.remainder.data);
       }
       if (x.state.size() > size_t(kMaxState) || x.state.size() > state_names.size()) {
         throw std::invalid_argument(pn + ": too many state arrays");

@@ -27,6 +27,13 @@ std::string Tensor::shape_str() const {
   return s.str();
 }
 
-const char* dtype_name(DType d) { return d == DType::f32 ? "float32" : d == DType::f16 ? "float16" : "bfloat16"; }
+const char* dtype_name(DType d) {
+  switch (d) {
+    case DType::f32: return "float32";
+    case DType::f16: return "float16";
+    case DType::bf16: return "bfloat16";
+    default: return "uint16";
+  }
+}
 
 }  // namespace fastopt

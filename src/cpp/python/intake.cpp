@@ -100,6 +100,7 @@ bool from_buffer(py::handle obj, const std::string& name, int engine, View& v) {
     if (!f.empty() && (f[0] == '<' || f[0] == '=' || f[0] == '@')) f = f.substr(1);
     if (f == "f") v.dtype = DType::f32;
     else if (f == "e") v.dtype = DType::f16;
+    else if (f == "H") v.dtype = DType::u16;
     else dtype = "buffer format '" + std::string(view->format) + "'";
   } else {
     py::object dt = py::getattr(obj, "dtype", py::none());
@@ -227,6 +228,7 @@ void from_dlpack(py::handle obj, const std::string& name, int engine, View& v) {
   if (dt.lanes == 1 && dt.code == dlpack::kFloat && dt.bits == 32) v.dtype = DType::f32;
   else if (dt.lanes == 1 && dt.code == dlpack::kFloat && dt.bits == 16) v.dtype = DType::f16;
   else if (dt.lanes == 1 && dt.code == dlpack::kBfloat && dt.bits == 16) v.dtype = DType::bf16;
+  else if (dt.lanes == 1 && dt.code == dlpack::kUInt && dt.bits == 16) v.dtype = DType::u16;
   else {
     static const char* const kinds[] = {"int", "uint", "float", "opaque", "bfloat", "complex", "bool"};
     std::ostringstream s;

@@ -41,9 +41,10 @@ py::tuple sums_of(size_t n, F&& run) {
 // A group on the CPU engine: the arrays read from Python and the optimizer over them.
 class CpuGroup {
  public:
-  CpuGroup(RuleId rule, py::sequence params, py::sequence grads, py::sequence masters, py::sequence states,
+  CpuGroup(RuleId rule, py::sequence params, py::sequence grads, py::sequence masters, py::sequence remainders,
+           py::sequence states,
            const std::vector<int64_t>& group_sizes)
-      : binding_(py_intake::read(params, grads, masters, states, group_sizes, rule, Device::kCPU)),
+      : binding_(py_intake::read(params, grads, masters, remainders, states, group_sizes, rule, Device::kCPU)),
         opt_(make(rule, binding_.groups)) {}
 
   // One step with the hyperparameters `hypers` (one per param group) at the rule step counts
@@ -144,6 +145,12 @@ PYBIND11_MODULE(_core, m) {
   m.def("widen_into", [](py::handle src, py::handle dst) {
     widen(py_intake::intake(src, "source"), py_intake::intake(dst, "destination"));
   }, py::arg("src"), py::arg("dst"), "dst = the exact float32 values of src (same shape)");
+  m.def("join_master", [](py::handle high, py::handle low, py::handle dst) {
+    join_master(py_intake::intake(high, "param"), py_intake::intake(low, "remainder"), py_intake::intake(dst, "master"));
+  }, py::arg("high"), py::arg("low"), py::arg("dst"), "dst = the fp32 masters a bf16 param and its remainder hold");
+  m.def("split_master", [](py::handle src, py::handle high, py::handle low) {
+    split_master(py_intake::intake(src, "master"), py_intake::intake(high, "param"), py_intake::intake(low, "remainder"));
+  }, py::arg("src"), py::arg("high"), py::arg("low"), "a bf16 param and its remainder = the fp32 masters src");
   m.def("device_of", [](py::handle a) {
     const auto d = py_intake::device_of(a);
     return py::make_tuple(d.type, d.id);
@@ -172,10 +179,10 @@ PYBIND11_MODULE(_core, m) {
 
   py::class_<CpuGroup>(m, "Group")
       .def(py::init([](const std::string& rule, py::sequence params, py::sequence grads, py::sequence masters,
-                       py::sequence states, std::vector<int64_t> group_sizes) {
-             return new CpuGroup(rule_id(rule, true), params, grads, masters, states, group_sizes);
+                       py::sequence remainders, py::sequence states, std::vector<int64_t> group_sizes) {
+             return new CpuGroup(rule_id(rule, true), params, grads, masters, remainders, states, group_sizes);
            }),
-           py::arg("rule"), py::arg("params"), py::arg("grads"), py::arg("masters"), py::arg("states"),
+           py::arg("rule"), py::arg("params"), py::arg("grads"), py::arg("masters"), py::arg("remainders"), py::arg("states"),
            py::arg("group_sizes"))
       .def("step", &CpuGroup::step, py::arg("hypers"), py::arg("steps"), py::arg("grad_scale") = 1.0,
            py::arg("clip_value") = 0.0f, py::arg("max_grad_norm") = 0.0, py::arg("skip_nonfinite") = false,

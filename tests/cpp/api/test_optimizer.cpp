@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include <string>
+
 #include "support/expect.h"
 #include "support/rule_case.h"
 
@@ -158,6 +160,59 @@ TEST(OptimizerSgd, MomentumSwitchedOnMidRunStartsTheBuffer) {
   for (float x : p) got.push_back(float_bits(x));
   EXPECT_EQ(got, expected);
   EXPECT_EQ(opt.steps(), std::vector<int64_t>{4});
+}
+
+// A bfloat16 param with its master kept as a remainder steps the fp32 master's trajectory bit
+// for bit, on every ISA (fastopt/numeric/convert.h: join_remainder).
+TEST(OptimizerRemainder, IsTheMasterTrajectory) {
+  for (const char* isa : {"scalar", "avx2", "avx512"}) {
+    if (!fastopt::cpu_isa_supported(isa)) continue;
+    SCOPED_TRACE(isa);
+    const std::string before = fastopt::cpu_isa();
+    fastopt::set_cpu_isa(isa);
+    const int64_t n = 45;  // vector bodies and a scalar tail
+    std::vector<uint16_t> p1(n), p2(n), rem(n, 0);
+    std::vector<float> master(n), g(n), m1(n), v1(n), m2(n), v2(n);
+    for (int64_t i = 0; i < n; ++i) {
+      p1[size_t(i)] = p2[size_t(i)] = uint16_t(0x3f80 + 3 * i);  // 1.0 and up, exact bfloat16 values
+      master[size_t(i)] = bits_float(uint32_t(p1[size_t(i)]) << 16);
+    }
+    fastopt::Adam::Hyper h;
+    h.lr = 1e-3, h.decoupled = true, h.weight_decay = 0.1;
+    const fastopt::DType bf = fastopt::DType::bf16;
+    fastopt::ParamTensors with_master{{p1.data(), {n}, bf}, {g.data(), n}, {master.data(), n}, {{m1.data(), n}, {v1.data(), n}}};
+    fastopt::ParamTensors with_remainder{{p2.data(), {n}, bf}, {g.data(), n}, {}, {{m2.data(), n}, {v2.data(), n}}};
+    with_remainder.remainder = fastopt::Tensor(rem.data(), {n}, fastopt::DType::u16);
+    fastopt::Optimizer a({fastopt::ParamGroup{h, {with_master}}}), b({fastopt::ParamGroup{h, {with_remainder}}});
+    fastopt::set_cpu_isa(before);
+    for (int t = 0; t < 20; ++t) {
+      for (int64_t i = 0; i < n; ++i) g[size_t(i)] = float((i * 7 + t * 3) % 11) * 0.01f - 0.05f;
+      a.step();
+      b.step();
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      const uint32_t joined = uint32_t(p2[size_t(i)]) << 16 | rem[size_t(i)];
+      ASSERT_EQ(joined, float_bits(master[size_t(i)])) << "element " << i;
+    }
+    EXPECT_NE(p1, p2);  // the master mode's param is rounded to nearest, the remainder's truncated
+  }
+}
+
+TEST(OptimizerRemainder, Refusals) {
+  std::vector<float> p(4), g(4);
+  std::vector<uint16_t> bf(4), rem(4);
+  fastopt::Sgd::Hyper h;
+  fastopt::ParamTensors fp32{{p.data(), 4}, {g.data(), 4}, {}, {}};
+  fp32.remainder = fastopt::Tensor(rem.data(), {4}, fastopt::DType::u16);
+  EXPECT_TRUE(throws_exactly<fastopt::TensorError>([&] { fastopt::Optimizer({fastopt::ParamGroup{h, {fp32}}}); },
+                                                   "param 0: a remainder is for bfloat16 params; this one is float32"));
+  fastopt::ParamTensors both{{bf.data(), {4}, fastopt::DType::bf16}, {g.data(), 4}, {p.data(), 4}, {}};
+  both.remainder = fastopt::Tensor(rem.data(), {4}, fastopt::DType::u16);
+  EXPECT_TRUE(throws_exactly<fastopt::TensorError>([&] { fastopt::Optimizer({fastopt::ParamGroup{h, {both}}}); },
+                                                   "param 0: has both master weights and a remainder (one or the other)"));
+  fastopt::ParamTensors u16_param{{rem.data(), {4}, fastopt::DType::u16}, {g.data(), 4}, {}, {}};
+  EXPECT_TRUE(throws_exactly<fastopt::TensorError>([&] { fastopt::Optimizer({fastopt::ParamGroup{h, {u16_param}}}); },
+                                                   "param 0: dtype uint16 (fastopt takes float32, float16 and bfloat16)"));
 }
 
 // The grad norm of a step is the global norm of sumsq() over the grads.

@@ -25,7 +25,12 @@ typedef enum fastopt_status {
 #define FASTOPT_ABI_VERSION 1
 int32_t fastopt_abi_version(void); /* FASTOPT_ABI_VERSION of the library linked */
 
-typedef enum fastopt_dtype { FASTOPT_FLOAT32 = 0, FASTOPT_FLOAT16 = 1, FASTOPT_BFLOAT16 = 2 } fastopt_dtype;
+typedef enum fastopt_dtype {
+  FASTOPT_FLOAT32 = 0,
+  FASTOPT_FLOAT16 = 1,
+  FASTOPT_BFLOAT16 = 2,
+  FASTOPT_UINT16 = 3 /* remainders only */
+} fastopt_dtype;
 
 /* A C-contiguous tensor: `ndim` dimensions in `shape` (ndim 0: a scalar). device_type as
  * DLPack numbers it: 1 CPU (the C ABI's optimizers run on the CPU engine), 3 pinned host. */
@@ -40,11 +45,14 @@ typedef struct fastopt_tensor {
 } fastopt_tensor;
 
 /* One param's tensors (all of its shape). master.data NULL: no master weights. `state`:
- * num_state arrays in the rule's order (fastopt_state_name). */
+ * num_state arrays in the rule's order (fastopt_state_name). remainder.data NULL: none; else,
+ * for a bfloat16 param without master, the uint16 low halves of its fp32 master
+ * (fastopt::ParamTensors::remainder). */
 typedef struct fastopt_param {
   fastopt_tensor param, grad, master;
   const fastopt_tensor* state;
   int32_t num_state;
+  fastopt_tensor remainder;
 } fastopt_param;
 
 typedef struct fastopt_optimizer fastopt_optimizer;

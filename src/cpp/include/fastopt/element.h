@@ -60,9 +60,19 @@ FASTOPT_HD L load_grad(const TensorSlot& t, int64_t i) {
   }
 }
 
+// The fp32 value of a param: its master, its halves joined, or the param itself.
 template <class L, class P>
 FASTOPT_HD L load_value(const TensorSlot& t, int64_t i) {
-  return t.master ? load(t.master + i, Lane<L>{}) : load(static_cast<const P*>(t.param) + i, Lane<L>{});
+  if (t.master) return load(t.master + i, Lane<L>{});
+  if (t.remainder) return load_joined(static_cast<const bf16*>(t.param) + i, t.remainder + i, Lane<L>{});
+  return load(static_cast<const P*>(t.param) + i, Lane<L>{});
+}
+
+template <class L, class P>
+FASTOPT_HD void store_value(const TensorSlot& t, int64_t i, L p) {
+  if (t.remainder) return store_split(static_cast<bf16*>(t.param) + i, t.remainder + i, p);
+  if (t.master) store(t.master + i, p);
+  store(static_cast<P*>(t.param) + i, p);
 }
 
 template <class L, int N>
@@ -93,15 +103,13 @@ FASTOPT_HD void prepass_element(const typename Rule::Coeffs& c, const GradTransf
 template <class Rule, class L, class P>
 FASTOPT_HD void apply_element(const typename Rule::Coeffs& c, const GradTransform& x, const TensorSlot& t,
                               int64_t i) {
-  P* param = static_cast<P*>(t.param);
   const L g = transform_grad(x, load_grad<L>(t, i));
   L p = load_value<L, P>(t, i);
   L s[Rule::max_state];
   load_state(t, i, s);
   Rule::update(c, p, g, s);
   if (writes_state<Rule>::update) store_state(t, i, s);
-  if (t.master) store(t.master + i, p);
-  store(param + i, p);
+  store_value<L, P>(t, i, p);
 }
 
 }  // namespace fastopt

@@ -50,7 +50,7 @@ struct Tensor {
   std::string shape_str() const;  // "(3, 4)", "(5,)", "()"
 };
 
-// "float32", "float16" or "bfloat16".
+// "float32", "float16", "bfloat16" or "uint16".
 const char* dtype_name(DType d);
 
 // A tensor that cannot be used: the message names it ("grad 3: shape (4,) differs from param

@@ -5,7 +5,9 @@
 
 namespace fastopt {
 
-enum class DType : uint8_t { f32 = 0, f16 = 1, bf16 = 2 };
+// The float dtypes of params, grads and state (kNumDTypes of them), and uint16: the low halves
+// of a master kept as a remainder (TensorSlot::remainder).
+enum class DType : uint8_t { f32 = 0, f16 = 1, bf16 = 2, u16 = 3 };
 constexpr int kNumDTypes = 3;
 
 constexpr int kMaxState = 3;  // the largest max_state of any rule
@@ -14,6 +16,9 @@ struct TensorSlot {
   void* param;        // dtype param_dtype
   const void* grad;   // dtype grad_dtype
   float* master;      // fp32 master weights, or null: the param itself is the value
+  // With a bfloat16 param and no master: the low halves of the fp32 master whose high halves
+  // are the param (convert.h: join_remainder), or null.
+  uint16_t* remainder;
   float* state[kMaxState];  // the rule's state streams, fp32; the first num_state are used
   int64_t numel;
   DType param_dtype, grad_dtype;

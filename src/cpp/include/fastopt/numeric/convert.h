@@ -94,4 +94,16 @@ template <class T>
 FASTOPT_HD float load(const T* p, Lane<float>) { return to_f32(*p); }
 template <class T>
 FASTOPT_HD void store(T* p, float x) { from_f32(x, *p); }
+
+// An fp32 master kept as two 16-bit halves: the high half is the bfloat16 param (the master
+// truncated toward zero, which the model uses as is), the low half the remainder the optimizer
+// keeps. Together they are exactly the fp32 master, at 4 bytes per param.
+FASTOPT_HD float join_remainder(bf16 high, uint16_t low) { return bits_f32(uint32_t(high.bits) << 16 | low); }
+FASTOPT_HD void split_remainder(float value, bf16& high, uint16_t& low) {
+  const uint32_t u = f32_bits(value);
+  high.bits = uint16_t(u >> 16);
+  low = uint16_t(u);
+}
+FASTOPT_HD float load_joined(const bf16* high, const uint16_t* low, Lane<float>) { return join_remainder(*high, *low); }
+FASTOPT_HD void store_split(bf16* high, uint16_t* low, float x) { split_remainder(x, *high, *low); }
 }  // namespace fastopt

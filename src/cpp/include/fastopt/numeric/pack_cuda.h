@@ -80,4 +80,16 @@ __device__ __forceinline__ void store(T* p, const Pack8& x) {
   *reinterpret_cast<uint4*>(p) = make_uint4(words[0], words[1], words[2], words[3]);
 }
 
+// An fp32 master as a bfloat16 high half and a 16-bit low half (convert.h), element by element.
+__device__ __forceinline__ Pack8 load_joined(const bf16* high, const uint16_t* low, Lane<Pack8>) {
+  Pack8 r;
+#pragma unroll
+  for (int k = 0; k < 8; ++k) r.v[k] = join_remainder(high[k], low[k]);
+  return r;
+}
+__device__ __forceinline__ void store_split(bf16* high, uint16_t* low, const Pack8& x) {
+#pragma unroll
+  for (int k = 0; k < 8; ++k) split_remainder(x.v[k], high[k], low[k]);
+}
+
 }  // namespace fastopt

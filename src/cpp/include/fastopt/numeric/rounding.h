@@ -1,6 +1,7 @@
 // The rounding of a storage mode beyond round-to-nearest-even (convert.h), written once for
-// every engine: stochastic rounding to bfloat16 and float16, Kahan-compensated bfloat16 params,
-// and the fp32 master split into a bfloat16 param and its 16-bit remainder.
+// every engine: stochastic rounding to bfloat16 and float16, and Kahan-compensated bfloat16
+// params. (The fp32 master split into a bfloat16 param and its 16-bit remainder is a storage
+// conversion: convert.h.)
 //
 // Stochastic rounding with 32 random bits r (random.h): x rounds away from zero, to the next
 // representable magnitude, with probability (|x| - |truncated x|) / ulp, else toward zero: the
@@ -56,15 +57,6 @@ FASTOPT_HD void kahan_bf16(float value, bf16& p, bf16& c) {
   from_f32(old + change, next);
   from_f32(change - (to_f32(next) - old), c);
   p = next;
-}
-
-// The fp32 master as two 16-bit halves: the high half is the bfloat16 param (the master
-// truncated toward zero, which the model uses), the low half the remainder the optimizer keeps.
-FASTOPT_HD float join_remainder(bf16 high, uint16_t low) { return bits_f32(uint32_t(high.bits) << 16 | low); }
-FASTOPT_HD void split_remainder(float value, bf16& high, uint16_t& low) {
-  const uint32_t u = f32_bits(value);
-  high.bits = uint16_t(u >> 16);
-  low = uint16_t(u);
 }
 
 }  // namespace fastopt

@@ -79,4 +79,18 @@ FASTOPT_HD void store(bf16* p, VecAvx2 x) {
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p), packed);
 }
 
+// An fp32 master as a bfloat16 high half and a 16-bit low half (convert.h).
+FASTOPT_HD VecAvx2 load_joined(const bf16* high, const uint16_t* low, Lane<VecAvx2>) {
+  const __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(high)));
+  const __m256i l = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(low)));
+  return _mm256_castsi256_ps(_mm256_or_si256(_mm256_slli_epi32(h, 16), l));
+}
+FASTOPT_HD void store_split(bf16* high, uint16_t* low, VecAvx2 x) {
+  const __m256i u = _mm256_castps_si256(x.v);
+  const __m256i h = _mm256_srli_epi32(u, 16), l = _mm256_and_si256(u, _mm256_set1_epi32(0xffff));
+  // (every 32-bit lane holds 0 .. 0xffff: the unsigned saturation of packus keeps it)
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(high), _mm_packus_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1)));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(low), _mm_packus_epi32(_mm256_castsi256_si128(l), _mm256_extracti128_si256(l, 1)));
+}
+
 }  // namespace fastopt

@@ -79,4 +79,16 @@ FASTOPT_HD void store(bf16* p, VecAvx512 x) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(r));
 }
 
+// An fp32 master as a bfloat16 high half and a 16-bit low half (convert.h).
+FASTOPT_HD VecAvx512 load_joined(const bf16* high, const uint16_t* low, Lane<VecAvx512>) {
+  const __m512i h = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(high)));
+  const __m512i l = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(low)));
+  return _mm512_castsi512_ps(_mm512_or_si512(_mm512_slli_epi32(h, 16), l));
+}
+FASTOPT_HD void store_split(bf16* high, uint16_t* low, VecAvx512 x) {
+  const __m512i u = _mm512_castps_si512(x.v);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(high), _mm512_cvtepi32_epi16(_mm512_srli_epi32(u, 16)));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(low), _mm512_cvtepi32_epi16(u));  // (truncates: the low half)
+}
+
 }  // namespace fastopt
