@@ -103,9 +103,9 @@ def test_remainder_param_is_truncated_and_restored_exactly():
 
 def test_remainder_refusals():
     half = [np.zeros(3, np.float16)]
-    with pytest.raises(ValueError, match="param 0: master_weights='remainder' keeps the low half of a bfloat16"):
+    with pytest.raises(ValueError, match="param 0: master_weights='remainder' is for bfloat16 params; this param is float16"):
         fastopt.AdamW(half, [np.zeros(3, np.float32)], master_weights="remainder")
-    with pytest.raises(ValueError, match="master_weights must be True, False or 'remainder', got 'fp32'"):
+    with pytest.raises(ValueError, match="master_weights must be True, False, 'remainder' or 'kahan', got 'fp32'"):
         fastopt.AdamW(half, [np.zeros(3, np.float32)], master_weights="fp32")
     import torch
     import fastopt.torch as drop_in
@@ -123,10 +123,10 @@ def test_the_binding_checks_remainders():
         (np.zeros(4, np.float32), None, np.zeros(4, np.uint16), "param 0: a remainder is for bfloat16 params; this one is float32"),
         (bf, None, np.zeros(4, np.float32), "remainder 0: dtype float32, expected uint16"),
         (bf, None, np.zeros(5, np.uint16), r"remainder 0: shape \(5,\) differs from param 0's shape \(4,\)"),
-        (bf, np.zeros(4, np.float32), np.zeros(4, np.uint16), "param 0: has both master weights and a remainder"),
+        (bf, np.zeros(4, np.float32), np.zeros(4, np.uint16), "param 0: master weights, a remainder and a compensation are alternatives"),
     ]
     for param, master, remainder, message in cases:
         with pytest.raises(core.TensorError, match=message):
-            core.Group("sgd", [param], [g], [master], [remainder], [[]], [1])
+            core.Group("sgd", [param], [g], [master], [remainder], [None], [[]], [1])
     with pytest.raises(core.TensorError, match="param 0: dtype uint16"):
-        core.Group("sgd", [np.zeros(4, np.uint16)], [g], [None], [None], [[]], [1])
+        core.Group("sgd", [np.zeros(4, np.uint16)], [g], [None], [None], [None], [[]], [1])

@@ -4,6 +4,8 @@ values (lrs, schedules, step counts), written and read on the params' current st
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from . import _core
@@ -11,29 +13,49 @@ from ._arrays import fill, master_copy, state_like
 from .schedules import Schedule
 
 
+@dataclass
+class Keeps:
+    """How each param's fp32 value is kept beside it, by param index (None where it is not):
+    fp32 master weights, uint16 remainders (the master's low halves), bfloat16 Kahan
+    compensations (see ``master_weights`` of :class:`~fastopt.Optimizer`)."""
+
+    masters: list
+    remainders: list
+    compensations: list
+
+    @classmethod
+    def none(cls, n: int) -> "Keeps":
+        return cls([None] * n, [None] * n, [None] * n)
+
+
 class Binding:
     """The binding side of :class:`~fastopt.Optimizer` (its arrays and its engine group).
     Every array the optimizer owns is allocated here."""
 
-    def _master_copies(self, master_weights: bool | str) -> tuple[list, list]:
-        """(masters, remainders): with ``master_weights=True`` an exact fp32 copy of each
-        float16/bfloat16 param; with ``"remainder"`` a zeroed uint16 remainder for each bfloat16
-        param (its master is exactly the param then); None elsewhere."""
-        if master_weights not in (True, False, "remainder"):
-            raise ValueError(f"master_weights must be True, False or 'remainder', got {master_weights!r}")
+    def _keeps(self, master_weights: bool | str) -> Keeps:
+        """With ``master_weights=True`` an exact fp32 copy of each float16/bfloat16 param; with
+        ``"remainder"`` a zeroed uint16 remainder for each bfloat16 param (its master is exactly
+        the param then); with ``"kahan"`` a zeroed bfloat16 compensation for each bfloat16 param."""
+        if master_weights not in (True, False, "remainder", "kahan"):
+            raise ValueError(f"master_weights must be True, False, 'remainder' or 'kahan', got {master_weights!r}")
         dtypes = [_core.describe(p, f"param {i}")[1] for i, p in enumerate(self._params)]
-        if master_weights != "remainder":
+        keeps = Keeps.none(len(dtypes))
+        if master_weights in (True, False):
             stream = self._engine.stream(None, self._params[0]) if self._engine.is_cuda else 0
-            return [self._new_master(i, stream) if master_weights and d != "float32" else None
-                    for i, d in enumerate(dtypes)], [None] * len(dtypes)
+            keeps.masters = [self._new_master(i, stream) if master_weights and d != "float32" else None
+                             for i, d in enumerate(dtypes)]
+            return keeps
         if self._engine.is_cuda:
-            raise ValueError("master_weights='remainder' runs on the CPU engine only so far")
+            raise ValueError(f"master_weights={master_weights!r} runs on the CPU engine only so far")
         for i, d in enumerate(dtypes):
             if d == "float16":
-                raise ValueError(f"param {i}: master_weights='remainder' keeps the low half of a bfloat16 "
-                                 "param's fp32 master; this param is float16: use master_weights=True")
-        return [None] * len(dtypes), [state_like(self._params[i], f"param {i}", "uint16") if d == "bfloat16"
-                                      else None for i, d in enumerate(dtypes)]
+                raise ValueError(f"param {i}: master_weights={master_weights!r} is for bfloat16 params; this param "
+                                 "is float16: use master_weights=True")
+        dtype = "uint16" if master_weights == "remainder" else "bfloat16"
+        arrays = [state_like(self._params[i], f"param {i}", dtype) if d == "bfloat16" else None
+                  for i, d in enumerate(dtypes)]
+        setattr(keeps, "remainders" if master_weights == "remainder" else "compensations", arrays)
+        return keeps
 
     def _new_master(self, i: int, stream: int):
         """Param i's fp32 master weights: its exact value (written on ``stream`` on CUDA)."""
@@ -139,7 +161,7 @@ class Binding:
             if self._captured:  # a graph captured before may replay the old group: keep its device memory
                 self._retired.append(self._core)
         self._core = self._engine.bind(
-            self.rule, self._params, self._grads, self._masters, self._remainders,
+            self.rule, self._params, self._grads, self._kept,
             [[self._state[i][n] for n in self.state_names[: need[j]]] for i, j in enumerate(self._group_of)],
             self._group_sizes)
         self._bound_states = need
@@ -149,14 +171,17 @@ class Binding:
     @property
     def state(self) -> dict[int, dict[str, np.ndarray]]:
         """Live state arrays by param index (``"master_param"`` for fp32 master weights,
-        ``"master_remainder"`` for the uint16 low halves of a master kept as a remainder)."""
+        ``"master_remainder"`` for the uint16 low halves of a master kept as a remainder,
+        ``"kahan_compensation"`` for a Kahan-compensated param's bfloat16 compensation)."""
         out = {}
         for i, s in enumerate(self._state):
             d = dict(s)
             if self._masters[i] is not None:
                 d["master_param"] = self._masters[i]
-            if self._remainders[i] is not None:
-                d["master_remainder"] = self._remainders[i]
+            if self._kept.remainders[i] is not None:
+                d["master_remainder"] = self._kept.remainders[i]
+            if self._kept.compensations[i] is not None:
+                d["kahan_compensation"] = self._kept.compensations[i]
             out[i] = d
         return out
 
@@ -168,10 +193,10 @@ class Binding:
 
     def _master_value(self, i: int):
         """Param i's fp32 master: the live array, a joined copy (remainder) or None."""
-        if self._remainders[i] is None:
+        if self._kept.remainders[i] is None:
             return self._masters[i]
         out = state_like(self._params[i], f"param {i}")
-        _core.join_master(self._params[i], self._remainders[i], out)
+        _core.join_master(self._params[i], self._kept.remainders[i], out)
         return out
 
     @property

@@ -6,10 +6,11 @@ from __future__ import annotations
 import numbers
 from typing import Any, Mapping
 
+import ml_dtypes
 import numpy as np
 
 from . import _core
-from ._arrays import assign, copy, fill, to_host
+from ._arrays import assign, copy, fill, library, master_copy, to_host
 from .hyperparams import Array
 
 
@@ -37,8 +38,10 @@ class Checkpoints:
         for i, j in enumerate(self._group_of):
             entry: dict[str, Any] = {"step": self._steps[j]}
             entry.update({k: copy(v) for k, v in self._saved_state(i).items()})
-            if self._masters[i] is not None or self._remainders[i] is not None:
+            if self._masters[i] is not None or self._kept.remainders[i] is not None:
                 entry["master_param"] = copy(self._master_value(i))
+            if self._kept.compensations[i] is not None:  # (as float32, exactly)
+                entry["kahan_compensation"] = master_copy(self._kept.compensations[i], f"param {i}")
             state[i] = entry
         groups = []
         first = 0
@@ -107,10 +110,14 @@ class Checkpoints:
         for i, got in enumerate(arrays):
             for name, a in got.items():
                 if name == "master_param":
-                    if self._remainders[i] is not None:  # (the CPU engine: host arrays)
-                        _core.split_master(a, self._params[i], self._remainders[i])
+                    if self._kept.remainders[i] is not None:  # (the CPU engine: host arrays)
+                        _core.split_master(a, self._params[i], self._kept.remainders[i])
                     else:
                         assign(self._masters[i], a)
+                    continue
+                if name == "kahan_compensation":  # (bfloat16 values: narrowed exactly; torch narrows itself)
+                    comp = self._kept.compensations[i]
+                    assign(comp, a if library(comp) == "torch" else a.astype(ml_dtypes.bfloat16))
                     continue
                 if name not in self._state[i]:
                     self._state[i][name] = self._new_state(i, name)
@@ -132,17 +139,21 @@ class Checkpoints:
         shape = tuple(_core.describe(self._params[i], f"param {i}")[0])
         got = {}
         for name, value in entry.items():
-            if name not in self.state_names and name != "master_param":
+            if name not in self.state_names and name not in ("master_param", "kahan_compensation"):
                 raise ValueError(f"param {i}: unknown state '{name}'")
-            if name == "master_param" and self._masters[i] is None and self._remainders[i] is None:
+            if name == "kahan_compensation" and self._kept.compensations[i] is None:
+                raise ValueError(f"param {i}: state_dict has a Kahan compensation, this optimizer none")
+            if name == "master_param" and self._masters[i] is None and self._kept.remainders[i] is None:
                 raise ValueError(f"param {i}: state_dict has master weights, this optimizer none")
             a = to_host(value)
             if a.dtype != np.float32 or a.shape != shape:
                 raise ValueError(f"param {i}: state '{name}' is {a.dtype}{list(a.shape)}, "
                                  f"expected float32{list(shape)}")
             got[name] = a
-        if (self._masters[i] is not None or self._remainders[i] is not None) and "master_param" not in got:
+        if (self._masters[i] is not None or self._kept.remainders[i] is not None) and "master_param" not in got:
             raise ValueError(f"param {i}: state_dict lacks its master weights")
+        if self._kept.compensations[i] is not None and "kahan_compensation" not in got:
+            raise ValueError(f"param {i}: state_dict lacks its Kahan compensation")
         return got
 
     def _loaded(self, arrays: list[dict[str, np.ndarray]]) -> None:

@@ -4,11 +4,14 @@ and, on CUDA, the stream a step is enqueued on."""
 from __future__ import annotations
 
 import sys
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from . import _core
 from ._arrays import library
 from .cuda import engine as cuda_module
+
+if TYPE_CHECKING:
+    from .binding import Keeps
 
 CPU, CUDA = 1, 2  # DLPack device types
 
@@ -23,13 +26,13 @@ class Engine:
     def is_cuda(self) -> bool:
         return self.kind == "cuda"
 
-    def bind(self, rule: str, params: Sequence, grads: Sequence, masters: Sequence, remainders: Sequence,
-             states: Sequence, group_sizes: Sequence[int]) -> Any:
+    def bind(self, rule: str, params: Sequence, grads: Sequence, keeps: "Keeps", states: Sequence,
+             group_sizes: Sequence[int]) -> Any:
         """A bound group (validates every tensor; raises TensorError naming the bad one). The
         state arrays of each param are in the order of ``_core.state_names[rule]``."""
         module = self._module if self.is_cuda else _core
-        return module.Group(rule, list(params), list(grads), list(masters), list(remainders), list(states),
-                            list(group_sizes))
+        return module.Group(rule, list(params), list(grads), list(keeps.masters), list(keeps.remainders),
+                            list(keeps.compensations), list(states), list(group_sizes))
 
     def rebind_grads(self, group: Any, grads: Sequence, like: Any) -> None:
         """Binds new grad tensors into a bound group, where they are not the bound ones (on CUDA

@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable, Mapping
 
+from .binding import Keeps
 from .catalog import OPTIMIZERS
 from .engine import engine_for
 from .optimizer import Optimizer
@@ -45,7 +46,8 @@ class BoundStep:
         self._like = params[0] if n else None
         self._engine = engine_for(self._like)
         self._bound = names
-        self._group = self._engine.bind(cls.rule, list(params), list(grads), masters, [None] * n,
+        keeps = Keeps(list(masters), [None] * n, [None] * n)
+        self._group = self._engine.bind(cls.rule, list(params), list(grads), keeps,
                                         [[s[i] for s in states] for i in range(n)], [n])
         self._group.watch_state()  # the state is the caller's: checked before each step as the params
 

@@ -9,7 +9,7 @@ from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 
 from ._arrays import data_ptr, device_empty
-from .binding import Binding
+from .binding import Binding, Keeps
 from .checkpoints import Checkpoints
 from . import _core
 from .engine import engine_for
@@ -49,7 +49,10 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
             ``"remainder"`` (bfloat16 params, CPU engine): keep the same fp32 master as the
             bfloat16 param (its high half: the master truncated toward zero, which the model
             uses) plus a uint16 remainder (its low half) owned by the optimizer: the very same
-            master trajectory in 4 bytes per param. float32 params need none.
+            master trajectory in 4 bytes per param. ``"kahan"`` (bfloat16 params, CPU engine): no
+            master; a bfloat16 Kahan compensation per param carries what each rounding of the
+            param loses into the next update (4 bytes per param; updates far below the param's
+            resolution accumulate instead of vanishing). float32 params need none.
         max_grad_norm: clip by global norm, as ``torch.nn.utils.clip_grad_norm_`` (norm 2) before
             each step: when the grads' global L2 norm exceeds it, every grad is scaled by
             ``max_grad_norm / (norm + 1e-6)``. Folded into the update (one norm pass, then the
@@ -164,9 +167,10 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
             raise ValueError("capturable=True needs CUDA params (it keeps lr and step on the GPU)")
         # Bind the user's arrays alone first: every bad input is reported before anything
         # is allocated or written.
-        self._engine.bind(self.rule, self._params, self._grads, [None] * len(self._params),
-                          [None] * len(self._params), [[] for _ in self._params], self._group_sizes)
-        self._masters, self._remainders = self._master_copies(master_weights)
+        self._engine.bind(self.rule, self._params, self._grads, Keeps.none(len(self._params)),
+                          [[] for _ in self._params], self._group_sizes)
+        self._kept = self._keeps(master_weights)
+        self._masters: list[Array | None] = self._kept.masters
         self._state: list[dict[str, Array]] = [{} for _ in self._params]
         self._steps = [0] * len(self.param_groups)
         self._steps_exact = True  # CUDA: whether self._steps are the device's counts

@@ -71,7 +71,8 @@ __device__ __forceinline__ void advance_steps(int64_t* steps, int num_groups, un
 }
 
 __device__ __forceinline__ bool aligned16(const TensorSlot& t) {
-  uintptr_t bits = uintptr_t(t.param) | uintptr_t(t.grad) | uintptr_t(t.master) | uintptr_t(t.remainder);
+  uintptr_t bits = uintptr_t(t.param) | uintptr_t(t.grad) | uintptr_t(t.master) | uintptr_t(t.remainder) |
+                   uintptr_t(t.compensation);
   for (int k = 0; k < t.num_state; ++k) bits |= uintptr_t(t.state[k]);
   return (bits & 15) == 0;
 }

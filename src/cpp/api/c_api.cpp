@@ -117,6 +117,7 @@ fastopt_status fastopt_optimizer_create(const char* rule, const fastopt_param* p
         t.grad = tensor(p.grad, "grad " + n);
         if (p.master.data) t.master = tensor(p.master, "master " + n);
         if (p.remainder.data) t.remainder = tensor(p.remainder, "remainder " + n);
+        if (p.compensation.data) t.compensation = tensor(p.compensation, "compensation " + n);
         if (p.num_state < 0 || (p.num_state > 0 && !p.state)) {
           throw std::invalid_argument("param " + n + ": bad state list (num_state < 0 or NULL state)");
         }

@@ -49,6 +49,7 @@ void check_overlap(const Table& t, const std::vector<std::string>& state_names,
     names.push_back(name("grad", i)), tensors.push_back(grads ? &(*grads)[i] : &p.grad);
     if (p.master.data) names.push_back(name("master", i)), tensors.push_back(&p.master);
     if (p.remainder.data) names.push_back(name("remainder", i)), tensors.push_back(&p.remainder);
+    if (p.compensation.data) names.push_back(name("compensation", i)), tensors.push_back(&p.compensation);
     for (size_t s = 0; s < p.state.size(); ++s) names.push_back(name(state_names[s], i)), tensors.push_back(&p.state[s]);
   }
   std::vector<Named> all;
@@ -202,21 +203,26 @@ Table bind(std::vector<ParamGroup> groups, RuleId rule, int engine) {
         same_shape(x.master, x.param, mn, pn);
         s.master = static_cast<float*>(x.master.data);
       }
-      if (x.remainder.data) {
-        const std::string rn = name("remainder", i);
+      // A remainder or a compensation: a bfloat16 param's other 16 bits, instead of a master.
+      const auto keep = [&](const Tensor& aux, const char* what, DType dtype) {
+        const std::string an = name(what, i);
         if (x.param.dtype != DType::bf16) {
-          throw TensorError(pn + ": a remainder is for bfloat16 params; this one is " + dtype_name(x.param.dtype));
+          throw TensorError(pn + ": a " + what + " is for bfloat16 params; this one is " + dtype_name(x.param.dtype));
         }
-        if (x.master.data) throw TensorError(pn + ": has both master weights and a remainder (one or the other)");
-        check_tensor(x.remainder, rn);
-        check_engine(x.remainder, rn, engine);
-        writable(x.remainder, rn);
-        if (x.remainder.dtype != DType::u16) {
-          throw TensorError(rn + ": dtype " + std::string(dtype_name(x.remainder.dtype)) + ", expected uint16");
+        if (x.master.data || (x.remainder.data && x.compensation.data)) {
+          throw TensorError(pn + ": master weights, a remainder and a compensation are alternatives (one at most)");
         }
-        same_shape(x.remainder, x.param, rn, pn);
-        s.remainder = static_cast<uint16_t*>(x.remainder.data);
-      }
+        check_tensor(aux, an);
+        check_engine(aux, an, engine);
+        writable(aux, an);
+        if (aux.dtype != dtype) {
+          throw TensorError(an + ": dtype " + std::string(dtype_name(aux.dtype)) + ", expected " + dtype_name(dtype));
+        }
+        same_shape(aux, x.param, an, pn);
+        return aux.data;
+      };
+      if (x.remainder.data) s.remainder = static_cast<uint16_t*>(keep(x.remainder, "remainder", DType::u16));
+      if (x.compensation.data) s.compensation = static_cast<bf16*>(keep(x.compensation, "compensation", DType::bf16));
       if (x.state.size() > size_t(kMaxState) || x.state.size() > state_names.size()) {
         throw std::invalid_argument(pn + ": too many state arrays");
       }

@@ -42,9 +42,9 @@ py::tuple sums_of(size_t n, F&& run) {
 class CpuGroup {
  public:
   CpuGroup(RuleId rule, py::sequence params, py::sequence grads, py::sequence masters, py::sequence remainders,
-           py::sequence states,
+           py::sequence compensations, py::sequence states,
            const std::vector<int64_t>& group_sizes)
-      : binding_(py_intake::read(params, grads, masters, remainders, states, group_sizes, rule, Device::kCPU)),
+      : binding_(py_intake::read(params, grads, masters, remainders, compensations, states, group_sizes, rule, Device::kCPU)),
         opt_(make(rule, binding_.groups)) {}
 
   // One step with the hyperparameters `hypers` (one per param group) at the rule step counts
@@ -179,10 +179,11 @@ PYBIND11_MODULE(_core, m) {
 
   py::class_<CpuGroup>(m, "Group")
       .def(py::init([](const std::string& rule, py::sequence params, py::sequence grads, py::sequence masters,
-                       py::sequence remainders, py::sequence states, std::vector<int64_t> group_sizes) {
-             return new CpuGroup(rule_id(rule, true), params, grads, masters, remainders, states, group_sizes);
+                       py::sequence remainders, py::sequence compensations, py::sequence states, std::vector<int64_t> group_sizes) {
+             return new CpuGroup(rule_id(rule, true), params, grads, masters, remainders, compensations, states, group_sizes);
            }),
-           py::arg("rule"), py::arg("params"), py::arg("grads"), py::arg("masters"), py::arg("remainders"), py::arg("states"),
+           py::arg("rule"), py::arg("params"), py::arg("grads"), py::arg("masters"), py::arg("remainders"),
+           py::arg("compensations"), py::arg("states"),
            py::arg("group_sizes"))
       .def("step", &CpuGroup::step, py::arg("hypers"), py::arg("steps"), py::arg("grad_scale") = 1.0,
            py::arg("clip_value") = 0.0f, py::arg("max_grad_norm") = 0.0, py::arg("skip_nonfinite") = false,

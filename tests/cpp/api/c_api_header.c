@@ -23,6 +23,8 @@ fastopt_status c_adam_steps(float* param, float* grad, float* exp_avg, float* ex
   p.grad.data = grad;
   p.grad.readonly = 1;
   p.master = none;
+  p.remainder = none;
+  p.compensation = none;
   p.state = state;
   p.num_state = 2;
   s = fastopt_optimizer_create("adam", &p, 1, group_sizes, 1, &opt);

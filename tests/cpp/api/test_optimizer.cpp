@@ -209,7 +209,7 @@ TEST(OptimizerRemainder, Refusals) {
   fastopt::ParamTensors both{{bf.data(), {4}, fastopt::DType::bf16}, {g.data(), 4}, {p.data(), 4}, {}};
   both.remainder = fastopt::Tensor(rem.data(), {4}, fastopt::DType::u16);
   EXPECT_TRUE(throws_exactly<fastopt::TensorError>([&] { fastopt::Optimizer({fastopt::ParamGroup{h, {both}}}); },
-                                                   "param 0: has both master weights and a remainder (one or the other)"));
+                                                   "param 0: master weights, a remainder and a compensation are alternatives (one at most)"));
   fastopt::ParamTensors u16_param{{rem.data(), {4}, fastopt::DType::u16}, {g.data(), 4}, {}, {}};
   EXPECT_TRUE(throws_exactly<fastopt::TensorError>([&] { fastopt::Optimizer({fastopt::ParamGroup{h, {u16_param}}}); },
                                                    "param 0: dtype uint16 (fastopt takes float32, float16 and bfloat16)"));

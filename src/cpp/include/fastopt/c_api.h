@@ -53,6 +53,7 @@ typedef struct fastopt_param {
   const fastopt_tensor* state;
   int32_t num_state;
   fastopt_tensor remainder;
+  fastopt_tensor compensation; /* data NULL: none; else a bfloat16 param's Kahan compensation (bfloat16) */
 } fastopt_param;
 
 typedef struct fastopt_optimizer fastopt_optimizer;

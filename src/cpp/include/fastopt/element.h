@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "fastopt/numeric/convert.h"
+#include "fastopt/numeric/rounding.h"
 #include "fastopt/numeric/scalar.h"
 #include "fastopt/platform.h"
 #include "fastopt/tensor_list.h"
@@ -71,6 +72,7 @@ FASTOPT_HD L load_value(const TensorSlot& t, int64_t i) {
 template <class L, class P>
 FASTOPT_HD void store_value(const TensorSlot& t, int64_t i, L p) {
   if (t.remainder) return store_split(static_cast<bf16*>(t.param) + i, t.remainder + i, p);
+  if (t.compensation) return kahan_store(static_cast<bf16*>(t.param) + i, t.compensation + i, p);
   if (t.master) store(t.master + i, p);
   store(static_cast<P*>(t.param) + i, p);
 }

@@ -36,6 +36,10 @@ struct ParamTensors {
   // high halves are the param (the master truncated toward zero), or data == nullptr for none.
   // The same trajectory as a float32 master, bit for bit, in 4 bytes per param instead of 6.
   Tensor remainder{};
+  // Instead of a master, for a bfloat16 param: its Kahan compensation (bfloat16), or data ==
+  // nullptr for none: each step adds the update plus what earlier roundings lost to the param,
+  // rounded to nearest even, and keeps what this rounding loses (4 bytes per param).
+  Tensor compensation{};
 };
 
 // A param group: the params that share one set of hyperparameters.

@@ -5,6 +5,8 @@
 
 namespace fastopt {
 
+struct bf16;  // a bfloat16 in storage (numeric/convert.h)
+
 // The float dtypes of params, grads and state (kNumDTypes of them), and uint16: the low halves
 // of a master kept as a remainder (TensorSlot::remainder).
 enum class DType : uint8_t { f32 = 0, f16 = 1, bf16 = 2, u16 = 3 };
@@ -19,6 +21,9 @@ struct TensorSlot {
   // With a bfloat16 param and no master: the low halves of the fp32 master whose high halves
   // are the param (convert.h: join_remainder), or null.
   uint16_t* remainder;
+  // With a bfloat16 param and no master: the Kahan compensation of its rounding (rounding.h:
+  // kahan_bf16), or null.
+  bf16* compensation;
   float* state[kMaxState];  // the rule's state streams, fp32; the first num_state are used
   int64_t numel;
   DType param_dtype, grad_dtype;

@@ -50,13 +50,18 @@ FASTOPT_HD f16 f16_stochastic(float x, uint32_t r) {
 // even, and what this rounding loses is kept in c. c is itself bfloat16, so 8 bits of the lost
 // part are kept: updates far below p's ulp accumulate instead of vanishing, with some drift
 // (10^4 updates of 2^-13.3 from 1.0 end 2 ulps from the exact 2.0: tests/test_rounding.py).
-FASTOPT_HD void kahan_bf16(float value, bf16& p, bf16& c) {
-  const float old = to_f32(p);
-  const float change = (value - old) + to_f32(c);
-  bf16 next;
-  from_f32(old + change, next);
-  from_f32(change - (to_f32(next) - old), c);
-  p = next;
+// For any lane type L (the scalar lane, or a vector lane whose bf16 load and store are exact
+// widening and rounding to nearest even): the rounded param is read back from where it was
+// just stored.
+template <class L>
+FASTOPT_HD void kahan_store(bf16* p, bf16* c, L value) {
+  const L old = load(p, Lane<L>{});
+  const L change = (value - old) + load(c, Lane<L>{});
+  store(p, old + change);
+  const L next = load(p, Lane<L>{});
+  store(c, change - (next - old));
 }
+
+FASTOPT_HD void kahan_bf16(float value, bf16& p, bf16& c) { kahan_store(&p, &c, value); }
 
 }  // namespace fastopt
