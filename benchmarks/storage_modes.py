@@ -1,6 +1,7 @@
 """AdamW over one tensor of 2^24 params in each way of keeping a bfloat16 param's fp32 value:
-fp32 params, bf16 + fp32 master, bf16 + remainder, bf16 + Kahan compensation. One optimizer per
-mode, stepped round-robin; prints the median ms of 15 steps each (after 3 warm-up rounds).
+fp32 params, bf16 + fp32 master, bf16 + remainder, bf16 + Kahan compensation, bf16 rounded
+stochastically. One optimizer per mode, stepped round-robin; prints the median ms of 15 steps
+each (after 3 warm-up rounds).
 
     python benchmarks/storage_modes.py [log2 size]      (FASTOPT_CPU_ISA=avx2 for the AVX2 kernels)
 """
@@ -14,7 +15,7 @@ import numpy as np
 
 import fastopt
 
-MODES = {"fp32": None, "master": True, "remainder": "remainder", "kahan": "kahan"}
+MODES = {"fp32": None, "master": True, "remainder": "remainder", "kahan": "kahan", "stochastic": "stochastic"}
 
 
 def make(mode: str, base: np.ndarray) -> fastopt.AdamW:

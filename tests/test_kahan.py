@@ -124,4 +124,4 @@ def test_kahan_refusals():
     ]
     for param, comp, message in cases:
         with pytest.raises(core.TensorError, match=message):
-            core.Group("sgd", [param], [g], [None], [None], [comp], [[]], [1])
+            core.Group("sgd", [param], [g], [None], [None], [comp], [False], [[]], [1])

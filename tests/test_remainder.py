@@ -105,7 +105,7 @@ def test_remainder_refusals():
     half = [np.zeros(3, np.float16)]
     with pytest.raises(ValueError, match="param 0: master_weights='remainder' is for bfloat16 params; this param is float16"):
         fastopt.AdamW(half, [np.zeros(3, np.float32)], master_weights="remainder")
-    with pytest.raises(ValueError, match="master_weights must be True, False, 'remainder' or 'kahan', got 'fp32'"):
+    with pytest.raises(ValueError, match="master_weights must be True, False, 'remainder', 'kahan' or 'stochastic', got 'fp32'"):
         fastopt.AdamW(half, [np.zeros(3, np.float32)], master_weights="fp32")
     import torch
     import fastopt.torch as drop_in
@@ -127,6 +127,6 @@ def test_the_binding_checks_remainders():
     ]
     for param, master, remainder, message in cases:
         with pytest.raises(core.TensorError, match=message):
-            core.Group("sgd", [param], [g], [master], [remainder], [None], [[]], [1])
+            core.Group("sgd", [param], [g], [master], [remainder], [None], [False], [[]], [1])
     with pytest.raises(core.TensorError, match="param 0: dtype uint16"):
-        core.Group("sgd", [np.zeros(4, np.uint16)], [g], [None], [None], [None], [[]], [1])
+        core.Group("sgd", [np.zeros(4, np.uint16)], [g], [None], [None], [None], [False], [[]], [1])

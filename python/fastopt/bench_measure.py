@@ -212,7 +212,7 @@ def probe_step(streams: Sequence[Stream], size: int) -> Callable[[], None]:
     math). Filled, not zeroed: untouched zero pages would let reads come from cache."""
     arrays = {s.name: np.ones(size, s.dtype) for s in streams}
     names = [s.name for s in streams if s.name not in ("param", "grad", "master")]
-    group = _core.Group("probe", [arrays["param"]], [arrays["grad"]], [arrays.get("master")], [None], [None],
+    group = _core.Group("probe", [arrays["param"]], [arrays["grad"]], [arrays.get("master")], [None], [None], [False],
                         [[arrays[n] for n in names]], [1])
     return group.probe
 

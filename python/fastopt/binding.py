@@ -17,15 +17,17 @@ from .schedules import Schedule
 class Keeps:
     """How each param's fp32 value is kept beside it, by param index (None where it is not):
     fp32 master weights, uint16 remainders (the master's low halves), bfloat16 Kahan
-    compensations (see ``master_weights`` of :class:`~fastopt.Optimizer`)."""
+    compensations; or whether it is rounded stochastically (see ``master_weights`` of
+    :class:`~fastopt.Optimizer`)."""
 
     masters: list
     remainders: list
     compensations: list
+    stochastic: list
 
     @classmethod
     def none(cls, n: int) -> "Keeps":
-        return cls([None] * n, [None] * n, [None] * n)
+        return cls([None] * n, [None] * n, [None] * n, [False] * n)
 
 
 class Binding:
@@ -35,9 +37,11 @@ class Binding:
     def _keeps(self, master_weights: bool | str) -> Keeps:
         """With ``master_weights=True`` an exact fp32 copy of each float16/bfloat16 param; with
         ``"remainder"`` a zeroed uint16 remainder for each bfloat16 param (its master is exactly
-        the param then); with ``"kahan"`` a zeroed bfloat16 compensation for each bfloat16 param."""
-        if master_weights not in (True, False, "remainder", "kahan"):
-            raise ValueError(f"master_weights must be True, False, 'remainder' or 'kahan', got {master_weights!r}")
+        the param then); with ``"kahan"`` a zeroed bfloat16 compensation for each bfloat16 param;
+        with ``"stochastic"`` each float16/bfloat16 param rounds stochastically."""
+        if master_weights not in (True, False, "remainder", "kahan", "stochastic"):
+            raise ValueError("master_weights must be True, False, 'remainder', 'kahan' or 'stochastic', "
+                             f"got {master_weights!r}")
         dtypes = [_core.describe(p, f"param {i}")[1] for i, p in enumerate(self._params)]
         keeps = Keeps.none(len(dtypes))
         if master_weights in (True, False):
@@ -47,6 +51,9 @@ class Binding:
             return keeps
         if self._engine.is_cuda:
             raise ValueError(f"master_weights={master_weights!r} runs on the CPU engine only so far")
+        if master_weights == "stochastic":
+            keeps.stochastic = [d != "float32" for d in dtypes]
+            return keeps
         for i, d in enumerate(dtypes):
             if d == "float16":
                 raise ValueError(f"param {i}: master_weights={master_weights!r} is for bfloat16 params; this param "
@@ -165,6 +172,8 @@ class Binding:
             [[self._state[i][n] for n in self.state_names[: need[j]]] for i, j in enumerate(self._group_of)],
             self._group_sizes)
         self._bound_states = need
+        if not self._engine.is_cuda:
+            self._core.set_seed(self._seed)
         if self._engine.is_cuda:  # the kernels count steps on the device
             self._core.set_steps(self._steps, self._cuda_stream())
 

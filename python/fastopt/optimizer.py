@@ -52,7 +52,12 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
             master trajectory in 4 bytes per param. ``"kahan"`` (bfloat16 params, CPU engine): no
             master; a bfloat16 Kahan compensation per param carries what each rounding of the
             param loses into the next update (4 bytes per param; updates far below the param's
-            resolution accumulate instead of vanishing). float32 params need none.
+            resolution accumulate instead of vanishing). ``"stochastic"`` (float16/bfloat16 params,
+            CPU engine): no master; each step rounds the param stochastically (unbiased), with
+            random bits fixed by ``seed``, the step count and the param's index (2 bytes per
+            param: the same bits on every CPU target and thread count, and after a checkpoint).
+            float32 params need none.
+        seed: the seed of ``master_weights="stochastic"`` (an integer in [0, 2**64); default 0).
         max_grad_norm: clip by global norm, as ``torch.nn.utils.clip_grad_norm_`` (norm 2) before
             each step: when the grads' global L2 norm exceeds it, every grad is scaled by
             ``max_grad_norm / (norm + 1e-6)``. Folded into the update (one norm pass, then the
@@ -127,7 +132,7 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
     defaults: dict[str, Any]
 
     def __init__(self, params: Sequence[Array] | Sequence[Mapping[str, Any]],
-                 grads: Sequence[Array] | None = None, *, master_weights: bool | str = False,
+                 grads: Sequence[Array] | None = None, *, master_weights: bool | str = False, seed: int = 0,
                  max_grad_norm: float | None = None, clip_value: float | None = None,
                  skip_nonfinite: bool = False, report_grad_norm: bool = False, diagnostics: bool = False,
                  capturable: bool = False, **defaults: Any):
@@ -170,6 +175,9 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
         self._engine.bind(self.rule, self._params, self._grads, Keeps.none(len(self._params)),
                           [[] for _ in self._params], self._group_sizes)
         self._kept = self._keeps(master_weights)
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+            raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+        self._seed = seed
         self._masters: list[Array | None] = self._kept.masters
         self._state: list[dict[str, Array]] = [{} for _ in self._params]
         self._steps = [0] * len(self.param_groups)
@@ -247,7 +255,7 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
         # (fastopt/step_control.h, as the CUDA engine takes them), then the update pass.
         norm, skipped, diag = self._core.step(
             self._hypers, self._rule_steps(), scale, self._clip_value or 0.0, self._max_grad_norm or 0.0, skip,
-            self._report_grad_norm, self._diagnostics)
+            self._report_grad_norm, self._diagnostics, max(self._steps, default=0) + 1)
         if not skipped:
             self._count_step()
             self._steps = [s + 1 for s in self._steps]

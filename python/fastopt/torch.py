@@ -66,7 +66,7 @@ class Optimizer(torch.optim.Optimizer):
                 raise TypeError(f"{type(self).__name__} got an unknown hyperparameter '{k}'")
         defaults.update(hypers)
         self._check_group(defaults)
-        if master_weights in ("remainder", "kahan"):
+        if master_weights in ("remainder", "kahan", "stochastic"):
             raise ValueError(f"master_weights={master_weights!r} is not yet supported by fastopt.torch: use the "
                              f"plain fastopt.{self.fastopt_class.__name__} over the module's parameters")
         self._options = {"master_weights": master_weights, "max_grad_norm": max_grad_norm,

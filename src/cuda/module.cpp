@@ -25,9 +25,9 @@ cudaStream_t as_stream(uintptr_t stream) { return reinterpret_cast<cudaStream_t>
 class CudaGroup {
  public:
   CudaGroup(RuleId rule, py::sequence params, py::sequence grads, py::sequence masters, py::sequence remainders,
-           py::sequence compensations, py::sequence states,
+           py::sequence compensations, const std::vector<bool>& stochastic, py::sequence states,
             const std::vector<int64_t>& group_sizes)
-      : binding_(py_intake::read(params, grads, masters, remainders, compensations, states, group_sizes, rule, kCudaDevice)),
+      : binding_(py_intake::read(params, grads, masters, remainders, compensations, stochastic, states, group_sizes, rule, kCudaDevice)),
         opt_(rule, binding_.groups) {}
 
   // One step, enqueued on `stream`: see fastopt::CudaStepOptions. With `steps` (the step count
@@ -141,11 +141,12 @@ PYBIND11_MODULE(_cuda, m) {
 
   py::class_<CudaGroup>(m, "Group")
       .def(py::init([](const std::string& rule, py::sequence params, py::sequence grads, py::sequence masters,
-                       py::sequence remainders, py::sequence compensations, py::sequence states, std::vector<int64_t> group_sizes) {
-             return new CudaGroup(rule_id(rule), params, grads, masters, remainders, compensations, states, group_sizes);
+                       py::sequence remainders, py::sequence compensations, std::vector<bool> stochastic,
+                       py::sequence states, std::vector<int64_t> group_sizes) {
+             return new CudaGroup(rule_id(rule), params, grads, masters, remainders, compensations, stochastic, states, group_sizes);
            }),
            py::arg("rule"), py::arg("params"), py::arg("grads"), py::arg("masters"), py::arg("remainders"),
-           py::arg("compensations"), py::arg("states"),
+           py::arg("compensations"), py::arg("stochastic"), py::arg("states"),
            py::arg("group_sizes"))
       .def("step", &CudaGroup::step, py::arg("hypers"), py::arg("stream"), py::arg("steps") = py::none(),
            py::arg("grad_scale") = 1.0, py::arg("loss_scale") = 0, py::arg("clip_value") = 0.0f,

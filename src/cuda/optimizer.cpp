@@ -16,7 +16,11 @@ struct CudaOptimizer::Impl {
         group(table.rule, table.slots, table.device.id, int(table.hypers.size())) {}
 
   static api::Table bind(std::vector<ParamGroup> groups, RuleId rule) {
-    return api::bind(std::move(groups), rule, Device::kCUDA);
+    api::Table t = api::bind(std::move(groups), rule, Device::kCUDA);
+    for (const TensorSlot& s : t.slots) {
+      if (s.stochastic) throw std::invalid_argument("stochastic rounding runs on the CPU engine only so far");
+    }
+    return t;
   }
 };
 

@@ -118,6 +118,7 @@ fastopt_status fastopt_optimizer_create(const char* rule, const fastopt_param* p
         if (p.master.data) t.master = tensor(p.master, "master " + n);
         if (p.remainder.data) t.remainder = tensor(p.remainder, "remainder " + n);
         if (p.compensation.data) t.compensation = tensor(p.compensation, "compensation " + n);
+        t.stochastic_rounding = p.stochastic_rounding != 0;
         if (p.num_state < 0 || (p.num_state > 0 && !p.state)) {
           throw std::invalid_argument("param " + n + ": bad state list (num_state < 0 or NULL state)");
         }
@@ -224,6 +225,13 @@ fastopt_status fastopt_diagnostics(const fastopt_optimizer* opt, double* grad_no
       if (update_norm) update_norm[i] = updated ? d.update_norm[i] : NAN;
       if (update_ratio) update_ratio[i] = updated ? d.update_ratio[i] : NAN;
     }
+  });
+}
+
+fastopt_status fastopt_set_seed(fastopt_optimizer* opt, uint64_t seed) {
+  return guard([&] {
+    need(opt, "optimizer");
+    opt->opt.set_seed(seed);
   });
 }
 

@@ -12,6 +12,7 @@
 #include "../cpu/pool.h"
 #include "../cpu/reduce.h"
 #include "fastopt/numeric/convert.h"
+#include "fastopt/numeric/random.h"
 #include "fastopt/reduce.h"
 #include "fastopt/step_control.h"
 #include "table.h"
@@ -24,6 +25,7 @@ struct Optimizer::Impl {
   std::vector<std::optional<Schedule>> schedules;
   std::vector<int64_t> steps;
   std::vector<int64_t> buffer_steps;  // steps taken with state arrays in use (Sgd::counts_buffer_updates)
+  uint64_t seed = 0;                  // of stochastic rounding
   mutable std::unique_ptr<cpu::Reducer> grad_reducer, param_reducer;  // built on first use
 
   Impl(std::vector<ParamGroup> groups, RuleId rule)
@@ -74,7 +76,7 @@ struct Optimizer::Impl {
 
   // The update pass with grads multiplied by `factor` and clamped to +-clip; per-tensor sums of
   // squared updates and old values into diag (2 per tensor) where not null.
-  void update(const std::vector<int64_t>& rule_steps, float factor, float clip, double* diag) {
+  void update(const std::vector<int64_t>& rule_steps, float factor, float clip, int64_t round_step, double* diag) {
     with_rule(table.rule, [&](auto rule) {
       using Rule = decltype(rule);
       using C = typename Rule::Coeffs;
@@ -86,7 +88,7 @@ struct Optimizer::Impl {
         }
       }
       const auto coeffs = api::step_coeffs<Rule>(table, hypers, rule_steps);
-      const GradTransform x{factor, clip};
+      const GradTransform x{factor, clip, random::step_key(seed, uint64_t(round_step))};
       if constexpr (num_sums<Rule>::value > 0) {  // two passes: per-tensor sums, then Coeffs
         const cpu::Group::FinishFn finish = [](const void* c, const double* sums, const TensorSlot& t, void* out) {
           *static_cast<C*>(out) = Rule::finish(*static_cast<const C*>(c), sums, t);
@@ -103,6 +105,9 @@ struct Optimizer::Impl {
     const float inv = api::unscale_factor(o.grad_scale);
     api::check_can_count(steps);
     const std::vector<int64_t> rule_steps = api::rule_steps(o, rule_counts());
+    const int64_t round_step = o.round_step > 0 ? o.round_step
+                               : steps.empty() ? 1
+                                               : *std::max_element(steps.begin(), steps.end()) + 1;
     StepResult result;
     float factor = inv;
     const size_t n = table.slots.size();
@@ -128,7 +133,7 @@ struct Optimizer::Impl {
     }
     if (o.diagnostics) {
       std::vector<double> diag(2 * n);
-      update(rule_steps, factor, o.clip_value, diag.data());
+      update(rule_steps, factor, o.clip_value, round_step, diag.data());
       Diagnostics& d = *result.diagnostics;
       for (size_t i = 0; i < n; ++i) {
         d.update_norm.push_back(std::sqrt(diag[2 * i]));
@@ -136,7 +141,7 @@ struct Optimizer::Impl {
         d.update_ratio.push_back(d.update_norm[i] / d.param_norm[i]);
       }
     } else {
-      update(rule_steps, factor, o.clip_value, nullptr);
+      update(rule_steps, factor, o.clip_value, round_step, nullptr);
     }
     count_step();
     return result;
@@ -171,6 +176,8 @@ void Optimizer::set_schedule(size_t group, const Schedule* schedule) {
 }
 
 const std::vector<int64_t>& Optimizer::steps() const { return impl_->steps; }
+
+void Optimizer::set_seed(uint64_t seed) { impl_->seed = seed; }
 
 void Optimizer::set_steps(const std::vector<int64_t>& steps) {
   api::check_steps(impl_->table, steps);

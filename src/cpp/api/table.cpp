@@ -221,6 +221,14 @@ Table bind(std::vector<ParamGroup> groups, RuleId rule, int engine) {
         same_shape(aux, x.param, an, pn);
         return aux.data;
       };
+      s.tensor = int32_t(i);
+      if (x.stochastic_rounding) {
+        if (x.param.dtype == DType::f32 || x.master.data || x.remainder.data || x.compensation.data) {
+          throw TensorError(pn + ": stochastic rounding is for float16/bfloat16 params without master weights, "
+                                 "remainder or compensation");
+        }
+        s.stochastic = true;
+      }
       if (x.remainder.data) s.remainder = static_cast<uint16_t*>(keep(x.remainder, "remainder", DType::u16));
       if (x.compensation.data) s.compensation = static_cast<bf16*>(keep(x.compensation, "compensation", DType::bf16));
       if (x.state.size() > size_t(kMaxState) || x.state.size() > state_names.size()) {

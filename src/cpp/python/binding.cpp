@@ -98,8 +98,8 @@ void Binding::check() const {
 }
 
 Binding read(py::sequence params, py::sequence grads, py::sequence masters, py::sequence remainders,
-             py::sequence compensations, py::sequence states, const std::vector<int64_t>& group_sizes, RuleId rule,
-             int engine) {
+             py::sequence compensations, const std::vector<bool>& stochastic, py::sequence states,
+             const std::vector<int64_t>& group_sizes, RuleId rule, int engine) {
   Binding b;
   const auto p_objs = as_list(params), g_objs = as_list(grads), m_objs = as_list(masters),
              r_objs = as_list(remainders), c_objs = as_list(compensations), s_objs = as_list(states);
@@ -108,8 +108,8 @@ Binding read(py::sequence params, py::sequence grads, py::sequence masters, py::
     throw std::invalid_argument("got " + std::to_string(n) + " params but " + std::to_string(g_objs.size()) +
                                 " grads: every param needs its grad");
   }
-  if (m_objs.size() != n || r_objs.size() != n || c_objs.size() != n || s_objs.size() != n) {
-    throw std::invalid_argument("one masters/remainders/compensations/states entry per param");
+  if (m_objs.size() != n || r_objs.size() != n || c_objs.size() != n || stochastic.size() != n || s_objs.size() != n) {
+    throw std::invalid_argument("one masters/remainders/compensations/stochastic/states entry per param");
   }
   int64_t total = 0;
   for (int64_t s : group_sizes) total += s;
@@ -169,6 +169,7 @@ Binding read(py::sequence params, py::sequence grads, py::sequence masters, py::
       if (!m_objs[i].is_none()) t.master = take(m_objs[i], name("master", i));
       if (!r_objs[i].is_none()) t.remainder = take(r_objs[i], name("remainder", i));
       if (!c_objs[i].is_none()) t.compensation = take(c_objs[i], name("compensation", i));
+      t.stochastic_rounding = stochastic[i];
       const auto st = as_list(s_objs[i]);
       if (st.size() > state_names.size()) throw std::invalid_argument(name("param", i) + ": too many state arrays");
       for (size_t s = 0; s < st.size(); ++s) t.state.push_back(take(st[s], name(state_names[s], i)));

@@ -49,14 +49,14 @@ struct Binding {
 
 // Reads the arrays of a group into a Binding: params[i] and grads[i] pair up; masters[i] is
 // None or param i's fp32 master weights, remainders[i] None or the low halves of its master
-// (fastopt::ParamTensors::remainder), compensations[i] None or its Kahan compensation; states[i]
-// lists param i's state arrays. The params
+// (fastopt::ParamTensors::remainder), compensations[i] None or its Kahan compensation,
+// stochastic[i] whether it rounds stochastically; states[i] lists param i's state arrays. The params
 // fall into param groups of group_sizes[j] consecutive params, each given `hyper`. Tensors are
 // named by their index in the whole list. `engine` is the device type the engine runs on
 // (DLPack: 1 CPU, 2 CUDA). Validation is the optimizer's, when it binds binding.groups.
 Binding read(pybind11::sequence params, pybind11::sequence grads, pybind11::sequence masters,
-             pybind11::sequence remainders, pybind11::sequence compensations, pybind11::sequence states,
-             const std::vector<int64_t>& group_sizes, RuleId rule, int engine);
+             pybind11::sequence remainders, pybind11::sequence compensations, const std::vector<bool>& stochastic,
+             pybind11::sequence states, const std::vector<int64_t>& group_sizes, RuleId rule, int engine);
 
 // New grads for a bound group: grads[i] read where it is not the object bound now (torch
 // handed over a new `.grad`). Returns the grads as tensors (for the optimizer's set_grads,

@@ -42,9 +42,9 @@ py::tuple sums_of(size_t n, F&& run) {
 class CpuGroup {
  public:
   CpuGroup(RuleId rule, py::sequence params, py::sequence grads, py::sequence masters, py::sequence remainders,
-           py::sequence compensations, py::sequence states,
+           py::sequence compensations, const std::vector<bool>& stochastic, py::sequence states,
            const std::vector<int64_t>& group_sizes)
-      : binding_(py_intake::read(params, grads, masters, remainders, compensations, states, group_sizes, rule, Device::kCPU)),
+      : binding_(py_intake::read(params, grads, masters, remainders, compensations, stochastic, states, group_sizes, rule, Device::kCPU)),
         opt_(make(rule, binding_.groups)) {}
 
   // One step with the hyperparameters `hypers` (one per param group) at the rule step counts
@@ -52,12 +52,13 @@ class CpuGroup {
   // None), the diagnostics as (grad_norm, nonfinite_grads, param_norm, update_norm,
   // update_ratio) arrays, the last three None for a skipped step.
   py::tuple step(py::sequence hypers, const std::vector<int64_t>& steps, double grad_scale, float clip_value,
-                 double max_grad_norm, bool skip_nonfinite, bool grad_norm, bool diagnostics) {
+                 double max_grad_norm, bool skip_nonfinite, bool grad_norm, bool diagnostics, int64_t round_step) {
     binding_.check();
     Optimizer& opt = std::get<Optimizer>(opt_);
     py_intake::set_hypers(opt, hypers, &steps);
-    const StepOptions o =
+    StepOptions o =
         py_intake::step_options(grad_scale, clip_value, max_grad_norm, skip_nonfinite, grad_norm, diagnostics, &steps);
+    o.round_step = round_step;
     StepResult r;
     {
       py::gil_scoped_release nogil;
@@ -84,6 +85,8 @@ class CpuGroup {
       which == "grads" ? opt.grad_sumsq(s, b) : opt.param_sumsq(s, b);
     });
   }
+
+  void set_seed(uint64_t seed) { std::get<Optimizer>(opt_).set_seed(seed); }
 
   void watch_state() {
     binding_.watch_state = true;
@@ -179,15 +182,18 @@ PYBIND11_MODULE(_core, m) {
 
   py::class_<CpuGroup>(m, "Group")
       .def(py::init([](const std::string& rule, py::sequence params, py::sequence grads, py::sequence masters,
-                       py::sequence remainders, py::sequence compensations, py::sequence states, std::vector<int64_t> group_sizes) {
-             return new CpuGroup(rule_id(rule, true), params, grads, masters, remainders, compensations, states, group_sizes);
+                       py::sequence remainders, py::sequence compensations, std::vector<bool> stochastic,
+                       py::sequence states, std::vector<int64_t> group_sizes) {
+             return new CpuGroup(rule_id(rule, true), params, grads, masters, remainders, compensations, stochastic, states, group_sizes);
            }),
            py::arg("rule"), py::arg("params"), py::arg("grads"), py::arg("masters"), py::arg("remainders"),
-           py::arg("compensations"), py::arg("states"),
+           py::arg("compensations"), py::arg("stochastic"), py::arg("states"),
            py::arg("group_sizes"))
       .def("step", &CpuGroup::step, py::arg("hypers"), py::arg("steps"), py::arg("grad_scale") = 1.0,
            py::arg("clip_value") = 0.0f, py::arg("max_grad_norm") = 0.0, py::arg("skip_nonfinite") = false,
-           py::arg("grad_norm") = false, py::arg("diagnostics") = false)
+           py::arg("grad_norm") = false, py::arg("diagnostics") = false, py::arg("round_step") = 0)
+      .def("set_seed", [](CpuGroup& g, uint64_t seed) { g.set_seed(seed); }, py::arg("seed"),
+           "The seed of stochastic rounding")
       .def("watch_state", &CpuGroup::watch_state, "Watch the masters and state as the params (the caller's)")
       .def("rebind_grads", &CpuGroup::rebind_grads, py::arg("grads"),
            "Binds new grad tensors where they are not the ones bound (validated; nothing changes on an error)")

@@ -88,7 +88,7 @@ TEST_F(CAbi, OverlappingParams) {
   const Bits before = shared.bits();
   const int64_t shape[1] = {3}, sizes[1] = {2};
   auto at = [&](int offset) { return fastopt_tensor{shared.floats() + offset, shape, 1, FASTOPT_FLOAT32, 1, 0, 0}; };
-  fastopt_param ps[2] = {{at(0), g0.c_tensor(), {}, nullptr, 0, {}, {}}, {at(0), g1.c_tensor(), {}, nullptr, 0, {}, {}}};
+  fastopt_param ps[2] = {{at(0), g0.c_tensor(), {}, nullptr, 0, {}, {}, 0}, {at(0), g1.c_tensor(), {}, nullptr, 0, {}, {}, 0}};
   EXPECT_TRUE(c_error(fastopt_optimizer_create("sgd", ps, 2, sizes, 1, &opt), kTensor,
                       std::string("param 1 is the same memory as param 0") + kOwnMemory));
   ps[1].param = at(2);  // elements 2..4 against 0..2

@@ -54,6 +54,7 @@ typedef struct fastopt_param {
   int32_t num_state;
   fastopt_tensor remainder;
   fastopt_tensor compensation; /* data NULL: none; else a bfloat16 param's Kahan compensation (bfloat16) */
+  int32_t stochastic_rounding; /* nonzero: a float16/bfloat16 param without master, rounded stochastically */
 } fastopt_param;
 
 typedef struct fastopt_optimizer fastopt_optimizer;
@@ -115,6 +116,9 @@ fastopt_status fastopt_step(fastopt_optimizer* opt, const fastopt_step_options* 
  * NaN for a skipped step). FASTOPT_ERROR_ARGUMENT if the last step had no diagnostics. */
 fastopt_status fastopt_diagnostics(const fastopt_optimizer* opt, double* grad_norm, int64_t* nonfinite_grads,
                                    double* param_norm, double* update_norm, double* update_ratio);
+
+/* The seed of stochastic rounding (default 0). */
+fastopt_status fastopt_set_seed(fastopt_optimizer* opt, uint64_t seed);
 
 /* Steps taken by each param group (num_groups values), for checkpoints. */
 fastopt_status fastopt_get_steps(const fastopt_optimizer* opt, int64_t* steps, int32_t num_groups);

@@ -4,8 +4,10 @@
 // thread all call this, so the storage handling is written once as well.
 #pragma once
 #include <cstdint>
+#include <type_traits>
 
 #include "fastopt/numeric/convert.h"
+#include "fastopt/numeric/random.h"
 #include "fastopt/numeric/rounding.h"
 #include "fastopt/numeric/scalar.h"
 #include "fastopt/platform.h"
@@ -18,6 +20,7 @@ namespace fastopt {
 // factor), then clamp to [-clip_value, clip_value] when clip_value > 0. NaNs stay NaN.
 struct GradTransform {
   float scale = 1.0f, clip_value = 0.0f;
+  uint64_t round_key = 0;  // random::step_key of the step, for params rounded stochastically
 };
 
 template <class L>
@@ -69,10 +72,28 @@ FASTOPT_HD L load_value(const TensorSlot& t, int64_t i) {
   return load(static_cast<const P*>(t.param) + i, Lane<L>{});
 }
 
+// A float16/bfloat16 param rounded stochastically with its tensor's stream of the step: element
+// by element (a vector lane through fp32; the bits are those of element i whatever the lane).
 template <class L, class P>
-FASTOPT_HD void store_value(const TensorSlot& t, int64_t i, L p) {
+FASTOPT_HD void store_stochastic(const TensorSlot& t, int64_t i, L p, uint64_t round_key) {
+  if constexpr (std::is_same_v<P, bf16> || std::is_same_v<P, f16>) {
+    float v[lane_width<L>];
+    store(v, p);
+    const uint64_t key = random::tensor_key(round_key, uint64_t(t.tensor));
+    P* param = static_cast<P*>(t.param);
+    for (int k = 0; k < lane_width<L>; ++k) {
+      const uint32_t r = random::bits32(key, uint64_t(i + k));
+      if constexpr (std::is_same_v<P, bf16>) param[i + k] = bf16_stochastic(v[k], r);
+      else param[i + k] = f16_stochastic(v[k], r);
+    }
+  }
+}
+
+template <class L, class P>
+FASTOPT_HD void store_value(const TensorSlot& t, int64_t i, L p, const GradTransform& x) {
   if (t.remainder) return store_split(static_cast<bf16*>(t.param) + i, t.remainder + i, p);
   if (t.compensation) return kahan_store(static_cast<bf16*>(t.param) + i, t.compensation + i, p);
+  if (t.stochastic) return store_stochastic<L, P>(t, i, p, x.round_key);
   if (t.master) store(t.master + i, p);
   store(static_cast<P*>(t.param) + i, p);
 }
@@ -111,7 +132,7 @@ FASTOPT_HD void apply_element(const typename Rule::Coeffs& c, const GradTransfor
   load_state(t, i, s);
   Rule::update(c, p, g, s);
   if (writes_state<Rule>::update) store_state(t, i, s);
-  store_value<L, P>(t, i, p);
+  store_value<L, P>(t, i, p, x);
 }
 
 }  // namespace fastopt

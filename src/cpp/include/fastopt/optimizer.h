@@ -40,6 +40,10 @@ struct ParamTensors {
   // nullptr for none: each step adds the update plus what earlier roundings lost to the param,
   // rounded to nearest even, and keeps what this rounding loses (4 bytes per param).
   Tensor compensation{};
+  // Instead of a master, for a float16/bfloat16 param: round it stochastically at each step
+  // (fastopt/numeric/rounding.h), with random bits that depend only on the optimizer's seed, the
+  // step (StepOptions::round_step), the param's index and the element (2 bytes per param).
+  bool stochastic_rounding = false;
 };
 
 // A param group: the params that share one set of hyperparameters.
@@ -70,6 +74,9 @@ struct StepOptions {
   // The 1-based step count each param group's rule sees at this step, num_groups() of them;
   // null: steps()[j] + 1. (The counts kept by the optimizer advance either way.)
   const int64_t* rule_steps = nullptr;
+  // The step whose random bits stochastic rounding draws (with set_seed's seed); 0: the
+  // optimizer's largest step count + 1. An engine that restores its own counts passes its own.
+  int64_t round_step = 0;
 };
 
 // Per-tensor numbers of one step, by param index (global index, across groups).
@@ -125,6 +132,9 @@ class Optimizer {
   // copied; std::invalid_argument if malformed, and a step refuses an lr it gives that is not
   // finite and >= 0); null: the Hyper's lr again. fastopt/schedule.h builds schedules.
   void set_schedule(size_t group, const Schedule* schedule);
+
+  // The seed of stochastic rounding (default 0).
+  void set_seed(uint64_t seed);
 
   // Steps taken by each group (skipped steps not counted); set_steps restores them from a
   // checkpoint (each >= 0). The rule's step is steps()[j] + 1, except SGD's: the count of its

@@ -24,6 +24,8 @@ struct TensorSlot {
   // With a bfloat16 param and no master: the Kahan compensation of its rounding (rounding.h:
   // kahan_bf16), or null.
   bf16* compensation;
+  bool stochastic;  // a float16/bfloat16 param without master, rounded stochastically (rounding.h)
+  int32_t tensor;   // the param's index in its optimizer: its stream of random bits
   float* state[kMaxState];  // the rule's state streams, fp32; the first num_state are used
   int64_t numel;
   DType param_dtype, grad_dtype;

@@ -20,10 +20,13 @@ FASTOPT_HD uint64_t mix64(uint64_t z) {
   return z ^ (z >> 31);
 }
 
-// The key of the stream that tensor `tensor` (its index in its optimizer) rounds with at step
-// `step` (the rule's 1-based step) of a run seeded with `seed`.
+// The key of the streams of step `step` of a run seeded with `seed` (the engines pass it to the
+// kernels with the step), and of the stream that tensor `tensor` (its index in its optimizer)
+// rounds with then.
+FASTOPT_HD uint64_t step_key(uint64_t seed, uint64_t step) { return mix64(seed ^ mix64(step * kGamma)); }
+FASTOPT_HD uint64_t tensor_key(uint64_t step_key, uint64_t tensor) { return mix64(step_key + tensor * kGamma); }
 FASTOPT_HD uint64_t stream_key(uint64_t seed, uint64_t step, uint64_t tensor) {
-  return mix64(mix64(seed ^ mix64(step * kGamma)) + tensor * kGamma);
+  return tensor_key(step_key(seed, step), tensor);
 }
 
 // The 32 random bits of element i of stream `key`: the high half of SplitMix64's output.
