@@ -108,6 +108,22 @@ def test_checkpoint_resumes_bit_identically():
         resumed.load_state_dict(saved)
 
 
+def test_inf_and_nan_params_and_values_stay_as_in_the_other_modes():
+    p = np.array([np.inf, 3.3e38, 1.0, np.nan, -np.inf], np.float32).astype(BF16)
+    g = np.array([1.0, -1e38, np.nan, 1.0, 1.0], np.float32)
+    runs = {}
+    for mode in (False, "kahan"):
+        q = [p.copy()]
+        opt = fastopt.SGD(q, [g.copy()], lr=1.0, master_weights=mode)
+        for _ in range(3):
+            opt.step()
+        runs[mode] = q[0].astype(np.float32)
+        if mode == "kahan":
+            assert np.all(opt.state[0]["kahan_compensation"].astype(np.float32)[[0, 1, 2, 3, 4]] == 0)
+    np.testing.assert_array_equal(runs["kahan"], runs[False])  # inf stays inf, NaN stays NaN
+    assert np.isinf(runs["kahan"][[0, 1, 4]]).all() and np.isnan(runs["kahan"][[2, 3]]).all()
+
+
 def test_kahan_refusals():
     with pytest.raises(ValueError, match="param 0: master_weights='kahan' is for bfloat16 params"):
         fastopt.AdamW([np.zeros(3, np.float16)], [np.zeros(3, np.float32)], master_weights="kahan")

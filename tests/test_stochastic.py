@@ -53,6 +53,10 @@ def test_the_seed_decides_the_bits():
     assert np.mean(a[1] != c[1]) > 0.05  # (each rounding differs with probability ~ p(1-p))
     with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*64\), got -1"):
         fastopt.AdamW([np.zeros(2, ml_dtypes.bfloat16)], [np.zeros(2, np.float32)], master_weights="stochastic", seed=-1)
+    with pytest.raises(ValueError, match="seed is the seed of master_weights='stochastic'"):
+        fastopt.AdamW([np.zeros(2, ml_dtypes.bfloat16)], [np.zeros(2, np.float32)], master_weights=True, seed=5)
+    fastopt.AdamW([np.zeros(2, ml_dtypes.bfloat16)], [np.zeros(2, np.float32)], master_weights="stochastic",
+                  seed=np.uint64(2 ** 63))
 
 
 def test_checkpoint_resumes_bit_identically():
@@ -72,8 +76,10 @@ def test_checkpoint_resumes_bit_identically():
     for grads in steps[:4]:
         refill(hs, grads)
         first.step()
-    resumed = case.cls(qs, hs, master_weights="stochastic", seed=9, **case.kwargs)
-    resumed.load_state_dict(first.state_dict())
+    resumed = case.cls(qs, hs, master_weights="stochastic", seed=2, **case.kwargs)  # the checkpoint's seed wins
+    saved = first.state_dict()
+    assert saved["seed"] == 9
+    resumed.load_state_dict(saved)
     for grads in steps[4:]:
         refill(hs, grads)
         resumed.step()
@@ -93,7 +99,8 @@ def test_tiny_updates_are_kept_on_average(dtype):
     runs = {}
     for mode in (False, "stochastic"):
         p = np.ones(n, np.float32).astype(dt)
-        opt = fastopt.SGD([p], [np.full(n, -delta, np.float32)], lr=1.0, master_weights=mode, seed=3)
+        seeded = {"seed": 3} if mode else {}
+        opt = fastopt.SGD([p], [np.full(n, -delta, np.float32)], lr=1.0, master_weights=mode, **seeded)
         for _ in range(steps):
             opt.step()
         runs[mode] = p.astype(np.float64)

@@ -48,7 +48,10 @@ class Checkpoints:
         for g, n in zip(self.param_groups, self._group_sizes):
             groups.append({**g, "params": list(range(first, first + n))})
             first += n
-        return {"state": state, "param_groups": groups}
+        out = {"state": state, "param_groups": groups}
+        if any(self._kept.stochastic):
+            out["seed"] = self._seed  # (stochastic rounding resumes with the same bits)
+        return out
 
     def _saved_state(self, i: int) -> dict[str, Array]:
         """The state of param i worth saving."""
@@ -103,7 +106,13 @@ class Checkpoints:
             steps.append(step)
             arrays += group_arrays
             first += n
+        seed = state_dict.get("seed", self._seed)
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**64:
+            raise ValueError(f"state_dict's seed must be an integer in [0, 2**64), got {seed!r}")
         # Validated: now commit.
+        self._seed = int(seed)
+        if not self._engine.is_cuda:
+            self._core.set_seed(self._seed)
         for g, merged in zip(self.param_groups, merged_groups):
             dict.update(g, merged)
         created = False

@@ -4,6 +4,7 @@ binding.py (arrays and the engine group), step_options.py, checkpoints.py."""
 
 from __future__ import annotations
 
+import numbers
 import threading
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
@@ -49,7 +50,10 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
             ``"remainder"`` (bfloat16 params, CPU engine): keep the same fp32 master as the
             bfloat16 param (its high half: the master truncated toward zero, which the model
             uses) plus a uint16 remainder (its low half) owned by the optimizer: the very same
-            master trajectory in 4 bytes per param. ``"kahan"`` (bfloat16 params, CPU engine): no
+            master trajectory in 4 bytes per param. The remainder belongs to the param's current
+            bits: a param written from outside (a model loaded into it) keeps the old low half
+            (load the optimizer's checkpoint after the model: ``load_state_dict`` writes the
+            params' high halves too). ``"kahan"`` (bfloat16 params, CPU engine): no
             master; a bfloat16 Kahan compensation per param carries what each rounding of the
             param loses into the next update (4 bytes per param; updates far below the param's
             resolution accumulate instead of vanishing). ``"stochastic"`` (float16/bfloat16 params,
@@ -57,7 +61,9 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
             random bits fixed by ``seed``, the step count and the param's index (2 bytes per
             param: the same bits on every CPU target and thread count, and after a checkpoint).
             float32 params need none.
-        seed: the seed of ``master_weights="stochastic"`` (an integer in [0, 2**64); default 0).
+        seed: the seed of ``master_weights="stochastic"`` (an integer in [0, 2**64); default 0:
+            optimizers with the same seed round their params of the same index with the same
+            bits). Checkpoints carry it (``state_dict()["seed"]``), and loading one sets it.
         max_grad_norm: clip by global norm, as ``torch.nn.utils.clip_grad_norm_`` (norm 2) before
             each step: when the grads' global L2 norm exceeds it, every grad is scaled by
             ``max_grad_norm / (norm + 1e-6)``. Folded into the update (one norm pass, then the
@@ -175,9 +181,11 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
         self._engine.bind(self.rule, self._params, self._grads, Keeps.none(len(self._params)),
                           [[] for _ in self._params], self._group_sizes)
         self._kept = self._keeps(master_weights)
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**64:
             raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
-        self._seed = seed
+        if seed and master_weights != "stochastic":
+            raise ValueError("seed is the seed of master_weights='stochastic'")
+        self._seed = int(seed)
         self._masters: list[Array | None] = self._kept.masters
         self._state: list[dict[str, Array]] = [{} for _ in self._params]
         self._steps = [0] * len(self.param_groups)

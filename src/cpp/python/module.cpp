@@ -76,7 +76,8 @@ class CpuGroup {
   }
 
   // Per tensor: the sum of squares (canonical order) and non-finite count of the grads, or of
-  // the params' fp32 values (their master weights where they have them).
+  // the params' fp32 values (their master weights where they have them; a param with a
+  // remainder: its bfloat16 half).
   py::tuple sumsq(const std::string& which) {
     if (which != "grads" && which != "params") throw std::invalid_argument("which must be 'grads' or 'params'");
     binding_.check();

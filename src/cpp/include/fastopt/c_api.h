@@ -22,7 +22,7 @@ typedef enum fastopt_status {
   FASTOPT_ERROR_RUNTIME = 3    /* the engine cannot go on (out of memory, threads, a step count at 2**63 - 1) */
 } fastopt_status;
 
-#define FASTOPT_ABI_VERSION 1
+#define FASTOPT_ABI_VERSION 2 /* 2: fastopt_param gained remainder, compensation, stochastic_rounding */
 int32_t fastopt_abi_version(void); /* FASTOPT_ABI_VERSION of the library linked */
 
 typedef enum fastopt_dtype {
@@ -124,7 +124,8 @@ fastopt_status fastopt_set_seed(fastopt_optimizer* opt, uint64_t seed);
 fastopt_status fastopt_get_steps(const fastopt_optimizer* opt, int64_t* steps, int32_t num_groups);
 fastopt_status fastopt_set_steps(fastopt_optimizer* opt, const int64_t* steps, int32_t num_groups);
 
-/* Per param: the sum of squares of its grad (of its fp32 value: the master where it has one)
+/* Per param: the sum of squares of its grad (of its fp32 value: the master where it has one; a
+ * param with a remainder: its bfloat16 half)
  * in the canonical order of fastopt/reduce.h, and its count of inf/NaN elements (num_params
  * values in each array; either may be NULL). */
 fastopt_status fastopt_grad_sumsq(const fastopt_optimizer* opt, double* sums, int64_t* nonfinite);

@@ -77,7 +77,7 @@ FASTOPT_HD L load_value(const TensorSlot& t, int64_t i) {
 template <class L, class P>
 FASTOPT_HD void store_stochastic(const TensorSlot& t, int64_t i, L p, uint64_t round_key) {
   if constexpr (std::is_same_v<P, bf16> || std::is_same_v<P, f16>) {
-    float v[lane_width<L>];
+    alignas(16) float v[lane_width<L>];  // (the CUDA lane stores 16 bytes at a time)
     store(v, p);
     const uint64_t key = random::tensor_key(round_key, uint64_t(t.tensor));
     P* param = static_cast<P*>(t.param);

@@ -34,6 +34,7 @@ __device__ __forceinline__ Pack8 vmax(const Pack8& a, const Pack8& b) { FASTOPT_
 __device__ __forceinline__ Pack8 vmin(const Pack8& a, const Pack8& b) { FASTOPT_PACK_OP(vmin(a.v[k], b.v[k])) }
 __device__ __forceinline__ Pack8 vabs(const Pack8& a) { FASTOPT_PACK_OP(vabs(a.v[k])) }
 __device__ __forceinline__ Pack8 vsign(const Pack8& a) { FASTOPT_PACK_OP(vsign(a.v[k])) }
+__device__ __forceinline__ Pack8 vfinite_or(const Pack8& a, const Pack8& b) { FASTOPT_PACK_OP(vfinite_or(a.v[k], b.v[k])) }
 #undef FASTOPT_PACK_OP
 __device__ __forceinline__ int count_nonfinite(const Pack8& a) {
   int n = 0;

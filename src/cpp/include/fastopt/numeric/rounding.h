@@ -13,6 +13,7 @@
 #include <cstdint>
 
 #include "fastopt/numeric/convert.h"
+#include "fastopt/numeric/scalar.h"
 #include "fastopt/platform.h"
 
 namespace fastopt {
@@ -52,14 +53,15 @@ FASTOPT_HD f16 f16_stochastic(float x, uint32_t r) {
 // (10^4 updates of 2^-13.3 from 1.0 end 2 ulps from the exact 2.0: tests/test_rounding.py).
 // For any lane type L (the scalar lane, or a vector lane whose bf16 load and store are exact
 // widening and rounding to nearest even): the rounded param is read back from where it was
-// just stored.
+// just stored. Where the sum is not finite (an inf or NaN param or value) the param takes the
+// value as the other modes do, and the compensation restarts at 0.
 template <class L>
 FASTOPT_HD void kahan_store(bf16* p, bf16* c, L value) {
   const L old = load(p, Lane<L>{});
   const L change = (value - old) + load(c, Lane<L>{});
-  store(p, old + change);
+  store(p, vfinite_or(old + change, value));
   const L next = load(p, Lane<L>{});
-  store(c, change - (next - old));
+  store(c, vfinite_or(change - (next - old), L(0.0f)));
 }
 
 FASTOPT_HD void kahan_bf16(float value, bf16& p, bf16& c) { kahan_store(&p, &c, value); }

@@ -51,6 +51,8 @@ FASTOPT_HD float vabs(float a) {
 
 // 1 where a is infinite or NaN, else 0 (a - a is 0 exactly for every finite a).
 FASTOPT_HD int count_nonfinite(float a) { return !(a - a == 0.0f); }
+// a where a is finite, else b.
+FASTOPT_HD float vfinite_or(float a, float b) { return a - a == 0.0f ? a : b; }
 
 // acc + x^2 in double (fastopt/reduce.h): the square is exact, so the add is the one rounding,
 // as in fma(x, x, acc), whether or not the compiler contracts the two.

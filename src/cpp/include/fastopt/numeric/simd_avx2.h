@@ -28,6 +28,10 @@ FASTOPT_HD int count_nonfinite(VecAvx2 a) {
   const __m256 d = _mm256_sub_ps(a.v, a.v);
   return __builtin_popcount(unsigned(_mm256_movemask_ps(_mm256_cmp_ps(d, _mm256_setzero_ps(), _CMP_NEQ_UQ))));
 }
+FASTOPT_HD VecAvx2 vfinite_or(VecAvx2 a, VecAvx2 b) {
+  const __m256 finite = _mm256_cmp_ps(_mm256_sub_ps(a.v, a.v), _mm256_setzero_ps(), _CMP_EQ_OQ);
+  return _mm256_blendv_ps(b.v, a.v, finite);
+}
 FASTOPT_HD VecAvx2 vsign(VecAvx2 a) {
   const __m256 zero = _mm256_setzero_ps();
   const __m256 r = _mm256_blendv_ps(a.v, _mm256_set1_ps(1.0f), _mm256_cmp_ps(a.v, zero, _CMP_GT_OQ));

@@ -24,6 +24,10 @@ FASTOPT_HD VecAvx512 vsqrt(VecAvx512 a) { return _mm512_sqrt_ps(a.v); }
 FASTOPT_HD VecAvx512 vmax(VecAvx512 a, VecAvx512 b) { return _mm512_max_ps(a.v, b.v); }
 FASTOPT_HD VecAvx512 vmin(VecAvx512 a, VecAvx512 b) { return _mm512_min_ps(a.v, b.v); }
 FASTOPT_HD VecAvx512 vabs(VecAvx512 a) { return _mm512_abs_ps(a.v); }
+FASTOPT_HD VecAvx512 vfinite_or(VecAvx512 a, VecAvx512 b) {
+  const __mmask16 finite = _mm512_cmp_ps_mask(_mm512_sub_ps(a.v, a.v), _mm512_setzero_ps(), _CMP_EQ_OQ);
+  return _mm512_mask_blend_ps(finite, b.v, a.v);
+}
 FASTOPT_HD int count_nonfinite(VecAvx512 a) {
   const __m512 d = _mm512_sub_ps(a.v, a.v);
   return __builtin_popcount(unsigned(_mm512_cmp_ps_mask(d, _mm512_setzero_ps(), _CMP_NEQ_UQ)));
