@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import fastopt
+from fastopt.binding import Keeps
 from registry import CASES, bits, grad_steps, random_params, refill, supported_isas
 from registry import isa_switch  # noqa: F401  (a fixture)
 
@@ -140,4 +141,4 @@ def test_kahan_refusals():
     ]
     for param, comp, message in cases:
         with pytest.raises(core.TensorError, match=message):
-            core.Group("sgd", [param], [g], [None], [None], [comp], [False], [[]], [1])
+            core.Group("sgd", [param], [g], Keeps([None], [None], [comp], [False], [[]], [False]), [[]], [1])

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import fastopt
+from fastopt.binding import Keeps
 from registry import CASES, bits, grad_steps, random_params, refill, supported_isas
 from registry import isa_switch  # noqa: F401  (a fixture)
 
@@ -127,6 +128,6 @@ def test_the_binding_checks_remainders():
     ]
     for param, master, remainder, message in cases:
         with pytest.raises(core.TensorError, match=message):
-            core.Group("sgd", [param], [g], [master], [remainder], [None], [False], [[]], [1])
+            core.Group("sgd", [param], [g], Keeps([master], [remainder], [None], [False], [[]], [False]), [[]], [1])
     with pytest.raises(core.TensorError, match="param 0: dtype uint16"):
-        core.Group("sgd", [np.zeros(4, np.uint16)], [g], [None], [None], [None], [False], [[]], [1])
+        core.Group("sgd", [np.zeros(4, np.uint16)], [g], Keeps.none(1), [[]], [1])

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import fastopt
+from fastopt.binding import Keeps
 from registry import CASES, bits, grad_steps, random_params, refill, supported_isas
 from registry import isa_switch  # noqa: F401  (a fixture)
 
@@ -53,7 +54,7 @@ def test_the_seed_decides_the_bits():
     assert np.mean(a[1] != c[1]) > 0.05  # (each rounding differs with probability ~ p(1-p))
     with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*64\), got -1"):
         fastopt.AdamW([np.zeros(2, ml_dtypes.bfloat16)], [np.zeros(2, np.float32)], master_weights="stochastic", seed=-1)
-    with pytest.raises(ValueError, match="seed is the seed of master_weights='stochastic'"):
+    with pytest.raises(ValueError, match="seed is the seed of stochastic rounding"):
         fastopt.AdamW([np.zeros(2, ml_dtypes.bfloat16)], [np.zeros(2, np.float32)], master_weights=True, seed=5)
     fastopt.AdamW([np.zeros(2, ml_dtypes.bfloat16)], [np.zeros(2, np.float32)], master_weights="stochastic",
                   seed=np.uint64(2 ** 63))
@@ -115,9 +116,9 @@ def test_refusals():
     bf, g = np.zeros(4, ml_dtypes.bfloat16), np.zeros(4, np.float32)
     message = "param 0: stochastic rounding is for float16/bfloat16 params without master weights"
     with pytest.raises(core.TensorError, match=message):
-        core.Group("sgd", [np.zeros(4, np.float32)], [g], [None], [None], [None], [True], [[]], [1])
+        core.Group("sgd", [np.zeros(4, np.float32)], [g], Keeps([None], [None], [None], [True], [[]], [False]), [[]], [1])
     with pytest.raises(core.TensorError, match=message):
-        core.Group("sgd", [bf], [g], [np.zeros(4, np.float32)], [None], [None], [True], [[]], [1])
+        core.Group("sgd", [bf], [g], Keeps([np.zeros(4, np.float32)], [None], [None], [True], [[]], [False]), [[]], [1])
     import torch
     import fastopt.torch as drop_in
     with pytest.raises(ValueError, match="master_weights='stochastic' is not yet supported by fastopt.torch"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 from . import _core
@@ -31,11 +32,12 @@ def library(a: Any) -> str:
     return root if root in ("torch", "cupy") else "other"
 
 
-def state_like(param: Any, name: str, dtype: str = "float32") -> Any:
-    """A zeroed array (float32, or uint16 for a remainder) with the shape of ``param``, on its
-    device: a PyTorch tensor for a PyTorch param, a CuPy array for a CuPy one, else a 64-byte
-    aligned NumPy array."""
-    shape, _, _ = _core.describe(param, name)
+def state_like(param: Any, name: str, dtype: str = "float32", shape: tuple[int, ...] | None = None) -> Any:
+    """A zeroed array of ``dtype`` with the shape of ``param`` (or ``shape``), on its device: a
+    PyTorch tensor for a PyTorch param, a CuPy array for a CuPy one, else a 64-byte aligned
+    NumPy array."""
+    if shape is None:
+        shape = _core.describe(param, name)[0]
     kind, dev = _core.device_of(param)
     lib = library(param)
     if kind == _CPU and lib != "torch":
@@ -45,6 +47,9 @@ def state_like(param: Any, name: str, dtype: str = "float32") -> Any:
         return torch.zeros(tuple(shape), dtype=getattr(torch, dtype), device=param.device)
     if lib == "cupy":
         import cupy
+        if dtype == "bfloat16":
+            raise TypeError(f"{name}: CuPy has no bfloat16 arrays; use PyTorch tensors for bfloat16 state "
+                            "or compensations")
         with cupy.cuda.Device(dev):
             return cupy.zeros(tuple(shape), dtype=dtype)
     raise TypeError(f"{name}: fastopt allocates the state of GPU params with PyTorch or CuPy, and "
@@ -113,9 +118,13 @@ def copy(a: Any) -> Any:
 
 
 def to_host(a: Any) -> np.ndarray:
-    """``a`` as a NumPy array (copied from the GPU where it lives there)."""
+    """``a`` as a NumPy array (copied from the GPU where it lives there; a bfloat16 tensor as an
+    ml_dtypes.bfloat16 array)."""
     lib = library(a)
     if lib == "torch":
+        import torch
+        if a.dtype == torch.bfloat16:  # (NumPy has no bfloat16 of its own: through its bits)
+            return a.detach().cpu().view(torch.int16).numpy().view(ml_dtypes.bfloat16)
         return a.detach().cpu().numpy()
     if lib == "cupy":
         return a.get()
@@ -127,7 +136,11 @@ def assign(dst: Any, src: np.ndarray) -> None:
     lib = library(dst)
     if lib == "torch":
         import torch
-        dst.copy_(torch.from_numpy(np.array(src, order="C")))  # (0-d stays 0-d)
+        host = np.array(src, order="C")
+        if host.dtype == ml_dtypes.bfloat16:  # (torch reads no ml_dtypes array: through its bits)
+            dst.view(torch.int16).copy_(torch.from_numpy(host.view(np.int16)))
+        else:
+            dst.copy_(torch.from_numpy(host))  # (0-d stays 0-d)
     elif lib == "cupy":
         dst.set(np.array(src, order="C"))
     else:

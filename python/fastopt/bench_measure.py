@@ -13,6 +13,7 @@ import ml_dtypes
 import numpy as np
 
 from . import _core
+from .binding import Keeps
 
 DTYPES: dict[str, np.dtype] = {
     "float32": np.dtype(np.float32),
@@ -212,8 +213,9 @@ def probe_step(streams: Sequence[Stream], size: int) -> Callable[[], None]:
     math). Filled, not zeroed: untouched zero pages would let reads come from cache."""
     arrays = {s.name: np.ones(size, s.dtype) for s in streams}
     names = [s.name for s in streams if s.name not in ("param", "grad", "master")]
-    group = _core.Group("probe", [arrays["param"]], [arrays["grad"]], [arrays.get("master")], [None], [None], [False],
-                        [[arrays[n] for n in names]], [1])
+    keeps = Keeps.none(1)
+    keeps.masters = [arrays.get("master")]
+    group = _core.Group("probe", [arrays["param"]], [arrays["grad"]], keeps, [[arrays[n] for n in names]], [1])
     return group.probe
 
 

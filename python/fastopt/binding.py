@@ -10,6 +10,7 @@ import numpy as np
 
 from . import _core
 from ._arrays import fill, master_copy, state_like
+from .storage import absmax_blocks, absmax_name
 from .schedules import Schedule
 
 
@@ -18,50 +19,54 @@ class Keeps:
     """How each param's fp32 value is kept beside it, by param index (None where it is not):
     fp32 master weights, uint16 remainders (the master's low halves), bfloat16 Kahan
     compensations; or whether it is rounded stochastically (see ``master_weights`` of
-    :class:`~fastopt.Optimizer`)."""
+    :class:`~fastopt.Optimizer`). And how its state is kept, where not in float32 arrays (see
+    ``state_precision``): the float32 absmax arrays of 8-bit state ([] for none), and whether
+    bfloat16 state rounds stochastically."""
 
     masters: list
     remainders: list
     compensations: list
     stochastic: list
+    absmaxes: list
+    state_stochastic: list
 
     @classmethod
     def none(cls, n: int) -> "Keeps":
-        return cls([None] * n, [None] * n, [None] * n, [False] * n)
+        return cls([None] * n, [None] * n, [None] * n, [False] * n, [[] for _ in range(n)], [False] * n)
 
 
 class Binding:
     """The binding side of :class:`~fastopt.Optimizer` (its arrays and its engine group).
     Every array the optimizer owns is allocated here."""
 
-    def _keeps(self, master_weights: bool | str) -> Keeps:
-        """With ``master_weights=True`` an exact fp32 copy of each float16/bfloat16 param; with
-        ``"remainder"`` a zeroed uint16 remainder for each bfloat16 param (its master is exactly
-        the param then); with ``"kahan"`` a zeroed bfloat16 compensation for each bfloat16 param;
-        with ``"stochastic"`` each float16/bfloat16 param rounds stochastically."""
-        if master_weights not in (True, False, "remainder", "kahan", "stochastic"):
-            raise ValueError("master_weights must be True, False, 'remainder', 'kahan' or 'stochastic', "
-                             f"got {master_weights!r}")
-        dtypes = [_core.describe(p, f"param {i}")[1] for i, p in enumerate(self._params)]
-        keeps = Keeps.none(len(dtypes))
-        if master_weights in (True, False):
-            stream = self._engine.stream(None, self._params[0]) if self._engine.is_cuda else 0
-            keeps.masters = [self._new_master(i, stream) if master_weights and d != "float32" else None
-                             for i, d in enumerate(dtypes)]
-            return keeps
-        if self._engine.is_cuda:
-            raise ValueError(f"master_weights={master_weights!r} runs on the CPU engine only so far")
-        if master_weights == "stochastic":
-            keeps.stochastic = [d != "float32" for d in dtypes]
-            return keeps
-        for i, d in enumerate(dtypes):
-            if d == "float16":
-                raise ValueError(f"param {i}: master_weights={master_weights!r} is for bfloat16 params; this param "
-                                 "is float16: use master_weights=True")
-        dtype = "uint16" if master_weights == "remainder" else "bfloat16"
-        arrays = [state_like(self._params[i], f"param {i}", dtype) if d == "bfloat16" else None
-                  for i, d in enumerate(dtypes)]
-        setattr(keeps, "remainders" if master_weights == "remainder" else "compensations", arrays)
+    def _keeps(self) -> Keeps:
+        """Per param, by its group's ``master_weights``: with True an exact fp32 copy of each
+        float16/bfloat16 param; with ``"remainder"`` a zeroed uint16 remainder for each bfloat16
+        param (its master is exactly the param then); with ``"kahan"`` a zeroed bfloat16
+        compensation for each bfloat16 param; with ``"stochastic"`` each float16/bfloat16 param
+        rounds stochastically. Float32 params keep nothing. Where the group's
+        ``state_precision`` is ``"bfloat16_stochastic"`` its state rounds stochastically (the
+        absmax arrays of 8-bit state are bound with the state: _bind)."""
+        n = len(self._params)
+        keeps = Keeps.none(n)
+        stream = self._engine.stream(None, self._params[0]) if self._engine.is_cuda and n else 0
+        for i, p in enumerate(self._params):
+            mode = self._storage[self._group_of[i]].master_weights
+            keeps.state_stochastic[i] = self._storage[self._group_of[i]].state_precision == "bfloat16_stochastic"
+            dtype = _core.describe(p, f"param {i}")[1]
+            if dtype == "float32" or mode is False:
+                continue
+            if mode is True:
+                keeps.masters[i] = self._new_master(i, stream)
+            elif mode == "stochastic":
+                keeps.stochastic[i] = True
+            elif dtype == "float16":
+                raise ValueError(f"param {i}: master_weights={mode!r} is for bfloat16 params; this param is "
+                                 "float16: use master_weights=True")
+            elif mode == "remainder":
+                keeps.remainders[i] = state_like(p, f"param {i}", "uint16")
+            else:
+                keeps.compensations[i] = state_like(p, f"param {i}", "bfloat16")
         return keeps
 
     def _new_master(self, i: int, stream: int):
@@ -69,10 +74,19 @@ class Binding:
         return master_copy(self._params[i], f"param {i}", stream)
 
     def _new_state(self, i: int, name: str):
-        """A fresh state array ``name`` for param i, at its initial value."""
-        a = state_like(self._params[i], f"param {i}")
+        """A fresh state array ``name`` for param i, at its initial value, in its group's
+        state_precision (8-bit state: its absmax array too, in self._state[i], all zero: each
+        element reads 0)."""
+        storage = self._storage[self._group_of[i]]
+        a = state_like(self._params[i], f"param {i}", storage.state_dtype)
         value = self._initial_value(name, self._group_of[i])
-        if value != 0:
+        if storage.quantized:
+            if value != 0:  # (Adagrad alone starts elsewhere, and it keeps no 8-bit state)
+                raise ValueError(f"{type(self).__name__} cannot keep 8-bit state")
+            numel = int(np.prod(_core.describe(self._params[i], f"param {i}")[0], dtype=np.int64))
+            self._state[i][absmax_name(name)] = state_like(self._params[i], f"param {i}", "float32",
+                                                           (absmax_blocks(numel),))
+        elif value != 0:
             fill(a, value)
         return a
 
@@ -167,13 +181,14 @@ class Binding:
             self._steps = self._device_steps()  # the new group starts from the old one's counts
             if self._captured:  # a graph captured before may replay the old group: keep its device memory
                 self._retired.append(self._core)
-        self._core = self._engine.bind(
-            self.rule, self._params, self._grads, self._kept,
-            [[self._state[i][n] for n in self.state_names[: need[j]]] for i, j in enumerate(self._group_of)],
-            self._group_sizes)
+        names = [self.state_names[: need[j]] for j in self._group_of]
+        self._kept.absmaxes = [[self._state[i][absmax_name(n)] for n in names[i]]
+                               if self._storage[self._group_of[i]].quantized else [] for i in range(len(names))]
+        self._core = self._engine.bind(self.rule, self._params, self._grads, self._kept,
+                                       [[self._state[i][n] for n in names[i]] for i in range(len(names))],
+                                       self._group_sizes)
         self._bound_states = need
-        if not self._engine.is_cuda:
-            self._core.set_seed(self._seed)
+        self._core.set_seed(self._seed)
         if self._engine.is_cuda:  # the kernels count steps on the device
             self._core.set_steps(self._steps, self._cuda_stream())
 

@@ -12,6 +12,7 @@ import numpy as np
 from . import _core
 from ._arrays import assign, copy, fill, library, master_copy, to_host
 from .hyperparams import Array
+from .storage import absmax_blocks, absmax_name
 
 
 class Checkpoints:
@@ -32,6 +33,8 @@ class Checkpoints:
         return self._alone("state_dict", self._state_dict)
 
     def _state_dict(self) -> dict[str, Any]:
+        # (State is saved as stored: bfloat16 arrays, or 8-bit codes with their absmax arrays,
+        # so that a resumed run continues bit for bit.)
         if self._engine.is_cuda:
             self._steps = self._device_steps()
         state: dict[int, dict[str, Any]] = {}
@@ -49,7 +52,7 @@ class Checkpoints:
             groups.append({**g, "params": list(range(first, first + n))})
             first += n
         out = {"state": state, "param_groups": groups}
-        if any(self._kept.stochastic):
+        if any(s.random for s in self._storage):
             out["seed"] = self._seed  # (stochastic rounding resumes with the same bits)
         return out
 
@@ -59,9 +62,11 @@ class Checkpoints:
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restores a :meth:`state_dict`. Everything is validated before anything changes:
-        the groups and their params, every array's shape and dtype (float32), step counts
-        (integers >= 0, equal within a group), and that every state array a resumed step
-        needs is present. State absent from a checkpoint at step 0 is reset to zero."""
+        the groups and their params, every array's shape and dtype (float32 state, or as the
+        group's ``state_precision`` stores it: bfloat16, or uint8 codes with float32 absmax
+        arrays; master weights and Kahan compensations in float32), step counts (integers >= 0,
+        equal within a group), and that every state array a resumed step needs is present.
+        State absent from a checkpoint at step 0 is reset to zero."""
         self._alone("load_state_dict", self._load_state_dict, state_dict)
 
     def _load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
@@ -98,7 +103,10 @@ class Checkpoints:
                 raise ValueError(f"param group {j}: params have different step counts {sorted(group_steps)}")
             step = group_steps.pop()
             for i, got in zip(range(first, first + n), group_arrays):
-                missing = [s for s in self._required_state(hyper, step) if s not in got]
+                required = self._required_state(hyper, step)
+                if self._storage[j].quantized:
+                    required += tuple(absmax_name(s) for s in required)
+                missing = [s for s in required if s not in got]
                 if missing:
                     raise ValueError(f"param {i}: state_dict lacks {', '.join(missing)} at step {step}")
             self._check_loaded(j, group_arrays)
@@ -111,8 +119,7 @@ class Checkpoints:
             raise ValueError(f"state_dict's seed must be an integer in [0, 2**64), got {seed!r}")
         # Validated: now commit.
         self._seed = int(seed)
-        if not self._engine.is_cuda:
-            self._core.set_seed(self._seed)
+        self._core.set_seed(self._seed)
         for g, merged in zip(self.param_groups, merged_groups):
             dict.update(g, merged)
         created = False
@@ -128,8 +135,9 @@ class Checkpoints:
                     comp = self._kept.compensations[i]
                     assign(comp, a if library(comp) == "torch" else a.astype(ml_dtypes.bfloat16))
                     continue
-                if name not in self._state[i]:
-                    self._state[i][name] = self._new_state(i, name)
+                base = next((s for s in self.state_names if name == absmax_name(s)), name)
+                if base not in self._state[i]:  # (with its absmax array, for 8-bit state)
+                    self._state[i][base] = self._new_state(i, base)
                     created = True
                 assign(self._state[i][name], a)
             for name, a in self._state[i].items():
@@ -146,18 +154,27 @@ class Checkpoints:
     def _loaded_arrays(self, i: int, entry: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Param i's arrays from a checkpoint entry, each checked for name, dtype and shape."""
         shape = tuple(_core.describe(self._params[i], f"param {i}")[0])
+        storage = self._storage[self._group_of[i]]
+        expected = {name: (storage.state_dtype, shape) for name in self.state_names}
+        if storage.quantized:
+            blocks = absmax_blocks(int(np.prod(shape, dtype=np.int64)))
+            expected.update({absmax_name(name): ("float32", (blocks,)) for name in self.state_names})
+        expected.update({"master_param": ("float32", shape), "kahan_compensation": ("float32", shape)})
         got = {}
         for name, value in entry.items():
-            if name not in self.state_names and name not in ("master_param", "kahan_compensation"):
+            if name not in expected:
                 raise ValueError(f"param {i}: unknown state '{name}'")
             if name == "kahan_compensation" and self._kept.compensations[i] is None:
                 raise ValueError(f"param {i}: state_dict has a Kahan compensation, this optimizer none")
             if name == "master_param" and self._masters[i] is None and self._kept.remainders[i] is None:
                 raise ValueError(f"param {i}: state_dict has master weights, this optimizer none")
             a = to_host(value)
-            if a.dtype != np.float32 or a.shape != shape:
+            dtype, want = expected[name]
+            if a.dtype != np.dtype(dtype) or a.shape != want:
+                why = "" if name in ("master_param", "kahan_compensation") else \
+                    f" (state_precision={storage.state_precision!r})"
                 raise ValueError(f"param {i}: state '{name}' is {a.dtype}{list(a.shape)}, "
-                                 f"expected float32{list(shape)}")
+                                 f"expected {dtype}{list(want)}{why}")
             got[name] = a
         if (self._masters[i] is not None or self._kept.remainders[i] is not None) and "master_param" not in got:
             raise ValueError(f"param {i}: state_dict lacks its master weights")

@@ -31,8 +31,7 @@ class Engine:
         """A bound group (validates every tensor; raises TensorError naming the bad one). The
         state arrays of each param are in the order of ``_core.state_names[rule]``."""
         module = self._module if self.is_cuda else _core
-        return module.Group(rule, list(params), list(grads), list(keeps.masters), list(keeps.remainders),
-                            list(keeps.compensations), list(keeps.stochastic), list(states), list(group_sizes))
+        return module.Group(rule, list(params), list(grads), keeps, list(states), list(group_sizes))
 
     def rebind_grads(self, group: Any, grads: Sequence, like: Any) -> None:
         """Binds new grad tensors into a bound group, where they are not the bound ones (on CUDA

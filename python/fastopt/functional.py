@@ -46,7 +46,8 @@ class BoundStep:
         self._like = params[0] if n else None
         self._engine = engine_for(self._like)
         self._bound = names
-        keeps = Keeps(list(masters), [None] * n, [None] * n, [False] * n)
+        keeps = Keeps.none(n)
+        keeps.masters = list(masters)
         self._group = self._engine.bind(cls.rule, list(params), list(grads), keeps,
                                         [[s[i] for s in states] for i in range(n)], [n])
         self._group.watch_state()  # the state is the caller's: checked before each step as the params

@@ -17,6 +17,7 @@ from .engine import engine_for
 from .hyperparams import Array, HyperParams, ParamGroup, betas, flag, real, split_groups
 from .results import Diagnostics, StepResult
 from .step_options import StepOptions
+from .storage import Storage, check_storage
 
 __all__ = ["Optimizer", "ParamGroup", "StepResult", "Diagnostics", "real", "flag", "betas"]
 
@@ -61,9 +62,25 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
             random bits fixed by ``seed``, the step count and the param's index (2 bytes per
             param: the same bits on every CPU target and thread count, and after a checkpoint).
             float32 params need none.
-        seed: the seed of ``master_weights="stochastic"`` (an integer in [0, 2**64); default 0:
-            optimizers with the same seed round their params of the same index with the same
-            bits). Checkpoints carry it (``state_dict()["seed"]``), and loading one sets it.
+        state_precision: how the state arrays (moments, buffers) are stored; each step loads
+            them, computes in float32 and stores them back. ``"float32"`` (default; 4 bytes per
+            element); ``"bfloat16"`` (rounded to nearest even, 2 bytes); ``"bfloat16_stochastic"``
+            (rounded stochastically with ``seed``'s bits: unbiased, so EMAs of tiny increments
+            keep moving; 2 bytes); ``"8bit"``: block-wise 8-bit state (Dettmers et al. 2022,
+            "8-bit Optimizers via Block-wise Quantization"): each state array is cut into blocks of
+            2048 elements, each with a float32 absmax (its array named ``<state>_absmax`` beside
+            the uint8 codes), every element the nearest value of the dynamic map times its block's
+            absmax (the unsigned map for state that is never negative: second moments); about
+            1 byte per element. Not for Adagrad (its state is a running sum: increments below the
+            8-bit resolution would vanish). As bitsandbytes advises, small tensors (biases,
+            norms) lose most to quantization: give them a param group of their own with
+            ``"float32"``.
+        Both ``master_weights`` and ``state_precision`` may also be set per param group (keys of a
+            param-group dict), fixed at construction.
+        seed: the seed of stochastic rounding (``master_weights="stochastic"``,
+            ``state_precision="bfloat16_stochastic"``; an integer in [0, 2**64); default 0:
+            optimizers with the same seed round the same arrays of the same param index with the
+            same bits). Checkpoints carry it (``state_dict()["seed"]``), and loading one sets it.
         max_grad_norm: clip by global norm, as ``torch.nn.utils.clip_grad_norm_`` (norm 2) before
             each step: when the grads' global L2 norm exceeds it, every grad is scaled by
             ``max_grad_norm / (norm + 1e-6)``. Folded into the update (one norm pass, then the
@@ -138,7 +155,8 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
     defaults: dict[str, Any]
 
     def __init__(self, params: Sequence[Array] | Sequence[Mapping[str, Any]],
-                 grads: Sequence[Array] | None = None, *, master_weights: bool | str = False, seed: int = 0,
+                 grads: Sequence[Array] | None = None, *, master_weights: bool | str = False,
+                 state_precision: str = "float32", seed: int = 0,
                  max_grad_norm: float | None = None, clip_value: float | None = None,
                  skip_nonfinite: bool = False, report_grad_norm: bool = False, diagnostics: bool = False,
                  capturable: bool = False, **defaults: Any):
@@ -152,6 +170,10 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
         self.defaults.update(defaults)
         self._hyper_at(self.defaults, 0)
         raw_groups = split_groups(params, grads)
+        check_storage(master_weights, state_precision)
+        self._storage: list[Storage] = [  # per group
+            check_storage(values.pop("master_weights", master_weights), values.pop("state_precision", state_precision),
+                          f"param group {j}") for j, (values, _, _) in enumerate(raw_groups)]
         self.param_groups: list[ParamGroup] = []
         for j, (values, _, _) in enumerate(raw_groups):
             for k in values:
@@ -180,11 +202,12 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
         # is allocated or written.
         self._engine.bind(self.rule, self._params, self._grads, Keeps.none(len(self._params)),
                           [[] for _ in self._params], self._group_sizes)
-        self._kept = self._keeps(master_weights)
+        self._kept = self._keeps()
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**64:
             raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
-        if seed and master_weights != "stochastic":
-            raise ValueError("seed is the seed of master_weights='stochastic'")
+        if seed and not any(s.random for s in self._storage):
+            raise ValueError("seed is the seed of stochastic rounding (master_weights='stochastic' or "
+                             "state_precision='bfloat16_stochastic')")
         self._seed = int(seed)
         self._masters: list[Array | None] = self._kept.masters
         self._state: list[dict[str, Array]] = [{} for _ in self._params]

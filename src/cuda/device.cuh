@@ -100,7 +100,7 @@ __device__ __forceinline__ void with_dtype(DType d, F&& f) {
 
 // For every task of the group, one warp sums the squares of K values per element in reduce.h's
 // order and stores the block's sums and non-finite count in tb.task_sums / tb.task_bad.
-// make(slot, t, Tag<P>{}) returns a callable f(i, float (&v)[K]) -> non-finite count
+// make(slot, t, Tag<P>{}, task) returns a callable f(i, float (&v)[K]) -> non-finite count
 // that fills v for element i of tensor t (made once per task: the param dtype's dispatch stays
 // out of the loop; the grad's is load_grad's uniform branch).
 template <int K, class F>
@@ -112,7 +112,7 @@ __device__ void task_sums(const Group::Tables& tb, F&& make) {
     const Range task = tb.tasks[w];
     const TensorSlot t = tb.slots[task.slot];
     with_dtype(t.param_dtype, [&](auto p) {
-      auto f = make(task.slot, t, p);
+      auto f = make(task.slot, t, p, task);
       double lo[K], hi[K];
       int bad = 0;
       for (int k = 0; k < K; ++k) lo[k] = hi[k] = 0.0;

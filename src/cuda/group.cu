@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "fastopt/numeric/quantize8.h"
 #include "fastopt/step_control.h"
 #include "device.cuh"
 #include "group.h"
@@ -17,7 +18,7 @@ namespace {
 // The grad norm pass: per block of reduce.h, the sum of squares and the non-finite count of
 // the raw grads (the CPU's sumsq).
 __global__ void __launch_bounds__(kThreads) grad_sums_kernel(Group::Tables tb) {
-  task_sums<1>(tb, [](int32_t, const TensorSlot& t, auto) {
+  task_sums<1>(tb, [](int32_t, const TensorSlot& t, auto, Range) {
     return [&t](int64_t i, float (&v)[1]) {
       v[0] = load_grad<float>(t, i);
       return count_nonfinite(v[0]);
@@ -204,7 +205,8 @@ Group::Group(RuleId rule, const std::vector<TensorSlot>& slots, int device, int 
   auto tables = std::make_unique<Tables>();
   Tables& tb = *tables;
   Arena& mem = *arena;
-  tb.slots = mem.upload(slots);
+  maps_ = mem.upload(std::vector<quant::Tables>{quant::tables(true), quant::tables(false)});
+  tb.slots = mem.upload(on_device(slots));
   tb.num_tensors = num_tensors_;
   tb.chunks = mem.upload(chunks);
   tb.num_chunks = num_chunks_;
@@ -313,12 +315,22 @@ void Group::update_loss_scale(float* scale, int32_t* clean_steps, int32_t* floor
   check(cudaGetLastError(), "loss scale kernel launch");
 }
 
+std::vector<TensorSlot> Group::on_device(std::vector<TensorSlot> slots) const {
+  for (TensorSlot& t : slots) {
+    for (int k = 0; k < kMaxState; ++k) {
+      if (t.quant[k]) t.quant[k] = t.quant[k]->is_signed ? maps_ : maps_ + 1;
+    }
+  }
+  return slots;
+}
+
 void Group::set_grads(const std::vector<TensorSlot>& slots, void* stream) {
   if (int64_t(slots.size()) != num_tensors_) throw std::invalid_argument("set_grads: one slot per bound tensor");
   DeviceGuard guard(device_);
   // The whole table (grads are interleaved with the rest); pageable memory is staged by the
   // driver, so `slots` may go once this returns.
-  check(cudaMemcpyAsync(tables_->slots, slots.data(), sizeof(TensorSlot) * slots.size(), cudaMemcpyHostToDevice,
+  const std::vector<TensorSlot> device_slots = on_device(slots);
+  check(cudaMemcpyAsync(tables_->slots, device_slots.data(), sizeof(TensorSlot) * slots.size(), cudaMemcpyHostToDevice,
                         static_cast<cudaStream_t>(stream)),
         "set_grads");
 }

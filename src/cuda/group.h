@@ -30,8 +30,11 @@ struct StepArgs {
   // Every grad is multiplied by the unscale factor, then by the clip-by-norm coefficient, then
   // clamped to +-transform.clip_value when > 0. The factor is transform.scale, or, when
   // loss_scale is set, float(1 / double(*loss_scale)) (a float32 on the device).
-  GradTransform transform;
+  GradTransform transform;  // (its round_key is made on the device, from seed and round_step)
   const float* loss_scale = nullptr;
+  // Stochastic rounding draws the bits of step round_step (0: the largest device count + 1).
+  uint64_t seed = 0;
+  int64_t round_step = 0;
   bool lr_on_device = false;  // capturable: each group's lr from lr_device(), not its Hyper
   // The grad norm pass: per-tensor sums of squares and non-finite counts of the raw grads, in
   // the canonical order of fastopt/reduce.h, then the global norm (times the unscale factor).
@@ -111,6 +114,10 @@ class Group {
   void* skip_event_ = nullptr;    // cudaEvent_t recorded after its copy
   mutable bool skip_pending_ = false;
   int64_t* steps_ = nullptr;   // device: one per group
+  const quant::Tables* maps_ = nullptr;  // device: the signed and the unsigned 8-bit map
+
+  // `slots` as the kernels read them: their 8-bit maps the device's.
+  std::vector<TensorSlot> on_device(std::vector<TensorSlot> slots) const;
 };
 
 int device_count();  // 0 where there is no driver or no device

@@ -24,10 +24,9 @@ cudaStream_t as_stream(uintptr_t stream) { return reinterpret_cast<cudaStream_t>
 // A group on the CUDA engine: the arrays read from Python and the optimizer over them.
 class CudaGroup {
  public:
-  CudaGroup(RuleId rule, py::sequence params, py::sequence grads, py::sequence masters, py::sequence remainders,
-           py::sequence compensations, const std::vector<bool>& stochastic, py::sequence states,
+  CudaGroup(RuleId rule, py::sequence params, py::sequence grads, py::object keeps, py::sequence states,
             const std::vector<int64_t>& group_sizes)
-      : binding_(py_intake::read(params, grads, masters, remainders, compensations, stochastic, states, group_sizes, rule, kCudaDevice)),
+      : binding_(py_intake::read(params, grads, keeps, states, group_sizes, rule, kCudaDevice)),
         opt_(rule, binding_.groups) {}
 
   // One step, enqueued on `stream`: see fastopt::CudaStepOptions. With `steps` (the step count
@@ -55,6 +54,8 @@ class CudaGroup {
     py::gil_scoped_release nogil;
     opt_.step(as_stream(stream), o);
   }
+
+  void set_seed(uint64_t seed) { opt_.set_seed(seed); }
 
   // The masters and state are the caller's too (a functional form bound once): watch them.
   void watch_state() {
@@ -140,14 +141,13 @@ PYBIND11_MODULE(_cuda, m) {
         py::arg("stream"));
 
   py::class_<CudaGroup>(m, "Group")
-      .def(py::init([](const std::string& rule, py::sequence params, py::sequence grads, py::sequence masters,
-                       py::sequence remainders, py::sequence compensations, std::vector<bool> stochastic,
+      .def(py::init([](const std::string& rule, py::sequence params, py::sequence grads, py::object keeps,
                        py::sequence states, std::vector<int64_t> group_sizes) {
-             return new CudaGroup(rule_id(rule), params, grads, masters, remainders, compensations, stochastic, states, group_sizes);
+             return new CudaGroup(rule_id(rule), params, grads, keeps, states, group_sizes);
            }),
-           py::arg("rule"), py::arg("params"), py::arg("grads"), py::arg("masters"), py::arg("remainders"),
-           py::arg("compensations"), py::arg("stochastic"), py::arg("states"),
+           py::arg("rule"), py::arg("params"), py::arg("grads"), py::arg("keeps"), py::arg("states"),
            py::arg("group_sizes"))
+      .def("set_seed", &CudaGroup::set_seed, py::arg("seed"), "The seed of stochastic rounding")
       .def("step", &CudaGroup::step, py::arg("hypers"), py::arg("stream"), py::arg("steps") = py::none(),
            py::arg("grad_scale") = 1.0, py::arg("loss_scale") = 0, py::arg("clip_value") = 0.0f,
            py::arg("capturable") = false, py::arg("grad_norm") = false, py::arg("skip_nonfinite") = false,

@@ -11,17 +11,11 @@ struct CudaOptimizer::Impl {
   api::Table table;
   cuda::Group group;
 
-  Impl(std::vector<ParamGroup> groups, RuleId rule)
-      : table(bind(std::move(groups), rule)),
-        group(table.rule, table.slots, table.device.id, int(table.hypers.size())) {}
+  uint64_t seed = 0;  // of stochastic rounding
 
-  static api::Table bind(std::vector<ParamGroup> groups, RuleId rule) {
-    api::Table t = api::bind(std::move(groups), rule, Device::kCUDA);
-    for (const TensorSlot& s : t.slots) {
-      if (s.stochastic) throw std::invalid_argument("stochastic rounding runs on the CPU engine only so far");
-    }
-    return t;
-  }
+  Impl(std::vector<ParamGroup> groups, RuleId rule)
+      : table(api::bind(std::move(groups), rule, Device::kCUDA)),
+        group(table.rule, table.slots, table.device.id, int(table.hypers.size())) {}
 };
 
 CudaOptimizer::CudaOptimizer(RuleId rule, std::vector<ParamGroup> groups)
@@ -64,9 +58,13 @@ void CudaOptimizer::step(cudaStream_t stream, const CudaStepOptions& o) {
     a.diagnostics = o.diagnostics ? o.diagnostics_out : nullptr;
     a.nonfinite = o.diagnostics ? o.nonfinite_out : nullptr;
     a.track_skip = o.track_skip;
+    a.seed = impl_->seed;
+    a.round_step = o.round_step;
     impl_->group.step(a);
   });
 }
+
+void CudaOptimizer::set_seed(uint64_t seed) { impl_->seed = seed; }
 
 RuleId CudaOptimizer::rule() const { return impl_->table.rule; }
 size_t CudaOptimizer::num_groups() const { return impl_->table.hypers.size(); }

@@ -27,6 +27,8 @@ struct RuleArgs {
   int64_t* steps;
   GradTransform transform;
   bool control;
+  uint64_t seed;
+  int64_t round_step;
 };
 #define FASTOPT_ARGS_FIT(id, T) \
   static_assert(sizeof(RuleArgs<T>) + sizeof(Group::Tables) < 4000, "kernel arguments are at most 4 KB");
@@ -39,6 +41,9 @@ template <class Rule>
 __device__ bool prologue(const RuleArgs<Rule>& a, const Group::Tables& tb, typename Rule::Coeffs* coeffs,
                          GradTransform& x) {
   x = a.transform;
+  int64_t taken = 0;  // (the CPU engine's default round step: the largest count + 1)
+  for (int j = 0; j < a.num_groups; ++j) taken = max(taken, a.steps[j]);
+  x.round_key = random::step_key(a.seed, uint64_t(a.round_step > 0 ? a.round_step : taken + 1));
   if (a.control) {
     const Control c = *tb.control;
     if (c.skip) return false;
@@ -70,6 +75,61 @@ __device__ __forceinline__ void advance_steps(int64_t* steps, int num_groups, un
   }
 }
 
+// 8-bit state on the GPU: a block's new absmax comes from a first pass that computes its new
+// state and writes nothing (next_state); the second pass applies the same updates and quantizes
+// them as they come (the CPU keeps them in scratch instead: the same codes). The new absmax is
+// written as soon as every thread has read the old one. `q` and the max of the first pass's
+// |values| as bits, per stream, for this thread's elements of [begin, end) (`stride` apart).
+template <class Rule, bool first, class P>
+__device__ void quant_first_pass(const typename Rule::Coeffs& c, const GradTransform& x, const TensorSlot& t,
+                                 int64_t begin, int64_t end, int64_t start, int stride, QuantBlock& q,
+                                 uint32_t (&bits)[kMaxState]) {
+  q.begin = begin;
+  for (int k = 0; k < kMaxState; ++k) {
+    q.values[k] = nullptr;
+    q.absmax[k] = k < t.num_state ? t.absmax[k][begin / quant::kQuantBlock] : 0.0f;
+    bits[k] = 0;
+  }
+  for (int64_t i = start; i < end; i += stride) {
+    float s[Rule::max_state];
+    next_state<Rule, first, float, P>(c, x, t, i, &q, s);
+    for (int k = 0; k < Rule::max_state; ++k) bits[k] = max(bits[k], quant::float_bits(s[k]) & 0x7fffffffu);
+  }
+}
+
+// Takes a block's new absmax (max as bits, every thread the same) into q and, from `writer`,
+// into the tensor.
+__device__ __forceinline__ void quant_new_absmax(const TensorSlot& t, QuantBlock& q, const uint32_t (&bits)[kMaxState],
+                                                 bool writer) {
+  for (int k = 0; k < kMaxState; ++k) {
+    const float m = quant::absmax_of_bits(bits[k]);
+    q.inv[k] = quant::inv_absmax(m);
+    if (writer && k < t.num_state) t.absmax[k][q.begin / quant::kQuantBlock] = m;
+  }
+}
+
+// The update over [begin, end) of a tensor with 8-bit state (begin a multiple of the block),
+// one block at a time by the whole thread block.
+template <class Rule, class P>
+__device__ void run_quantized(const typename Rule::Coeffs& c, const GradTransform& x, const TensorSlot& t,
+                              int64_t begin, int64_t end) {
+  __shared__ uint32_t block_bits[kMaxState];
+  for (int64_t b = begin; b < end; b += quant::kQuantBlock) {
+    const int64_t e = b + quant::kQuantBlock < end ? b + quant::kQuantBlock : end;
+    if (threadIdx.x < kMaxState) block_bits[threadIdx.x] = 0;
+    __syncthreads();
+    QuantBlock q;
+    uint32_t bits[kMaxState];
+    quant_first_pass<Rule, false, P>(c, x, t, b, e, b + threadIdx.x, blockDim.x, q, bits);
+    for (int k = 0; k < t.num_state; ++k) atomicMax(&block_bits[k], bits[k]);
+    __syncthreads();  // every thread has read the old absmax
+    for (int k = 0; k < kMaxState; ++k) bits[k] = block_bits[k];
+    quant_new_absmax(t, q, bits, threadIdx.x == 0);
+    for (int64_t i = b + threadIdx.x; i < e; i += blockDim.x) apply_element<Rule, float, P>(c, x, t, i, &q);
+    __syncthreads();  // block_bits is read: the next block may reset it
+  }
+}
+
 __device__ __forceinline__ bool aligned16(const TensorSlot& t) {
   uintptr_t bits = uintptr_t(t.param) | uintptr_t(t.grad) | uintptr_t(t.master) | uintptr_t(t.remainder) |
                    uintptr_t(t.compensation);
@@ -80,15 +140,40 @@ __device__ __forceinline__ bool aligned16(const TensorSlot& t) {
 template <class Rule, class P>
 __device__ void run_chunk(const typename Rule::Coeffs& c, const GradTransform& x, const TensorSlot& t, int64_t begin,
                           int64_t end) {
+  if (t.state_store == StateStore::q8 && t.num_state > 0) return run_quantized<Rule, P>(c, x, t, begin, end);
   int64_t tail = begin;
   if (aligned16(t)) {  // begin is a multiple of 8, so every pack starts 16-byte aligned
     const int64_t packs = (end - begin) / 8;
     for (int64_t k = threadIdx.x; k < packs; k += blockDim.x) {
-      apply_element<Rule, Pack8, P>(c, x, t, begin + 8 * k);
+      apply_element<Rule, Pack8, P>(c, x, t, begin + 8 * k, nullptr);
     }
     tail = begin + 8 * packs;
   }
-  for (int64_t i = tail + threadIdx.x; i < end; i += blockDim.x) apply_element<Rule, float, P>(c, x, t, i);
+  for (int64_t i = tail + threadIdx.x; i < end; i += blockDim.x) apply_element<Rule, float, P>(c, x, t, i, nullptr);
+}
+
+// A warp's task of 8-bit state (one block of reduce.h: one quantization block), for the passes
+// that sum as they go: its first pass (run_quantized's), whose new absmax lane 0 writes. The
+// second pass is the caller's, with the block returned. A first pass of a two-pass rule that
+// writes no state (`first`, LARS) only reads it: the old absmax. Other tensors: no block (their
+// state is stored in place).
+template <class Rule, bool first, class P>
+__device__ QuantBlock warp_quant_block(const typename Rule::Coeffs& c, const GradTransform& x, const TensorSlot& t,
+                                       Range task) {
+  QuantBlock q{};
+  if (t.state_store != StateStore::q8 || t.num_state == 0) return q;
+  if (first && !writes_state<Rule>::prepass) {
+    for (int k = 0; k < t.num_state; ++k) q.absmax[k] = t.absmax[k][task.begin / quant::kQuantBlock];
+    return q;
+  }
+  uint32_t bits[kMaxState];
+  const int lane = threadIdx.x % 32;
+  quant_first_pass<Rule, first, P>(c, x, t, task.begin, task.end, task.begin + lane, 32, q, bits);
+  for (int k = 0; k < kMaxState; ++k) {
+    for (int d = 16; d >= 1; d /= 2) bits[k] = max(bits[k], __shfl_xor_sync(0xffffffffu, bits[k], d));
+  }
+  quant_new_absmax(t, q, bits, lane == 0);
+  return q;
 }
 
 // The coefficients tensor `slot` is updated with: its group's, or, for a two-pass rule, its own.
@@ -123,11 +208,13 @@ __global__ void __launch_bounds__(kThreads) diagnosed_update_kernel(RuleArgs<Rul
   __shared__ typename Rule::Coeffs coeffs[kMaxGroups];
   GradTransform x;
   if (!prologue(a, tb, coeffs, x)) return;
-  task_sums<2>(tb, [&](int32_t slot, const TensorSlot& t, auto p) {
+  task_sums<2>(tb, [&](int32_t slot, const TensorSlot& t, auto p, Range task) {
     using P = typename decltype(p)::type;
-    return [&, c = coeffs_of<Rule>(tb, coeffs, t, slot)](int64_t i, float (&v)[2]) {
+    const typename Rule::Coeffs c = coeffs_of<Rule>(tb, coeffs, t, slot);
+    const QuantBlock q = warp_quant_block<Rule, false, P>(c, x, t, task);
+    return [&, c, q](int64_t i, float (&v)[2]) {
       const float before = load_value<float, P>(t, i);
-      apply_element<Rule, float, P>(c, x, t, i);
+      apply_element<Rule, float, P>(c, x, t, i, const_cast<QuantBlock*>(&q));
       v[0] = load_value<float, P>(t, i) - before;
       v[1] = before;
       return 0;
@@ -144,10 +231,12 @@ __global__ void __launch_bounds__(kThreads) prepass_kernel(RuleArgs<Rule> a, Gro
   __shared__ typename Rule::Coeffs coeffs[kMaxGroups];
   GradTransform x;
   if (!prologue(a, tb, coeffs, x)) return;
-  task_sums<K>(tb, [&](int32_t, const TensorSlot& t, auto p) {
+  task_sums<K>(tb, [&](int32_t, const TensorSlot& t, auto p, Range task) {
     using P = typename decltype(p)::type;
-    return [&, c = coeffs[t.hyper_index]](int64_t i, float (&v)[K]) {
-      prepass_element<Rule, float, P>(c, x, t, i, v);
+    const typename Rule::Coeffs c = coeffs[t.hyper_index];
+    const QuantBlock q = warp_quant_block<Rule, true, P>(c, x, t, task);
+    return [&, c, q](int64_t i, float (&v)[K]) {
+      prepass_element<Rule, float, P>(c, x, t, i, v, const_cast<QuantBlock*>(&q));
       return 0;
     };
   });
@@ -185,6 +274,8 @@ void launch_rule(const RuleLaunch& l) {
   a.steps = l.steps;
   a.transform = s.transform;
   a.control = l.control;
+  a.seed = s.seed;
+  a.round_step = s.round_step;
   if constexpr (num_sums<Rule>::value > 0) {
     static_assert(num_sums<Rule>::value <= kMaxSums, "more sums than the tables hold");
     prepass_kernel<Rule><<<l.task_grid, kThreads, 0, l.stream>>>(a, l.tables);

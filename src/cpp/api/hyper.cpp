@@ -60,6 +60,28 @@ std::vector<std::string> state_names(RuleId id) {
   });
 }
 
+template <class R, class = void>
+struct nonnegative : std::integral_constant<unsigned, 0> {};
+template <class R>
+struct nonnegative<R, decltype(void(R::nonnegative_state))> : std::integral_constant<unsigned, R::nonnegative_state> {};
+
+unsigned nonnegative_state(RuleId id) {
+  return with_rule(id, [](auto rule) { return nonnegative<decltype(rule)>::value; });
+}
+
+template <class R, class = void>
+struct why_not_8bit {
+  static constexpr const char* value = "";
+};
+template <class R>
+struct why_not_8bit<R, decltype(void(R::no_8bit_state))> {
+  static constexpr const char* value = R::no_8bit_state;
+};
+
+std::string no_8bit_state(RuleId id) {
+  return with_rule(id, [](auto rule) { return std::string(why_not_8bit<decltype(rule)>::value); });
+}
+
 std::vector<std::string> field_names(RuleId id) {
   return with_rule(id, [](auto rule) {
     std::vector<std::string> out;

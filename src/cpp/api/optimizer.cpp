@@ -245,7 +245,8 @@ void widen(const Tensor& src, const Tensor& dst) {
     case DType::f32: widen_from<float>(src.data, out, src.numel()); break;
     case DType::f16: widen_from<f16>(src.data, out, src.numel()); break;
     case DType::bf16: widen_from<bf16>(src.data, out, src.numel()); break;
-    case DType::u16: throw TensorError("source: dtype uint16 (fastopt takes float32, float16 and bfloat16)");
+    default: throw TensorError(std::string("source: dtype ") + dtype_name(src.dtype) +
+                               " (fastopt takes float32, float16 and bfloat16)");
   }
 }
 

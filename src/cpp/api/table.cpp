@@ -1,5 +1,7 @@
 #include "table.h"
 
+#include "fastopt/numeric/quantize8.h"
+
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
@@ -51,6 +53,9 @@ void check_overlap(const Table& t, const std::vector<std::string>& state_names,
     if (p.remainder.data) names.push_back(name("remainder", i)), tensors.push_back(&p.remainder);
     if (p.compensation.data) names.push_back(name("compensation", i)), tensors.push_back(&p.compensation);
     for (size_t s = 0; s < p.state.size(); ++s) names.push_back(name(state_names[s], i)), tensors.push_back(&p.state[s]);
+    for (size_t s = 0; s < p.state_absmax.size(); ++s) {
+      names.push_back(name(state_names[s] + " absmax", i)), tensors.push_back(&p.state_absmax[s]);
+    }
   }
   std::vector<Named> all;
   for (size_t k = 0; k < names.size(); ++k) {
@@ -86,8 +91,8 @@ void must_f32(const Tensor& v, const std::string& nm) {
 }
 
 void must_float(const Tensor& v, const std::string& nm) {
-  if (v.dtype == DType::u16) {
-    throw TensorError(nm + ": dtype uint16 (fastopt takes float32, float16 and bfloat16)");
+  if (v.dtype == DType::u16 || v.dtype == DType::u8) {
+    throw TensorError(nm + ": dtype " + dtype_name(v.dtype) + " (fastopt takes float32, float16 and bfloat16)");
   }
 }
 
@@ -106,10 +111,55 @@ void check_grad(const Table& t, size_t i, const Tensor& g, const std::string& gn
   same_shape(g, t.tensors[i].param, gn, name("param", i));
 }
 
+// How param i's state arrays (`x.state`, checked as tensors of the param's shape) are stored:
+// their dtype, one for all, and its companions (absmax arrays, stochastic rounding).
+StateStore state_store(const ParamTensors& x, RuleId rule, const std::string& pn,
+                       const std::vector<std::string>& state_names, int engine, size_t i) {
+  const DType d = x.state.empty() ? DType::f32 : x.state[0].dtype;
+  for (size_t st = 0; st < x.state.size(); ++st) {
+    const std::string sn = name(state_names[st], i);
+    if (x.state[st].dtype != DType::f32 && x.state[st].dtype != DType::bf16 && x.state[st].dtype != DType::u8) {
+      throw TensorError(sn + ": dtype " + dtype_name(x.state[st].dtype) + ", expected float32, bfloat16 or uint8");
+    }
+    if (x.state[st].dtype != d) {
+      throw TensorError(sn + ": dtype " + dtype_name(x.state[st].dtype) + ", but " + name(state_names[0], i) +
+                        " is " + dtype_name(d) + ": a param's state arrays share one dtype");
+    }
+  }
+  if (x.state_stochastic_rounding && (d != DType::bf16 || x.state.empty())) {
+    throw TensorError(pn + ": stochastic rounding of the state is for bfloat16 state arrays");
+  }
+  if (d != DType::u8) {
+    if (!x.state_absmax.empty()) throw TensorError(pn + ": absmax arrays are for uint8 (8-bit) state");
+    return d == DType::f32 ? StateStore::f32 : x.state_stochastic_rounding ? StateStore::bf16_stochastic : StateStore::bf16;
+  }
+  if (rule != RuleId::probe && !no_8bit_state(rule).empty()) {
+    throw TensorError(pn + ": " + rule_name(rule) + " cannot keep 8-bit state: " + no_8bit_state(rule));
+  }
+  if (x.state_absmax.size() != x.state.size()) {
+    throw TensorError(pn + ": uint8 (8-bit) state needs one absmax array per state array (" +
+                      std::to_string(x.state.size()) + "), got " + std::to_string(x.state_absmax.size()));
+  }
+  const int64_t blocks = (x.param.numel() + quant::kQuantBlock - 1) / quant::kQuantBlock;
+  for (size_t st = 0; st < x.state_absmax.size(); ++st) {
+    const Tensor& a = x.state_absmax[st];
+    const std::string an = name(state_names[st] + " absmax", i);
+    check_tensor(a, an);
+    check_engine(a, an, engine);
+    writable(a, an);
+    must_f32(a, an);
+    if (a.numel() != blocks) {
+      throw TensorError(an + ": shape " + a.shape_str() + ", expected (" + std::to_string(blocks) +
+                        ",): one absmax per block of " + std::to_string(quant::kQuantBlock) + " elements");
+    }
+  }
+  return StateStore::q8;
+}
+
 }  // namespace
 
 void check_tensor(const Tensor& x, const std::string& nm) {
-  if (int(x.dtype) > int(DType::u16)) {  // (DType is unsigned)
+  if (int(x.dtype) > int(DType::u8)) {  // (DType is unsigned)
     throw TensorError(nm + ": unknown dtype code " + std::to_string(int(x.dtype)) +
                       " (fastopt takes float32, float16 and bfloat16)");
   }
@@ -240,9 +290,13 @@ Table bind(std::vector<ParamGroup> groups, RuleId rule, int engine) {
         check_tensor(x.state[st], sn);
         check_engine(x.state[st], sn, engine);
         writable(x.state[st], sn);
-        must_f32(x.state[st], sn);
         same_shape(x.state[st], x.param, sn, pn);
-        s.state[st] = static_cast<float*>(x.state[st].data);
+        s.state[st] = x.state[st].data;
+      }
+      s.state_store = state_store(x, rule, pn, state_names, engine, i);
+      for (size_t st = 0; st < x.state_absmax.size(); ++st) {
+        s.absmax[st] = static_cast<float*>(x.state_absmax[st].data);
+        s.quant[st] = &quant::tables(rule == RuleId::probe || !(nonnegative_state(rule) >> st & 1));
       }
       t.group_state[j] = std::min(t.group_state[j], s.num_state);
       t.slots.push_back(s);

@@ -32,7 +32,8 @@ const char* dtype_name(DType d) {
     case DType::f32: return "float32";
     case DType::f16: return "float16";
     case DType::bf16: return "bfloat16";
-    default: return "uint16";
+    case DType::u16: return "uint16";
+    default: return "uint8";
   }
 }
 

@@ -30,8 +30,44 @@ FASTOPT_HD void prefetch_ahead(const TensorSlot& t, int64_t i) {
     if (grad) __builtin_prefetch(static_cast<const char*>(t.grad) + j * (t.grad_dtype == DType::f32 ? 4 : 2), 0, 2);
     if (t.master) __builtin_prefetch(t.master + j, !first_pass, 2);
     if (!t.master || !first_pass) __builtin_prefetch(static_cast<const P*>(t.param) + j, !first_pass, 2);
+    const int64_t at = t.state_store == StateStore::f32 ? 4 * j : t.state_store == StateStore::q8 ? j : 2 * j;
     for (int k = 0; k < (state ? Rule::max_state : 0); ++k) {  // k constant once unrolled, as in load_state
-      if (k < t.num_state) __builtin_prefetch(t.state[k] + j, 1, 2);
+      if (k < t.num_state) __builtin_prefetch(static_cast<const char*>(t.state[k]) + at, 1, 2);
+    }
+  }
+}
+
+// One block of 8-bit state quantized again from its new values (n of them): the absmax (the
+// largest |x| compared as bits, as quant::quantize_block does) and the codes.
+void requantize_block(const float* x, int64_t n, const quant::Tables& tb, uint8_t* codes, float* absmax) {
+  using V = FASTOPT_LANE;
+  uint32_t bits = 0;
+  for (int64_t i = 0; i < n; ++i) {  // (vectorized by the compiler)
+    const uint32_t a = quant::float_bits(x[i]) & 0x7fffffffu;
+    bits = a > bits ? a : bits;
+  }
+  *absmax = quant::absmax_of_bits(bits);
+  const float inv = quant::inv_absmax(*absmax);
+  int64_t i = 0;
+  for (; i + lane_width<V> <= n; i += lane_width<V>) store_q8(codes + i, load(x + i, Lane<V>{}) * V(inv), tb);
+  for (; i < n; ++i) store_q8(codes + i, x[i] * inv, tb);
+}
+
+// f(b, e, q) over [begin, end) of tensor t (begin a multiple of quant::kQuantBlock): at once
+// (q null) where its state is stored in place; one block at a time where it is 8-bit, each
+// block's new state gathered in scratch and, where the pass `writes` it, quantized again.
+template <class F>
+void by_blocks(const TensorSlot& t, int64_t begin, int64_t end, bool writes, F&& f) {
+  if (t.state_store != StateStore::q8 || t.num_state == 0) return f(begin, end, nullptr);
+  alignas(64) float values[kMaxState][quant::kQuantBlock];
+  for (int64_t b = begin; b < end; b += quant::kQuantBlock) {
+    const int64_t e = b + quant::kQuantBlock < end ? b + quant::kQuantBlock : end, block = b / quant::kQuantBlock;
+    QuantBlock q{};
+    q.begin = b;
+    for (int k = 0; k < t.num_state; ++k) q.absmax[k] = t.absmax[k][block], q.values[k] = values[k];
+    f(b, e, &q);
+    for (int k = 0; k < (writes ? t.num_state : 0); ++k) {
+      requantize_block(values[k], e - b, *t.quant[k], static_cast<uint8_t*>(t.state[k]) + b, t.absmax[k] + block);
     }
   }
 }
@@ -44,15 +80,17 @@ void run(const void* coeffs, const GradTransform& transform, const TensorSlot& s
   const typename Rule::Coeffs c = *static_cast<const typename Rule::Coeffs*>(coeffs);
   const GradTransform x = transform;
   const TensorSlot t = slot;
-  int64_t i = begin;
-  for (; i + 2 * lane_width<V> <= end; i += 2 * lane_width<V>) {
-    prefetch_ahead<Rule, false, V, P>(t, i);
-    prefetch_ahead<Rule, false, V, P>(t, i + lane_width<V>);
-    apply_element<Rule, V, P>(c, x, t, i);
-    apply_element<Rule, V, P>(c, x, t, i + lane_width<V>);
-  }
-  for (; i + lane_width<V> <= end; i += lane_width<V>) apply_element<Rule, V, P>(c, x, t, i);
-  for (; i < end; ++i) apply_element<Rule, float, P>(c, x, t, i);
+  by_blocks(t, begin, end, writes_state<Rule>::update, [&](int64_t b, int64_t e, QuantBlock* q) {
+    int64_t i = b;
+    for (; i + 2 * lane_width<V> <= e; i += 2 * lane_width<V>) {
+      prefetch_ahead<Rule, false, V, P>(t, i);
+      prefetch_ahead<Rule, false, V, P>(t, i + lane_width<V>);
+      apply_element<Rule, V, P>(c, x, t, i, q);
+      apply_element<Rule, V, P>(c, x, t, i + lane_width<V>, q);
+    }
+    for (; i + lane_width<V> <= e; i += lane_width<V>) apply_element<Rule, V, P>(c, x, t, i, q);
+    for (; i < e; ++i) apply_element<Rule, float, P>(c, x, t, i, q);
+  });
 }
 
 // Sums of squares of K values per element over elements [begin, end) of a tensor, in the
@@ -88,6 +126,19 @@ void canonical_sums(F&& f, int64_t begin, int64_t end, double* sums) {
   }
 }
 
+// canonical_sums by blocks of 8-bit state (by_blocks): the same sums, since canonical_sums
+// adds reduce.h's blocks (kQuantBlock elements each) in order.
+static_assert(quant::kQuantBlock == reduce::kBlock, "a block of 8-bit state is one block of reduce.h");
+template <int K, class F>
+void block_sums(const TensorSlot& t, int64_t begin, int64_t end, bool writes, F&& f, double* sums) {
+  for (int k = 0; k < K; ++k) sums[k] = 0;
+  by_blocks(t, begin, end, writes, [&](int64_t b, int64_t e, QuantBlock* q) {
+    double part[K];
+    canonical_sums<K>([&](int64_t i, auto& v) { f(i, v, q); }, b, e, part);
+    for (int k = 0; k < K; ++k) sums[k] += part[k];
+  });
+}
+
 // Sum of squares and non-finite count of elements [begin, end) of a tensor of T. The values
 // are counted only where the sum is not finite: the double square of a finite value is finite,
 // and so is a sum of at most kSuper of them (reduce.h), so a finite sum means no inf or NaN,
@@ -117,13 +168,14 @@ void prepass(const void* coeffs, const GradTransform& transform, const TensorSlo
   const typename Rule::Coeffs c = *static_cast<const typename Rule::Coeffs*>(coeffs);
   const GradTransform x = transform;
   const TensorSlot t = slot;
-  canonical_sums<num_sums<Rule>::value>(
-      [&](int64_t i, auto& v) {
+  block_sums<num_sums<Rule>::value>(
+      t, begin, end, writes_state<Rule>::prepass,
+      [&](int64_t i, auto& v, QuantBlock* q) {
         using L = std::remove_reference_t<decltype(v[0])>;
         prefetch_ahead<Rule, true, L, P>(t, i);
-        prepass_element<Rule, L, P>(c, x, t, i, v);
+        prepass_element<Rule, L, P>(c, x, t, i, v, q);
       },
-      begin, end, sums);
+      sums);
 }
 
 // The update with diagnostics over elements [begin, end) of one tensor: sums[0] is the
@@ -134,16 +186,17 @@ void run_diagnosed(const void* coeffs, const GradTransform& transform, const Ten
   const typename Rule::Coeffs c = *static_cast<const typename Rule::Coeffs*>(coeffs);
   const GradTransform x = transform;
   const TensorSlot t = slot;
-  canonical_sums<2>(
-      [&](int64_t i, auto& v) {
+  block_sums<2>(
+      t, begin, end, writes_state<Rule>::update,
+      [&](int64_t i, auto& v, QuantBlock* q) {
         using L = std::remove_reference_t<decltype(v[0])>;
         prefetch_ahead<Rule, false, L, P>(t, i);
         const L before = load_value<L, P>(t, i);
-        apply_element<Rule, L, P>(c, x, t, i);
+        apply_element<Rule, L, P>(c, x, t, i, q);
         v[0] = load_value<L, P>(t, i) - before;
         v[1] = before;
       },
-      begin, end, sums);
+      sums);
 }
 
 // Both passes of a two-pass rule over one whole tensor (at most one super-block: its sums are

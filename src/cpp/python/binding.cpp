@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include <pybind11/stl.h>
+
 #include "dlpack.h"
 
 namespace py = pybind11;
@@ -97,19 +99,22 @@ void Binding::check() const {
   }
 }
 
-Binding read(py::sequence params, py::sequence grads, py::sequence masters, py::sequence remainders,
-             py::sequence compensations, const std::vector<bool>& stochastic, py::sequence states,
+Binding read(py::sequence params, py::sequence grads, py::object keeps, py::sequence states,
              const std::vector<int64_t>& group_sizes, RuleId rule, int engine) {
   Binding b;
-  const auto p_objs = as_list(params), g_objs = as_list(grads), m_objs = as_list(masters),
-             r_objs = as_list(remainders), c_objs = as_list(compensations), s_objs = as_list(states);
+  const auto p_objs = as_list(params), g_objs = as_list(grads), m_objs = as_list(keeps.attr("masters")),
+             r_objs = as_list(keeps.attr("remainders")), c_objs = as_list(keeps.attr("compensations")),
+             a_objs = as_list(keeps.attr("absmaxes")), s_objs = as_list(states);
+  const auto stochastic = keeps.attr("stochastic").cast<std::vector<bool>>();
+  const auto state_stochastic = keeps.attr("state_stochastic").cast<std::vector<bool>>();
   const size_t n = p_objs.size();
   if (g_objs.size() != n) {
     throw std::invalid_argument("got " + std::to_string(n) + " params but " + std::to_string(g_objs.size()) +
                                 " grads: every param needs its grad");
   }
-  if (m_objs.size() != n || r_objs.size() != n || c_objs.size() != n || stochastic.size() != n || s_objs.size() != n) {
-    throw std::invalid_argument("one masters/remainders/compensations/stochastic/states entry per param");
+  if (m_objs.size() != n || r_objs.size() != n || c_objs.size() != n || stochastic.size() != n ||
+      a_objs.size() != n || state_stochastic.size() != n || s_objs.size() != n) {
+    throw std::invalid_argument("one keeps entry (masters, remainders, ...) and one states entry per param");
   }
   int64_t total = 0;
   for (int64_t s : group_sizes) total += s;
@@ -173,6 +178,10 @@ Binding read(py::sequence params, py::sequence grads, py::sequence masters, py::
       const auto st = as_list(s_objs[i]);
       if (st.size() > state_names.size()) throw std::invalid_argument(name("param", i) + ": too many state arrays");
       for (size_t s = 0; s < st.size(); ++s) t.state.push_back(take(st[s], name(state_names[s], i)));
+      const auto am = as_list(a_objs[i]);
+      if (am.size() > state_names.size()) throw std::invalid_argument(name("param", i) + ": too many absmax arrays");
+      for (size_t s = 0; s < am.size(); ++s) t.state_absmax.push_back(take(am[s], name(state_names[s] + " absmax", i)));
+      t.state_stochastic_rounding = state_stochastic[i];
     }
   }
   b.rewatch();

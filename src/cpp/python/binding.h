@@ -54,9 +54,8 @@ struct Binding {
 // fall into param groups of group_sizes[j] consecutive params, each given `hyper`. Tensors are
 // named by their index in the whole list. `engine` is the device type the engine runs on
 // (DLPack: 1 CPU, 2 CUDA). Validation is the optimizer's, when it binds binding.groups.
-Binding read(pybind11::sequence params, pybind11::sequence grads, pybind11::sequence masters,
-             pybind11::sequence remainders, pybind11::sequence compensations, const std::vector<bool>& stochastic,
-             pybind11::sequence states, const std::vector<int64_t>& group_sizes, RuleId rule, int engine);
+Binding read(pybind11::sequence params, pybind11::sequence grads, pybind11::object keeps, pybind11::sequence states,
+             const std::vector<int64_t>& group_sizes, RuleId rule, int engine);
 
 // New grads for a bound group: grads[i] read where it is not the object bound now (torch
 // handed over a new `.grad`). Returns the grads as tensors (for the optimizer's set_grads,

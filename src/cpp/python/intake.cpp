@@ -101,6 +101,7 @@ bool from_buffer(py::handle obj, const std::string& name, int engine, View& v) {
     if (f == "f") v.dtype = DType::f32;
     else if (f == "e") v.dtype = DType::f16;
     else if (f == "H") v.dtype = DType::u16;
+    else if (f == "B") v.dtype = DType::u8;
     else dtype = "buffer format '" + std::string(view->format) + "'";
   } else {
     py::object dt = py::getattr(obj, "dtype", py::none());
@@ -229,6 +230,7 @@ void from_dlpack(py::handle obj, const std::string& name, int engine, View& v) {
   else if (dt.lanes == 1 && dt.code == dlpack::kFloat && dt.bits == 16) v.dtype = DType::f16;
   else if (dt.lanes == 1 && dt.code == dlpack::kBfloat && dt.bits == 16) v.dtype = DType::bf16;
   else if (dt.lanes == 1 && dt.code == dlpack::kUInt && dt.bits == 16) v.dtype = DType::u16;
+  else if (dt.lanes == 1 && dt.code == dlpack::kUInt && dt.bits == 8) v.dtype = DType::u8;
   else {
     static const char* const kinds[] = {"int", "uint", "float", "opaque", "bfloat", "complex", "bool"};
     std::ostringstream s;

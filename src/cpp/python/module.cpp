@@ -41,10 +41,9 @@ py::tuple sums_of(size_t n, F&& run) {
 // A group on the CPU engine: the arrays read from Python and the optimizer over them.
 class CpuGroup {
  public:
-  CpuGroup(RuleId rule, py::sequence params, py::sequence grads, py::sequence masters, py::sequence remainders,
-           py::sequence compensations, const std::vector<bool>& stochastic, py::sequence states,
+  CpuGroup(RuleId rule, py::sequence params, py::sequence grads, py::object keeps, py::sequence states,
            const std::vector<int64_t>& group_sizes)
-      : binding_(py_intake::read(params, grads, masters, remainders, compensations, stochastic, states, group_sizes, rule, Device::kCPU)),
+      : binding_(py_intake::read(params, grads, keeps, states, group_sizes, rule, Device::kCPU)),
         opt_(make(rule, binding_.groups)) {}
 
   // One step with the hyperparameters `hypers` (one per param group) at the rule step counts
@@ -182,13 +181,11 @@ PYBIND11_MODULE(_core, m) {
   bind_numerics(m);
 
   py::class_<CpuGroup>(m, "Group")
-      .def(py::init([](const std::string& rule, py::sequence params, py::sequence grads, py::sequence masters,
-                       py::sequence remainders, py::sequence compensations, std::vector<bool> stochastic,
+      .def(py::init([](const std::string& rule, py::sequence params, py::sequence grads, py::object keeps,
                        py::sequence states, std::vector<int64_t> group_sizes) {
-             return new CpuGroup(rule_id(rule, true), params, grads, masters, remainders, compensations, stochastic, states, group_sizes);
+             return new CpuGroup(rule_id(rule, true), params, grads, keeps, states, group_sizes);
            }),
-           py::arg("rule"), py::arg("params"), py::arg("grads"), py::arg("masters"), py::arg("remainders"),
-           py::arg("compensations"), py::arg("stochastic"), py::arg("states"),
+           py::arg("rule"), py::arg("params"), py::arg("grads"), py::arg("keeps"), py::arg("states"),
            py::arg("group_sizes"))
       .def("step", &CpuGroup::step, py::arg("hypers"), py::arg("steps"), py::arg("grad_scale") = 1.0,
            py::arg("clip_value") = 0.0f, py::arg("max_grad_norm") = 0.0, py::arg("skip_nonfinite") = false,

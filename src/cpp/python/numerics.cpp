@@ -27,18 +27,6 @@ py::array_t<T> like(py::ssize_t n) {
   return py::array_t<T>(n);
 }
 
-const float* dynamic_map_of(bool is_signed) {
-  static const auto maps = [] {
-    struct Maps {
-      float signed_map[quant::kMapSize], unsigned_map[quant::kMapSize];
-    } m;
-    quant::dynamic_map(true, m.signed_map);
-    quant::dynamic_map(false, m.unsigned_map);
-    return m;
-  }();
-  return is_signed ? maps.signed_map : maps.unsigned_map;
-}
-
 }  // namespace
 
 void bind_numerics(py::module_& core) {
@@ -90,7 +78,7 @@ void bind_numerics(py::module_& core) {
   m.attr("quant_block") = quant::kQuantBlock;
   m.def("dynamic_map", [](bool is_signed) {
     auto out = like<float>(quant::kMapSize);
-    std::memcpy(out.mutable_data(), dynamic_map_of(is_signed), sizeof(float) * quant::kMapSize);
+    std::memcpy(out.mutable_data(), quant::tables(is_signed).map, sizeof(float) * quant::kMapSize);
     return out;
   }, py::arg("signed"));
   m.def("quantize_blockwise", [](Array<float> x, bool is_signed) {
@@ -99,7 +87,7 @@ void bind_numerics(py::module_& core) {
     auto absmax = like<float>(blocks);
     for (py::ssize_t b = 0; b < blocks; ++b) {
       const int64_t begin = b * quant::kQuantBlock, len = std::min<int64_t>(quant::kQuantBlock, n - begin);
-      quant::quantize_block(x.data() + begin, len, dynamic_map_of(is_signed), codes.mutable_data() + begin,
+      quant::quantize_block(x.data() + begin, len, quant::tables(is_signed), codes.mutable_data() + begin,
                             absmax.mutable_data() + b);
     }
     return py::make_tuple(codes, absmax);
@@ -108,7 +96,7 @@ void bind_numerics(py::module_& core) {
     auto out = like<float>(codes.size());
     for (py::ssize_t i = 0; i < codes.size(); ++i) {
       out.mutable_data()[i] =
-          quant::dequantize(codes.data()[i], absmax.data()[i / quant::kQuantBlock], dynamic_map_of(is_signed));
+          quant::dequantize(codes.data()[i], absmax.data()[i / quant::kQuantBlock], quant::tables(is_signed));
     }
     return out;
   }, py::arg("codes"), py::arg("absmax"), py::arg("signed"));

@@ -54,6 +54,9 @@ class CudaOptimizer {
   // host (the CPU engine's very bits). The device counts advance unless the step is skipped.
   void step(cudaStream_t stream, const CudaStepOptions& options = {});
 
+  // The seed of stochastic rounding (default 0): the same bits as Optimizer::set_seed's.
+  void set_seed(uint64_t seed);
+
   RuleId rule() const;
   size_t num_groups() const;
   size_t num_params() const;

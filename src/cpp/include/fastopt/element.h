@@ -7,6 +7,7 @@
 #include <type_traits>
 
 #include "fastopt/numeric/convert.h"
+#include "fastopt/numeric/quantize8.h"
 #include "fastopt/numeric/random.h"
 #include "fastopt/numeric/rounding.h"
 #include "fastopt/numeric/scalar.h"
@@ -72,20 +73,24 @@ FASTOPT_HD L load_value(const TensorSlot& t, int64_t i) {
   return load(static_cast<const P*>(t.param) + i, Lane<L>{});
 }
 
-// A float16/bfloat16 param rounded stochastically with its tensor's stream of the step: element
-// by element (a vector lane through fp32; the bits are those of element i whatever the lane).
+// Lane v stored at dst[0 .. W) (P: float16 or bfloat16), element k rounded stochastically with
+// the bits of position i + k of stream `key` (through fp32, whatever the lane).
+template <class L, class P>
+FASTOPT_HD void round_stochastic(P* dst, L v, uint64_t key, int64_t i) {
+  alignas(16) float x[lane_width<L>];  // (the CUDA lane stores 16 bytes at a time)
+  store(x, v);
+  for (int k = 0; k < lane_width<L>; ++k) {
+    const uint32_t r = random::bits32(key, uint64_t(i + k));
+    if constexpr (std::is_same_v<P, bf16>) dst[k] = bf16_stochastic(x[k], r);
+    else dst[k] = f16_stochastic(x[k], r);
+  }
+}
+
+// A float16/bfloat16 param rounded stochastically with its tensor's stream of the step.
 template <class L, class P>
 FASTOPT_HD void store_stochastic(const TensorSlot& t, int64_t i, L p, uint64_t round_key) {
   if constexpr (std::is_same_v<P, bf16> || std::is_same_v<P, f16>) {
-    alignas(16) float v[lane_width<L>];  // (the CUDA lane stores 16 bytes at a time)
-    store(v, p);
-    const uint64_t key = random::tensor_key(round_key, uint64_t(t.tensor));
-    P* param = static_cast<P*>(t.param);
-    for (int k = 0; k < lane_width<L>; ++k) {
-      const uint32_t r = random::bits32(key, uint64_t(i + k));
-      if constexpr (std::is_same_v<P, bf16>) param[i + k] = bf16_stochastic(v[k], r);
-      else param[i + k] = f16_stochastic(v[k], r);
-    }
+    round_stochastic(static_cast<P*>(t.param) + i, p, random::tensor_key(round_key, uint64_t(t.tensor)), i);
   }
 }
 
@@ -98,15 +103,54 @@ FASTOPT_HD void store_value(const TensorSlot& t, int64_t i, L p, const GradTrans
   store(static_cast<P*>(t.param) + i, p);
 }
 
+// A block of 8-bit state being updated (quant::kQuantBlock elements from `begin`): its streams'
+// absmax as loaded, and where their new values go. The CPU keeps them in fp32 (`values`, index
+// i - begin) until the whole block is updated and quantized again with its new absmax; the GPU
+// (values null) has computed the new absmax in a first pass that wrote nothing (next_state),
+// and quantizes them as they come, scaled by `inv` (quant::inv_absmax of the new absmax).
+struct QuantBlock {
+  int64_t begin;
+  float absmax[kMaxState];
+  float* values[kMaxState];
+  float inv[kMaxState];
+};
+
+// The state streams at position i, in fp32 (q: the block of 8-bit state, else unused).
 template <class L, int N>
-FASTOPT_HD void load_state(const TensorSlot& t, int64_t i, L (&s)[N]) {
-  for (int k = 0; k < N; ++k) s[k] = k < t.num_state ? load(t.state[k] + i, Lane<L>{}) : L(0.0f);
+FASTOPT_HD void load_state(const TensorSlot& t, int64_t i, L (&s)[N], const QuantBlock* q) {
+  for (int k = 0; k < N; ++k) {
+    if (k >= t.num_state) {
+      s[k] = L(0.0f);
+    } else if (t.state_store == StateStore::f32) {
+      s[k] = load(static_cast<const float*>(t.state[k]) + i, Lane<L>{});
+    } else if (t.state_store == StateStore::q8) {
+      s[k] = load_q8(static_cast<const uint8_t*>(t.state[k]) + i, *t.quant[k], L(q->absmax[k]), Lane<L>{});
+    } else {
+      s[k] = load(static_cast<const bf16*>(t.state[k]) + i, Lane<L>{});
+    }
+  }
+}
+
+// Stream k of a tensor rounds stochastically with its own bits of the step.
+FASTOPT_HD uint64_t state_key(const TensorSlot& t, uint64_t round_key, int k) {
+  return random::tensor_key(random::tensor_key(round_key, uint64_t(t.tensor)), uint64_t(k) + 1);
 }
 
 template <class L, int N>
-FASTOPT_HD void store_state(const TensorSlot& t, int64_t i, const L (&s)[N]) {
+FASTOPT_HD void store_state(const TensorSlot& t, int64_t i, const L (&s)[N], const GradTransform& x, QuantBlock* q) {
   for (int k = 0; k < N; ++k) {
-    if (k < t.num_state) store(t.state[k] + i, s[k]);
+    if (k >= t.num_state) continue;
+    switch (t.state_store) {
+      case StateStore::f32: store(static_cast<float*>(t.state[k]) + i, s[k]); break;
+      case StateStore::bf16: store(static_cast<bf16*>(t.state[k]) + i, s[k]); break;
+      case StateStore::bf16_stochastic:
+        round_stochastic(static_cast<bf16*>(t.state[k]) + i, s[k], state_key(t, x.round_key, k), i);
+        break;
+      case StateStore::q8:
+        if (q->values[k]) store(q->values[k] + (i - q->begin), s[k]);
+        else store_q8(static_cast<uint8_t*>(t.state[k]) + i, s[k] * L(q->inv[k]), *t.quant[k]);
+        break;
+    }
   }
 }
 
@@ -114,25 +158,41 @@ FASTOPT_HD void store_state(const TensorSlot& t, int64_t i, const L (&s)[N]) {
 // add up into the tensor's k-th sum.
 template <class Rule, class L, class P>
 FASTOPT_HD void prepass_element(const typename Rule::Coeffs& c, const GradTransform& x, const TensorSlot& t,
-                                int64_t i, L (&out)[num_sums<Rule>::value]) {
+                                int64_t i, L (&out)[num_sums<Rule>::value], QuantBlock* q) {
   const L g = transform_grad(x, load_grad<L>(t, i));
   const L p = load_value<L, P>(t, i);
   L s[Rule::max_state];
-  load_state(t, i, s);
+  load_state(t, i, s, q);
   Rule::prepass(c, p, g, s, out);
-  if (writes_state<Rule>::prepass) store_state(t, i, s);
+  if (writes_state<Rule>::prepass) store_state(t, i, s, x, q);
 }
 
 template <class Rule, class L, class P>
 FASTOPT_HD void apply_element(const typename Rule::Coeffs& c, const GradTransform& x, const TensorSlot& t,
-                              int64_t i) {
+                              int64_t i, QuantBlock* q) {
   const L g = transform_grad(x, load_grad<L>(t, i));
   L p = load_value<L, P>(t, i);
   L s[Rule::max_state];
-  load_state(t, i, s);
+  load_state(t, i, s, q);
   Rule::update(c, p, g, s);
-  if (writes_state<Rule>::update) store_state(t, i, s);
+  if (writes_state<Rule>::update) store_state(t, i, s, x, q);
   store_value<L, P>(t, i, p, x);
+}
+
+// The state that a pass (the first of a two-pass rule's where `first`, else the update) leaves
+// at position i, written nowhere: the GPU's first pass over a block of 8-bit state.
+template <class Rule, bool first, class L, class P>
+FASTOPT_HD void next_state(const typename Rule::Coeffs& c, const GradTransform& x, const TensorSlot& t, int64_t i,
+                           const QuantBlock* q, L (&s)[Rule::max_state]) {
+  const L g = transform_grad(x, load_grad<L>(t, i));
+  L p = load_value<L, P>(t, i);
+  load_state(t, i, s, q);
+  if constexpr (first) {
+    L out[num_sums<Rule>::value];
+    Rule::prepass(c, p, g, s, out);
+  } else {
+    Rule::update(c, p, g, s);
+  }
 }
 
 }  // namespace fastopt

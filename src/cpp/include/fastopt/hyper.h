@@ -53,6 +53,13 @@ int num_state(const Hyper& h);
 // The names of the rule's state arrays, in binding order (max_state of them).
 std::vector<std::string> state_names(RuleId id);
 
+// Bit k set: the rule's state stream k is never negative (8-bit state codes it with the
+// unsigned map, at twice the resolution).
+unsigned nonnegative_state(RuleId id);
+
+// "" where the rule's state may be stored in 8 bits, else why not.
+std::string no_8bit_state(RuleId id);
+
 // The names of the rule's hyperparameters (the Hyper struct's fields).
 std::vector<std::string> field_names(RuleId id);
 

@@ -28,10 +28,21 @@ struct ParamTensors {
   // float32 master weights of a float16/bfloat16 param, or data == nullptr for none. With a
   // master, a step updates the master and rewrites the param from it, rounded to nearest even.
   Tensor master;
-  // The rule's state arrays, float32, in the order of state_names(rule): at least
-  // num_state(hyper) of them for the param group's hyperparameters. They start at 0 (Adagrad's
+  // The rule's state arrays, in the order of state_names(rule): at least num_state(hyper) of
+  // them for the param group's hyperparameters, the param's shape, all of one dtype: float32;
+  // bfloat16 (each step computes in float32 and rounds to nearest even, or stochastically with
+  // state_stochastic_rounding: 2 bytes per element); or uint8, 8-bit block-wise codes
+  // (fastopt/numeric/quantize8.h: blocks of 2048 elements from the tensor's start, one float32
+  // absmax each in state_absmax; a nearest value of the dynamic map of Dettmers et al. 2022,
+  // the unsigned map for streams that are never negative: 1 byte per element; not for Adagrad).
+  // They start at 0 (codes: the map's zero, 127 signed or 0 unsigned, with absmax 0; Adagrad's
   // `sum` at initial_accumulator_value: the caller fills it) and are updated in place.
   std::vector<Tensor> state;
+  // With uint8 state: one float32 absmax tensor per state array, of shape (ceil(numel / 2048),).
+  std::vector<Tensor> state_absmax{};
+  // With bfloat16 state: round it stochastically (random bits of the optimizer's seed, the
+  // step, the param's index, the state array and the element), not to nearest even.
+  bool state_stochastic_rounding = false;
   // Instead of a master, for a bfloat16 param: the low halves (uint16) of the fp32 master whose
   // high halves are the param (the master truncated toward zero), or data == nullptr for none.
   // The same trajectory as a float32 master, bit for bit, in 4 bytes per param instead of 6.

@@ -46,11 +46,11 @@ struct Tensor {
   Tensor(float* data_, int64_t n) : data(data_), shape{n} {}
 
   int64_t numel() const;  // (meaningful for shapes an optimizer accepts: it refuses counts past int64)
-  size_t nbytes() const { return size_t(numel()) * (dtype == DType::f32 ? 4 : 2); }
+  size_t nbytes() const { return size_t(numel()) * (dtype == DType::f32 ? 4 : dtype == DType::u8 ? 1 : 2); }
   std::string shape_str() const;  // "(3, 4)", "(5,)", "()"
 };
 
-// "float32", "float16", "bfloat16" or "uint16".
+// "float32", "float16", "bfloat16", "uint16" or "uint8".
 const char* dtype_name(DType d);
 
 // A tensor that cannot be used: the message names it ("grad 3: shape (4,) differs from param

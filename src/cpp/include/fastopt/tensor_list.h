@@ -6,11 +6,19 @@
 namespace fastopt {
 
 struct bf16;  // a bfloat16 in storage (numeric/convert.h)
+namespace quant {
+struct Tables;  // an 8-bit map and its quantization buckets (numeric/quantize8.h)
+}
 
-// The float dtypes of params, grads and state (kNumDTypes of them), and uint16: the low halves
-// of a master kept as a remainder (TensorSlot::remainder).
-enum class DType : uint8_t { f32 = 0, f16 = 1, bf16 = 2, u16 = 3 };
+// The float dtypes of params and grads (kNumDTypes of them); uint16: the low halves of a master
+// kept as a remainder (TensorSlot::remainder); uint8: 8-bit state codes (quantize8.h).
+enum class DType : uint8_t { f32 = 0, f16 = 1, bf16 = 2, u16 = 3, u8 = 4 };
 constexpr int kNumDTypes = 3;
+
+// How a tensor's state streams are stored (each computed in float32): float32; bfloat16 rounded
+// to nearest even or stochastically; 8-bit codes with a float32 absmax per block of
+// quant::kQuantBlock elements.
+enum class StateStore : uint8_t { f32 = 0, bf16 = 1, bf16_stochastic = 2, q8 = 3 };
 
 constexpr int kMaxState = 3;  // the largest max_state of any rule
 
@@ -26,7 +34,10 @@ struct TensorSlot {
   bf16* compensation;
   bool stochastic;  // a float16/bfloat16 param without master, rounded stochastically (rounding.h)
   int32_t tensor;   // the param's index in its optimizer: its stream of random bits
-  float* state[kMaxState];  // the rule's state streams, fp32; the first num_state are used
+  void* state[kMaxState];  // the rule's state streams, stored as state_store says; the first num_state are used
+  float* absmax[kMaxState];  // q8: each stream's absmax per block
+  const quant::Tables* quant[kMaxState];  // q8: each stream's map (signed, or unsigned where never negative)
+  StateStore state_store;
   int64_t numel;
   DType param_dtype, grad_dtype;
   int num_state;

@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "fastopt/numeric/convert.h"
+#include "fastopt/numeric/quantize8.h"
 #include "fastopt/numeric/scalar.h"
 
 namespace fastopt {
@@ -91,6 +92,18 @@ __device__ __forceinline__ Pack8 load_joined(const bf16* high, const uint16_t* l
 __device__ __forceinline__ void store_split(bf16* high, uint16_t* low, const Pack8& x) {
 #pragma unroll
   for (int k = 0; k < 8; ++k) split_remainder(x.v[k], high[k], low[k]);
+}
+
+// 8-bit state (quantize8.h), element by element.
+__device__ __forceinline__ Pack8 load_q8(const uint8_t* codes, const quant::Tables& t, const Pack8& absmax, Lane<Pack8>) {
+  Pack8 r;
+#pragma unroll
+  for (int k = 0; k < 8; ++k) r.v[k] = quant::dequantize(codes[k], absmax.v[k], t);
+  return r;
+}
+__device__ __forceinline__ void store_q8(uint8_t* codes, const Pack8& y, const quant::Tables& t) {
+#pragma unroll
+  for (int k = 0; k < 8; ++k) codes[k] = quant::quantize(y.v[k], t);
 }
 
 }  // namespace fastopt

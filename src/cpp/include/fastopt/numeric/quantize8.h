@@ -12,6 +12,7 @@
 #pragma once
 #include <cstdint>
 
+#include "fastopt/numeric/convert.h"
 #include "fastopt/platform.h"
 
 namespace fastopt::quant {
@@ -48,32 +49,78 @@ inline void dynamic_map(bool is_signed, float (&out)[kMapSize]) {
   for (int i = 0; i < kMapSize; ++i) out[i] = float(v[i]);
 }
 
-// The index of the map value nearest to y (ties to the lower index); map ascending.
-FASTOPT_HD uint8_t quantize(float y, const float* map) {
-  int lo = 0, hi = kMapSize - 1;  // map[lo] <= y <= map[hi] once clamped
-  if (!(y > map[lo])) return uint8_t(lo);
-  if (!(y < map[hi])) return uint8_t(hi);
-  while (hi - lo > 1) {
-    const int mid = (lo + hi) / 2;
-    if (map[mid] <= y) lo = mid;
-    else hi = mid;
-  }
-  return uint8_t(y - map[lo] <= map[hi] - y ? lo : hi);
+// Quantization in one table lookup: the code of y is the number of thresholds (midpoints of
+// adjacent map values, exact) below it, so it is the nearest map value, ties toward zero. The
+// thresholds are counted on |y|'s magnitude code, read from buckets that are the bfloat16
+// intervals of magnitudes from 2^-23 (below every threshold) to 1: no bucket holds two of them
+// (the map's closest values are 0.9/128 apart near 1, buckets there 2^-8 wide). A bucket's entry
+// is the magnitude code at its start (high 16 bits) and the low 16 bits of its threshold
+// (0xffff for none): a magnitude in it is one code higher where its low bits are greater. The
+// vector lanes (simd_*.h) compute exactly this, with gathers.
+constexpr uint32_t kBucketBase = 0x3400;  // bits >> 16 of 2^-23
+constexpr int kBuckets = 0x3f80 - kBucketBase + 1;  // ... through 1.0 (bits >> 16 = 0x3f80)
+
+struct Tables {
+  float map[kMapSize];        // code -> value, ascending
+  uint32_t bucket[kBuckets];  // magnitude buckets, as above
+  bool is_signed;
+};
+
+// The tables of the signed or the unsigned map (built once, on the host).
+const Tables& tables(bool is_signed);
+
+FASTOPT_HD uint32_t float_bits(float x) {
+  uint32_t u;
+  __builtin_memcpy(&u, &x, 4);
+  return u;
 }
 
-FASTOPT_HD float dequantize(uint8_t code, float absmax, const float* map) { return map[code] * absmax; }
+// The code of y (y = x / absmax, in [-1, 1]; larger magnitudes take the extreme codes). The
+// signed map has no -1: magnitude codes beyond its last negative value stop there. An unsigned
+// map codes |y|. NaN takes the top code (its block's absmax is NaN: the block reads back NaN).
+FASTOPT_HD uint8_t quantize(float y, const Tables& t) {
+  const uint32_t a = float_bits(y) & 0x7fffffffu;
+  int64_t j = int64_t(a >> 16) - int64_t(kBucketBase);
+  j = j < 0 ? 0 : (j >= kBuckets ? kBuckets - 1 : j);
+  const uint32_t e = t.bucket[j];
+  const uint32_t m = (e >> 16) + ((a & 0xffffu) > (e & 0xffffu) ? 1u : 0u);
+  if (!t.is_signed) return uint8_t(m);
+  return uint8_t(float_bits(y) >> 31 ? 127u - (m < 127u ? m : 127u) : 127u + m);
+}
 
-// One block (n <= kQuantBlock values of x): its absmax, and each value's code for x / absmax
-// (all codes of 0 for a block of zeros). A NaN makes the absmax NaN, and the block NaN.
-FASTOPT_HD void quantize_block(const float* x, int64_t n, const float* map, uint8_t* codes, float* absmax) {
-  float m = 0.0f;
+FASTOPT_HD float dequantize(uint8_t code, float absmax, const Tables& t) { return t.map[code] * absmax; }
+
+// The absmax of a block's new values: the largest |x| compared as bits, so a NaN (above inf)
+// makes it NaN. inv_absmax: what the values are scaled by before quantize (0 for a block of
+// zeros, or a NaN/inf absmax: such a block reads back non-finite).
+FASTOPT_HD float absmax_of_bits(uint32_t bits) {
+  float m;
+  __builtin_memcpy(&m, &bits, 4);
+  return m;
+}
+FASTOPT_HD float inv_absmax(float m) { return m > 0.0f ? 1.0f / m : 0.0f; }
+
+// One block (n <= kQuantBlock values of x), element by element: its absmax and codes. The
+// engines' vector versions (cpu/kernels.inl, cuda) give the same bytes.
+FASTOPT_HD void quantize_block(const float* x, int64_t n, const Tables& t, uint8_t* codes, float* absmax) {
+  uint32_t mb = 0;
   for (int64_t i = 0; i < n; ++i) {
-    const float a = x[i] < 0 ? -x[i] : x[i];
-    m = (a > m || a != a) ? a : m;
+    const uint32_t a = float_bits(x[i]) & 0x7fffffffu;
+    mb = a > mb ? a : mb;
   }
-  *absmax = m;
-  const float inv = m > 0.0f ? 1.0f / m : 0.0f;
-  for (int64_t i = 0; i < n; ++i) codes[i] = quantize(x[i] * inv, map);
+  *absmax = absmax_of_bits(mb);
+  const float inv = inv_absmax(*absmax);
+  for (int64_t i = 0; i < n; ++i) codes[i] = quantize(x[i] * inv, t);
 }
 
 }  // namespace fastopt::quant
+
+namespace fastopt {
+
+// The scalar lane of 8-bit state: one code read (times its block's absmax), one written.
+FASTOPT_HD float load_q8(const uint8_t* codes, const quant::Tables& t, float absmax, Lane<float>) {
+  return quant::dequantize(*codes, absmax, t);
+}
+FASTOPT_HD void store_q8(uint8_t* codes, float y, const quant::Tables& t) { *codes = quant::quantize(y, t); }
+
+}  // namespace fastopt

@@ -4,6 +4,7 @@
 #include <immintrin.h>
 
 #include "fastopt/numeric/convert.h"
+#include "fastopt/numeric/quantize8.h"
 
 namespace fastopt {
 
@@ -95,6 +96,29 @@ FASTOPT_HD void store_split(bf16* high, uint16_t* low, VecAvx2 x) {
   // (every 32-bit lane holds 0 .. 0xffff: the unsigned saturation of packus keeps it)
   _mm_storeu_si128(reinterpret_cast<__m128i*>(high), _mm_packus_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1)));
   _mm_storeu_si128(reinterpret_cast<__m128i*>(low), _mm_packus_epi32(_mm256_castsi256_si128(l), _mm256_extracti128_si256(l, 1)));
+}
+
+// 8-bit state (quantize8.h): a gather from the map, and one from the magnitude buckets.
+FASTOPT_HD VecAvx2 load_q8(const uint8_t* codes, const quant::Tables& t, VecAvx2 absmax, Lane<VecAvx2>) {
+  const __m256i c = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes)));
+  return _mm256_mul_ps(_mm256_i32gather_ps(t.map, c, 4), absmax.v);
+}
+FASTOPT_HD void store_q8(uint8_t* codes, VecAvx2 y, const quant::Tables& t) {
+  const __m256i u = _mm256_castps_si256(y.v), low = _mm256_set1_epi32(0xffff);
+  const __m256i a = _mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff));
+  __m256i j = _mm256_sub_epi32(_mm256_srli_epi32(a, 16), _mm256_set1_epi32(int(quant::kBucketBase)));
+  j = _mm256_min_epi32(_mm256_max_epi32(j, _mm256_setzero_si256()), _mm256_set1_epi32(quant::kBuckets - 1));
+  const __m256i e = _mm256_i32gather_epi32(reinterpret_cast<const int*>(t.bucket), j, 4);
+  // (low halves are in [0, 0xffff]: a signed compare orders them; true is -1)
+  const __m256i up = _mm256_cmpgt_epi32(_mm256_and_si256(a, low), _mm256_and_si256(e, low));
+  __m256i m = _mm256_sub_epi32(_mm256_srli_epi32(e, 16), up);
+  if (t.is_signed) {
+    const __m256i c127 = _mm256_set1_epi32(127);
+    m = _mm256_blendv_epi8(_mm256_add_epi32(c127, m), _mm256_sub_epi32(c127, _mm256_min_epi32(m, c127)),
+                           _mm256_srai_epi32(u, 31));
+  }
+  const __m128i w = _mm_packus_epi32(_mm256_castsi256_si128(m), _mm256_extracti128_si256(m, 1));
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(codes), _mm_packus_epi16(w, w));
 }
 
 }  // namespace fastopt

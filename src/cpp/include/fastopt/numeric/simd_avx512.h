@@ -4,6 +4,7 @@
 #include <immintrin.h>
 
 #include "fastopt/numeric/convert.h"
+#include "fastopt/numeric/quantize8.h"
 
 namespace fastopt {
 
@@ -93,6 +94,28 @@ FASTOPT_HD void store_split(bf16* high, uint16_t* low, VecAvx512 x) {
   const __m512i u = _mm512_castps_si512(x.v);
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(high), _mm512_cvtepi32_epi16(_mm512_srli_epi32(u, 16)));
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(low), _mm512_cvtepi32_epi16(u));  // (truncates: the low half)
+}
+
+// 8-bit state (quantize8.h): a gather from the map, and one from the magnitude buckets.
+FASTOPT_HD VecAvx512 load_q8(const uint8_t* codes, const quant::Tables& t, VecAvx512 absmax, Lane<VecAvx512>) {
+  const __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes)));
+  return _mm512_mul_ps(_mm512_i32gather_ps(c, t.map, 4), absmax.v);
+}
+FASTOPT_HD void store_q8(uint8_t* codes, VecAvx512 y, const quant::Tables& t) {
+  const __m512i u = _mm512_castps_si512(y.v), low = _mm512_set1_epi32(0xffff);
+  const __m512i a = _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff));
+  __m512i j = _mm512_sub_epi32(_mm512_srli_epi32(a, 16), _mm512_set1_epi32(int(quant::kBucketBase)));
+  j = _mm512_min_epi32(_mm512_max_epi32(j, _mm512_setzero_si512()), _mm512_set1_epi32(quant::kBuckets - 1));
+  const __m512i e = _mm512_i32gather_epi32(j, t.bucket, 4);
+  const __mmask16 up = _mm512_cmpgt_epi32_mask(_mm512_and_si512(a, low), _mm512_and_si512(e, low));
+  const __m512i base = _mm512_srli_epi32(e, 16);
+  __m512i m = _mm512_mask_add_epi32(base, up, base, _mm512_set1_epi32(1));
+  if (t.is_signed) {
+    const __m512i c127 = _mm512_set1_epi32(127);
+    const __mmask16 neg = _mm512_cmplt_epi32_mask(u, _mm512_setzero_si512());
+    m = _mm512_mask_sub_epi32(_mm512_add_epi32(c127, m), neg, c127, _mm512_min_epi32(m, c127));
+  }
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(codes), _mm512_cvtepi32_epi8(m));
 }
 
 }  // namespace fastopt

@@ -30,6 +30,10 @@ struct Adagrad {
 
   static constexpr int max_state = 1;
   static constexpr const char* state_names[max_state] = {"sum"};  // in binding order
+  static constexpr unsigned nonnegative_state = 0b1;  // sum: 8-bit state codes them unsigned
+  // A running sum only grows: re-quantized every step against its block's absmax, the small
+  // increments of late steps vanish, and the learning-rate decay stops.
+  static constexpr const char* no_8bit_state = "its state is a running sum (increments below the 8-bit resolution vanish)";
 
   FASTOPT_HD static int num_state(const Hyper&) { return 1; }
 

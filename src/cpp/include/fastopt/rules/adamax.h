@@ -30,6 +30,7 @@ struct Adamax {
 
   static constexpr int max_state = 2;
   static constexpr const char* state_names[max_state] = {"exp_avg", "exp_inf"};  // in binding order
+  static constexpr unsigned nonnegative_state = 0b10;  // exp_inf: 8-bit state codes them unsigned
 
   FASTOPT_HD static int num_state(const Hyper&) { return 2; }
 

@@ -32,6 +32,7 @@ struct RmsProp {
   // centered without momentum binds an idle momentum_buffer too (left untouched).
   static constexpr int max_state = 3;
   static constexpr const char* state_names[max_state] = {"square_avg", "momentum_buffer", "grad_avg"};  // in binding order
+  static constexpr unsigned nonnegative_state = 0b001;  // square_avg: 8-bit state codes them unsigned
 
   FASTOPT_HD static int num_state(const Hyper& h) { return h.centered ? 3 : (h.momentum != 0 ? 2 : 1); }
 

@@ -1,0 +1,61 @@
+"""Storage modes: how a param group keeps its params' fp32 values (``master_weights``) and its
+optimizer state (``state_precision``). The rules compute in float32 whatever the storage; these
+choose the bytes each param costs (README: "Bytes per param")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from . import _core
+
+MASTER_WEIGHTS = (True, False, "remainder", "kahan", "stochastic")
+STATE_PRECISIONS = ("float32", "bfloat16", "bfloat16_stochastic", "8bit")
+QUANT_BLOCK = _core.numeric.quant_block  # elements per absmax of 8-bit state (fastopt/numeric/quantize8.h)
+
+
+@dataclass(frozen=True)
+class Storage:
+    """One param group's storage modes (see ``master_weights`` and ``state_precision`` of
+    :class:`~fastopt.Optimizer`)."""
+
+    master_weights: bool | str = False
+    state_precision: str = "float32"
+
+    @property
+    def state_dtype(self) -> str:
+        """The dtype of the state arrays."""
+        return {"float32": "float32", "8bit": "uint8"}.get(self.state_precision, "bfloat16")
+
+    @property
+    def quantized(self) -> bool:
+        return self.state_precision == "8bit"
+
+    @property
+    def random(self) -> bool:
+        """Whether anything rounds stochastically (with the optimizer's seed)."""
+        return self.master_weights == "stochastic" or self.state_precision == "bfloat16_stochastic"
+
+
+def check_storage(master_weights: Any, state_precision: Any, where: str = "") -> Storage:
+    """A Storage from the given values; ValueError naming ``where`` (a param group) otherwise."""
+    at = f"{where}: " if where else ""
+    if isinstance(master_weights, bool) or master_weights in MASTER_WEIGHTS[2:]:
+        pass
+    else:
+        raise ValueError(f"{at}master_weights must be True, False, 'remainder', 'kahan' or 'stochastic', "
+                         f"got {master_weights!r}")
+    if state_precision not in STATE_PRECISIONS:
+        raise ValueError(f"{at}state_precision must be one of {', '.join(map(repr, STATE_PRECISIONS))}, "
+                         f"got {state_precision!r}")
+    return Storage(master_weights, state_precision)
+
+
+def absmax_name(state: str) -> str:
+    """The name of the absmax array of 8-bit state array ``state``."""
+    return state + "_absmax"
+
+
+def absmax_blocks(numel: int) -> int:
+    """The absmax count of an 8-bit state array of ``numel`` elements."""
+    return -(-numel // QUANT_BLOCK)
