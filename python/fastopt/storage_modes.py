@@ -1,5 +1,6 @@
 """The ways an optimizer can store params and their state, one row each: what
-``fastopt bench --storage`` times. Adding a mode is adding its row to :data:`MODES`."""
+``fastopt bench --storage`` times and ``examples/storage_modes_digits.py`` trains with.
+Adding a mode is adding its row to :data:`MODES`."""
 
 from __future__ import annotations
 
