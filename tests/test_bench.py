@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import fastopt
 import fastopt.cuda
 from fastopt import bench
+from fastopt.bench_storage import format_storage_table, storage_streams
 from fastopt.cli import main, parse_count
+from fastopt.storage_modes import MODES
 
 TINY = ["--size", "4096", "--tensors", "8", "--repeats", "2", "--warmup", "1"]
 ENV_KEYS = {"cpu_isa", "threads", "torch", "size", "tensors", "dtype", "rows"}
@@ -162,7 +166,7 @@ def test_help(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     for word in ("--size", "--tensors", "--dtype", "--optimizers", "--threads", "--no-torch",
-                 "--json", "28 B", "probe"):
+                 "--storage", "--json", "28 B", "probe", "floor/time", "no ceiling"):
         assert word in out
 
 
@@ -200,6 +204,83 @@ def test_streams_bytes():
     assert sum(s.bytes for s in bench.SPECS["adam"].streams(f32)) == 28
     assert sum(s.bytes for s in bench.SPECS["adamw"].streams(bf16)) == 30  # the master is read, the param only written
     assert sum(s.bytes for s in bench.SPECS["sgd"].streams(bf16)) == 22
+
+
+# ---- fastopt bench --storage ------------------------------------------------------------------
+
+STORAGE_TINY = ["bench", "--storage", "--size", "4096", "--repeats", "2", "--warmup", "1"]
+# Bytes per param and step of each mode, worked out by hand: param (fp32 r+w 4+4, bf16 r+w 2+2,
+# bf16 beside an fp32 master w 2), grad r 4, what keeps the rest of a bf16 param's value (fp32
+# master r+w 4+4, uint16 remainder or bf16 compensation r+w 2+2, nothing) and the fp32 state
+# r+w 4+4 each: AdamW's exp_avg and exp_avg_sq (16), SGD's momentum_buffer (8).
+STORAGE_BYTES = {
+    "fp32": {"adamw": 8 + 4 + 16, "sgd": 8 + 4 + 8},  # 28, 20
+    "bf16 + fp32 master": {"adamw": 2 + 4 + 8 + 16, "sgd": 2 + 4 + 8 + 8},  # 30, 22
+    "bf16 + remainder": {"adamw": 4 + 4 + 4 + 16, "sgd": 4 + 4 + 4 + 8},  # 28, 20
+    "bf16 + Kahan": {"adamw": 4 + 4 + 4 + 16, "sgd": 4 + 4 + 4 + 8},  # 28, 20
+    "bf16 + stochastic rounding": {"adamw": 4 + 4 + 16, "sgd": 4 + 4 + 8},  # 24, 16
+    "bf16 round-to-nearest": {"adamw": 4 + 4 + 16, "sgd": 4 + 4 + 8},  # 24, 16
+}
+
+
+def test_storage_json(capsys):
+    assert main([*STORAGE_TINY, "--optimizers", "adamw,sgd", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    rows = report["rows"]
+    assert [(r["optimizer"], r["mode"]) for r in rows] == [
+        (o, m) for o in ("adamw", "sgd") for m in ("probe", *STORAGE_BYTES)]  # every mode, in the table's order
+    probe = {}
+    for r in rows:
+        if r["mode"] == "probe":  # the optimizer's fp32 streams
+            assert r["bytes_per_param"] == STORAGE_BYTES["fp32"][r["optimizer"]] and r["floor_fraction"] == 1.0
+            probe = r
+            continue
+        assert r["bytes_per_param"] == STORAGE_BYTES[r["mode"]][r["optimizer"]]
+        assert r["ms_per_step"] > 0
+        assert r["gb_per_s"] == pytest.approx(r["bytes_per_param"] * 4096 / (r["ms_per_step"] * 1e-3) / 1e9)
+        floor_ms = r["bytes_per_param"] * 4096 / (probe["gb_per_s"] * 1e9) * 1e3
+        assert r["floor_ms"] == pytest.approx(floor_ms)
+        assert r["floor_fraction"] == pytest.approx(floor_ms / r["ms_per_step"])
+        assert r["probe_is_ceiling"] == (r["floor_fraction"] <= 1.0)
+
+
+def test_storage_model_matches_the_arrays():
+    """Each mode's streams, less the grad, are the arrays the optimizer keeps: the param and
+    what it allocates (master, remainder or compensation, state) at the modeled dtypes."""
+    n = 4096
+    for name in ("adamw", "sgd"):
+        spec = bench.SPECS[name]
+        for mode in MODES:
+            params = [np.zeros(n, mode.dtype)]
+            opt = spec.fastopt_cls(params, [np.zeros(n, np.float32)], **mode.options, **spec.hypers)
+            kept = params[0].nbytes + sum(a.nbytes for a in opt.state[0].values())
+            modeled = sum(s.dtype.itemsize / s.block for s in storage_streams(spec, mode) if s.name != "grad")
+            assert kept == modeled * n, (name, mode.label)
+
+
+def test_storage_table(capsys):
+    assert main([*STORAGE_TINY, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    remainder, kahan = (next(r for r in report["rows"] if r["mode"] == m) for m in ("bf16 + remainder", "bf16 + Kahan"))
+    remainder.update(floor_fraction=1.07, probe_is_ceiling=False)  # faster than its bytes allow
+    kahan.update(floor_fraction=0.95, probe_is_ceiling=True)
+    text = format_storage_table(report)
+    assert "30 B = param w 2, grad r 4, master r+w 4+4, exp_avg r+w 4+4, exp_avg_sq r+w 4+4" in text
+    table = {re.split(r"\s{2,}", line)[1]: line for line in text.splitlines() if line.startswith("adamw ")}
+    assert list(table) == ["probe", *STORAGE_BYTES]
+    assert table["bf16 + remainder"].endswith("107% no ceiling")
+    assert table["bf16 + Kahan"].endswith(" 95%")
+    assert "\nno ceiling: faster than its bytes allow" in text
+    remainder.update(floor_fraction=0.99, probe_is_ceiling=True)
+    assert "no ceiling" not in format_storage_table(report)
+
+
+@pytest.mark.parametrize("argv,why", [(["--dtype", "bfloat16"], "drop --dtype"), (["--tensors", "8"], "drop --tensors"),
+                                      (["--device", "cuda"], "drop --device cuda"),
+                                      (["--optimizers", "adamw,lamb"], "other pass of lamb")])
+def test_storage_refuses(capsys, argv, why):
+    assert main([*STORAGE_TINY, *argv]) == 2
+    assert why in capsys.readouterr().err
 
 
 def test_cuda_device_without_gpu_is_a_clear_error(capsys, monkeypatch):

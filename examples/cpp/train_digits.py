@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -153,27 +154,46 @@ def fnv1a(p: Params) -> int:
     return h
 
 
-def main() -> None:
-    path = sys.argv[1] if len(sys.argv) > 1 else str(Path(__file__).with_name("data") / "digits.csv")
+def data_and_init(path: str) -> tuple[np.ndarray, np.ndarray, Params]:
+    """The shuffled samples (pixels, labels) and the initial params: the run's random numbers."""
     rng = XorShift64(0x9E3779B97F4A7C15)  # the shuffle's numbers, then the init's
     x, y = shuffled(*load_digits(path), rng)
-    p = init_params(rng)
+    return x, y, init_params(rng)
+
+
+def adamw(p: Params, g: Params, lr: float = LR, **options) -> fastopt.AdamW:
+    """AdamW bound once to the params (any float dtype) and the grads: two param groups, the
+    weights with weight decay and the biases without. ``options``: more of its arguments."""
+    return fastopt.AdamW([{"params": [p.w1, p.w2], "grads": [g.w1, g.w2]},
+                          {"params": [p.b1, p.b2], "grads": [g.b1, g.b2], "weight_decay": 0.0}],
+                         lr=lr, weight_decay=WEIGHT_DECAY, **options)
+
+
+def train_epoch(values: Callable[[], Params], g: Params, opt: fastopt.AdamW, x: np.ndarray, y: np.ndarray) -> float:
+    """One epoch over the first TRAIN samples, in batches of BATCH: the float32 forward and
+    backward passes on ``values()`` (the params as the model sees them, taken before each batch),
+    the grads into g, then one step. Returns the loss summed over the epoch's samples."""
+    loss = 0.0
+    for start in range(0, TRAIN, BATCH):
+        xb, yb = x[start:start + BATCH], y[start:start + BATCH]
+        p = values()
+        h, z = forward(p, xb)
+        batch_loss, dz = softmax_xent(z, yb)
+        loss += batch_loss
+        backward(p, xb, h, dz, g)
+        opt.step()
+    return loss
+
+
+def main() -> None:
+    path = sys.argv[1] if len(sys.argv) > 1 else str(Path(__file__).with_name("data") / "digits.csv")
+    x, y, p = data_and_init(path)
     g = Params()  # the grads, refilled in place by backward()
-    # Two param groups, the weights with weight decay and the biases without; bound once.
-    opt = fastopt.AdamW([{"params": [p.w1, p.w2], "grads": [g.w1, g.w2]},
-                         {"params": [p.b1, p.b2], "grads": [g.b1, g.b2], "weight_decay": 0.0}],
-                        lr=LR, weight_decay=WEIGHT_DECAY)
+    opt = adamw(p, g)
 
     tests = len(y) - TRAIN
     for epoch in range(1, EPOCHS + 1):
-        loss = 0.0  # summed over the epoch's samples, with the params each batch saw
-        for start in range(0, TRAIN, BATCH):
-            xb, yb = x[start:start + BATCH], y[start:start + BATCH]
-            h, z = forward(p, xb)
-            batch_loss, dz = softmax_xent(z, yb)
-            loss += batch_loss
-            backward(p, xb, h, dz, g)
-            opt.step()
+        loss = train_epoch(lambda: p, g, opt, x, y)  # with the params each batch saw
         correct = count_correct(p, x[TRAIN:], y[TRAIN:])
         print("epoch %2d  train loss %.17g  test accuracy %d/%d = %.2f%%"
               % (epoch, loss / TRAIN, correct, tests, 100.0 * correct / tests))

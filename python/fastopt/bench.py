@@ -58,8 +58,8 @@ from .bench_report import Progress, format_table, make_row
 from .catalog import OPTIMIZERS
 
 # The run and what its callers (the CLI, the CUDA benchmark, the tests) name through it.
-__all__ = ["BenchConfig", "run_bench", "check_run", "format_table", "fixed_cost_us", "SPECS", "DTYPES", "IMPLS",
-           "Impl", "tensor_sizes"]
+__all__ = ["BenchConfig", "run_bench", "check_run", "check_timing", "format_table", "fixed_cost_us", "SPECS",
+           "DTYPES", "IMPLS", "Impl", "tensor_sizes"]
 
 SPECS: dict[str, OptimizerSpec] = {
     spec.name: spec for spec in (OptimizerSpec(cls, NUMPY_STEPS.get(cls.__name__.lower())) for cls in OPTIMIZERS)}
@@ -68,9 +68,14 @@ SPECS: dict[str, OptimizerSpec] = {
 # ---- the run -------------------------------------------------------------------------------
 
 def check_run(dtype: str, optimizers: Sequence[str], repeats: int, warmup: int) -> None:
-    """ValueError for what every benchmark configuration checks alike."""
+    """ValueError for what every benchmark configuration of one param dtype checks alike."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    check_timing(optimizers, repeats, warmup)
+
+
+def check_timing(optimizers: Sequence[str], repeats: int, warmup: int) -> None:
+    """ValueError for unknown optimizers, repeats < 1 or warmup < 0."""
     unknown = [o for o in optimizers if o not in SPECS]
     if unknown or not optimizers:
         raise ValueError(f"optimizers must be among {', '.join(SPECS)}, got {', '.join(optimizers)}")

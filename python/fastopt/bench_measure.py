@@ -21,6 +21,7 @@ DTYPES: dict[str, np.dtype] = {
     "float16": np.dtype(np.float16),
 }
 F32 = np.dtype(np.float32)
+BF16 = DTYPES["bfloat16"]
 SEED = 0
 SIZE_SPREAD = 1000.0  # tensor sizes are log-uniform over this ratio before rescaling
 
@@ -35,17 +36,39 @@ class Stream:
     dtype: np.dtype
     read: bool
     written: bool
+    block: int = 1  # param elements per element of this array (a block-wise scale: the block's size)
 
     @property
-    def bytes(self) -> int:
-        """Bytes moved per element and step."""
-        return self.dtype.itemsize * (int(self.read) + int(self.written))
+    def bytes(self) -> int | float:
+        """Bytes moved per param element and step (a fraction for a block-wise scale)."""
+        n = self.dtype.itemsize * (int(self.read) + int(self.written))
+        return n if self.block == 1 else n / self.block
 
     def describe(self) -> str:
         n = self.dtype.itemsize
         mode = "r+w" if self.read and self.written else "w" if self.written else "r"
         sizes = f"{n}+{n}" if self.read and self.written else f"{n}"
-        return f"{self.name} {mode} {sizes}"
+        return f"{self.name} {mode} {sizes}" + (f" per {self.block}" if self.block > 1 else "")
+
+
+# How a half param's value is kept, by ``master_weights``: whether the update reads the param,
+# and the stream that keeps the rest of its value (float32 params need none).
+KEPT: dict[bool | str, tuple[bool, Stream | None]] = {
+    False: (True, None),  # rounded to nearest: the param is all there is
+    True: (False, Stream("master", F32, True, True)),  # the master is read, the param only written
+    "remainder": (True, Stream("remainder", np.dtype(np.uint16), True, True)),  # the master's low half
+    "kahan": (True, Stream("compensation", BF16, True, True)),
+    "stochastic": (True, None),
+}
+# How each state array is stored, by ``state_precision``: its element dtype, and for a
+# block-wise quantized state the params per float32 absmax (each block's scale, read and
+# written as the block is).
+STATE_FORMATS: dict[str, tuple[np.dtype, int | None]] = {
+    "float32": (F32, None),
+    "bfloat16": (BF16, None),
+    "bfloat16_stochastic": (BF16, None),
+    "8bit": (np.dtype(np.uint8), 2048),
+}
 
 
 @dataclass(frozen=True)
@@ -87,13 +110,18 @@ class OptimizerSpec:
         hyper = cls._to_hyper({**cls.default_hypers(), **self.hypers})
         return tuple(cls.state_names[:hyper.num_state()])
 
-    def streams(self, dtype: np.dtype) -> list[Stream]:
-        """The update's streams for params of ``dtype`` (fp32 grads; fp32 master if half)."""
-        half = dtype != F32  # then the fp32 master is read and the param only written
-        out = [Stream("param", dtype, not half, True), Stream("grad", F32, True, False)]
-        if half:
-            out.append(Stream("master", F32, True, True))
-        out += [Stream(s, F32, True, True) for s in self.state_names]
+    def streams(self, dtype: np.dtype, master_weights: bool | str = True,
+                state_precision: str = "float32") -> list[Stream]:
+        """The update's streams for params of ``dtype`` (fp32 grads), their value kept as
+        ``master_weights`` keeps a half param's (default: an fp32 master), the state stored as
+        ``state_precision`` stores it (see :data:`KEPT` and :data:`STATE_FORMATS`)."""
+        reads_param, kept = KEPT[master_weights] if dtype != F32 else (True, None)
+        out = [Stream("param", dtype, reads_param, True), Stream("grad", F32, True, False)]
+        out += [kept] if kept else []
+        state_dtype, block = STATE_FORMATS[state_precision]
+        for name in self.state_names:
+            out.append(Stream(name, state_dtype, True, True))
+            out += [Stream(f"{name} absmax", F32, True, True, block)] if block else []
         return out
 
     def bytes_per_param(self, dtype: np.dtype) -> int:

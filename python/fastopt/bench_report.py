@@ -74,10 +74,9 @@ HEADER = ["optimizer", "layout", "impl", "ms/step", "GB/s", "B/param", "of probe
 def format_table(report: Mapping[str, Any]) -> str:
     """The report as text: a header (environment, bytes model) and an aligned table."""
     torch = f"torch {report['torch']} ({report['torch_threads']} threads)" if report["torch"] else "torch: not used"
-    size = report["size"]
-    pow2 = f" = 2**{size.bit_length() - 1}" if size & (size - 1) == 0 else ""
     lines = [
-        f"fastopt {report['fastopt_version']} bench: {size} {report['dtype']} params{pow2}; "
+        f"fastopt {report['fastopt_version']} bench: {report['size']} {report['dtype']} params"
+        f"{power_of_two(report['size'])}; "
         f"cpu_isa {report['cpu_isa']}, {report['threads']} threads; {torch}; numpy {report['numpy']}",
         f"layouts: {_layouts_doc(report)}; median of {report['repeats']} steps after "
         f"{report['warmup']} warmup steps",
@@ -99,12 +98,24 @@ def format_table(report: Mapping[str, Any]) -> str:
 
 def table_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """The rows as aligned text lines under HEADER, a blank line between optimizers."""
-    table = [HEADER] + [_table_cells(r) for r in rows]
-    widths = [max(len(c[i]) for c in table) for i in range(len(HEADER))]
+    return aligned_lines(HEADER, [_table_cells(r) for r in rows], left=3)
+
+
+def aligned_lines(header: Sequence[str], rows: Sequence[Sequence[str]], left: int) -> list[str]:
+    """``rows`` of cells as text lines under ``header``: the first ``left`` columns left-aligned,
+    the others right-aligned, cells past the header appended as they are, and a blank line
+    where the first cell changes."""
+    table = [list(header)] + [list(r) for r in rows]
+    widths = [max(len(c[i]) for c in table) for i in range(len(header))]
     lines = []
     for k, cells in enumerate(table):
         if k > 1 and cells[0] != table[k - 1][0]:
             lines.append("")
-        out = [c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))]
-        lines.append("  ".join(out + cells[len(HEADER):]).rstrip())
+        out = [c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))]
+        lines.append("  ".join(out + cells[len(header):]).rstrip())
     return lines
+
+
+def power_of_two(size: int) -> str:
+    """``" = 2**k"`` where ``size`` is 2**k, else ``""``."""
+    return f" = 2**{size.bit_length() - 1}" if size & (size - 1) == 0 else ""

@@ -7,7 +7,7 @@ import ast
 import json
 import operator
 import sys
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 _BINOPS = {ast.Pow: operator.pow, ast.Mult: operator.mul, ast.Add: operator.add,
            ast.Sub: operator.sub, ast.LShift: operator.lshift}
@@ -79,6 +79,16 @@ The probe row runs fastopt's engine over ONE tensor with exactly those streams a
 come from one interleaved run; "of probe" is fastopt's GB/s over the probe's. "fastopt faster"
 is the impl's time over fastopt's. Times are medians of --repeats steps after --warmup.
 Progress goes to stderr; the table (or --json) to stdout.
+
+--storage prints the storage-mode table instead: for --optimizers (default: adamw; not
+LARS or LAMB), ONE tensor of --size params stepped in each way of storing params and state
+(fastopt.storage_modes: fp32 params; bf16 params with an fp32 master, a uint16 remainder, a
+bf16 Kahan compensation, stochastic rounding, or rounded to nearest), round-robin with the
+probe. A mode's bytes per param count what its step moves, at their dtypes (AdamW: fp32 28 B,
+bf16 + fp32 master 30 B, bf16 + remainder or Kahan 28 B, bf16 stochastic or nearest 24 B);
+"floor" is the time those bytes allow at the probe's GB/s, "floor/time" that over the mode's
+time (100%: at the probe's bandwidth). Above 100% is flagged "no ceiling": the mode beat the
+probe, which is then no bound for its streams.
 """
 
 BENCH_EPILOG = """\
@@ -88,6 +98,8 @@ examples:
   fastopt bench --size 2**20 --tensors 256 --dtype bfloat16 --json
   fastopt bench --device cuda --optimizers adam
   fastopt bench --device cuda --dtype bfloat16 --tensors 10000 --tensor-elems 4096
+  fastopt bench --storage
+  fastopt bench --storage --optimizers adamw,sgd --size 2**24
 """
 
 
@@ -113,10 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "summing to --size; 10000 on cuda, of --tensor-elems each; 1: single tensor only)")
     bench.add_argument("--tensor-elems", type=parse_count, default=4096, metavar="N",
                        help="cuda only: params per tensor of the multi-tensor layout (default: 4096)")
-    bench.add_argument("--dtype", choices=list(DTYPES), default="float32",
+    bench.add_argument("--dtype", choices=list(DTYPES), default=None,
                        help="param dtype; grads and state are float32 (default: float32)")
     bench.add_argument("--optimizers", type=_optimizers, default=None, metavar="LIST",
-                       help=f"comma-separated, among {','.join(SPECS)} (default: all)")
+                       help=f"comma-separated, among {','.join(SPECS)} (default: all; adamw with --storage)")
     bench.add_argument("--repeats", type=parse_count, default=10, metavar="N",
                        help="timed steps per case; the median is reported (default: 10)")
     bench.add_argument("--warmup", type=int, default=2, metavar="N",
@@ -125,26 +137,45 @@ def build_parser() -> argparse.ArgumentParser:
                        help="threads for fastopt and torch (default: each library's own)")
     bench.add_argument("--no-torch", dest="use_torch", action="store_false",
                        help="skip the torch.optim peers")
+    bench.add_argument("--storage", action="store_true",
+                       help="print the storage-mode table instead (cpu, one tensor; each mode sets its own "
+                            "dtypes, so --dtype and --tensors do not apply): see above")
     bench.add_argument("--json", action="store_true",
                        help="print a JSON report (environment and rows) instead of the table")
     return parser
 
 
-def run_bench_command(args: argparse.Namespace) -> int:
+def _benchmark(args: argparse.Namespace) -> tuple[Any, Callable[..., dict], Callable[[dict], str]]:
+    """The benchmark that ``args`` ask for: its configuration, its run and its table.
+    ValueError for options the storage table does not take."""
+    from .bench import SPECS
+
+    if args.storage:
+        from .bench_storage import StorageBenchConfig, format_storage_table, run_storage_bench
+        given = [name for name, value in (("--device cuda", args.device == "cuda"), ("--dtype", args.dtype),
+                                          ("--tensors", args.tensors)) if value]
+        if given:
+            raise ValueError(f"--storage times one CPU tensor in each mode's dtypes: drop {', '.join(given)}")
+        cfg = StorageBenchConfig(size=args.size or 2 ** 25, optimizers=args.optimizers or ("adamw",),
+                                 repeats=args.repeats, warmup=args.warmup, threads=args.threads)
+        return cfg, run_storage_bench, format_storage_table
+    dtype = args.dtype or "float32"
     if args.device == "cuda":
-        from .bench_cuda import CudaBenchConfig as Config, format_cuda_table as fmt, run_cuda_bench as run
-        from .bench import SPECS
-        default = tuple(SPECS)
-        cfg = Config(size=args.size or 2 ** 28, tensors=args.tensors or 10000, tensor_elems=args.tensor_elems,
-                     dtype=args.dtype, optimizers=args.optimizers or default, repeats=args.repeats,
-                     warmup=args.warmup, use_torch=args.use_torch)
-    else:
-        from .bench import BenchConfig as Config, format_table as fmt, run_bench as run
-        from .bench import SPECS
-        cfg = Config(size=args.size or 2 ** 25, tensors=args.tensors or 4096, dtype=args.dtype,
-                     optimizers=args.optimizers or tuple(SPECS), repeats=args.repeats, warmup=args.warmup,
-                     use_torch=args.use_torch, threads=args.threads)
+        from .bench_cuda import CudaBenchConfig, format_cuda_table, run_cuda_bench
+        cfg = CudaBenchConfig(size=args.size or 2 ** 28, tensors=args.tensors or 10000, tensor_elems=args.tensor_elems,
+                              dtype=dtype, optimizers=args.optimizers or tuple(SPECS), repeats=args.repeats,
+                              warmup=args.warmup, use_torch=args.use_torch)
+        return cfg, run_cuda_bench, format_cuda_table
+    from .bench import BenchConfig, format_table, run_bench
+    cfg = BenchConfig(size=args.size or 2 ** 25, tensors=args.tensors or 4096, dtype=dtype,
+                      optimizers=args.optimizers or tuple(SPECS), repeats=args.repeats, warmup=args.warmup,
+                      use_torch=args.use_torch, threads=args.threads)
+    return cfg, run_bench, format_table
+
+
+def run_bench_command(args: argparse.Namespace) -> int:
     try:
+        cfg, run, fmt = _benchmark(args)
         cfg.validate()
         report = run(cfg, progress_stream=sys.stderr)
     except (ValueError, RuntimeError) as e:

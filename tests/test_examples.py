@@ -1,0 +1,62 @@
+"""examples/storage_modes_digits.py at reduced length (20 epochs, not 60): every storage mode
+trains the digits MLP as fp32 params do, within the margins the README states, and the bf16
+round-to-nearest baseline does not."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+EPOCHS = 20
+LOSS_MARGIN = 0.05  # of fp32's final train loss, relative
+ACCURACY_MARGIN = 1.0  # percentage points of test accuracy: 3 of the 297 test samples
+BASELINE = "bf16 round-to-nearest"
+
+
+def _load_example():
+    path = Path(__file__).resolve().parents[1] / "examples" / "storage_modes_digits.py"
+    spec = importlib.util.spec_from_file_location("storage_modes_digits", path)
+    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # its dataclass looks itself up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def example():
+    return _load_example()
+
+
+@pytest.fixture(scope="module")
+def outcomes(example):
+    return {o.mode.label: o for o in example.compare(EPOCHS)}
+
+
+def test_every_mode_runs_with_its_bytes(outcomes):
+    """Params and what the optimizer keeps, per param: fp32 param 4 or bf16 2, fp32 master 4,
+    uint16 remainder or bf16 compensation 2, AdamW's two fp32 state arrays 8."""
+    assert {label: o.bytes_per_param for label, o in outcomes.items()} == {
+        "fp32": 4 + 8, "bf16 + fp32 master": 2 + 4 + 8, "bf16 + remainder": 2 + 2 + 8, "bf16 + Kahan": 2 + 2 + 8,
+        "bf16 + stochastic rounding": 2 + 8, BASELINE: 2 + 8}
+
+
+def test_modes_within_the_margin_of_fp32(outcomes):
+    fp32 = outcomes["fp32"]
+    for label, o in outcomes.items():
+        if label != BASELINE:
+            assert abs(o.loss / fp32.loss - 1) <= LOSS_MARGIN, (label, o.loss, fp32.loss)
+            assert abs(o.accuracy - fp32.accuracy) <= ACCURACY_MARGIN, (label, o.accuracy, fp32.accuracy)
+
+
+def test_round_to_nearest_misses_the_margin(outcomes):
+    """The margin tells the modes from the loss of rounding every update to nearest."""
+    assert outcomes[BASELINE].loss / outcomes["fp32"].loss - 1 > LOSS_MARGIN
+
+
+def test_markdown(example, outcomes):
+    lines = example.markdown(list(outcomes.values())).splitlines()
+    assert lines[0] == "| mode | bytes/param | train loss | vs fp32 | test accuracy | vs fp32 |"
+    assert [line.split(" | ")[0] for line in lines[2:]] == [f"| {label}" for label in outcomes]
+    assert lines[2].endswith(" |  |") and lines[3].endswith(" pp |")
