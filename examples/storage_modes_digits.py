@@ -78,7 +78,7 @@ def markdown(outcomes: list[Outcome]) -> str:
     for o in outcomes:
         loss_vs, accuracy_vs = ("", "") if o is ref else (
             f"{100 * (o.loss / ref.loss - 1):+.2f}%", f"{o.accuracy - ref.accuracy:+.2f} pp")
-        lines.append(f"| {o.mode.label} | {o.bytes_per_param:g} | {o.loss:.4f} | {loss_vs} | {o.accuracy:.2f}% "
+        lines.append(f"| {o.mode.label} | {o.bytes_per_param:.4g} | {o.loss:.4f} | {loss_vs} | {o.accuracy:.2f}% "
                      f"| {accuracy_vs} |")
     return "\n".join(lines)
 

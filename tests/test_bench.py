@@ -220,6 +220,11 @@ STORAGE_BYTES = {
     "bf16 + Kahan": {"adamw": 4 + 4 + 4 + 16, "sgd": 4 + 4 + 4 + 8},  # 28, 20
     "bf16 + stochastic rounding": {"adamw": 4 + 4 + 16, "sgd": 4 + 4 + 8},  # 24, 16
     "bf16 round-to-nearest": {"adamw": 4 + 4 + 16, "sgd": 4 + 4 + 8},  # 24, 16
+    "fp32 + bf16 state": {"adamw": 8 + 4 + 8, "sgd": 8 + 4 + 4},  # 20, 16
+    "fp32 + bf16 state, stochastic": {"adamw": 8 + 4 + 8, "sgd": 8 + 4 + 4},
+    # 8-bit: a byte read and written per state element, and a float32 absmax per 2048
+    "fp32 + 8-bit state": {"adamw": 8 + 4 + 4 + 2 * 8 / 2048, "sgd": 8 + 4 + 2 + 8 / 2048},
+    "bf16 + remainder + 8-bit state": {"adamw": 4 + 4 + 4 + 4 + 2 * 8 / 2048, "sgd": 4 + 4 + 4 + 2 + 8 / 2048},
 }
 
 

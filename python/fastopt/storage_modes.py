@@ -51,8 +51,8 @@ MODES: tuple[StorageMode, ...] = (
     # No master: each update rounded to nearest, so that updates below half a bf16 step of the
     # param are lost. The baseline that shows why the modes above exist.
     StorageMode("bf16 round-to-nearest", BF16),
-    # Once the optimizers take state_precision= (not yet in this tree, so not run here):
-    # StorageMode("fp32 + 8-bit state", F32, state_precision="8bit"),
-    # StorageMode("fp32 + bf16 state", F32, state_precision="bfloat16"),
-    # StorageMode("fp32 + bf16 state, stochastic", F32, state_precision="bfloat16_stochastic"),
+    StorageMode("fp32 + bf16 state", F32, state_precision="bfloat16"),
+    StorageMode("fp32 + bf16 state, stochastic", F32, state_precision="bfloat16_stochastic"),
+    StorageMode("fp32 + 8-bit state", F32, state_precision="8bit"),
+    StorageMode("bf16 + remainder + 8-bit state", BF16, master_weights="remainder", state_precision="8bit"),
 )

@@ -48,14 +48,29 @@ void requantize_block(const float* x, int64_t n, const quant::Tables& tb, uint8_
   }
   *absmax = quant::absmax_of_bits(bits);
   const float inv = quant::inv_absmax(*absmax);
+  const auto q = quantizer(tb, Lane<V>{});
   int64_t i = 0;
-  for (; i + lane_width<V> <= n; i += lane_width<V>) store_q8(codes + i, load(x + i, Lane<V>{}) * V(inv), tb);
+  for (; i + lane_width<V> <= n; i += lane_width<V>) store_q8(codes + i, load(x + i, Lane<V>{}) * V(inv), q);
   for (; i < n; ++i) store_q8(codes + i, x[i] * inv, tb);
+}
+
+// One block of 8-bit state dequantized into x (n values): by the target's whole-block routine
+// where it has one (FASTOPT_DEQUANTIZE_BLOCK, returning how many it did), then lane by lane.
+void dequantize_block(const uint8_t* codes, int64_t n, const quant::Tables& tb, float absmax, float* x) {
+  using V = FASTOPT_LANE;
+#ifdef FASTOPT_DEQUANTIZE_BLOCK
+  int64_t i = FASTOPT_DEQUANTIZE_BLOCK(codes, n, tb, absmax, x);
+#else
+  int64_t i = 0;
+#endif
+  for (; i + lane_width<V> <= n; i += lane_width<V>) store(x + i, load_q8(codes + i, tb, V(absmax), Lane<V>{}));
+  for (; i < n; ++i) x[i] = quant::dequantize(codes[i], absmax, tb);
 }
 
 // f(b, e, q) over [begin, end) of tensor t (begin a multiple of quant::kQuantBlock): at once
 // (q null) where its state is stored in place; one block at a time where it is 8-bit, each
-// block's new state gathered in scratch and, where the pass `writes` it, quantized again.
+// block's state dequantized into scratch, updated there and, where the pass `writes` it,
+// quantized again.
 template <class F>
 void by_blocks(const TensorSlot& t, int64_t begin, int64_t end, bool writes, F&& f) {
   if (t.state_store != StateStore::q8 || t.num_state == 0) return f(begin, end, nullptr);
@@ -64,7 +79,10 @@ void by_blocks(const TensorSlot& t, int64_t begin, int64_t end, bool writes, F&&
     const int64_t e = b + quant::kQuantBlock < end ? b + quant::kQuantBlock : end, block = b / quant::kQuantBlock;
     QuantBlock q{};
     q.begin = b;
-    for (int k = 0; k < t.num_state; ++k) q.absmax[k] = t.absmax[k][block], q.values[k] = values[k];
+    for (int k = 0; k < t.num_state; ++k) {
+      q.absmax[k] = t.absmax[k][block], q.values[k] = values[k];
+      dequantize_block(static_cast<const uint8_t*>(t.state[k]) + b, e - b, *t.quant[k], q.absmax[k], values[k]);
+    }
     f(b, e, &q);
     for (int k = 0; k < (writes ? t.num_state : 0); ++k) {
       requantize_block(values[k], e - b, *t.quant[k], static_cast<uint8_t*>(t.state[k]) + b, t.absmax[k] + block);

@@ -1,13 +1,12 @@
 // The tables of the 8-bit maps (fastopt/numeric/quantize8.h), built once on the host.
 #include <cmath>
-#include <stdexcept>
 
 #include "fastopt/numeric/quantize8.h"
 
 namespace fastopt::quant {
 namespace {
 
-// The largest float at most x (x in (0, 1)): y > x for a float y exactly when y > that float.
+// The largest float at most x (x in (0, 1)): a float y > x exactly when y > that float.
 float round_down(double x) {
   float f = float(x);
   if (double(f) > x) f = std::nextafter(f, 0.0f);
@@ -18,26 +17,36 @@ Tables build(bool is_signed) {
   Tables t{};
   t.is_signed = is_signed;
   dynamic_map(is_signed, t.map);
-  // The magnitudes a code can have, ascending: 0, then the positive values (1 last).
+  for (int c = 0; c < kMapSize; ++c) {
+    for (int b = 0; b < 4; ++b) t.map_bytes[b][c] = uint8_t(float_bits(t.map[c]) >> (8 * b));
+  }
+  // The magnitudes, ascending: 0, the positive fractions (decade by decade), 1.
   double mags[kMapSize + 1];
   int n = 0;
   mags[n++] = 0.0;
   for (int c = 0; c < kMapSize; ++c) {
     if (t.map[c] > 0.0f) mags[n++] = t.map[c];
   }
-  // Threshold k separates magnitude codes k and k + 1.
-  uint32_t thr[kMapSize];
-  for (int k = 0; k + 1 < n; ++k) thr[k] = float_bits(round_down((mags[k] + mags[k + 1]) / 2));
-  for (int j = 0; j < kBuckets; ++j) {
-    const uint32_t hi = kBucketBase + uint32_t(j);
-    uint32_t below = 0, low = 0xffffu;
-    int inside = 0;
-    for (int k = 0; k + 1 < n; ++k) {
-      if ((thr[k] >> 16) < hi) ++below;
-      else if ((thr[k] >> 16) == hi) low = thr[k] & 0xffffu, ++inside;
+  t.one = n - 1;
+  const int u = is_signed ? 0 : 1;  // the unsigned map has twice the fractions per decade
+  for (int i = 0; i < kSlots - 1; ++i) {
+    const int first = (1 << (i + u)) - u, count = 1 << (i + u);
+    double decade = 1.0;
+    for (int k = i; k < 6; ++k) decade /= 10.0;
+    const double spacing = 0.9 * decade / count;  // between fractions 0.1 + 0.9 (p + 1/2) / count
+    t.lower[i + 1] = round_down((mags[first - 1] + mags[first]) / 2);
+    t.scale[i + 1] = float(1.0 / spacing);
+    t.shift[i + 1] = float(first - 0.1 * decade / spacing);
+    t.last[i + 1] = float(first + count - 1);
+  }
+  t.top = round_down((mags[t.one - 1] + mags[t.one]) / 2);
+  for (int e = 0; e < 32; ++e) {
+    const double low = std::ldexp(1.0, e - 31), high = 2 * low;
+    t.binade_bound[e] = INFINITY;
+    for (int s = 1; s < kSlots; ++s) {
+      if (t.lower[s] < low) ++t.binade_slot[e];
+      else if (t.lower[s] < high) t.binade_bound[e] = t.lower[s];
     }
-    if (inside > 1 || (j == 0 && inside)) throw std::logic_error("quantize8: a bucket holds two thresholds");
-    t.bucket[j] = below << 16 | low;
   }
   return t;
 }

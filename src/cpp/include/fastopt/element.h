@@ -103,11 +103,12 @@ FASTOPT_HD void store_value(const TensorSlot& t, int64_t i, L p, const GradTrans
   store(static_cast<P*>(t.param) + i, p);
 }
 
-// A block of 8-bit state being updated (quant::kQuantBlock elements from `begin`): its streams'
-// absmax as loaded, and where their new values go. The CPU keeps them in fp32 (`values`, index
-// i - begin) until the whole block is updated and quantized again with its new absmax; the GPU
-// (values null) has computed the new absmax in a first pass that wrote nothing (next_state),
-// and quantizes them as they come, scaled by `inv` (quant::inv_absmax of the new absmax).
+// A block of 8-bit state being updated (quant::kQuantBlock elements from `begin`). The CPU
+// dequantizes it into fp32 `values` (index i - begin) first, updates them there, and quantizes
+// them again with the block's new absmax once the whole block is updated. The GPU (values null)
+// dequantizes each element with the block's `absmax` as it loads it, and, having computed the
+// new absmax in a first pass that wrote nothing (next_state), quantizes each new value as it
+// comes, scaled by `inv` (quant::inv_absmax of the new absmax).
 struct QuantBlock {
   int64_t begin;
   float absmax[kMaxState];
@@ -124,7 +125,8 @@ FASTOPT_HD void load_state(const TensorSlot& t, int64_t i, L (&s)[N], const Quan
     } else if (t.state_store == StateStore::f32) {
       s[k] = load(static_cast<const float*>(t.state[k]) + i, Lane<L>{});
     } else if (t.state_store == StateStore::q8) {
-      s[k] = load_q8(static_cast<const uint8_t*>(t.state[k]) + i, *t.quant[k], L(q->absmax[k]), Lane<L>{});
+      s[k] = q->values[k] ? load(q->values[k] + (i - q->begin), Lane<L>{})
+                          : load_q8(static_cast<const uint8_t*>(t.state[k]) + i, *t.quant[k], L(q->absmax[k]), Lane<L>{});
     } else {
       s[k] = load(static_cast<const bf16*>(t.state[k]) + i, Lane<L>{});
     }
@@ -148,7 +150,7 @@ FASTOPT_HD void store_state(const TensorSlot& t, int64_t i, const L (&s)[N], con
         break;
       case StateStore::q8:
         if (q->values[k]) store(q->values[k] + (i - q->begin), s[k]);
-        else store_q8(static_cast<uint8_t*>(t.state[k]) + i, s[k] * L(q->inv[k]), *t.quant[k]);
+        else store_q8(static_cast<uint8_t*>(t.state[k]) + i, s[k] * L(q->inv[k]), quantizer(*t.quant[k], Lane<L>{}));
         break;
     }
   }

@@ -101,6 +101,7 @@ __device__ __forceinline__ Pack8 load_q8(const uint8_t* codes, const quant::Tabl
   for (int k = 0; k < 8; ++k) r.v[k] = quant::dequantize(codes[k], absmax.v[k], t);
   return r;
 }
+__device__ __forceinline__ const quant::Tables& quantizer(const quant::Tables& t, Lane<Pack8>) { return t; }
 __device__ __forceinline__ void store_q8(uint8_t* codes, const Pack8& y, const quant::Tables& t) {
 #pragma unroll
   for (int k = 0; k < 8; ++k) codes[k] = quant::quantize(y.v[k], t);

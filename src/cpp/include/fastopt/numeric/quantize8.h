@@ -13,6 +13,7 @@
 #include <cstdint>
 
 #include "fastopt/numeric/convert.h"
+#include "fastopt/numeric/scalar.h"
 #include "fastopt/platform.h"
 
 namespace fastopt::quant {
@@ -49,21 +50,35 @@ inline void dynamic_map(bool is_signed, float (&out)[kMapSize]) {
   for (int i = 0; i < kMapSize; ++i) out[i] = float(v[i]);
 }
 
-// Quantization in one table lookup: the code of y is the number of thresholds (midpoints of
-// adjacent map values, exact) below it, so it is the nearest map value, ties toward zero. The
-// thresholds are counted on |y|'s magnitude code, read from buckets that are the bfloat16
-// intervals of magnitudes from 2^-23 (below every threshold) to 1: no bucket holds two of them
-// (the map's closest values are 0.9/128 apart near 1, buckets there 2^-8 wide). A bucket's entry
-// is the magnitude code at its start (high 16 bits) and the low 16 bits of its threshold
-// (0xffff for none): a magnitude in it is one code higher where its low bits are greater. The
-// vector lanes (simd_*.h) compute exactly this, with gathers.
-constexpr uint32_t kBucketBase = 0x3400;  // bits >> 16 of 2^-23
-constexpr int kBuckets = 0x3f80 - kBucketBase + 1;  // ... through 1.0 (bits >> 16 = 0x3f80)
+// Quantization by arithmetic (no table lookup per element: the vector lanes in simd_*.h compute
+// the same float32 operations). A magnitude a = |y| takes a slot: 0 for zero, 1 + i for
+// decade i, counted as the slot bounds below it (`lower`: the exact midpoints between the last
+// value of one slot and the first of the next, rounded down, so that `a > lower` says a is
+// nearer the next, ties toward zero); above the midpoint between the largest fraction and 1
+// (`top`), it is 1. In decade
+// i the magnitude code is floor(fma(a, scale, shift)), which steps where a crosses the
+// midpoints of the fractions (scale = 1 / their spacing, shift the code offset), at most the
+// decade's last code (from its slot bound on, the formula is at least its first code + 1/5):
+// the nearest value of the map, but for magnitudes within a few float32 rounding errors of a
+// midpoint between two fractions, which may take the other neighbour.
+// Codes: unsigned, the magnitude code (0: zero, 255: one); signed, 127 + it for y >= 0 and
+// 127 - it below (no -1: the largest negative magnitude stops at 127).
+constexpr int kSlots = 8;  // zero and the 7 decades
 
 struct Tables {
-  float map[kMapSize];        // code -> value, ascending
-  uint32_t bucket[kBuckets];  // magnitude buckets, as above
+  float map[kMapSize];  // code -> value, ascending
+  uint8_t map_bytes[4][kMapSize];  // byte b of each value (little-endian): AVX-512 VBMI lookups
   bool is_signed;
+  float lower[kSlots];  // slot s >= 1 starts at lower[s] (lower[0] = 0)
+  float top;            // magnitudes from here on are 1
+  float scale[kSlots], shift[kSlots];
+  float last[kSlots];  // the largest magnitude code of each slot
+  int32_t one;                        // the magnitude code of 1 (128 signed, 255 unsigned)
+  // The slot count by binary exponent (AVX-512: one lookup for the seven compares): for
+  // magnitudes in [2^(e - 31), 2^(e - 30)) (e clamped to 0 .. 31), the slot bounds below the
+  // binade, and the one inside it (+inf for none; no binade holds two).
+  int32_t binade_slot[32];
+  float binade_bound[32];
 };
 
 // The tables of the signed or the unsigned map (built once, on the host).
@@ -75,17 +90,18 @@ FASTOPT_HD uint32_t float_bits(float x) {
   return u;
 }
 
-// The code of y (y = x / absmax, in [-1, 1]; larger magnitudes take the extreme codes). The
-// signed map has no -1: magnitude codes beyond its last negative value stop there. An unsigned
-// map codes |y|. NaN takes the top code (its block's absmax is NaN: the block reads back NaN).
+// The code of y (y = x / absmax, in [-1, 1]; larger magnitudes take the extreme codes). A NaN
+// takes zero's code (vmax returns its second operand for a NaN; its block's absmax is NaN: the
+// block reads back NaN).
 FASTOPT_HD uint8_t quantize(float y, const Tables& t) {
-  const uint32_t a = float_bits(y) & 0x7fffffffu;
-  int64_t j = int64_t(a >> 16) - int64_t(kBucketBase);
-  j = j < 0 ? 0 : (j >= kBuckets ? kBuckets - 1 : j);
-  const uint32_t e = t.bucket[j];
-  const uint32_t m = (e >> 16) + ((a & 0xffffu) > (e & 0xffffu) ? 1u : 0u);
+  const float a = vabs(y);
+  int s = 0;
+  for (int j = 1; j < kSlots; ++j) s += a > t.lower[j] ? 1 : 0;
+  // (>= 0: the conversion's truncation is the floor; vmin takes `last` for a NaN)
+  int32_t m = int32_t(vmin(vfma(a, t.scale[s], t.shift[s]), t.last[s]));
+  if (a > t.top) m = t.one;
   if (!t.is_signed) return uint8_t(m);
-  return uint8_t(float_bits(y) >> 31 ? 127u - (m < 127u ? m : 127u) : 127u + m);
+  return uint8_t(float_bits(y) >> 31 ? 127 - (m < 127 ? m : 127) : 127 + m);
 }
 
 FASTOPT_HD float dequantize(uint8_t code, float absmax, const Tables& t) { return t.map[code] * absmax; }
@@ -122,5 +138,7 @@ FASTOPT_HD float load_q8(const uint8_t* codes, const quant::Tables& t, float abs
   return quant::dequantize(*codes, absmax, t);
 }
 FASTOPT_HD void store_q8(uint8_t* codes, float y, const quant::Tables& t) { *codes = quant::quantize(y, t); }
+// (The vector lanes quantize with their tables in registers: quantizer(t, Lane<V>{}).)
+FASTOPT_HD const quant::Tables& quantizer(const quant::Tables& t, Lane<float>) { return t; }
 
 }  // namespace fastopt

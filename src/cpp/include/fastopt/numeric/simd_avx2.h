@@ -98,24 +98,38 @@ FASTOPT_HD void store_split(bf16* high, uint16_t* low, VecAvx2 x) {
   _mm_storeu_si128(reinterpret_cast<__m128i*>(low), _mm_packus_epi32(_mm256_castsi256_si128(l), _mm256_extracti128_si256(l, 1)));
 }
 
-// 8-bit state (quantize8.h): a gather from the map, and one from the magnitude buckets.
+// 8-bit state (quantize8.h): a gather from the map; quantize8.h's arithmetic, lane by lane.
 FASTOPT_HD VecAvx2 load_q8(const uint8_t* codes, const quant::Tables& t, VecAvx2 absmax, Lane<VecAvx2>) {
   const __m256i c = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes)));
   return _mm256_mul_ps(_mm256_i32gather_ps(t.map, c, 4), absmax.v);
 }
-FASTOPT_HD void store_q8(uint8_t* codes, VecAvx2 y, const quant::Tables& t) {
-  const __m256i u = _mm256_castps_si256(y.v), low = _mm256_set1_epi32(0xffff);
-  const __m256i a = _mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff));
-  __m256i j = _mm256_sub_epi32(_mm256_srli_epi32(a, 16), _mm256_set1_epi32(int(quant::kBucketBase)));
-  j = _mm256_min_epi32(_mm256_max_epi32(j, _mm256_setzero_si256()), _mm256_set1_epi32(quant::kBuckets - 1));
-  const __m256i e = _mm256_i32gather_epi32(reinterpret_cast<const int*>(t.bucket), j, 4);
-  // (low halves are in [0, 0xffff]: a signed compare orders them; true is -1)
-  const __m256i up = _mm256_cmpgt_epi32(_mm256_and_si256(a, low), _mm256_and_si256(e, low));
-  __m256i m = _mm256_sub_epi32(_mm256_srli_epi32(e, 16), up);
-  if (t.is_signed) {
+// The quantizer's tables in registers, for a block's worth of store_q8.
+struct QuantizerAvx2 {
+  __m256 lower[quant::kSlots], scale, shift, last, top;
+  __m256i one;
+  bool is_signed;
+};
+inline QuantizerAvx2 quantizer(const quant::Tables& t, Lane<VecAvx2>) {
+  QuantizerAvx2 q;
+  for (int j = 1; j < quant::kSlots; ++j) q.lower[j] = _mm256_set1_ps(t.lower[j]);
+  q.scale = _mm256_loadu_ps(t.scale), q.shift = _mm256_loadu_ps(t.shift);
+  q.last = _mm256_loadu_ps(t.last);
+  q.top = _mm256_set1_ps(t.top), q.one = _mm256_set1_epi32(t.one), q.is_signed = t.is_signed;
+  return q;
+}
+FASTOPT_HD void store_q8(uint8_t* codes, VecAvx2 y, const QuantizerAvx2& q) {
+  const __m256 a = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), y.v);
+  __m256i s = _mm256_setzero_si256();
+  for (int j = 1; j < quant::kSlots; ++j) {  // (a true compare is -1)
+    s = _mm256_sub_epi32(s, _mm256_castps_si256(_mm256_cmp_ps(a, q.lower[j], _CMP_GT_OQ)));
+  }
+  const __m256 v = _mm256_fmadd_ps(a, _mm256_permutevar8x32_ps(q.scale, s), _mm256_permutevar8x32_ps(q.shift, s));
+  __m256i m = _mm256_cvttps_epi32(_mm256_min_ps(v, _mm256_permutevar8x32_ps(q.last, s)));
+  m = _mm256_blendv_epi8(m, q.one, _mm256_castps_si256(_mm256_cmp_ps(a, q.top, _CMP_GT_OQ)));
+  if (q.is_signed) {
     const __m256i c127 = _mm256_set1_epi32(127);
     m = _mm256_blendv_epi8(_mm256_add_epi32(c127, m), _mm256_sub_epi32(c127, _mm256_min_epi32(m, c127)),
-                           _mm256_srai_epi32(u, 31));
+                           _mm256_srai_epi32(_mm256_castps_si256(y.v), 31));
   }
   const __m128i w = _mm_packus_epi32(_mm256_castsi256_si128(m), _mm256_extracti128_si256(m, 1));
   _mm_storel_epi64(reinterpret_cast<__m128i*>(codes), _mm_packus_epi16(w, w));

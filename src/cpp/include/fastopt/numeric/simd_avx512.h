@@ -96,26 +96,84 @@ FASTOPT_HD void store_split(bf16* high, uint16_t* low, VecAvx512 x) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(low), _mm512_cvtepi32_epi16(u));  // (truncates: the low half)
 }
 
-// 8-bit state (quantize8.h): a gather from the map, and one from the magnitude buckets.
+// 8-bit state (quantize8.h): a gather from the map; quantize8.h's arithmetic, lane by lane.
 FASTOPT_HD VecAvx512 load_q8(const uint8_t* codes, const quant::Tables& t, VecAvx512 absmax, Lane<VecAvx512>) {
   const __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes)));
   return _mm512_mul_ps(_mm512_i32gather_ps(c, t.map, 4), absmax.v);
 }
-FASTOPT_HD void store_q8(uint8_t* codes, VecAvx512 y, const quant::Tables& t) {
-  const __m512i u = _mm512_castps_si512(y.v), low = _mm512_set1_epi32(0xffff);
-  const __m512i a = _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff));
-  __m512i j = _mm512_sub_epi32(_mm512_srli_epi32(a, 16), _mm512_set1_epi32(int(quant::kBucketBase)));
-  j = _mm512_min_epi32(_mm512_max_epi32(j, _mm512_setzero_si512()), _mm512_set1_epi32(quant::kBuckets - 1));
-  const __m512i e = _mm512_i32gather_epi32(j, t.bucket, 4);
-  const __mmask16 up = _mm512_cmpgt_epi32_mask(_mm512_and_si512(a, low), _mm512_and_si512(e, low));
-  const __m512i base = _mm512_srli_epi32(e, 16);
-  __m512i m = _mm512_mask_add_epi32(base, up, base, _mm512_set1_epi32(1));
-  if (t.is_signed) {
+// The quantizer's tables in registers, for a block's worth of store_q8.
+struct QuantizerAvx512 {
+  __m512i slot_lo, slot_hi, one;
+  __m512 bound_lo, bound_hi, scale, shift, last, top;
+  bool is_signed;
+};
+inline QuantizerAvx512 quantizer(const quant::Tables& t, Lane<VecAvx512>) {
+  const auto low8 = [](const float* x) { return _mm512_castps256_ps512(_mm256_loadu_ps(x)); };
+  return {_mm512_loadu_si512(t.binade_slot),      _mm512_loadu_si512(t.binade_slot + 16), _mm512_set1_epi32(t.one),
+          _mm512_loadu_ps(t.binade_bound),        _mm512_loadu_ps(t.binade_bound + 16),   low8(t.scale),
+          low8(t.shift),                          low8(t.last),                           _mm512_set1_ps(t.top),
+          t.is_signed};
+}
+FASTOPT_HD void store_q8(uint8_t* codes, VecAvx512 y, const QuantizerAvx512& q) {
+  const __m512 a = _mm512_abs_ps(y.v);
+  // The slot: binade_slot and one compare with the binade's bound (a NaN: slot 0, as scalar).
+  __m512i e = _mm512_sub_epi32(_mm512_srli_epi32(_mm512_castps_si512(a), 23), _mm512_set1_epi32(127 - 31));
+  e = _mm512_min_epi32(_mm512_max_epi32(e, _mm512_setzero_si512()), _mm512_set1_epi32(31));
+  __m512i s = _mm512_permutex2var_epi32(q.slot_lo, e, q.slot_hi);
+  const __m512 bound = _mm512_permutex2var_ps(q.bound_lo, e, q.bound_hi);
+  s = _mm512_mask_add_epi32(s, _mm512_cmp_ps_mask(a, bound, _CMP_GT_OQ), s, _mm512_set1_epi32(1));
+  s = _mm512_maskz_mov_epi32(_mm512_cmp_ps_mask(a, a, _CMP_ORD_Q), s);
+  const __m512 v = _mm512_fmadd_ps(a, _mm512_permutexvar_ps(s, q.scale), _mm512_permutexvar_ps(s, q.shift));
+  __m512i m = _mm512_cvttps_epi32(_mm512_min_ps(v, _mm512_permutexvar_ps(s, q.last)));
+  m = _mm512_mask_mov_epi32(m, _mm512_cmp_ps_mask(a, q.top, _CMP_GT_OQ), q.one);
+  if (q.is_signed) {
     const __m512i c127 = _mm512_set1_epi32(127);
-    const __mmask16 neg = _mm512_cmplt_epi32_mask(u, _mm512_setzero_si512());
+    const __mmask16 neg = _mm512_cmplt_epi32_mask(_mm512_castps_si512(y.v), _mm512_setzero_si512());
     m = _mm512_mask_sub_epi32(_mm512_add_epi32(c127, m), neg, c127, _mm512_min_epi32(m, c127));
   }
   _mm_storeu_si128(reinterpret_cast<__m128i*>(codes), _mm512_cvtepi32_epi8(m));
+}
+
+// 8-bit state dequantized 64 codes at a time with AVX512-VBMI byte permutes (no gathers): each
+// byte of the codes' map values looked up as a byte (two 128-entry lookups and a blend on the
+// code's top bit), the four bytes interleaved into float32 lanes, in order. The same values as
+// load_q8. Returns how many codes it did (a multiple of 64; none on a CPU without VBMI).
+__attribute__((target("avx512f,avx512bw,avx512vbmi"))) inline int64_t dequantize_vbmi(
+    const uint8_t* codes, int64_t n, const quant::Tables& t, float absmax, float* x) {
+  static const bool vbmi = __builtin_cpu_supports("avx512vbmi");
+  if (!vbmi) return 0;
+  __m512i plane[4][4];  // [byte][quarter of the map]
+  for (int b = 0; b < 4; ++b) {
+    for (int h = 0; h < 4; ++h) plane[b][h] = _mm512_loadu_si512(t.map_bytes[b] + 64 * h);
+  }
+  alignas(64) uint8_t pairs[2][64];  // bytes j of two sources side by side: [j, 64 + j] from j = 0 or 32
+  alignas(64) uint16_t quads[2][32];  // words j of two sources side by side, from j = 0 or 16
+  for (int j = 0; j < 32; ++j) pairs[0][2 * j] = uint8_t(j), pairs[0][2 * j + 1] = uint8_t(64 + j);
+  for (int j = 0; j < 32; ++j) pairs[1][2 * j] = uint8_t(32 + j), pairs[1][2 * j + 1] = uint8_t(96 + j);
+  for (int j = 0; j < 16; ++j) quads[0][2 * j] = uint16_t(j), quads[0][2 * j + 1] = uint16_t(32 + j);
+  for (int j = 0; j < 16; ++j) quads[1][2 * j] = uint16_t(16 + j), quads[1][2 * j + 1] = uint16_t(48 + j);
+  const __m512i pair_lo = _mm512_load_si512(pairs[0]), pair_hi = _mm512_load_si512(pairs[1]);
+  const __m512i quad_lo = _mm512_load_si512(quads[0]), quad_hi = _mm512_load_si512(quads[1]);
+  const __m512 scale = _mm512_set1_ps(absmax);
+  int64_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    const __m512i c = _mm512_loadu_si512(codes + i);
+    const __mmask64 upper = _mm512_movepi8_mask(c);  // codes 128 .. 255
+    __m512i byte[4];
+    for (int b = 0; b < 4; ++b) {
+      byte[b] = _mm512_mask_blend_epi8(upper, _mm512_permutex2var_epi8(plane[b][0], c, plane[b][1]),
+                                       _mm512_permutex2var_epi8(plane[b][2], c, plane[b][3]));
+    }
+    const __m512i w01[2] = {_mm512_permutex2var_epi8(byte[0], pair_lo, byte[1]),
+                            _mm512_permutex2var_epi8(byte[0], pair_hi, byte[1])};
+    const __m512i w23[2] = {_mm512_permutex2var_epi8(byte[2], pair_lo, byte[3]),
+                            _mm512_permutex2var_epi8(byte[2], pair_hi, byte[3])};
+    for (int k = 0; k < 4; ++k) {
+      const __m512i v = _mm512_permutex2var_epi16(w01[k / 2], k % 2 ? quad_hi : quad_lo, w23[k / 2]);
+      _mm512_storeu_ps(x + i + 16 * k, _mm512_mul_ps(_mm512_castsi512_ps(v), scale));
+    }
+  }
+  return i;
 }
 
 }  // namespace fastopt
