@@ -162,6 +162,9 @@ class Checkpoints:
         expected.update({"master_param": ("float32", shape), "kahan_compensation": ("float32", shape)})
         got = {}
         for name, value in entry.items():
+            if name not in expected and name in map(absmax_name, self.state_names):
+                raise ValueError(f"param {i}: state_dict has 8-bit state ('{name}'), this optimizer's "
+                                 f"state_precision is {storage.state_precision!r}")
             if name not in expected:
                 raise ValueError(f"param {i}: unknown state '{name}'")
             if name == "kahan_compensation" and self._kept.compensations[i] is None:

@@ -37,7 +37,7 @@ class CudaGroup {
   void step(py::sequence hypers, uintptr_t stream, std::optional<std::vector<int64_t>> steps, double grad_scale,
             uintptr_t loss_scale, float clip_value, bool capturable, bool grad_norm, bool skip_nonfinite,
             double max_grad_norm, uintptr_t grad_norm_out, uintptr_t skipped_out, uintptr_t diagnostics,
-            uintptr_t nonfinite, bool track_skip) {
+            uintptr_t nonfinite, bool track_skip, int64_t round_step) {
     binding_.check();
     const std::vector<int64_t>* given = steps ? &*steps : nullptr;
     py_intake::set_hypers(opt_, hypers, given);
@@ -51,6 +51,7 @@ class CudaGroup {
     o.diagnostics_out = reinterpret_cast<double*>(diagnostics);
     o.nonfinite_out = reinterpret_cast<int64_t*>(nonfinite);
     o.track_skip = track_skip;
+    o.round_step = round_step;
     py::gil_scoped_release nogil;
     opt_.step(as_stream(stream), o);
   }
@@ -152,7 +153,8 @@ PYBIND11_MODULE(_cuda, m) {
            py::arg("grad_scale") = 1.0, py::arg("loss_scale") = 0, py::arg("clip_value") = 0.0f,
            py::arg("capturable") = false, py::arg("grad_norm") = false, py::arg("skip_nonfinite") = false,
            py::arg("max_grad_norm") = 0.0, py::arg("grad_norm_out") = 0, py::arg("skipped_out") = 0,
-           py::arg("diagnostics") = 0, py::arg("nonfinite") = 0, py::arg("track_skip") = false)
+           py::arg("diagnostics") = 0, py::arg("nonfinite") = 0, py::arg("track_skip") = false,
+           py::arg("round_step") = 0)
       .def("poll_skip", &CudaGroup::poll_skip,
            "The last tracked step's skip decision: -1 while not back on the host (never waits), else 1 or 0")
       .def("watch_state", &CudaGroup::watch_state, "Watch the masters and state as the params (the caller's)")

@@ -126,7 +126,7 @@ StateStore state_store(const ParamTensors& x, RuleId rule, const std::string& pn
                         " is " + dtype_name(d) + ": a param's state arrays share one dtype");
     }
   }
-  if (x.state_stochastic_rounding && (d != DType::bf16 || x.state.empty())) {
+  if (x.state_stochastic_rounding && d != DType::bf16 && !x.state.empty()) {
     throw TensorError(pn + ": stochastic rounding of the state is for bfloat16 state arrays");
   }
   if (d != DType::u8) {

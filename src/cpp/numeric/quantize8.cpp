@@ -39,9 +39,14 @@ Tables build(bool is_signed) {
     t.shift[i + 1] = float(first - 0.1 * decade / spacing);
     t.last[i + 1] = float(first + count - 1);
   }
+  if (!is_signed) {  // every positive magnitude takes a fraction: decade 0 from 0 on
+    t.lower[1] = 0.0f;
+    t.scale[1] = float(1.0 / (0.1e-6 + 0.9e-6 / 2));  // (its two fractions' midpoint)
+    t.shift[1] = 1.0f;
+  }
   t.top = round_down((mags[t.one - 1] + mags[t.one]) / 2);
-  for (int e = 0; e < 32; ++e) {
-    const double low = std::ldexp(1.0, e - 31), high = 2 * low;
+  for (int e = 0; e < 32; ++e) {  // (binade 0 holds everything below 2^-30, zero too)
+    const double low = e ? std::ldexp(1.0, e - 31) : 0.0, high = std::ldexp(1.0, e - 30);
     t.binade_bound[e] = INFINITY;
     for (int s = 1; s < kSlots; ++s) {
       if (t.lower[s] < low) ++t.binade_slot[e];

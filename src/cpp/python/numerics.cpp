@@ -32,6 +32,7 @@ py::array_t<T> like(py::ssize_t n) {
 void bind_numerics(py::module_& core) {
   py::module_ m = core.def_submodule("numeric", "Storage numerics over NumPy arrays, for tests (internal)");
   m.def("stream_key", &random::stream_key, py::arg("seed"), py::arg("step"), py::arg("tensor"));
+  m.def("tensor_key", &random::tensor_key, py::arg("step_key"), py::arg("tensor"));
   m.def("random_bits", [](uint64_t key, uint64_t start, py::ssize_t n) {
     auto out = like<uint32_t>(n);
     uint32_t* o = out.mutable_data();

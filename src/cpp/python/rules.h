@@ -74,6 +74,11 @@ inline void bind_hypers(pybind11::module_& m) {
   FASTOPT_RULES(FASTOPT_RULE_STATE)
 #undef FASTOPT_RULE_STATE
   m.attr("state_names") = names;
+  py::dict signs;  // each rule's state arrays that are never negative (8-bit: the unsigned map)
+#define FASTOPT_RULE_SIGNS(id, T) signs[#id] = nonnegative_state(RuleId::id);
+  FASTOPT_RULES(FASTOPT_RULE_SIGNS)
+#undef FASTOPT_RULE_SIGNS
+  m.attr("nonnegative_state") = signs;
 }
 
 }  // namespace fastopt::py_intake

@@ -60,7 +60,10 @@ inline void dynamic_map(bool is_signed, float (&out)[kMapSize]) {
 // midpoints of the fractions (scale = 1 / their spacing, shift the code offset), at most the
 // decade's last code (from its slot bound on, the formula is at least its first code + 1/5):
 // the nearest value of the map, but for magnitudes within a few float32 rounding errors of a
-// midpoint between two fractions, which may take the other neighbour.
+// midpoint between two fractions, which may take the other neighbour. One exception on
+// purpose: with the unsigned map (second moments) every positive magnitude takes at least the
+// smallest fraction (its decade 0 starts at 0): a second moment rounded to zero under a first
+// moment that is not would turn Adam's m / (sqrt(v) + eps) into m / eps.
 // Codes: unsigned, the magnitude code (0: zero, 255: one); signed, 127 + it for y >= 0 and
 // 127 - it below (no -1: the largest negative magnitude stops at 127).
 constexpr int kSlots = 8;  // zero and the 7 decades
