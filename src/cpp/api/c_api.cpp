@@ -125,7 +125,9 @@ fastopt_status fastopt_optimizer_create(const char* rule, const fastopt_param* p
         for (int32_t s = 0; s < p.num_state; ++s) {
           const std::string name = size_t(s) < names.size() ? names[size_t(s)] : "state " + std::to_string(s) + " of param";
           t.state.push_back(tensor(p.state[s], name + " " + n));
+          if (p.state_absmax) t.state_absmax.push_back(tensor(p.state_absmax[s], name + " absmax " + n));
         }
+        t.state_stochastic_rounding = p.state_stochastic_rounding != 0;
       }
     }
     if (i != num_params) throw std::invalid_argument("group_sizes must add up to num_params");

@@ -26,6 +26,8 @@ fastopt_status c_adam_steps(float* param, float* grad, float* exp_avg, float* ex
   p.remainder = none;
   p.compensation = none;
   p.stochastic_rounding = 0;
+  p.state_absmax = NULL;
+  p.state_stochastic_rounding = 0;
   p.state = state;
   p.num_state = 2;
   s = fastopt_optimizer_create("adam", &p, 1, group_sizes, 1, &opt);

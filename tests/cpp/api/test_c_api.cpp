@@ -64,7 +64,7 @@ TEST_F(CAbi, GradShape) {
 
 TEST_F(CAbi, StateNotFloat32) {
   params[0].state[1] = Buffer(fastopt::DType::f16, {3});
-  expect_create_error(kTensor, "exp_avg_sq 0: dtype float16, expected float32");
+  expect_create_error(kTensor, "exp_avg_sq 0: dtype float16, expected float32, bfloat16 or uint8");
 }
 
 TEST_F(CAbi, MasterOnFloat32Param) {
@@ -88,7 +88,8 @@ TEST_F(CAbi, OverlappingParams) {
   const Bits before = shared.bits();
   const int64_t shape[1] = {3}, sizes[1] = {2};
   auto at = [&](int offset) { return fastopt_tensor{shared.floats() + offset, shape, 1, FASTOPT_FLOAT32, 1, 0, 0}; };
-  fastopt_param ps[2] = {{at(0), g0.c_tensor(), {}, nullptr, 0, {}, {}, 0}, {at(0), g1.c_tensor(), {}, nullptr, 0, {}, {}, 0}};
+  fastopt_param ps[2] = {{at(0), g0.c_tensor(), {}, nullptr, 0, {}, {}, 0, nullptr, 0},
+                         {at(0), g1.c_tensor(), {}, nullptr, 0, {}, {}, 0, nullptr, 0}};
   EXPECT_TRUE(c_error(fastopt_optimizer_create("sgd", ps, 2, sizes, 1, &opt), kTensor,
                       std::string("param 1 is the same memory as param 0") + kOwnMemory));
   ps[1].param = at(2);  // elements 2..4 against 0..2
@@ -257,7 +258,7 @@ TEST_F(CAbi, BadStepOptions) {
 
 // rule_steps in the options, and the per-param sums of squares, as the C++ API gives them.
 TEST_F(CAbi, RuleStepsAndSums) {
-  EXPECT_EQ(fastopt_abi_version(), 2);
+  EXPECT_EQ(fastopt_abi_version(), 3);
   created();
   std::vector<double> sums(2), by_cpp(2);
   std::vector<int64_t> bad(2, -1), bad_cpp(2);
@@ -332,6 +333,54 @@ TEST(CAbiFromC, SameBitsAsTheCppApi) {
   EXPECT_EQ(mc.bits(), m.bits());
   EXPECT_EQ(vc.bits(), v.bits());
   EXPECT_NE(pc.bits(), Buffer::f32(p0).bits());
+}
+
+// 8-bit state (absmax arrays) and bfloat16 state rounded stochastically through the C ABI give
+// the C++ API's bits.
+TEST(CAbiState, PrecisionsGiveTheCppApisBits) {
+  using fastopt::DType;
+  const int64_t n = 5000, blocks = 3;  // (2048 per absmax)
+  std::vector<float> p0(n), g(n);
+  for (int64_t i = 0; i < n; ++i) p0[size_t(i)] = std::sin(0.1f * float(i)), g[size_t(i)] = std::cos(0.37f * float(i));
+  for (const auto& [dtype, stochastic] : {std::pair{DType::u8, false}, {DType::bf16, false}, {DType::bf16, true}}) {
+    struct Run {
+      Buffer p, g, m, v, am, av;
+    };
+    auto fresh = [&, dtype = dtype] {
+      return Run{Buffer::f32(p0), Buffer::f32(g), Buffer(dtype, {n}), Buffer(dtype, {n}), Buffer(DType::f32, {blocks}),
+                 Buffer(DType::f32, {blocks})};
+    };
+    const bool q8 = dtype == DType::u8;
+    Run cpp = fresh(), c = fresh();
+    fastopt::ParamTensors t{cpp.p.tensor(), cpp.g.tensor(), {}, {cpp.m.tensor(), cpp.v.tensor()}};
+    if (q8) t.state_absmax = {cpp.am.tensor(), cpp.av.tensor()};
+    t.state_stochastic_rounding = stochastic;
+    fastopt::Optimizer opt(fastopt::RuleId::adam, {{fastopt::Adam::Hyper{}, {t}}});
+    opt.set_seed(7);
+    for (int k = 0; k < 3; ++k) opt.step();
+
+    fastopt_tensor state[2] = {c.m.c_tensor(), c.v.c_tensor()}, absmax[2] = {c.am.c_tensor(), c.av.c_tensor()};
+    fastopt_param p{};
+    p.param = c.p.c_tensor();
+    p.grad = c.g.c_tensor();
+    p.state = state;
+    p.num_state = 2;
+    p.state_absmax = q8 ? absmax : nullptr;
+    p.state_stochastic_rounding = stochastic;
+    const int64_t sizes[1] = {1};
+    fastopt_optimizer* copt = nullptr;
+    ASSERT_EQ(fastopt_optimizer_create("adam", &p, 1, sizes, 1, &copt), FASTOPT_OK) << fastopt_last_error();
+    ASSERT_EQ(fastopt_set_seed(copt, 7), FASTOPT_OK);
+    const fastopt_step_options options = fastopt_default_step_options();
+    for (int k = 0; k < 3; ++k) ASSERT_EQ(fastopt_step(copt, &options, nullptr), FASTOPT_OK);
+    fastopt_optimizer_destroy(copt);
+    for (auto [a, b] : {std::pair{&cpp.p, &c.p}, {&cpp.m, &c.m}, {&cpp.v, &c.v}, {&cpp.am, &c.am}, {&cpp.av, &c.av}}) {
+      EXPECT_EQ(a->bits(), b->bits()) << fastopt::dtype_name(dtype) << (stochastic ? " stochastic" : "");
+    }
+    if (q8) {
+      EXPECT_NE(cpp.am.bits(), Bits(blocks, 0));  // (the absmax arrays were written)
+    }
+  }
 }
 
 }  // namespace

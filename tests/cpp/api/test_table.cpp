@@ -44,7 +44,7 @@ TEST_F(BadTensor, StateShape) {
 
 TEST_F(BadTensor, StateNotFloat32) {
   params[0].state[1] = Buffer(fastopt::DType::f16, {3});
-  expect_bind_error<TensorError>("exp_avg_sq 0: dtype float16, expected float32");
+  expect_bind_error<TensorError>("exp_avg_sq 0: dtype float16, expected float32, bfloat16 or uint8");
 }
 
 TEST_F(BadTensor, MasterOnFloat32Param) {

@@ -1,7 +1,7 @@
-// Test memory: a Buffer owns the elements of one tensor (float32, float16 or bfloat16) and
-// describes them to the C++ API (fastopt::Tensor) and to the C ABI (fastopt_tensor). Values are
-// read and written as bit patterns (uint32 per element; float16/bfloat16 in the low 16 bits), so
-// that tests compare results bit for bit.
+// Test memory: a Buffer owns the elements of one tensor (float32, float16, bfloat16, uint16 or
+// uint8) and describes them to the C++ API (fastopt::Tensor) and to the C ABI (fastopt_tensor).
+// Values are read and written as bit patterns (uint32 per element; narrower ones in the low
+// bits), so that tests compare results bit for bit.
 #pragma once
 #include <cstdint>
 #include <cstring>
@@ -14,7 +14,9 @@ namespace fastopt_test {
 
 using Bits = std::vector<uint32_t>;
 
-inline size_t element_size(fastopt::DType d) { return d == fastopt::DType::f32 ? 4 : 2; }
+inline size_t element_size(fastopt::DType d) {
+  return d == fastopt::DType::f32 ? 4 : d == fastopt::DType::u8 ? 1 : 2;
+}
 
 inline uint32_t float_bits(float x) {
   uint32_t b;
@@ -58,25 +60,17 @@ class Buffer {
 
   Bits bits() const {
     Bits out(numel());
+    const size_t size = element_size(dtype_);
     for (size_t i = 0; i < out.size(); ++i) {
-      if (dtype_ == fastopt::DType::f32) {
-        out[i] = words_[i];
-      } else {
-        uint16_t h;
-        std::memcpy(&h, reinterpret_cast<const char*>(words_.data()) + 2 * i, 2);
-        out[i] = h;
-      }
+      out[i] = 0;  // (little-endian: the low bytes)
+      std::memcpy(&out[i], reinterpret_cast<const char*>(words_.data()) + size * i, size);
     }
     return out;
   }
   void set_bits(const Bits& b) {
+    const size_t size = element_size(dtype_);
     for (size_t i = 0; i < b.size() && i < numel(); ++i) {
-      if (dtype_ == fastopt::DType::f32) {
-        words_[i] = b[i];
-      } else {
-        const uint16_t h = uint16_t(b[i]);
-        std::memcpy(reinterpret_cast<char*>(words_.data()) + 2 * i, &h, 2);
-      }
+      std::memcpy(reinterpret_cast<char*>(words_.data()) + size * i, &b[i], size);
     }
   }
 

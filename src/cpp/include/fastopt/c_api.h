@@ -22,14 +22,16 @@ typedef enum fastopt_status {
   FASTOPT_ERROR_RUNTIME = 3    /* the engine cannot go on (out of memory, threads, a step count at 2**63 - 1) */
 } fastopt_status;
 
-#define FASTOPT_ABI_VERSION 2 /* 2: fastopt_param gained remainder, compensation, stochastic_rounding */
+#define FASTOPT_ABI_VERSION 3 /* 2: fastopt_param gained remainder, compensation, stochastic_rounding;
+                                 3: state_absmax and state_stochastic_rounding, FASTOPT_UINT8 */
 int32_t fastopt_abi_version(void); /* FASTOPT_ABI_VERSION of the library linked */
 
 typedef enum fastopt_dtype {
   FASTOPT_FLOAT32 = 0,
   FASTOPT_FLOAT16 = 1,
   FASTOPT_BFLOAT16 = 2,
-  FASTOPT_UINT16 = 3 /* remainders only */
+  FASTOPT_UINT16 = 3, /* remainders only */
+  FASTOPT_UINT8 = 4   /* 8-bit state codes only */
 } fastopt_dtype;
 
 /* A C-contiguous tensor: `ndim` dimensions in `shape` (ndim 0: a scalar). device_type as
@@ -45,8 +47,10 @@ typedef struct fastopt_tensor {
 } fastopt_tensor;
 
 /* One param's tensors (all of its shape). master.data NULL: no master weights. `state`:
- * num_state arrays in the rule's order (fastopt_state_name). remainder.data NULL: none; else,
- * for a bfloat16 param without master, the uint16 low halves of its fp32 master
+ * num_state arrays in the rule's order (fastopt_state_name), all float32, bfloat16 or uint8
+ * (8-bit codes: then state_absmax holds num_state float32 absmax arrays of ceil(numel / 2048)
+ * elements; else NULL): fastopt::ParamTensors::state. remainder.data NULL: none; else, for a
+ * bfloat16 param without master, the uint16 low halves of its fp32 master
  * (fastopt::ParamTensors::remainder). */
 typedef struct fastopt_param {
   fastopt_tensor param, grad, master;
@@ -55,6 +59,8 @@ typedef struct fastopt_param {
   fastopt_tensor remainder;
   fastopt_tensor compensation; /* data NULL: none; else a bfloat16 param's Kahan compensation (bfloat16) */
   int32_t stochastic_rounding; /* nonzero: a float16/bfloat16 param without master, rounded stochastically */
+  const fastopt_tensor* state_absmax;
+  int32_t state_stochastic_rounding; /* nonzero: bfloat16 state rounded stochastically */
 } fastopt_param;
 
 typedef struct fastopt_optimizer fastopt_optimizer;
