@@ -1,7 +1,8 @@
 """The GPU check's memory smoke test, run under compute-sanitizer's memcheck: every optimizer on
 CUDA tensors that start one element past an allocation's start, of sizes 0, 1, 7, 2049 and
-65537; fp32 params, and bf16 params with fp16 grads and fp32 master weights; the step options
-and diagnostics; a captured step replayed; fastopt.torch on a small module. It prints one line
+65537; fp32 params, and bf16 params with fp16 grads and fp32 master weights; bf16 params kept as
+remainders with 8-bit state, and with stochastic rounding and bf16 state rounded stochastically;
+the step options and diagnostics; a captured step replayed; fastopt.torch on a small module. It prints one line
 per part and exits non-zero on the first error (the sanitizer reports bad accesses itself)."""
 
 from __future__ import annotations
@@ -21,10 +22,14 @@ def offset_tensors(dtype, fill):
 
 def main() -> None:
     for cls in fastopt.OPTIMIZERS:
-        for param_dtype, grad_dtype, master in ((torch.float32, torch.float32, False),
-                                                (torch.bfloat16, torch.float16, True)):
+        eight_bit = "8bit" if cls is not fastopt.Adagrad else "bfloat16"
+        for param_dtype, grad_dtype, storage in (
+                (torch.float32, torch.float32, {}), (torch.bfloat16, torch.float16, dict(master_weights=True)),
+                (torch.bfloat16, torch.float32, dict(master_weights="remainder", state_precision=eight_bit)),
+                (torch.bfloat16, torch.float32, dict(master_weights="stochastic",
+                                                     state_precision="bfloat16_stochastic", seed=1))):
             params, grads = offset_tensors(param_dtype, 0.5), offset_tensors(grad_dtype, 0.25)
-            opt = cls(params, grads, master_weights=master, **cls.bench_hypers)
+            opt = cls(params, grads, **storage, **cls.bench_hypers)
             opt.step()
             opt.max_grad_norm, opt.diagnostics = 1.0, True
             opt.step(grad_scale=2.0)

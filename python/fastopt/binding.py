@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _core
-from ._arrays import fill, master_copy, state_like
+from ._arrays import device_array, fill, master_copy, state_like, to_host
 from .storage import absmax_blocks, absmax_name
 from .schedules import Schedule
 
@@ -219,9 +219,15 @@ class Binding:
         """Param i's fp32 master: the live array, a joined copy (remainder) or None."""
         if self._kept.remainders[i] is None:
             return self._masters[i]
-        out = state_like(self._params[i], f"param {i}")
-        _core.join_master(self._params[i], self._kept.remainders[i], out)
-        return out
+        if not self._engine.is_cuda:
+            out = state_like(self._params[i], f"param {i}")
+            _core.join_master(self._params[i], self._kept.remainders[i], out)
+            return out
+        # (on the host: a checkpoint's copy, not the step loop)
+        high, low = to_host(self._params[i]), to_host(self._kept.remainders[i])
+        out = np.empty(high.shape, np.float32)
+        _core.join_master(high, low, out)
+        return device_array(self._params[i], out)
 
     @property
     def device(self) -> str:

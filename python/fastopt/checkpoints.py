@@ -126,8 +126,11 @@ class Checkpoints:
         for i, got in enumerate(arrays):
             for name, a in got.items():
                 if name == "master_param":
-                    if self._kept.remainders[i] is not None:  # (the CPU engine: host arrays)
-                        _core.split_master(a, self._params[i], self._kept.remainders[i])
+                    if self._kept.remainders[i] is not None:  # (split on the host)
+                        high, low = to_host(self._params[i]).copy(), to_host(self._kept.remainders[i]).copy()
+                        _core.split_master(a, high, low)
+                        assign(self._params[i], high)
+                        assign(self._kept.remainders[i], low)
                     else:
                         assign(self._masters[i], a)
                     continue
