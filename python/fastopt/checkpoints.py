@@ -12,7 +12,7 @@ import numpy as np
 from . import _core
 from ._arrays import assign, copy, fill, library, master_copy, to_host
 from .hyperparams import Array
-from .storage import absmax_blocks, absmax_name
+from .storage import absmax_blocks, absmax_name, check_seed
 
 
 class Checkpoints:
@@ -114,11 +114,9 @@ class Checkpoints:
             steps.append(step)
             arrays += group_arrays
             first += n
-        seed = state_dict.get("seed", self._seed)
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**64:
-            raise ValueError(f"state_dict's seed must be an integer in [0, 2**64), got {seed!r}")
+        seed = check_seed(state_dict.get("seed", self._seed), "state_dict's seed")
         # Validated: now commit.
-        self._seed = int(seed)
+        self._seed = seed
         self._core.set_seed(self._seed)
         for g, merged in zip(self.param_groups, merged_groups):
             dict.update(g, merged)

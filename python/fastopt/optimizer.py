@@ -4,7 +4,6 @@ binding.py (arrays and the engine group), step_options.py, checkpoints.py."""
 
 from __future__ import annotations
 
-import numbers
 import threading
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
@@ -17,7 +16,7 @@ from .engine import engine_for
 from .hyperparams import Array, HyperParams, ParamGroup, betas, flag, real, split_groups
 from .results import Diagnostics, StepResult
 from .step_options import StepOptions
-from .storage import Storage, check_storage
+from .storage import Storage, check_seed, check_storage
 
 __all__ = ["Optimizer", "ParamGroup", "StepResult", "Diagnostics", "real", "flag", "betas"]
 
@@ -203,12 +202,11 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
         self._engine.bind(self.rule, self._params, self._grads, Keeps.none(len(self._params)),
                           [[] for _ in self._params], self._group_sizes)
         self._kept = self._keeps()
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**64:
-            raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+        seed = check_seed(seed)
         if seed and not any(s.random for s in self._storage):
             raise ValueError("seed is the seed of stochastic rounding (master_weights='stochastic' or "
                              "state_precision='bfloat16_stochastic')")
-        self._seed = int(seed)
+        self._seed = seed
         self._masters: list[Array | None] = self._kept.masters
         self._state: list[dict[str, Array]] = [{} for _ in self._params]
         self._steps = [0] * len(self.param_groups)

@@ -4,6 +4,7 @@ choose the bytes each param costs (README: "Bytes per param")."""
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,3 +60,11 @@ def absmax_name(state: str) -> str:
 def absmax_blocks(numel: int) -> int:
     """The absmax count of an 8-bit state array of ``numel`` elements."""
     return -(-numel // QUANT_BLOCK)
+
+
+def check_seed(seed: Any, name: str = "seed") -> int:
+    """A seed of stochastic rounding as an int; ValueError (naming it ``name``) unless it is an
+    integer in [0, 2**64)."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**64:
+        raise ValueError(f"{name} must be an integer in [0, 2**64), got {seed!r}")
+    return int(seed)
