@@ -351,9 +351,9 @@ def isa_switch():
 
 
 def bits(a: np.ndarray) -> np.ndarray:
-    """The raw storage bits of a float array, for bit-exact comparisons (-0 != +0, NaN == NaN)."""
+    """The raw storage bits of an array (float, or 8-bit codes), for bit-exact comparisons (-0 != +0, NaN == NaN)."""
     a = np.asarray(a)
-    return a.view({2: np.uint16, 4: np.uint32, 8: np.uint64}[a.dtype.itemsize])
+    return a.view({1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[a.dtype.itemsize])
 
 
 def assert_bits_equal(actual: np.ndarray, expected: np.ndarray, msg: str = "") -> None:

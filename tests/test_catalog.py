@@ -110,8 +110,13 @@ def test_functional_form_is_derived(cls):
             expected["beta1"], expected["beta2"] = value
         elif key not in cls.functional_excluded:
             expected[key] = P.empty if key in cls.functional_required else value
-    assert {k: params[k].default for k in names[3 + len(states):-1]} == expected
-    assert names[-1] == "master_params" and params["master_params"].default is None
+    storage = names.index("master_params")
+    assert {k: params[k].default for k in names[3 + len(states):storage]} == expected
+    absmaxes = [cls.functional_state_args.get(s + "_absmax", s + "_absmaxs") for s in cls.state_names]
+    assert names[storage:] == ["master_params", "remainders", "compensations",
+                               *(absmaxes if cls.eight_bit_state else []),
+                               "stochastic_rounding", "state_stochastic_rounding", "seed"]
+    assert [params[k].default for k in names[storage:]] == [None] * (len(names) - storage - 3) + [False, False, 0]
     assert f"fastopt.{cls.__name__}" in form.__doc__ and "in place" in form.__doc__
     with pytest.raises(TypeError):
         form([], [], *([[]] * len(states)), step=1, no_such_hyperparameter=1.0)

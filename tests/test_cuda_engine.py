@@ -19,6 +19,7 @@ import torch
 import fastopt
 from registry import (CASES, DTYPES, HALF_DTYPES, Magnitudes, assert_bits_equal, assert_rounding_close,
                       case_by_id, grad_steps, random_params, refill)
+from test_functional import MODES, SHAPES as STORAGE_SHAPES, caller_arrays, hypers
 from test_torch_parity import numpy_of, torch_run
 
 pytestmark = pytest.mark.cuda
@@ -468,3 +469,38 @@ def test_functional_forms_on_cuda_tensors():
     torch.cuda.synchronize()
     for i, (p, g) in enumerate(zip(params, gp)):
         assert_bits_equal(to_numpy(g), p, f"param {i}")
+
+
+@pytest.mark.parametrize("mode", MODES, ids=[m[0] for m in MODES])
+def test_functional_storage_modes_on_cuda(mode):
+    """The functional forms' storage modes on CUDA tensors: bit-identical to the same steps on
+    NumPy arrays, per call (steps 1, 2) and bound (steps 3, 4: stochastic rounding draws the bits
+    of ``step``, not of the new binding's device count)."""
+    from fastopt import functional as F
+    _, dtype, master_weights, state_precision = mode
+    case = case_by_id("adamw-weight_decay")
+    start = [p.astype(dtype) for p in random_params(np.random.default_rng(case.seed), STORAGE_SHAPES)]
+    grads = [np.zeros(s, np.float32) for s in STORAGE_SHAPES]
+    cpu, gpu = [p.copy() for p in start], [to_cuda(p) for p in start]
+    names, storage = caller_arrays(case, cpu, master_weights, state_precision)
+    gpu_names, gpu_storage = caller_arrays(case, cpu, master_weights, state_precision, place=to_cuda)
+    states = [names[s] for s in case.cls.state_names if s in names]
+    gpu_states = [gpu_names[s] for s in case.cls.state_names if s in names]
+    ggrads = [to_cuda(g) for g in grads]
+    cpu_step = F.adamw_.bind(cpu, grads, *states, **storage)
+    gpu_step = None
+    for t, g in enumerate(grad_steps(case.seed, STORAGE_SHAPES, 4), start=1):
+        refill(grads, g)
+        for a, b in zip(ggrads, g):
+            a.copy_(to_cuda(b))
+        cpu_step(step=t, **hypers(case))
+        if t <= 2:
+            F.adamw_(gpu, ggrads, *gpu_states, step=t, **hypers(case), **gpu_storage)
+        else:
+            gpu_step = gpu_step or F.adamw_.bind(gpu, ggrads, *gpu_states, **gpu_storage)
+            gpu_step(step=t, **hypers(case))
+        torch.cuda.synchronize()
+        for i in range(len(cpu)):
+            assert_bits_equal(to_numpy(gpu[i]), cpu[i], f"step {t}: param {i}")
+            for name in names:
+                assert_bits_equal(to_numpy(gpu_names[name][i]), names[name][i], f"step {t}: {name} {i}")

@@ -32,6 +32,7 @@ class Adagrad(Optimizer):
     hyper_defaults = {"lr": 1e-2, "lr_decay": 0.0, "weight_decay": 0.0, "initial_accumulator_value": 0.0,
                       "eps": 1e-10, "maximize": False}
     in_torch = True
+    eight_bit_state = False
     functional_state_args = {"sum": "state_sums"}
     functional_excluded = ("initial_accumulator_value",)
     functional_note = "``state_sums`` start at the initial accumulator value, which the caller fills in."

@@ -41,12 +41,13 @@ class Engine:
         else:
             group.rebind_grads(list(grads))
 
-    def step(self, group: Any, hypers: list, steps: list[int], stream: Any, like: Any) -> None:
-        """One plain step at the given step counts (the functional forms)."""
+    def step(self, group: Any, hypers: list, steps: list[int], stream: Any, like: Any, round_step: int = 0) -> None:
+        """One plain step at the given step counts (the functional forms). Stochastic rounding
+        draws the random bits of step ``round_step`` (0: the group's largest count + 1)."""
         if self.is_cuda:
-            group.step(hypers, self.stream(stream, like), steps=list(steps))
+            group.step(hypers, self.stream(stream, like), steps=list(steps), round_step=round_step)
         else:
-            group.step(hypers, steps)
+            group.step(hypers, steps, round_step=round_step)
 
     def stream(self, stream: Any, like: Any) -> int:
         """The CUDA stream handle to use: ``stream`` when given (an int handle, a

@@ -9,48 +9,60 @@ In a loop, bind once: ``step = adamw_.bind(params, grads, exp_avgs, exp_avg_sqs)
 and binds the arrays (on CUDA: the device table, allocated and uploaded once), then
 ``step(step=t, lr=...)`` runs the same update as ``adamw_(..., step=t, lr=...)`` with no
 binding per call: on CUDA one launch, no allocation, no host synchronisation.
+
+Every storage mode of the classes (``master_weights``, ``state_precision``) is the caller's
+choice of arrays: the dtype of the state arrays (float32, bfloat16, or uint8 codes with float32
+absmax arrays: 8-bit), ``master_params``, ``remainders`` or ``compensations`` beside
+half-precision params, and stochastic rounding of the params or of bfloat16 state with
+``seed``. Its random bits are keyed by ``seed``, ``step`` and the param's index in ``params``:
+the class's bits at the same step, and a loop resumed at step t continues bit for bit.
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
+from . import _core
 from .binding import Keeps
 from .catalog import OPTIMIZERS
 from .engine import engine_for
+from .hyperparams import flag
 from .optimizer import Optimizer
+from .storage import QUANT_BLOCK, absmax_name, check_seed
+
+KEPT = ("master_params", "remainders", "compensations")  # per param: a half-precision param's fp32 value
+ROUNDING = ("stochastic_rounding", "state_stochastic_rounding")
 
 class BoundStep:
     """A functional form's arrays bound once (``<form>.bind(...)``); calling it with ``step=``
     and hyperparameters (the form's keywords and defaults) runs one update in place. The
     hyperparameters may change from call to call, but not beyond the state bound (amsgrad
-    needs ``max_exp_avg_sqs`` bound, ...): ValueError then, before anything is written."""
+    needs ``max_exp_avg_sqs`` bound, ...): ValueError then, before anything is written. With
+    stochastic rounding ``step`` keys the random bits, and is required."""
 
-    def __init__(self, cls: type[Optimizer], params, grads, given: Mapping[str, Any], master_params,
-                 keywords: Mapping[str, Any]):
+    def __init__(self, cls: type[Optimizer], arrays: Mapping[str, Any], keywords: Mapping[str, Any],
+                 num_state: int | None = None):
+        """``arrays``: the arguments of ``<form>.bind`` by name. The state bound: the state lists
+        given, a prefix of state_names, at most ``num_state`` of them."""
         self._cls, self._keywords = cls, dict(keywords)
+        params = list(arrays["params"])
         n = len(params)
         names = []
-        for name in cls.state_names:  # the state bound: the lists given, a prefix of state_names
-            if given[name] is None:
+        for name in cls.state_names[:num_state]:
+            if arrays[_state_arg(cls, name)] is None:
                 break
             names.append(name)
-        states = [list(given[name]) for name in names]
-        for s, name in zip(states, names):
-            if len(s) != n:
-                raise ValueError(f"got {n} params but {len(s)} {_state_arg(cls, name)}")
-        masters = list(master_params) if master_params is not None else [None] * n
-        if len(masters) != n:
-            raise ValueError(f"got {n} params but {len(masters)} master_params")
+        states = [_per_param(arrays, _state_arg(cls, name), n) for name in names]
+        keeps, seed = _keeps(cls, arrays, params, names, states)
         self._like = params[0] if n else None
         self._engine = engine_for(self._like)
         self._bound = names
-        keeps = Keeps.none(n)
-        keeps.masters = list(masters)
-        self._group = self._engine.bind(cls.rule, list(params), list(grads), keeps,
+        self._random = any(keeps.stochastic) or any(keeps.state_stochastic)
+        self._group = self._engine.bind(cls.rule, params, list(arrays["grads"]), keeps,
                                         [[s[i] for s in states] for i in range(n)], [n])
         self._group.watch_state()  # the state is the caller's: checked before each step as the params
+        self._group.set_seed(seed)
 
     def __call__(self, *, step: int | None = None, **kwargs: Any) -> None:
         unknown = set(kwargs) - set(self._keywords)
@@ -60,11 +72,57 @@ class BoundStep:
         if step is None:
             if cls.step_dependent:
                 raise TypeError("step= is required: the update depends on the step count")
+            if self._random:
+                raise TypeError("step= is required with stochastic rounding: its random bits are the step's")
             step = 1
         h = cls._to_hyper({**cls.default_hypers(), **_betas(cls, {**self._keywords, **kwargs})})  # validates first
         for name in cls.state_names[len(self._bound):h.num_state()]:
             raise ValueError(f"{cls.optional_state[name]} needs {_state_arg(cls, name)}, which were not bound")
-        self._engine.step(self._group, [h], [int(step)], None, self._like)
+        step = int(step)
+        self._engine.step(self._group, [h], [step], None, self._like, round_step=step)
+
+
+def _per_param(arrays: Mapping[str, Any], arg: str, n: int) -> list:
+    """The list argument ``arg``, one entry per param ([None] * n where it is None)."""
+    given = arrays[arg]
+    if given is None:
+        return [None] * n
+    out = list(given)
+    if len(out) != n:
+        raise ValueError(f"got {n} params but {len(out)} {arg}")
+    return out
+
+
+def _keeps(cls: type[Optimizer], arrays: Mapping[str, Any], params: Sequence, names: Sequence[str],
+           states: Sequence[list]) -> tuple[Keeps, int]:
+    """How each param's fp32 value and its state (``names``, bound as ``states``) are kept,
+    from the storage keywords in ``arrays``; and the seed. The engine validates the arrays
+    themselves (dtypes, shapes, which keeps go together) and names the bad one."""
+    n = len(params)
+    keeps = Keeps.none(n)
+    keeps.masters, keeps.remainders, keeps.compensations = (_per_param(arrays, k, n) for k in KEPT)
+    stochastic, state_stochastic = (flag(k, arrays[k]) for k in ROUNDING)
+    seed = check_seed(arrays["seed"])
+    if seed and not (stochastic or state_stochastic):
+        raise ValueError("seed is the seed of stochastic rounding (stochastic_rounding=True or "
+                         "state_stochastic_rounding=True)")
+    absmaxes = [_per_param(arrays, _absmax_arg(cls, name), n) for name in names] if cls.eight_bit_state else []
+    for i, p in enumerate(params):
+        keeps.stochastic[i] = stochastic and _dtype(p, f"param {i}") != "float32"
+        state_dtype = _dtype(states[0][i], f"{names[0]} {i}") if names else None
+        keeps.state_stochastic[i] = state_stochastic and state_dtype == "bfloat16"
+        given = [a[i] for a in absmaxes]
+        if state_dtype == "uint8" and any(a is None for a in given):  # (the engine would not name the keyword)
+            missing = [_absmax_arg(cls, name) for name, a in zip(names, given) if a is None]
+            raise ValueError(f"param {i}: its state is 8-bit (uint8), which needs {' and '.join(missing)} "
+                             f"(float32, shape (ceil(numel / {QUANT_BLOCK}),), zero initially)")
+        keeps.absmaxes[i] = [a for a in given if a is not None]  # (with other state: the engine refuses them)
+    return keeps, seed
+
+
+def _dtype(array: Any, name: str) -> str:
+    """The dtype name of an array fastopt takes (TensorError naming it ``name`` otherwise)."""
+    return _core.describe(array, name)[1]
 
 
 def _betas(cls: type[Optimizer], hypers: dict[str, Any]) -> dict[str, Any]:
@@ -78,6 +136,20 @@ def _betas(cls: type[Optimizer], hypers: dict[str, Any]) -> dict[str, Any]:
 
 def _state_arg(cls: type[Optimizer], name: str) -> str:
     return cls.functional_state_args.get(name, name + "s")
+
+
+def _absmax_arg(cls: type[Optimizer], name: str) -> str:
+    """The keyword of the absmax arrays of 8-bit state ``name``, named as the state lists are."""
+    return _state_arg(cls, absmax_name(name))
+
+
+def _storage_parameters(cls: type[Optimizer]) -> list[inspect.Parameter]:
+    """The keywords that choose how the params' fp32 values and the state are kept (all off by
+    default: float32 state as passed, half-precision params rounded to nearest even)."""
+    P = inspect.Parameter
+    lists = [*KEPT, *(_absmax_arg(cls, s) for s in cls.state_names if cls.eight_bit_state)]
+    return ([P(k, P.KEYWORD_ONLY, default=None) for k in lists] +
+            [P(k, P.KEYWORD_ONLY, default=False) for k in ROUNDING] + [P("seed", P.KEYWORD_ONLY, default=0)])
 
 
 def _keywords(cls: type[Optimizer]) -> dict[str, Any]:
@@ -97,12 +169,25 @@ def _doc(cls: type[Optimizer], keywords: Mapping[str, Any]) -> str:
     needs = "".join(f"\n            {_state_arg(cls, s)} are needed when {option} (else None)."
                     for s, option in cls.optional_state.items())
     step = ("the 1-based count of updates of the state passed in, this one included (required)."
-            if cls.step_dependent else "the update does not depend on it (default 1).")
+            if cls.step_dependent else
+            "the update does not depend on it (default 1; required with stochastic rounding).")
     betas = " (betas as beta1, beta2)" if "betas" in cls.hyper_defaults else ""
     note = f"\n    {cls.functional_note}\n" if cls.functional_note else ""
-    state_lines = (f"        {states}: the state: float32 arrays shaped like the params,\n"
-                   f"            one per param, updated in place (positional, in this order).{needs}\n"
+    dtypes = ("float32, bfloat16, or uint8 (8-bit: block-wise\n"
+              "            quantized codes, zero initially, with absmax arrays)" if cls.eight_bit_state
+              else "float32 or bfloat16")
+    state_lines = (f"        {states}: the state: arrays shaped like the params,\n"
+                   f"            one per param, updated in place (positional, in this order). Their dtype (one per\n"
+                   f"            param) decides how it is kept: {dtypes}.{needs}\n"
                    if states else "")
+    absmax_lines = ""
+    if cls.eight_bit_state and cls.state_names:
+        absmaxes = ", ".join(_absmax_arg(cls, s) for s in cls.state_names)
+        absmax_lines = (f"        {absmaxes}:\n"
+                        f"            the absmax arrays of uint8 state, one list per state list: float32\n"
+                        f"            arrays of shape (ceil(numel / {QUANT_BLOCK}),), zero initially, updated in\n"
+                        f"            place (None for a param whose state is not uint8, or None). Needed with\n"
+                        f"            uint8 state (ValueError).\n")
     return f"""One {name} step in place (see :class:`fastopt.{name}` for the update and its source).
 
     Args:
@@ -112,39 +197,50 @@ def _doc(cls: type[Optimizer], keywords: Mapping[str, Any]) -> str:
         {", ".join(keywords)}:
             the hyperparameters and their defaults, as in :class:`fastopt.{name}`{betas}.
         master_params: fp32 master weights of float16/bfloat16 params (None each, or None).
+        remainders: instead of masters, for bfloat16 params: uint16 arrays shaped like them,
+            the low halves of fp32 masters whose high halves are the params (zero: the masters
+            are the params' values); ``master_weights="remainder"`` of the class. None each, or None.
+        compensations: instead, for bfloat16 params: bfloat16 Kahan compensations shaped like
+            them, zero initially (``master_weights="kahan"``). None each, or None.
+{absmax_lines}        stochastic_rounding: round every float16/bfloat16 param stochastically (those
+            then take no master, remainder or compensation; ``master_weights="stochastic"``).
+            Default False.
+        state_stochastic_rounding: round bfloat16 state stochastically, not to nearest even
+            (``state_precision="bfloat16_stochastic"``). Default False.
+        seed: the seed of stochastic rounding, an integer in [0, 2**64) (default 0). Its random
+            bits are keyed by seed, step and the param's index in params (and the element):
+            :class:`fastopt.{name}` with this seed draws the same bits at its step ``step``.
 {note}
     Raises:
-        TypeError, ValueError: a bad argument, a missing or short state list, or a tensor
-            fastopt cannot take (:class:`fastopt.TensorError`); nothing is written then.
+        TypeError, ValueError: a bad argument, a missing or short state list, uint8 state
+            without its absmax arrays, a seed without stochastic rounding, or a tensor fastopt
+            cannot take (:class:`fastopt.TensorError`: a bad dtype or shape, keeps that do not
+            go together); nothing is written then.
     """
 
 
 def _functional_form(cls: type[Optimizer]) -> Callable[..., None]:
     """fastopt.functional.<name>_ for the optimizer class ``cls``."""
     P = inspect.Parameter
-    args = [P("params", P.POSITIONAL_OR_KEYWORD), P("grads", P.POSITIONAL_OR_KEYWORD)]
+    arrays = [P("params", P.POSITIONAL_OR_KEYWORD), P("grads", P.POSITIONAL_OR_KEYWORD)]
     for name in cls.state_names:
-        args.append(P(_state_arg(cls, name), P.POSITIONAL_OR_KEYWORD,
-                      default=None if name in cls.optional_state else P.empty))
-    args.append(P("step", P.KEYWORD_ONLY, default=P.empty if cls.step_dependent else 1))
+        arrays.append(P(_state_arg(cls, name), P.POSITIONAL_OR_KEYWORD,
+                        default=None if name in cls.optional_state else P.empty))
     keywords = _keywords(cls)
-    args += [P(k, P.KEYWORD_ONLY, default=P.empty if k in cls.functional_required else v)
-             for k, v in keywords.items()]
-    args.append(P("master_params", P.KEYWORD_ONLY, default=None))
-    signature = inspect.Signature(args)
-
-    arrays = inspect.Signature([p for p in args if p.kind is P.POSITIONAL_OR_KEYWORD] +
-                               [P("master_params", P.KEYWORD_ONLY, default=None)])
+    hypers = [P("step", P.KEYWORD_ONLY, default=P.empty if cls.step_dependent else None)]
+    hypers += [P(k, P.KEYWORD_ONLY, default=P.empty if k in cls.functional_required else v)
+               for k, v in keywords.items()]
+    storage = _storage_parameters(cls)
+    signature = inspect.Signature(arrays + hypers + storage)
+    bind_signature = inspect.Signature(arrays + storage)
 
     def bind(*args: Any, **kwargs: Any) -> BoundStep:
         try:
-            bound = arrays.bind(*args, **kwargs)
+            bound = bind_signature.bind(*args, **kwargs)
         except TypeError as e:
             raise TypeError(f"{form.__name__}.bind() {e}") from None
         bound.apply_defaults()
-        a = bound.arguments
-        given = {name: a[_state_arg(cls, name)] for name in cls.state_names}
-        return BoundStep(cls, a["params"], a["grads"], given, a["master_params"], keywords)
+        return BoundStep(cls, bound.arguments, keywords)
 
     def form(*args: Any, **kwargs: Any) -> None:
         try:
@@ -153,14 +249,12 @@ def _functional_form(cls: type[Optimizer]) -> Callable[..., None]:
             raise TypeError(f"{form.__name__}() {e}") from None
         bound.apply_defaults()
         a = bound.arguments
-        given = {name: a[_state_arg(cls, name)] for name in cls.state_names}
-        hypers = {k: a[k] for k in keywords}
-        h = cls._to_hyper({**cls.default_hypers(), **_betas(cls, hypers)})  # validates first
+        hyper_values = {k: a[k] for k in keywords}
+        h = cls._to_hyper({**cls.default_hypers(), **_betas(cls, hyper_values)})  # validates first
         for name in cls.state_names[:h.num_state()]:
-            if given[name] is None:
+            if a[_state_arg(cls, name)] is None:
                 raise ValueError(f"{cls.optional_state[name]} needs {_state_arg(cls, name)}")
-        given = {name: (given[name] if i < h.num_state() else None) for i, name in enumerate(cls.state_names)}
-        BoundStep(cls, a["params"], a["grads"], given, a["master_params"], keywords)(step=a["step"], **hypers)
+        BoundStep(cls, a, keywords, h.num_state())(step=a["step"], **hyper_values)
 
     form.__name__ = form.__qualname__ = cls.__name__.lower() + "_"
     form.__module__ = __name__
@@ -169,7 +263,7 @@ def _functional_form(cls: type[Optimizer]) -> Callable[..., None]:
     bind.__name__ = bind.__qualname__ = "bind"
     bind.__doc__ = (f"Binds the arrays of :func:`{form.__name__}` once (validated as it validates them); returns "
                     f"a :class:`BoundStep`: call it with step= and the hyperparameters.")
-    bind.__signature__ = arrays  # type: ignore[attr-defined]
+    bind.__signature__ = bind_signature  # type: ignore[attr-defined]
     form.bind = bind  # type: ignore[attr-defined]
     return form
 

@@ -135,6 +135,7 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
     fixed_fields: ClassVar[dict[str, Any]] = {}  # Hyper fields the class sets (AdamW: decoupled)
     optional_state: ClassVar[dict[str, str]] = {}  # state bound only under an option -> that option
     in_torch: ClassVar[bool] = False  # torch.optim has this optimizer, with these semantics
+    eight_bit_state: ClassVar[bool] = True  # its state may be 8-bit (False: its C++ rule's no_8bit_state)
     # The functional form (fastopt.functional.<name>_): whether the update depends on the step
     # count (then `step` is required), hyperparameters it takes no keyword for, and those it
     # requires, and what its docstring adds to the generic one.
