@@ -1,15 +1,19 @@
 """Storage rounding beyond nearest-even (src/cpp/include/fastopt/numeric/random.h and
 rounding.h): the counter-based random bits, stochastic rounding to bfloat16 and float16
-against the float64 reference and for unbiasedness, Kahan-compensated bfloat16 and the
-bfloat16 + 16-bit remainder split, through fastopt._core.numeric."""
+against the float64 reference and for unbiasedness, the same bits from every CPU target's
+lanes (store_stochastic_lane), Kahan-compensated bfloat16 and the bfloat16 + 16-bit remainder
+split, through fastopt._core.numeric."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+import fastopt
 from fastopt._core import numeric
 from reference_storage import BF16, F16, stochastic_round
+from registry import ALL_ISAS, bits
+from registry import isa_switch  # noqa: F401  (a fixture)
 
 DTYPES = {"bfloat16": BF16, "float16": F16}
 
@@ -84,6 +88,45 @@ def test_stochastic_round_is_unbiased(dtype, x):
     p = (abs(x32) - min(abs(lo), abs(hi))) / abs(hi - lo)
     sigma = abs(hi - lo) * np.sqrt(p * (1 - p) / n)
     assert abs(got.mean() - x32) < 5 * sigma + 1e-12 * abs(x32)
+
+
+def edge_values() -> np.ndarray:
+    """fp32 patterns where a lane's integer arithmetic could part from the scalar one: every
+    exponent (fp32 subnormals, float16 subnormals and their boundaries, the largest finite
+    values, inf and NaN) with mantissas at its ends and middle, both signs; the last values below
+    and at each rounding's overflow, the float16 normal and subnormal boundaries, the zeros,
+    signalling and quiet NaNs with payloads."""
+    exponents = np.arange(256, dtype=np.uint32) << 23
+    mantissas = np.array([0, 1, 2, 0x1FFF, 0x2000, 0x400000, 0x7FE000, 0x7FEFFF, 0x7FF000, 0x7FFFFF], np.uint32)
+    grid = (exponents[:, None] | mantissas[None, :]).ravel()
+    edges = np.array([0x7F7F7FFF, 0x7F7F8000, 0x7F7FFFFF, 0x7F800000,  # bfloat16's largest, fp32's, inf
+                      0x477FE000, 0x477FEFFF, 0x477FF000, 0x477FFFFF, 0x47800000,  # float16's 65504 .. 2^16
+                      0x387FFFFF, 0x38800000, 0x33800000, 0x337FFFFF, 0x33000000, 0x32FFFFFF,  # its subnormals
+                      0x7F800001, 0x7FBFFFFF, 0x7FC00000, 0x7FC00001, 0x7FFFFFFF], np.uint32)  # NaNs
+    half = np.concatenate([grid, edges])
+    return np.concatenate([half, half | np.uint32(0x80000000)]).view(np.float32)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("isa", ALL_ISAS)
+def test_every_target_rounds_with_the_scalar_bits(isa, dtype, isa_switch):
+    """store_stochastic_lane on each CPU target (its vector lanes, then the scalar tail) stores
+    exactly the bits of the scalar rounding with bits32(key, start + k), at any start (not a
+    multiple of the lane width too, and past 2^32 and 2^62, where the counter's products wrap)."""
+    if not fastopt._core.cpu_isa_supported(isa):
+        pytest.skip(f"this CPU lacks {isa}")
+    isa_switch(isa)
+    rng = np.random.default_rng(5)
+    patterns = rng.integers(0, 2 ** 32, 100_000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    x = np.concatenate([edge_values(), sample_values(rng), patterns])
+    x = np.concatenate([x, rng.permutation(x)])  # (edge values beside others in one lane too)
+    keys = [0, numeric.stream_key(3, 7, 1), 2 ** 64 - 1, 0x0123456789ABCDEF]
+    for key, start in zip(keys, [0, 5, 2 ** 32 - 3, 2 ** 62 + 7]):
+        for n in (x.size, 23):  # (23: a whole lane or two, and a tail)
+            want = numeric.stochastic_round(x[:n], numeric.random_bits(key, start, n), dtype)
+            got = numeric.stochastic_store(x[:n], key, start, dtype)
+            bad = np.flatnonzero(got != want)
+            assert bad.size == 0, [(hex(bits(x)[i]), hex(got[i]), hex(want[i])) for i in bad[:5]]
 
 
 def bf16_bits(x) -> np.ndarray:

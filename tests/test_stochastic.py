@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 import fastopt
+from fastopt._core import numeric
 from fastopt.binding import Keeps
-from registry import CASES, bits, grad_steps, random_params, refill, supported_isas
+from registry import ALL_ISAS, CASES, DTYPES, bits, grad_steps, random_params, refill, supported_isas
 from registry import isa_switch  # noqa: F401  (a fixture)
 
 SHAPES = [(37,), (3, 129), ()]
@@ -45,6 +46,35 @@ def test_same_bits_on_every_isa_and_thread_count(case, dtype, isa_switch):
     for key, got in results.items():
         for k, (a, b) in enumerate(zip(got, first)):
             np.testing.assert_array_equal(a, b, err_msg=f"{key}: param {k}")
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("isa", ALL_ISAS)
+def test_params_take_the_scalar_rounding_of_their_values(isa, dtype, isa_switch):
+    """SGD with lr 1 from zero params moves each param to exactly -grad (fma(-1, g, 0)); stored,
+    it must be the scalar rounding of that value with bits32(stream_key(seed, 1, tensor), i),
+    whatever the target's lanes, in tensors of a few elements to a few super-blocks (split
+    between threads). The values include the edges: near each dtype's overflow, inf, subnormals
+    of fp32 and float16, and zero (NaN is left out: arithmetic may change its payload and sign)."""
+    if not fastopt._core.cpu_isa_supported(isa):
+        pytest.skip(f"this CPU lacks {isa}")
+    isa_switch(isa)
+    rng = np.random.default_rng(8)
+    specials = np.array([0.0, np.inf, -np.inf, 65504.0, 65519.99, 65520.0, 65535.99, 65536.0, 3.3895e38,
+                         3.4028235e38, 6.1035156e-05, 6.1e-05, 5.96e-08, 2.98e-08, 1e-40, -1e-45], np.float32)
+    patterns = rng.integers(0, 2 ** 32, 200_000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    values = np.concatenate([np.tile(specials, 5), patterns, rng.standard_normal(100_000).astype(np.float32) * 1e-3])
+    values = values[~np.isnan(values)]
+    values[values == 0] = 0.0  # (-0 too: fma(-1, 0, 0) is +0)
+    sizes = [values.size, 37, 16, 5]
+    xs = [values[:n].copy() for n in sizes]
+    ps = [np.zeros(n, DTYPES[dtype]) for n in sizes]
+    opt = fastopt.SGD(ps, [-x for x in xs], lr=1.0, master_weights="stochastic", seed=12)
+    assert opt._core.isa == isa
+    opt.step()
+    for t, (p, x) in enumerate(zip(ps, xs)):
+        want = numeric.stochastic_round(x, numeric.random_bits(numeric.stream_key(12, 1, t), 0, x.size), dtype)
+        np.testing.assert_array_equal(bits(p), want, err_msg=f"{isa}: param {t}")
 
 
 def test_the_seed_decides_the_bits():

@@ -21,6 +21,11 @@ using SumsqFn = void (*)(const void* data, int64_t begin, int64_t end, double* s
 using PrepassFn = void (*)(const void* coeffs, const GradTransform& transform, const TensorSlot& t, int64_t begin,
                            int64_t end, double* sums);
 
+// x[0, n) rounded stochastically to a 16-bit dtype and stored at out, element k with
+// random::bits32(key, start + k): store_stochastic_lane over the target's lanes, then its scalar
+// tail, as the kernels store such params (for the tests, through fastopt._core.numeric).
+using StochasticFn = void (*)(const float* x, int64_t n, uint64_t key, int64_t start, void* out);
+
 // Kernels are per rule and param dtype; each reads its grad's dtype from the slot (load_grad).
 struct KernelSet {
   const char* isa;
@@ -33,6 +38,7 @@ struct KernelSet {
   // in `sums`, where sums is not null). Null for one-pass rules.
   PrepassFn fused[int(RuleId::count)][kNumDTypes];
   SumsqFn sumsq[kNumDTypes];
+  StochasticFn stochastic[kNumDTypes];  // null for f32
 };
 
 const KernelSet& kernels_scalar();

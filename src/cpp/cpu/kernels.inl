@@ -229,6 +229,17 @@ void fused(const void* coeffs, const GradTransform& transform, const TensorSlot&
   else run<Rule, P>(&c, transform, slot, begin, end);
 }
 
+template <class P>
+void stochastic(const float* x, int64_t n, uint64_t key, int64_t start, void* out) {
+  using V = FASTOPT_LANE;
+  P* p = static_cast<P*>(out);
+  int64_t k = 0;
+  for (; k + lane_width<V> <= n; k += lane_width<V>) {
+    store_stochastic_lane(p + k, load(x + k, Lane<V>{}), key, start + k);
+  }
+  for (; k < n; ++k) store_stochastic_lane(p + k, x[k], key, start + k);
+}
+
 template <class Rule, class P>
 void fill_one(KernelSet& s, RuleId id) {
   const int pd = int(dtype_of<P>);
@@ -271,6 +282,8 @@ KernelSet make_set() {
   s.sumsq[int(DType::f32)] = &sumsq<float>;
   s.sumsq[int(DType::f16)] = &sumsq<f16>;
   s.sumsq[int(DType::bf16)] = &sumsq<bf16>;
+  s.stochastic[int(DType::f16)] = &stochastic<f16>;
+  s.stochastic[int(DType::bf16)] = &stochastic<bf16>;
   return s;
 }
 

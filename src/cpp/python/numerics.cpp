@@ -1,5 +1,6 @@
 // fastopt._core.numeric: the storage numerics (random.h, rounding.h, quantize8.h) over NumPy
-// arrays, for the tests that check them against float64 references. Internal.
+// arrays, for the tests that check them against float64 references (and the CPU targets' lanes
+// against the scalar functions). Internal.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -12,6 +13,7 @@
 #include "fastopt/numeric/quantize8.h"
 #include "fastopt/numeric/random.h"
 #include "fastopt/numeric/rounding.h"
+#include "../cpu/isa.h"
 #include "numerics.h"
 
 namespace py = pybind11;
@@ -50,6 +52,14 @@ void bind_numerics(py::module_& core) {
     }
     return out;
   }, py::arg("x"), py::arg("r"), py::arg("dtype"), "x rounded with random bits r: the 16-bit patterns");
+  m.def("stochastic_store", [](Array<float> x, uint64_t key, int64_t start, const std::string& dtype) {
+    if (dtype != "bfloat16" && dtype != "float16") throw std::invalid_argument("dtype: bfloat16 or float16");
+    auto out = like<uint16_t>(x.size());
+    cpu::active_kernels().stochastic[int(dtype == "bfloat16" ? DType::bf16 : DType::f16)](
+        x.data(), x.size(), key, start, out.mutable_data());
+    return out;
+  }, py::arg("x"), py::arg("key"), py::arg("start"), py::arg("dtype"),
+     "x rounded with bits32(key, start + i) by the active CPU target's store_stochastic_lane: the 16-bit patterns");
   m.def("kahan_bf16", [](py::array_t<uint16_t, py::array::c_style> p, py::array_t<uint16_t, py::array::c_style> c,
                          Array<float> values) {
     if (p.size() != c.size() || p.size() != values.size()) throw std::invalid_argument("sizes differ");

@@ -73,24 +73,11 @@ FASTOPT_HD L load_value(const TensorSlot& t, int64_t i) {
   return load(static_cast<const P*>(t.param) + i, Lane<L>{});
 }
 
-// Lane v stored at dst[0 .. W) (P: float16 or bfloat16), element k rounded stochastically with
-// the bits of position i + k of stream `key` (through fp32, whatever the lane).
-template <class L, class P>
-FASTOPT_HD void round_stochastic(P* dst, L v, uint64_t key, int64_t i) {
-  alignas(16) float x[lane_width<L>];  // (the CUDA lane stores 16 bytes at a time)
-  store(x, v);
-  for (int k = 0; k < lane_width<L>; ++k) {
-    const uint32_t r = random::bits32(key, uint64_t(i + k));
-    if constexpr (std::is_same_v<P, bf16>) dst[k] = bf16_stochastic(x[k], r);
-    else dst[k] = f16_stochastic(x[k], r);
-  }
-}
-
 // A float16/bfloat16 param rounded stochastically with its tensor's stream of the step.
 template <class L, class P>
 FASTOPT_HD void store_stochastic(const TensorSlot& t, int64_t i, L p, uint64_t round_key) {
   if constexpr (std::is_same_v<P, bf16> || std::is_same_v<P, f16>) {
-    round_stochastic(static_cast<P*>(t.param) + i, p, random::tensor_key(round_key, uint64_t(t.tensor)), i);
+    store_stochastic_lane(static_cast<P*>(t.param) + i, p, random::tensor_key(round_key, uint64_t(t.tensor)), i);
   }
 }
 
@@ -146,7 +133,7 @@ FASTOPT_HD void store_state(const TensorSlot& t, int64_t i, const L (&s)[N], con
       case StateStore::f32: store(static_cast<float*>(t.state[k]) + i, s[k]); break;
       case StateStore::bf16: store(static_cast<bf16*>(t.state[k]) + i, s[k]); break;
       case StateStore::bf16_stochastic:
-        round_stochastic(static_cast<bf16*>(t.state[k]) + i, s[k], state_key(t, x.round_key, k), i);
+        store_stochastic_lane(static_cast<bf16*>(t.state[k]) + i, s[k], state_key(t, x.round_key, k), i);
         break;
       case StateStore::q8:
         if (q->values[k]) store(q->values[k] + (i - q->begin), s[k]);

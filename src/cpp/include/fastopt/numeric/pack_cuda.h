@@ -6,6 +6,8 @@
 
 #include "fastopt/numeric/convert.h"
 #include "fastopt/numeric/quantize8.h"
+#include "fastopt/numeric/random.h"
+#include "fastopt/numeric/rounding.h"
 #include "fastopt/numeric/scalar.h"
 
 namespace fastopt {
@@ -105,6 +107,22 @@ __device__ __forceinline__ const quant::Tables& quantizer(const quant::Tables& t
 __device__ __forceinline__ void store_q8(uint8_t* codes, const Pack8& y, const quant::Tables& t) {
 #pragma unroll
   for (int k = 0; k < 8; ++k) codes[k] = quant::quantize(y.v[k], t);
+}
+
+// Stochastic rounding (rounding.h), element by element with the scalar lane's functions.
+struct Bits8 {
+  uint32_t v[8];
+};
+__device__ __forceinline__ Bits8 lane_bits32(uint64_t key, uint64_t i, Lane<Pack8>) {
+  Bits8 r;
+#pragma unroll
+  for (int k = 0; k < 8; ++k) r.v[k] = random::bits32(key, i + k);
+  return r;
+}
+template <class T>
+__device__ __forceinline__ void store_stochastic_bits(T* p, const Pack8& x, const Bits8& r) {
+#pragma unroll
+  for (int k = 0; k < 8; ++k) store_stochastic_bits(p + k, x.v[k], r.v[k]);
 }
 
 }  // namespace fastopt

@@ -12,11 +12,13 @@
 namespace fastopt::random {
 
 constexpr uint64_t kGamma = 0x9e3779b97f4a7c15ull;  // SplitMix64's increment (2^64 / golden ratio)
+// SplitMix64's output multipliers (also those of the SIMD lanes' bits: simd_avx2.h, simd_avx512.h).
+constexpr uint64_t kMix1 = 0xbf58476d1ce4e5b9ull, kMix2 = 0x94d049bb133111ebull;
 
 // SplitMix64's output function (a bijection of 64-bit words with full avalanche).
 FASTOPT_HD uint64_t mix64(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  z = (z ^ (z >> 30)) * kMix1;
+  z = (z ^ (z >> 27)) * kMix2;
   return z ^ (z >> 31);
 }
 

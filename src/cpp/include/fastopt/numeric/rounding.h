@@ -13,6 +13,7 @@
 #include <cstdint>
 
 #include "fastopt/numeric/convert.h"
+#include "fastopt/numeric/random.h"
 #include "fastopt/numeric/scalar.h"
 #include "fastopt/platform.h"
 
@@ -44,6 +45,26 @@ FASTOPT_HD f16 f16_stochastic(float x, uint32_t r) {
     h = uint32_t((fixed + r) >> 32);
   }
   return f16{uint16_t(sign | h)};
+}
+
+// Stochastic rounding of a whole lane: every lane type L has two overloads, found by argument-
+// dependent lookup where a lane header adds them (here: the scalar lane; simd_avx2.h and
+// simd_avx512.h: with vector integer arithmetic; pack_cuda.h: element by element):
+//   lane_bits32(key, i, Lane<L>)       random::bits32(key, i + k) for each element k of a lane,
+//                                      in the lane's integer form;
+//   store_stochastic_bits(dst, v, r)   lane v rounded to bf16 or f16 with those bits, each
+//                                      element exactly as bf16_stochastic / f16_stochastic,
+//                                      stored at dst[0 .. W).
+FASTOPT_HD uint32_t lane_bits32(uint64_t key, uint64_t i, Lane<float>) { return random::bits32(key, i); }
+FASTOPT_HD void store_stochastic_bits(bf16* dst, float v, uint32_t r) { *dst = bf16_stochastic(v, r); }
+FASTOPT_HD void store_stochastic_bits(f16* dst, float v, uint32_t r) { *dst = f16_stochastic(v, r); }
+
+// Stores lane v at dst[0 .. W) (P = bf16 or f16), element k rounded stochastically with
+// random::bits32(key, i + k): the bits of an element depend on its position only, so every
+// lane type, and any split of a tensor into lanes, stores the same bits.
+template <class P, class L>
+FASTOPT_HD void store_stochastic_lane(P* dst, L v, uint64_t key, int64_t i) {
+  store_stochastic_bits(dst, v, lane_bits32(key, uint64_t(i), Lane<L>{}));
 }
 
 // A bfloat16 param p with its compensation c (Kahan summation): the rule moved p's value to

@@ -5,6 +5,7 @@
 
 #include "fastopt/numeric/convert.h"
 #include "fastopt/numeric/quantize8.h"
+#include "fastopt/numeric/random.h"
 
 namespace fastopt {
 
@@ -133,6 +134,90 @@ FASTOPT_HD void store_q8(uint8_t* codes, VecAvx2 y, const QuantizerAvx2& q) {
   }
   const __m128i w = _mm_packus_epi32(_mm256_castsi256_si128(m), _mm256_extracti128_si256(m, 1));
   _mm_storel_epi64(reinterpret_cast<__m128i*>(codes), _mm_packus_epi16(w, w));
+}
+
+// Stochastic rounding (rounding.h): the random bits of 8 consecutive elements, and the roundings
+// of bf16_stochastic and f16_stochastic in 32-bit integer arithmetic, bit for bit.
+
+// a * c modulo 2^64 in each 64-bit element (AVX2 has no 64-bit multiply): a_lo * c_lo, plus the
+// cross products a_lo * c_hi + a_hi * c_lo in the high half, both from one 32-bit multiply by
+// (c_hi, c_lo). (a_hi * c_hi falls past bit 64.)
+FASTOPT_HD __m256i mul64_avx2(__m256i a, uint64_t c) {
+  const __m256i cross = _mm256_mullo_epi32(a, _mm256_set1_epi64x(int64_t(c << 32 | c >> 32)));
+  const __m256i high = _mm256_slli_epi64(_mm256_add_epi64(cross, _mm256_srli_epi64(cross, 32)), 32);
+  // (mul_epu32 reads the low halves)
+  return _mm256_add_epi64(_mm256_mul_epu32(a, _mm256_set1_epi64x(int64_t(c))), high);
+}
+
+// random::mix64 of each 64-bit element.
+FASTOPT_HD __m256i mix64_avx2(__m256i z) {
+  z = mul64_avx2(_mm256_xor_si256(z, _mm256_srli_epi64(z, 30)), random::kMix1);
+  z = mul64_avx2(_mm256_xor_si256(z, _mm256_srli_epi64(z, 27)), random::kMix2);
+  return _mm256_xor_si256(z, _mm256_srli_epi64(z, 31));
+}
+
+// random::bits32(key, i + k) in 32-bit element k. The SplitMix64 states of the even and the
+// odd elements go in two vectors, so that their high halves interleave by one blend.
+FASTOPT_HD __m256i lane_bits32(uint64_t key, uint64_t i, Lane<VecAvx2>) {
+  const auto g = [](uint64_t k) { return int64_t(k * random::kGamma); };
+  const __m256i state = _mm256_set1_epi64x(int64_t(key + (i + 1) * random::kGamma));
+  const __m256i even = mix64_avx2(_mm256_add_epi64(state, _mm256_setr_epi64x(0, g(2), g(4), g(6))));
+  const __m256i odd = mix64_avx2(_mm256_add_epi64(state, _mm256_setr_epi64x(g(1), g(3), g(5), g(7))));
+  return _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xaa);
+}
+
+// Eight 16-bit results (each 32-bit element at most 0xffff) stored in order.
+FASTOPT_HD void store_u16_avx2(uint16_t* p, __m256i h) {
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
+                   _mm_packus_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1)));
+}
+
+// a > c for non-negative 32-bit a, c (signed compares suffice for magnitudes of fp32 bits).
+FASTOPT_HD __m256i above_avx2(__m256i a, uint32_t c) { return _mm256_cmpgt_epi32(a, _mm256_set1_epi32(int(c))); }
+
+FASTOPT_HD void store_stochastic_bits(bf16* p, VecAvx2 x, __m256i r) {
+  const __m256i u = _mm256_castps_si256(x.v);
+  const __m256i a = _mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff));
+  // The sum of magnitude and bits stays below 2^31, so adding to u itself keeps the sign bit.
+  const __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_srli_epi32(r, 16)), 16);
+  const __m256i quiet = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40));
+  store_u16_avx2(reinterpret_cast<uint16_t*>(p), _mm256_blendv_epi8(rounded, quiet, above_avx2(a, 0x7f800000u)));
+}
+
+// f16_stochastic of magnitudes a (fp32 bits) below the normal halves: m * 2^-s units of 2^-24,
+// split at the binary point into whole (m >> s) and the 32 bits below it, into which the bits r
+// are added: whole + the carry. Variable shifts by 32 or more give 0, as every out-of-range
+// shift here needs.
+FASTOPT_HD __m256i f16_subnormal_avx2(__m256i a, __m256i r) {
+  const __m256i e = _mm256_srli_epi32(a, 23);
+  const __m256i zero_e = _mm256_cmpeq_epi32(e, _mm256_setzero_si256());  // (an fp32 subnormal: no implicit bit)
+  const __m256i m = _mm256_or_si256(_mm256_and_si256(a, _mm256_set1_epi32(0x7fffff)),
+                                    _mm256_andnot_si256(zero_e, _mm256_set1_epi32(0x800000)));
+  const __m256i s = _mm256_sub_epi32(_mm256_set1_epi32(126), _mm256_max_epi32(e, _mm256_set1_epi32(1)));
+  const __m256i thirty_two = _mm256_set1_epi32(32);
+  const __m256i below = _mm256_or_si256(_mm256_sllv_epi32(m, _mm256_sub_epi32(thirty_two, s)),
+                                        _mm256_srlv_epi32(m, _mm256_sub_epi32(s, thirty_two)));
+  const __m256i sum = _mm256_add_epi32(below, r);
+  const __m256i bias = _mm256_set1_epi32(INT32_MIN);  // unsigned sum < below (a carry) as a signed compare
+  const __m256i carry = _mm256_cmpgt_epi32(_mm256_xor_si256(below, bias), _mm256_xor_si256(sum, bias));
+  return _mm256_sub_epi32(_mm256_srlv_epi32(m, s), carry);  // (carry is -1 where set)
+}
+
+FASTOPT_HD void store_stochastic_bits(f16* p, VecAvx2 x, __m256i r) {
+  const __m256i u = _mm256_castps_si256(x.v);
+  const __m256i a = _mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff));
+  // Normal halves: 13 bits dropped, 13 uniform bits added.
+  __m256i h = _mm256_srli_epi32(
+      _mm256_add_epi32(_mm256_sub_epi32(a, _mm256_set1_epi32(0x38000000)), _mm256_srli_epi32(r, 19)), 13);
+  // Subnormal halves cost as much as the rest and are rare in params: only for lanes that hold one.
+  const __m256i tiny = _mm256_cmpgt_epi32(_mm256_set1_epi32(0x38800000), a);
+  if (!_mm256_testz_si256(tiny, tiny)) h = _mm256_blendv_epi8(h, f16_subnormal_avx2(a, r), tiny);
+  h = _mm256_blendv_epi8(h, _mm256_set1_epi32(0x7c00), above_avx2(a, 0x477fffffu));  // 2^16 and beyond
+  const __m256i payload = _mm256_and_si256(_mm256_srli_epi32(a, 13), _mm256_set1_epi32(0x3ff));
+  const __m256i nan = _mm256_or_si256(_mm256_set1_epi32(0x7e00), payload);  // (quiet, as from_f32)
+  h = _mm256_blendv_epi8(h, nan, above_avx2(a, 0x7f800000u));
+  const __m256i sign = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x8000));
+  store_u16_avx2(reinterpret_cast<uint16_t*>(p), _mm256_or_si256(h, sign));
 }
 
 }  // namespace fastopt

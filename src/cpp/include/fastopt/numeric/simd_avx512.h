@@ -1,10 +1,11 @@
-// The AVX-512 lane: 16 fp32 values (needs AVX-512F/BW/VL). Same operation set and the same
+// The AVX-512 lane: 16 fp32 values (needs AVX-512F/BW/VL/DQ). Same operation set and the same
 // IEEE results as the scalar lane in scalar.h.
 #pragma once
 #include <immintrin.h>
 
 #include "fastopt/numeric/convert.h"
 #include "fastopt/numeric/quantize8.h"
+#include "fastopt/numeric/random.h"
 
 namespace fastopt {
 
@@ -174,6 +175,78 @@ __attribute__((target("avx512f,avx512bw,avx512vbmi"))) inline int64_t dequantize
     }
   }
   return i;
+}
+
+// Stochastic rounding (rounding.h): the random bits of 16 consecutive elements, and the roundings
+// of bf16_stochastic and f16_stochastic in 32-bit integer arithmetic, bit for bit.
+
+// random::mix64 of each 64-bit element (VPMULLQ: AVX512DQ, which the avx512 target requires).
+FASTOPT_HD __m512i mix64_avx512(__m512i z) {
+  z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 30)), _mm512_set1_epi64(int64_t(random::kMix1)));
+  z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 27)), _mm512_set1_epi64(int64_t(random::kMix2)));
+  return _mm512_xor_si512(z, _mm512_srli_epi64(z, 31));
+}
+
+// random::bits32(key, i + k) in 32-bit element k. The SplitMix64 states of the even and the
+// odd elements go in two vectors, so that their high halves interleave by one blend.
+FASTOPT_HD __m512i lane_bits32(uint64_t key, uint64_t i, Lane<VecAvx512>) {
+  const auto g = [](uint64_t k) { return int64_t(k * random::kGamma); };
+  const __m512i state = _mm512_set1_epi64(int64_t(key + (i + 1) * random::kGamma));
+  const __m512i even = mix64_avx512(
+      _mm512_add_epi64(state, _mm512_set_epi64(g(14), g(12), g(10), g(8), g(6), g(4), g(2), 0)));
+  const __m512i odd = mix64_avx512(
+      _mm512_add_epi64(state, _mm512_set_epi64(g(15), g(13), g(11), g(9), g(7), g(5), g(3), g(1))));
+  return _mm512_mask_blend_epi32(0xaaaa, _mm512_srli_epi64(even, 32), odd);
+}
+
+// a > c, unsigned.
+FASTOPT_HD __mmask16 above_avx512(__m512i a, uint32_t c) {
+  return _mm512_cmpgt_epu32_mask(a, _mm512_set1_epi32(int(c)));
+}
+
+FASTOPT_HD void store_stochastic_bits(bf16* p, VecAvx512 x, __m512i r) {
+  const __m512i u = _mm512_castps_si512(x.v);
+  const __m512i a = _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff));
+  // The sum of magnitude and bits stays below 2^31, so adding to u itself keeps the sign bit.
+  const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_srli_epi32(r, 16)), 16);
+  const __m512i quiet = _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+  const __m512i h = _mm512_mask_blend_epi32(above_avx512(a, 0x7f800000u), rounded, quiet);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(h));
+}
+
+// f16_stochastic of magnitudes a (fp32 bits) below the normal halves: m * 2^-s units of 2^-24,
+// split at the binary point into whole (m >> s) and the 32 bits below it, into which the bits r
+// are added: whole + the carry. Variable shifts by 32 or more give 0, as every out-of-range
+// shift here needs.
+FASTOPT_HD __m512i f16_subnormal_avx512(__m512i a, __m512i r) {
+  const __m512i e = _mm512_srli_epi32(a, 23);
+  const __m512i fraction = _mm512_and_si512(a, _mm512_set1_epi32(0x7fffff));
+  const __mmask16 normal_f32 = _mm512_test_epi32_mask(e, e);  // (an fp32 subnormal: no implicit bit)
+  const __m512i m = _mm512_mask_or_epi32(fraction, normal_f32, fraction, _mm512_set1_epi32(0x800000));
+  const __m512i s = _mm512_sub_epi32(_mm512_set1_epi32(126), _mm512_max_epi32(e, _mm512_set1_epi32(1)));
+  const __m512i thirty_two = _mm512_set1_epi32(32);
+  const __m512i below = _mm512_or_si512(_mm512_sllv_epi32(m, _mm512_sub_epi32(thirty_two, s)),
+                                        _mm512_srlv_epi32(m, _mm512_sub_epi32(s, thirty_two)));
+  const __m512i whole = _mm512_srlv_epi32(m, s);
+  const __mmask16 carry = _mm512_cmplt_epu32_mask(_mm512_add_epi32(below, r), below);
+  return _mm512_mask_add_epi32(whole, carry, whole, _mm512_set1_epi32(1));
+}
+
+FASTOPT_HD void store_stochastic_bits(f16* p, VecAvx512 x, __m512i r) {
+  const __m512i u = _mm512_castps_si512(x.v);
+  const __m512i a = _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff));
+  // Normal halves: 13 bits dropped, 13 uniform bits added.
+  __m512i h = _mm512_srli_epi32(
+      _mm512_add_epi32(_mm512_sub_epi32(a, _mm512_set1_epi32(0x38000000)), _mm512_srli_epi32(r, 19)), 13);
+  // Subnormal halves cost as much as the rest and are rare in params: only for lanes that hold one.
+  const __mmask16 tiny = _mm512_cmplt_epu32_mask(a, _mm512_set1_epi32(0x38800000));
+  if (tiny) h = _mm512_mask_blend_epi32(tiny, h, f16_subnormal_avx512(a, r));
+  h = _mm512_mask_blend_epi32(above_avx512(a, 0x477fffffu), h, _mm512_set1_epi32(0x7c00));  // 2^16 and beyond
+  const __m512i payload = _mm512_and_si512(_mm512_srli_epi32(a, 13), _mm512_set1_epi32(0x3ff));
+  const __m512i nan = _mm512_or_si512(_mm512_set1_epi32(0x7e00), payload);  // (quiet, as from_f32)
+  h = _mm512_mask_blend_epi32(above_avx512(a, 0x7f800000u), h, nan);
+  const __m512i sign = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x8000));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(_mm512_or_si512(h, sign)));
 }
 
 }  // namespace fastopt
