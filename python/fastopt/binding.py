@@ -10,6 +10,7 @@ import numpy as np
 
 from . import _core
 from ._arrays import device_array, fill, master_copy, state_like, to_host
+from .hyperparams import Array
 from .storage import absmax_blocks, absmax_name
 from .schedules import Schedule
 
@@ -51,27 +52,31 @@ class Binding:
         keeps = Keeps.none(n)
         stream = self._engine.stream(None, self._params[0]) if self._engine.is_cuda and n else 0
         for i, p in enumerate(self._params):
-            mode = self._storage[self._group_of[i]].master_weights
-            keeps.state_stochastic[i] = self._storage[self._group_of[i]].state_precision == "bfloat16_stochastic"
+            storage = self._storage[self._group_of[i]]
+            keeps.state_stochastic[i] = storage.state_precision == "bfloat16_stochastic"
             dtype = _core.describe(p, f"param {i}")[1]
+            storage.check_param(dtype, f"param {i}")
+            mode = storage.master_weights
             if dtype == "float32" or mode is False:
                 continue
             if mode is True:
                 keeps.masters[i] = self._new_master(i, stream)
             elif mode == "stochastic":
                 keeps.stochastic[i] = True
-            elif dtype == "float16":
-                raise ValueError(f"param {i}: master_weights={mode!r} is for bfloat16 params; this param is "
-                                 "float16: use master_weights=True")
             elif mode == "remainder":
-                keeps.remainders[i] = state_like(p, f"param {i}", "uint16")
+                keeps.remainders[i] = self._new_kept(i, "master_remainder", "uint16")
             else:
-                keeps.compensations[i] = state_like(p, f"param {i}", "bfloat16")
+                keeps.compensations[i] = self._new_kept(i, "kahan_compensation", "bfloat16")
         return keeps
 
     def _new_master(self, i: int, stream: int):
         """Param i's fp32 master weights: its exact value (written on ``stream`` on CUDA)."""
         return master_copy(self._params[i], f"param {i}", stream)
+
+    def _new_kept(self, i: int, name: str, dtype: str):
+        """A zeroed array of ``dtype`` kept beside param i (a remainder or a compensation: zero
+        leaves the param's own value), ``name`` being its name in :attr:`state`."""
+        return state_like(self._params[i], f"param {i}", dtype)
 
     def _new_state(self, i: int, name: str):
         """A fresh state array ``name`` for param i, at its initial value, in its group's
@@ -197,17 +202,14 @@ class Binding:
         """Live state arrays by param index (``"master_param"`` for fp32 master weights,
         ``"master_remainder"`` for the uint16 low halves of a master kept as a remainder,
         ``"kahan_compensation"`` for a Kahan-compensated param's bfloat16 compensation)."""
-        out = {}
-        for i, s in enumerate(self._state):
-            d = dict(s)
-            if self._masters[i] is not None:
-                d["master_param"] = self._masters[i]
-            if self._kept.remainders[i] is not None:
-                d["master_remainder"] = self._kept.remainders[i]
-            if self._kept.compensations[i] is not None:
-                d["kahan_compensation"] = self._kept.compensations[i]
-            out[i] = d
-        return out
+        return {i: {**s, **self._kept_beside(i)} for i, s in enumerate(self._state)}
+
+    def _kept_beside(self, i: int) -> dict[str, Array]:
+        """The array kept beside param i for its fp32 value, by its name in :attr:`state` (none
+        for a float32 param, or without master_weights)."""
+        kept = {"master_param": self._masters[i], "master_remainder": self._kept.remainders[i],
+                "kahan_compensation": self._kept.compensations[i]}
+        return {name: a for name, a in kept.items() if a is not None}
 
     @property
     def master_params(self) -> list[np.ndarray | None]:

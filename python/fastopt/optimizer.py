@@ -16,7 +16,7 @@ from .engine import engine_for
 from .hyperparams import Array, HyperParams, ParamGroup, betas, flag, real, split_groups
 from .results import Diagnostics, StepResult
 from .step_options import StepOptions
-from .storage import Storage, check_seed, check_storage
+from .storage import Storage, check_seed, check_seed_used, check_storage
 
 __all__ = ["Optimizer", "ParamGroup", "StepResult", "Diagnostics", "real", "flag", "betas"]
 
@@ -203,11 +203,8 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
         self._engine.bind(self.rule, self._params, self._grads, Keeps.none(len(self._params)),
                           [[] for _ in self._params], self._group_sizes)
         self._kept = self._keeps()
-        seed = check_seed(seed)
-        if seed and not any(s.random for s in self._storage):
-            raise ValueError("seed is the seed of stochastic rounding (master_weights='stochastic' or "
-                             "state_precision='bfloat16_stochastic')")
-        self._seed = seed
+        self._seed = check_seed(seed)
+        check_seed_used(self._seed, self._storage)
         self._masters: list[Array | None] = self._kept.masters
         self._state: list[dict[str, Array]] = [{} for _ in self._params]
         self._steps = [0] * len(self.param_groups)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 from . import _core
 
@@ -36,6 +36,12 @@ class Storage:
     def random(self) -> bool:
         """Whether anything rounds stochastically (with the optimizer's seed)."""
         return self.master_weights == "stochastic" or self.state_precision == "bfloat16_stochastic"
+
+    def check_param(self, dtype: str, where: str) -> None:
+        """ValueError naming ``where`` (a param) where these modes cannot keep a param of ``dtype``."""
+        if dtype == "float16" and self.master_weights in ("remainder", "kahan"):
+            raise ValueError(f"{where}: master_weights={self.master_weights!r} is for bfloat16 params; this param is "
+                             "float16: use master_weights=True")
 
 
 def check_storage(master_weights: Any, state_precision: Any, where: str = "") -> Storage:
@@ -68,3 +74,10 @@ def check_seed(seed: Any, name: str = "seed") -> int:
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**64:
         raise ValueError(f"{name} must be an integer in [0, 2**64), got {seed!r}")
     return int(seed)
+
+
+def check_seed_used(seed: int, storages: Iterable[Storage]) -> None:
+    """ValueError for a nonzero seed given where nothing rounds stochastically: it would do nothing."""
+    if seed and not any(s.random for s in storages):
+        raise ValueError("seed is the seed of stochastic rounding (master_weights='stochastic' or "
+                         "state_precision='bfloat16_stochastic')")
