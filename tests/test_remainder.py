@@ -108,10 +108,6 @@ def test_remainder_refusals():
         fastopt.AdamW(half, [np.zeros(3, np.float32)], master_weights="remainder")
     with pytest.raises(ValueError, match="master_weights must be True, False, 'remainder', 'kahan' or 'stochastic', got 'fp32'"):
         fastopt.AdamW(half, [np.zeros(3, np.float32)], master_weights="fp32")
-    import torch
-    import fastopt.torch as drop_in
-    with pytest.raises(ValueError, match="not yet supported by fastopt.torch"):
-        drop_in.AdamW([torch.zeros(3, dtype=torch.bfloat16, requires_grad=True)], master_weights="remainder")
 
 
 def test_the_binding_checks_remainders():

@@ -149,7 +149,3 @@ def test_refusals():
         core.Group("sgd", [np.zeros(4, np.float32)], [g], Keeps([None], [None], [None], [True], [[]], [False]), [[]], [1])
     with pytest.raises(core.TensorError, match=message):
         core.Group("sgd", [bf], [g], Keeps([np.zeros(4, np.float32)], [None], [None], [True], [[]], [False]), [[]], [1])
-    import torch
-    import fastopt.torch as drop_in
-    with pytest.raises(ValueError, match="master_weights='stochastic' is not yet supported by fastopt.torch"):
-        drop_in.SGD([torch.zeros(3, dtype=torch.bfloat16, requires_grad=True)], master_weights="stochastic")

@@ -196,7 +196,7 @@ def test_bad_checkpoint_changes_nothing():
     sd = opt.state_dict()
     sd["state"][0]["exp_avg"] = torch.zeros(3)
     before = copy.deepcopy(opt.state_dict())
-    with pytest.raises(ValueError, match="state 'exp_avg' is not a tensor of the param's shape"):
+    with pytest.raises(ValueError, match=r"param 0: state 'exp_avg' is torch.float32\[3\], expected a tensor of shape \[16, 6\]"):
         opt.load_state_dict(sd)
     after = opt.state_dict()
     for i in before["state"]:
@@ -217,7 +217,7 @@ def losses_fall(model, opt, steps=30, dtype=torch.float32, set_to_none=True):
 
 
 HABITS = {
-    "module.to(bfloat16)": lambda m: m.to(torch.bfloat16),
+    "module.to(another dtype)": lambda m: m.to(torch.bfloat16 if first(m).dtype == torch.float32 else torch.float32),
     "p.data = new tensor": lambda m: [setattr(p, "data", p.detach().clone()) for p in m.parameters()],
     "module.share_memory()": lambda m: m.share_memory(),
     "load_state_dict(assign=True)": lambda m: m.load_state_dict({k: v.clone() for k, v in m.state_dict().items()},
@@ -225,14 +225,26 @@ HABITS = {
 }
 
 
+# Storage modes (options, and the dtype the model starts in) whose arrays follow a param that moved.
+STORAGE = {
+    "fp32 master": ({"master_weights": True}, torch.float32),
+    "remainder, 8-bit state": ({"master_weights": "remainder", "state_precision": "8bit"}, torch.bfloat16),
+    "Kahan, bf16 state": ({"master_weights": "kahan", "state_precision": "bfloat16"}, torch.bfloat16),
+    "stochastic": ({"master_weights": "stochastic", "state_precision": "bfloat16_stochastic", "seed": 1},
+                   torch.bfloat16),
+}
+
+
+@pytest.mark.parametrize("storage", STORAGE)
 @pytest.mark.parametrize("habit", HABITS)
-def test_follows_params_replaced_after_building(habit):
+def test_follows_params_replaced_after_building(habit, storage):
     """Failure 2 and 3 of issue 12: the optimizer keeps training the module's params after the
     module moved them (before: fastopt updated the old memory and the model never changed)."""
+    options, dtype = STORAGE[storage]
     torch.manual_seed(0)
-    model = mlp()
-    opt = ft.AdamW(model.parameters(), lr=1e-2, master_weights=True)
-    assert losses_fall(model, opt, 5)
+    model = mlp().to(dtype)
+    opt = ft.AdamW(model.parameters(), lr=1e-2, **options)
+    assert losses_fall(model, opt, 5, dtype)
     HABITS[habit](model)
     dtype = next(model.parameters()).dtype
     before = [p.detach().clone() for p in model.parameters()]
@@ -451,32 +463,47 @@ MASTER_WRITES = {
 }
 
 
+# The master_weights that keep an array beside each bf16 param for its fp32 value, and its name.
+KEEPING = {True: "master_param", "remainder": "master_remainder", "kahan": "kahan_compensation"}
+
+
+def assert_params_are_their_values(opt, model, value, mode):
+    """Each param is ``value``, and so is its fp32 value: its master, or a zero remainder or compensation."""
+    for p in model.parameters():
+        assert torch.all(p == value), p
+        kept = opt.state[p][KEEPING[mode]]
+        assert torch.equal(kept, torch.full_like(kept, value) if mode is True else torch.zeros_like(kept)), kept
+
+
+@pytest.mark.parametrize("mode", KEEPING)
 @pytest.mark.parametrize("write", MASTER_WRITES)
-def test_params_written_by_the_user_are_not_overwritten_by_master_weights(write):
-    """bf16 params with fp32 master weights: after the user writes the params (0.5), the next
-    step starts from 0.5 (before: the stale master overwrote them)."""
+def test_params_written_by_the_user_are_not_overwritten_by_master_weights(write, mode):
+    """bf16 params with fp32 master weights (a remainder, a compensation): after the user writes
+    the params (0.5), the next step starts from 0.5 (before: the stale master overwrote them)."""
     torch.manual_seed(0)
     model = mlp().to(torch.bfloat16)
-    opt = ft.SGD(model.parameters(), lr=1e-3, master_weights=True)
+    opt = ft.SGD(model.parameters(), lr=1e-3, master_weights=mode)
     x = torch.ones(2, 6, dtype=torch.bfloat16)
     for _ in range(3):
         opt.zero_grad()
         model(x).sum().backward()
         opt.step()
+    assert all(opt.state[p][KEEPING[mode]].any() for p in model.parameters())
     with torch.no_grad():
         MASTER_WRITES[write](model)
+    opt.param_groups[0]["lr"] = 0.0  # the step rewrites the params from their fp32 values alone
     opt.zero_grad()
     model(x).sum().backward()
     opt.step()
-    for p in model.parameters():
-        assert torch.all((p.float() - 0.5).abs() < 0.01), p
+    assert_params_are_their_values(opt, model, 0.5, mode)
 
 
-def test_master_weights_follow_a_dtype_round_trip():
+@pytest.mark.parametrize("mode", KEEPING)
+def test_master_weights_follow_a_dtype_round_trip(mode):
     """bf16 -> fp32 -> bf16: the fp32 steps are kept (before: the old master came back)."""
     torch.manual_seed(0)
     model = mlp().to(torch.bfloat16)
-    opt = ft.SGD(model.parameters(), lr=0.1, master_weights=True)
+    opt = ft.SGD(model.parameters(), lr=0.1, master_weights=mode)
     x = torch.ones(2, 6)
 
     def train(n):
@@ -562,21 +589,25 @@ def test_replaced_grad_errors_name_the_param_by_its_place():
         opt.step()
 
 
-def test_model_weights_loaded_after_an_optimizer_checkpoint_are_kept():
-    """opt.load_state_dict(a checkpoint with master weights), then model.load_state_dict(other
-    weights): the next step starts from the model's weights, not the checkpoint's masters."""
+@pytest.mark.parametrize("mode", KEEPING)
+def test_model_weights_loaded_after_an_optimizer_checkpoint_are_kept(mode):
+    """opt.load_state_dict(a checkpoint with master weights, remainders or compensations), then
+    model.load_state_dict(other weights): the next step starts from the model's weights, not the
+    checkpoint's fp32 values."""
     torch.manual_seed(0)
     model = mlp().to(torch.bfloat16)
-    opt = ft.SGD(model.parameters(), lr=0.0, master_weights=True)
-    model(torch.ones(1, 6, dtype=torch.bfloat16)).sum().backward()
-    opt.step()
+    opt = ft.SGD(model.parameters(), lr=1e-2, master_weights=mode)
+    for _ in range(2):
+        model(torch.ones(1, 6, dtype=torch.bfloat16)).sum().backward()
+        opt.step()
     ckpt = opt.state_dict()
-    opt = ft.SGD(model.parameters(), lr=0.0, master_weights=True)
+    opt = ft.SGD(model.parameters(), master_weights=mode)
     opt.load_state_dict(ckpt)
+    opt.param_groups[0]["lr"] = 0.0  # the step rewrites the params from their fp32 values alone
     with torch.no_grad():
         model.load_state_dict({k: torch.full_like(v, 0.25) for k, v in model.state_dict().items()})
     opt.step()
-    assert all(torch.all(p == 0.25) for p in model.parameters())
+    assert_params_are_their_values(opt, model, 0.25, mode)
 
 
 def test_one_thread_at_a_time():

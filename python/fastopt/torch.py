@@ -5,7 +5,9 @@ from ``p.grad`` at every step, params whose grad is None are skipped (no weight 
 count), as torch does; ``zero_grad`` (either setting), ``add_param_group``, closures, step
 hooks and ``torch.optim.lr_scheduler`` schedulers work unchanged; ``state_dict()`` is in
 torch.optim's format and ``load_state_dict()`` takes a torch.optim checkpoint of the same
-optimizer (and torch.optim takes ours), so a run can switch either way.
+optimizer (and torch.optim takes ours, but for 8-bit state and remainders), so a run can switch
+either way. Every storage mode of fastopt's optimizers (``master_weights``,
+``state_precision``, ``seed``) is taken, per param group too.
 
 The step binds its tensors once and reuses the binding while they stay where they are: it binds
 again when a param gains or loses its grad, when torch hands over new grad tensors
@@ -26,7 +28,7 @@ from collections import defaultdict
 import re
 import warnings
 import weakref
-from typing import Any, ClassVar, Iterable
+from typing import Any, Callable, ClassVar, Iterable, Mapping
 
 import torch
 
@@ -34,10 +36,17 @@ from . import _core
 from .catalog import OPTIMIZERS
 from .optimizer import Optimizer as _Bound
 from .optimizer import alone
+from .storage import Storage, absmax_blocks, absmax_name, check_seed, check_seed_used, check_storage
 
 __all__ = ["Optimizer", *(cls.__name__ for cls in OPTIMIZERS)]
 
 _grad = operator.attrgetter("grad")
+
+# The arrays kept beside a param for its fp32 value, by their names in its state: the
+# master_weights that keeps each, and its dtype.
+_KEPT = {"master_param": (True, torch.float32), "master_remainder": ("remainder", torch.uint16),
+         "kahan_compensation": ("kahan", torch.bfloat16)}
+_MODES = ("master_weights", "state_precision")  # the storage modes: options of every param group
 
 
 class Optimizer(torch.optim.Optimizer):
@@ -46,35 +55,47 @@ class Optimizer(torch.optim.Optimizer):
     Args:
         params: an iterable of tensors or of param-group dicts, as for ``torch.optim``
             (float32, float16 or bfloat16 params; CPU or CUDA).
-        master_weights, max_grad_norm, clip_value, skip_nonfinite: as for
-            :class:`fastopt.Optimizer` (clipping covers the params that have a grad).
+        master_weights, state_precision: the storage modes of :class:`fastopt.Optimizer`
+            (``master_weights``: False, True, ``"remainder"``, ``"kahan"`` or ``"stochastic"``;
+            ``state_precision``: ``"float32"``, ``"bfloat16"``, ``"bfloat16_stochastic"`` or
+            ``"8bit"``): the defaults of every param group, and options of each (keys of a
+            param-group dict, as ``lr``). ValueError (naming the group, for a group's) for a value
+            fastopt has not, for ``"remainder"`` or ``"kahan"`` with float16 params, and for 8-bit
+            state where the rule keeps none (Adagrad). A group's modes may change until its params
+            have state in them; then a step with other modes raises ValueError.
+        seed: the seed of stochastic rounding (an integer in [0, 2**64); default 0), as for
+            :class:`fastopt.Optimizer`; checkpoints carry it (``state_dict()["seed"]``).
+        max_grad_norm, clip_value, skip_nonfinite: as for :class:`fastopt.Optimizer` (clipping
+            covers the params that have a grad).
         **hypers: the optimizer's hyperparameters, torch.optim's names and defaults.
 
-    The state of param ``p`` is in ``self.state[p]``, float32 tensors named as torch.optim
-    names them (plus ``"master_param"`` with ``master_weights``); its ``"step"`` is written by
-    :meth:`state_dict`. :attr:`last_step` is the :class:`fastopt.StepResult` of the last step.
+    The state of param ``p`` is in ``self.state[p]``, tensors named as fastopt names them (the
+    names of torch.optim): float32, bfloat16 or uint8 codes with their float32
+    ``"<name>_absmax"`` as ``state_precision`` stores them, plus the array its master_weights
+    keeps beside a half-precision param (``"master_param"`` float32, ``"master_remainder"``
+    uint16, ``"kahan_compensation"`` bfloat16); its ``"step"`` is written by :meth:`state_dict`.
+    :attr:`last_step` is the :class:`fastopt.StepResult` of the last step.
     """
 
     fastopt_class: ClassVar[type[_Bound]]
 
-    def __init__(self, params: Iterable[Any], *, master_weights: bool = False, max_grad_norm: float | None = None,
-                 clip_value: float | None = None, skip_nonfinite: bool = False, **hypers: Any):
+    def __init__(self, params: Iterable[Any], *, master_weights: bool | str = False, state_precision: str = "float32",
+                 seed: int = 0, max_grad_norm: float | None = None, clip_value: float | None = None,
+                 skip_nonfinite: bool = False, **hypers: Any):
         cls = self.fastopt_class
         defaults = cls.default_hypers()
         for k in hypers:
             if k not in defaults and k not in _TORCH_OPTIONS:
                 raise TypeError(f"{type(self).__name__} got an unknown hyperparameter '{k}'")
-        defaults.update(hypers)
+        defaults.update(hypers, master_weights=master_weights, state_precision=state_precision)
         self._check_group(defaults)
-        if master_weights in ("remainder", "kahan", "stochastic"):
-            raise ValueError(f"master_weights={master_weights!r} is not yet supported by fastopt.torch: use the "
-                             f"plain fastopt.{self.fastopt_class.__name__} over the module's parameters")
-        self._options = {"master_weights": master_weights, "max_grad_norm": max_grad_norm,
-                         "clip_value": clip_value, "skip_nonfinite": skip_nonfinite}
+        self._options = {"max_grad_norm": max_grad_norm, "clip_value": clip_value, "skip_nonfinite": skip_nonfinite,
+                         "seed": check_seed(seed)}
         self._unbind()
         self.last_step = None
         self._busy = threading.Lock()  # held by step, state_dict and load_state_dict
         super().__init__(params, defaults)
+        check_seed_used(self._options["seed"], map(_storage, self.param_groups))
         self._changed = [False]
         self.state = _State(self._changed, self.state)
         _watch_replacements(self)
@@ -86,7 +107,9 @@ class Optimizer(torch.optim.Optimizer):
         self._bound_grads: list[Any] = []
         self._bound_state: Any = None  # the self.state mapping bound
         self._ptrs: dict[Any, int] = {}  # each bound param's data_ptr when bound
-        self._mastered: list[tuple[Any, Any, int]] = []  # (param, its master, its _version after a step)
+        self._bound_modes: list[tuple[Any, Any]] | None = None  # each group's storage modes when bound
+        # (param, the array kept beside it (_KEPT), the param's _version after a step)
+        self._mastered: list[tuple[Any, Any, int]] = []
         self._snapshot: list[tuple] = []
         self._counts: dict[Any, int] = getattr(self, "_counts", {})  # steps taken by each param
 
@@ -107,8 +130,9 @@ class Optimizer(torch.optim.Optimizer):
         a 0-d tensor, as torch allows for lr and betas, is taken as its value)."""
         return {k: _value(group.get(k, v)) for k, v in self.fastopt_class.default_hypers().items()}
 
-    def _check_group(self, group: dict[str, Any]) -> None:
-        """TypeError/ValueError for hyperparameters fastopt cannot run as torch.optim would."""
+    def _check_group(self, group: dict[str, Any], first: int = 0) -> None:
+        """TypeError/ValueError for hyperparameters fastopt cannot run as torch.optim would, and for
+        storage modes it cannot keep for the group's params (the first of which is param ``first``)."""
         if group.get("differentiable"):
             raise ValueError("differentiable=True is not supported: fastopt's step is not part of the autograd graph")
         cls = self.fastopt_class
@@ -118,12 +142,29 @@ class Optimizer(torch.optim.Optimizer):
                 raise ValueError(f"{type(self).__name__} with decoupled_weight_decay={wanted} is not its update: "
                                  f"use fastopt.torch.{'AdamW' if wanted else 'Adam'}")
         cls._hyper_at(self._hypers(group), 0)
+        if "seed" in group:
+            raise ValueError("seed is the optimizer's, not a param group's: give it to the constructor")
+        storage = _storage(group)
+        if storage.quantized and not cls.eight_bit_state:
+            raise ValueError(f"state_precision='8bit': {cls.__name__} cannot keep 8-bit state (see "
+                             f"fastopt.{cls.__name__}): use 'bfloat16' or 'float32'")
+        for k, p in enumerate(group.get("params", ()), first):
+            storage.check_param(_dtype_name(p), f"param {k}")
+
+    def _storages(self) -> list[Storage]:
+        """Each group's storage modes (ValueError naming the group for a value fastopt has not)."""
+        return [_storage(g, f"param group {j}") for j, g in enumerate(self.param_groups)]
+
+    def _modes(self) -> list[tuple[Any, Any]]:
+        """Each group's storage modes as set, unchecked (compared at every step: a change binds again)."""
+        return [(g["master_weights"], g["state_precision"]) for g in self.param_groups]
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Adds a group (torch.optim's checks, then fastopt's check of its hyperparameters)."""
+        """Adds a group (torch.optim's checks, then fastopt's check of its hyperparameters and
+        storage modes)."""
         super().add_param_group(param_group)
         try:
-            self._check_group(self.param_groups[-1])
+            self._check_group(self.param_groups[-1], sum(len(g["params"]) for g in self.param_groups[:-1]))
         except (TypeError, ValueError) as e:
             self.param_groups.pop()
             raise type(e)(f"param group {len(self.param_groups)}: {e}") from None
@@ -144,9 +185,9 @@ class Optimizer(torch.optim.Optimizer):
                 loss = closure()
         params = [p for g in self.param_groups for p in g["params"]]
         grads = list(map(_grad, params))
-        if (self._inner is None or not self._state_unchanged()
+        if (self._inner is None or not self._state_unchanged() or self._modes() != self._bound_modes
                 or len(params) != len(self._bound_params) or not all(map(operator.is_, params, self._bound_params))):
-            self._bind(params, grads)  # first step, params or state changed by the user
+            self._bind(params, grads)  # first step; params, state or storage modes changed by the user
         elif not all(map(operator.is_, grads, self._bound_grads)):
             if [g is None for g in grads] == [g is None for g in self._bound_grads]:
                 try:  # torch handed over new .grad tensors: bind those alone
@@ -179,16 +220,22 @@ class Optimizer(torch.optim.Optimizer):
 
     def _refresh_masters(self) -> None:
         """A param written in place since the last step (load_state_dict of its module,
-        ``copy_``, ...) has its master weights taken from it again: the master would overwrite it."""
-        for k, (p, master, version) in enumerate(self._mastered):
+        ``copy_``, ...) has its fp32 value taken from it again: its master would overwrite it, and
+        its remainder or compensation belongs to its old value."""
+        for k, (p, kept, version) in enumerate(self._mastered):
             if p._version != version:
-                master.copy_(p)
-                self._mastered[k] = (p, master, p._version)
+                if kept.dtype == torch.float32:
+                    kept.copy_(p)
+                else:  # (zero: the param alone is the value)
+                    kept.zero_()
+                self._mastered[k] = (p, kept, p._version)
 
     def _bind(self, params: list[Any], grads: list[Any]) -> None:
         """Binds the params that have a grad, one fastopt group per (param group, step count).
-        State the user reset (``opt.state.clear()``, ...) starts afresh; master weights of a
-        param whose memory moved are taken from it again."""
+        State the user reset (``opt.state.clear()``, ...) starts afresh; the fp32 value of a
+        param whose memory moved is taken from it again. ValueError where a param's state is not
+        in its group's storage modes."""
+        storages = self._storages()
         self._sync_counts()
         if not self._state_unchanged():  # the user changed the state: it says what the counts are now
             if not isinstance(self.state, _State):  # a new mapping: its "step" entries count
@@ -203,7 +250,7 @@ class Optimizer(torch.optim.Optimizer):
             self._counts = counts
         for p, ptr in self._ptrs.items():
             if p in self.state and p.data_ptr() != ptr:
-                dict.pop(self.state[p], "master_param", None)
+                _drop_kept(self.state[p])
         self._unbind()
         self._bound_params, self._bound_grads = params, grads
         buckets: dict[tuple[int, int], list[int]] = {}
@@ -214,17 +261,25 @@ class Optimizer(torch.optim.Optimizer):
                 if g is not None:
                     if g.is_sparse:
                         raise RuntimeError(f"{type(self).__name__} does not support sparse gradients (param {flat})")
+                    storages[j].check_param(_dtype_name(p), f"param group {j}: param {flat}")
+                    if p in self.state:
+                        self._check_state(flat, j, p, self.state[p], storages[j],
+                                          "; a group's storage modes are fixed once its params have state, and "
+                                          "state set by hand must match them")
                     buckets.setdefault((j, self._counts.get(p, 0)), []).append(flat)
                 flat += 1
         if not buckets:
             return
         self._buckets = list(buckets.values())
-        groups = [{**self._hypers(self.param_groups[j]), "params": [params[i] for i in idx],
+        groups = [{**self._hypers(self.param_groups[j]), "master_weights": storages[j].master_weights,
+                   "state_precision": storages[j].state_precision, "params": [params[i] for i in idx],
                    "grads": [grads[i] for i in idx]} for (j, _), idx in buckets.items()]
         states = [self.state[params[i]] for idx in self._buckets for i in idx]
         names = [i for idx in self._buckets for i in idx]
+        # (fastopt takes a seed only where something rounds stochastically)
+        seed = self._options["seed"] if any(storages[j].random for j, _ in buckets) else 0
         try:
-            inner = _inner_class(self.fastopt_class)(groups, states, **self._options)
+            inner = _inner_class(self.fastopt_class)(groups, states, **{**self._options, "seed": seed})
         except _core.TensorError as e:  # name the tensors by their place in this optimizer
             raise _core.TensorError(re.sub(r"\b([a-z_]+) (\d+)\b", lambda m: f"{m[1]} {names[int(m[2])]}",
                                            str(e))) from None
@@ -233,13 +288,45 @@ class Optimizer(torch.optim.Optimizer):
         self._ids = {id(p) for p in params}
         self._ptrs = {params[i]: params[i].data_ptr() for i in names}
         loaded = getattr(self, "_loaded_versions", {})
-        self._mastered = [(p, m, loaded.get(p, p._version)) for p, m in zip(inner._params, inner._masters)
-                          if m is not None]
+        self._mastered = [(p, kept, loaded.get(p, p._version)) for i, p in enumerate(inner._params)
+                          for kept in inner._kept_beside(i).values()]
         self._loaded_versions = {}
         self._bound_state = self.state
+        self._bound_modes = self._modes()
         self._changed[0] = False
         self._snapshot = [tuple(self._hypers(g).values()) for g in self.param_groups]
         self._group_of_bucket = [j for j, _ in buckets]
+
+    def _check_state(self, key: Any, j: int, p: Any, state: Mapping[str, Any], storage: Storage, note: str) -> None:
+        """ValueError (ending with ``note``) where the state of param ``key`` (``p``, in group j)
+        holds an array that its group's storage modes do not keep, or not in their dtype and shape."""
+        names = self.fastopt_class.state_names
+        shape = tuple(p.shape)
+        forms = {n: (getattr(torch, storage.state_dtype), shape) for n in names}  # name -> (dtype, shape)
+        if storage.quantized:
+            forms.update({absmax_name(n): (torch.float32, (absmax_blocks(p.numel()),)) for n in names})
+        forms.update({k: (dtype, shape) for k, (mode, dtype) in _KEPT.items() if mode == storage.master_weights})
+        # the arrays of other modes -> (the mode, its value that keeps them)
+        owners = {**{absmax_name(n): ("state_precision", "8bit") for n in names},
+                  **{k: ("master_weights", mode) for k, (mode, _) in _KEPT.items()}}
+        for name, v in state.items():
+            if name in forms:
+                dtype, want = forms[name]
+                if not torch.is_tensor(v) or tuple(v.shape) != want:
+                    got = f"{v.dtype}{list(v.shape)}" if torch.is_tensor(v) else f"a {type(v).__name__}"
+                    raise ValueError(f"param {key}: state '{name}' is {got}, expected a tensor of shape {list(want)}")
+                if v.dtype != dtype:
+                    mode = "master_weights" if name in _KEPT else "state_precision"
+                    raise ValueError(f"param {key}: state '{name}' is {v.dtype}; param group {j} keeps {dtype} "
+                                     f"({mode}={getattr(storage, mode)!r}){note}")
+            elif name in owners:
+                mode, value = owners[name]
+                raise ValueError(f"param {key}: state '{name}' is kept with {mode}={value!r}; param group {j} has "
+                                 f"{mode}={getattr(storage, mode)!r}{note}")
+        for n in names if storage.quantized else ():
+            if (n in state) != (absmax_name(n) in state):
+                raise ValueError(f"param {key}: state '{n}' and '{absmax_name(n)}' (8-bit codes and their absmax) "
+                                 f"go together{note}")
 
     def _push_hypers(self) -> None:
         """Hyperparameters changed in param_groups (a scheduler's lr) go to the bound groups."""
@@ -280,13 +367,23 @@ class Optimizer(torch.optim.Optimizer):
                                      **self.fastopt_class.torch_state(self._hypers(group), count)})
         out = super().state_dict()
         out["state"] = {k: dict(v) for k, v in out["state"].items()}  # plain dicts: torch.load's defaults take them
+        if any(s.random for s in self._storages()):
+            out["seed"] = self._options["seed"]  # (stochastic rounding resumes with the same bits)
         return out
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Loads a :meth:`state_dict`, or a torch.optim checkpoint of the same optimizer:
-        validated before anything changes (ValueError); state tensors are copied as float32
-        onto their params' devices; a missing ``"step"`` counts 1 where state is present;
-        torch's derived state (NAdam's ``mu_product``) is recomputed from the step count."""
+        validated before anything changes (ValueError); state tensors are copied onto their
+        params' devices; a missing ``"step"`` counts 1 where state is present; torch's derived
+        state (NAdam's ``mu_product``) is recomputed from the step count; a ``"seed"`` is taken.
+
+        The groups keep this optimizer's storage modes, and the state must be stored as they
+        store it (ValueError otherwise, naming the group's and the checkpoint's modes), but for
+        what converts exactly: half-precision state into float32 state (torch.optim's, for
+        half-precision params), ``"bfloat16"`` and ``"bfloat16_stochastic"`` state into each
+        other, and a checkpoint without the array its master_weights keeps (torch.optim's, or
+        one of master_weights False or ``"stochastic"``): the param is its value (a master
+        copied from it, a zero remainder or compensation)."""
         alone(self._busy, f"{type(self).__name__}.load_state_dict", self._load_state_dict, state_dict)
 
     def _load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -295,48 +392,65 @@ class Optimizer(torch.optim.Optimizer):
         groups, saved = state_dict["param_groups"], state_dict["state"]
         if len(groups) != len(self.param_groups):
             raise ValueError(f"state_dict has {len(groups)} param groups, this optimizer {len(self.param_groups)}")
-        by_key, new_groups, group_of = {}, [], {}
+        storages = self._storages()
+        by_key, new_groups, group_of, notes = {}, [], {}, {}
+        first = 0
         for j, (own, g) in enumerate(zip(self.param_groups, groups)):
             if len(g["params"]) != len(own["params"]):
                 raise ValueError(f"param group {j}: state_dict has {len(g['params'])} params, "
                                  f"this optimizer {len(own['params'])}")
             by_key.update(zip(g["params"], own["params"]))
-            group = {**self.defaults, **{k: v for k, v in g.items() if k != "params"}, "params": own["params"]}
+            # (the storage modes stay this optimizer's: the state is checked against them)
+            group = {**self.defaults, **{k: v for k, v in g.items() if k != "params"},
+                     **{k: own[k] for k in _MODES}, "params": own["params"]}
             try:
-                self._check_group(group)
+                self._check_group(group, first)
             except (TypeError, ValueError) as e:
                 raise type(e)(f"param group {j}: {e}") from None
             new_groups.append(group)
-            group_of.update({k: group for k in g["params"]})
+            group_of.update({k: j for k in g["params"]})
+            theirs = ", ".join(f"{k}={g[k]!r}" for k in _MODES if k in g and g[k] != own[k])
+            notes[j] = f" (the checkpoint's group has {theirs})" if theirs else ""
+            first += len(own["params"])
         state, counts = {}, {}
-        names = (*self.fastopt_class.state_names, "master_param")
+        names = self.fastopt_class.state_names
+        known = {*names, *map(absmax_name, names), *_KEPT}
         for key, entry in saved.items():
             if key not in by_key:
                 raise ValueError(f"state_dict has state for unknown param key {key!r}")
-            p = by_key[key]
+            p, j = by_key[key], group_of[key]
             arrays = {}
             for k, v in entry.items():
-                if k in names and v is not None:
-                    if not torch.is_tensor(v) or v.shape != p.shape:
-                        raise ValueError(f"param {key!r}: state '{k}' is not a tensor of the param's shape "
-                                         f"{list(p.shape)}")
-                    arrays[k] = v.detach().to(dtype=torch.float32, device=p.device, copy=True).contiguous()
+                if k not in known or v is None:
+                    continue
+                if torch.is_tensor(v):
+                    # torch.optim keeps the state of half-precision params in their dtype: widened
+                    # (float64 rounds)
+                    widen = k in names and storages[j].state_precision == "float32" and v.is_floating_point()
+                    v = v.detach().to(dtype=torch.float32 if widen else v.dtype, device=p.device,
+                                      copy=True).contiguous()
+                arrays[k] = v
+            self._check_state(key, j, p, arrays, storages[j],
+                              f"; a checkpoint loads into the storage modes it was saved with{notes[j]}")
             step = entry.get("step")
             count = _step_count(key, step) if step is not None else int(bool(arrays))
-            hyper = self.fastopt_class._hyper_at(self._hypers(group_of[key]), 0)
+            hyper = self.fastopt_class._hyper_at(self._hypers(new_groups[j]), 0)
             missing = [n for n in self.fastopt_class._required_state(hyper, count)
                        if n not in arrays and n not in self.fastopt_class.optional_state]
             if missing:
                 raise ValueError(f"param {key!r}: state_dict lacks {', '.join(missing)} at step {count}")
             state[p] = arrays
             counts[p] = count
+        seed = check_seed(state_dict.get("seed", self._options["seed"]), "state_dict's seed")
+        self._options["seed"] = seed
         self.state = _State(self._changed, {p: _ParamState(self._changed, st) for p, st in state.items()})
         self.param_groups[:] = new_groups
         self._counts = counts
         self._unbind()
         self._changed[0] = True
-        # Loaded master weights hold until the param is written after this (model.load_state_dict).
-        self._loaded_versions = {p: p._version for p, st in state.items() if "master_param" in st}
+        # A loaded fp32 value (master, remainder, compensation) holds until the param is written
+        # after this (model.load_state_dict).
+        self._loaded_versions = {p: p._version for p, st in state.items() if not _KEPT.keys().isdisjoint(st)}
         for hook in self._optimizer_load_state_dict_post_hooks.values():
             hook(self)
 
@@ -384,7 +498,16 @@ class _ParamState(dict):
         self._mark()
 
     def __reduce__(self) -> Any:  # copies keep the shared flag
-        return (type(self), (self._changed, dict(self)))
+        # torch pickles a uint16 tensor but cannot unpickle it: a remainder travels as int16
+        return (_unpickled_state, (self._changed, {k: v.view(torch.int16) if k == "master_remainder" else v
+                                                   for k, v in self.items()}))
+
+
+def _unpickled_state(changed: list, values: dict[str, Any]) -> _ParamState:
+    state = _ParamState(changed, values)
+    if "master_remainder" in state:
+        dict.__setitem__(state, "master_remainder", state["master_remainder"].view(torch.uint16))
+    return state
 
 
 class _State(defaultdict):
@@ -430,6 +553,23 @@ _TORCH_OPTIONS = {"foreach": None, "fused": None, "capturable": False, "differen
                   "decoupled_weight_decay": False}
 
 
+def _storage(group: Mapping[str, Any], where: str = "") -> Storage:
+    """A group's storage modes (ValueError naming ``where`` for a value fastopt has not)."""
+    return check_storage(group["master_weights"], group["state_precision"], where)
+
+
+def _dtype_name(t: Any) -> str:
+    """A tensor's dtype as fastopt names it: "float32", "bfloat16", ..."""
+    return str(t.dtype).removeprefix("torch.")
+
+
+def _drop_kept(state: dict[str, Any]) -> None:
+    """Removes the array kept beside a param (_KEPT): the next binding takes its value from the
+    param again."""
+    for name in _KEPT:
+        dict.pop(state, name, None)
+
+
 def _value(v: Any) -> Any:
     """A hyperparameter given as a tensor (torch allows lr and betas as tensors) as its value."""
     if torch.is_tensor(v):
@@ -453,18 +593,20 @@ def _step_count(key: Any, step: Any) -> int:
 
 
 class _Adopting:
-    """Mixin of the fastopt optimizer a drop-in class binds: its state arrays and master weights
-    are the torch state dicts' (param i's is ``torch_states[i]``), adopted where present and
-    stored there when created."""
+    """Mixin of the fastopt optimizer a drop-in class binds: its state arrays (8-bit state's
+    absmax arrays too) and the arrays kept beside its params (masters, remainders,
+    compensations) are the torch state dicts' (param i's is ``torch_states[i]``), adopted where
+    present and stored there when created."""
 
     def __init__(self, groups: list[dict[str, Any]], torch_states: list[dict[str, Any]], **options: Any):
         self._torch_states = torch_states
         super().__init__(groups, **options)
 
     def _bind(self, need: list[int]) -> None:
+        names = {*self.state_names, *map(absmax_name, self.state_names)}
         adopted = []
         for i, st in enumerate(self._torch_states):
-            got = {k: v for k, v in st.items() if k in self.state_names}
+            got = {k: v for k, v in st.items() if k in names}
             for k, v in got.items():
                 self._state[i].setdefault(k, v)
             adopted.append(got)
@@ -475,13 +617,23 @@ class _Adopting:
     def _new_state(self, i: int, name: str):
         a = super()._new_state(i, name)
         dict.__setitem__(self._torch_states[i], name, a)
+        absmax = self._state[i].get(absmax_name(name))
+        if absmax is not None:  # (8-bit state: created with its codes)
+            dict.__setitem__(self._torch_states[i], absmax_name(name), absmax)
         return a
 
     def _new_master(self, i: int, stream: int):
+        return self._adopt(i, "master_param", functools.partial(super()._new_master, i, stream))
+
+    def _new_kept(self, i: int, name: str, dtype: str):
+        return self._adopt(i, name, functools.partial(super()._new_kept, i, name, dtype))
+
+    def _adopt(self, i: int, name: str, make: Callable[[], Any]) -> Any:
+        """Param i's array ``name`` from its torch state, or ``make()``'s, stored there."""
         st = self._torch_states[i]
-        if "master_param" not in st:
-            dict.__setitem__(st, "master_param", super()._new_master(i, stream))
-        return st["master_param"]
+        if name not in st:
+            dict.__setitem__(st, name, make())
+        return st[name]
 
 
 _INNER: dict[type, type] = {}
@@ -522,11 +674,11 @@ def _replaced(module: torch.nn.Module, name: str, new: Any) -> None:
                     if held:  # tied to a param it already steps: the old one is gone from the model
                         del group["params"][k]
                         dict.pop(opt.state, old, None)
-                    else:  # the new Parameter takes the old one's state (its master from itself)
+                    else:  # the new Parameter takes the old one's state (its fp32 value from itself)
                         group["params"][k] = new
                         if old in opt.state:
                             dict.__setitem__(opt.state, new, dict.pop(opt.state, old))
-                            dict.pop(opt.state[new], "master_param", None)
+                            _drop_kept(opt.state[new])
                     if old in opt._counts:
                         count = opt._counts.pop(old)
                         if not held:
