@@ -10,7 +10,7 @@ entirely); the modes that keep the rest of the value (master, remainder, Kahan) 
 without bias (stochastic) follow fp32. Deterministic: same data order, init and rounding seed
 every run.
 
-Usage: python examples/storage_modes_digits.py [EPOCHS]   (default 60: about 8 s on 2 cores)
+Usage: python examples/storage_modes_digits.py [EPOCHS]   (default 60: about 13 s on 2 cores)
 """
 
 from __future__ import annotations
