@@ -228,6 +228,13 @@ STORAGE_BYTES = {
 }
 
 
+def test_storage_leaves_out_what_the_optimizer_cannot_keep(capsys):
+    """Adagrad keeps no 8-bit state: its table has every other mode (bf16 state included)."""
+    assert main([*STORAGE_TINY, "--optimizers", "adagrad", "--json"]) == 0
+    modes = [r["mode"] for r in json.loads(capsys.readouterr().out)["rows"]]
+    assert modes == ["probe", *(m for m in STORAGE_BYTES if "8-bit" not in m)]
+
+
 def test_storage_json(capsys):
     assert main([*STORAGE_TINY, "--optimizers", "adamw,sgd", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)

@@ -82,6 +82,9 @@ def test_bound_step_needs_the_state_its_hyperparameters_use():
         step(lr=0.1)
     with pytest.raises(TypeError, match="unknown hyperparameters"):
         step(step=1, lr_max=0.1)
+    for bad in (1.5, "2", True, 0, 2**63):  # (the step keys bias corrections and random bits)
+        with pytest.raises(ValueError, match=r"step must be an integer in \[1, 2\*\*63 - 1\]"):
+            step(step=bad, lr=0.1)
     for p, q in zip(params, before):
         np.testing.assert_array_equal(p, q)
     sgd = fastopt.functional.sgd_.bind(params, grads)
@@ -335,6 +338,10 @@ REFUSALS = [
      ValueError, r"seed is the seed of stochastic rounding \(stochastic_rounding=True or"),
     ("seed_out_of_range", BF16, BF16, lambda a: {"state_stochastic_rounding": True, "seed": 2 ** 64},
      ValueError, r"seed must be an integer in \[0, 2\*\*64\)"),
+    ("stochastic_rounding_of_float32_params", np.float32, np.float32, lambda a: {"stochastic_rounding": True},
+     ValueError, "stochastic_rounding=True rounds float16/bfloat16 params, and every param is float32"),
+    ("stochastic_rounding_of_float32_state", np.float32, np.float32, lambda a: {"state_stochastic_rounding": True},
+     ValueError, "state_stochastic_rounding=True rounds bfloat16 state, and no param has bfloat16 state"),
 ]
 
 

@@ -217,6 +217,27 @@ def test_stochastic_state_keeps_an_ema_that_rounding_to_nearest_stalls():
     assert abs(bufs["bfloat16_stochastic"].mean() / exact - 1) < 0.02
 
 
+def test_an_overflowing_second_moment_keeps_its_block_finite():
+    """A finite grad whose square overflows float32 (1e30): the 8-bit block's absmax takes the
+    largest float instead of inf (which would read the whole block back as 0 * inf = NaN), so
+    no param turns NaN; the other block is untouched by it."""
+    q = np.ones(4096, np.float32)
+    g = np.full(4096, 1e-3, np.float32)
+    g[7] = 1e30
+    opt = fastopt.AdamW([q], [g], lr=1e-2, state_precision="8bit", skip_nonfinite=True)
+    opt.step()
+    assert opt.state[0]["exp_avg_sq_absmax"][0] == np.finfo(np.float32).max
+    g[7] = 1e-3
+    for _ in range(3):
+        opt.step()
+    assert np.all(np.isfinite(q)) and np.all(np.isfinite(opt.state[0]["exp_avg_absmax"]))
+    twin = np.ones(2048, np.float32)
+    alone = fastopt.AdamW([twin], [g[2048:].copy()], lr=1e-2, state_precision="8bit")
+    for _ in range(4):
+        alone.step()
+    np.testing.assert_array_equal(q[2048:], twin)
+
+
 def test_refusals():
     p, g = [np.zeros(4, np.float32)], [np.zeros(4, np.float32)]
     with pytest.raises(ValueError, match="state_precision must be one of 'float32', 'bfloat16', "

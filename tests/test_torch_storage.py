@@ -264,7 +264,6 @@ def bf16_params(n=2):
     (lambda: ft.Adagrad([{"params": bf16_params()}, {"params": bf16_params(), "state_precision": "8bit"}]),
      ValueError, "^param group 1: state_precision='8bit': Adagrad cannot keep 8-bit state"),
     (lambda: ft.AdamW(bf16_params(), seed=-1), ValueError, r"^seed must be an integer in \[0, 2\*\*64\), got -1"),
-    (lambda: ft.AdamW(bf16_params(), seed=5), ValueError, "^seed is the seed of stochastic rounding"),
     (lambda: ft.AdamW([{"params": bf16_params(), "master_weights": "stochastic", "seed": 5}]), ValueError,
      "^param group 0: seed is the optimizer's, not a param group's"),
 ])
@@ -278,6 +277,34 @@ def test_adagrad_takes_bfloat16_state():
     opt = ft.Adagrad(m.parameters(), state_precision="bfloat16")
     train(m, opt, range(2))
     assert opt.state[m[0].weight]["sum"].dtype == torch.bfloat16
+
+
+def test_the_seed_serves_groups_added_later():
+    """A seed given while no group rounds stochastically is kept for a group added later."""
+    runs = []
+    for seed in (5, 5, 6):
+        torch.manual_seed(0)
+        m, extra = model(torch.float32), model(torch.bfloat16)
+        opt = ft.AdamW(m.parameters(), seed=seed)
+        opt.add_param_group({"params": list(extra.parameters()), "master_weights": "stochastic"})
+        train(extra, opt, range(2))
+        runs.append([p.detach().clone() for p in extra.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(runs[0], runs[1]))
+    assert not all(torch.equal(a, b) for a, b in zip(runs[0], runs[2]))
+
+
+def test_adagrad_set_to_8bit_before_its_first_step_refused_and_nothing_made():
+    """The group's modes change until there is state: 8-bit Adagrad set then is refused at the
+    step with the constructor's message, before any state is made; set back, it steps."""
+    m = model(torch.float32)
+    opt = ft.Adagrad(m.parameters())
+    opt.param_groups[0]["state_precision"] = "8bit"
+    with pytest.raises(ValueError, match=r"^param group 0: state_precision='8bit': Adagrad cannot keep 8-bit state"):
+        train(m, opt, range(1))
+    assert all(not opt.state[p] for p in m.parameters())
+    opt.param_groups[0]["state_precision"] = "float32"
+    train(m, opt, range(1, 2))
+    assert opt.state[m[0].weight]["sum"].dtype == torch.float32
 
 
 def test_params_turned_float16_refused_at_the_step():

@@ -18,7 +18,7 @@ from .scaler import DynamicLossScaler
 
 globals().update({cls.__name__: cls for cls in OPTIMIZERS})  # SGD, Adam, AdamW, ...
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # Choose the CPU target now, so that a bad FASTOPT_CPU_ISA fails the import with its reason.
 _core.cpu_isa()

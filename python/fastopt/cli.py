@@ -83,9 +83,11 @@ Progress goes to stderr; the table (or --json) to stdout.
 --storage prints the storage-mode table instead: for --optimizers (default: adamw; not
 LARS or LAMB), ONE tensor of --size params stepped in each way of storing params and state
 (fastopt.storage_modes: fp32 params; bf16 params with an fp32 master, a uint16 remainder, a
-bf16 Kahan compensation, stochastic rounding, or rounded to nearest), round-robin with the
-probe. A mode's bytes per param count what its step moves, at their dtypes (AdamW: fp32 28 B,
-bf16 + fp32 master 30 B, bf16 + remainder or Kahan 28 B, bf16 stochastic or nearest 24 B);
+bf16 Kahan compensation, stochastic rounding, or rounded to nearest; bf16 state, rounded to
+nearest or stochastically, and 8-bit state, but for Adagrad), round-robin with the probe. A
+mode's bytes per param count what its step moves, at their dtypes (AdamW: fp32 28 B, bf16 +
+fp32 master 30 B, bf16 + remainder or Kahan 28 B, bf16 stochastic or nearest 24 B, bf16 state
+20 B, 8-bit state 16.008 B);
 "floor" is the time those bytes allow at the probe's GB/s, "floor/time" that over the mode's
 time (100%: at the probe's bandwidth). Above 100% is flagged "no ceiling": the mode beat the
 probe, which is then no bound for its streams.

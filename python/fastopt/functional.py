@@ -21,6 +21,7 @@ the class's bits at the same step, and a loop resumed at step t continues bit fo
 from __future__ import annotations
 
 import inspect
+import numbers
 from typing import Any, Callable, Mapping, Sequence
 
 from . import _core
@@ -75,6 +76,8 @@ class BoundStep:
             if self._random:
                 raise TypeError("step= is required with stochastic rounding: its random bits are the step's")
             step = 1
+        if isinstance(step, bool) or not isinstance(step, numbers.Integral) or not 1 <= step <= 2**63 - 1:
+            raise ValueError(f"step must be an integer in [1, 2**63 - 1] (the 1-based count of updates), got {step!r}")
         h = cls._to_hyper({**cls.default_hypers(), **_betas(cls, {**self._keywords, **kwargs})})  # validates first
         for name in cls.state_names[len(self._bound):h.num_state()]:
             raise ValueError(f"{cls.optional_state[name]} needs {_state_arg(cls, name)}, which were not bound")
@@ -117,6 +120,11 @@ def _keeps(cls: type[Optimizer], arrays: Mapping[str, Any], params: Sequence, na
             raise ValueError(f"param {i}: its state is 8-bit (uint8), which needs {' and '.join(missing)} "
                              f"(float32, shape (ceil(numel / {QUANT_BLOCK}),), zero initially)")
         keeps.absmaxes[i] = [a for a in given if a is not None]  # (with other state: the engine refuses them)
+    # A flag that rounds nothing is a mistake, refused as the class refuses a seed it would not use.
+    if stochastic and not any(keeps.stochastic):
+        raise ValueError("stochastic_rounding=True rounds float16/bfloat16 params, and every param is float32")
+    if state_stochastic and not any(keeps.state_stochastic):
+        raise ValueError("state_stochastic_rounding=True rounds bfloat16 state, and no param has bfloat16 state")
     return keeps, seed
 
 

@@ -47,19 +47,20 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
         master_weights: ``True``: keep an fp32 master copy of every float16/bfloat16 param, owned
             by the optimizer, initialised exactly from the param; each step updates the master
             and rewrites the param from it, rounded to nearest even (6 bytes per param).
-            ``"remainder"`` (bfloat16 params, CPU engine): keep the same fp32 master as the
+            ``"remainder"`` (bfloat16 params): keep the same fp32 master as the
             bfloat16 param (its high half: the master truncated toward zero, which the model
             uses) plus a uint16 remainder (its low half) owned by the optimizer: the very same
             master trajectory in 4 bytes per param. The remainder belongs to the param's current
             bits: a param written from outside (a model loaded into it) keeps the old low half
             (load the optimizer's checkpoint after the model: ``load_state_dict`` writes the
-            params' high halves too). ``"kahan"`` (bfloat16 params, CPU engine): no
+            params' high halves too). ``"kahan"`` (bfloat16 params): no
             master; a bfloat16 Kahan compensation per param carries what each rounding of the
             param loses into the next update (4 bytes per param; updates far below the param's
-            resolution accumulate instead of vanishing). ``"stochastic"`` (float16/bfloat16 params,
-            CPU engine): no master; each step rounds the param stochastically (unbiased), with
-            random bits fixed by ``seed``, the step count and the param's index (2 bytes per
-            param: the same bits on every CPU target and thread count, and after a checkpoint).
+            resolution accumulate instead of vanishing). ``"stochastic"`` (float16/bfloat16 params):
+            no master; each step rounds the param stochastically (unbiased), with random bits
+            fixed by ``seed``, the step count and the param's index (2 bytes per param: the same
+            bits on every CPU target and thread count, on the GPU, and after a checkpoint).
+            Every mode runs on both engines.
             float32 params need none.
         state_precision: how the state arrays (moments, buffers) are stored; each step loads
             them, computes in float32 and stores them back. ``"float32"`` (default; 4 bytes per

@@ -36,7 +36,7 @@ from . import _core
 from .catalog import OPTIMIZERS
 from .optimizer import Optimizer as _Bound
 from .optimizer import alone
-from .storage import Storage, absmax_blocks, absmax_name, check_seed, check_seed_used, check_storage
+from .storage import Storage, absmax_blocks, absmax_name, check_seed, check_storage
 
 __all__ = ["Optimizer", *(cls.__name__ for cls in OPTIMIZERS)]
 
@@ -64,7 +64,9 @@ class Optimizer(torch.optim.Optimizer):
             state where the rule keeps none (Adagrad). A group's modes may change until its params
             have state in them; then a step with other modes raises ValueError.
         seed: the seed of stochastic rounding (an integer in [0, 2**64); default 0), as for
-            :class:`fastopt.Optimizer`; checkpoints carry it (``state_dict()["seed"]``).
+            :class:`fastopt.Optimizer`, for every group that rounds stochastically, those added
+            or switched to it later too (so it is taken even where none does yet); checkpoints
+            carry it (``state_dict()["seed"]``).
         max_grad_norm, clip_value, skip_nonfinite: as for :class:`fastopt.Optimizer` (clipping
             covers the params that have a grad).
         **hypers: the optimizer's hyperparameters, torch.optim's names and defaults.
@@ -95,7 +97,6 @@ class Optimizer(torch.optim.Optimizer):
         self.last_step = None
         self._busy = threading.Lock()  # held by step, state_dict and load_state_dict
         super().__init__(params, defaults)
-        check_seed_used(self._options["seed"], map(_storage, self.param_groups))
         self._changed = [False]
         self.state = _State(self._changed, self.state)
         _watch_replacements(self)
@@ -144,16 +145,23 @@ class Optimizer(torch.optim.Optimizer):
         cls._hyper_at(self._hypers(group), 0)
         if "seed" in group:
             raise ValueError("seed is the optimizer's, not a param group's: give it to the constructor")
-        storage = _storage(group)
-        if storage.quantized and not cls.eight_bit_state:
-            raise ValueError(f"state_precision='8bit': {cls.__name__} cannot keep 8-bit state (see "
-                             f"fastopt.{cls.__name__}): use 'bfloat16' or 'float32'")
+        storage = self._storage_of(group)
         for k, p in enumerate(group.get("params", ()), first):
             storage.check_param(_dtype_name(p), f"param {k}")
 
+    def _storage_of(self, group: Mapping[str, Any], where: str = "") -> Storage:
+        """A group's storage modes (ValueError naming ``where`` for a value fastopt has not, or
+        8-bit state for an optimizer that keeps none)."""
+        storage = _storage(group, where)
+        cls = self.fastopt_class
+        if storage.quantized and not cls.eight_bit_state:
+            raise ValueError(f"{where + ': ' if where else ''}state_precision='8bit': {cls.__name__} cannot keep "
+                             f"8-bit state (see fastopt.{cls.__name__}): use 'bfloat16' or 'float32'")
+        return storage
+
     def _storages(self) -> list[Storage]:
-        """Each group's storage modes (ValueError naming the group for a value fastopt has not)."""
-        return [_storage(g, f"param group {j}") for j, g in enumerate(self.param_groups)]
+        """Each group's storage modes, checked before anything is allocated."""
+        return [self._storage_of(g, f"param group {j}") for j, g in enumerate(self.param_groups)]
 
     def _modes(self) -> list[tuple[Any, Any]]:
         """Each group's storage modes as set, unchecked (compared at every step: a change binds again)."""
@@ -281,7 +289,9 @@ class Optimizer(torch.optim.Optimizer):
         try:
             inner = _inner_class(self.fastopt_class)(groups, states, **{**self._options, "seed": seed})
         except _core.TensorError as e:  # name the tensors by their place in this optimizer
-            raise _core.TensorError(re.sub(r"\b([a-z_]+) (\d+)\b", lambda m: f"{m[1]} {names[int(m[2])]}",
+            roles = "|".join(("param", "grad", "master", "remainder", "compensation",
+                              *(f"{n}(?: absmax)?" for n in self.fastopt_class.state_names)))
+            raise _core.TensorError(re.sub(rf"\b({roles}) (\d+)\b", lambda m: f"{m[1]} {names[int(m[2])]}",
                                            str(e))) from None
         inner._start_at([count for _, count in buckets])
         self._inner = inner

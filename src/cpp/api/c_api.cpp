@@ -55,7 +55,7 @@ fastopt::Tensor tensor(const fastopt_tensor& t, const std::string& name) {
   // (DType holds a byte: other codes are refused here, those it holds by the validation.)
   if (t.dtype < 0 || t.dtype > 255) {
     throw fastopt::TensorError(name + ": unknown dtype code " + std::to_string(t.dtype) +
-                               " (fastopt takes float32, float16 and bfloat16)");
+                               " (dtypes: float32, float16, bfloat16; uint16 for remainders, uint8 for 8-bit state)");
   }
   return fastopt::Tensor(t.data, std::vector<int64_t>(t.shape, t.shape + t.ndim), fastopt::DType(t.dtype),
                          fastopt::Device{t.device_type, t.device_id}, t.readonly != 0);

@@ -161,7 +161,7 @@ StateStore state_store(const ParamTensors& x, RuleId rule, const std::string& pn
 void check_tensor(const Tensor& x, const std::string& nm) {
   if (int(x.dtype) > int(DType::u8)) {  // (DType is unsigned)
     throw TensorError(nm + ": unknown dtype code " + std::to_string(int(x.dtype)) +
-                      " (fastopt takes float32, float16 and bfloat16)");
+                      " (dtypes: float32, float16, bfloat16; uint16 for remainders, uint8 for 8-bit state)");
   }
   int64_t n = 1, bytes = 0;
   for (int64_t d : x.shape) {

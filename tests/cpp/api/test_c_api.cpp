@@ -124,9 +124,9 @@ TEST_F(CAbi, BadTensorDescriptions) {  // C only
     EXPECT_EQ(opt, nullptr);
   };
   create_with([](auto& ps) { ps[0].param.dtype = 7; }, kTensor,
-              "param 0: unknown dtype code 7 (fastopt takes float32, float16 and bfloat16)");
+              "param 0: unknown dtype code 7 (dtypes: float32, float16, bfloat16; uint16 for remainders, uint8 for 8-bit state)");
   create_with([](auto& ps) { ps[0].param.dtype = 300; }, kTensor,
-              "param 0: unknown dtype code 300 (fastopt takes float32, float16 and bfloat16)");
+              "param 0: unknown dtype code 300 (dtypes: float32, float16, bfloat16; uint16 for remainders, uint8 for 8-bit state)");
   std::vector<fastopt_tensor> state;  // (a state array is named as the rule names it)
   create_with(
       [&](auto& ps) {
@@ -135,7 +135,7 @@ TEST_F(CAbi, BadTensorDescriptions) {  // C only
         ps[1].state = state.data();
       },
       kTensor,
-              "exp_avg 1: unknown dtype code -1 (fastopt takes float32, float16 and bfloat16)");
+              "exp_avg 1: unknown dtype code -1 (dtypes: float32, float16, bfloat16; uint16 for remainders, uint8 for 8-bit state)");
   create_with([](auto& ps) { ps[1].grad.ndim = -1; }, kTensor, "grad 1: bad shape (ndim < 0 or NULL shape)");
   create_with([](auto& ps) { ps[0].param.data = nullptr; }, kTensor, "param 0: null data pointer");
   create_with([](auto& ps) { ps[1].state = nullptr; }, kArgument,

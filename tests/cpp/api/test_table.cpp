@@ -143,12 +143,12 @@ TEST_F(BadTensor, UnknownDtype) {  // C++ only (the C ABI checks its codes too)
   std::vector<fastopt::ParamGroup> g = groups();
   g[0].params[0].grad.dtype = fastopt::DType(200);
   EXPECT_TRUE(throws_exactly<TensorError>([&] { fastopt::Optimizer(fastopt::RuleId::adam, g); },
-                                          "grad 0: unknown dtype code 200 (fastopt takes float32, float16 and bfloat16)"));
+                                          "grad 0: unknown dtype code 200 (dtypes: float32, float16, bfloat16; uint16 for remainders, uint8 for 8-bit state)"));
   fastopt::Optimizer opt = optimizer();
   fastopt::Tensor bad = params[0].grad.tensor();
   bad.dtype = fastopt::DType(9);
   EXPECT_TRUE(throws_exactly<TensorError>([&] { opt.set_grads({bad, params[1].grad.tensor()}); },
-                                          "grad 0: unknown dtype code 9 (fastopt takes float32, float16 and bfloat16)"));
+                                          "grad 0: unknown dtype code 9 (dtypes: float32, float16, bfloat16; uint16 for remainders, uint8 for 8-bit state)"));
   expect_untouched();
 }
 

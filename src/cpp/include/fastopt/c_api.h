@@ -2,8 +2,10 @@
  * Rust, Julia, Zig, ... Every call returns a fastopt_status; on an error nothing was changed and
  * fastopt_last_error() gives the message (the C++ API's, naming the bad tensor). Tensors are
  * caller memory, described, never copied or owned: they must outlive the optimizer. The CPU
- * engine only; no lr schedules (set "lr" between steps). Structs may gain fields at the end
- * in later versions: fastopt_abi_version() says which this library has.
+ * engine only; no lr schedules (set "lr" between steps). While fastopt's major version is 0, a
+ * minor version may change the structs (FASTOPT_ABI_VERSION says which layout; the library's
+ * SONAME, libfastopt.so.0.MINOR, keeps a binary from loading another minor version's):
+ * rebuild against the new header.
  *
  * Thread-safety: the last error is per thread. An optimizer is used by one thread at a time. */
 #ifndef FASTOPT_C_API_H

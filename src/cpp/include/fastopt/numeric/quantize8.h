@@ -110,9 +110,13 @@ FASTOPT_HD uint8_t quantize(float y, const Tables& t) {
 FASTOPT_HD float dequantize(uint8_t code, float absmax, const Tables& t) { return t.map[code] * absmax; }
 
 // The absmax of a block's new values: the largest |x| compared as bits, so a NaN (above inf)
-// makes it NaN. inv_absmax: what the values are scaled by before quantize (0 for a block of
-// zeros, or a NaN/inf absmax: such a block reads back non-finite).
+// makes it NaN (the block reads back NaN, as float32 state would hold the NaN). An inf (a
+// value that overflowed, as a squared grad may) takes the largest finite float instead: its
+// element reads back as that, and the block stays finite, where an inf scale would read every
+// element back as NaN (0 * inf). inv_absmax: what the values are scaled by before quantize (0
+// for a block of zeros or a NaN absmax).
 FASTOPT_HD float absmax_of_bits(uint32_t bits) {
+  bits = bits == 0x7f800000u ? 0x7f7fffffu : bits;
   float m;
   __builtin_memcpy(&m, &bits, 4);
   return m;
