@@ -77,7 +77,8 @@ class BoundStep:
                 raise TypeError("step= is required with stochastic rounding: its random bits are the step's")
             step = 1
         if isinstance(step, bool) or not isinstance(step, numbers.Integral) or not 1 <= step <= 2**63 - 1:
-            raise ValueError(f"step must be an integer in [1, 2**63 - 1] (the 1-based count of updates), got {step!r}")
+            raise ValueError(f"step must be >= 1 and <= 2**63 - 1, an integer (the 1-based count of updates), "
+                             f"got {step!r}")
         h = cls._to_hyper({**cls.default_hypers(), **_betas(cls, {**self._keywords, **kwargs})})  # validates first
         for name in cls.state_names[len(self._bound):h.num_state()]:
             raise ValueError(f"{cls.optional_state[name]} needs {_state_arg(cls, name)}, which were not bound")
