@@ -116,6 +116,12 @@ __device__ void run_quantized(const typename Rule::Coeffs& c, const GradTransfor
   __shared__ uint32_t block_bits[kMaxState];
   for (int64_t b = begin; b < end; b += quant::kQuantBlock) {
     const int64_t e = b + quant::kQuantBlock < end ? b + quant::kQuantBlock : end;
+    if constexpr (!writes_state<Rule>::update) {  // (LAMB: the update reads what its first pass stored)
+      QuantBlock q{};
+      for (int k = 0; k < t.num_state; ++k) q.absmax[k] = t.absmax[k][b / quant::kQuantBlock];
+      for (int64_t i = b + threadIdx.x; i < e; i += blockDim.x) apply_element<Rule, float, P>(c, x, t, i, &q);
+      continue;
+    }
     if (threadIdx.x < kMaxState) block_bits[threadIdx.x] = 0;
     __syncthreads();
     QuantBlock q;
@@ -154,15 +160,15 @@ __device__ void run_chunk(const typename Rule::Coeffs& c, const GradTransform& x
 
 // A warp's task of 8-bit state (one block of reduce.h: one quantization block), for the passes
 // that sum as they go: its first pass (run_quantized's), whose new absmax lane 0 writes. The
-// second pass is the caller's, with the block returned. A first pass of a two-pass rule that
-// writes no state (`first`, LARS) only reads it: the old absmax. Other tensors: no block (their
-// state is stored in place).
+// second pass is the caller's, with the block returned. A pass that writes no state (LARS's
+// first, LAMB's update) only reads it: the old absmax. Other tensors: no block (their state is
+// stored in place).
 template <class Rule, bool first, class P>
 __device__ QuantBlock warp_quant_block(const typename Rule::Coeffs& c, const GradTransform& x, const TensorSlot& t,
                                        Range task) {
   QuantBlock q{};
   if (t.state_store != StateStore::q8 || t.num_state == 0) return q;
-  if (first && !writes_state<Rule>::prepass) {
+  if (!(first ? writes_state<Rule>::prepass : writes_state<Rule>::update)) {
     for (int k = 0; k < t.num_state; ++k) q.absmax[k] = t.absmax[k][task.begin / quant::kQuantBlock];
     return q;
   }
