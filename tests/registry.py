@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import zlib
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import ml_dtypes
 import numpy as np
@@ -385,3 +385,10 @@ def refill(buffers: Sequence[np.ndarray], values: Sequence[np.ndarray]) -> None:
     """Copies values into the bound grad buffers in place (fastopt binds buffers once)."""
     for b, v in zip(buffers, values):
         np.copyto(b, v)
+
+
+def step_through(opt, buffers: Sequence[np.ndarray], steps: Iterable[Sequence[np.ndarray]]) -> None:
+    """One step of ``opt`` per entry of ``steps``, its grads refilled into ``buffers`` first."""
+    for grads in steps:
+        refill(buffers, grads)
+        opt.step()

@@ -10,7 +10,7 @@ import pytest
 
 import fastopt
 from fastopt.binding import Keeps
-from registry import CASES, bits, grad_steps, random_params, refill, supported_isas
+from registry import CASES, bits, grad_steps, random_params, refill, step_through, supported_isas
 from registry import isa_switch  # noqa: F401  (a fixture)
 
 BF16 = ml_dtypes.bfloat16
@@ -85,23 +85,18 @@ def test_checkpoint_resumes_bit_identically():
     start = random_params(rng, SHAPES, "bfloat16")
     steps = list(grad_steps(3, SHAPES, 8))
 
-    def run(ps, opt, gs, chunk):
-        for grads in chunk:
-            refill(gs, grads)
-            opt.step()
-
     ps = [p.copy() for p in start]
     gs = [np.zeros(p.shape, np.float32) for p in ps]
     straight = case.cls(ps, gs, master_weights="kahan", **case.kwargs)
-    run(ps, straight, gs, steps)
+    step_through(straight, gs, steps)
     qs = [p.copy() for p in start]
     hs = [np.zeros(p.shape, np.float32) for p in qs]
     first = case.cls(qs, hs, master_weights="kahan", **case.kwargs)
-    run(qs, first, hs, steps[:4])
+    step_through(first, hs, steps[:4])
     saved = first.state_dict()
     resumed = case.cls(qs, hs, master_weights="kahan", **case.kwargs)
     resumed.load_state_dict(saved)
-    run(qs, resumed, hs, steps[4:])
+    step_through(resumed, hs, steps[4:])
     for a, b in zip(ps, qs):
         np.testing.assert_array_equal(bits(a), bits(b))
     with pytest.raises(ValueError, match="param 0: state_dict lacks its Kahan compensation"):

@@ -11,7 +11,7 @@ import pytest
 
 import fastopt
 from fastopt._core import numeric
-from registry import CASES, bits, grad_steps, random_params, refill, supported_isas
+from registry import CASES, bits, grad_steps, random_params, refill, step_through, supported_isas
 from registry import isa_switch  # noqa: F401  (a fixture)
 
 BF16 = ml_dtypes.bfloat16
@@ -139,25 +139,20 @@ def test_checkpoint_resumes_bit_identically(precision):
     start = random_params(np.random.default_rng(4), SHAPES)
     steps = list(grad_steps(4, SHAPES, 8))
 
-    def run(ps, gs, opt, grads_list):
-        for grads in grads_list:
-            refill(gs, grads)
-            opt.step()
-
     ps = [p.copy() for p in start]
     gs = [np.zeros(p.shape, np.float32) for p in ps]
     seeded = {"seed": 3} if precision == "bfloat16_stochastic" else {}
-    run(ps, gs, case.cls(ps, gs, state_precision=precision, **seeded, **case.kwargs), steps)
+    step_through(case.cls(ps, gs, state_precision=precision, **seeded, **case.kwargs), gs, steps)
     qs = [p.copy() for p in start]
     hs = [np.zeros(p.shape, np.float32) for p in qs]
     first = case.cls(qs, hs, state_precision=precision, **seeded, **case.kwargs)
-    run(qs, hs, first, steps[:5])
+    step_through(first, hs, steps[:5])
     saved = first.state_dict()
     stored = {"bfloat16": BF16, "bfloat16_stochastic": BF16, "8bit": np.uint8}[precision]
     assert all(saved["state"][i]["exp_avg"].dtype == stored for i in range(len(qs)))
     resumed = case.cls(qs, hs, state_precision=precision, **case.kwargs)
     resumed.load_state_dict(saved)
-    run(qs, hs, resumed, steps[5:])
+    step_through(resumed, hs, steps[5:])
     for a, b in zip(ps, qs):
         np.testing.assert_array_equal(bits(a), bits(b))
     message = ("param 0: state_dict has 8-bit state .'exp_avg_absmax'., this optimizer's state_precision is "
