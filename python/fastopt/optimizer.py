@@ -265,7 +265,9 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
         update the same arrays."""
         return self._alone("step", self._step, grad_scale, stream, skip_nonfinite)
 
-    def _step(self, grad_scale: Any, stream: Any, skip_nonfinite: bool | None) -> StepResult:
+    def _step(self, grad_scale: Any, stream: Any, skip_nonfinite: bool | None, grad_factor: float | None = None,
+              combine_sums: Callable[[Any], None] | None = None) -> StepResult:
+        # (grad_factor, combine_sums: fastopt.distributed's, see StepOptions in fastopt/optimizer.h)
         if callable(grad_scale):
             raise TypeError(f"{type(self).__name__}.step takes no closure (torch.optim's step(closure)): "
                             "compute the loss and the grads before calling step()")
@@ -283,7 +285,7 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
         # (fastopt/step_control.h, as the CUDA engine takes them), then the update pass.
         norm, skipped, diag = self._core.step(
             self._hypers, self._rule_steps(), scale, self._clip_value or 0.0, self._max_grad_norm or 0.0, skip,
-            self._report_grad_norm, self._diagnostics, max(self._steps, default=0) + 1)
+            self._report_grad_norm, self._diagnostics, max(self._steps, default=0) + 1, grad_factor, combine_sums)
         if not skipped:
             self._count_step()
             self._steps = [s + 1 for s in self._steps]

@@ -28,6 +28,9 @@ CudaOptimizer& CudaOptimizer::operator=(CudaOptimizer&&) noexcept = default;
 
 void CudaOptimizer::step(cudaStream_t stream, const CudaStepOptions& o) {
   api::check_options(o);
+  if (o.grad_factor || o.combine_sums) {
+    throw std::invalid_argument("grad_factor and combine_sums are the CPU engine's (a step sharded across processes)");
+  }
   if (o.rule_steps && o.capturable) throw std::invalid_argument("a capturable step reads its step counts on the device");
   if (o.diagnostics && !(o.diagnostics_out && o.nonfinite_out)) {
     throw std::invalid_argument("diagnostics need diagnostics_out and nonfinite_out (device memory)");

@@ -76,7 +76,8 @@ struct Optimizer::Impl {
 
   // The update pass with grads multiplied by `factor` and clamped to +-clip; per-tensor sums of
   // squared updates and old values into diag (2 per tensor) where not null.
-  void update(const std::vector<int64_t>& rule_steps, float factor, float clip, int64_t round_step, double* diag) {
+  void update(const std::vector<int64_t>& rule_steps, float factor, float clip, int64_t round_step,
+              const StepOptions::CombineSums& combine, double* diag) {
     with_rule(table.rule, [&](auto rule) {
       using Rule = decltype(rule);
       using C = typename Rule::Coeffs;
@@ -93,7 +94,7 @@ struct Optimizer::Impl {
         const cpu::Group::FinishFn finish = [](const void* c, const double* sums, const TensorSlot& t, void* out) {
           *static_cast<C*>(out) = Rule::finish(*static_cast<const C*>(c), sums, t);
         };
-        group.run_two_pass(coeffs.data(), sizeof(C), x, num_sums<Rule>::value, finish, sizeof(C), diag);
+        group.run_two_pass(coeffs.data(), sizeof(C), x, num_sums<Rule>::value, finish, sizeof(C), combine, diag);
       } else {
         group.run(coeffs.data(), sizeof(C), x, diag);
       }
@@ -109,7 +110,7 @@ struct Optimizer::Impl {
                                : steps.empty() ? 1
                                                : *std::max_element(steps.begin(), steps.end()) + 1;
     StepResult result;
-    float factor = inv;
+    float factor = o.grad_factor.value_or(inv);
     const size_t n = table.slots.size();
     if (o.max_grad_norm > 0 || o.skip_nonfinite || o.grad_norm || o.diagnostics) {
       std::vector<double> sums(n);
@@ -133,7 +134,7 @@ struct Optimizer::Impl {
     }
     if (o.diagnostics) {
       std::vector<double> diag(2 * n);
-      update(rule_steps, factor, o.clip_value, round_step, diag.data());
+      update(rule_steps, factor, o.clip_value, round_step, o.combine_sums, diag.data());
       Diagnostics& d = *result.diagnostics;
       for (size_t i = 0; i < n; ++i) {
         d.update_norm.push_back(std::sqrt(diag[2 * i]));
@@ -141,7 +142,7 @@ struct Optimizer::Impl {
         d.update_ratio.push_back(d.update_norm[i] / d.param_norm[i]);
       }
     } else {
-      update(rule_steps, factor, o.clip_value, round_step, nullptr);
+      update(rule_steps, factor, o.clip_value, round_step, o.combine_sums, nullptr);
     }
     count_step();
     return result;

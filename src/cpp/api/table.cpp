@@ -422,6 +422,12 @@ void check_options(const StepOptions& o) {
   };
   if (!(o.max_grad_norm >= 0 && std::isfinite(o.max_grad_norm))) bad("max_grad_norm", o.max_grad_norm);
   if (!(o.clip_value >= 0 && std::isfinite(o.clip_value))) bad("clip_value", o.clip_value);
+  if (o.grad_factor && (o.grad_scale != 1.0 || o.max_grad_norm > 0 || o.skip_nonfinite || o.grad_norm ||
+                        o.diagnostics)) {
+    throw std::invalid_argument(
+        "grad_factor is the whole grad multiplier: grad_scale must be 1 and max_grad_norm, skip_nonfinite, "
+        "grad_norm and diagnostics off");
+  }
 }
 
 void check_can_count(const std::vector<int64_t>& counts) {

@@ -81,26 +81,29 @@ void Group::run(const void* coeffs, size_t stride, const GradTransform& transfor
 }
 
 void Group::run_two_pass(const void* coeffs, size_t stride, const GradTransform& transform, int num_sums,
-                         FinishFn finish, size_t coeffs_size, double* diag) const {
+                         FinishFn finish, size_t coeffs_size, const StepOptions::CombineSums& combine,
+                         double* diag) const {
   const char* c = static_cast<const char*>(coeffs);
   const GradTransform x = transform;
   const size_t k = size_t(num_sums);
   partials_.assign(segments_.size() * k, 0.0);
   diag_partials_.assign(diag ? segments_.size() * 2 : 0, 0.0);
+  const bool fuse = !combine;
   // Region 1: small tensors take both passes; the others, their first pass.
   each_segment([&](size_t s) {
     const Segment& seg = segments_[s];
     const char* gc = c + size_t(seg.slot->hyper_index) * stride;
-    if (seg.fused) seg.fused(gc, x, *seg.slot, seg.begin, seg.end, diag ? &diag_partials_[2 * s] : nullptr);
+    if (seg.fused && fuse) seg.fused(gc, x, *seg.slot, seg.begin, seg.end, diag ? &diag_partials_[2 * s] : nullptr);
     else seg.prepass(gc, x, *seg.slot, seg.begin, seg.end, &partials_[k * s]);
   });
-  if (!all_fused_) {
+  if (!all_fused_ || !fuse) {
     tensor_sums_.resize(slots_.size() * k);
     add_segments(partials_, num_sums, tensor_sums_.data());
+    if (combine) combine(tensor_sums_.data(), slots_.size(), num_sums);
     tensor_coeffs_.resize(slots_.size() * coeffs_size);
     for (const Segment& seg : segments_) {
       const size_t t = tensor_of(seg);
-      if (!seg.fused && seg.begin == 0) {
+      if ((!seg.fused || !fuse) && seg.begin == 0) {
         finish(c + size_t(seg.slot->hyper_index) * stride, &tensor_sums_[t * k], *seg.slot,
                &tensor_coeffs_[t * coeffs_size]);
       }
@@ -108,7 +111,7 @@ void Group::run_two_pass(const void* coeffs, size_t stride, const GradTransform&
     // Region 2: the update of the tensors that took only their first pass.
     each_segment([&](size_t s) {
       const Segment& seg = segments_[s];
-      if (seg.fused) return;
+      if (seg.fused && fuse) return;
       const char* tc = &tensor_coeffs_[tensor_of(seg) * coeffs_size];
       if (diag) seg.diagnosed(tc, x, *seg.slot, seg.begin, seg.end, &diag_partials_[2 * s]);
       else seg.fn(tc, x, *seg.slot, seg.begin, seg.end);

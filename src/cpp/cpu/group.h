@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "fastopt/optimizer.h"
 #include "kernels.h"
 
 namespace fastopt::cpu {
@@ -35,9 +36,11 @@ class Group {
 
   // Runs one step of a two-pass rule (coeffs, transform and diag as for run): the first pass
   // gives each tensor its sums (canonical order), finish() its Coeffs (coeffs_size bytes),
-  // then the update pass runs with them.
+  // then the update pass runs with them. `combine`, where set, may replace the sums first
+  // (StepOptions::combine_sums); every tensor then takes its passes apart.
   void run_two_pass(const void* coeffs, size_t stride, const GradTransform& transform, int num_sums,
-                    FinishFn finish, size_t coeffs_size, double* diag = nullptr) const;
+                    FinishFn finish, size_t coeffs_size, const StepOptions::CombineSums& combine = {},
+                    double* diag = nullptr) const;
 
   // Takes the grad pointers and dtypes of `slots` (the same tensors as bound, new grads).
   void set_grads(const std::vector<TensorSlot>& slots);

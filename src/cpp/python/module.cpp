@@ -51,13 +51,21 @@ class CpuGroup {
   // None), the diagnostics as (grad_norm, nonfinite_grads, param_norm, update_norm,
   // update_ratio) arrays, the last three None for a skipped step.
   py::tuple step(py::sequence hypers, const std::vector<int64_t>& steps, double grad_scale, float clip_value,
-                 double max_grad_norm, bool skip_nonfinite, bool grad_norm, bool diagnostics, int64_t round_step) {
+                 double max_grad_norm, bool skip_nonfinite, bool grad_norm, bool diagnostics, int64_t round_step,
+                 std::optional<float> grad_factor, py::object combine_sums) {
     binding_.check();
     Optimizer& opt = std::get<Optimizer>(opt_);
     py_intake::set_hypers(opt, hypers, &steps);
     StepOptions o =
         py_intake::step_options(grad_scale, clip_value, max_grad_norm, skip_nonfinite, grad_norm, diagnostics, &steps);
     o.round_step = round_step;
+    o.grad_factor = grad_factor;
+    if (!combine_sums.is_none()) {  // called with a (tensors, sums) float64 array over the sums, in place
+      o.combine_sums = [&combine_sums](double* sums, size_t n, int k) {
+        py::gil_scoped_acquire gil;
+        combine_sums(py::array_t<double>({py::ssize_t(n), py::ssize_t(k)}, sums, py::capsule(sums, [](void*) {})));
+      };
+    }
     StepResult r;
     {
       py::gil_scoped_release nogil;
@@ -189,7 +197,8 @@ PYBIND11_MODULE(_core, m) {
            py::arg("group_sizes"))
       .def("step", &CpuGroup::step, py::arg("hypers"), py::arg("steps"), py::arg("grad_scale") = 1.0,
            py::arg("clip_value") = 0.0f, py::arg("max_grad_norm") = 0.0, py::arg("skip_nonfinite") = false,
-           py::arg("grad_norm") = false, py::arg("diagnostics") = false, py::arg("round_step") = 0)
+           py::arg("grad_norm") = false, py::arg("diagnostics") = false, py::arg("round_step") = 0,
+           py::arg("grad_factor") = py::none(), py::arg("combine_sums") = py::none())
       .def("set_seed", [](CpuGroup& g, uint64_t seed) { g.set_seed(seed); }, py::arg("seed"),
            "The seed of stochastic rounding")
       .def("watch_state", &CpuGroup::watch_state, "Watch the masters and state as the params (the caller's)")

@@ -5,6 +5,7 @@
 
 #include <vector>
 
+#include "fastopt/element.h"
 #include "fastopt/optimizer.h"
 
 namespace fastopt::py_intake {
@@ -79,6 +80,11 @@ inline void bind_hypers(pybind11::module_& m) {
   FASTOPT_RULES(FASTOPT_RULE_SIGNS)
 #undef FASTOPT_RULE_SIGNS
   m.attr("nonnegative_state") = signs;
+  py::dict sums;  // each rule's per-tensor sums (a two-pass rule's first pass; 0: one pass)
+#define FASTOPT_RULE_SUMS(id, T) sums[#id] = num_sums<T>::value;
+  FASTOPT_RULES(FASTOPT_RULE_SUMS)
+#undef FASTOPT_RULE_SUMS
+  m.attr("num_sums") = sums;
 }
 
 }  // namespace fastopt::py_intake

@@ -9,6 +9,7 @@
 // regions then take turns on the pool, or run on the calling thread alone).
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -88,6 +89,18 @@ struct StepOptions {
   // The step whose random bits stochastic rounding draws (with set_seed's seed); 0: the
   // optimizer's largest step count + 1. An engine that restores its own counts passes its own.
   int64_t round_step = 0;
+  // For a step sharded across processes (fastopt.distributed), where the caller combines the
+  // norms over every process (CPU engine only; the CUDA engine refuses both):
+  // grad_factor: the multiplier of every grad element, decided by the caller (step_control.h
+  // over the global norm); the step then takes no norm pass, so grad_scale must be 1 and
+  // max_grad_norm, skip_nonfinite, grad_norm and diagnostics off.
+  std::optional<float> grad_factor;
+  // combine_sums: called with a two-pass rule's per-tensor first-pass sums (num_sums of them per
+  // tensor, by param index) before the update's coefficients are taken from them; it may replace
+  // them (sums over a whole tensor cut across processes). Every tensor then takes its two passes
+  // apart.
+  using CombineSums = std::function<void(double* sums, size_t num_tensors, int num_sums)>;
+  CombineSums combine_sums;
 };
 
 // Per-tensor numbers of one step, by param index (global index, across groups).

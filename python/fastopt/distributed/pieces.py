@@ -1,0 +1,232 @@
+"""What ZeroOptimizer and OffloadOptimizer share: a fastopt optimizer (or several) stepping
+pieces of the params (layout.Piece: a run of one param's elements), torch.optim's face for
+hyperparameters, and checkpoints in ``fastopt.torch``'s format assembled from the pieces."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+
+from .. import torch as _torch
+from ..optimizer import Optimizer as _Bound
+from ..storage import QUANT_BLOCK, absmax_name
+from .layout import Piece
+
+# (param index, first element, the piece's state arrays by name)
+PieceState = tuple[int, int, dict[str, Any]]
+
+
+def fastopt_class(optimizer_class: Any) -> type[_Bound]:
+    """The fastopt optimizer that ``optimizer_class`` names (``fastopt.AdamW`` or
+    ``fastopt.torch.AdamW``), or TypeError."""
+    cls = getattr(optimizer_class, "fastopt_class", optimizer_class)
+    if not (isinstance(cls, type) and issubclass(cls, _Bound) and hasattr(cls, "rule")):
+        raise TypeError(f"optimizer_class must be one of fastopt's optimizers (fastopt.AdamW, fastopt.torch.AdamW, "
+                        f"...), got {optimizer_class!r}")
+    return cls
+
+
+class PieceOptimizer(torch.optim.Optimizer):
+    """Base of the optimizers that step pieces of their params. A subclass sets ``_params``
+    (in param order), ``_steps`` (per group), ``_options`` (``seed``, ``clip_value``),
+    ``_state_device`` (where the state lives) and
+    ``_local`` / ``_piece_states`` (its pieces and their state dicts, adopted by the fastopt
+    optimizers it binds in ``_bind(states)``, states keyed by (param, first element))."""
+
+    _hypers = _torch.Optimizer._hypers
+    _check_group = _torch.Optimizer._check_group
+    _storage_of = _torch.Optimizer._storage_of
+    _check_state = _torch.Optimizer._check_state
+
+    def __init__(self, params: Iterable[Any], optimizer_class: Any, hypers: dict[str, Any],
+                 master_weights: bool | str, state_precision: str):
+        self.fastopt_class = cls = fastopt_class(optimizer_class)
+        defaults = cls.default_hypers()
+        for k in hypers:
+            if k not in defaults:
+                raise TypeError(f"{type(self).__name__}({cls.__name__}) got an unknown hyperparameter '{k}'")
+        defaults.update(hypers, master_weights=master_weights, state_precision=state_precision)
+        super().__init__(params, defaults)
+        self._params = [p for g in self.param_groups for p in g["params"]]
+        self._group_of = [j for j, g in enumerate(self.param_groups) for _ in g["params"]]
+
+    def _check_params(self) -> None:
+        """ValueError/TypeError for groups and params fastopt cannot step together."""
+        for j, g in enumerate(self.param_groups):
+            self._check_group(g, sum(len(h["params"]) for h in self.param_groups[:j]))
+        if not self._params:
+            raise ValueError(f"{type(self).__name__} got no params")
+        devices = {p.device for p in self._params}
+        if len(devices) > 1:
+            raise ValueError(f"the params are on several devices {sorted(map(str, devices))}: "
+                             f"{type(self).__name__} needs one")
+        if len({id(p) for p in self._params}) != len(self._params):
+            raise ValueError("a param appears twice")
+
+    def _inner_groups(self, pieces: list[tuple[Piece, Any, Any]]) -> tuple[list[int], list[dict[str, Any]]]:
+        """The fastopt param groups over (piece, param array, grad array): one per param group
+        that has pieces, in group order; returns the groups' indices and the groups."""
+        by_group: dict[int, list[tuple[Piece, Any, Any]]] = {}
+        for item in pieces:
+            by_group.setdefault(self._group_of[item[0].param], []).append(item)
+        order = sorted(by_group)
+        groups = []
+        for j in order:
+            storage = self._storage_of(self.param_groups[j])
+            groups.append({**self._hypers(self.param_groups[j]), "master_weights": storage.master_weights,
+                           "state_precision": storage.state_precision,
+                           "params": [p for _, p, _ in by_group[j]], "grads": [g for _, _, g in by_group[j]]})
+        return order, groups
+
+    def _seed_used(self) -> int:
+        """The seed for the fastopt optimizers (taken only where something rounds stochastically)."""
+        return self._options["seed"] if self._random() else 0
+
+    def _random(self) -> bool:
+        return any(self._storage_of(g).random for g in self.param_groups)
+
+    def _push(self, inner: _Bound, groups: list[int], snapshot: dict[tuple[int, int], tuple]) -> None:
+        """Hyperparameters changed in param_groups (a scheduler's lr) go to ``inner``'s groups
+        (``groups``: their param groups); ``snapshot`` remembers what each has."""
+        for b, j in enumerate(groups):
+            values = self._hypers(self.param_groups[j])
+            snap = tuple(values.values())
+            if snapshot.get((id(inner), b)) != snap:
+                inner.param_groups[b].update(values)
+                snapshot[(id(inner), b)] = snap
+
+    # ---- checkpoints --------------------------------------------------------------------
+    def _mine(self) -> list[PieceState]:
+        """This process's pieces and their state (on the CPU)."""
+        return [(p.param, p.start, {k: v.cpu() for k, v in st.items()}) for p, st in zip(self._local, self._piece_states)]
+
+    def _groups_saved(self) -> list[dict[str, Any]]:
+        first, out = 0, []
+        for g in self.param_groups:
+            out.append({**{k: v for k, v in g.items() if k != "params"},
+                        "params": list(range(first, first + len(g["params"])))})
+            first += len(g["params"])
+        return out
+
+    def _whole(self, everyone: Iterable[list[PieceState]]) -> dict[str, Any]:
+        """``fastopt.torch``'s checkpoint of the params from all their pieces' state."""
+        pieces: dict[int, list[tuple[int, dict[str, Any]]]] = {}
+        for got in everyone:
+            for param, start, st in got:
+                pieces.setdefault(param, []).append((start, st))
+        state = {}
+        for i, p in enumerate(self._params):
+            j = self._group_of[i]
+            parts = [st for _, st in sorted(pieces.get(i, []), key=lambda x: x[0])]
+            count = self._steps[j]
+            if not count or not parts or not parts[0]:
+                continue
+            entry = {"step": torch.tensor(float(count)),
+                     **self.fastopt_class.torch_state(self._hypers(self.param_groups[j]), count)}
+            for name in parts[0]:
+                whole = torch.cat([st[name].reshape(-1) for st in parts])
+                entry[name] = whole if name.endswith("_absmax") else whole.view(p.shape)
+            state[i] = entry
+        out = {"state": state, "param_groups": self._groups_saved()}
+        if self._random():
+            out["seed"] = self._options["seed"]
+        return out
+
+    def _loader(self, sd: Mapping[str, Any]) -> Callable[[], None]:
+        """Validates a checkpoint in ``fastopt.torch``'s format (``_sharded`` may take others);
+        returns what commits it: hyperparameters (the storage modes stay this optimizer's), step
+        counts, seed and the pieces' state, bound afresh."""
+        groups = sd["param_groups"]
+        if len(groups) != len(self.param_groups) or any(
+                len(g["params"]) != len(own["params"]) for g, own in zip(groups, self.param_groups)):
+            raise ValueError("the checkpoint's param groups do not match this optimizer's (their count or sizes)")
+        merged = []
+        for g, own in zip(groups, self.param_groups):
+            group = {**own, **{k: v for k, v in g.items() if k not in ("params", "master_weights", "state_precision")}}
+            self._check_group(group)
+            merged.append(group)
+        steps, states = self._sharded(sd) or self._slice(sd["state"], groups)
+        seed = sd.get("seed", self._options["seed"])
+
+        def commit() -> None:
+            for own, group in zip(self.param_groups, merged):
+                own.update({k: v for k, v in group.items() if k != "params"})
+            self._options["seed"] = seed
+            self._steps = steps
+            self._bind(states)
+        return commit
+
+    def _sharded(self, sd: Mapping[str, Any]) -> tuple[list[int], dict] | None:
+        """(steps, states) of a checkpoint in a subclass's own format; None for fastopt.torch's."""
+        return None
+
+    def _slice(self, saved: Mapping[Any, Any], groups: list[dict[str, Any]]) -> tuple[list[int], dict]:
+        """The step counts and this process's pieces' state from a checkpoint in fastopt.torch's
+        format (ValueError for state that its storage modes do not keep, or that a resumed step
+        lacks)."""
+        names = self.fastopt_class.state_names
+        known = {*names, *map(absmax_name, names), *_torch._KEPT}
+        steps, states = [], {}
+        mine: dict[int, list[Piece]] = {}
+        for p in self._local:
+            mine.setdefault(p.param, []).append(p)
+        first = 0
+        for j, g in enumerate(groups):
+            counts = set()
+            storage = self._storage_of(self.param_groups[j])
+            hyper = self.fastopt_class._hyper_at(self._hypers(self.param_groups[j]), 0)
+            for i, key in enumerate(g["params"], first):
+                entry = saved.get(key, {})
+                arrays = {k: v for k, v in entry.items() if k in known}
+                count = _torch._step_count(key, entry["step"]) if "step" in entry else int(bool(arrays))
+                counts.add(count)
+                self._check_state(key, j, self._params[i], arrays, storage, "")
+                missing = [n for n in self.fastopt_class._required_state(hyper, count)
+                           if n not in arrays and n not in self.fastopt_class.optional_state]
+                if missing:
+                    raise ValueError(f"param {key!r}: the checkpoint lacks {', '.join(missing)} at step {count}")
+                for piece in mine.get(i, []):
+                    elems = slice(piece.start, piece.start + piece.numel)
+                    blocks = slice(piece.start // QUANT_BLOCK, -(-(piece.start + piece.numel) // QUANT_BLOCK))
+                    states[(i, piece.start)] = {
+                        k: (v[blocks] if k.endswith("_absmax") else v.reshape(-1)[elems])
+                        .to(self._state_device, copy=True)
+                        for k, v in arrays.items()}
+            if len(counts) > 1:
+                raise ValueError(f"param group {j}: the params have different step counts {sorted(counts)}")
+            steps.append(counts.pop() if counts else 0)
+            first += len(g["params"])
+        return steps, states
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if hasattr(self, "_steps"):
+            raise NotImplementedError(f"{type(self).__name__} lays its params out once: build a new one with every "
+                                      "group")
+        super().add_param_group(param_group)
+
+
+def take_grads(params: list[Any], views: list[tuple[torch.Tensor, int]], owner: str) -> None:
+    """Checks every param (still in the memory ``owner`` gave it) and its grad, then copies the
+    grads into their flat buffer (``views``: each param's grad view and param address); each
+    param's grad becomes its view there."""
+    for i, p in enumerate(params):
+        view, ptr = views[i]
+        if p.data_ptr() != ptr or p.shape != view.shape or p.dtype != view.dtype:
+            raise ValueError(f"param {i} no longer uses the memory {owner} gave it (its .data was replaced or the "
+                             f"module moved); build a new {owner} after moving the model")
+        g = p.grad
+        if g is None:
+            raise ValueError(f"param {i} has no grad: {owner} steps every param it holds (give it only the trained "
+                             f"ones)")
+        if g.is_sparse or g.shape != p.shape or g.dtype != p.dtype or g.device != p.device:
+            raise ValueError(f"param {i}: its grad is {'sparse ' if g.is_sparse else ''}{g.dtype}"
+                             f"{list(g.shape)} on {g.device}, expected {p.dtype}{list(p.shape)} on {p.device}")
+    dst, src = [], []
+    for (view, _), p in zip(views, params):
+        if p.grad.data_ptr() != view.data_ptr() or not p.grad.is_contiguous():
+            dst.append(view)
+            src.append(p.grad)
+            p.grad = view
+    if dst:
+        torch._foreach_copy_(dst, src)
