@@ -7,6 +7,9 @@
 
 #include <string>
 
+#include "fastopt/reduce.h"
+#include "fastopt/step_control.h"
+
 #include "support/expect.h"
 #include "support/rule_case.h"
 
@@ -235,6 +238,56 @@ TEST(OptimizerNorms, GradNormIsTheGlobalNormOfTheSums) {
   ASSERT_TRUE(r.grad_norm.has_value());
   EXPECT_TRUE(same_double(*r.grad_norm, fastopt::global_norm(sums.data(), sums.size())));
   EXPECT_TRUE(same_double(*r.grad_norm, *c.steps[0].grad_norm));  // Python's, for the same grads
+}
+
+// A step sharded across processes (StepOptions::grad_factor, combine_sums): the caller's grad
+// multiplier is the step's whole transform, and combined sums decide a two-pass rule's update.
+TEST(OptimizerSharded, GradFactorIsTheClippedStepsMultiplier) {
+  const RuleCase& c = find_case("adam_max_grad_norm");
+  CaseMemory a(c), b(c);
+  fastopt::Optimizer clipped(fastopt::RuleId::adam, a.groups()), given(fastopt::RuleId::adam, b.groups());
+  a.load_grads(0);
+  b.load_grads(0);
+  std::vector<double> sums(clipped.num_params());
+  std::vector<int64_t> bad(sums.size());
+  clipped.grad_sumsq(sums.data(), bad.data());
+  const double max_norm = 0.5 * fastopt::global_norm(sums.data(), sums.size());  // (so that it clips)
+  fastopt::StepOptions o;
+  o.max_grad_norm = max_norm;
+  clipped.step(o);
+  fastopt::StepOptions f;
+  f.grad_factor = fastopt::step_control(1.0f, fastopt::reduce::combine_tensors(sums.data(), int64_t(sums.size())), 0,
+                                        false, max_norm)
+                      .factor;
+  ASSERT_LT(*f.grad_factor, 1.0f);
+  const fastopt::StepResult r = given.step(f);
+  EXPECT_FALSE(r.grad_norm.has_value());  // (no norm pass)
+  EXPECT_EQ(b.written(), a.written());
+  EXPECT_EQ(given.steps(), clipped.steps());
+  f.max_grad_norm = max_norm;
+  EXPECT_THROW(given.step(f), std::invalid_argument);
+}
+
+TEST(OptimizerSharded, CombineSumsDecidesTheTwoPassUpdate) {
+  const RuleCase& c = find_case("lamb");
+  CaseMemory plain(c), kept(c), changed(c);
+  fastopt::Optimizer a(fastopt::RuleId::lamb, plain.groups()), b(fastopt::RuleId::lamb, kept.groups()),
+      d(fastopt::RuleId::lamb, changed.groups());
+  for (CaseMemory* m : {&plain, &kept, &changed}) m->load_grads(0);
+  a.step();
+  size_t tensors = 0;
+  int num_sums = 0;
+  fastopt::StepOptions o;
+  o.combine_sums = [&](double*, size_t n, int k) { tensors = n, num_sums = k; };
+  b.step(o);
+  EXPECT_EQ(tensors, b.num_params());
+  EXPECT_EQ(num_sums, 2);
+  EXPECT_EQ(kept.written(), plain.written());  // (unfused passes: the same bits)
+  o.combine_sums = [](double* sums, size_t n, int k) {
+    for (size_t t = 0; t < n; ++t) sums[t * size_t(k)] *= 4;  // each ||p||^2: the trust ratio doubles
+  };
+  d.step(o);
+  EXPECT_NE(changed.written(), plain.written());
 }
 
 }  // namespace
