@@ -80,6 +80,12 @@ come from one interleaved run; "of probe" is fastopt's GB/s over the probe's. "f
 is the impl's time over fastopt's. Times are medians of --repeats steps after --warmup.
 Progress goes to stderr; the table (or --json) to stdout.
 
+--distributed N times ZeRO-1 on N local processes (gloo) instead: fastopt.distributed's
+ZeroOptimizer(AdamW) against torch's ZeroRedundancyOptimizer(AdamW, fused=True), with and without
+the grads' reduction; --offload times fastopt.distributed's OffloadOptimizer(AdamW) against the
+CPU step alone (fastopt, torch fused, DeepSpeed's CPUAdam where importable): see
+fastopt.bench_distributed.
+
 --storage prints the storage-mode table instead: for --optimizers (default: adamw; not
 LARS or LAMB), ONE tensor of --size params stepped in each way of storing params and state
 (fastopt.storage_modes: fp32 params; bf16 params with an fp32 master, a uint16 remainder, a
@@ -102,6 +108,8 @@ examples:
   fastopt bench --device cuda --dtype bfloat16 --tensors 10000 --tensor-elems 4096
   fastopt bench --storage
   fastopt bench --storage --optimizers adamw,sgd --size 2**24
+  fastopt bench --distributed 2
+  fastopt bench --offload --device cuda
 """
 
 
@@ -142,6 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--storage", action="store_true",
                        help="print the storage-mode table instead (cpu, one tensor; each mode sets its own "
                             "dtypes, so --dtype and --tensors do not apply): see above")
+    bench.add_argument("--distributed", type=parse_count, default=None, metavar="N",
+                       help="time ZeRO-1 (fastopt.distributed.ZeroOptimizer) on N local processes (gloo) "
+                            "against torch's ZeroRedundancyOptimizer (AdamW; default --size 2**24): see above")
+    bench.add_argument("--offload", action="store_true",
+                       help="time fastopt.distributed.OffloadOptimizer (AdamW, bf16 params on --device) against "
+                            "the CPU step alone: fastopt's, torch's fused, DeepSpeed's CPUAdam where importable")
     bench.add_argument("--json", action="store_true",
                        help="print a JSON report (environment and rows) instead of the table")
     return parser
@@ -152,6 +166,17 @@ def _benchmark(args: argparse.Namespace) -> tuple[Any, Callable[..., dict], Call
     ValueError for options the storage table does not take."""
     from .bench import SPECS
 
+    if args.distributed or args.offload:
+        from .bench_distributed import DistributedBenchConfig, format_distributed_table, run_distributed_bench
+        given = [name for name, value in (("--storage", args.storage), ("--dtype", args.dtype), ("--tensors", args.tensors),
+                                          ("--distributed with --offload", args.distributed and args.offload))
+                 if value]
+        if given:
+            raise ValueError(f"--distributed and --offload time AdamW over fixed layouts: drop {', '.join(given)}")
+        cfg = DistributedBenchConfig(size=args.size or 2 ** 24, world=args.distributed or 1, offload=args.offload,
+                                     device=args.device, repeats=args.repeats, warmup=args.warmup,
+                                     threads=args.threads)
+        return cfg, run_distributed_bench, format_distributed_table
     if args.storage:
         from .bench_storage import StorageBenchConfig, format_storage_table, run_storage_bench
         given = [name for name, value in (("--device cuda", args.device == "cuda"), ("--dtype", args.dtype),
