@@ -40,7 +40,8 @@ class ZeroOptimizer(PieceOptimizer):
        the grads to None);
     2. reduces each rank's shard of the grads to it (sum, then scaled by 1 / world size with
        ``average_grads``, folded into the update), unless ``grads_reduced`` (the grads are
-       already reduced, e.g. by DistributedDataParallel);
+       already reduced, e.g. by DistributedDataParallel); the reduction works in the grad
+       buffer, so after a step the grads hold partial sums: read them before ``step()``;
     3. where ``max_grad_norm`` or ``skip_nonfinite`` need it, the global grad norm: each rank
        sums its pieces, the sums are combined over the ranks in fastopt's canonical order, so
        the norm, the clip factor and the skip decision have the same bits for any world size
