@@ -160,13 +160,22 @@ def test_no_command_prints_help(capsys):
     assert "bench" in capsys.readouterr().err
 
 
+def test_version(capsys):
+    import fastopt
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out == f"fastopt {fastopt.__version__}\n"
+
+
 def test_help(capsys):
     with pytest.raises(SystemExit) as e:
         main(["bench", "--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
     for word in ("--size", "--tensors", "--dtype", "--optimizers", "--threads", "--no-torch",
-                 "--storage", "--json", "28 B", "probe", "floor/time", "no ceiling"):
+                 "--storage", "--distributed", "--offload", "--json", "28 B", "probe", "floor/time", "no ceiling"):
         assert word in out
 
 

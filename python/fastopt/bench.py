@@ -54,6 +54,7 @@ from . import __version__, cpu_isa, get_num_threads, set_num_threads
 from .bench_measure import (DTYPES, Data, Layout, OptimizerSpec, Runner, interleaved_times, median_step_time,
                             probe_step, tensor_sizes)
 from .bench_peers import IMPLS, NUMPY_STEPS, Impl, import_torch, fixed_cost_us
+from .bench_layouts import check_layout_names, named_layouts
 from .bench_report import Progress, format_table, make_row
 from .catalog import OPTIMIZERS
 
@@ -95,11 +96,13 @@ class BenchConfig:
     warmup: int = 2
     use_torch: bool = True
     threads: int | None = None
+    layouts: tuple[str, ...] = ()  # --layout: names of bench_layouts (default: single, and mixed unless tensors == 1)
 
     def validate(self) -> None:
+        check_layout_names(self.layouts)
         if self.size < 16:
             raise ValueError(f"size must be at least 16, got {self.size}")
-        if not 1 <= self.tensors <= self.size:
+        if (not self.layouts or "mixed" in self.layouts) and not 1 <= self.tensors <= self.size:
             raise ValueError(f"tensors must be in [1, size], got {self.tensors}")
         check_run(self.dtype, self.optimizers, self.repeats, self.warmup)
         if self.threads is not None and self.threads < 1:
@@ -141,7 +144,7 @@ def _bench_optimizer(spec: OptimizerSpec, layouts: Sequence[Layout], data: Data,
     """The rows of one optimizer: the probe, then each layout's impls in ``impls`` order."""
     streams = spec.streams(data.params.dtype)
     bpp = spec.bytes_per_param(data.params.dtype)
-    single = Layout("single", (cfg.size,))
+    single = Layout("single", (max(sum(layout.sizes) for layout in layouts),))
     close = [i for i in impls if i.name in INTERLEAVED]
     progress.start(f"{spec.name} probe, " + ", ".join(
         f"{layout.label} {i.name}" for layout in layouts for i in close) + " (interleaved)")
@@ -154,14 +157,14 @@ def _bench_optimizer(spec: OptimizerSpec, layouts: Sequence[Layout], data: Data,
                 errors[(layout.name, impl.name)] = error
             else:
                 runners[(layout.name, impl.name)] = runner
-    steps: dict[tuple[str, str], Callable[[], None]] = {("single", "probe"): probe_step(streams, cfg.size)}
+    steps: dict[tuple[str, str], Callable[[], None]] = {("single", "probe"): probe_step(streams, single.sizes[0])}
     steps.update({k: r.step for k, r in runners.items()})
     times = interleaved_times(steps, cfg.warmup, cfg.repeats)
     results = {k: r.result() for k, r in runners.items()}
     runners = steps = None
     gc.collect()
     # The probe moves the elementwise streams once: a two-pass rule's extra reads are not in it.
-    probe = make_row(spec, single, "probe", bpp - spec.extra_bytes, cfg.size, times[("single", "probe")])
+    probe = make_row(spec, single, "probe", bpp - spec.extra_bytes, single.sizes[0], times[("single", "probe")])
     probe["fraction_of_probe"] = 1.0
     progress.end(f"probe {probe['gb_per_s']:.1f} GB/s")
 
@@ -182,7 +185,7 @@ def _bench_optimizer(spec: OptimizerSpec, layouts: Sequence[Layout], data: Data,
                     result = runner.result()
                 runner = None
                 gc.collect()
-            row = make_row(spec, layout, impl.name, bpp, cfg.size, seconds, error)
+            row = make_row(spec, layout, impl.name, bpp, sum(layout.sizes), seconds, error)
             if result is not None and impl.name != "fastopt":
                 row["max_abs_diff"] = float(np.max(np.abs(result - reference)))
             if impl not in close:
@@ -212,24 +215,29 @@ def run_bench(cfg: BenchConfig, progress_stream: TextIO | None = sys.stderr) -> 
         if torch is not None:
             torch.set_num_threads(cfg.threads)
     impls = [i for i in IMPLS if torch is not None or not i.needs_torch]
-    layouts = [Layout("single", (cfg.size,))]
-    if cfg.tensors > 1:
-        layouts.append(Layout("multi", tuple(tensor_sizes(cfg.size, cfg.tensors))))
+    names = cfg.layouts or (("single", "mixed") if cfg.tensors > 1 else ("single",))
+    mixed = tuple(tensor_sizes(cfg.size, cfg.tensors)) if "mixed" in names else ()
+    layouts = named_layouts(names, cfg.size, mixed, "cpu")
+    # The two default layouts share one probe and one interleaved run; named ones run one by one
+    # (a model's arrays alone take gigabytes).
+    runs = [layouts] if not cfg.layouts else [[layout] for layout in layouts]
     specs = [SPECS[o] for o in cfg.optimizers]
     dtype = DTYPES[cfg.dtype]
     sequential = sum(len(layouts) for spec in specs for i in applicable(spec, impls) if i.name not in INTERLEAVED)
-    progress = Progress(len(specs) + sequential + 1, progress_stream)
+    progress = Progress(len(specs) * len(runs) + sequential + 1, progress_stream)
 
-    data = Data.make(cfg.size, dtype)
+    data = Data.make(max(sum(layout.sizes) for layout in layouts), dtype)
     rows, streams_doc = [], {}
     for spec in specs:
         streams_doc[spec.name] = spec.describe(dtype)
-        rows += _bench_optimizer(spec, layouts, data, applicable(spec, impls), cfg, progress)
+        for run in runs:
+            rows += _bench_optimizer(spec, run, data, applicable(spec, impls), cfg, progress)
     progress.start("fixed cost: adamw, 1000 tensors of 1 element")
     fixed = fixed_cost_us(torch)
     progress.end(f"{fixed['fastopt']:.1f} us/step")
     sizes = layouts[-1].sizes
     return {
+        "layouts": {layout.name: [len(layout.sizes), sum(layout.sizes)] for layout in layouts},
         "fastopt_version": __version__,
         "cpu_isa": cpu_isa(),
         "threads": get_num_threads(),

@@ -34,6 +34,7 @@ import numpy as np
 from . import __version__
 from .bench import SPECS, check_run
 from .bench_measure import DTYPES, F32, Layout, OptimizerSpec
+from .bench_layouts import check_layout_names, named_layouts
 from .bench_report import Progress, make_row, table_lines
 
 COPY_BYTES = 2 ** 30
@@ -51,8 +52,10 @@ class CudaBenchConfig:
     repeats: int = 30
     warmup: int = 5
     use_torch: bool = True
+    layouts: tuple[str, ...] = ()  # --layout: names of bench_layouts (default: single and mixed)
 
     def validate(self) -> None:
+        check_layout_names(self.layouts)
         if self.size < 16 or self.tensors < 1 or self.tensor_elems < 1:
             raise ValueError("size must be >= 16, tensors and tensor_elems >= 1")
         check_run(self.dtype, self.optimizers, self.repeats, self.warmup)
@@ -186,30 +189,39 @@ def run_cuda_bench(cfg: CudaBenchConfig, progress_stream: TextIO | None = sys.st
     cfg.validate()
     torch = _torch_cuda()
     peers = ["torch-fused", "torch-foreach"] if cfg.use_torch else []
-    layouts = [Layout("single", (cfg.size,))]
-    if cfg.tensors > 1:
-        layouts.append(Layout("multi", (cfg.tensor_elems,) * cfg.tensors))
-    data = _Data(torch, max(cfg.size, cfg.tensors * cfg.tensor_elems), np.dtype(DTYPES[cfg.dtype]))
-    progress = Progress(len(cfg.optimizers), progress_stream)
+    names = cfg.layouts or (("single", "mixed") if cfg.tensors > 1 else ("single",))
+    layouts = named_layouts(names, cfg.size, (cfg.tensor_elems,) * cfg.tensors, "cuda")
+    runs = [layouts] if not cfg.layouts else [[layout] for layout in layouts]  # (a model at a time)
+    data = _Data(torch, max(sum(layout.sizes) for layout in layouts), np.dtype(DTYPES[cfg.dtype]))
+    progress = Progress(len(cfg.optimizers) * len(runs), progress_stream)
     rows, streams_doc = [], {}
     for name in cfg.optimizers:
         spec = SPECS[name]
         streams_doc[name] = spec.describe(np.dtype(DTYPES[cfg.dtype]))
         impls = ["fastopt"] + (peers if spec.torch_name else [])
-        rows += _bench_optimizer(torch, spec, layouts, data, impls, cfg, progress)
+        for run in runs:
+            rows += _bench_optimizer(torch, spec, run, data, impls, cfg, progress)
     return {
         "fastopt_version": __version__, "device": torch.cuda.get_device_name(),
         "torch": torch.__version__, "size": cfg.size, "tensors": cfg.tensors,
+        "layouts": {layout.name: [len(layout.sizes), sum(layout.sizes)] for layout in layouts},
         "tensor_elems": cfg.tensor_elems, "dtype": cfg.dtype, "repeats": cfg.repeats,
         "warmup": cfg.warmup, "streams": streams_doc, "rows": rows,
     }
+
+
+def _cuda_layouts_doc(report: Mapping[str, Any]) -> str:
+    layouts = report.get("layouts", {})
+    if set(layouts) <= {"single", "multi"}:
+        return f"1 tensor of {report['size']}, and {report['tensors']} tensors of {report['tensor_elems']}"
+    return ", ".join(f"{k} ({n} tensors, {total} params)" for k, (n, total) in layouts.items())
 
 
 def format_cuda_table(report: Mapping[str, Any]) -> str:
     lines = [
         f"fastopt {report['fastopt_version']} bench on {report['device']}: {report['dtype']} params; "
         f"torch {report['torch']}",
-        f"layouts: 1 tensor of {report['size']}, and {report['tensors']} tensors of {report['tensor_elems']}; "
+        f"layouts: {_cuda_layouts_doc(report)}; "
         f"median of {report['repeats']} steps after {report['warmup']} warmup steps (CUDA events, round-robin)",
         "bytes per param and step (GB/s = B/param * params / time):",
     ]

@@ -45,8 +45,10 @@ def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
 
 
 def _table_cells(row: Mapping[str, Any]) -> list[str]:
+    n = row["num_tensors"]
     layout = "-" if row["impl"] == "probe" else (
-        "1 tensor" if row["num_tensors"] == 1 else f"{row['num_tensors']} tensors")
+        "1 tensor" if n == 1 else f"{n} tensors") if row["layout"] in ("single", "multi") else \
+        f"{row['layout']} ({n} tensors)"
     frac = row["fraction_of_probe"]
     speed = row["speedup_vs"]
     cells = [row["optimizer"], layout, row["impl"],
@@ -61,6 +63,9 @@ def _table_cells(row: Mapping[str, Any]) -> list[str]:
 
 
 def _layouts_doc(report: Mapping[str, Any]) -> str:
+    named = {k: v for k, v in report.get("layouts", {}).items() if k not in ("single", "multi")}
+    if named:
+        return ", ".join(f"{k} ({n} tensors, {total} params)" for k, (n, total) in report["layouts"].items())
     if report["tensors"] == 1:
         return "1 tensor"
     sizes = report["tensor_sizes"]

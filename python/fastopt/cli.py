@@ -37,6 +37,17 @@ def parse_count(text: str) -> int:
     return n
 
 
+def _layouts(text: str) -> tuple[str, ...]:
+    from .bench_layouts import check_layout_names
+
+    names = tuple(n.strip().lower() for n in text.split(",") if n.strip())
+    try:
+        check_layout_names(names)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return names
+
+
 def _optimizers(text: str) -> tuple[str, ...]:
     from .bench import SPECS
 
@@ -116,8 +127,11 @@ examples:
 def build_parser() -> argparse.ArgumentParser:
     from .bench import DTYPES, SPECS
 
+    from . import __version__
+
     parser = argparse.ArgumentParser(
         prog="fastopt", description="fastopt: fused, in-place, multi-tensor optimizer steps.")
+    parser.add_argument("--version", action="version", version=f"fastopt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     bench = sub.add_parser(
         "bench", help="benchmark optimizer steps against a bandwidth probe, torch.optim and NumPy",
@@ -150,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--storage", action="store_true",
                        help="print the storage-mode table instead (cpu, one tensor; each mode sets its own "
                             "dtypes, so --dtype and --tensors do not apply): see above")
+    bench.add_argument("--layout", type=_layouts, default=None, metavar="LIST",
+                       help="comma-separated layouts instead of the default two: single, mixed (--size, "
+                            "--tensors) and the params of real models: gpt2-small, bert-base, resnet-50, vit-b16, "
+                            "llama-1b (GPU only); each layout with its own probe row")
     bench.add_argument("--distributed", type=parse_count, default=None, metavar="N",
                        help="time ZeRO-1 (fastopt.distributed.ZeroOptimizer) on N local processes (gloo) "
                             "against torch's ZeroRedundancyOptimizer (AdamW; default --size 2**24): see above")
@@ -169,6 +187,7 @@ def _benchmark(args: argparse.Namespace) -> tuple[Any, Callable[..., dict], Call
     if args.distributed or args.offload:
         from .bench_distributed import DistributedBenchConfig, format_distributed_table, run_distributed_bench
         given = [name for name, value in (("--storage", args.storage), ("--dtype", args.dtype), ("--tensors", args.tensors),
+                                          ("--layout", args.layout),
                                           ("--distributed with --offload", args.distributed and args.offload))
                  if value]
         if given:
@@ -180,7 +199,7 @@ def _benchmark(args: argparse.Namespace) -> tuple[Any, Callable[..., dict], Call
     if args.storage:
         from .bench_storage import StorageBenchConfig, format_storage_table, run_storage_bench
         given = [name for name, value in (("--device cuda", args.device == "cuda"), ("--dtype", args.dtype),
-                                          ("--tensors", args.tensors)) if value]
+                                          ("--tensors", args.tensors), ("--layout", args.layout)) if value]
         if given:
             raise ValueError(f"--storage times one CPU tensor in each mode's dtypes: drop {', '.join(given)}")
         cfg = StorageBenchConfig(size=args.size or 2 ** 25, optimizers=args.optimizers or ("adamw",),
@@ -191,12 +210,12 @@ def _benchmark(args: argparse.Namespace) -> tuple[Any, Callable[..., dict], Call
         from .bench_cuda import CudaBenchConfig, format_cuda_table, run_cuda_bench
         cfg = CudaBenchConfig(size=args.size or 2 ** 28, tensors=args.tensors or 10000, tensor_elems=args.tensor_elems,
                               dtype=dtype, optimizers=args.optimizers or tuple(SPECS), repeats=args.repeats,
-                              warmup=args.warmup, use_torch=args.use_torch)
+                              warmup=args.warmup, use_torch=args.use_torch, layouts=args.layout or ())
         return cfg, run_cuda_bench, format_cuda_table
     from .bench import BenchConfig, format_table, run_bench
     cfg = BenchConfig(size=args.size or 2 ** 25, tensors=args.tensors or 4096, dtype=dtype,
                       optimizers=args.optimizers or tuple(SPECS), repeats=args.repeats, warmup=args.warmup,
-                      use_torch=args.use_torch, threads=args.threads)
+                      use_torch=args.use_torch, threads=args.threads, layouts=args.layout or ())
     return cfg, run_bench, format_table
 
 
