@@ -323,3 +323,17 @@ def test_cuda_bench_runs_and_compares(capsys):
             assert r["max_abs_diff"] < 1e-5, r
         if r["impl"] == "fastopt":
             assert 0 < r["fraction_of_probe"] and r["ms_per_step"] > 0
+
+
+def test_the_table_flags_a_probe_that_is_no_ceiling_and_a_faster_peer():
+    from fastopt.bench_report import table_lines
+
+    base = {"optimizer": "sgd", "layout": "single", "num_tensors": 1, "gb_per_s": 30.0, "bytes_per_param": 20,
+            "max_abs_diff": None, "error": None}
+    rows = [{**base, "impl": "fastopt", "ms_per_step": 0.70, "fraction_of_probe": 1.18, "speedup_vs": 1.0},
+            {**base, "impl": "torch-forloop", "ms_per_step": 0.47, "fraction_of_probe": None, "speedup_vs": 0.67},
+            {**base, "impl": "torch-fused", "ms_per_step": 0.90, "fraction_of_probe": None, "speedup_vs": 1.29}]
+    fastopt_line, forloop, fused = table_lines(rows)[1:]
+    assert "no ceiling" in fastopt_line and "118%" not in fastopt_line
+    assert forloop.split()[-2:] == ["(slower)", "-"] and "0.67x (slower)" in forloop
+    assert fused.split()[-2:] == ["1.29x", "-"]

@@ -193,6 +193,7 @@ def _bench_optimizer(spec: OptimizerSpec, layouts: Sequence[Layout], data: Data,
             layout_rows.append(row)
         fastopt_row = layout_rows[0]
         fastopt_row["fraction_of_probe"] = fastopt_row["gb_per_s"] / probe["gb_per_s"]
+        fastopt_row["probe_is_ceiling"] = fastopt_row["fraction_of_probe"] <= 1.0
         for row in layout_rows:
             if row["ms_per_step"] is not None:
                 row["speedup_vs"] = row["ms_per_step"] / fastopt_row["ms_per_step"]

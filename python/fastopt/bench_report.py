@@ -51,10 +51,15 @@ def _table_cells(row: Mapping[str, Any]) -> list[str]:
         f"{row['layout']} ({n} tensors)"
     frac = row["fraction_of_probe"]
     speed = row["speedup_vs"]
+    # (a fraction above 1: fastopt moved more than the probe, which is then no bound: no ratio;
+    # a peer faster than fastopt says so)
+    of_probe = "no ceiling" if frac is not None and frac > 1 else _fmt(None if frac is None else 100 * frac, ".0f", "%")
+    faster = "-" if row["impl"] in ("fastopt", "probe") else _fmt(speed, ".2f", "x")
+    if speed is not None and speed < 1 and faster != "-":
+        faster += " (slower)"
     cells = [row["optimizer"], layout, row["impl"],
              _fmt(row["ms_per_step"], ".3f"), _fmt(row["gb_per_s"], ".1f"), str(row["bytes_per_param"]),
-             _fmt(None if frac is None else 100 * frac, ".0f", "%"),
-             "-" if row["impl"] in ("fastopt", "probe") else _fmt(speed, ".2f", "x"),
+             of_probe, faster,
              _fmt(row["max_abs_diff"], ".1e")]
     if row["error"]:
         cells[3] = "n/a"
@@ -91,8 +96,9 @@ def format_table(report: Mapping[str, Any]) -> str:
         bpp = next(r["bytes_per_param"] for r in report["rows"]
                    if r["optimizer"] == name and r["impl"] != "probe")
         lines.append(f"  {name:<6}{bpp:>3} B = {doc}")
-    lines.append("probe: fastopt's engine over one tensor with those streams and no math; of probe = GB/s / probe GB/s; "
-                 "fastopt faster = impl time / fastopt time; max|dp| = final params vs fastopt's")
+    lines.append("probe: fastopt's engine over one tensor with those streams and no math; of probe = GB/s / probe GB/s "
+                 "(\"no ceiling\": above the probe's, which then bounds nothing); fastopt faster = impl time / "
+                 "fastopt time (\"slower\" below 1); max|dp| = final params vs fastopt's")
     lines.append("")
     fixed = report["fixed_cost_us"]
     lines.append("fixed cost of a step (adamw, 1000 tensors of 1 element): " +

@@ -87,8 +87,9 @@ Adam and AdamW a NumPy row.
 
 The probe row runs fastopt's engine over ONE tensor with exactly those streams and no math
 (x + 0*g); it is stepped round-robin with fastopt and torch's fused step, so their ratios
-come from one interleaved run; "of probe" is fastopt's GB/s over the probe's. "fastopt faster"
-is the impl's time over fastopt's. Times are medians of --repeats steps after --warmup.
+come from one interleaved run; "of probe" is fastopt's GB/s over the probe's ("no ceiling" where
+above it: the probe, disturbed by other load, then bounds nothing). "fastopt faster" is the
+impl's time over fastopt's ("slower" where below 1). Times are medians of --repeats steps after --warmup.
 Progress goes to stderr; the table (or --json) to stdout.
 
 --distributed N times ZeRO-1 on N local processes (gloo) instead: fastopt.distributed's
