@@ -120,6 +120,8 @@ examples:
   fastopt bench --device cuda --dtype bfloat16 --tensors 10000 --tensor-elems 4096
   fastopt bench --storage
   fastopt bench --storage --optimizers adamw,sgd --size 2**24
+  fastopt bench --sweep --plot sweep.png
+  fastopt bench --layout gpt2-small,bert-base,resnet-50,vit-b16 --optimizers adamw --plot layouts.png
   fastopt bench --distributed 2
   fastopt bench --offload --device cuda
 """
@@ -175,6 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--offload", action="store_true",
                        help="time fastopt.distributed.OffloadOptimizer (AdamW, bf16 params on --device) against "
                             "the CPU step alone: fastopt's, torch's fused, DeepSpeed's CPUAdam where importable")
+    bench.add_argument("--sweep", action="store_true",
+                       help="time one tensor and many tensors at every size from 2**10 to --size (default "
+                            "2**26; powers of two and odd sizes) for --optimizers (default adamw), fastopt and "
+                            "torch.optim's steps round-robin: see fastopt.bench_sweep")
+    bench.add_argument("--plot", default=None, metavar="FILE.png",
+                       help="also draw the report (matplotlib: pip install 'fastopt[plot]'): ms/step and GB/s "
+                            "against size with --sweep, else ms/step bars per layout")
     bench.add_argument("--json", action="store_true",
                        help="print a JSON report (environment and rows) instead of the table")
     return parser
@@ -185,6 +194,17 @@ def _benchmark(args: argparse.Namespace) -> tuple[Any, Callable[..., dict], Call
     ValueError for options the storage table does not take."""
     from .bench import SPECS
 
+    if args.sweep:
+        from .bench_sweep import SweepConfig, format_sweep_table, run_sweep
+        given = [name for name, value in (("--device cuda", args.device == "cuda"), ("--dtype", args.dtype),
+                                          ("--tensors", args.tensors), ("--layout", args.layout),
+                                          ("--storage", args.storage), ("--distributed", args.distributed),
+                                          ("--offload", args.offload)) if value]
+        if given:
+            raise ValueError(f"--sweep times fp32 CPU params at its own sizes and layouts: drop {', '.join(given)}")
+        cfg = SweepConfig(max_size=args.size or 2 ** 26, optimizers=args.optimizers or ("adamw",),
+                          repeats=args.repeats, warmup=args.warmup, threads=args.threads, use_torch=args.use_torch)
+        return cfg, run_sweep, format_sweep_table
     if args.distributed or args.offload:
         from .bench_distributed import DistributedBenchConfig, format_distributed_table, run_distributed_bench
         given = [name for name, value in (("--storage", args.storage), ("--dtype", args.dtype), ("--tensors", args.tensors),
@@ -229,6 +249,14 @@ def run_bench_command(args: argparse.Namespace) -> int:
         print(f"fastopt bench: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(report, indent=2) if args.json else fmt(report))
+    if args.plot:
+        from .bench_plot import plot_report
+        try:
+            plot_report(report, args.plot)
+        except ValueError as e:
+            print(f"fastopt bench: error: {e}", file=sys.stderr)
+            return 2
+        print(f"fastopt bench: plot written to {args.plot}", file=sys.stderr)
     return 0
 
 

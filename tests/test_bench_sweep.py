@@ -1,0 +1,41 @@
+"""``fastopt bench --sweep`` (fastopt.bench_sweep) at tiny sizes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fastopt.bench_sweep import many, sweep_sizes
+from fastopt.cli import main
+
+
+def test_sizes_are_the_powers_of_two_and_odd_sizes_between():
+    assert sweep_sizes(2 ** 12) == [1024, 1537, 2048, 3073, 4096]
+    assert sweep_sizes(5000) == [1024, 1537, 2048, 3073, 4096]
+    assert sweep_sizes(2 ** 26)[-1] == 2 ** 26 and len(sweep_sizes(2 ** 26)) == 33
+    assert [many(s) for s in (1024, 2 ** 20, 2 ** 26)] == [2, 1024, 4096]
+
+
+def test_sweep_rows_and_table(capsys):
+    argv = ["bench", "--sweep", "--size", "2**11", "--repeats", "1", "--warmup", "0"]
+    assert main([*argv, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    rows = report["rows"]
+    assert {(r["size"], r["layout"]) for r in rows} == {(s, layout) for s in (1024, 1537, 2048)
+                                                        for layout in ("single", "multi")}
+    assert {r["impl"] for r in rows} == {"fastopt", "torch-fused", "torch-foreach", "torch-forloop"}
+    for r in rows:
+        assert r["ms_per_step"] > 0 and r["num_tensors"] == (1 if r["layout"] == "single" else 2)
+        if r["impl"] == "fastopt":
+            assert r["speedup_vs"] == 1.0
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    assert "torch best" in table and len([line for line in table.splitlines() if line.startswith("adamw")]) == 6
+
+
+@pytest.mark.parametrize("argv", [["--dtype", "bfloat16"], ["--tensors", "8"], ["--layout", "single"],
+                                  ["--device", "cuda"], ["--size", "512"]])
+def test_what_the_sweep_does_not_take(argv, capsys):
+    assert main(["bench", "--sweep", *argv]) == 2
+    assert "error" in capsys.readouterr().err
