@@ -81,3 +81,22 @@ def test_zero_digits_trains_on_two_processes_as_one_does():
     gap = next(float(line.split()[-1]) for line in lines if line.startswith("largest param difference"))
     assert gap < 1e-4
     assert lines[-1] == "consolidated checkpoint loaded into fastopt.torch.AdamW at step 75"
+
+
+def test_torch_digits_trains_as_torch_optim_does(tmp_path):
+    """examples/torch_digits.py at 5 epochs: fastopt.torch and torch.optim reach the same losses
+    and accuracy (params within float32 rounding of each other), and the loss curves are drawn."""
+    path = Path(__file__).resolve().parents[1] / "examples" / "torch_digits.py"
+    spec = importlib.util.spec_from_file_location("torch_digits", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = module.compare(5)
+    assert [(r["optimizer"], r["library"]) for r in rows] == [
+        (name, lib) for name, _ in module.RUNS for lib in ("fastopt.torch", "torch.optim")]
+    for ours, theirs in zip(rows[::2], rows[1::2]):
+        assert ours["gap"] < 1e-5
+        assert ours["losses"] == pytest.approx(theirs["losses"], rel=1e-4)
+        assert abs(ours["accuracy"] - theirs["accuracy"]) <= 0.4  # (one test sample)
+    assert "| AdamW | fastopt.torch |" in module.table(rows)
+    png = tmp_path / "losses.png"
+    assert module.plot(rows, str(png)) and png.read_bytes().startswith(b"\x89PNG")
