@@ -54,7 +54,7 @@ def check_rows(report: dict, optimizers: list[str], impls, bytes_per_param: dict
         extra = {"lars": 8, "lamb": 12}.get(r["optimizer"], 0) if r["impl"] == "probe" else 0  # 2nd pass
         assert r["bytes_per_param"] == bytes_per_param[r["optimizer"]] - extra
         if r["error"]:
-            assert r["impl"].startswith("torch-") and r["ms_per_step"] is None
+            assert r["impl"].startswith(("torch-", "deepspeed-")) and r["ms_per_step"] is None
             continue
         assert r["ms_per_step"] > 0 and r["gb_per_s"] > 0
         assert r["gb_per_s"] == pytest.approx(
@@ -83,7 +83,8 @@ def test_json_fp32_all_optimizers(capsys):
 
     def impls(o):
         return (["fastopt"] + (["numpy"] if o in ("sgd", "adam", "adamw") else [])
-                + (["torch-fused", "torch-foreach", "torch-forloop"] if torch and o not in paper_only else []))
+                + (["torch-fused", "torch-foreach", "torch-forloop"] if torch and o not in paper_only else [])
+                + (["deepspeed-cpuadam"] if torch and o in ("adam", "adamw") else []))
 
     bpp = {"sgd": 20, "adam": 28, "adamw": 28, "adagrad": 20, "adadelta": 28, "rmsprop": 20, "adamax": 28,
            "nadam": 28, "radam": 28, "adabelief": 28, "lion": 20, "lars": 28, "lamb": 40}
@@ -337,3 +338,19 @@ def test_the_table_flags_a_probe_that_is_no_ceiling_and_a_faster_peer():
     assert "no ceiling" in fastopt_line and "118%" not in fastopt_line
     assert forloop.split()[-2:] == ["(slower)", "-"] and "0.67x (slower)" in forloop
     assert fused.split()[-2:] == ["1.29x", "-"]
+
+
+def test_deepspeed_is_a_peer_of_adam_where_importable(capsys):
+    """DeepSpeedCPUAdam runs beside Adam and AdamW, interleaved with fastopt; where deepspeed is
+    not installed, its rows say why."""
+    if not _torch_available():
+        pytest.skip("torch is not installed")
+    report = run_json(capsys, "--optimizers", "adamw,sgd")
+    ds = [r for r in report["rows"] if r["impl"] == "deepspeed-cpuadam"]
+    assert {(r["optimizer"], r["layout"]) for r in ds} == {("adamw", "single"), ("adamw", "multi")}
+    try:
+        import deepspeed.ops.adam  # noqa: F401
+    except ImportError:
+        assert all(r["error"].startswith(("ModuleNotFoundError", "ImportError")) for r in ds)
+    else:
+        assert all(r["error"] is None and r["max_abs_diff"] < 1e-5 for r in ds)

@@ -112,7 +112,7 @@ class BenchConfig:
 # fastopt, the probe and torch's fused step are within a few percent of each other: they are
 # stepped round-robin, so that the machine's drift falls on all of them alike. The far slower
 # peers are timed one after another.
-INTERLEAVED = ("fastopt", "torch-fused")
+INTERLEAVED = ("fastopt", "torch-fused", "deepspeed-cpuadam")
 
 
 def _error_text(e: Exception) -> str:
@@ -136,7 +136,8 @@ def applicable(spec: OptimizerSpec, impls: Sequence[Impl]) -> list[Impl]:
     """The impls that exist for ``spec``: torch's only where torch.optim has the optimizer,
     the naive NumPy step only where one is written."""
     return [i for i in impls if not (i.needs_torch and spec.torch_name is None)
-            and not (i.name == "numpy" and spec.numpy_step is None)]
+            and not (i.name == "numpy" and spec.numpy_step is None)
+            and not (i.optimizers and spec.name not in i.optimizers)]
 
 
 def _bench_optimizer(spec: OptimizerSpec, layouts: Sequence[Layout], data: Data, impls: Sequence[Impl],

@@ -1,6 +1,6 @@
-"""The benchmark's peers: naive NumPy steps and torch.optim (fused, foreach, for-loop) on the
-same layouts, data and hyperparameters as fastopt, and the fixed cost of a step next to
-torch's fused one."""
+"""The benchmark's peers: naive NumPy steps, torch.optim (fused, foreach, for-loop) and, where
+importable, DeepSpeed's DeepSpeedCPUAdam, on the same layouts, data and hyperparameters as
+fastopt, and the fixed cost of a step next to torch's fused one."""
 
 from __future__ import annotations
 
@@ -123,11 +123,30 @@ def build_torch(spec: OptimizerSpec, layout: Layout, data: Data, *, variant: Map
     return Runner(step, lambda: torch.cat([p.float() for p in params]).numpy())
 
 
+def build_deepspeed(spec: OptimizerSpec, layout: Layout, data: Data) -> Runner:
+    """DeepSpeed's CPU Adam (DeepSpeedCPUAdam, its AVX kernels; adamw_mode for AdamW) on fp32
+    torch tensors of the layout. ImportError where DeepSpeed is not installed (its CPU op is
+    compiled on first use: ``DS_BUILD_OPS=0 pip install deepspeed``, ninja)."""
+    import torch
+    from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+    if data.half:
+        raise ValueError("DeepSpeedCPUAdam is benchmarked on float32 params only")
+    params = [torch.from_numpy(v).clone() for v in layout.views(data.params32)]
+    for p, g in zip(params, layout.views(data.grads)):
+        p.grad = torch.from_numpy(g).clone()
+    h = spec.hypers
+    opt = DeepSpeedCPUAdam(params, lr=h["lr"], betas=h["betas"], eps=h["eps"], weight_decay=h["weight_decay"],
+                           adamw_mode=spec.name == "adamw")
+    return Runner(opt.step, lambda: torch.cat([p.reshape(-1) for p in params]).numpy())
+
+
 @dataclass(frozen=True)
 class Impl:
     name: str
     build: Callable[[OptimizerSpec, Layout, Data], Runner]
     needs_torch: bool = False
+    optimizers: tuple[str, ...] = ()  # those it has (empty: every one torch.optim has, or all)
 
 
 def _torch_impl(name: str, **variant: Any) -> Impl:
@@ -139,6 +158,7 @@ IMPLS: tuple[Impl, ...] = (
     _torch_impl("torch-fused", fused=True),
     _torch_impl("torch-foreach", foreach=True),
     _torch_impl("torch-forloop", foreach=False),
+    Impl("deepspeed-cpuadam", build_deepspeed, needs_torch=True, optimizers=("adam", "adamw")),
     Impl("numpy", build_numpy),
 )
 

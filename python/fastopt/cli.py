@@ -72,6 +72,8 @@ implementation starts from fresh copies of the same values and takes the same st
   torch-fused    torch.optim, fused=True       (when torch is importable and --no-torch
   torch-foreach  torch.optim, foreach=True      is not given; a variant that raises is
   torch-forloop  torch.optim, foreach=False     shown as n/a with the reason)
+  deepspeed-cpuadam  DeepSpeed's DeepSpeedCPUAdam (Adam, AdamW; fp32; n/a with the reason where
+                 deepspeed is not importable: DS_BUILD_OPS=0 pip install deepspeed)
   numpy          a naive in-place NumPy step (ufuncs with out=, one tensor at a time)
 
 For float16/bfloat16 params the grads are float32 and every implementation keeps fp32
