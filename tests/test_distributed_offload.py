@@ -131,3 +131,38 @@ def test_gpu_params_stepped_on_the_host_have_the_cpu_bits(case):
     torch.cuda.synchronize()
     for a, b in zip(params, ref):
         assert torch.equal(a.detach().cpu(), b.detach())
+
+
+def test_params_written_between_steps_are_taken_as_written():
+    """A module's load_state_dict (an in-place write) between steps: the host copy and the fp32
+    master follow the param, as in fastopt.torch."""
+    for name, kw, dtype in (CASES["bf16_master"], CASES["adamw"], CASES["bf16_remainder_8bit"]):
+        ref, params = params_of(dtype), params_of(dtype)
+        plain = getattr(fastopt.torch, name)(ref, **kw)
+        opt = OffloadOptimizer(params, getattr(fastopt.torch, name), bucket_numel=BUCKET, **kw)
+        for o, ps in ((plain, ref), (opt, params)):
+            run(o, ps, dtype, 0, 5)
+            with torch.no_grad():
+                for p in ps:
+                    p.fill_(0.5)
+            run(o, ps, dtype, 5, 10)
+        assert all(torch.equal(a.detach(), b.detach()) for a, b in zip(params, ref)), kw
+
+
+def test_a_bad_hyperparameter_writes_nothing():
+    params = [torch.nn.Parameter(torch.ones(10)) for _ in range(3)]
+    opt = OffloadOptimizer([{"params": params[:1]}, {"params": params[1:]}], fastopt.torch.AdamW, lr=1e-2,
+                           bucket_numel=1)
+    for p in params:
+        p.grad = torch.ones(10)
+    opt.step()
+    before = [p.detach().clone() for p in params]
+    opt.param_groups[1]["lr"] = -1.0
+    with pytest.raises(ValueError, match="param group 1: .*lr"):
+        opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(params, before))
+    assert [int(st["step"]) for st in opt.state_dict()["state"].values()] == [1, 1, 1]
+    with pytest.raises(ValueError, match="the checkpoint lacks state"):
+        opt.load_state_dict({"param_groups": opt.state_dict()["param_groups"]})
+    with pytest.raises(TypeError, match="param 0: dtype torch.float64"):
+        OffloadOptimizer([torch.nn.Parameter(torch.ones(3, dtype=torch.float64))], fastopt.AdamW)

@@ -37,7 +37,9 @@ CASES = {
     "clip_skip": ("AdamW", dict(lr=1e-2, max_grad_norm=0.05, skip_nonfinite=True), torch.float32, "rank0"),
     "reduced_8bit": ("AdamW", dict(lr=1e-2, state_precision="8bit"), torch.float32, "reduced"),
     "mean": ("AdamW", dict(lr=1e-2), torch.float32, "mean"),
+    "written": ("AdamW", dict(lr=1e-2, master_weights=True), torch.bfloat16, "rank0"),  # params written at WRITE_AT
 }
+WRITE_AT = 10  # the "written" case halves its params in place here (as a module's load_state_dict writes them)
 CHECKPOINTED = ("AdamW", dict(lr=1e-2, state_precision="8bit", master_weights=True), torch.bfloat16)
 
 
@@ -54,13 +56,23 @@ def grads_at(step: int, dtype: torch.dtype, nan: bool = False) -> list[torch.Ten
     return grads
 
 
-def reference(name: str, dtype: torch.dtype, kw: dict, first: int = 0, last: int = STEPS, params=None, state=None):
+def write_params(params, step: int) -> None:
+    if step == WRITE_AT:
+        with torch.no_grad():
+            for p in params:
+                p.mul_(0.5)
+
+
+def reference(name: str, dtype: torch.dtype, kw: dict, first: int = 0, last: int = STEPS, params=None, state=None,
+              written: bool = False):
     """The non-distributed fastopt.torch optimizer's params after steps [first, last)."""
     params = params or initial_params(dtype)
     opt = getattr(fastopt.torch, name)(params, **kw)
     if state is not None:
         opt.load_state_dict(state)
     for t in range(first, last):
+        if written:
+            write_params(params, t)
         for p, g in zip(params, grads_at(t, dtype, "skip_nonfinite" in kw)):
             p.grad = g
         opt.step()
@@ -84,6 +96,8 @@ def _run_cases(rank: int, world: int, out: dict) -> None:
         opt = ZeroOptimizer(params, getattr(fastopt.torch, name), **_zero_kwargs(kw, feed))
         skipped = []
         for t in range(STEPS):
+            if case == "written":
+                write_params(params, t)
             _feed(params, t, dtype, feed, rank, world, "skip_nonfinite" in kw)
             opt.step()
             skipped.append(opt.last_step.skipped)
@@ -159,6 +173,29 @@ def _run_errors(rank: int, world: int, out: dict) -> None:
         opt.step()
     except ValueError as e:
         errors["sparse"] = str(e)
+    params[2].grad = torch.zeros(SHAPES[2])
+    opt.param_groups[0]["lr"] = -1.0  # (a scheduler's, on every rank: every rank refuses it, the owners or not)
+    before = [p.detach().clone() for p in params]
+    try:
+        opt.step()
+    except ValueError as e:
+        errors["lr"] = str(e)
+    errors["unchanged_lr"] = all(torch.equal(a, b) for a, b in zip(params, before))
+    opt.param_groups[0]["lr"] = 1e-2
+    shard = opt.state_dict()
+    try:
+        opt.load_state_dict({"param_groups": shard["param_groups"], "zero": {"world_size": world}, "steps": [],
+                             "pieces": {}} if rank == world - 1 else shard)
+    except ValueError as e:
+        errors["malformed"] = str(e)
+    try:
+        ZeroOptimizer(initial_params(torch.float32), fastopt.torch.AdamW, **({"bogus": 1} if rank == world - 1 else {}))
+    except TypeError as e:
+        errors["unknown_hyper"] = str(e)
+    try:
+        ZeroOptimizer(initial_params(torch.float32), fastopt.torch.AdamW, lr=1e-3 * (rank + 1))
+    except ValueError as e:
+        errors["setup"] = str(e)
     shapes = [(5, 5)] if rank == world - 1 else [(5, 4)]
     try:
         ZeroOptimizer([torch.nn.Parameter(torch.zeros(s)) for s in shapes], fastopt.torch.AdamW)
@@ -211,7 +248,7 @@ def runs(tmp_path_factory) -> dict[int, list[dict]]:
 
 @pytest.fixture(scope="module")
 def references() -> dict[str, list[torch.Tensor]]:
-    return {case: reference(name, dtype, kw) for case, (name, kw, dtype, _) in CASES.items()}
+    return {case: reference(name, dtype, kw, written=case == "written") for case, (name, kw, dtype, _) in CASES.items()}
 
 
 def test_the_params_are_cut_across_ranks():
@@ -279,9 +316,16 @@ def test_a_bad_input_on_one_rank_raises_the_same_error_on_every_rank(runs, world
                        ("dtype", "ZeroOptimizer: rank 0: param 0: dtype torch.float64")]:
         assert all(e[kind].startswith(text) for e in errors), (kind, [e[kind] for e in errors])
         assert len({e[kind] for e in errors}) == 1
-    assert all(e["unchanged"] for e in errors)
+    assert all(e["unchanged"] and e["unchanged_lr"] for e in errors)
+    for kind, text in [("lr", "ZeroOptimizer.step: rank 0: param group 0: "),
+                       ("malformed", f"ZeroOptimizer.load_state_dict: rank {last}: "),
+                       ("unknown_hyper", f"ZeroOptimizer: rank {last}: ZeroOptimizer(AdamW) got an unknown "
+                                         "hyperparameter 'bogus'")]:
+        assert all(e[kind].startswith(text) for e in errors), (kind, [e[kind] for e in errors])
+        assert len({e[kind] for e in errors}) == 1
     if world > 1:
-        assert all(e["layout"] == f"ZeroOptimizer: rank {last} has other params (groups, shapes or dtypes) than rank 0"
-                   for e in errors)
+        for kind in ("layout", "setup"):
+            assert all(e[kind] == f"ZeroOptimizer: rank {last if kind == 'layout' else 1} has other params (groups, "
+                                  "shapes or dtypes), hyperparameters or options than rank 0" for e in errors)
     else:
-        assert "layout" not in errors[0]
+        assert "layout" not in errors[0] and "setup" not in errors[0]

@@ -231,14 +231,18 @@ def format_distributed_table(report: dict[str, Any]) -> str:
                 f"state on the host); median of {cfg['repeats']}, interleaved")
     ms = {r["impl"]: r["ms"] for r in report["rows"]}
     rows = []
-    pairs = dict((b, a) for a, b in ZERO_PAIRS) if report["kind"] == "distributed" else {}
+    pairs = {b: a for a, b in ZERO_PAIRS}
     for r in report["rows"]:
         name = r["impl"]
+        if report["kind"] == "distributed":  # (rows compared in pairs: each torch row with fastopt's above it)
+            group, ours = ("reduce, step, gather" if name in ZERO_PAIRS[0] else "step, gather"), ms.get(pairs.get(name))
+        else:
+            group = "CPU step alone" if "alone" in name or name.startswith("DeepSpeed") else "offload step"
+            ours = ms.get("fastopt AdamW (CPU step alone)") if group == "CPU step alone" else None
         if r["ms"] is None:
-            rows.append([name, "n/a", r.get("note", "")])
-            continue
-        ours = ms.get(pairs.get(name)) if report["kind"] == "distributed" else \
-            ms.get("fastopt AdamW (CPU step alone)") if "alone" in name and not name.startswith("fastopt") else None
-        rows.append([name, f"{r['ms']:.2f}", f"{r['ms'] / ours:.2f}x" if ours else ""])
+            rows.append([group, name, "n/a", r.get("note", "")])
+        else:
+            speed = r["ms"] / ours if ours and not name.startswith("fastopt") else None
+            rows.append([group, name, f"{r['ms']:.2f}", f"{speed:.2f}x" if speed else ""])
     env = f"fastopt {report['fastopt']} ({report['cpu_isa']}), torch {report['torch']}, {report['cpus']} CPUs"
-    return "\n".join([head, env, *aligned_lines(["impl", "ms/step", "fastopt faster"], rows, 1)])
+    return "\n".join([head, env, *aligned_lines(["", "impl", "ms/step", "fastopt faster"], rows, 2)])

@@ -21,8 +21,8 @@ def comm_device(group: Any) -> torch.device:
 class Agreement:
     """``agree(what, fn, *args)``: ``fn(*args)`` on every rank of ``group``; when it raised on any
     rank, every rank raises the error of the first rank that failed, as ``"<what>: rank <r>:
-    <message>"`` (TypeError, ValueError, NotImplementedError or RuntimeError). One small
-    all-reduce when every rank passed."""
+    <message>"`` (TypeError, ValueError, NotImplementedError, or RuntimeError naming any other
+    exception). One small all-reduce when every rank passed."""
 
     def __init__(self, group: Any):
         self._group = group
@@ -32,8 +32,9 @@ class Agreement:
         error, out = None, None
         try:
             out = fn(*args)
-        except tuple(_KINDS.values()) as e:
-            error = (type(e).__name__ if type(e).__name__ in _KINDS else "RuntimeError", str(e))
+        except Exception as e:  # (any: a rank that raised alone would leave the others waiting)
+            kind = next((k for k in _KINDS.values() if isinstance(e, k)), None)
+            error = (kind.__name__, str(e)) if kind else ("RuntimeError", f"{type(e).__name__}: {e}")
         failed = torch.tensor([error is not None], dtype=torch.int32, device=self._device)
         dist.all_reduce(failed, op=dist.ReduceOp.MAX, group=self._group)
         if failed.item():

@@ -53,8 +53,10 @@ class OffloadOptimizer(PieceOptimizer):
     """A fastopt optimizer stepping GPU params on the CPU, as a ``torch.optim.Optimizer``.
 
     The params (and their grads) stay where they are, in their dtype (bfloat16, float16 or
-    float32); each param's ``.data`` becomes a view of a flat buffer per bucket (runs of whole
-    params of one dtype, about ``bucket_numel`` elements each). The fp32 master
+    float32); each param's memory moves into a flat buffer per bucket (runs of whole params of
+    one dtype, about ``bucket_numel`` elements each). A param written in place between steps (a
+    module's load_state_dict, an init) is taken as written: its host copy and fp32 master are
+    taken from it again (as fastopt.torch does). The fp32 master
     (``master_weights``) and the optimizer state live in host memory, the only copy of them; a
     copy of each bucket's params and grads sits in pinned host memory. A step:
 
@@ -109,19 +111,16 @@ class OffloadOptimizer(PieceOptimizer):
         self._buckets = self._plan(bucket_numel)
         self._streams = (torch.cuda.Stream(self._device), torch.cuda.Stream(self._device)) \
             if self._device.type == "cuda" else None
-        with torch.no_grad():
-            for b in self._buckets:
-                for piece in b.pieces:
-                    p = self._params[piece.param]
-                    view = b.view(b.param, piece, p.shape)
-                    view.copy_(p)
-                    p.data = view
-                b.host_param.copy_(b.param)
         self._views = [None] * len(self._params)
+        self._bucket_of = {}
         for b in self._buckets:
             for piece in b.pieces:
-                self._views[piece.param] = (b.view(b.grad, piece, self._params[piece.param].shape),
-                                            self._params[piece.param].data_ptr())
+                p = self._params[piece.param]
+                self._adopt(p, b.param, piece.offset)
+                self._views[piece.param] = (b.view(b.grad, piece, p.shape), p.data_ptr())
+                self._bucket_of[piece.param] = (b, piece)
+            b.host_param.copy_(b.param)
+        self._versions = [p._version for p in self._params]
         self._steps = [0] * len(self.param_groups)
         self._bind({})
 
@@ -144,7 +143,7 @@ class OffloadOptimizer(PieceOptimizer):
     def _bind(self, states: Mapping[tuple[int, int], dict[str, Any]]) -> None:
         """Binds one fastopt optimizer per bucket over its host copies, adopting ``states``
         (by (param, 0))."""
-        self._local, self._piece_states = [], []
+        self._local, self._local_params, self._piece_states = [], [], []
         for b in self._buckets:
             b.order, groups = self._inner_groups([(pc, b.view(b.host_param, pc), b.view(b.host_grad, pc))
                                                   for pc in b.pieces])
@@ -154,6 +153,7 @@ class OffloadOptimizer(PieceOptimizer):
                 groups, piece_states, clip_value=self._options["clip_value"], seed=self._seed_used())
             b.inner._start_at([self._steps[j] for j in b.order])
             self._local += local
+            self._local_params += [a for g in groups for a in g["params"]]
             self._piece_states += piece_states
         self._snapshot: dict = {}
 
@@ -161,8 +161,8 @@ class OffloadOptimizer(PieceOptimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One offloaded step (see the class); returns ``closure()``'s loss where given (run
-        first, with grad enabled). ValueError where a param has no grad or a malformed one, or
-        was moved (nothing is written)."""
+        first, with grad enabled). ValueError/TypeError where a param has no grad or a malformed
+        one, was moved, or a group's hyperparameters cannot be taken (nothing is written)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -170,8 +170,15 @@ class OffloadOptimizer(PieceOptimizer):
         alone(self._busy, "OffloadOptimizer.step", self._step)
         return loss
 
+    def _written(self, i: int) -> None:
+        b, piece = self._bucket_of[i]
+        b.view(b.host_param, piece).copy_(self._params[i].reshape(-1))  # (then its master, from it)
+        super()._written(i)
+
     def _step(self) -> None:
+        self._check_hypers()
         take_grads(self._params, self._views, "OffloadOptimizer")
+        self._refresh_written()
         self._to_host()
         norm, factor, skip = None, None, False
         if self._max_grad_norm or self._skip_nonfinite:

@@ -53,6 +53,9 @@ class PieceOptimizer(torch.optim.Optimizer):
 
     def _check_params(self) -> None:
         """ValueError/TypeError for groups and params fastopt cannot step together."""
+        for i, p in enumerate(self._params):
+            if p.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+                raise TypeError(f"param {i}: dtype {p.dtype}; fastopt steps float32, float16 and bfloat16 params")
         for j, g in enumerate(self.param_groups):
             self._check_group(g, sum(len(h["params"]) for h in self.param_groups[:j]))
         if not self._params:
@@ -63,6 +66,43 @@ class PieceOptimizer(torch.optim.Optimizer):
                              f"{type(self).__name__} needs one")
         if len({id(p) for p in self._params}) != len(self._params):
             raise ValueError("a param appears twice")
+
+    def _check_hypers(self) -> None:
+        """ValueError/TypeError, naming the group, for hyperparameters set in param_groups (by a
+        scheduler, by hand) that a step cannot take: checked before anything is written."""
+        for j, g in enumerate(self.param_groups):
+            try:
+                self.fastopt_class._hyper_at(self._hypers(g), self._steps[j])
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"param group {j}: {e}") from None
+
+    def _adopt(self, p: torch.Tensor, flat: torch.Tensor, offset: int) -> None:
+        """Makes param ``p`` live in ``flat`` from element ``offset`` (its values copied there): the
+        same storage, but its own version counter, which only writes through ``p`` advance (a
+        module's load_state_dict, an init): see _refresh_written."""
+        with torch.no_grad():
+            flat[offset:offset + p.numel()].copy_(p.reshape(-1))
+            p.set_(flat.untyped_storage(), flat.storage_offset() + offset, p.shape, torch.empty(p.shape).stride())
+
+    def _refresh_written(self) -> None:
+        """Params written through since the last step (a module's load_state_dict, an init, ``copy_``)
+        have their fp32 value taken from them again, in this process's pieces: the master copied
+        from the param, a remainder or a Kahan compensation zeroed (they belong to its old value),
+        as fastopt.torch does."""
+        for i, p in enumerate(self._params):
+            if p._version != self._versions[i]:
+                self._written(i)
+                self._versions[i] = p._version
+
+    def _written(self, i: int) -> None:
+        """Param i was written through: its pieces here take their fp32 value from it."""
+        for k, piece in enumerate(self._local):
+            if piece.param == i:
+                for name, kept in self._piece_states[k].items():
+                    if name == "master_param":
+                        kept.copy_(self._local_params[k])
+                    elif name in _torch._KEPT:
+                        kept.zero_()
 
     def _inner_groups(self, pieces: list[tuple[Piece, Any, Any]]) -> tuple[list[int], list[dict[str, Any]]]:
         """The fastopt param groups over (piece, param array, grad array): one per param group
@@ -137,6 +177,19 @@ class PieceOptimizer(torch.optim.Optimizer):
         """Validates a checkpoint in ``fastopt.torch``'s format (``_sharded`` may take others);
         returns what commits it: hyperparameters (the storage modes stay this optimizer's), step
         counts, seed and the pieces' state, bound afresh."""
+        if not isinstance(sd, Mapping):
+            raise ValueError(f"a checkpoint is a mapping, got {type(sd).__name__} (consolidated_state_dict(to=r) "
+                             "returns None but on rank r: load the saved file on every rank, or use to=None)")
+        missing = [k for k in ("param_groups", *(("zero", "steps", "pieces") if "zero" in sd else ("state",)))
+                   if k not in sd]
+        if missing:
+            raise ValueError(f"the checkpoint lacks {', '.join(missing)}")
+        try:
+            return self._validated(sd)
+        except (KeyError, IndexError, AttributeError, TypeError) as e:
+            raise ValueError(f"a malformed checkpoint ({type(e).__name__}: {e})") from None
+
+    def _validated(self, sd: Mapping[str, Any]) -> Callable[[], None]:
         groups = sd["param_groups"]
         if len(groups) != len(self.param_groups) or any(
                 len(g["params"]) != len(own["params"]) for g, own in zip(groups, self.param_groups)):
@@ -155,6 +208,7 @@ class PieceOptimizer(torch.optim.Optimizer):
             self._options["seed"] = seed
             self._steps = steps
             self._bind(states)
+            self._versions = [p._version for p in self._params]  # (the loaded fp32 values hold)
         return commit
 
     def _sharded(self, sd: Mapping[str, Any]) -> tuple[list[int], dict] | None:

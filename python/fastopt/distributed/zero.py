@@ -28,14 +28,16 @@ class ZeroOptimizer(PieceOptimizer):
     """A fastopt optimizer sharded over the ranks of a torch.distributed process group (ZeRO
     stage 1: optimizer state partitioning), as a ``torch.optim.Optimizer``.
 
-    The params are gathered into one flat buffer per dtype (each param's ``.data`` becomes a
-    view of it: keep using the model as is) and cut into pieces of at most 131072 elements
+    The params are gathered into one flat buffer per dtype (each param's memory moves into
+    it: keep using the model as is; a param written in place between steps, by a module's
+    load_state_dict or an init, is taken as written, its fp32 master from it as fastopt.torch
+    does) and cut into pieces of at most 131072 elements
     (fastopt's reduction super-blocks); each rank owns a balanced, contiguous run of pieces of
     each buffer, with their optimizer state and fp32 master (``master_weights``), and nothing
     of the others. A step:
 
-    1. checks every rank's grads (a rank with a bad input raises the same error on every rank:
-       none is left waiting in a collective) and copies them into the flat grad buffer (no copy
+    1. checks every rank's grads and hyperparameters (a rank with a bad input raises the same
+       error on every rank: none is left waiting in a collective) and copies the grads into the flat grad buffer (no copy
        where ``p.grad`` is already its view: after the first step, until ``zero_grad()`` sets
        the grads to None);
     2. reduces each rank's shard of the grads to it (sum, then scaled by 1 / world size with
@@ -51,14 +53,18 @@ class ZeroOptimizer(PieceOptimizer):
        ratio of a param cut across ranks is the whole param's;
     5. each rank broadcasts its updated shard into every rank's params.
 
-    With the same grads on every rank, the params after any number of steps have the same bits
+    Where the reduced grads have the same bits as the non-distributed optimizer's (grads
+    already reduced, or summed exactly), the params after any number of steps have the same bits
     for any world size and as the non-distributed fastopt optimizer (``fastopt.torch``), but for
-    stochastic rounding (its random bits are drawn per piece).
+    stochastic rounding (its random bits are drawn per piece). (A mean of ranks' grads is their
+    sum times float32(1 / world size): at world sizes that are not powers of two it rounds.)
 
     Args:
         params: an iterable of tensors or of param-group dicts (float32, float16 or bfloat16
-            params, all on one device: CPU with gloo, CUDA with NCCL). The same shapes, dtypes
-            and groups on every rank. Every param must have a grad at every step.
+            params, all on one device: CPU with gloo, CUDA with NCCL). The same shapes, dtypes,
+            groups, hyperparameters and options on every rank (ValueError on every rank
+            otherwise). Every param must have a grad at every step: leave frozen params out
+            (``[p for p in model.parameters() if p.requires_grad]``).
         optimizer_class: the fastopt optimizer to shard (``fastopt.AdamW`` or
             ``fastopt.torch.AdamW``, ...).
         process_group: the torch.distributed group (default: the default group).
@@ -80,26 +86,30 @@ class ZeroOptimizer(PieceOptimizer):
                  grads_reduced: bool = False, average_grads: bool = True, master_weights: bool | str = False,
                  state_precision: str = "float32", seed: int = 0, max_grad_norm: float | None = None,
                  clip_value: float | None = None, skip_nonfinite: bool = False, **hypers: Any):
-        super().__init__(params, optimizer_class, hypers, master_weights, state_precision)
         self._group = process_group
         self._agree = Agreement(process_group)
         self._world = dist.get_world_size(process_group)
         self._rank = dist.get_rank(process_group)
-        self._grads_reduced = bool(grads_reduced)
-        self._average = bool(average_grads)
-        self._options = {"seed": check_seed(seed), "clip_value": clip_value}
-        self._max_grad_norm = max_grad_norm
-        self._skip_nonfinite = bool(skip_nonfinite)
-        self._sums = _core.num_sums[self.fastopt_class.rule]
+
+        def construct() -> None:  # (every check that may fail on one rank only, agreed)
+            PieceOptimizer.__init__(self, params, optimizer_class, hypers, master_weights, state_precision)
+            self._grads_reduced = bool(grads_reduced)
+            self._average = bool(average_grads)
+            self._options = {"seed": check_seed(seed), "clip_value": clip_value}
+            self._max_grad_norm = max_grad_norm
+            self._skip_nonfinite = bool(skip_nonfinite)
+            self._sums = _core.num_sums[self.fastopt_class.rule]
+            self._check()
+        self._agree("ZeroOptimizer", construct)
         self._busy = threading.Lock()
         self.last_step: StepResult | None = None
-        self._state_device = self._params[0].device if self._params else None
-        self._agree("ZeroOptimizer", self._check)
-        layouts = [None] * self._world
-        dist.all_gather_object(layouts, self._layout(), group=process_group)
-        for r, other in enumerate(layouts):
-            if other != layouts[0]:
-                raise ValueError(f"ZeroOptimizer: rank {r} has other params (groups, shapes or dtypes) than rank 0")
+        self._state_device = self._params[0].device
+        setups = [None] * self._world
+        dist.all_gather_object(setups, self._setup(), group=process_group)
+        for r, other in enumerate(setups):
+            if other != setups[0]:
+                raise ValueError(f"ZeroOptimizer: rank {r} has other params (groups, shapes or dtypes), "
+                                 f"hyperparameters or options than rank 0")
         self._buckets = plan([tuple(p.shape) for p in self._params], [str(p.dtype)[6:] for p in self._params],
                              self._world)
         self._flatten()
@@ -110,36 +120,37 @@ class ZeroOptimizer(PieceOptimizer):
     def _layout(self) -> list:
         return [(j, tuple(p.shape), str(p.dtype)) for j, g in enumerate(self.param_groups) for p in g["params"]]
 
+    def _setup(self) -> str:
+        """What every rank must have alike: the layout, the groups' hyperparameters and the options."""
+        groups = [{k: v for k, v in g.items() if k != "params"} for g in self.param_groups]
+        options = (self._options, self._max_grad_norm, self._skip_nonfinite, self._average, self._grads_reduced)
+        return repr((self._layout(), groups, options))
+
     def _check(self) -> None:
         """The checks every rank must pass before anything is allocated or moved."""
         if self._max_grad_norm is not None and not 0 <= self._max_grad_norm < float("inf"):
             raise ValueError(f"max_grad_norm must be finite and >= 0, got {self._max_grad_norm}")
         self._check_params()
-        for i, p in enumerate(self._params):
-            if p.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-                raise TypeError(f"param {i}: dtype {p.dtype}; fastopt steps float32, float16 and bfloat16 params")
         if self._params[0].is_cuda and (self._max_grad_norm or self._skip_nonfinite or self._sums):
             raise NotImplementedError("on CUDA params, ZeroOptimizer cannot yet clip by global norm, skip non-finite "
                                       f"steps or run {self.fastopt_class.__name__} (a two-pass rule)")
 
     def _flatten(self) -> None:
-        """One flat param buffer and one flat grad buffer per bucket; every param becomes a view
-        of its buffer (its values copied in)."""
+        """One flat param buffer and one flat grad buffer per bucket; every param lives in its
+        buffer (its values copied in)."""
         self._flat, self._flat_grads, self._views = [], [], [None] * len(self._params)
         device = self._params[0].device
-        with torch.no_grad():
-            for b in self._buckets:
-                dtype = getattr(torch, b.dtype)
-                flat = torch.empty(b.numel, dtype=dtype, device=device)
-                grads = torch.zeros(b.numel, dtype=dtype, device=device)
-                for i, at in zip(b.params, b.offsets):
-                    p = self._params[i]
-                    view = flat[at:at + p.numel()].view(p.shape)
-                    view.copy_(p)
-                    p.data = view
-                    self._views[i] = (grads[at:at + p.numel()].view(p.shape), p.data_ptr())
-                self._flat.append(flat)
-                self._flat_grads.append(grads)
+        for b in self._buckets:
+            dtype = getattr(torch, b.dtype)
+            flat = torch.empty(b.numel, dtype=dtype, device=device)
+            grads = torch.zeros(b.numel, dtype=dtype, device=device)
+            for i, at in zip(b.params, b.offsets):
+                p = self._params[i]
+                self._adopt(p, flat, at)
+                self._views[i] = (grads[at:at + p.numel()].view(p.shape), p.data_ptr())
+            self._flat.append(flat)
+            self._flat_grads.append(grads)
+        self._versions = [p._version for p in self._params]
 
     def _owned(self) -> list[tuple[int, Piece]]:
         """This rank's pieces: (bucket index, piece), by bucket, in bucket order."""
@@ -154,6 +165,7 @@ class ZeroOptimizer(PieceOptimizer):
             [(p, self._flat[k][p.offset:p.offset + p.numel], self._flat_grads[k][p.offset:p.offset + p.numel])
              for k, p in owned])
         self._local = [p for j in self._inner_order for _, p in owned if self._group_of[p.param] == j]
+        self._local_params = [a for g in groups for a in g["params"]]
         self._piece_states = [dict(states.get((p.param, p.start), {})) for p in self._local]
         self._inner = None
         if groups:
@@ -185,7 +197,8 @@ class ZeroOptimizer(PieceOptimizer):
         return loss
 
     def _step(self) -> None:
-        self._agree("ZeroOptimizer.step", take_grads, self._params, self._views, "ZeroOptimizer")
+        self._agree("ZeroOptimizer.step", self._take_inputs)
+        self._refresh_written()
         if not self._grads_reduced:
             self._exchange(dist.reduce)
         inv = float(np.float32(1.0 / self._world)) if self._average and not self._grads_reduced else 1.0
@@ -207,6 +220,10 @@ class ZeroOptimizer(PieceOptimizer):
         self._steps = [s + 1 for s in self._steps]
         self._exchange(dist.broadcast)
         self.last_step = StepResult(norm, False, None)
+
+    def _take_inputs(self) -> None:
+        self._check_hypers()
+        take_grads(self._params, self._views, "ZeroOptimizer")
 
     def _exchange(self, op: Callable[..., Any]) -> None:
         """``dist.reduce`` of each rank's shard of the grads to it, or ``dist.broadcast`` of each
