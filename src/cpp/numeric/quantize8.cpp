@@ -29,7 +29,7 @@ Tables build(bool is_signed) {
   }
   t.one = n - 1;
   const int u = is_signed ? 0 : 1;  // the unsigned map has twice the fractions per decade
-  for (int i = 0; i < kSlots - 1; ++i) {
+  for (int i = 0; i < kSlots - 2; ++i) {  // the decades
     const int first = (1 << (i + u)) - u, count = 1 << (i + u);
     double decade = 1.0;
     for (int k = i; k < 6; ++k) decade /= 10.0;
@@ -44,7 +44,8 @@ Tables build(bool is_signed) {
     t.scale[1] = float(1.0 / (0.1e-6 + 0.9e-6 / 2));  // (its two fractions' midpoint)
     t.shift[1] = 1.0f;
   }
-  t.top = round_down((mags[t.one - 1] + mags[t.one]) / 2);
+  t.lower[8] = round_down((mags[t.one - 1] + mags[t.one]) / 2);
+  t.scale[8] = 1.0f, t.shift[8] = t.last[8] = float(t.one);
   for (int e = 0; e < 32; ++e) {  // (binade 0 holds everything below 2^-30, zero too)
     const double low = e ? std::ldexp(1.0, e - 31) : 0.0, high = std::ldexp(1.0, e - 30);
     t.binade_bound[e] = INFINITY;

@@ -52,10 +52,10 @@ inline void dynamic_map(bool is_signed, float (&out)[kMapSize]) {
 
 // Quantization by arithmetic (no table lookup per element: the vector lanes in simd_*.h compute
 // the same float32 operations). A magnitude a = |y| takes a slot: 0 for zero, 1 + i for
-// decade i, counted as the slot bounds below it (`lower`: the exact midpoints between the last
-// value of one slot and the first of the next, rounded down, so that `a > lower` says a is
-// nearer the next, ties toward zero); above the midpoint between the largest fraction and 1
-// (`top`), it is 1. In decade
+// decade i and 8 for one (above the midpoint between the largest fraction and 1), counted as
+// the slot bounds below it (`lower`: the exact midpoints between the last value of one slot and
+// the first of the next, rounded down, so that `a > lower` says a is nearer the next, ties
+// toward zero). In decade
 // i the magnitude code is floor(fma(a, scale, shift)), which steps where a crosses the
 // midpoints of the fractions (scale = 1 / their spacing, shift the code offset), at most the
 // decade's last code (from its slot bound on, the formula is at least its first code + 1/5):
@@ -66,18 +66,18 @@ inline void dynamic_map(bool is_signed, float (&out)[kMapSize]) {
 // moment that is not would turn Adam's m / (sqrt(v) + eps) into m / eps.
 // Codes: unsigned, the magnitude code (0: zero, 255: one); signed, 127 + it for y >= 0 and
 // 127 - it below (no -1: the largest negative magnitude stops at 127).
-constexpr int kSlots = 8;  // zero and the 7 decades
+constexpr int kSlots = 9;  // zero, the 7 decades, one
 
 struct Tables {
   float map[kMapSize];  // code -> value, ascending
   uint8_t map_bytes[4][kMapSize];  // byte b of each value (little-endian): AVX-512 VBMI lookups
   bool is_signed;
   float lower[kSlots];  // slot s >= 1 starts at lower[s] (lower[0] = 0)
-  float top;            // magnitudes from here on are 1
+  // (one's slot: scale 1 and shift one, capped by last = one; not scale 0, which takes an inf to NaN)
   float scale[kSlots], shift[kSlots];
   float last[kSlots];  // the largest magnitude code of each slot
-  int32_t one;                        // the magnitude code of 1 (128 signed, 255 unsigned)
-  // The slot count by binary exponent (AVX-512: one lookup for the seven compares): for
+  int32_t one;         // the magnitude code of 1 (128 signed, 255 unsigned)
+  // The slot count by binary exponent (AVX-512: one lookup for the eight compares): for
   // magnitudes in [2^(e - 31), 2^(e - 30)) (e clamped to 0 .. 31), the slot bounds below the
   // binade, and the one inside it (+inf for none; no binade holds two).
   int32_t binade_slot[32];
@@ -102,7 +102,6 @@ FASTOPT_HD uint8_t quantize(float y, const Tables& t) {
   for (int j = 1; j < kSlots; ++j) s += a > t.lower[j] ? 1 : 0;
   // (>= 0: the conversion's truncation is the floor; vmin takes `last` for a NaN)
   int32_t m = int32_t(vmin(vfma(a, t.scale[s], t.shift[s]), t.last[s]));
-  if (a > t.top) m = t.one;
   if (!t.is_signed) return uint8_t(m);
   return uint8_t(float_bits(y) >> 31 ? 127 - (m < 127 ? m : 127) : 127 + m);
 }

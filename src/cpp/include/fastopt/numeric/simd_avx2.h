@@ -104,24 +104,26 @@ FASTOPT_HD VecAvx2 load_q8(const uint8_t* codes, const quant::Tables& t, VecAvx2
   const __m256i c = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes)));
   return _mm256_mul_ps(_mm256_i32gather_ps(t.map, c, 4), absmax.v);
 }
-// The quantizer's tables in registers, for a block's worth of store_q8.
+// The quantizer's tables in registers, for a block's worth of store_q8. A permute holds 8
+// slots: one's (the last) is a blend.
+constexpr int kSlotsAvx2 = quant::kSlots - 1;
 struct QuantizerAvx2 {
-  __m256 lower[quant::kSlots], scale, shift, last, top;
+  __m256 lower[kSlotsAvx2], scale, shift, last, top;
   __m256i one;
   bool is_signed;
 };
 inline QuantizerAvx2 quantizer(const quant::Tables& t, Lane<VecAvx2>) {
   QuantizerAvx2 q;
-  for (int j = 1; j < quant::kSlots; ++j) q.lower[j] = _mm256_set1_ps(t.lower[j]);
+  for (int j = 1; j < kSlotsAvx2; ++j) q.lower[j] = _mm256_set1_ps(t.lower[j]);
   q.scale = _mm256_loadu_ps(t.scale), q.shift = _mm256_loadu_ps(t.shift);
   q.last = _mm256_loadu_ps(t.last);
-  q.top = _mm256_set1_ps(t.top), q.one = _mm256_set1_epi32(t.one), q.is_signed = t.is_signed;
+  q.top = _mm256_set1_ps(t.lower[kSlotsAvx2]), q.one = _mm256_set1_epi32(t.one), q.is_signed = t.is_signed;
   return q;
 }
 FASTOPT_HD void store_q8(uint8_t* codes, VecAvx2 y, const QuantizerAvx2& q) {
   const __m256 a = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), y.v);
   __m256i s = _mm256_setzero_si256();
-  for (int j = 1; j < quant::kSlots; ++j) {  // (a true compare is -1)
+  for (int j = 1; j < kSlotsAvx2; ++j) {  // (a true compare is -1)
     s = _mm256_sub_epi32(s, _mm256_castps_si256(_mm256_cmp_ps(a, q.lower[j], _CMP_GT_OQ)));
   }
   const __m256 v = _mm256_fmadd_ps(a, _mm256_permutevar8x32_ps(q.scale, s), _mm256_permutevar8x32_ps(q.shift, s));

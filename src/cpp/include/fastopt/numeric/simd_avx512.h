@@ -104,35 +104,41 @@ FASTOPT_HD VecAvx512 load_q8(const uint8_t* codes, const quant::Tables& t, VecAv
 }
 // The quantizer's tables in registers, for a block's worth of store_q8.
 struct QuantizerAvx512 {
-  __m512i slot_lo, slot_hi, one;
-  __m512 bound_lo, bound_hi, scale, shift, last, top;
+  __m512i slot_lo, slot_hi;
+  __m512 bound_lo, bound_hi, scale, shift, last;
   bool is_signed;
 };
 inline QuantizerAvx512 quantizer(const quant::Tables& t, Lane<VecAvx512>) {
-  const auto low8 = [](const float* x) { return _mm512_castps256_ps512(_mm256_loadu_ps(x)); };
-  return {_mm512_loadu_si512(t.binade_slot),      _mm512_loadu_si512(t.binade_slot + 16), _mm512_set1_epi32(t.one),
-          _mm512_loadu_ps(t.binade_bound),        _mm512_loadu_ps(t.binade_bound + 16),   low8(t.scale),
-          low8(t.shift),                          low8(t.last),                           _mm512_set1_ps(t.top),
-          t.is_signed};
+  constexpr __mmask16 slots = (1 << quant::kSlots) - 1;
+  return {_mm512_loadu_si512(t.binade_slot),  _mm512_loadu_si512(t.binade_slot + 16),
+          _mm512_loadu_ps(t.binade_bound),    _mm512_loadu_ps(t.binade_bound + 16),
+          _mm512_maskz_loadu_ps(slots, t.scale), _mm512_maskz_loadu_ps(slots, t.shift),
+          _mm512_maskz_loadu_ps(slots, t.last),  t.is_signed};
 }
+// quantize8.h's arithmetic with the slot from the binade tables, and without a branch for the
+// NaNs: a NaN stays NaN up to the conversion, whose 0x80000000 has the low byte 0 (0 + 127 signed):
+// zero's code, as quant::quantize gives it.
 FASTOPT_HD void store_q8(uint8_t* codes, VecAvx512 y, const QuantizerAvx512& q) {
   const __m512 a = _mm512_abs_ps(y.v);
-  // The slot: binade_slot and one compare with the binade's bound (a NaN: slot 0, as scalar).
-  __m512i e = _mm512_sub_epi32(_mm512_srli_epi32(_mm512_castps_si512(a), 23), _mm512_set1_epi32(127 - 31));
-  e = _mm512_min_epi32(_mm512_max_epi32(e, _mm512_setzero_si512()), _mm512_set1_epi32(31));
+  // The binade: the exponent less 96, saturated at 0 (an unsigned 16-bit subtraction on the
+  // exponent's half of the lane), at most 31 (inf and NaN too).
+  __m512i e = _mm512_subs_epu16(_mm512_castps_si512(a), _mm512_set1_epi32((127 - 31) << 23));
+  e = _mm512_min_epu32(_mm512_srli_epi32(e, 23), _mm512_set1_epi32(31));
   __m512i s = _mm512_permutex2var_epi32(q.slot_lo, e, q.slot_hi);
   const __m512 bound = _mm512_permutex2var_ps(q.bound_lo, e, q.bound_hi);
   s = _mm512_mask_add_epi32(s, _mm512_cmp_ps_mask(a, bound, _CMP_GT_OQ), s, _mm512_set1_epi32(1));
-  s = _mm512_maskz_mov_epi32(_mm512_cmp_ps_mask(a, a, _CMP_ORD_Q), s);
   const __m512 v = _mm512_fmadd_ps(a, _mm512_permutexvar_ps(s, q.scale), _mm512_permutexvar_ps(s, q.shift));
-  __m512i m = _mm512_cvttps_epi32(_mm512_min_ps(v, _mm512_permutexvar_ps(s, q.last)));
-  m = _mm512_mask_mov_epi32(m, _mm512_cmp_ps_mask(a, q.top, _CMP_GT_OQ), q.one);
+  __m512 m = _mm512_min_ps(_mm512_permutexvar_ps(s, q.last), v);  // (min's second operand for a NaN)
   if (q.is_signed) {
-    const __m512i c127 = _mm512_set1_epi32(127);
-    const __mmask16 neg = _mm512_cmplt_epi32_mask(_mm512_castps_si512(y.v), _mm512_setzero_si512());
-    m = _mm512_mask_sub_epi32(_mm512_add_epi32(c127, m), neg, c127, _mm512_min_epi32(m, c127));
+    // y's sign on the magnitude code, at least -127: 127 - min(m, 127) below zero, 127 + m
+    // above, by one addition (max, as min, passes a NaN through as its second operand).
+    const __m512 sign = _mm512_and_ps(y.v, _mm512_set1_ps(-0.0f));
+    m = _mm512_max_ps(_mm512_set1_ps(-127.0f), _mm512_or_ps(m, sign));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(codes),
+                     _mm512_cvtepi32_epi8(_mm512_add_epi32(_mm512_cvttps_epi32(m), _mm512_set1_epi32(127))));
+  } else {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(codes), _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(m)));
   }
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(codes), _mm512_cvtepi32_epi8(m));
 }
 
 // 8-bit state dequantized 64 codes at a time with AVX512-VBMI byte permutes (no gathers): each
