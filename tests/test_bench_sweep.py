@@ -24,14 +24,16 @@ def test_sweep_rows_and_table(capsys):
     rows = report["rows"]
     assert {(r["size"], r["layout"]) for r in rows} == {(s, layout) for s in (1024, 1537, 2048)
                                                         for layout in ("single", "multi")}
-    assert {r["impl"] for r in rows} == {"fastopt", "torch-fused", "torch-foreach", "torch-forloop"}
+    assert {r["impl"] for r in rows} == {"fastopt", "torch-fused", "torch-foreach", "torch-forloop", "deepspeed-cpuadam"}
     for r in rows:
+        if r["impl"] == "deepspeed-cpuadam" and r["error"]:  # (not installed here)
+            continue
         assert r["ms_per_step"] > 0 and r["num_tensors"] == (1 if r["layout"] == "single" else 2)
         if r["impl"] == "fastopt":
             assert r["speedup_vs"] == 1.0
     assert main(argv) == 0
     table = capsys.readouterr().out
-    assert "torch best" in table and len([line for line in table.splitlines() if line.startswith("adamw")]) == 6
+    assert "fastest peer" in table and len([line for line in table.splitlines() if line.startswith("adamw")]) == 6
 
 
 @pytest.mark.parametrize("argv", [["--dtype", "bfloat16"], ["--tensors", "8"], ["--layout", "single"],

@@ -181,8 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "the CPU step alone: fastopt's, torch's fused, DeepSpeed's CPUAdam where importable")
     bench.add_argument("--sweep", action="store_true",
                        help="time one tensor and many tensors at every size from 2**10 to --size (default "
-                            "2**26; powers of two and odd sizes) for --optimizers (default adamw), fastopt and "
-                            "torch.optim's steps round-robin: see fastopt.bench_sweep")
+                            "2**26; powers of two and odd sizes) for --optimizers (default adamw), fastopt, "
+                            "torch.optim's steps and DeepSpeed's where importable, round-robin: see fastopt.bench_sweep")
     bench.add_argument("--plot", default=None, metavar="FILE.png",
                        help="also draw the report (matplotlib: pip install 'fastopt[plot]'): ms/step and GB/s "
                             "against size with --sweep, else ms/step bars per layout")

@@ -107,14 +107,62 @@ inline TensorSlot in_blocks(const TensorSlot& t, const QuantBlock&) {
 }
 inline std::nullptr_t block_ptr(std::nullptr_t) { return nullptr; }
 inline QuantBlock* block_ptr(QuantBlock& q) { return &q; }
+inline const GradTransform& in_blocks(const GradTransform& x, std::nullptr_t) { return x; }
+inline const GradTransform& in_blocks(const GradTransform& x, const QuantBlock&) { return x; }
+
+// The update over a plain fp32 tensor (fp32 grad and state, no master: the common case) gets
+// every storage choice, its state count N and whether its grads are transformed (T) known to
+// the compiler: its loop then holds the rule's arithmetic and the loads and stores, little
+// else. (Measured on the 2-core AVX-512 machine, AdamW over one tensor of 2^18 fp32 params, 2
+// threads, interleaved with DeepSpeed's CPU Adam: 0.141 to 0.099-0.106 ms.)
+template <int N, bool T>
+struct Plain {};
+template <int N, bool T>
+TensorSlot in_blocks(const TensorSlot& t, Plain<N, T>) {
+  TensorSlot s = t;
+  s.grad_dtype = DType::f32, s.state_store = StateStore::f32, s.num_state = N;
+  s.master = nullptr, s.remainder = nullptr, s.compensation = nullptr, s.stochastic = false;
+  return s;
+}
+template <int N, bool T>
+GradTransform in_blocks(const GradTransform& x, Plain<N, T>) {
+  return T ? x : GradTransform{1.0f, 0.0f, x.round_key};
+}
+template <int N, bool T>
+std::nullptr_t block_ptr(Plain<N, T>) {
+  return nullptr;
+}
+
+template <int n, int max_state, class F>
+void plain_states(int num_state, bool transformed, F& f) {
+  if (num_state != n) {
+    if constexpr (n < max_state) plain_states<n + 1, max_state>(num_state, transformed, f);
+  } else if (transformed) {
+    f(Plain<n, true>{});
+  } else {
+    f(Plain<n, false>{});
+  }
+}
+
+// f(Plain<N, T>{}) for a plain tensor (in_blocks) with N states (at most max_state) and grads
+// transformed (T) or not; false, f not called, for any other.
+template <int max_state, class F>
+bool with_plain(const TensorSlot& t, const GradTransform& x, F&& f) {
+  if (t.grad_dtype != DType::f32 || t.master || t.remainder || t.compensation || t.stochastic ||
+      t.state_store != StateStore::f32 || t.num_state > max_state) {
+    return false;
+  }
+  plain_states<0, max_state>(t.num_state, x.scale != 1.0f || x.clip_value > 0.0f, f);
+  return true;
+}
 
 // The vector body and the scalar tail call the same rule.
 template <class Rule, class P>
 void run(const void* coeffs, const GradTransform& transform, const TensorSlot& slot, int64_t begin, int64_t end) {
   using V = FASTOPT_LANE;
-  by_blocks(slot, begin, end, writes_state<Rule>::update, [&](int64_t b, int64_t e, auto block) {
+  const auto body = [&](int64_t b, int64_t e, auto block) {
     const typename Rule::Coeffs c = *static_cast<const typename Rule::Coeffs*>(coeffs);
-    const GradTransform x = transform;
+    const GradTransform x = in_blocks(transform, block);
     const TensorSlot t = in_blocks(slot, block);
     const auto q = block_ptr(block);
     int64_t i = b;
@@ -126,7 +174,11 @@ void run(const void* coeffs, const GradTransform& transform, const TensorSlot& s
     }
     for (; i + lane_width<V> <= e; i += lane_width<V>) apply_element<Rule, V, P>(c, x, t, i, q);
     for (; i < e; ++i) apply_element<Rule, float, P>(c, x, t, i, q);
-  });
+  };
+  if constexpr (std::is_same_v<P, float>) {
+    if (with_plain<Rule::max_state>(slot, transform, [&](auto plain) { body(begin, end, plain); })) return;
+  }
+  by_blocks(slot, begin, end, writes_state<Rule>::update, body);
 }
 
 // Sums of squares of K values per element over elements [begin, end) of a tensor, in the
