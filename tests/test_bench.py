@@ -354,3 +354,24 @@ def test_deepspeed_is_a_peer_of_adam_where_importable(capsys):
         assert all(r["error"].startswith(("ModuleNotFoundError", "ImportError")) for r in ds)
     else:
         assert all(r["error"] is None and r["max_abs_diff"] < 1e-5 for r in ds)
+
+
+def test_progress_estimates_the_time_left_from_the_work_done():
+    import io
+
+    from fastopt.bench_report import Progress
+
+    now = [100.0]
+    out = io.StringIO()
+    progress = Progress(3, out, weights=[1, 1, 2], clock=lambda: now[0])
+    progress.start("a")
+    now[0] += 10
+    progress.end("done")
+    progress.start("b")
+    progress.end("done")
+    now[0] += 50
+    progress.start("c")
+    assert out.getvalue().splitlines() == [
+        "[1/3] a ... done",
+        "[2/3] b (0:10 elapsed, about 0:30 left at the pace so far) ... done",
+        "[3/3] c (1:00 elapsed, about 1:00 left at the pace so far) ... "]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence, TextIO
+import time
+from typing import Any, Callable, Mapping, Sequence, TextIO
 
 from .bench_measure import Layout, OptimizerSpec
 
@@ -20,14 +21,27 @@ def make_row(spec: OptimizerSpec, layout: Layout, impl: str, bpp: int, size: int
 
 
 class Progress:
-    """One line per case on ``stream``: its label when it starts, its time when it ends."""
+    """One line per case on ``stream``: its label when it starts, its time when it ends, and,
+    once a case has ended, the time elapsed and an estimate of the time left: the elapsed time
+    scaled by the work left over the work done, the cases' work in ``weights`` (default: equal),
+    said to be an estimate (the cases' speeds differ)."""
 
-    def __init__(self, total: int, stream: TextIO | None = None):
+    def __init__(self, total: int, stream: TextIO | None = None, weights: Sequence[float] | None = None,
+                 clock: Callable[[], float] = time.perf_counter):
         self.total, self.done, self.stream = total, 0, stream
+        self.weights = list(weights) if weights is not None else [1.0] * total
+        self.clock = clock
+        self.began = clock()
 
     def start(self, label: str) -> None:
         self.done += 1
-        self._write(f"[{self.done}/{self.total}] {label} ... ")
+        finished = sum(self.weights[:self.done - 1])
+        timing = ""
+        if finished > 0:
+            elapsed = self.clock() - self.began
+            left = elapsed * sum(self.weights[self.done - 1:]) / finished
+            timing = f" ({_clock(elapsed)} elapsed, about {_clock(left)} left at the pace so far)"
+        self._write(f"[{self.done}/{self.total}] {label}{timing} ... ")
 
     def end(self, text: str) -> None:
         self._write(text + "\n")
@@ -36,6 +50,10 @@ class Progress:
         if self.stream is not None:
             self.stream.write(text)
             self.stream.flush()
+
+
+def _clock(seconds: float) -> str:
+    return f"{int(seconds) // 60}:{int(seconds) % 60:02d}"
 
 
 # ---- the table -----------------------------------------------------------------------------

@@ -73,7 +73,9 @@ def run_sweep(cfg: SweepConfig, progress_stream: TextIO | None = sys.stderr) -> 
             torch.set_num_threads(cfg.threads)
     impls = [i for i in IMPLS if i.name != "numpy" and (torch is not None or not i.needs_torch)]
     sizes = sweep_sizes(cfg.max_size)
-    progress = Progress(len(sizes) * len(cfg.optimizers), progress_stream)
+    # (a case's work: its params, plus a step's fixed cost, worth some 2^16 params)
+    progress = Progress(len(sizes) * len(cfg.optimizers), progress_stream,
+                        [size + 2 ** 16 for _ in cfg.optimizers for size in sizes])
     rows = []
     for name in cfg.optimizers:
         spec = SPECS[name]
