@@ -375,3 +375,13 @@ def test_progress_estimates_the_time_left_from_the_work_done():
         "[1/3] a ... done",
         "[2/3] b (0:10 elapsed, about 0:30 left at the pace so far) ... done",
         "[3/3] c (1:00 elapsed, about 1:00 left at the pace so far) ... "]
+
+
+def test_each_timed_step_follows_untimed_steps_of_its_own():
+    from fastopt.bench_measure import interleaved_times
+
+    calls = []
+    steps = {name: (lambda name=name: calls.append(name)) for name in ("a", "b")}
+    times = interleaved_times(steps, warmup=1, repeats=2, settle=0.0)
+    assert calls == ["a", "b"] + ["a", "a", "b", "b"] * 2  # (a settle of 0: one untimed step before each)
+    assert set(times) == {"a", "b"} and all(t >= 0 for t in times.values())

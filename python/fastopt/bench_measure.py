@@ -247,15 +247,31 @@ def probe_step(streams: Sequence[Stream], size: int) -> Callable[[], None]:
     return group.probe
 
 
-def interleaved_times(steps: Mapping[Any, Callable[[], None]], warmup: int, repeats: int) -> dict[Any, float]:
+# Each timed step of a round-robin comes after untimed steps of the same implementation, for at
+# least SETTLE seconds: the OpenMP threads of the step before (torch's, DeepSpeed's) spin for
+# milliseconds after their parallel region (libgomp's default wait policy) and would take a core
+# from the next implementation's step, and a pause instead would time their threads waking
+# from sleep. Each implementation is thus timed as a loop of its own steps runs. (Measured on
+# the 2-core AMD EPYC: AdamW over one 2^24 tensor right after torch's fused step took 12.2 ms,
+# 7.1 with torch's threads passive, OMP_WAIT_POLICY=PASSIVE.)
+SETTLE = 0.02
+
+
+def interleaved_times(steps: Mapping[Any, Callable[[], None]], warmup: int, repeats: int,
+                      settle: float = SETTLE) -> dict[Any, float]:
     """Median seconds per step of each of ``steps``, stepped round-robin ``repeats`` times
-    after ``warmup`` rounds."""
+    after ``warmup`` rounds, each timed step after ``settle`` seconds (at least one step) of
+    untimed steps of its own."""
     for _ in range(warmup):
         for step in steps.values():
             step()
     times: dict[Any, list[float]] = {k: [] for k in steps}
     for _ in range(repeats):
         for k, step in steps.items():
+            until = time.perf_counter() + settle
+            step()
+            while time.perf_counter() < until:
+                step()
             t0 = time.perf_counter()
             step()
             times[k].append(time.perf_counter() - t0)
