@@ -385,3 +385,6 @@ def test_each_timed_step_follows_untimed_steps_of_its_own():
     times = interleaved_times(steps, warmup=1, repeats=2, settle=0.0)
     assert calls == ["a", "b"] + ["a", "a", "b", "b"] * 2  # (a settle of 0: one untimed step before each)
     assert set(times) == {"a", "b"} and all(t >= 0 for t in times.values())
+    calls.clear()
+    interleaved_times(steps, warmup=0, repeats=3)  # every one takes the same number of steps
+    assert calls.count("a") == calls.count("b") > 3

@@ -182,7 +182,7 @@ def _bench_optimizer(spec: OptimizerSpec, layouts: Sequence[Layout], data: Data,
                 runner, error = _try_build(impl, spec, layout, data)
                 seconds = result = None
                 if runner is not None:
-                    seconds = median_step_time(runner.step, cfg.warmup, cfg.repeats)
+                    seconds = median_step_time(runner.step, max(cfg.warmup, 1), cfg.repeats, times.untimed)
                     result = runner.result()
                 runner = None
                 gc.collect()

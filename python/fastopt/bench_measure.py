@@ -223,12 +223,15 @@ def build_fastopt(spec: OptimizerSpec, layout: Layout, data: Data) -> Runner:
 
 # ---- timing --------------------------------------------------------------------------------
 
-def median_step_time(step: Callable[[], None], warmup: int, repeats: int) -> float:
-    """Median seconds of ``repeats`` separately timed calls, after ``warmup`` untimed ones."""
+def median_step_time(step: Callable[[], None], warmup: int, repeats: int, untimed: int = 0) -> float:
+    """Median seconds of ``repeats`` separately timed calls, after ``warmup`` untimed ones, each
+    after ``untimed`` more (as many steps in all as interleaved_times takes with that count)."""
     for _ in range(warmup):
         step()
     times = []
     for _ in range(repeats):
+        for _ in range(untimed):
+            step()
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
@@ -247,32 +250,46 @@ def probe_step(streams: Sequence[Stream], size: int) -> Callable[[], None]:
     return group.probe
 
 
-# Each timed step of a round-robin comes after untimed steps of the same implementation, for at
-# least SETTLE seconds: the OpenMP threads of the step before (torch's, DeepSpeed's) spin for
+# Each timed step of a round-robin comes after untimed steps of the same implementation, for
+# about SETTLE seconds: the OpenMP threads of the step before (torch's, DeepSpeed's) spin for
 # milliseconds after their parallel region (libgomp's default wait policy) and would take a core
 # from the next implementation's step, and a pause instead would time their threads waking
 # from sleep. Each implementation is thus timed as a loop of its own steps runs. (Measured on
 # the 2-core AMD EPYC: AdamW over one 2^24 tensor right after torch's fused step took 12.2 ms,
-# 7.1 with torch's threads passive, OMP_WAIT_POLICY=PASSIVE.)
-SETTLE = 0.02
+# 7.1 with torch's threads passive, OMP_WAIT_POLICY=PASSIVE.) Every implementation takes the
+# same number of steps (their final params are compared): the untimed steps' count is the
+# fastest one's for SETTLE, at most what the slowest one takes in SETTLE_MOST, and at most
+# SETTLE_STEPS (the trajectories compared stay short).
+SETTLE, SETTLE_MOST, SETTLE_STEPS = 0.02, 0.5, 50
+
+
+class Timings(dict):
+    """Median seconds per step by key; ``untimed``: the untimed steps before each timed one."""
+
+    untimed: int = 0
 
 
 def interleaved_times(steps: Mapping[Any, Callable[[], None]], warmup: int, repeats: int,
-                      settle: float = SETTLE) -> dict[Any, float]:
+                      settle: float = SETTLE) -> Timings:
     """Median seconds per step of each of ``steps``, stepped round-robin ``repeats`` times
-    after ``warmup`` rounds, each timed step after ``settle`` seconds (at least one step) of
-    untimed steps of its own."""
-    for _ in range(warmup):
-        for step in steps.values():
+    after ``warmup`` rounds (at least one), each timed step after as many untimed steps of its
+    own (the same count for all, at least one) as take the fastest about ``settle`` seconds."""
+    took = {k: 0.0 for k in steps}
+    for _ in range(max(warmup, 1)):
+        for k, step in steps.items():
+            t0 = time.perf_counter()
             step()
+            took[k] = time.perf_counter() - t0
+    fastest, slowest = min(took.values(), default=0.0), max(took.values(), default=0.0)
+    untimed = max(1, min(int(settle / max(fastest, 1e-9)), int(SETTLE_MOST / max(slowest, 1e-9)), SETTLE_STEPS))
     times: dict[Any, list[float]] = {k: [] for k in steps}
     for _ in range(repeats):
         for k, step in steps.items():
-            until = time.perf_counter() + settle
-            step()
-            while time.perf_counter() < until:
+            for _ in range(untimed):
                 step()
             t0 = time.perf_counter()
             step()
             times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    out = Timings({k: statistics.median(v) for k, v in times.items()})
+    out.untimed = untimed
+    return out
