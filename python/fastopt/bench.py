@@ -50,10 +50,10 @@ from typing import Any, Callable, Sequence, TextIO
 
 import numpy as np
 
-from . import __version__, cpu_isa, get_num_threads, set_num_threads
+from . import __version__, cpu_isa, get_num_threads
 from .bench_measure import (DTYPES, Data, Layout, OptimizerSpec, Runner, interleaved_times, median_step_time,
                             probe_step, tensor_sizes)
-from .bench_peers import IMPLS, NUMPY_STEPS, Impl, import_torch, fixed_cost_us
+from .bench_peers import IMPLS, NUMPY_STEPS, Impl, fixed_cost_us, torch_with_threads
 from .bench_layouts import check_layout_names, named_layouts
 from .bench_report import Progress, format_table, make_row
 from .catalog import OPTIMIZERS
@@ -211,11 +211,7 @@ def run_bench(cfg: BenchConfig, progress_stream: TextIO | None = sys.stderr) -> 
     (of the final params against fastopt's) and error (why a peer could not run, or None).
     """
     cfg.validate()
-    torch = import_torch(cfg.use_torch)
-    if cfg.threads is not None:
-        set_num_threads(cfg.threads)
-        if torch is not None:
-            torch.set_num_threads(cfg.threads)
+    torch = torch_with_threads(cfg.use_torch, cfg.threads)
     impls = [i for i in IMPLS if torch is not None or not i.needs_torch]
     names = cfg.layouts or (("single", "mixed") if cfg.tensors > 1 else ("single",))
     mixed = tuple(tensor_sizes(cfg.size, cfg.tensors)) if "mixed" in names else ()

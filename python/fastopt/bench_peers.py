@@ -81,6 +81,19 @@ def import_torch(wanted: bool):
     return torch
 
 
+def torch_with_threads(use_torch: bool, threads: int | None):
+    """torch where wanted and importable (else None), fastopt's and torch's thread counts set
+    to ``threads`` where given."""
+    from . import set_num_threads
+
+    torch = import_torch(use_torch)
+    if threads is not None:
+        set_num_threads(threads)
+        if torch is not None:
+            torch.set_num_threads(threads)
+    return torch
+
+
 def build_numpy(spec: OptimizerSpec, layout: Layout, data: Data) -> Runner:
     params = layout.copies(data.params)
     grads = layout.copies(data.grads)

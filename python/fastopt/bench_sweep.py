@@ -19,10 +19,10 @@ from typing import Any, Mapping, TextIO
 
 import numpy as np
 
-from . import __version__, cpu_isa, get_num_threads, set_num_threads
+from . import __version__, cpu_isa, get_num_threads
 from .bench import SPECS, applicable, check_timing
 from .bench_measure import F32, Data, Layout, interleaved_times, tensor_sizes
-from .bench_peers import IMPLS, import_torch
+from .bench_peers import IMPLS, torch_with_threads
 from .bench_report import Progress, aligned_lines
 
 __all__ = ["SweepConfig", "sweep_sizes", "run_sweep", "format_sweep_table"]
@@ -66,11 +66,7 @@ def run_sweep(cfg: SweepConfig, progress_stream: TextIO | None = sys.stderr) -> 
     """Runs the sweep; a report with the configuration, environment and rows (optimizer, size,
     layout, num_tensors, impl, ms_per_step, gb_per_s, speedup_vs, error)."""
     cfg.validate()
-    torch = import_torch(cfg.use_torch)
-    if cfg.threads is not None:
-        set_num_threads(cfg.threads)
-        if torch is not None:
-            torch.set_num_threads(cfg.threads)
+    torch = torch_with_threads(cfg.use_torch, cfg.threads)
     impls = [i for i in IMPLS if i.name != "numpy" and (torch is not None or not i.needs_torch)]
     sizes = sweep_sizes(cfg.max_size)
     # (a case's work: its params, plus a step's fixed cost, worth some 2^16 params)

@@ -5,7 +5,7 @@ each step runs on fastopt's CPU engine, bucket by bucket, as the grads arrive.""
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -158,18 +158,6 @@ class OffloadOptimizer(PieceOptimizer):
         self._snapshot: dict = {}
 
     # ---- the step -----------------------------------------------------------------------
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One offloaded step (see the class); returns ``closure()``'s loss where given (run
-        first, with grad enabled). ValueError/TypeError where a param has no grad or a malformed
-        one, was moved, or a group's hyperparameters cannot be taken (nothing is written)."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        alone(self._busy, "OffloadOptimizer.step", self._step)
-        return loss
-
     def _written(self, i: int) -> None:
         b, piece = self._bucket_of[i]
         b.view(b.host_param, piece).copy_(self._params[i].reshape(-1))  # (then its master, from it)

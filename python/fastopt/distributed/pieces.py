@@ -10,6 +10,7 @@ import torch
 
 from .. import torch as _torch
 from ..optimizer import Optimizer as _Bound
+from ..optimizer import alone
 from ..storage import QUANT_BLOCK, absmax_name
 from .layout import Piece
 
@@ -66,6 +67,19 @@ class PieceOptimizer(torch.optim.Optimizer):
                              f"{type(self).__name__} needs one")
         if len({id(p) for p in self._params}) != len(self._params):
             raise ValueError("a param appears twice")
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One step (see the class); returns ``closure()``'s loss where given (run first, with
+        grad enabled). ValueError/TypeError where a param has no grad or a malformed one, was
+        moved, or a group's hyperparameters cannot be taken: nothing is written (ZeroOptimizer:
+        every rank must call it, and every rank raises when any rank's input is bad)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        alone(self._busy, f"{type(self).__name__}.step", self._step)  # (each subclass's)
+        return loss
 
     def _check_hypers(self) -> None:
         """ValueError/TypeError, naming the group, for hyperparameters set in param_groups (by a

@@ -184,18 +184,6 @@ class ZeroOptimizer(PieceOptimizer):
         self._snapshot: dict = {}
 
     # ---- the step -----------------------------------------------------------------------
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One sharded step (see the class); returns ``closure()``'s loss where given (run first,
-        with grad enabled). Every rank must call it. ValueError/TypeError on every rank when any
-        rank's grads are missing or malformed or its params were moved (nothing is written)."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        alone(self._busy, "ZeroOptimizer.step", self._step)
-        return loss
-
     def _step(self) -> None:
         self._agree("ZeroOptimizer.step", self._take_inputs)
         self._refresh_written()
