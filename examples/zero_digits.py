@@ -72,6 +72,7 @@ def train(rank: int, world: int, epochs: int, path: str) -> None:
     if rank == 0:
         print(f"params identical on all {world} ranks: {all(torch.equal(e, flat) for e in everyone)}")
         torch.save({"params": [p.detach() for p in params], "optimizer": state}, f"{path}/zero.pt")
+    dist.barrier()  # (no rank tears gloo down while another still talks to it)
     dist.destroy_process_group()
 
 

@@ -2,7 +2,8 @@
 
 These follow the algorithm boxes of the ``torch.optim`` documentation (SGD, Adam, AdamW,
 Adagrad, Adadelta, RMSprop, Adamax, NAdam, RAdam) and, for the optimizers torch lacks, the
-papers (AdaBelief: Zhuang et al. 2020, Algorithm 2; Lion: Chen et al. 2023, Program 1; the
+papers (AdaBelief: Zhuang et al. 2020, Algorithm 2; Lion: Chen et al. 2023, Program 1; Sophia:
+Liu et al. 2023, Algorithm 3; the
 Sutskever et al. 2013 momentum form of SGD), not fastopt's C++: every quantity is kept in
 float64 and updated in place, so a test can compare fastopt's fp32 arithmetic against a
 (nearly) exact trajectory.
@@ -522,9 +523,40 @@ class LAMBRef(_Ref):
             p -= self.lr * ratio * u
 
 
+class SophiaRef(_Ref):
+    """Sophia, Liu et al. 2023, Algorithm 3 (plus maximize; rho is the paper's gamma)::
+
+        g <- -g if maximize
+        m <- beta1 * m + (1 - beta1) * g
+        p <- p * (1 - lr * weight_decay)
+        p <- p - lr * clip(m / max(rho * h, eps), 1)
+
+    and ``update_hessian(params, estimates)``: h <- beta2 * h + (1 - beta2) * estimate (h starts
+    at 0)."""
+
+    def __init__(self, lr: float = 1e-4, betas=(0.965, 0.99), rho: float = 0.04, eps: float = 1e-15,
+                 weight_decay: float = 0.1, maximize: bool = False):
+        super().__init__(maximize)
+        self.lr, self.betas, self.rho, self.eps, self.weight_decay = lr, tuple(betas), rho, eps, weight_decay
+
+    def update_hessian(self, params, estimates) -> None:
+        for i, (p, e) in enumerate(zip(params, estimates)):
+            h = self.buf("hessian", i, p)
+            h[...] = self.betas[1] * h + (1 - self.betas[1]) * np.asarray(e, np.float64)
+
+    def step(self, params, grads) -> None:
+        for i, (p, g) in enumerate(zip(params, grads)):
+            g = self.grad(p, g)
+            m, h = self.buf("exp_avg", i, p), self.buf("hessian", i, p)
+            m[...] = self.betas[0] * m + (1 - self.betas[0]) * g
+            p *= 1 - self.lr * self.weight_decay
+            p -= self.lr * np.clip(m / np.maximum(self.rho * h, self.eps), -1, 1)
+
+
 _REFS = {"SGD": SGDRef, "Adam": AdamRef, "AdamW": AdamWRef, "Adagrad": AdagradRef, "Adadelta": AdadeltaRef,
          "RMSprop": RMSpropRef, "Adamax": AdamaxRef, "NAdam": NAdamRef, "RAdam": RAdamRef,
-         "AdaBelief": AdaBeliefRef, "Lion": LionRef, "LARS": LARSRef, "LAMB": LAMBRef}
+         "AdaBelief": AdaBeliefRef, "Lion": LionRef, "LARS": LARSRef, "LAMB": LAMBRef,
+         "Sophia": SophiaRef}
 
 
 def reference_for(optimizer_name: str, kwargs: dict):

@@ -59,7 +59,7 @@ class Case:
 
 
 # Optimizers from papers that torch.optim does not implement: float64 references only.
-NOT_IN_TORCH = ("AdaBelief", "Lion", "LARS", "LAMB")
+NOT_IN_TORCH = ("AdaBelief", "Lion", "LARS", "LAMB", "Sophia")
 
 
 def _sgd(id_: str, **kw: Any) -> Case:
@@ -167,6 +167,11 @@ CASES: list[Case] = [
     _case(fastopt.LAMB, F.lamb_, "weight_decay_betas", lr=0.01, weight_decay=0.1, betas=(0.8, 0.99)),
     _case(fastopt.LAMB, F.lamb_, "max_trust", lr=0.01, weight_decay=0.01, max_trust=0.5),
     _case(fastopt.LAMB, F.lamb_, "no_bias_correction_maximize", lr=0.01, bias_correction=False, maximize=True),
+    # (eps >= rho * h keeps the update m itself while h is 0, clipped at 1: the registry's runs
+    # take no Hessian estimates; tests/test_sophia.py does)
+    _case(fastopt.Sophia, F.sophia_, "plain", lr=0.01, eps=1.0),
+    _case(fastopt.Sophia, F.sophia_, "betas_eps", lr=0.01, betas=(0.8, 0.95), eps=0.25),
+    _case(fastopt.Sophia, F.sophia_, "weight_decay_maximize", lr=0.01, weight_decay=0.5, eps=0.5, maximize=True),
 ]
 
 CASE_IDS = [c.id for c in CASES]
@@ -176,7 +181,8 @@ assert len(set(CASE_IDS)) == len(CASE_IDS), "case ids must be unique"
 BASELINE = {"SGD": "sgd-plain", "Adam": "adam-no_weight_decay", "AdamW": "adamw-no_weight_decay",
             "Adagrad": "adagrad-plain", "Adadelta": "adadelta-default", "RMSprop": "rmsprop-default",
             "Adamax": "adamax-plain", "NAdam": "nadam-plain", "RAdam": "radam-plain",
-            "AdaBelief": "adabelief-plain", "Lion": "lion-plain", "LARS": "lars-plain", "LAMB": "lamb-plain"}
+            "AdaBelief": "adabelief-plain", "Lion": "lion-plain", "LARS": "lars-plain", "LAMB": "lamb-plain",
+            "Sophia": "sophia-plain"}
 
 
 def case_by_id(id_: str) -> Case:

@@ -220,6 +220,7 @@ def _worker(rank: int, world: int, path: str) -> None:
     except BaseException:
         out["crash"] = traceback.format_exc()
     torch.save(out, f"{path}/world{world}_rank{rank}.pt")
+    dist.barrier()  # (no rank tears gloo down while another still talks to it)
     dist.destroy_process_group()
 
 

@@ -22,9 +22,9 @@ PRECISIONS = ["bfloat16", "bfloat16_stochastic", "8bit"]
 STEPS = 6
 
 
-# Every rule and variant with every precision (Adagrad keeps no 8-bit state: test_refusals).
+# Every rule and variant with every precision (Adagrad and Sophia keep no 8-bit state: test_refusals).
 CASE_PRECISIONS = [pytest.param(c, p, id=f"{c.id}-{p}") for p in PRECISIONS for c in CASES
-                   if not (p == "8bit" and c.name == "Adagrad")]
+                   if not (p == "8bit" and not c.cls.eight_bit_state)]
 
 
 def signed_streams(opt: fastopt.Optimizer) -> list[bool]:

@@ -337,7 +337,8 @@ def test_cuda_module_parity(name):
 
 
 def test_exported_names():
-    assert set(ft.__all__) == {"Optimizer", *(cls.__name__ for cls in fastopt.OPTIMIZERS)}
+    assert set(ft.__all__) == {"Optimizer", "GradAccumulator", "gauss_newton_bartlett", "hutchinson",
+                               *(cls.__name__ for cls in fastopt.OPTIMIZERS)}
     assert issubclass(ft.LAMB, torch.optim.Optimizer) and ft.LAMB.fastopt_class is fastopt.LAMB
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -619,3 +620,36 @@ def test_one_thread_at_a_time():
                 call()
     finally:
         opt._busy.release()
+
+
+
+def test_grad_accumulator_feeds_the_step():
+    """bf16 params, four micro-batches accumulated in float32 (zero_grad() between them sets .grad
+    to None, as by default), then a clipped step that reads the accumulators and their sums: the
+    bits of fastopt.AdamW stepped with its own norm pass over float32 grads summed by torch
+    (0.25 * g is exact, so one fma is torch's multiply then add)."""
+    import fastopt.torch as ft
+    torch.manual_seed(0)
+    model = torch.nn.Linear(6, 3).to(torch.bfloat16)
+    twin = [p.detach().clone() for p in model.parameters()]
+    summed = [torch.zeros(p.shape) for p in twin]
+    opt = ft.AdamW(model.parameters(), lr=0.01, max_grad_norm=0.1, master_weights=True)
+    ref = fastopt.AdamW(twin, summed, lr=0.01, max_grad_norm=0.1, master_weights=True)
+    acc = ft.GradAccumulator(model.parameters())
+    for step in range(3):
+        for k in range(4):
+            opt.zero_grad()
+            model(torch.randn(5, 6, dtype=torch.bfloat16)).square().mean().backward()
+            for t, p in zip(summed, model.parameters()):
+                t.copy_((t if k else torch.zeros_like(t)) + 0.25 * p.grad.float())
+            sums = acc.add(0.25, first=k == 0, last=k == 3)
+        assert all(torch.equal(a, t) for a, t in zip(acc.accumulators, summed))
+        opt.step(accumulated=sums)
+        expected = ref.step()
+        assert opt.last_step.grad_norm == expected.grad_norm == sums.norm
+        assert all(torch.equal(p, t) for p, t in zip(model.parameters(), twin))
+    with pytest.raises(TypeError, match="accumulated must come from fastopt.torch.GradAccumulator"):
+        opt.step(accumulated=fastopt.GradAccumulator([torch.zeros(3)]).add(first=True, last=True))
+    model.weight.grad = None
+    with pytest.raises(RuntimeError, match="param 0 has no grad"):
+        acc.add()

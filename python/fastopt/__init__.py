@@ -10,8 +10,10 @@ import operator
 
 from . import _core, functional, norms, schedules
 from ._core import MemoryMoved, TensorError
+from .accumulate import GradAccumulator, GradSums
 from .catalog import OPTIMIZERS
 from .cuda import cuda_available
+from .ema import ParamEMA
 from .norms import l2_norms
 from .optimizer import Diagnostics, Optimizer, ParamGroup, StepResult
 from .scaler import DynamicLossScaler
@@ -25,7 +27,7 @@ _core.cpu_isa()
 
 __all__ = [
     *(cls.__name__ for cls in OPTIMIZERS), "Optimizer", "ParamGroup", "StepResult", "Diagnostics",
-    "DynamicLossScaler", "TensorError", "MemoryMoved", "functional", "schedules", "norms", "l2_norms",
+    "DynamicLossScaler", "ParamEMA", "GradAccumulator", "GradSums", "TensorError", "MemoryMoved", "functional", "schedules", "norms", "l2_norms",
     "cpu_isa", "set_num_threads", "get_num_threads", "cuda_available",
 ]
 

@@ -117,6 +117,24 @@ def copy(a: Any) -> Any:
     return a.clone() if library(a) == "torch" else a.copy()
 
 
+def copy_into(dst: Any, src: Any) -> None:
+    """``dst = src`` in place, arrays of one library on one device, same shape, src converted
+    to dst's dtype (rounded to nearest even)."""
+    lib = library(dst)
+    if lib != library(src):
+        raise TypeError(f"cannot copy a {type(src).__name__} into a {type(dst).__name__}")
+    if lib == "torch":
+        import torch
+        with torch.no_grad():  # (params that require grad)
+            dst.copy_(src)
+    elif lib == "cupy":
+        dst[...] = src
+    elif lib == "numpy":
+        np.copyto(dst, src, casting="unsafe")
+    else:
+        raise TypeError(f"fastopt copies NumPy arrays, PyTorch tensors and CuPy arrays, not {type(dst).__name__}")
+
+
 def to_host(a: Any) -> np.ndarray:
     """``a`` as a NumPy array (copied from the GPU where it lives there; a bfloat16 tensor as an
     ml_dtypes.bfloat16 array)."""

@@ -52,7 +52,7 @@ import numpy as np
 
 from . import __version__, cpu_isa, get_num_threads
 from .bench_measure import (DTYPES, Data, Layout, OptimizerSpec, Runner, interleaved_times, median_step_time,
-                            probe_step, tensor_sizes)
+                            probe_bytes, probe_step, tensor_sizes)
 from .bench_peers import IMPLS, NUMPY_STEPS, Impl, fixed_cost_us, torch_with_threads
 from .bench_layouts import check_layout_names, named_layouts
 from .bench_report import Progress, format_table, make_row
@@ -165,7 +165,7 @@ def _bench_optimizer(spec: OptimizerSpec, layouts: Sequence[Layout], data: Data,
     runners = steps = None
     gc.collect()
     # The probe moves the elementwise streams once: a two-pass rule's extra reads are not in it.
-    probe = make_row(spec, single, "probe", bpp - spec.extra_bytes, single.sizes[0], times[("single", "probe")])
+    probe = make_row(spec, single, "probe", probe_bytes(streams), single.sizes[0], times[("single", "probe")])
     probe["fraction_of_probe"] = 1.0
     progress.end(f"probe {probe['gb_per_s']:.1f} GB/s")
 

@@ -132,6 +132,7 @@ def _rank_main(rank: int, cfg: DistributedBenchConfig, path: str) -> None:
                 times[name].append(elapsed)
     with open(f"{path}/rank{rank}.json", "w") as f:
         json.dump({"threads": threads, "times": times}, f)
+    dist.barrier()  # (no rank tears gloo down while another still talks to it)
     dist.destroy_process_group()
 
 

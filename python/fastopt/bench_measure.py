@@ -4,6 +4,7 @@ runner, the bandwidth probe and the timers. (``fastopt.bench`` runs it all.)"""
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from dataclasses import dataclass
@@ -119,8 +120,9 @@ class OptimizerSpec:
         out = [Stream("param", dtype, reads_param, True), Stream("grad", F32, True, False)]
         out += [kept] if kept else []
         state_dtype, block = STATE_FORMATS[state_precision]
-        for name in self.state_names:
-            out.append(Stream(name, state_dtype, True, True))
+        read_only = _core.read_only_state[self.fastopt_cls.rule]
+        for k, name in enumerate(self.state_names):
+            out.append(Stream(name, state_dtype, True, not read_only >> k & 1))  # (Sophia's h: only read)
             out += [Stream(f"{name} absmax", F32, True, True, block)] if block else []
         return out
 
@@ -236,6 +238,17 @@ def median_step_time(step: Callable[[], None], warmup: int, repeats: int, untime
         step()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def as_probed(streams: Sequence[Stream]) -> list[Stream]:
+    """``streams`` as the probe over them moves them: it writes every state stream, those that
+    an update only reads (Sophia's Hessian average) too."""
+    return [s if s.name in ("param", "grad", "master") else dataclasses.replace(s, written=True) for s in streams]
+
+
+def probe_bytes(streams: Sequence[Stream]) -> float:
+    """The bytes per param the probe over ``streams`` moves."""
+    return sum(s.bytes for s in as_probed(streams))
 
 
 def probe_step(streams: Sequence[Stream], size: int) -> Callable[[], None]:

@@ -35,7 +35,7 @@ import numpy as np
 
 from . import __version__, cpu_isa, get_num_threads, set_num_threads
 from .bench import SPECS, check_timing
-from .bench_measure import F32, Data, OptimizerSpec, Stream, interleaved_times, probe_step
+from .bench_measure import F32, Data, OptimizerSpec, Stream, as_probed, interleaved_times, probe_step
 from .bench_report import Progress, aligned_lines, power_of_two
 from .storage_modes import MODES, StorageMode
 
@@ -95,7 +95,7 @@ def _bench_optimizer(spec: OptimizerSpec, data: Data, cfg: StorageBenchConfig,
     times = interleaved_times(steps, cfg.warmup, cfg.repeats)
     steps = opt = None
     gc.collect()
-    probe = _row(spec, "probe", probe_streams, cfg.size, times["probe"], None)
+    probe = _row(spec, "probe", as_probed(probe_streams), cfg.size, times["probe"], None)
     progress.end(f"probe {probe['gb_per_s']:.1f} GB/s")
     return [probe] + [_row(spec, m.label, storage_streams(spec, m), cfg.size, times[m.label], probe["gb_per_s"])
                       for m in modes]

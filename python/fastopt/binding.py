@@ -106,16 +106,16 @@ class Binding:
         """Rebuilds the hyperparameter structs (cheap, per group); rebinds only when the
         state streams some group needs have changed (momentum or amsgrad switched)."""
         self._hypers = [self._hyper_at(g, s) for g, s in zip(self.param_groups, self._steps)]
-        self._scheduled = [j for j, g in enumerate(self.param_groups) if isinstance(g["lr"], Schedule)]
+        self._scheduled = [j for j, g in enumerate(self.param_groups) if isinstance(g.get("lr"), Schedule)]
         need = [h.num_state() for h in self._hypers]
         if need != self._bound_states:
             self._bind(need)
         if self._engine.is_cuda:  # schedules are evaluated on the device, from its step counts
             stream = self._cuda_stream()
             for j, g in enumerate(self.param_groups):
-                lr = g["lr"]
+                lr = g.get("lr")  # (the utility rules have none)
                 self._core.set_schedule(j, lr._pod.to_bytes() if isinstance(lr, Schedule) else None, stream)
-                if self._capturable:  # the lrs live on the device: enqueue the current ones
+                if self._capturable and lr is not None:  # the lrs live on the device: enqueue the current ones
                     self._core.set_lr(j, self._hypers[j].lr, stream)
         self._stale = False
 

@@ -1,6 +1,6 @@
 """The optimizers, found through the C++ registry of rules.
 
-For each rule id of ``_core.rules`` (``FASTOPT_RULES``' order), the optimizers are the
+For each rule id of ``_core.rules`` (``FASTOPT_RULES``' order) but the utility rules, the optimizers are the
 :class:`~fastopt.Optimizer` subclasses that ``fastopt/<rule id>.py`` defines (``adam.py``:
 Adam and AdamW), in their order there. Each class is its optimizer's one description (rule,
 state, hyperparameters and their defaults, docstring, functional form, benchmark entry; see
@@ -20,6 +20,8 @@ from .optimizer import Optimizer
 def _load() -> tuple[type[Optimizer], ...]:
     found: list[type[Optimizer]] = []
     for rule in _core.rules:
+        if rule in _core.utility_rules:  # (not optimizers: fastopt/ema.py, fastopt/accumulate.py)
+            continue
         try:
             module = importlib.import_module(f"{__package__}.{rule}")
         except ModuleNotFoundError as e:

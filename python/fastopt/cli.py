@@ -111,6 +111,11 @@ fp32 master 30 B, bf16 + remainder or Kahan 28 B, bf16 stochastic or nearest 24 
 "floor" is the time those bytes allow at the probe's GB/s, "floor/time" that over the mode's
 time (100%: at the probe's bandwidth). Above 100% is flagged "no ceiling": the mode beat the
 probe, which is then no bound for its streams.
+
+--utilities times the fused passes around a step instead (fastopt.ParamEMA.update 12 B/param,
+fastopt.GradAccumulator.add with the accumulated norm 12 B, Sophia.update_hessian 12 B; 10 B
+with bfloat16 model tensors) over one tensor and --tensors of mixed sizes, against torch's
+foreach forms and the probe of the same streams: see fastopt.bench_utilities.
 """
 
 BENCH_EPILOG = """\
@@ -122,6 +127,7 @@ examples:
   fastopt bench --device cuda --dtype bfloat16 --tensors 10000 --tensor-elems 4096
   fastopt bench --storage
   fastopt bench --storage --optimizers adamw,sgd --size 2**24
+  fastopt bench --utilities --size 2**24
   fastopt bench --sweep --plot sweep.png
   fastopt bench --layout gpt2-small,bert-base,resnet-50,vit-b16 --optimizers adamw --plot layouts.png
   fastopt bench --distributed 2
@@ -169,6 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--storage", action="store_true",
                        help="print the storage-mode table instead (cpu, one tensor; each mode sets its own "
                             "dtypes, so --dtype and --tensors do not apply): see above")
+    bench.add_argument("--utilities", action="store_true",
+                       help="time the fused passes around a step instead: fastopt.ParamEMA.update, "
+                            "fastopt.GradAccumulator.add (with the norm) and Sophia.update_hessian, against "
+                            "torch's foreach forms (cpu; --size, --tensors): see fastopt.bench_utilities")
     bench.add_argument("--layout", type=_layouts, default=None, metavar="LIST",
                        help="comma-separated layouts instead of the default two: single, mixed (--size, "
                             "--tensors) and the params of real models: gpt2-small, bert-base, resnet-50, vit-b16, "
@@ -219,6 +229,16 @@ def _benchmark(args: argparse.Namespace) -> tuple[Any, Callable[..., dict], Call
                                      device=args.device, repeats=args.repeats, warmup=args.warmup,
                                      threads=args.threads)
         return cfg, run_distributed_bench, format_distributed_table
+    if args.utilities:
+        from .bench_utilities import UtilityBenchConfig, format_utility_table, run_utility_bench
+        given = [name for name, value in (("--device cuda", args.device == "cuda"), ("--dtype", args.dtype),
+                                          ("--layout", args.layout), ("--storage", args.storage),
+                                          ("--optimizers", args.optimizers)) if value]
+        if given:
+            raise ValueError(f"--utilities times its own passes and dtypes on the CPU: drop {', '.join(given)}")
+        cfg = UtilityBenchConfig(size=args.size or 2 ** 25, tensors=args.tensors or 4096, repeats=args.repeats,
+                                 warmup=args.warmup, threads=args.threads, use_torch=args.use_torch)
+        return cfg, run_utility_bench, format_utility_table
     if args.storage:
         from .bench_storage import StorageBenchConfig, format_storage_table, run_storage_bench
         given = [name for name, value in (("--device cuda", args.device == "cuda"), ("--dtype", args.dtype),

@@ -139,7 +139,7 @@ class HyperParams:
     def _hyper_at(cls, group: Mapping[str, Any], step: int) -> Any:
         """The hyperparameter struct of ``group`` for a step taken after ``step`` steps: an lr
         given as a :class:`fastopt.schedules.Schedule` is evaluated there."""
-        lr = group["lr"]
+        lr = group.get("lr")  # (the utility rules have none)
         return cls._to_hyper({**group, "lr": lr(step)} if isinstance(lr, Schedule) else group)
 
     @property

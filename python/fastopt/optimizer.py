@@ -4,6 +4,7 @@ binding.py (arrays and the engine group), step_options.py, checkpoints.py."""
 
 from __future__ import annotations
 
+import operator
 import threading
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
@@ -242,7 +243,7 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
         """Called after a step that was taken (not skipped), for counts the rule keeps apart."""
 
     def step(self, grad_scale: Any = None, stream: Any = None, *,
-             skip_nonfinite: bool | None = None) -> StepResult:
+             skip_nonfinite: bool | None = None, grad_sums: Any = None) -> StepResult:
         """Applies one update to every param, in place (one C++ call, GIL released).
 
         ``grad_scale``: the loss scale the grads carry; they are unscaled (multiplied by
@@ -260,14 +261,29 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
         kernel launch. ``skip_nonfinite`` overrides the optimizer's setting for this step (a
         loss scaler needs it on).
 
+        ``grad_sums``: the :class:`fastopt.GradSums` that :meth:`fastopt.GradAccumulator.add`
+        returned for the last micro-batch, when this optimizer's grads are that accumulator's
+        arrays (ValueError otherwise): the step then takes no norm pass, its options deciding
+        from those sums (the same bits as from its own).
+
         One optimizer steps in one thread at a time: a step (or ``load_state_dict``) called
         while another thread steps the same optimizer raises RuntimeError, as both would
         update the same arrays."""
-        return self._alone("step", self._step, grad_scale, stream, skip_nonfinite)
+        sums = None
+        if grad_sums is not None:
+            mine = self._grads
+            if len(grad_sums.accumulators) != len(mine) or not all(map(operator.is_, grad_sums.accumulators, mine)):
+                raise ValueError(f"{type(self).__name__}.step: grad_sums are the sums of other arrays than this "
+                                 "optimizer's grads (bind the accumulator's arrays as its grads, in order)")
+            sums = ((grad_sums.sumsq, grad_sums.nonfinite) if self._engine.is_cuda else
+                    (list(map(float, grad_sums.sumsq)), list(map(int, grad_sums.nonfinite))))
+        return self._alone("step", self._step, grad_scale, stream, skip_nonfinite, None, None, sums)
 
     def _step(self, grad_scale: Any, stream: Any, skip_nonfinite: bool | None, grad_factor: float | None = None,
-              combine_sums: Callable[[Any], None] | None = None) -> StepResult:
-        # (grad_factor, combine_sums: fastopt.distributed's, see StepOptions in fastopt/optimizer.h)
+              combine_sums: Callable[[Any], None] | None = None, grad_sums: Any = None,
+              value_sums: bool = False) -> StepResult:
+        # (grad_factor, combine_sums: fastopt.distributed's; grad_sums, value_sums: gradient
+        # accumulation's; see StepOptions in fastopt/optimizer.h)
         if callable(grad_scale):
             raise TypeError(f"{type(self).__name__}.step takes no closure (torch.optim's step(closure)): "
                             "compute the loss and the grads before calling step()")
@@ -278,20 +294,22 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
         skip = self._skip_nonfinite if skip_nonfinite is None else flag("skip_nonfinite", skip_nonfinite)
         scale, loss_scale = self._grad_scale(grad_scale)
         if self._engine.is_cuda:
-            return self._step_cuda(scale, loss_scale, stream, skip)
+            return self._step_cuda(scale, loss_scale, stream, skip, grad_sums, value_sums)
         for j in self._scheduled:  # an lr schedule gives this step's lr
             self._hypers[j] = self._hyper_at(self.param_groups[j], self._steps[j])
         # One call: the norm pass where an option needs it, the clip factor and the skip decision
         # (fastopt/step_control.h, as the CUDA engine takes them), then the update pass.
-        norm, skipped, diag = self._core.step(
+        norm, skipped, diag, values = self._core.step(
             self._hypers, self._rule_steps(), scale, self._clip_value or 0.0, self._max_grad_norm or 0.0, skip,
-            self._report_grad_norm, self._diagnostics, max(self._steps, default=0) + 1, grad_factor, combine_sums)
+            self._report_grad_norm, self._diagnostics, max(self._steps, default=0) + 1, grad_factor, combine_sums,
+            grad_sums, value_sums)
         if not skipped:
             self._count_step()
             self._steps = [s + 1 for s in self._steps]
-        return StepResult(norm, skipped, None if diag is None else Diagnostics(*diag))
+        return StepResult(norm, skipped, None if diag is None else Diagnostics(*diag), values)
 
-    def _step_cuda(self, scale: float, loss_scale: int, stream: Any, skip: bool) -> StepResult:
+    def _step_cuda(self, scale: float, loss_scale: int, stream: Any, skip: bool, grad_sums: Any = None,
+                   value_sums: bool = False) -> StepResult:
         """step() on the CUDA engine: every option decided on the device, nothing waited for.
         The coefficients are computed on the host, as the CPU engine's, while the host knows the
         step counts (each skip decision is copied back to the host in the background, and read
@@ -306,6 +324,8 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
         skipped = device_empty(like, (), "bool", handle) if need_norm else None
         diag = device_empty(like, (4, n), "float64", handle) if self._diagnostics else None
         nonfinite = device_empty(like, (n,), "int64", handle) if self._diagnostics else None
+        values = (device_empty(like, (n,), "float64", handle), device_empty(like, (n,), "int64", handle)) \
+            if value_sums else None
         capturing = self._engine.capturing(handle)
         self._captured = self._captured or capturing
         self._settle()
@@ -320,7 +340,11 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
                         skipped_out=data_ptr(skipped) if need_norm else 0,
                         diagnostics=data_ptr(diag) if diag is not None else 0,
                         nonfinite=data_ptr(nonfinite) if diag is not None else 0,
-                        track_skip=skip and not capturing)
+                        track_skip=skip and not capturing,
+                        grad_sumsq=data_ptr(grad_sums[0]) if grad_sums else 0,
+                        grad_nonfinite=data_ptr(grad_sums[1]) if grad_sums else 0,
+                        value_sumsq=data_ptr(values[0]) if values else 0,
+                        value_nonfinite=data_ptr(values[1]) if values else 0)
         self._count_step()  # host bookkeeping only (SGD's momentum count): the device counts the steps
         self._steps = [s + 1 for s in self._steps]
         # A skip is decided on the device: its flag comes back to the host in the background
@@ -328,7 +352,7 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
         self._skip_pending = skip and not capturing
         self._steps_exact = self._steps_exact and not capturing
         diagnostics = None if diag is None else Diagnostics(diag[0], nonfinite, diag[2], diag[1], diag[3])
-        return StepResult(norm, skipped if need_norm else False, diagnostics)
+        return StepResult(norm, skipped if need_norm else False, diagnostics, values)
 
     def _update_loss_scale(self, scale: Any, clean_steps: Any, floor_skips: Any, growth: float, backoff: float,
                            interval: int, min_scale: float, stream: Any) -> None:

@@ -60,3 +60,4 @@ class StepResult:
     grad_norm: float | None
     skipped: bool
     diagnostics: Diagnostics | None = None
+    value_sums: tuple | None = None  # (GradAccumulator's: the new values' sums, as GradSums holds them)

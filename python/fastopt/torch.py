@@ -33,12 +33,14 @@ from typing import Any, Callable, ClassVar, Iterable, Mapping
 import torch
 
 from . import _core
+from .accumulate import GradAccumulator as _GradAccumulator
 from .catalog import OPTIMIZERS
+from .hessian import gauss_newton_bartlett, hutchinson
 from .optimizer import Optimizer as _Bound
 from .optimizer import alone
 from .storage import Storage, absmax_blocks, absmax_name, check_seed, check_storage
 
-__all__ = ["Optimizer", *(cls.__name__ for cls in OPTIMIZERS)]
+__all__ = ["Optimizer", "GradAccumulator", "gauss_newton_bartlett", "hutchinson", *(cls.__name__ for cls in OPTIMIZERS)]
 
 _grad = operator.attrgetter("grad")
 
@@ -180,19 +182,30 @@ class Optimizer(torch.optim.Optimizer):
         self._unbind()
 
     @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:
+    def step(self, closure: Any = None, *, accumulated: Any = None) -> Any:
         """One fused step over every param that has a grad; returns ``closure()``'s loss (the
         closure runs first, with grad enabled), as torch.optim. One thread at a time: a step,
-        ``state_dict`` or ``load_state_dict`` while another thread steps raises RuntimeError."""
-        return alone(self._busy, f"{type(self).__name__}.step", self._step, closure)
+        ``state_dict`` or ``load_state_dict`` while another thread steps raises RuntimeError.
 
-    def _step(self, closure: Any) -> Any:
+        ``accumulated``: what :meth:`GradAccumulator.add` returned for the last micro-batch: the
+        step then reads the float32 accumulators as the grads of the accumulator's params (not
+        their ``.grad``; the optimizer's other params are skipped) and takes their sums in place
+        of its norm pass (clipping and skipping decide from them, with the same bits)."""
+        return alone(self._busy, f"{type(self).__name__}.step", self._step, closure, accumulated)
+
+    def _step(self, closure: Any, accumulated: Any = None) -> Any:
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         params = [p for g in self.param_groups for p in g["params"]]
-        grads = list(map(_grad, params))
+        if accumulated is None:
+            grads = list(map(_grad, params))
+        else:
+            if not accumulated.params:
+                raise TypeError(f"{type(self).__name__}.step: accumulated must come from fastopt.torch.GradAccumulator")
+            of = {id(p): a for p, a in zip(accumulated.params, accumulated.accumulators)}
+            grads = [of.get(id(p)) for p in params]
         if (self._inner is None or not self._state_unchanged() or self._modes() != self._bound_modes
                 or len(params) != len(self._bound_params) or not all(map(operator.is_, params, self._bound_params))):
             self._bind(params, grads)  # first step; params, state or storage modes changed by the user
@@ -212,11 +225,12 @@ class Optimizer(torch.optim.Optimizer):
             return loss
         self._push_hypers()
         self._refresh_masters()
+        sums = None if accumulated is None else accumulated.select(self._inner._grads)
         try:
-            self.last_step = self._inner.step()
+            self.last_step = self._inner.step(grad_sums=sums)
         except _core.MemoryMoved:  # a param's memory moved (module.to, p.data = ...): follow it
             self._bind(params, grads)
-            self.last_step = self._inner.step()
+            self.last_step = self._inner.step(grad_sums=sums)
         self._mastered = [(p, m, p._version) for p, m, _ in self._mastered]
         return loss
 
@@ -465,6 +479,44 @@ class Optimizer(torch.optim.Optimizer):
             hook(self)
 
 
+class GradAccumulator(_GradAccumulator):
+    """Gradient accumulation for PyTorch params: after each micro-batch's ``backward()``,
+    ``add()`` adds every param's ``.grad`` (float32, float16 or bfloat16) times ``scale`` into a
+    float32 accumulator, in one fused pass (see :class:`fastopt.GradAccumulator`); ``.grad`` is
+    read afresh at each call (``zero_grad()`` may set it to None in between, as it does by
+    default). The last micro-batch: ``opt.step(accumulated=acc.add(scale, last=True))`` (a
+    fastopt.torch optimizer): the step reads the accumulators and their sums, summed by that
+    same pass. Bf16 params thus train on float32-accumulated grads without a float32 ``.grad``.
+
+    Args:
+        params: the params (an iterable of tensors, e.g. ``model.parameters()``); the
+            accumulators (``accumulators``, float32 zeros like them) are allocated on their
+            devices.
+    """
+
+    def __init__(self, params: Iterable[torch.Tensor]):
+        self.params = list(params)
+        if not self.params:
+            raise ValueError("GradAccumulator got no params")
+        self.accumulators = [torch.zeros_like(p, dtype=torch.float32) for p in self.params]
+        self.grads: list | None = None  # bound at the first add
+
+    def add(self, scale: float = 1.0, *, first: bool = False, last: bool = False, stream: Any = None) -> Any:
+        grads = list(map(_grad, self.params))
+        missing = [i for i, g in enumerate(grads) if g is None]
+        if missing:
+            raise RuntimeError(f"GradAccumulator.add: param {missing[0]} has no grad (did backward() run?)")
+        if self.grads is None:
+            super().__init__(grads, self.accumulators)
+        elif not all(map(operator.is_, grads, self.grads)):  # (new .grad tensors: bind those)
+            self._step._take_grads(grads)
+            self.grads = grads
+        return super().add(scale, first=first, last=last, stream=stream)
+
+    def _params_of_grads(self) -> tuple:
+        return tuple(self.params)
+
+
 class _ParamState(dict):
     """One param's state. A change made by the user (a state tensor replaced, the dict cleared,
     ``"step"`` set) marks the binding stale (``changed[0]``), so the next step binds what the
@@ -698,12 +750,42 @@ def _replaced(module: torch.nn.Module, name: str, new: Any) -> None:
         opt._unbind()
 
 
+def _update_hessian(self: Optimizer, estimates: Any, stream: Any = None) -> None:
+    """Sophia's Hessian average, ``h = beta2 * h + (1 - beta2) * estimate``, for every param the
+    optimizer has stepped (see :meth:`fastopt.Sophia.update_hessian`), in one fused pass.
+    ``estimates``: one per param of ``param_groups``, in order (a list), or a dict param ->
+    estimate; tensors shaped like the params (:func:`gauss_newton_bartlett`, :func:`hutchinson`).
+    A param without an estimate raises ValueError; RuntimeError before the first step (no state
+    yet: the average starts at 0, as in the paper, with the first step)."""
+    def update() -> None:
+        if self._inner is None:
+            raise RuntimeError(f"{type(self).__name__}.update_hessian: no step taken yet, so no Hessian average "
+                               "exists (it starts at 0 with the first step); call it after a step")
+        if isinstance(estimates, Mapping):
+            of = {id(p): e for p, e in estimates.items()}
+        else:
+            params = [p for g in self.param_groups for p in g["params"]]
+            given = list(estimates)
+            if len(given) != len(params):
+                raise ValueError(f"{type(self).__name__}.update_hessian: got {len(given)} estimates for "
+                                 f"{len(params)} params")
+            of = {id(p): e for p, e in zip(params, given)}
+        missing = [k for k, p in enumerate(self._inner._params) if id(p) not in of]
+        if missing:
+            raise ValueError(f"{type(self).__name__}.update_hessian: no estimate for a param it steps")
+        self._inner.update_hessian([of[id(p)] for p in self._inner._params], stream)
+    alone(self._busy, f"{type(self).__name__}.update_hessian", update)
+
+
 def _drop_in(cls: type[_Bound]) -> type[Optimizer]:
     hypers = ", ".join(f"{k}={v!r}" for k, v in cls.hyper_defaults.items())
     doc = (f"``{cls.__name__}`` as a ``torch.optim.Optimizer``: fastopt's fused step behind torch.optim's "
            f"interface (see :class:`fastopt.torch.Optimizer`; the update: :class:`fastopt.{cls.__name__}`).\n\n"
            f"    Hyperparameters and defaults: {hypers}.\n")
-    return type(cls.__name__, (Optimizer,), {"fastopt_class": cls, "__doc__": doc, "__module__": __name__})
+    attrs = {"fastopt_class": cls, "__doc__": doc, "__module__": __name__}
+    if hasattr(cls, "update_hessian"):
+        attrs["update_hessian"] = _update_hessian
+    return type(cls.__name__, (Optimizer,), attrs)
 
 
 globals().update({cls.__name__: _drop_in(cls) for cls in OPTIMIZERS})

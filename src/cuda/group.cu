@@ -36,6 +36,8 @@ struct ControlArgs {
   bool* skipped;
   double* diagnostics;
   int64_t* nonfinite;
+  const double* given_sumsq;  // the grads' per-tensor sums, given: no grad norm pass ran
+  const int64_t* given_nonfinite;
 };
 
 // The step's decision, in one block, as the CPU engine's optimizer takes it on the host: the
@@ -50,7 +52,14 @@ __global__ void __launch_bounds__(kReduceThreads) control_kernel(ControlArgs a, 
   }
   __shared__ unsigned long long bad;
   if (threadIdx.x == 0) bad = 0;
-  tensor_sums<1>(tb, true);  // its barriers order the reset of `bad` before the adds
+  if (a.given_sumsq) {
+    for (int64_t t = threadIdx.x; t < tb.num_tensors; t += blockDim.x) {
+      tb.tensor_sums[t * kMaxSums] = a.given_sumsq[t], tb.tensor_bad[t] = a.given_nonfinite[t];
+    }
+    __syncthreads();  // (orders the reset of `bad` and the copies before the adds)
+  } else {
+    tensor_sums<1>(tb, true);  // its barriers order the reset of `bad` before the adds
+  }
   const int64_t n = tb.num_tensors, runs = (n + reduce::kTensorRun - 1) / reduce::kTensorRun;
   unsigned long long my_bad = 0;
   for (int64_t r = threadIdx.x; r < runs; r += blockDim.x) {
@@ -90,6 +99,16 @@ __global__ void __launch_bounds__(kReduceThreads) diagnostics_kernel(Group::Tabl
     out[n + t] = update;
     out[2 * n + t] = param;
     out[3 * n + t] = update / param;
+  }
+}
+
+// After the update pass of a rule that sums_values, in one block: each tensor's sum of squares
+// of its new values and their non-finite count (diagnosed_values).
+__global__ void __launch_bounds__(kReduceThreads) value_sums_kernel(Group::Tables tb, double* sumsq, int64_t* bad) {
+  tensor_sums<2>(tb, false);
+  for (int64_t t = threadIdx.x; t < tb.num_tensors; t += blockDim.x) {
+    sumsq[t] = tb.tensor_sums[t * kMaxSums];
+    bad[t] = int64_t(tb.tensor_sums[t * kMaxSums + 1]);
   }
 }
 
@@ -264,16 +283,23 @@ void Group::step(const StepArgs& in) {
   a.grad_norm = a.grad_norm || a.skip_nonfinite || a.max_grad_norm > 0 || a.grad_norm_out || a.skipped_out ||
                 a.diagnostics;
   if (a.diagnostics && !a.nonfinite) throw std::invalid_argument("diagnostics need their non-finite counts");
+  if (!a.grad_sumsq != !a.grad_nonfinite || !a.value_sumsq != !a.value_nonfinite) {
+    throw std::invalid_argument("sums and non-finite counts go together");
+  }
+  if (a.value_sumsq && (a.grad_norm || a.loss_scale || a.diagnostics)) {
+    throw std::invalid_argument("value sums are for a plain update: the other step options must be off");
+  }
   const bool control = a.grad_norm || a.loss_scale;
   DeviceGuard guard(device_);
   const auto s = static_cast<cudaStream_t>(a.stream);
-  if (a.grad_norm) {
+  if (a.grad_norm && !a.grad_sumsq) {
     grad_sums_kernel<<<task_grid_, kThreads, 0, s>>>(*tables_);
     check(cudaGetLastError(), "grad norm kernel launch");
   }
   if (control) {
     const ControlArgs c{a.transform.scale, a.loss_scale,  a.grad_norm,   a.skip_nonfinite, a.max_grad_norm,
-                        a.grad_norm_out,   a.skipped_out, a.diagnostics, a.nonfinite};
+                        a.grad_norm_out,   a.skipped_out, a.diagnostics, a.nonfinite,    a.grad_sumsq,
+                        a.grad_nonfinite};
     control_kernel<<<1, kReduceThreads, 0, s>>>(c, *tables_);
     check(cudaGetLastError(), "control kernel launch");
   }
@@ -285,6 +311,10 @@ void Group::step(const StepArgs& in) {
   if (a.diagnostics) {
     diagnostics_kernel<<<1, kReduceThreads, 0, s>>>(*tables_, a.diagnostics);
     check(cudaGetLastError(), "diagnostics kernel launch");
+  }
+  if (a.value_sumsq) {
+    value_sums_kernel<<<1, kReduceThreads, 0, s>>>(*tables_, a.value_sumsq, a.value_nonfinite);
+    check(cudaGetLastError(), "value sums kernel launch");
   }
   if (a.track_skip && control) {
     if (!skip_host_) {

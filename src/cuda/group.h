@@ -52,6 +52,14 @@ struct StepArgs {
   // also sums updates and params.
   double* diagnostics = nullptr;
   int64_t* nonfinite = nullptr;
+  // device, num_tensors each: the grads' sums of squares and non-finite counts, given (an
+  // accumulation's value sums): the grad norm pass is not run, the control kernel takes them.
+  const double* grad_sumsq = nullptr;
+  const int64_t* grad_nonfinite = nullptr;
+  // device, num_tensors each: a rule that sums_values sums its new values (their squares and
+  // non-finite counts) as the update pass writes them (StepOptions::value_sums).
+  double* value_sumsq = nullptr;
+  int64_t* value_nonfinite = nullptr;
 };
 
 class Group {

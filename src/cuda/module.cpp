@@ -33,11 +33,14 @@ class CudaGroup {
   // each group's rule sees), the coefficients are computed on the host, as the CPU engine
   // computes them; without, on the device. Device buffers come as addresses (loss_scale: a
   // float32; grad_norm: a float64; skipped: a bool; diagnostics: 4 x num_tensors float64;
-  // nonfinite: num_tensors int64), owned by the caller and alive until the step has run.
+  // nonfinite: num_tensors int64; grad_sumsq / value_sumsq: num_tensors float64 and
+  // grad_nonfinite / value_nonfinite: num_tensors int64, given / written: gradient accumulation's),
+  // owned by the caller and alive until the step has run.
   void step(py::sequence hypers, uintptr_t stream, std::optional<std::vector<int64_t>> steps, double grad_scale,
             uintptr_t loss_scale, float clip_value, bool capturable, bool grad_norm, bool skip_nonfinite,
             double max_grad_norm, uintptr_t grad_norm_out, uintptr_t skipped_out, uintptr_t diagnostics,
-            uintptr_t nonfinite, bool track_skip, int64_t round_step) {
+            uintptr_t nonfinite, bool track_skip, int64_t round_step, uintptr_t grad_sumsq, uintptr_t grad_nonfinite,
+            uintptr_t value_sumsq, uintptr_t value_nonfinite) {
     binding_.check();
     const std::vector<int64_t>* given = steps ? &*steps : nullptr;
     py_intake::set_hypers(opt_, hypers, given);
@@ -52,6 +55,11 @@ class CudaGroup {
     o.nonfinite_out = reinterpret_cast<int64_t*>(nonfinite);
     o.track_skip = track_skip;
     o.round_step = round_step;
+    o.grad_sumsq_in = reinterpret_cast<const double*>(grad_sumsq);
+    o.grad_nonfinite_in = reinterpret_cast<const int64_t*>(grad_nonfinite);
+    o.value_sums = value_sumsq != 0;
+    o.value_sumsq_out = reinterpret_cast<double*>(value_sumsq);
+    o.value_nonfinite_out = reinterpret_cast<int64_t*>(value_nonfinite);
     py::gil_scoped_release nogil;
     opt_.step(as_stream(stream), o);
   }
@@ -154,7 +162,8 @@ PYBIND11_MODULE(_cuda, m) {
            py::arg("capturable") = false, py::arg("grad_norm") = false, py::arg("skip_nonfinite") = false,
            py::arg("max_grad_norm") = 0.0, py::arg("grad_norm_out") = 0, py::arg("skipped_out") = 0,
            py::arg("diagnostics") = 0, py::arg("nonfinite") = 0, py::arg("track_skip") = false,
-           py::arg("round_step") = 0)
+           py::arg("round_step") = 0, py::arg("grad_sumsq") = 0, py::arg("grad_nonfinite") = 0,
+           py::arg("value_sumsq") = 0, py::arg("value_nonfinite") = 0)
       .def("poll_skip", &CudaGroup::poll_skip,
            "The last tracked step's skip decision: -1 while not back on the host (never waits), else 1 or 0")
       .def("watch_state", &CudaGroup::watch_state, "Watch the masters and state as the params (the caller's)")

@@ -3,6 +3,7 @@
 #include "fastopt/cuda_optimizer.h"
 
 #include "../cpp/api/table.h"
+#include "fastopt/element.h"
 #include "group.h"
 
 namespace fastopt {
@@ -32,6 +33,18 @@ void CudaOptimizer::step(cudaStream_t stream, const CudaStepOptions& o) {
     throw std::invalid_argument("grad_factor and combine_sums are the CPU engine's (a step sharded across processes)");
   }
   if (o.rule_steps && o.capturable) throw std::invalid_argument("a capturable step reads its step counts on the device");
+  if (o.grad_sums) throw std::invalid_argument("on the CUDA engine the grads' sums are given in device memory (grad_sumsq_in)");
+  if (!o.grad_sumsq_in != !o.grad_nonfinite_in) throw std::invalid_argument("grad_sumsq_in needs grad_nonfinite_in");
+  if (o.value_sums && !(o.value_sumsq_out && o.value_nonfinite_out)) {
+    throw std::invalid_argument("value_sums need value_sumsq_out and value_nonfinite_out (device memory)");
+  }
+  if (o.value_sums) {
+    with_rule(impl_->table.rule, [](auto rule) {
+      if (!sums_values<decltype(rule)>::value) {
+        throw std::invalid_argument("value_sums is for a rule that produces values (accumulate)");
+      }
+    });
+  }
   if (o.diagnostics && !(o.diagnostics_out && o.nonfinite_out)) {
     throw std::invalid_argument("diagnostics need diagnostics_out and nonfinite_out (device memory)");
   }
@@ -56,6 +69,9 @@ void CudaOptimizer::step(cudaStream_t stream, const CudaStepOptions& o) {
     a.skip_nonfinite = o.skip_nonfinite;
     a.max_grad_norm = o.max_grad_norm;
     a.grad_norm = o.grad_norm || o.skip_nonfinite || o.max_grad_norm > 0 || o.diagnostics || o.grad_norm_out;
+    a.grad_sumsq = o.grad_sumsq_in, a.grad_nonfinite = o.grad_nonfinite_in;
+    a.value_sumsq = o.value_sums ? o.value_sumsq_out : nullptr;
+    a.value_nonfinite = o.value_sums ? o.value_nonfinite_out : nullptr;
     a.grad_norm_out = o.grad_norm_out;
     a.skipped_out = o.skipped_out;
     a.diagnostics = o.diagnostics ? o.diagnostics_out : nullptr;
@@ -80,13 +96,14 @@ void CudaOptimizer::set_hypers(const std::vector<Hyper>& hs) { api::set_hypers(i
 
 void CudaOptimizer::set_lr(size_t group, double lr, cudaStream_t stream) {
   api::check_group(impl_->table, group);
+  api::check_has_lr(impl_->table, "set_lr");
   if (!(lr >= 0 && lr < 1e300)) throw std::invalid_argument("lr must be finite and >= 0");
   cuda::set_device_value(impl_->group.lr_device() + group, lr, impl_->group.device(), stream);
 }
 
 void CudaOptimizer::set_schedule(size_t group, const Schedule* schedule, cudaStream_t stream) {
   api::check_group(impl_->table, group);
-  if (schedule) api::check_schedule(*schedule);
+  if (schedule) api::check_schedule(*schedule), api::check_has_lr(impl_->table, "set_schedule");
   impl_->group.set_schedule(int(group), schedule, stream);
 }
 

@@ -55,8 +55,8 @@ __device__ bool prologue(const RuleArgs<Rule>& a, const Group::Tables& tb, typen
     const int j = threadIdx.x;
     typename Rule::Hyper h = a.group.hypers.v[j];
     const int64_t taken = a.steps[j];
-    if (tb.scheduled[j]) h.lr = lr_at(tb.schedules[j], taken);
-    else if (a.lr) h.lr = a.lr[j];
+    if (tb.scheduled[j]) set_lr(h, lr_at(tb.schedules[j], taken));
+    else if (a.lr) set_lr(h, a.lr[j]);
     coeffs[j] = Rule::coeffs(h, taken + 1);
   }
   __syncthreads();
@@ -208,7 +208,8 @@ __global__ void __launch_bounds__(kThreads) update_kernel(RuleArgs<Rule> a, Grou
 }
 
 // The update that also sums, per block of reduce.h, the squared updates (new - old fp32
-// value) and the squared old values: the CPU's run_diagnosed.
+// value) and the squared old values (diagnosed_values: the new values and their non-finite
+// count where the rule sums_values): the CPU's run_diagnosed.
 template <class Rule>
 __global__ void __launch_bounds__(kThreads) diagnosed_update_kernel(RuleArgs<Rule> a, Group::Tables tb) {
   __shared__ typename Rule::Coeffs coeffs[kMaxGroups];
@@ -221,8 +222,7 @@ __global__ void __launch_bounds__(kThreads) diagnosed_update_kernel(RuleArgs<Rul
     return [&, c, q](int64_t i, float (&v)[2]) {
       const float before = load_value<float, P>(t, i);
       apply_element<Rule, float, P>(c, x, t, i, const_cast<QuantBlock*>(&q));
-      v[0] = load_value<float, P>(t, i) - before;
-      v[1] = before;
+      diagnosed_values<Rule>(before, load_value<float, P>(t, i), v);
       return 0;
     };
   });
@@ -289,7 +289,7 @@ void launch_rule(const RuleLaunch& l) {
     finish_kernel<Rule><<<1, kReduceThreads, 0, l.stream>>>(a, l.tables);
     check(cudaGetLastError(), "finish kernel launch");
   }
-  if (s.diagnostics) {
+  if (s.diagnostics || s.value_sumsq) {
     diagnosed_update_kernel<Rule><<<l.task_grid, kThreads, 0, l.stream>>>(a, l.tables);
   } else {
     update_kernel<Rule><<<l.chunk_grid, kThreads, 0, l.stream>>>(a, l.tables);

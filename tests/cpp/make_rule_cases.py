@@ -27,6 +27,8 @@ import ml_dtypes
 import numpy as np
 
 import fastopt
+from fastopt.accumulate import _AccumulateStep
+from fastopt.ema import _EmaStep
 
 OUT = Path(__file__).with_name("rule_cases.inc")
 
@@ -94,6 +96,11 @@ CASES = [
          {"lr": 0.02}),
     Case("lamb_no_bias_correction", fastopt.LAMB, {"lr": 0.01, "bias_correction": False, "weight_decay": 0.1},
          {"eps": 1e-3}),
+    Case("sophia", fastopt.Sophia, {"lr": 0.01, "betas": (0.8, 0.95), "rho": 0.5, "eps": 0.25, "weight_decay": 0.1},
+         {"lr": 0.02, "maximize": True}),
+    # The utility rules (fastopt.ParamEMA, fastopt.GradAccumulator): bound as optimizers here.
+    Case("ema", _EmaStep, {"decay": 0.9, "warmup": True, "warmup_power": 0.5}, {"decay": 0.5, "update_after_step": 1}),
+    Case("accumulate", _AccumulateStep, {"scale": 0.5}, {"scale": 2.0, "first": True}),
     # The step options.
     Case("adam_grad_scale", fastopt.Adam, {"lr": 0.01, "betas": (0.8, 0.95)}, {"lr": 0.02}, grad_scale=1024.0),
     Case("adam_max_grad_norm", fastopt.Adam, {"lr": 0.01}, {"lr": 0.02},

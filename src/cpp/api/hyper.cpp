@@ -56,7 +56,11 @@ int num_state(const Hyper& h) {
 std::vector<std::string> state_names(RuleId id) {
   return with_rule(id, [](auto rule) {
     using R = decltype(rule);
-    return std::vector<std::string>(std::begin(R::state_names), std::end(R::state_names));
+    std::vector<std::string> names;
+    for (const char* n : R::state_names) {
+      if (*n) names.push_back(n);  // (a rule without state names "")
+    }
+    return names;
   });
 }
 

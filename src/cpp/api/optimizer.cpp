@@ -84,8 +84,9 @@ struct Optimizer::Impl {
       std::vector<typename Rule::Hyper> hypers = api::hypers_of<Rule>(table);
       for (size_t j = 0; j < hypers.size(); ++j) {
         if (schedules[j]) {
-          hypers[j].lr = lr_at(*schedules[j], steps[j]);
-          api::check_scheduled_lr(j, hypers[j].lr, steps[j]);
+          const double lr = lr_at(*schedules[j], steps[j]);
+          api::check_scheduled_lr(j, lr, steps[j]);
+          set_lr(hypers[j], lr);
         }
       }
       const auto coeffs = api::step_coeffs<Rule>(table, hypers, rule_steps);
@@ -112,10 +113,33 @@ struct Optimizer::Impl {
     StepResult result;
     float factor = o.grad_factor.value_or(inv);
     const size_t n = table.slots.size();
+    if (o.value_sums) {
+      with_rule(table.rule, [](auto rule) {
+        if (!sums_values<decltype(rule)>::value) {
+          throw std::invalid_argument("value_sums is for a rule that produces values (accumulate)");
+        }
+      });
+      std::vector<double> diag(2 * n);
+      update(rule_steps, factor, o.clip_value, round_step, o.combine_sums, diag.data());
+      count_step();
+      GradSums v{std::vector<double>(n), std::vector<int64_t>(n)};
+      for (size_t i = 0; i < n; ++i) v.sumsq[i] = diag[2 * i], v.nonfinite[i] = int64_t(diag[2 * i + 1]);
+      result.value_sums = std::move(v);
+      return result;
+    }
+    if (o.grad_sums && (o.grad_sums->sumsq.size() != n || o.grad_sums->nonfinite.size() != n)) {
+      throw std::invalid_argument("grad_sums holds " + std::to_string(o.grad_sums->sumsq.size()) + " sums and " +
+                                  std::to_string(o.grad_sums->nonfinite.size()) + " counts for " + std::to_string(n) +
+                                  " params");
+    }
     if (o.max_grad_norm > 0 || o.skip_nonfinite || o.grad_norm || o.diagnostics) {
       std::vector<double> sums(n);
       std::vector<int64_t> bad(n);
-      reducer(true).run(sums.data(), bad.data());
+      if (o.grad_sums) {
+        sums = o.grad_sums->sumsq, bad = o.grad_sums->nonfinite;
+      } else {
+        reducer(true).run(sums.data(), bad.data());
+      }
       int64_t nonfinite = 0;
       for (int64_t b : bad) nonfinite += b;
       const StepControl c =
@@ -173,6 +197,7 @@ void Optimizer::set_hypers(const std::vector<Hyper>& hs) { api::set_hypers(impl_
 void Optimizer::set_schedule(size_t group, const Schedule* schedule) {
   api::check_group(impl_->table, group);
   if (schedule) api::check_schedule(*schedule);
+  if (schedule) api::check_has_lr(impl_->table, "set_schedule");
   impl_->schedules[group] = schedule ? std::optional<Schedule>(*schedule) : std::nullopt;
 }
 

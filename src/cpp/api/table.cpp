@@ -1,5 +1,6 @@
 #include "table.h"
 
+#include "fastopt/element.h"
 #include "fastopt/numeric/quantize8.h"
 
 #include <algorithm>
@@ -362,6 +363,14 @@ void check_schedule(const Schedule& s) {
   }
 }
 
+void check_has_lr(const Table& t, const char* what) {
+  with_rule(t.rule, [&](auto rule) {
+    if (!has_lr<typename decltype(rule)::Hyper>::value) {
+      throw std::invalid_argument(std::string(what) + ": the " + rule_name(t.rule) + " rule has no lr");
+    }
+  });
+}
+
 void check_scheduled_lr(size_t group, double lr, int64_t step) {
   if (!(lr >= 0 && std::isfinite(lr))) {
     std::ostringstream s;
@@ -427,6 +436,11 @@ void check_options(const StepOptions& o) {
     throw std::invalid_argument(
         "grad_factor is the whole grad multiplier: grad_scale must be 1 and max_grad_norm, skip_nonfinite, "
         "grad_norm and diagnostics off");
+  }
+  if (o.grad_sums && o.grad_factor) throw std::invalid_argument("grad_sums and grad_factor exclude each other");
+  if (o.value_sums && (o.grad_scale != 1.0 || o.max_grad_norm > 0 || o.clip_value > 0 || o.skip_nonfinite ||
+                       o.grad_norm || o.diagnostics || o.grad_factor || o.grad_sums)) {
+    throw std::invalid_argument("value_sums sums the new values of a plain update: the other step options must be off");
   }
 }
 

@@ -75,6 +75,8 @@ void set_hypers(Table& t, const std::vector<Hyper>& hs);
 // std::invalid_argument unless `s` is a well-formed Schedule (segment, milestone and kind
 // fields in range), and unless `lr`, a value it gave, is finite and >= 0.
 void check_schedule(const Schedule& s);
+// std::invalid_argument where the table's rule has no lr (a utility rule) for `what` to set.
+void check_has_lr(const Table& t, const char* what);
 void check_scheduled_lr(size_t group, double lr, int64_t step);
 
 // Restored step counts: one per group, each >= 0.

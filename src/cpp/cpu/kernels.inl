@@ -269,7 +269,8 @@ void prepass(const void* coeffs, const GradTransform& transform, const TensorSlo
 }
 
 // The update with diagnostics over elements [begin, end) of one tensor: sums[0] is the
-// tensor's sum of squared updates (new - old fp32 value), sums[1] of its old values.
+// tensor's sum of squared updates (new - old fp32 value), sums[1] of its old values (where the
+// rule sums_values: of its new values, and their non-finite count).
 template <class Rule, class P>
 void run_diagnosed(const void* coeffs, const GradTransform& transform, const TensorSlot& slot, int64_t begin,
                    int64_t end, double* sums) {
@@ -283,8 +284,7 @@ void run_diagnosed(const void* coeffs, const GradTransform& transform, const Ten
         prefetch_ahead<Rule, false, L, P>(s, i);
         const L before = load_value<L, P>(s, i);
         apply_element<Rule, L, P>(c, x, s, i, q);
-        v[0] = load_value<L, P>(s, i) - before;
-        v[1] = before;
+        diagnosed_values<Rule>(before, load_value<L, P>(s, i), v);
       },
       sums);
 }

@@ -47,12 +47,13 @@ class CpuGroup {
         opt_(make(rule, binding_.groups)) {}
 
   // One step with the hyperparameters `hypers` (one per param group) at the rule step counts
-  // `steps`: see fastopt::StepOptions. Returns (grad norm or None, skipped, diagnostics or
+  // `steps`: see fastopt::StepOptions (grad_sums: ([sum of squares], [non-finite count]) per
+  // tensor, or None). Returns (grad norm or None, skipped, diagnostics or None, value sums or
   // None), the diagnostics as (grad_norm, nonfinite_grads, param_norm, update_norm,
-  // update_ratio) arrays, the last three None for a skipped step.
+  // update_ratio) arrays, the last three None for a skipped step, the value sums as grad_sums.
   py::tuple step(py::sequence hypers, const std::vector<int64_t>& steps, double grad_scale, float clip_value,
                  double max_grad_norm, bool skip_nonfinite, bool grad_norm, bool diagnostics, int64_t round_step,
-                 std::optional<float> grad_factor, py::object combine_sums) {
+                 std::optional<float> grad_factor, py::object combine_sums, py::object grad_sums, bool value_sums) {
     binding_.check();
     Optimizer& opt = std::get<Optimizer>(opt_);
     py_intake::set_hypers(opt, hypers, &steps);
@@ -60,6 +61,13 @@ class CpuGroup {
         py_intake::step_options(grad_scale, clip_value, max_grad_norm, skip_nonfinite, grad_norm, diagnostics, &steps);
     o.round_step = round_step;
     o.grad_factor = grad_factor;
+    o.value_sums = value_sums;
+    GradSums given;
+    if (!grad_sums.is_none()) {  // ([sum of squares], [non-finite count]) per tensor
+      const auto pair = grad_sums.cast<std::pair<std::vector<double>, std::vector<int64_t>>>();
+      given = {pair.first, pair.second};
+      o.grad_sums = &given;
+    }
     if (!combine_sums.is_none()) {  // called with a (tensors, sums) float64 array over the sums, in place
       o.combine_sums = [&combine_sums](double* sums, size_t n, int k) {
         py::gil_scoped_acquire gil;
@@ -78,8 +86,10 @@ class CpuGroup {
       diag = py::make_tuple(array(d.grad_norm), array(d.nonfinite_grads), or_none(d.param_norm),
                             or_none(d.update_norm), or_none(d.update_ratio));
     }
+    py::object values = py::none();
+    if (r.value_sums) values = py::make_tuple(py::cast(r.value_sums->sumsq), py::cast(r.value_sums->nonfinite));
     return py::make_tuple(r.grad_norm ? py::object(py::float_(*r.grad_norm)) : py::object(py::none()), r.skipped,
-                          diag);
+                          diag, values);
   }
 
   // Per tensor: the sum of squares (canonical order) and non-finite count of the grads, or of
@@ -198,7 +208,8 @@ PYBIND11_MODULE(_core, m) {
       .def("step", &CpuGroup::step, py::arg("hypers"), py::arg("steps"), py::arg("grad_scale") = 1.0,
            py::arg("clip_value") = 0.0f, py::arg("max_grad_norm") = 0.0, py::arg("skip_nonfinite") = false,
            py::arg("grad_norm") = false, py::arg("diagnostics") = false, py::arg("round_step") = 0,
-           py::arg("grad_factor") = py::none(), py::arg("combine_sums") = py::none())
+           py::arg("grad_factor") = py::none(), py::arg("combine_sums") = py::none(),
+           py::arg("grad_sums") = py::none(), py::arg("value_sums") = false)
       .def("set_seed", [](CpuGroup& g, uint64_t seed) { g.set_seed(seed); }, py::arg("seed"),
            "The seed of stochastic rounding")
       .def("watch_state", &CpuGroup::watch_state, "Watch the masters and state as the params (the caller's)")

@@ -51,7 +51,8 @@ inline StepOptions step_options(double grad_scale, float clip_value, double max_
 
 // Registers every rule's Hyper struct as <Type>Hyper (AdamHyper, ...): fields by name,
 // check() -> error message or "", num_state(); and `rules`, each rule id (its name) mapped to
-// its Hyper class in the registry's order: the Python side finds its optimizers through it.
+// its Hyper class in the registry's order: the Python side finds its optimizers through it
+// (those not in `utility_rules`).
 inline void bind_hypers(pybind11::module_& m) {
   namespace py = pybind11;
   auto bind = [&m](auto rule, const char* cls_name) {
@@ -70,6 +71,11 @@ inline void bind_hypers(pybind11::module_& m) {
   FASTOPT_RULES(FASTOPT_RULE_BIND)
 #undef FASTOPT_RULE_BIND
   m.attr("rules") = rules;
+  py::list utilities;  // the rules that are not optimizers (registry.h)
+#define FASTOPT_RULE_UTILITY(id, T) utilities.append(#id);
+  FASTOPT_UTILITY_RULES(FASTOPT_RULE_UTILITY)
+#undef FASTOPT_RULE_UTILITY
+  m.attr("utility_rules") = py::tuple(utilities);
   py::dict names;  // each rule's state arrays, in binding order
 #define FASTOPT_RULE_STATE(id, T) names[#id] = py::tuple(py::cast(state_names(RuleId::id)));
   FASTOPT_RULES(FASTOPT_RULE_STATE)
@@ -80,6 +86,11 @@ inline void bind_hypers(pybind11::module_& m) {
   FASTOPT_RULES(FASTOPT_RULE_SIGNS)
 #undef FASTOPT_RULE_SIGNS
   m.attr("nonnegative_state") = signs;
+  py::dict read_only;  // each rule's state arrays that its update only reads (bit k: stream k)
+#define FASTOPT_RULE_READ_ONLY(id, T) read_only[#id] = read_only_state<T>::value;
+  FASTOPT_RULES(FASTOPT_RULE_READ_ONLY)
+#undef FASTOPT_RULE_READ_ONLY
+  m.attr("read_only_state") = read_only;
   py::dict sums;  // each rule's per-tensor sums (a two-pass rule's first pass; 0: one pass)
 #define FASTOPT_RULE_SUMS(id, T) sums[#id] = num_sums<T>::value;
   FASTOPT_RULES(FASTOPT_RULE_SUMS)

@@ -268,6 +268,57 @@ TEST(OptimizerSharded, GradFactorIsTheClippedStepsMultiplier) {
   EXPECT_THROW(given.step(f), std::invalid_argument);
 }
 
+// Gradient accumulation: the accumulate rule's pass sums its new values (value_sums) as the
+// norm pass sums params; a step given its grads' sums (grad_sums) decides as from its own.
+TEST(OptimizerAccumulate, ValueSumsAreTheNormPassSums) {
+  const RuleCase& c = find_case("accumulate");
+  CaseMemory m(c);
+  fastopt::Optimizer acc(fastopt::RuleId::accumulate, m.groups());
+  m.load_grads(0);
+  fastopt::StepOptions o;
+  o.value_sums = true;
+  const fastopt::StepResult r = acc.step(o);
+  ASSERT_TRUE(r.value_sums.has_value());
+  std::vector<double> sums(acc.num_params());
+  std::vector<int64_t> bad(sums.size());
+  acc.param_sumsq(sums.data(), bad.data());
+  EXPECT_EQ(r.value_sums->sumsq, sums);
+  EXPECT_EQ(r.value_sums->nonfinite, bad);
+  o.max_grad_norm = 1.0;
+  EXPECT_THROW(acc.step(o), std::invalid_argument);  // (value sums: a plain pass)
+}
+
+TEST(OptimizerAccumulate, GradSumsDecideAsTheNormPass) {
+  const RuleCase& c = find_case("adam_max_grad_norm");
+  CaseMemory a(c), b(c);
+  fastopt::Optimizer own(fastopt::RuleId::adam, a.groups()), given(fastopt::RuleId::adam, b.groups());
+  a.load_grads(0);
+  b.load_grads(0);
+  fastopt::GradSums sums{std::vector<double>(own.num_params()), std::vector<int64_t>(own.num_params())};
+  own.grad_sumsq(sums.sumsq.data(), sums.nonfinite.data());
+  fastopt::StepOptions o;
+  o.max_grad_norm = 0.5 * fastopt::global_norm(sums.sumsq.data(), sums.sumsq.size());  // (so that it clips)
+  const fastopt::StepResult x = own.step(o);
+  o.grad_sums = &sums;
+  const fastopt::StepResult y = given.step(o);
+  EXPECT_EQ(b.written(), a.written());
+  EXPECT_EQ(*y.grad_norm, *x.grad_norm);
+  fastopt::GradSums short_sums{{1.0}, {0}};
+  o.grad_sums = &short_sums;
+  EXPECT_THROW(given.step(o), std::invalid_argument);
+  fastopt::StepOptions v;
+  v.value_sums = true;  // (adam produces no values to sum)
+  EXPECT_THROW(given.step(v), std::invalid_argument);
+}
+
+TEST(OptimizerAccumulate, UtilityRulesHaveNoLrToSchedule) {
+  const RuleCase& c = find_case("ema");
+  CaseMemory m(c);
+  fastopt::Optimizer ema(fastopt::RuleId::ema, m.groups());
+  const fastopt::Schedule s = fastopt::schedules::constant(0.1);
+  EXPECT_THROW(ema.set_schedule(0, &s), std::invalid_argument);
+}
+
 TEST(OptimizerSharded, CombineSumsDecidesTheTwoPassUpdate) {
   const RuleCase& c = find_case("lamb");
   CaseMemory plain(c), kept(c), changed(c);

@@ -35,6 +35,13 @@ struct CudaStepOptions : StepOptions {
   // Copy the skip decision to pinned host memory after the step, for poll_skip() (not while
   // capturing a graph).
   bool track_skip = false;
+  // Device memory, num_params each (StepOptions::grad_sums and value_sums on this engine; the
+  // host grad_sums is refused): the grads' sums of squares and non-finite counts, given; and
+  // the outputs of value_sums.
+  const double* grad_sumsq_in = nullptr;
+  const int64_t* grad_nonfinite_in = nullptr;
+  double* value_sumsq_out = nullptr;
+  int64_t* value_nonfinite_out = nullptr;
 };
 
 class CudaOptimizer {

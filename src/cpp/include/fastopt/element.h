@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 
 #include "fastopt/numeric/convert.h"
 #include "fastopt/numeric/quantize8.h"
@@ -35,7 +36,9 @@ FASTOPT_HD L transform_grad(const GradTransform& x, L g) {
 // Optional parts of a rule, with their defaults:
 //   num_sums (0): per-tensor sums of squares a two-pass rule takes in its first pass
 //     (prepass), from which finish() makes each tensor's Coeffs for the update pass;
-//   prepass_writes_state (false), update_writes_state (true): which pass stores the state.
+//   prepass_writes_state (false), update_writes_state (true): which pass stores the state;
+//   sums_values (false): the diagnosed update sums the squares of the new values, not of the
+//     changes, and counts the non-finite ones (a rule that produces values: Accumulate).
 template <class R, class = void>
 struct num_sums {
   static constexpr int value = 0;
@@ -52,6 +55,51 @@ template <class R>
 struct writes_state<R, decltype(void(R::update_writes_state))> {
   static constexpr bool prepass = R::prepass_writes_state, update = R::update_writes_state;
 };
+
+// read_only_state (0): bit k set where the update reads state stream k and never changes it
+// (Sophia's Hessian average, updated by a pass of its own): the update does not store it.
+template <class R, class = void>
+struct read_only_state {
+  static constexpr unsigned value = 0;
+};
+template <class R>
+struct read_only_state<R, decltype(void(R::read_only_state))> {
+  static constexpr unsigned value = R::read_only_state;
+};
+
+template <class R, class = void>
+struct sums_values {
+  static constexpr bool value = false;
+};
+template <class R>
+struct sums_values<R, decltype(void(R::sums_values))> {
+  static constexpr bool value = R::sums_values;
+};
+
+// Whether a rule's hyperparameters hold an lr (the utility rules' do not: an lr schedule or a
+// device lr is refused for them when set), and setting it where they do.
+template <class H, class = void>
+struct has_lr : std::false_type {};
+template <class H>
+struct has_lr<H, decltype(void(std::declval<H&>().lr))> : std::true_type {};
+template <class H>
+FASTOPT_HD void set_lr(H& h, double lr) {
+  if constexpr (has_lr<H>::value) h.lr = lr;
+}
+
+// The two values a diagnosed update sums the squares of, from an element's fp32 value before
+// and after the update: the change and the old value; for a rule that sums_values, the new value
+// and 1 where it is not finite (0 where it is), whose sum of squares counts them exactly.
+template <class Rule, class L>
+FASTOPT_HD void diagnosed_values(L before, L after, L (&v)[2]) {
+  if constexpr (sums_values<Rule>::value) {
+    v[0] = after;
+    v[1] = vfinite_or(after - after, L(1.0f));  // (after - after: 0 where finite, NaN where not)
+  } else {
+    v[0] = after - before;
+    v[1] = before;
+  }
+}
 
 // The grad's storage type is read from the slot at run time, not compiled into the kernels: a
 // branch that every element of a tensor takes alike (free beside the memory traffic of a
@@ -125,10 +173,11 @@ FASTOPT_HD uint64_t state_key(const TensorSlot& t, uint64_t round_key, int k) {
   return random::tensor_key(random::tensor_key(round_key, uint64_t(t.tensor)), uint64_t(k) + 1);
 }
 
-template <class L, int N>
+// Stores the state streams but those whose bit is set in `skip` (read_only_state).
+template <unsigned skip = 0, class L, int N>
 FASTOPT_HD void store_state(const TensorSlot& t, int64_t i, const L (&s)[N], const GradTransform& x, QuantBlock* q) {
   for (int k = 0; k < N; ++k) {
-    if (k >= t.num_state) continue;
+    if (k >= t.num_state || (skip >> k & 1u)) continue;
     switch (t.state_store) {
       case StateStore::f32: store(static_cast<float*>(t.state[k]) + i, s[k]); break;
       case StateStore::bf16: store(static_cast<bf16*>(t.state[k]) + i, s[k]); break;
@@ -164,7 +213,7 @@ FASTOPT_HD void apply_element(const typename Rule::Coeffs& c, const GradTransfor
   L s[Rule::max_state];
   load_state(t, i, s, q);
   Rule::update(c, p, g, s);
-  if (writes_state<Rule>::update) store_state(t, i, s, x, q);
+  if (writes_state<Rule>::update) store_state<read_only_state<Rule>::value>(t, i, s, x, q);
   store_value<L, P>(t, i, p, x);
 }
 

@@ -64,6 +64,13 @@ struct ParamGroup {
   std::vector<ParamTensors> params;
 };
 
+// Per tensor (by param index): sums of squares of fp32 values, in reduce.h's canonical order,
+// and counts of inf/NaN elements.
+struct GradSums {
+  std::vector<double> sumsq;
+  std::vector<int64_t> nonfinite;
+};
+
 // What a step does around the update (torch semantics; python/fastopt/optimizer.py documents
 // each option at length).
 struct StepOptions {
@@ -101,6 +108,15 @@ struct StepOptions {
   // apart.
   using CombineSums = std::function<void(double* sums, size_t num_tensors, int num_sums)>;
   CombineSums combine_sums;
+  // The grads' per-tensor sums of squares (reduce.h's canonical order) and non-finite counts,
+  // computed by the caller (the value_sums of an Accumulate step over these very grads, as
+  // accumulators): the step takes them in place of its norm pass, with every option above
+  // deciding as if it had summed them itself (the same bits). num_params() of each.
+  const GradSums* grad_sums = nullptr;
+  // For a rule that produces values (Accumulate): sum the squares of the new values and count
+  // the non-finite ones per tensor as the update writes them (StepResult::value_sums), with no
+  // norm pass; the other options must be off.
+  bool value_sums = false;
 };
 
 // Per-tensor numbers of one step, by param index (global index, across groups).
@@ -118,6 +134,7 @@ struct StepResult {
   std::optional<double> grad_norm;
   bool skipped = false;  // the step was skipped for a non-finite grad
   std::optional<Diagnostics> diagnostics;
+  std::optional<GradSums> value_sums;  // StepOptions::value_sums
 };
 
 class Optimizer {

@@ -1,14 +1,20 @@
 // The registry of rules: every engine and binding instantiates the rules listed here.
-// Adding an optimizer = its rule header, its include below and one line in FASTOPT_RULES,
+// Adding an optimizer = its rule header, its include below and one line in FASTOPT_OPTIMIZER_RULES,
 // and on the Python side python/fastopt/<id>.py with its class (found through _core.rules).
-// A rule without state declares max_state = 1 (arrays of 0 are not C++) and num_state() = 0.
+// A rule without state declares max_state = 1 (arrays of 0 are not C++), state_names {""} and
+// num_state() = 0.
+// The utility rules run on the same engines but are not optimizers: the params they update are
+// buffers of their own (an average, an accumulator), their "grads" the model's tensors; Python
+// wraps them in classes of their own (fastopt/ema.py, fastopt/accumulate.py).
 #pragma once
 
+#include "fastopt/rules/accumulate.h"
 #include "fastopt/rules/adabelief.h"
 #include "fastopt/rules/adadelta.h"
 #include "fastopt/rules/adagrad.h"
 #include "fastopt/rules/adam.h"
 #include "fastopt/rules/adamax.h"
+#include "fastopt/rules/ema.h"
 #include "fastopt/rules/lamb.h"
 #include "fastopt/rules/lars.h"
 #include "fastopt/rules/lion.h"
@@ -16,9 +22,10 @@
 #include "fastopt/rules/radam.h"
 #include "fastopt/rules/rmsprop.h"
 #include "fastopt/rules/sgd.h"
+#include "fastopt/rules/sophia.h"
 
 // X(id, Type): the rule's id (also its name in Python) and its struct.
-#define FASTOPT_RULES(X)   \
+#define FASTOPT_OPTIMIZER_RULES(X) \
   X(sgd, Sgd)              \
   X(adam, Adam)            \
   X(adagrad, Adagrad)      \
@@ -30,7 +37,16 @@
   X(adabelief, AdaBelief)  \
   X(lion, Lion)            \
   X(lars, Lars)            \
-  X(lamb, Lamb)
+  X(lamb, Lamb)                    \
+  X(sophia, Sophia)
+
+#define FASTOPT_UTILITY_RULES(X) \
+  X(ema, Ema)                    \
+  X(accumulate, Accumulate)
+
+#define FASTOPT_RULES(X)     \
+  FASTOPT_OPTIMIZER_RULES(X) \
+  FASTOPT_UTILITY_RULES(X)
 
 namespace fastopt {
 
