@@ -117,7 +117,7 @@ STORAGE_MODES = {  # (param dtype, options): every storage mode of storage.py, a
 
 
 @pytest.mark.parametrize("case, mode", [pytest.param(c, m, id=f"{c.id}-{m}") for m in STORAGE_MODES for c in CASES
-                                        if not (c.name == "Adagrad" and "8bit" in m)])  # (no 8-bit Adagrad)
+                                        if not (not c.cls.eight_bit_state and "8bit" in m)])  # (Adagrad, ...)
 def test_storage_modes_bit_identical_to_cpu(case, mode):
     """Every storage mode is deterministic (stochastic rounding draws the same counter-based bits
     on both engines): the GPU gives the CPU's bits, 8-bit codes and absmax included, over

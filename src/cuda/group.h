@@ -52,6 +52,10 @@ struct StepArgs {
   // also sums updates and params.
   double* diagnostics = nullptr;
   int64_t* nonfinite = nullptr;
+  // A pass that is not a step (a mode switch, host coefficients): the step counts stay, and
+  // stochastic rounding draws the bits of `round_key` (GradTransform::round_key, made on the host).
+  bool not_a_step = false;
+  uint64_t round_key = 0;
 };
 
 class Group {

@@ -35,7 +35,8 @@ FASTOPT_HD L transform_grad(const GradTransform& x, L g) {
 // Optional parts of a rule, with their defaults:
 //   num_sums (0): per-tensor sums of squares a two-pass rule takes in its first pass
 //     (prepass), from which finish() makes each tensor's Coeffs for the update pass;
-//   prepass_writes_state (false), update_writes_state (true): which pass stores the state.
+//   prepass_writes_state (false), update_writes_state (true): which pass stores the state;
+//   switch_coeffs (none): has_eval_point below.
 template <class R, class = void>
 struct num_sums {
   static constexpr int value = 0;
@@ -52,6 +53,14 @@ template <class R>
 struct writes_state<R, decltype(void(R::update_writes_state))> {
   static constexpr bool prepass = R::prepass_writes_state, update = R::update_writes_state;
 };
+
+// switch_coeffs(h, to_eval, stepped) (none): the Coeffs of a mode switch (fastopt::ModeSwitch) of
+// a rule that evaluates at another point than it trains at (Schedule-Free), run by the update
+// kernels with the rule's first state stream (z) bound as the grads and no state.
+template <class R, class = void>
+struct has_eval_point : std::false_type {};
+template <class R>
+struct has_eval_point<R, decltype(void(&R::switch_coeffs))> : std::true_type {};
 
 // The grad's storage type is read from the slot at run time, not compiled into the kernels: a
 // branch that every element of a tensor takes alike (free beside the memory traffic of a

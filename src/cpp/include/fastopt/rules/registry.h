@@ -15,6 +15,7 @@
 #include "fastopt/rules/nadam.h"
 #include "fastopt/rules/radam.h"
 #include "fastopt/rules/rmsprop.h"
+#include "fastopt/rules/schedule_free.h"
 #include "fastopt/rules/sgd.h"
 
 // X(id, Type): the rule's id (also its name in Python) and its struct.
@@ -30,7 +31,8 @@
   X(adabelief, AdaBelief)  \
   X(lion, Lion)            \
   X(lars, Lars)            \
-  X(lamb, Lamb)
+  X(lamb, Lamb)            \
+  X(schedule_free, ScheduleFree)
 
 namespace fastopt {
 
