@@ -3,8 +3,8 @@
 These follow the algorithm boxes of the ``torch.optim`` documentation (SGD, Adam, AdamW,
 Adagrad, Adadelta, RMSprop, Adamax, NAdam, RAdam) and, for the optimizers torch lacks, the
 papers (AdaBelief: Zhuang et al. 2020, Algorithm 2; Lion: Chen et al. 2023, Program 1; Sophia:
-Liu et al. 2023, Algorithm 3; the
-Sutskever et al. 2013 momentum form of SGD), not fastopt's C++: every quantity is kept in
+Liu et al. 2023, Algorithm 3; the Sutskever et al. 2013 momentum form of SGD; Schedule-Free:
+Defazio et al. 2024, as its authors' code steps it), not fastopt's C++: every quantity is kept in
 float64 and updated in place, so a test can compare fastopt's fp32 arithmetic against a
 (nearly) exact trajectory.
 
@@ -553,10 +553,88 @@ class SophiaRef(_Ref):
             p -= self.lr * np.clip(m / np.maximum(self.rho * h, self.eps), -1, 1)
 
 
+class ScheduleFreeRef(_Ref):
+    """Schedule-Free AdamW (``adaptive``) and SGD, Defazio et al. 2024, "The Road Less Scheduled"
+    (arXiv 2405.15682), as the authors' AdamWScheduleFree and SGDScheduleFree step them
+    (facebookresearch/schedule_free 1.3+; plus maximize), their running sums kept as they keep
+    them. At step t (1-based), with y the param::
+
+        lr_t <- lr * t / warmup_steps if t <= warmup_steps else lr
+        lr_max <- max(lr_max, lr_t)                (lr_max starts at -1)
+        weight <- t^r * lr_max^weight_lr_power;  weight_sum <- weight_sum + weight
+        c <- weight / weight_sum                   (0 when weight_sum is 0)
+        g <- -g if maximize;  z <- y               (a param's first step)
+        AdamW: v <- beta2 * v + (1 - beta2) * g^2;  u <- g / (sqrt(v / (1 - beta2^t)) + eps)
+        SGD:   u <- g
+        u <- u + weight_decay * y
+        y <- y + c * (z - y);  y <- y + lr_t * (beta1 * (1 - c) - 1) * u;  z <- z - lr_t * u
+
+    ``eval(params)`` moves y to x = y + (1 - 1/beta1) * (z - y), ``train(params)`` back with
+    x + (1 - beta1) * (z - x); ``x_of(i, y)`` is param i's x, y unchanged. ``cs`` lists every c.
+    """
+
+    def __init__(self, lr: float, beta1: float, weight_decay: float, warmup_steps: int, r: float,
+                 weight_lr_power: float, maximize: bool, adaptive: bool, beta2: float = 0.999, eps: float = 1e-8):
+        super().__init__(maximize)
+        self.lr, self.beta1, self.beta2, self.eps, self.weight_decay = lr, beta1, beta2, eps, weight_decay
+        self.warmup_steps, self.r, self.weight_lr_power, self.adaptive = warmup_steps, r, weight_lr_power, adaptive
+        self.lr_max, self.weight_sum = -1.0, 0.0
+        self.cs: list[float] = []
+
+    def step(self, params, grads) -> None:
+        self.t += 1
+        t = self.t
+        lr = self.lr * (t / self.warmup_steps if t <= self.warmup_steps else 1.0)
+        self.lr_max = max(self.lr_max, lr)
+        weight = t ** self.r * self.lr_max ** self.weight_lr_power
+        self.weight_sum += weight
+        c = weight / self.weight_sum if self.weight_sum else 0.0
+        self.cs.append(c)
+        for i, (y, g) in enumerate(zip(params, grads)):
+            g = self.grad(y, g)
+            if i not in self.states.get("z", {}):
+                self.buf("z", i, y)[...] = y
+            z = self.buf("z", i, y)
+            u = g
+            if self.adaptive:
+                v = self.buf("exp_avg_sq", i, y)
+                v[...] = self.beta2 * v + (1 - self.beta2) * g * g
+                u = g / (np.sqrt(v / (1 - self.beta2 ** t)) + self.eps)
+            u = u + self.weight_decay * y
+            y += c * (z - y)
+            y += lr * (self.beta1 * (1 - c) - 1) * u
+            z -= lr * u
+
+    def x_of(self, i: int, y: np.ndarray) -> np.ndarray:
+        z = self.states["z"][i] if i in self.states.get("z", {}) else y
+        return y + (1 - 1 / self.beta1) * (z - y)
+
+    def eval(self, params) -> None:
+        for i, y in enumerate(params):
+            y[...] = self.x_of(i, y)
+
+    def train(self, params) -> None:
+        for i, x in enumerate(params):
+            z = self.states["z"][i] if i in self.states.get("z", {}) else x
+            x += (1 - self.beta1) * (z - x)
+
+
+class AdamWScheduleFreeRef(ScheduleFreeRef):
+    def __init__(self, lr: float = 0.0025, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
+                 warmup_steps: int = 0, r: float = 0.0, weight_lr_power: float = 2.0, maximize: bool = False):
+        super().__init__(lr, betas[0], weight_decay, warmup_steps, r, weight_lr_power, maximize, True, betas[1], eps)
+
+
+class SGDScheduleFreeRef(ScheduleFreeRef):
+    def __init__(self, lr: float = 1.0, momentum: float = 0.9, weight_decay: float = 0.0, warmup_steps: int = 0,
+                 r: float = 0.0, weight_lr_power: float = 2.0, maximize: bool = False):
+        super().__init__(lr, momentum, weight_decay, warmup_steps, r, weight_lr_power, maximize, False)
+
+
 _REFS = {"SGD": SGDRef, "Adam": AdamRef, "AdamW": AdamWRef, "Adagrad": AdagradRef, "Adadelta": AdadeltaRef,
          "RMSprop": RMSpropRef, "Adamax": AdamaxRef, "NAdam": NAdamRef, "RAdam": RAdamRef,
          "AdaBelief": AdaBeliefRef, "Lion": LionRef, "LARS": LARSRef, "LAMB": LAMBRef,
-         "Sophia": SophiaRef}
+         "Sophia": SophiaRef, "AdamWScheduleFree": AdamWScheduleFreeRef, "SGDScheduleFree": SGDScheduleFreeRef}
 
 
 def reference_for(optimizer_name: str, kwargs: dict):

@@ -59,7 +59,7 @@ class Case:
 
 
 # Optimizers from papers that torch.optim does not implement: float64 references only.
-NOT_IN_TORCH = ("AdaBelief", "Lion", "LARS", "LAMB", "Sophia")
+NOT_IN_TORCH = ("AdaBelief", "Lion", "LARS", "LAMB", "Sophia", "AdamWScheduleFree", "SGDScheduleFree")
 
 
 def _sgd(id_: str, **kw: Any) -> Case:
@@ -172,6 +172,22 @@ CASES: list[Case] = [
     _case(fastopt.Sophia, F.sophia_, "plain", lr=0.01, eps=1.0),
     _case(fastopt.Sophia, F.sophia_, "betas_eps", lr=0.01, betas=(0.8, 0.95), eps=0.25),
     _case(fastopt.Sophia, F.sophia_, "weight_decay_maximize", lr=0.01, weight_decay=0.5, eps=0.5, maximize=True),
+    # Schedule-Free: warmup 30 of the tests' 100 steps (the weights' ramp and the plateau after it).
+    _case(fastopt.AdamWScheduleFree, F.adamwschedulefree_, "default"),
+    _case(fastopt.AdamWScheduleFree, F.adamwschedulefree_, "plain", lr=0.02),
+    _case(fastopt.AdamWScheduleFree, F.adamwschedulefree_, "warmup", lr=0.02, warmup_steps=30),
+    _case(fastopt.AdamWScheduleFree, F.adamwschedulefree_, "betas_eps", lr=0.02, betas=(0.5, 0.99), eps=1e-2),
+    _case(fastopt.AdamWScheduleFree, F.adamwschedulefree_, "weight_decay", lr=0.02, weight_decay=0.125),
+    _case(fastopt.AdamWScheduleFree, F.adamwschedulefree_, "weights", lr=0.02, r=1.0, weight_lr_power=0.5),
+    _case(fastopt.AdamWScheduleFree, F.adamwschedulefree_, "all", lr=0.02, betas=(0.8, 0.95), warmup_steps=30, r=0.5,
+          weight_lr_power=3.0, weight_decay=0.125, maximize=True),
+    _case(fastopt.SGDScheduleFree, F.sgdschedulefree_, "default"),
+    _case(fastopt.SGDScheduleFree, F.sgdschedulefree_, "plain", lr=0.05),
+    _case(fastopt.SGDScheduleFree, F.sgdschedulefree_, "warmup", lr=0.05, warmup_steps=30),
+    _case(fastopt.SGDScheduleFree, F.sgdschedulefree_, "momentum", lr=0.05, momentum=0.5),
+    _case(fastopt.SGDScheduleFree, F.sgdschedulefree_, "weight_decay", lr=0.05, weight_decay=0.125),
+    _case(fastopt.SGDScheduleFree, F.sgdschedulefree_, "all", lr=0.05, momentum=0.8, warmup_steps=30, r=2.0,
+          weight_lr_power=1.0, weight_decay=0.125, maximize=True),
 ]
 
 CASE_IDS = [c.id for c in CASES]
@@ -182,7 +198,8 @@ BASELINE = {"SGD": "sgd-plain", "Adam": "adam-no_weight_decay", "AdamW": "adamw-
             "Adagrad": "adagrad-plain", "Adadelta": "adadelta-default", "RMSprop": "rmsprop-default",
             "Adamax": "adamax-plain", "NAdam": "nadam-plain", "RAdam": "radam-plain",
             "AdaBelief": "adabelief-plain", "Lion": "lion-plain", "LARS": "lars-plain", "LAMB": "lamb-plain",
-            "Sophia": "sophia-plain"}
+            "Sophia": "sophia-plain", "AdamWScheduleFree": "adamwschedulefree-plain",
+            "SGDScheduleFree": "sgdschedulefree-plain"}
 
 
 def case_by_id(id_: str) -> Case:

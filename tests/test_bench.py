@@ -89,7 +89,8 @@ def test_json_fp32_all_optimizers(capsys):
                 + (["deepspeed-cpuadam"] if torch and o in ("adam", "adamw") else []))
 
     bpp = {"sgd": 20, "adam": 28, "adamw": 28, "adagrad": 20, "adadelta": 28, "rmsprop": 20, "adamax": 28,
-           "nadam": 28, "radam": 28, "adabelief": 28, "lion": 20, "lars": 28, "lamb": 40, "sophia": 24}
+           "nadam": 28, "radam": 28, "adabelief": 28, "lion": 20, "lars": 28, "lamb": 40, "sophia": 24,
+           "adamwschedulefree": 28, "sgdschedulefree": 20}
     check_rows(report, list(bpp), impls, bpp)
 
 

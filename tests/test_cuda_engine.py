@@ -117,7 +117,7 @@ STORAGE_MODES = {  # (param dtype, options): every storage mode of storage.py, a
 
 
 @pytest.mark.parametrize("case, mode", [pytest.param(c, m, id=f"{c.id}-{m}") for m in STORAGE_MODES for c in CASES
-                                        if not (c.name == "Adagrad" and "8bit" in m)])  # (no 8-bit Adagrad)
+                                        if not (not c.cls.eight_bit_state and "8bit" in m)])  # (Adagrad, ...)
 def test_storage_modes_bit_identical_to_cpu(case, mode):
     """Every storage mode is deterministic (stochastic rounding draws the same counter-based bits
     on both engines): the GPU gives the CPU's bits, 8-bit codes and absmax included, over
@@ -127,6 +127,42 @@ def test_storage_modes_bit_identical_to_cpu(case, mode):
     diagnostics = {"diagnostics": True} if case.name in ("LAMB", "LARS") else {}
     cpu, gpu, params, gparams = run_both(case, SHAPES, 4, param_dtype=param_dtype, **options, **diagnostics)
     assert_same_bits(cpu, gpu, params, gparams)
+
+
+SCHEDULE_FREE = [c for c in CASES if c.id in ("adamwschedulefree-all", "sgdschedulefree-all")]
+
+
+@pytest.mark.parametrize("mode", [None, "remainder", "kahan", "stochastic", "stochastic-fp16",
+                                  "bf16-stochastic-state"])
+@pytest.mark.parametrize("case", SCHEDULE_FREE, ids=[c.id for c in SCHEDULE_FREE])
+def test_schedule_free_eval_and_train_bit_identical_to_cpu(case, mode):
+    """Schedule-Free's mode switch (fastopt::CudaModeSwitch: one launch, its own stochastic bits)
+    moves the params to x and back with the CPU's bits, in each storage mode; so does
+    fastopt.torch's on CUDA tensors."""
+    param_dtype, options = STORAGE_MODES[mode] if mode else ("float32", {})
+    cpu, gpu, params, gparams = run_both(case, SHAPES, 4, param_dtype=param_dtype, **options)
+    for switch in ("eval", "train"):
+        getattr(cpu, switch)()
+        getattr(gpu, switch)()
+        torch.cuda.synchronize()
+        assert_same_bits(cpu, gpu, params, gparams)
+        assert gpu.training is cpu.training is (switch == "train")
+    model = [torch.nn.Parameter(to_cuda(p)) for p in random_params(np.random.default_rng(0), SHAPES, param_dtype)]
+    twin = [to_numpy(p).copy() for p in model]
+    topt = getattr(fastopt.torch, case.name)(model, **options, **case.kwargs)
+    grads = [np.zeros(s, DTYPES[param_dtype]) for s in SHAPES]  # (torch's grads are the params' dtype)
+    copt = case.cls(twin, grads, **options, **case.kwargs)
+    for gs in grad_steps(case.seed, SHAPES, 3, param_dtype):
+        refill(grads, gs)
+        for p, g in zip(model, gs):
+            p.grad = to_cuda(g)
+        topt.step()
+        copt.step()
+    topt.eval()
+    copt.eval()
+    torch.cuda.synchronize()
+    for i, (p, q) in enumerate(zip(model, twin)):
+        assert_bits_equal(to_numpy(p), q, f"torch form x, param {i}")
 
 
 def test_storage_modes_checkpoint_resume_on_cuda():

@@ -23,7 +23,7 @@ from registry import (CASES, assert_bits_equal, assert_rounding_close, case_by_i
 from test_rules import SHAPES, STEPS, run_with_reference
 
 NEW = (fastopt.Adagrad, fastopt.Adadelta, fastopt.RMSprop, fastopt.Adamax, fastopt.NAdam, fastopt.RAdam,
-       fastopt.AdaBelief, fastopt.Lion)
+       fastopt.AdaBelief, fastopt.Lion, fastopt.AdamWScheduleFree, fastopt.SGDScheduleFree)
 
 
 def run_class(cls, params, grads, grad_seq, lrs=None, **kw) -> fastopt.Optimizer:
@@ -379,6 +379,22 @@ BAD_HYPERS = [
     (fastopt.Lion, {}, "lr", -1e-4, ValueError, r"lr must be finite and >= 0"),
     (fastopt.Lion, {}, "weight_decay", NAN, ValueError, r"weight_decay must be finite and >= 0"),
     (fastopt.Lion, {}, "betas", (0.9, 0.99, 0.999), TypeError, r"betas must be a pair"),
+    (fastopt.AdamWScheduleFree, {}, "betas", (0.0, 0.999), ValueError, r"beta1 must be in \(0, 1\) \(the eval point"),
+    (fastopt.AdamWScheduleFree, {}, "betas", (0.9, 1.0), ValueError, r"beta2 must be in \[0, 1\), got 1"),
+    (fastopt.AdamWScheduleFree, {}, "eps", -1e-8, ValueError, r"eps must be finite and >= 0"),
+    (fastopt.AdamWScheduleFree, {}, "warmup_steps", 2.5, ValueError, r"warmup_steps must be a whole number >= 0"),
+    (fastopt.AdamWScheduleFree, {}, "warmup_steps", -1, ValueError, r"warmup_steps must be a whole number >= 0"),
+    (fastopt.AdamWScheduleFree, {}, "warmup_steps", INF, ValueError, r"warmup_steps must be a whole number >= 0"),
+    (fastopt.AdamWScheduleFree, {}, "r", -1.0, ValueError, r"r must be finite and >= 0, got -1"),
+    (fastopt.AdamWScheduleFree, {}, "weight_lr_power", NAN, ValueError, r"weight_lr_power must be finite and >= 0"),
+    (fastopt.AdamWScheduleFree, {"r": 20.0}, "weight_lr_power", 13.0, ValueError,
+     r"r \+ weight_lr_power must be <= 32, got 33"),
+    (fastopt.AdamWScheduleFree, {}, "warmup_steps", "10", TypeError, r"warmup_steps must be a real number"),
+    (fastopt.SGDScheduleFree, {}, "momentum", 1.0, ValueError, r"momentum must be in \(0, 1\) \(the eval point"),
+    (fastopt.SGDScheduleFree, {}, "momentum", 0.0, ValueError, r"momentum must be in \(0, 1\)"),
+    (fastopt.SGDScheduleFree, {}, "lr", -1.0, ValueError, r"lr must be finite and >= 0"),
+    (fastopt.SGDScheduleFree, {}, "weight_decay", -0.1, ValueError, r"weight_decay must be finite and >= 0"),
+    (fastopt.SGDScheduleFree, {}, "maximize", "no", TypeError, r"maximize must be a bool"),
     (fastopt.SGD, {"momentum": 0.9}, "momentum_form", "keras", ValueError,
      r"momentum_form must be one of 'torch', 'sutskever', got 'keras'"),
     (fastopt.SGD, {"momentum": 0.9}, "momentum_form", None, TypeError, r"momentum_form must be a str"),

@@ -22,7 +22,8 @@ PRECISIONS = ["bfloat16", "bfloat16_stochastic", "8bit"]
 STEPS = 6
 
 
-# Every rule and variant with every precision (Adagrad and Sophia keep no 8-bit state: test_refusals).
+# Every rule and variant with every precision (Adagrad, Sophia and Schedule-Free keep no 8-bit
+# state: test_refusals).
 CASE_PRECISIONS = [pytest.param(c, p, id=f"{c.id}-{p}") for p in PRECISIONS for c in CASES
                    if not (p == "8bit" and not c.cls.eight_bit_state)]
 
@@ -244,6 +245,10 @@ def test_refusals():
     with pytest.raises(fastopt.TensorError, match="param 0: adagrad cannot keep 8-bit state: its state is a "
                                                   "running sum"):
         fastopt.Adagrad(p, g, state_precision="8bit")
+    for cls in (fastopt.AdamWScheduleFree, fastopt.SGDScheduleFree):
+        with pytest.raises(fastopt.TensorError, match="param 0: schedule_free cannot keep 8-bit state: its z is the "
+                                                      "base sequence of the weights"):
+            cls(p, g, state_precision="8bit")
     with pytest.raises(ValueError, match="seed is the seed of stochastic rounding"):
         fastopt.AdamW(p, g, state_precision="bfloat16", seed=4)
     core = fastopt._core

@@ -3,6 +3,7 @@ and, on CUDA, the stream a step is enqueued on."""
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -48,6 +49,26 @@ class Engine:
             group.step(hypers, self.stream(stream, like), steps=list(steps), round_step=round_step)
         else:
             group.step(hypers, steps, round_step=round_step)
+
+    def bind_switch(self, rule: str, params: Sequence, zs: Sequence, keeps: "Keeps", group_sizes: Sequence[int]) -> Any:
+        """A mode switch (fastopt::ModeSwitch) over ``params``, their z arrays and the arrays
+        ``keeps`` keeps beside them (no state), in groups of ``group_sizes``; validated as
+        :meth:`bind` validates (TensorError naming the bad tensor)."""
+        module = self._module if self.is_cuda else _core
+        try:
+            return module.ModeSwitch(rule, list(params), list(zs), keeps, list(group_sizes))
+        except _core.TensorError as e:  # (z is bound as the grad)
+            raise _core.TensorError(re.sub(r"\bgrad (\d+)", r"z \1", str(e))) from None
+
+    def switch(self, switch: Any, hypers: list, steps: Sequence[int], to_eval: bool, seed: int, stream: Any,
+               like: Any) -> None:
+        """Moves the params of a bound mode switch to their eval point (``to_eval``) or back, in
+        the groups whose ``steps`` (taken so far) are > 0; on CUDA enqueued on ``stream`` (default:
+        the current stream of ``like``'s library)."""
+        if self.is_cuda:
+            switch.run(hypers, list(steps), to_eval, seed, self.stream(stream, like))
+        else:
+            switch.run(hypers, list(steps), to_eval, seed)
 
     def stream(self, stream: Any, like: Any) -> int:
         """The CUDA stream handle to use: ``stream`` when given (an int handle, a

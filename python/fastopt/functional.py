@@ -10,6 +10,14 @@ and binds the arrays (on CUDA: the device table, allocated and uploaded once), t
 ``step(step=t, lr=...)`` runs the same update as ``adamw_(..., step=t, lr=...)`` with no
 binding per call: on CUDA one launch, no allocation, no host synchronisation.
 
+Schedule-Free's eval point (see :class:`fastopt.AdamWScheduleFree`): the params hold y during
+training; ``adamwschedulefree_.eval(params, zs, step=t, ...)`` moves them to x after t steps, in
+place, and ``adamwschedulefree_.train(...)`` back (the same keywords as the step: the hyperparameters,
+``master_params``, ``remainders``, ``compensations``, ``stochastic_rounding``, ``seed``); a bound
+step has the same as methods, ``bound.eval(step=t)`` and ``bound.train(step=t)``. The caller
+keeps track of the mode: a step taken at x trains from the wrong point. At ``step=0`` (no step
+taken: z is not set yet) they change nothing.
+
 Every storage mode of the classes (``master_weights``, ``state_precision``) is the caller's
 choice of arrays: the dtype of the state arrays (float32, bfloat16, or uint8 codes with float32
 absmax arrays: 8-bit), ``master_params``, ``remainders`` or ``compensations`` beside
@@ -30,6 +38,7 @@ from .catalog import OPTIMIZERS
 from .engine import engine_for
 from .hyperparams import flag
 from .optimizer import Optimizer
+from .schedule_free import no_state_keeps
 from .storage import QUANT_BLOCK, absmax_name, check_seed
 
 KEPT = ("master_params", "remainders", "compensations")  # per param: a half-precision param's fp32 value
@@ -64,6 +73,8 @@ class BoundStep:
                                         [[s[i] for s in states] for i in range(n)], [n])
         self._group.watch_state()  # the state is the caller's: checked before each step as the params
         self._group.set_seed(seed)
+        self._seed, self._switch_arrays = seed, (params, states[0] if states else [], keeps)
+        self._switcher: Any = None  # a mode switch over the params and z (eval/train), bound on first use
 
     def __call__(self, *, step: int | None = None, **kwargs: Any) -> None:
         unknown = set(kwargs) - set(self._keywords)
@@ -84,6 +95,41 @@ class BoundStep:
             raise ValueError(f"{cls.optional_state[name]} needs {_state_arg(cls, name)}, which were not bound")
         step = int(step)
         self._engine.step(self._group, [h], [step], None, self._like, round_step=step)
+
+
+    def eval(self, *, step: int, **kwargs: Any) -> None:
+        """Moves the params to the eval point x after ``step`` steps (Schedule-Free; the
+        hyperparameters as a step takes them): see :mod:`fastopt.functional`."""
+        self._move(True, step, kwargs)
+
+    def train(self, *, step: int, **kwargs: Any) -> None:
+        """Moves the params back from the eval point x to y: see :meth:`eval`."""
+        self._move(False, step, kwargs)
+
+    def _move(self, to_eval: bool, step: Any, kwargs: Mapping[str, Any]) -> None:
+        cls = self._cls
+        _needs_eval_point(cls)
+        unknown = set(kwargs) - set(self._keywords)
+        if unknown:
+            raise TypeError(f"unknown hyperparameters {sorted(unknown)}")
+        h = cls._to_hyper({**cls.default_hypers(), **_betas(cls, {**self._keywords, **kwargs})})
+        step = _steps_taken(step)
+        if self._switcher is None:
+            params, zs, keeps = self._switch_arrays
+            self._switcher = self._engine.bind_switch(cls.rule, params, zs, no_state_keeps(keeps), [len(params)])
+        self._engine.switch(self._switcher, [h], [step], to_eval, self._seed, None, self._like)
+
+
+def _needs_eval_point(cls: type[Optimizer]) -> None:
+    if not _core.eval_point[cls.rule]:
+        raise TypeError(f"{cls.__name__} trains and is evaluated at its params: it has no eval point to switch to")
+
+
+def _steps_taken(step: Any) -> int:
+    """The steps taken before a mode switch: an integer in [0, 2**63 - 1] (ValueError otherwise)."""
+    if isinstance(step, bool) or not isinstance(step, numbers.Integral) or not 0 <= step <= 2**63 - 1:
+        raise ValueError(f"step must be the steps taken so far, an integer >= 0 (the last step's step=), got {step!r}")
+    return int(step)
 
 
 def _per_param(arrays: Mapping[str, Any], arg: str, n: int) -> list:
@@ -228,6 +274,44 @@ def _doc(cls: type[Optimizer], keywords: Mapping[str, Any]) -> str:
     """
 
 
+def _switch_form(cls: type[Optimizer], to_eval: bool, keywords: Mapping[str, Any]) -> Callable[..., None]:
+    """``<form>.eval`` (to_eval) or ``<form>.train`` of a class with an eval point."""
+    P = inspect.Parameter
+    z = _state_arg(cls, cls.state_names[0])
+    storage = [P(k, P.KEYWORD_ONLY, default=None) for k in KEPT] + [
+        P("stochastic_rounding", P.KEYWORD_ONLY, default=False), P("seed", P.KEYWORD_ONLY, default=0)]
+    signature = inspect.Signature([P("params", P.POSITIONAL_OR_KEYWORD), P(z, P.POSITIONAL_OR_KEYWORD),
+                                   P("step", P.KEYWORD_ONLY)] +
+                                  [P(k, P.KEYWORD_ONLY, default=v) for k, v in keywords.items()] + storage)
+    name = cls.__name__.lower() + "_." + ("eval" if to_eval else "train")
+
+    def switch(*args: Any, **kwargs: Any) -> None:
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError as e:
+            raise TypeError(f"{name}() {e}") from None
+        bound.apply_defaults()
+        a = bound.arguments
+        h = cls._to_hyper({**cls.default_hypers(), **_betas(cls, {k: a[k] for k in keywords})})  # validates first
+        step = _steps_taken(a["step"])
+        params = list(a["params"])
+        zs = _per_param(a, z, len(params))
+        keeps, seed = _keeps(cls, {**a, "state_stochastic_rounding": False}, params, cls.state_names[:1], [zs])
+        like = params[0] if params else None
+        engine = engine_for(like)
+        switcher = engine.bind_switch(cls.rule, params, zs, no_state_keeps(keeps), [len(params)])
+        engine.switch(switcher, [h], [step], to_eval, seed, None, like)
+
+    point = "the eval point x = y + (1 - 1/beta1) (z - y)" if to_eval else "the training point y = x + (1 - beta1) (z - x)"
+    switch.__name__ = switch.__qualname__ = "eval" if to_eval else "train"
+    switch.__doc__ = (f"Moves every param to {point}, in place, after ``step`` steps of\n"
+                      f"    :func:`{cls.__name__.lower()}_` (none at step 0); one pass, not a step (see :mod:`fastopt.functional`\n"
+                      f"    and :meth:`fastopt.{cls.__name__}.eval`). ``{z}``, the hyperparameters and the storage\n"
+                      f"    keywords as the step's; ``seed`` keys stochastic rounding (with ``step``).")
+    switch.__signature__ = signature  # type: ignore[attr-defined]
+    return switch
+
+
 def _functional_form(cls: type[Optimizer]) -> Callable[..., None]:
     """fastopt.functional.<name>_ for the optimizer class ``cls``."""
     P = inspect.Parameter
@@ -274,6 +358,9 @@ def _functional_form(cls: type[Optimizer]) -> Callable[..., None]:
                     f"a :class:`BoundStep`: call it with step= and the hyperparameters.")
     bind.__signature__ = bind_signature  # type: ignore[attr-defined]
     form.bind = bind  # type: ignore[attr-defined]
+    if _core.eval_point[cls.rule]:
+        form.eval = _switch_form(cls, True, keywords)  # type: ignore[attr-defined]
+        form.train = _switch_form(cls, False, keywords)  # type: ignore[attr-defined]
     return form
 
 

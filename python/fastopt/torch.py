@@ -38,6 +38,9 @@ from .catalog import OPTIMIZERS
 from .hessian import gauss_newton_bartlett, hutchinson
 from .optimizer import Optimizer as _Bound
 from .optimizer import alone
+from .binding import Keeps
+from .engine import engine_for
+from .schedule_free import train_mode_of
 from .storage import Storage, absmax_blocks, absmax_name, check_seed, check_storage
 
 __all__ = ["Optimizer", "GradAccumulator", "gauss_newton_bartlett", "hutchinson", *(cls.__name__ for cls in OPTIMIZERS)]
@@ -698,6 +701,80 @@ class _Adopting:
         return st[name]
 
 
+class _EvalPoint:
+    """``train()`` and ``eval()`` of the drop-in optimizers of rules with an eval point
+    (Schedule-Free): see :meth:`fastopt.AdamWScheduleFree.eval`. The mode is each param group's
+    ``"train_mode"`` (as the authors' optimizers keep it), so checkpoints carry it; a switch moves
+    every param that has stepped (with or without a grad now), in one pass per call."""
+
+    def train(self) -> None:
+        """Moves every param back to the training point y (see :meth:`fastopt.AdamWScheduleFree.train`):
+        call it where you call ``model.train()``. Nothing happens in train mode."""
+        alone(self._busy, f"{type(self).__name__}.train", self._switch_mode, False)
+
+    def eval(self) -> None:
+        """Moves every param to the eval point x (see :meth:`fastopt.AdamWScheduleFree.eval`): call
+        it where you call ``model.eval()``, before evaluating or saving the model; ``step()`` raises
+        RuntimeError until :meth:`train`. Nothing happens in eval mode."""
+        alone(self._busy, f"{type(self).__name__}.eval", self._switch_mode, True)
+
+    @property
+    def training(self) -> bool:
+        """Whether the params hold the training point y (else the eval point x)."""
+        return self.param_groups[0].get("train_mode", True) if self.param_groups else True
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        mode = self.training
+        super().add_param_group(param_group)
+        self.param_groups[-1]["train_mode"] = mode
+
+    def _step(self, closure: Any, accumulated: Any = None) -> Any:
+        if not self.training:
+            raise RuntimeError(f"{type(self).__name__}.step: the params hold the eval point x (eval() was called); "
+                               "call train() before stepping")
+        return super()._step(closure, accumulated)
+
+    def _switch_mode(self, to_eval: bool) -> None:
+        if self.training != to_eval:
+            return
+        self._sync_counts()
+        self._refresh_masters()  # (a param written since the last step is its value: the switch starts from it)
+        storages = self._storages()
+        cls = self.fastopt_class
+        # Every param that has stepped (its z is set), one fastopt group per param group.
+        params, modes, sizes, hypers, steps = [], [], [], [], []
+        for j, group in enumerate(self.param_groups):
+            stepped = [p for p in group["params"] if self._counts.get(p, 0) > 0 and "z" in self.state.get(p, {})]
+            if stepped:
+                params += stepped
+                modes += [storages[j].master_weights] * len(stepped)
+                sizes.append(len(stepped))
+                hypers.append(cls._to_hyper(self._hypers(group)))
+                steps.append(max(self._counts[p] for p in stepped))
+        if params:
+            keeps = Keeps.none(len(params))
+            for i, (p, mode) in enumerate(zip(params, modes)):
+                st = self.state[p]
+                keeps.masters[i], keeps.remainders[i] = st.get("master_param"), st.get("master_remainder")
+                keeps.compensations[i] = st.get("kahan_compensation")
+                keeps.stochastic[i] = mode == "stochastic" and p.dtype != torch.float32
+            zs = [self.state[p]["z"] for p in params]
+            engine = engine_for(params[0])
+            switcher = engine.bind_switch(cls.rule, params, zs, keeps, sizes)
+            engine.switch(switcher, hypers, steps, to_eval, self._options["seed"], None, params[0])
+        for group in self.param_groups:
+            group["train_mode"] = not to_eval
+
+    def _load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        modes = {g.get("train_mode", True) for g in state_dict["param_groups"]}
+        if len(modes) > 1:
+            raise ValueError("state_dict's param groups disagree on train_mode")
+        mode = train_mode_of(modes.pop() if modes else True, "state_dict's train_mode")
+        super()._load_state_dict(state_dict)
+        for group in self.param_groups:
+            group["train_mode"] = mode
+
+
 _INNER: dict[type, type] = {}
 
 
@@ -785,7 +862,13 @@ def _drop_in(cls: type[_Bound]) -> type[Optimizer]:
     attrs = {"fastopt_class": cls, "__doc__": doc, "__module__": __name__}
     if hasattr(cls, "update_hessian"):
         attrs["update_hessian"] = _update_hessian
-    return type(cls.__name__, (Optimizer,), attrs)
+    bases: tuple[type, ...] = (Optimizer,)
+    if _core.eval_point[cls.rule]:
+        bases = (_EvalPoint, Optimizer)
+        attrs["__doc__"] += ("\n    Its params hold the training point y: call ``opt.eval()`` with ``model.eval()`` (the params\n"
+                             "    move to the eval point x) and ``opt.train()`` with ``model.train()``; ``step()`` raises in\n"
+                             "    eval mode. ``state_dict()`` carries the mode (each group's ``\"train_mode\"``).\n")
+    return type(cls.__name__, bases, attrs)
 
 
 globals().update({cls.__name__: _drop_in(cls) for cls in OPTIMIZERS})

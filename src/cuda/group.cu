@@ -280,6 +280,10 @@ int Group::poll_skip() const {
 
 void Group::step(const StepArgs& in) {
   StepArgs a = in;
+  if (a.not_a_step && (!a.coeffs || a.diagnostics || a.grad_norm || a.skip_nonfinite || a.max_grad_norm > 0 ||
+                       a.grad_norm_out || a.skipped_out || a.loss_scale)) {
+    throw std::invalid_argument("a pass that is not a step takes host coefficients and no step option");
+  }
   a.grad_norm = a.grad_norm || a.skip_nonfinite || a.max_grad_norm > 0 || a.grad_norm_out || a.skipped_out ||
                 a.diagnostics;
   if (a.diagnostics && !a.nonfinite) throw std::invalid_argument("diagnostics need their non-finite counts");

@@ -60,6 +60,10 @@ struct StepArgs {
   // non-finite counts) as the update pass writes them (StepOptions::value_sums).
   double* value_sumsq = nullptr;
   int64_t* value_nonfinite = nullptr;
+  // A pass that is not a step (a mode switch, host coefficients): the step counts stay, and
+  // stochastic rounding draws the bits of `round_key` (GradTransform::round_key, made on the host).
+  bool not_a_step = false;
+  uint64_t round_key = 0;
 };
 
 class Group {

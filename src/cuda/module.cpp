@@ -124,6 +124,25 @@ class CudaGroup {
   CudaOptimizer opt_;
 };
 
+// A mode switch on the CUDA engine (fastopt::CudaModeSwitch), as the CPU module's ModeSwitch.
+class CudaSwitch {
+ public:
+  CudaSwitch(RuleId rule, py::sequence params, py::sequence zs, py::object keeps, const std::vector<int64_t>& group_sizes)
+      : binding_(py_intake::read(params, zs, keeps, py_intake::no_state(py::len(params)), group_sizes, rule, kCudaDevice)),
+        switch_(rule, binding_.groups) {}
+
+  void run(py::sequence hypers, const std::vector<int64_t>& steps, bool to_eval, uint64_t seed, uintptr_t stream) {
+    binding_.check();
+    const std::vector<Hyper> hs = py_intake::hypers_of(switch_.rule(), hypers);
+    py::gil_scoped_release nogil;
+    switch_.run(hs, steps, to_eval, seed, as_stream(stream));
+  }
+
+ private:
+  py_intake::Binding binding_;
+  CudaModeSwitch switch_;
+};
+
 }  // namespace
 
 PYBIND11_MODULE(_cuda, m) {
@@ -180,4 +199,13 @@ PYBIND11_MODULE(_cuda, m) {
       .def_property_readonly("device", &CudaGroup::device)
       .def_property_readonly("num_chunks", &CudaGroup::num_chunks)
       .def_property_readonly("num_tensors", [](const CudaGroup& g) { return g.num_tensors(); });
+
+  py::class_<CudaSwitch>(m, "ModeSwitch")
+      .def(py::init([](const std::string& rule, py::sequence params, py::sequence zs, py::object keeps,
+                       std::vector<int64_t> group_sizes) {
+             return new CudaSwitch(rule_id(rule), params, zs, keeps, group_sizes);
+           }),
+           py::arg("rule"), py::arg("params"), py::arg("zs"), py::arg("keeps"), py::arg("group_sizes"))
+      .def("run", &CudaSwitch::run, py::arg("hypers"), py::arg("steps"), py::arg("to_eval"), py::arg("seed"),
+           py::arg("stream"));
 }

@@ -135,6 +135,43 @@ void CudaOptimizer::set_grads(const std::vector<Tensor>& grads, cudaStream_t str
 
 int64_t CudaOptimizer::num_chunks() const { return impl_->group.num_chunks(); }
 
+struct CudaModeSwitch::Impl {
+  api::Table table;
+  cuda::Group group;
+
+  Impl(std::vector<ParamGroup> groups, RuleId rule)
+      : table(api::bind(std::move(groups), api::check_eval_point(rule), Device::kCUDA)),
+        group(table.rule, table.slots, table.device.id, int(table.hypers.size())) {}
+};
+
+CudaModeSwitch::CudaModeSwitch(RuleId rule, std::vector<ParamGroup> groups)
+    : impl_(std::make_unique<Impl>(std::move(groups), rule)) {}
+CudaModeSwitch::~CudaModeSwitch() = default;
+CudaModeSwitch::CudaModeSwitch(CudaModeSwitch&&) noexcept = default;
+CudaModeSwitch& CudaModeSwitch::operator=(CudaModeSwitch&&) noexcept = default;
+RuleId CudaModeSwitch::rule() const { return impl_->table.rule; }
+size_t CudaModeSwitch::num_groups() const { return impl_->table.hypers.size(); }
+int CudaModeSwitch::device() const { return impl_->group.device(); }
+
+void CudaModeSwitch::run(const std::vector<Hyper>& hypers, const std::vector<int64_t>& steps, bool to_eval,
+                         uint64_t seed, cudaStream_t stream) {
+  with_rule(impl_->table.rule, [&](auto rule) {
+    using Rule = decltype(rule);
+    const auto coeffs = api::switch_coeffs<Rule>(impl_->table, hypers, steps, to_eval);
+    const auto hs = api::hypers_of<Rule>(impl_->table);  // (unread: the coefficients are the host's)
+    cuda::StepArgs a;
+    a.hypers = hs.data();
+    a.stride = sizeof(typename Rule::Hyper);
+    a.coeffs = coeffs.data();
+    a.coeffs_stride = sizeof(typename Rule::Coeffs);
+    a.stream = stream;
+    a.transform = api::switch_transform(steps, to_eval, seed);
+    a.not_a_step = true;
+    a.round_key = a.transform.round_key;
+    impl_->group.step(a);
+  });
+}
+
 int cuda_device_count() { return cuda::device_count(); }
 
 void cuda_widen(const Tensor& src, const Tensor& dst, cudaStream_t stream) {

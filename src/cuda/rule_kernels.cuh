@@ -29,6 +29,8 @@ struct RuleArgs {
   bool control;
   uint64_t seed;
   int64_t round_step;
+  bool not_a_step;     // a mode switch: no count advances, round_key is the stochastic rounding's key
+  uint64_t round_key;
 };
 #define FASTOPT_ARGS_FIT(id, T) \
   static_assert(sizeof(RuleArgs<T>) + sizeof(Group::Tables) < 4000, "kernel arguments are at most 4 KB");
@@ -43,7 +45,8 @@ __device__ bool prologue(const RuleArgs<Rule>& a, const Group::Tables& tb, typen
   x = a.transform;
   int64_t taken = 0;  // (the CPU engine's default round step: the largest count + 1)
   for (int j = 0; j < a.num_groups; ++j) taken = max(taken, a.steps[j]);
-  x.round_key = random::step_key(a.seed, uint64_t(a.round_step > 0 ? a.round_step : taken + 1));
+  x.round_key = a.not_a_step ? a.round_key
+                             : random::step_key(a.seed, uint64_t(a.round_step > 0 ? a.round_step : taken + 1));
   if (a.control) {
     const Control c = *tb.control;
     if (c.skip) return false;
@@ -204,7 +207,7 @@ __global__ void __launch_bounds__(kThreads) update_kernel(RuleArgs<Rule> a, Grou
     const typename Rule::Coeffs c = coeffs_of<Rule>(tb, coeffs, t, ch.slot);
     with_dtype(t.param_dtype, [&](auto p) { run_chunk<Rule, typename decltype(p)::type>(c, x, t, ch.begin, ch.end); });
   }
-  advance_steps(a.steps, a.num_groups, tb.done);
+  if (!a.not_a_step) advance_steps(a.steps, a.num_groups, tb.done);
 }
 
 // The update that also sums, per block of reduce.h, the squared updates (new - old fp32
@@ -282,6 +285,8 @@ void launch_rule(const RuleLaunch& l) {
   a.control = l.control;
   a.seed = s.seed;
   a.round_step = s.round_step;
+  a.not_a_step = s.not_a_step;
+  a.round_key = s.round_key;
   if constexpr (num_sums<Rule>::value > 0) {
     static_assert(num_sums<Rule>::value <= kMaxSums, "more sums than the tables hold");
     prepass_kernel<Rule><<<l.task_grid, kThreads, 0, l.stream>>>(a, l.tables);

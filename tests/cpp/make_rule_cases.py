@@ -96,6 +96,12 @@ CASES = [
          {"lr": 0.02}),
     Case("lamb_no_bias_correction", fastopt.LAMB, {"lr": 0.01, "bias_correction": False, "weight_decay": 0.1},
          {"eps": 1e-3}),
+    # Warmup 2 of 4 steps: the weights' ramp and their plateau.
+    Case("adamw_schedule_free", fastopt.AdamWScheduleFree, {"lr": 0.02, "betas": (0.8, 0.95), "weight_decay": 0.05,
+                                                           "warmup_steps": 2, "r": 0.5},
+         {"lr": 0.01, "weight_lr_power": 1.0}, steps=4),
+    Case("sgd_schedule_free_maximize", fastopt.SGDScheduleFree, {"lr": 0.1, "momentum": 0.8, "warmup_steps": 3,
+                                                                 "maximize": True}, {"weight_decay": 0.1}, steps=4),
     Case("sophia", fastopt.Sophia, {"lr": 0.01, "betas": (0.8, 0.95), "rho": 0.5, "eps": 0.25, "weight_decay": 0.1},
          {"lr": 0.02, "maximize": True}),
     # The utility rules (fastopt.ParamEMA, fastopt.GradAccumulator): bound as optimizers here.
@@ -114,6 +120,9 @@ CASES = [
     Case("lamb_all_options", fastopt.LAMB, {"lr": 0.01, "weight_decay": 0.01}, {"lr": 0.02}, steps=4,
          grad_scale=256.0, options={"max_grad_norm": 1.0, "clip_value": 0.2, "diagnostics": True, "skip_nonfinite": True},
          nan_at=2, expect=("clipped", "clamped", "skipped")),
+    Case("sgd_schedule_free_all_options", fastopt.SGDScheduleFree, {"lr": 0.1, "warmup_steps": 2}, {"lr": 0.05},
+         steps=4, grad_scale=64.0, options={"max_grad_norm": 1.0, "clip_value": 0.2, "diagnostics": True,
+                                            "skip_nonfinite": True}, nan_at=1, expect=("clipped", "clamped", "skipped")),
     Case("sgd_report_grad_norm", fastopt.SGD, {"lr": 0.05, "momentum": 0.9}, {"lr": 0.02},
          options={"report_grad_norm": True, "skip_nonfinite": True}, nan_at=0, expect=("skipped",)),
 ]

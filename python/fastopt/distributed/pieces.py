@@ -8,6 +8,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
+from .. import _core
 from .. import torch as _torch
 from ..optimizer import Optimizer as _Bound
 from ..optimizer import alone
@@ -25,6 +26,9 @@ def fastopt_class(optimizer_class: Any) -> type[_Bound]:
     if not (isinstance(cls, type) and issubclass(cls, _Bound) and hasattr(cls, "rule")):
         raise TypeError(f"optimizer_class must be one of fastopt's optimizers (fastopt.AdamW, fastopt.torch.AdamW, "
                         f"...), got {optimizer_class!r}")
+    if _core.eval_point[cls.rule]:  # (its params would be evaluated at y: wrong, and silently)
+        raise TypeError(f"{cls.__name__} is evaluated at another point than it trains at (eval()/train()), which "
+                        "fastopt.distributed does not switch yet: use fastopt.torch on one process")
     return cls
 
 

@@ -1,5 +1,7 @@
 #include "fastopt/hyper.h"
 
+#include "fastopt/element.h"
+
 #include <cmath>
 #include <iterator>
 #include <sstream>
@@ -84,6 +86,10 @@ struct why_not_8bit<R, decltype(void(R::no_8bit_state))> {
 
 std::string no_8bit_state(RuleId id) {
   return with_rule(id, [](auto rule) { return std::string(why_not_8bit<decltype(rule)>::value); });
+}
+
+bool rule_has_eval_point(RuleId id) {
+  return with_rule(id, [](auto rule) { return fastopt::has_eval_point<decltype(rule)>::value; });
 }
 
 std::vector<std::string> field_names(RuleId id) {

@@ -224,6 +224,30 @@ void Optimizer::param_sumsq(double* sums, int64_t* nonfinite) const { impl_->red
 const char* Optimizer::isa() const { return impl_->group.isa(); }
 size_t Optimizer::num_tasks() const { return impl_->group.num_tasks(); }
 
+struct ModeSwitch::Impl {
+  api::Table table;
+  cpu::Group group;
+
+  Impl(std::vector<ParamGroup> groups, RuleId rule)
+      : table(api::bind(std::move(groups), api::check_eval_point(rule), Device::kCPU)), group(table.rule, table.slots) {}
+};
+
+ModeSwitch::ModeSwitch(RuleId rule, std::vector<ParamGroup> groups)
+    : impl_(std::make_unique<Impl>(std::move(groups), rule)) {}
+ModeSwitch::~ModeSwitch() = default;
+ModeSwitch::ModeSwitch(ModeSwitch&&) noexcept = default;
+ModeSwitch& ModeSwitch::operator=(ModeSwitch&&) noexcept = default;
+RuleId ModeSwitch::rule() const { return impl_->table.rule; }
+size_t ModeSwitch::num_groups() const { return impl_->table.hypers.size(); }
+
+void ModeSwitch::run(const std::vector<Hyper>& hypers, const std::vector<int64_t>& steps, bool to_eval, uint64_t seed) {
+  with_rule(impl_->table.rule, [&](auto rule) {
+    using Rule = decltype(rule);
+    const auto coeffs = api::switch_coeffs<Rule>(impl_->table, hypers, steps, to_eval);
+    impl_->group.run(coeffs.data(), sizeof(typename Rule::Coeffs), api::switch_transform(steps, to_eval, seed));
+  });
+}
+
 namespace {
 volatile float probe_zero = 0.0f;  // read at run time, so the probe's work cannot be elided
 }

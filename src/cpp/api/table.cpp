@@ -2,6 +2,7 @@
 
 #include "fastopt/element.h"
 #include "fastopt/numeric/quantize8.h"
+#include "fastopt/numeric/random.h"
 
 #include <algorithm>
 #include <cfloat>
@@ -314,7 +315,7 @@ void check_group(const Table& t, size_t group) {
   }
 }
 
-void check_hyper(const Table& t, size_t group, const Hyper& h) {
+void check_rule_hyper(const Table& t, size_t group, const Hyper& h) {
   check_group(t, group);
   if (h.index() != size_t(t.rule)) {
     throw std::invalid_argument("these hyperparameters are for another optimizer (this one's rule is " +
@@ -322,7 +323,37 @@ void check_hyper(const Table& t, size_t group, const Hyper& h) {
   }
   const std::string err = hyper_error(h);
   if (!err.empty()) throw std::invalid_argument("param group " + std::to_string(group) + ": " + err);
+}
+
+void check_hyper(const Table& t, size_t group, const Hyper& h) {
+  check_rule_hyper(t, group, h);
   if (t.group_state[group] < num_state(h)) throw_missing_state(group);
+}
+
+RuleId check_eval_point(RuleId rule) {
+  check_rule(rule);
+  if (!rule_has_eval_point(rule)) {
+    throw std::invalid_argument(std::string(rule_name(rule)) + " has no eval point apart from its params: nothing to "
+                                "switch (mode switches are Schedule-Free's)");
+  }
+  return rule;
+}
+
+}  // namespace fastopt::api
+
+namespace fastopt {
+
+uint64_t switch_round_step(int64_t steps, bool to_eval) {
+  return (uint64_t(1) << 63) + 2 * uint64_t(steps) + (to_eval ? 1 : 0);
+}
+
+}  // namespace fastopt
+
+namespace fastopt::api {
+
+GradTransform switch_transform(const std::vector<int64_t>& steps, bool to_eval, uint64_t seed) {
+  const int64_t most = steps.empty() ? 0 : *std::max_element(steps.begin(), steps.end());
+  return GradTransform{1.0f, 0.0f, random::step_key(seed, switch_round_step(most, to_eval))};
 }
 
 const Hyper& hyper(const Table& t, size_t group) {

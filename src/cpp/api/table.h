@@ -6,6 +6,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "fastopt/element.h"
 #include "fastopt/optimizer.h"
 
 namespace fastopt::api {
@@ -42,6 +43,36 @@ void check_group(const Table& t, size_t group);
 
 // Throws unless group j of `t` exists and `h` holds hyperparameters it can step with.
 void check_hyper(const Table& t, size_t group, const Hyper& h);
+
+// Throws unless group j of `t` exists and `h` holds its rule's hyperparameters, in range (its state
+// arrays unchecked: a mode switch binds none).
+void check_rule_hyper(const Table& t, size_t group, const Hyper& h);
+
+// A mode switch's coefficients (one Coeffs of `Rule` per group, ModeSwitch::run's checks) and its
+// grad transform: none, and the switch's random bits.
+template <class Rule>
+std::vector<typename Rule::Coeffs> switch_coeffs(const Table& t, const std::vector<Hyper>& hypers,
+                                                 const std::vector<int64_t>& steps, bool to_eval) {
+  if (hypers.size() != t.hypers.size() || steps.size() != t.hypers.size()) {
+    throw std::invalid_argument("a mode switch takes one hyperparameter set and one step count per param group (" +
+                                std::to_string(t.hypers.size()) + ")");
+  }
+  std::vector<typename Rule::Coeffs> out;
+  if constexpr (has_eval_point<Rule>::value) {
+    for (size_t j = 0; j < hypers.size(); ++j) {
+      check_rule_hyper(t, j, hypers[j]);
+      if (steps[j] < 0) throw std::invalid_argument("step counts must be >= 0, got " + std::to_string(steps[j]));
+    }
+    for (size_t j = 0; j < hypers.size(); ++j) {
+      out.push_back(Rule::switch_coeffs(std::get<typename Rule::Hyper>(hypers[j]), to_eval, steps[j] > 0));
+    }
+  }
+  return out;
+}
+GradTransform switch_transform(const std::vector<int64_t>& steps, bool to_eval, uint64_t seed);
+
+// std::invalid_argument unless `rule` has an eval point.
+RuleId check_eval_point(RuleId rule);
 
 // Group j's hyperparameters, read or set (checked); param i's tensors. std::out_of_range for
 // an index past the end.

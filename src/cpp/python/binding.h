@@ -57,6 +57,13 @@ struct Binding {
 Binding read(pybind11::sequence params, pybind11::sequence grads, pybind11::object keeps, pybind11::sequence states,
              const std::vector<int64_t>& group_sizes, RuleId rule, int engine);
 
+// `n` empty state lists, for read() of a group bound without state (a mode switch).
+inline pybind11::list no_state(size_t n) {
+  pybind11::list out;
+  for (size_t i = 0; i < n; ++i) out.append(pybind11::list());
+  return out;
+}
+
 // New grads for a bound group: grads[i] read where it is not the object bound now (torch
 // handed over a new `.grad`). Returns the grads as tensors (for the optimizer's set_grads,
 // which validates them), the new views in `fresh` (by param index).

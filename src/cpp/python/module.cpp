@@ -144,6 +144,27 @@ class CpuGroup {
   Engine opt_;
 };
 
+// A mode switch on the CPU engine (fastopt::ModeSwitch): params, their z bound as their grads, the
+// arrays kept beside them (keeps), no state.
+class CpuSwitch {
+ public:
+  CpuSwitch(RuleId rule, py::sequence params, py::sequence zs, py::object keeps, const std::vector<int64_t>& group_sizes)
+      : binding_(py_intake::read(params, zs, keeps, py_intake::no_state(py::len(params)), group_sizes, rule, Device::kCPU)),
+        switch_(rule, binding_.groups) {}
+
+  // Moves every param of the groups with steps[j] > 0 to the eval point (to_eval) or back.
+  void run(py::sequence hypers, const std::vector<int64_t>& steps, bool to_eval, uint64_t seed) {
+    binding_.check();
+    const std::vector<Hyper> hs = py_intake::hypers_of(switch_.rule(), hypers);
+    py::gil_scoped_release nogil;
+    switch_.run(hs, steps, to_eval, seed);
+  }
+
+ private:
+  py_intake::Binding binding_;
+  ModeSwitch switch_;
+};
+
 // Reads a Python array on the host into a tensor that the view keeps alive.
 std::vector<View> read_all(py::sequence arrays, const std::string& role) {
   std::vector<View> out;
@@ -221,4 +242,16 @@ PYBIND11_MODULE(_core, m) {
            "Moves this group's streams with no math (a group bound with rule 'probe')")
       .def_property_readonly("isa", &CpuGroup::isa)
       .def_property_readonly("num_tasks", &CpuGroup::num_tasks);
+
+  py::class_<CpuSwitch>(m, "ModeSwitch")
+      .def(py::init([](const std::string& rule, py::sequence params, py::sequence zs, py::object keeps,
+                       std::vector<int64_t> group_sizes) {
+             return new CpuSwitch(rule_id(rule), params, zs, keeps, group_sizes);
+           }),
+           py::arg("rule"), py::arg("params"), py::arg("zs"), py::arg("keeps"), py::arg("group_sizes"),
+           "A mode switch over params and their z (fastopt::ModeSwitch); z i is named 'grad i' in errors")
+      .def("run", &CpuSwitch::run, py::arg("hypers"), py::arg("steps"), py::arg("to_eval"), py::arg("seed") = 0,
+           "Moves the params of the groups that have stepped to their eval point (to_eval) or back");
+  m.def("switch_round_step", &switch_round_step, py::arg("steps"), py::arg("to_eval"),
+        "The pseudo-step whose random bits a mode switch after `steps` steps draws");
 }

@@ -96,6 +96,11 @@ inline void bind_hypers(pybind11::module_& m) {
   FASTOPT_RULES(FASTOPT_RULE_SUMS)
 #undef FASTOPT_RULE_SUMS
   m.attr("num_sums") = sums;
+  py::dict eval_points;  // whether each rule evaluates at another point than it trains at (ModeSwitch)
+#define FASTOPT_RULE_EVAL(id, T) eval_points[#id] = has_eval_point<T>::value;
+  FASTOPT_RULES(FASTOPT_RULE_EVAL)
+#undef FASTOPT_RULE_EVAL
+  m.attr("eval_point") = eval_points;
 }
 
 }  // namespace fastopt::py_intake

@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <string>
 
 #include "fastopt/reduce.h"
@@ -339,6 +340,60 @@ TEST(OptimizerSharded, CombineSumsDecidesTheTwoPassUpdate) {
   };
   d.step(o);
   EXPECT_NE(changed.written(), plain.written());
+}
+
+// A mode switch (fastopt::ModeSwitch) over a Schedule-Free optimizer's params and z: eval moves
+// each param to x = y + (1 - 1/beta1)(z - y) (one fused multiply-add in float32), train back to
+// within float32 rounding; before the first step nothing moves; no step count advances.
+TEST(ModeSwitch, MovesTheParamsBetweenYAndX) {
+  const int64_t n = 37;  // vector bodies and a scalar tail
+  std::vector<float> p(n), g(n), z(n), v(n);
+  for (int64_t i = 0; i < n; ++i) p[size_t(i)] = float(i % 9) * 0.25f - 1.0f;
+  fastopt::ScheduleFree::Hyper h;
+  h.lr = 0.05, h.beta1 = 0.75, h.warmup_steps = 2;
+  const fastopt::ParamTensors bound{{p.data(), n}, {g.data(), n}, {}, {{z.data(), n}, {v.data(), n}}};
+  fastopt::Optimizer opt({fastopt::ParamGroup{h, {bound}}});
+  fastopt::ModeSwitch sw(fastopt::RuleId::schedule_free,
+                         {fastopt::ParamGroup{h, {fastopt::ParamTensors{{p.data(), n}, {z.data(), n}, {}, {}}}}});
+  const std::vector<float> start = p;
+  sw.run({h}, {0}, true);  // no step yet: z is not set
+  EXPECT_EQ(p, start);
+  for (int t = 0; t < 3; ++t) {
+    for (int64_t i = 0; i < n; ++i) g[size_t(i)] = float((i * 5 + t * 3) % 7) * 0.1f - 0.3f;
+    opt.step();
+  }
+  const std::vector<float> y = p;
+  sw.run({h}, opt.steps(), true);
+  const float w = float(1.0 - 1.0 / h.beta1);
+  for (int64_t i = 0; i < n; ++i) {
+    ASSERT_EQ(float_bits(p[size_t(i)]), float_bits(std::fma(w, z[size_t(i)] - y[size_t(i)], y[size_t(i)])))
+        << "element " << i;
+  }
+  EXPECT_NE(p, y);
+  sw.run({h}, opt.steps(), false);
+  for (int64_t i = 0; i < n; ++i) {
+    EXPECT_LE(std::fabs(p[size_t(i)] - y[size_t(i)]), 0x1p-21f * (std::fabs(y[size_t(i)]) + std::fabs(z[size_t(i)])) /
+                                                           float(h.beta1));
+  }
+  EXPECT_EQ(opt.steps(), std::vector<int64_t>{3});
+}
+
+TEST(ModeSwitch, Refusals) {
+  std::vector<float> p(4), z(4);
+  fastopt::Adam::Hyper adam;
+  const fastopt::ParamTensors t{{p.data(), 4}, {z.data(), 4}, {}, {}};
+  EXPECT_TRUE(throws_exactly<std::invalid_argument>(
+      [&] { fastopt::ModeSwitch(fastopt::RuleId::adam, {fastopt::ParamGroup{adam, {t}}}); },
+      "adam has no eval point apart from its params: nothing to switch (mode switches are Schedule-Free's)"));
+  fastopt::ScheduleFree::Hyper h;
+  fastopt::ModeSwitch sw(fastopt::RuleId::schedule_free, {fastopt::ParamGroup{h, {t}}});
+  h.beta1 = 0;
+  EXPECT_TRUE(throws_exactly<std::invalid_argument>(
+      [&] { sw.run({h}, {1}, true); },
+      "param group 0: beta1 must be in (0, 1) (the eval point x = y + (1 - 1/beta1)(z - y)), got 0"));
+  EXPECT_TRUE(throws_exactly<std::invalid_argument>(
+      [&] { sw.run({fastopt::ScheduleFree::Hyper{}}, {1, 1}, true); },
+      "a mode switch takes one hyperparameter set and one step count per param group (1)"));
 }
 
 }  // namespace

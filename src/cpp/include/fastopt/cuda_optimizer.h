@@ -105,6 +105,29 @@ class CudaOptimizer {
   std::unique_ptr<Impl> impl_;
 };
 
+// fastopt::ModeSwitch on the CUDA engine: the same binding, validation and bits, over device
+// memory; run() is one kernel launch on `stream` (the coefficients computed on the host: the step
+// counts are the caller's, read back from the optimizer where they may have moved on the device).
+class CudaModeSwitch {
+ public:
+  CudaModeSwitch(RuleId rule, std::vector<ParamGroup> groups);
+  ~CudaModeSwitch();
+  CudaModeSwitch(CudaModeSwitch&&) noexcept;
+  CudaModeSwitch& operator=(CudaModeSwitch&&) noexcept;
+
+  void run(const std::vector<Hyper>& hypers, const std::vector<int64_t>& steps, bool to_eval, uint64_t seed,
+           cudaStream_t stream);
+
+  RuleId rule() const;
+  size_t num_groups() const;
+  int device() const;
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
 // The number of CUDA devices (0 where there is no driver or no device).
 int cuda_device_count();
 

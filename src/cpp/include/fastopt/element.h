@@ -39,6 +39,7 @@ FASTOPT_HD L transform_grad(const GradTransform& x, L g) {
 //   prepass_writes_state (false), update_writes_state (true): which pass stores the state;
 //   sums_values (false): the diagnosed update sums the squares of the new values, not of the
 //     changes, and counts the non-finite ones (a rule that produces values: Accumulate).
+//   switch_coeffs (none): has_eval_point below.
 template <class R, class = void>
 struct num_sums {
   static constexpr int value = 0;
@@ -100,6 +101,13 @@ FASTOPT_HD void diagnosed_values(L before, L after, L (&v)[2]) {
     v[1] = before;
   }
 }
+// switch_coeffs(h, to_eval, stepped) (none): the Coeffs of a mode switch (fastopt::ModeSwitch) of
+// a rule that evaluates at another point than it trains at (Schedule-Free), run by the update
+// kernels with the rule's first state stream (z) bound as the grads and no state.
+template <class R, class = void>
+struct has_eval_point : std::false_type {};
+template <class R>
+struct has_eval_point<R, decltype(void(&R::switch_coeffs))> : std::true_type {};
 
 // The grad's storage type is read from the slot at run time, not compiled into the kernels: a
 // branch that every element of a tensor takes alike (free beside the memory traffic of a

@@ -60,6 +60,10 @@ unsigned nonnegative_state(RuleId id);
 // "" where the rule's state may be stored in 8 bits, else why not.
 std::string no_8bit_state(RuleId id);
 
+// Whether the rule evaluates at another point than it trains at (Schedule-Free): its params then
+// switch between the two with a fastopt::ModeSwitch.
+bool rule_has_eval_point(RuleId id);
+
 // The names of the rule's hyperparameters (the Hyper struct's fields).
 std::vector<std::string> field_names(RuleId id);
 

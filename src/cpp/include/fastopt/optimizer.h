@@ -210,6 +210,48 @@ class Optimizer {
   friend class BandwidthProbe;
 };
 
+// Rules with an eval point (rule_has_eval_point(rule): Schedule-Free) train at one point of each param,
+// y, and are evaluated at another, x, kept through the param and the rule's first state array z.
+// A mode switch moves every param between the two, in place, in one pass: its fp32 value p (its
+// master where it has one, its bfloat16 half and remainder joined, or the param) becomes
+// p + w (z - p), w given by its group's hyperparameters and the direction (Schedule-Free:
+// 1 - 1/beta1 to x, 1 - beta1 back to y), and is stored as a step stores the param (rounded to
+// nearest even, split into its remainder, Kahan-compensated, or rounded stochastically). It is not
+// a step: no grad is read, no state written, no step count advanced. Which point the params hold
+// is the caller's to track (python/fastopt/schedule_free.py does): a step taken at x trains from
+// the wrong point.
+class ModeSwitch {
+ public:
+  // `groups` as for an Optimizer of `rule`, each param's `grad` being its z (float32 or bfloat16,
+  // the param's shape; the optimizer's state array) and its `state` empty. Validated as an
+  // Optimizer validates its tensors (TensorError names z i as "grad i"); std::invalid_argument
+  // for a rule without an eval point.
+  ModeSwitch(RuleId rule, std::vector<ParamGroup> groups);
+  ~ModeSwitch();
+  ModeSwitch(ModeSwitch&&) noexcept;
+  ModeSwitch& operator=(ModeSwitch&&) noexcept;
+
+  // Moves the params of each group j to x (to_eval) or back to y, with its hyperparameters
+  // hypers[j], where steps[j] (the steps group j has taken) > 0: before its first step a group's z
+  // is not set (x = y = z), and it is left as it is. Stochastic rounding draws the bits of `seed`
+  // at the pseudo-step 2^63 + 2 max(steps) + (1 to x, 0 to y), which no step draws.
+  // std::invalid_argument, nothing written, for hyperparameters of another rule or out of range,
+  // or a count per group that does not match.
+  void run(const std::vector<Hyper>& hypers, const std::vector<int64_t>& steps, bool to_eval, uint64_t seed = 0);
+
+  RuleId rule() const;
+  size_t num_groups() const;
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+// The pseudo-step whose random bits a mode switch after `steps` steps (the most of any group)
+// draws for stochastic rounding: 2^63 + 2 steps + to_eval (mod 2^64), none a step's.
+uint64_t switch_round_step(int64_t steps, bool to_eval);
+
 // The bandwidth probe: the engine's streams over a param's tensors with no arithmetic (each
 // param is rewritten as param + 0 * grad, every state array rewritten as itself): the time a
 // step takes at best. `params` as for an Optimizer (up to 3 state arrays each).

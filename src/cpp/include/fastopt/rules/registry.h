@@ -21,6 +21,7 @@
 #include "fastopt/rules/nadam.h"
 #include "fastopt/rules/radam.h"
 #include "fastopt/rules/rmsprop.h"
+#include "fastopt/rules/schedule_free.h"
 #include "fastopt/rules/sgd.h"
 #include "fastopt/rules/sophia.h"
 
@@ -38,7 +39,8 @@
   X(lion, Lion)            \
   X(lars, Lars)            \
   X(lamb, Lamb)                    \
-  X(sophia, Sophia)
+  X(sophia, Sophia)                \
+  X(schedule_free, ScheduleFree)
 
 #define FASTOPT_UTILITY_RULES(X) \
   X(ema, Ema)                    \
