@@ -190,3 +190,30 @@ def test_cuda_bit_identical_to_cpu():
         gpu.update()
     for a, b in zip(cpu.averages, gpu.averages):
         assert_bits_equal(to_numpy(b), a)
+
+
+def test_state_dict_is_a_copy_and_stores_do_not_nest():
+    params = params_for("float32", seed=11)
+    ema = fastopt.ParamEMA(params, decay=0.5)
+    ema.update()
+    best = ema.state_dict()
+    kept = [a.copy() for a in best["averages"]]
+    drift(params, np.random.default_rng(12))
+    ema.update()
+    for a, k in zip(best["averages"], kept):
+        assert_bits_equal(a, k)  # (the live averages moved on; the checkpoint did not)
+    with ema.average_parameters():
+        with pytest.raises(RuntimeError, match="params are stored already"):
+            ema.store()
+    state = ema.state_dict()
+    state["num_updates"] = 2.7
+    with pytest.raises(ValueError, match="num_updates must be an integer >= 0, got 2.7"):
+        ema.load_state_dict(state)
+
+
+def test_moved_params_named():
+    model = torch.nn.Linear(3, 2)
+    ema = fastopt.ParamEMA(list(model.parameters()))
+    model.weight.data = torch.zeros(2, 3)
+    with pytest.raises(RuntimeError, match="ParamEMA.update: a param's memory moved"):
+        ema.update()

@@ -36,3 +36,15 @@ def test_hutchinson_is_u_times_hu():
     u = torch.randn(4, generator=torch.Generator().manual_seed(4))
     hessian = torch.autograd.functional.hessian(loss_of, w.detach())
     torch.testing.assert_close(est[0], u * (hessian @ u))
+
+
+def test_frozen_unused_and_linear_params_get_zeros():
+    torch.manual_seed(1)
+    model = torch.nn.Linear(4, 3)
+    model.bias.requires_grad_(False)
+    logits = model(torch.randn(8, 4))
+    est = ft.gauss_newton_bartlett(logits, list(model.parameters()))
+    assert est[1].abs().sum() == 0 and est[0].abs().sum() > 0
+    w, lin, unused = (torch.randn(3, requires_grad=True) for _ in range(3))
+    est = ft.hutchinson((w ** 3).sum() + lin.sum(), [w, lin, unused])
+    assert est[0].abs().sum() > 0 and torch.equal(est[1], torch.zeros(3)) and torch.equal(est[2], torch.zeros(3))

@@ -139,8 +139,6 @@ def test_torch_form_with_an_estimator():
     opt = ft.Sophia(model.parameters(), lr=0.05, rho=0.02)
     ref = fastopt.Sophia(twin, grads, lr=0.05, rho=0.02)
     x = torch.randn(16, 5)
-    with pytest.raises(RuntimeError, match="no step taken yet"):
-        opt.update_hessian(twin)
     for t in range(6):
         opt.zero_grad()
         torch.nn.functional.cross_entropy(model(x), torch.arange(16) % 3).backward()
@@ -176,3 +174,35 @@ def test_cuda_bit_identical_to_cpu():
             gpu.update_hessian([to_cuda(x) for x in e])
     for a, b in zip(params, gparams):
         assert_bits_equal(to_numpy(b), a)
+
+
+def test_nonfinite_estimate_skips_the_update():
+    params = [np.ones(s, np.float32) for s in SHAPES]
+    grads, est = data(0, False)
+    opt = fastopt.Sophia(params, grads, **HYPERS)
+    assert opt.update_hessian(est) is False
+    kept = [opt.state[i]["hessian"].copy() for i in range(3)]
+    est[2][5] = np.nan
+    assert opt.update_hessian(est) is True
+    for i in range(3):
+        assert_bits_equal(opt.state[i]["hessian"], kept[i])
+
+
+def test_torch_form_binds_before_a_step_and_sees_new_betas():
+    """update_hessian before the first step (the paper's order at t = 1) and right after
+    load_state_dict; a beta2 changed in param_groups applies at once."""
+    model = torch.nn.Linear(3, 2)
+    opt = ft.Sophia(model.parameters(), lr=0.1)
+    ones = [torch.ones_like(p) for p in model.parameters()]
+    opt.update_hessian(ones)
+    assert torch.allclose(opt.state[model.weight]["hessian"], torch.full((2, 3), 0.01))
+    opt.param_groups[0]["betas"] = (0.9, 0.5)
+    opt.update_hessian(ones)
+    assert torch.allclose(opt.state[model.weight]["hessian"], torch.full((2, 3), 0.505))
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    saved = opt.state_dict()
+    again = ft.Sophia(model.parameters(), lr=0.1)
+    again.load_state_dict(saved)
+    again.update_hessian(ones)
+    assert torch.allclose(again.state[model.weight]["hessian"], torch.full((2, 3), 0.7525))

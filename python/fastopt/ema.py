@@ -9,6 +9,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from ._arrays import assign, copy, copy_into, master_copy, to_host
+from ._core import MemoryMoved
 from .optimizer import Optimizer
 from .utility import bind_rule
 
@@ -79,8 +80,17 @@ class ParamEMA:
 
     def update(self, stream: Any = None) -> None:
         """One update of every average from its param, in place (on CUDA: enqueued on
-        ``stream``, default the params' library's current stream, never waiting for the GPU)."""
-        self._step.step(stream=stream)
+        ``stream``, default the params' library's current stream, never waiting for the GPU).
+        RuntimeError when a param's memory moved (``model.to(...)``, ``p.data = ...``): build a
+        ParamEMA over the params as they are now (``load_state_dict`` carries the averages over).
+        A param replaced by a new tensor (a module's ``load_state_dict(assign=True)``) is not
+        seen: the old one is averaged; build the ParamEMA after such a load."""
+        try:
+            self._step.step(stream=stream)
+        except MemoryMoved as e:
+            raise RuntimeError(f"ParamEMA.update: a param's memory moved since the ParamEMA was built "
+                               f"({str(e).split(':')[0].replace('grad', 'param')}): build a ParamEMA over the "
+                               "params as they are now and load this one's state_dict into it") from None
 
     @property
     def num_updates(self) -> int:
@@ -97,11 +107,17 @@ class ParamEMA:
         targets = self.params if params is None else list(params)
         if len(targets) != len(self.averages):
             raise ValueError(f"got {len(targets)} params for {len(self.averages)} averages")
+        for i, (dst, src) in enumerate(zip(targets, self.averages)):  # (all checked before any is written)
+            if tuple(dst.shape) != tuple(src.shape):
+                raise ValueError(f"param {i}: shape {tuple(dst.shape)} differs from average {i}'s {tuple(src.shape)}")
         for dst, src in zip(targets, self.averages):
             copy_into(dst, src)
 
     def store(self) -> None:
-        """Keeps a copy of the params (exact, their dtype) for :meth:`restore`."""
+        """Keeps a copy of the params (exact, their dtype) for :meth:`restore`; RuntimeError when
+        a copy is already kept (average_parameters() inside another)."""
+        if self._stored is not None:
+            raise RuntimeError("ParamEMA.store: params are stored already (restore() them first)")
         self._stored = [copy(p) for p in self.params]
 
     def restore(self) -> None:
@@ -124,14 +140,15 @@ class ParamEMA:
             self.restore()
 
     def state_dict(self) -> dict[str, Any]:
-        """``{"num_updates", "averages" (NumPy copies), "hypers"}``."""
-        return {"num_updates": self.num_updates, "averages": [to_host(a) for a in self.averages],
+        """``{"num_updates", "averages", "hypers"}``: the averages are copies (of the averages'
+        library, on their device: ``torch.save``/``torch.load`` take those of torch tensors)."""
+        return {"num_updates": self.num_updates, "averages": [copy(a) for a in self.averages],
                 "hypers": {k: self._step.param_groups[0][k] for k in _EmaStep.hyper_defaults}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Loads a :meth:`state_dict` (same number and shapes of averages): the averages, the
         update count and the hyperparameters. Checked before anything is written."""
-        averages = [np.asarray(a) for a in state["averages"]]
+        averages = [np.asarray(to_host(a)) for a in state["averages"]]
         if len(averages) != len(self.averages):
             raise ValueError(f"the state holds {len(averages)} averages, this ParamEMA {len(self.averages)}")
         for i, (a, mine) in enumerate(zip(averages, self.averages)):
@@ -139,10 +156,13 @@ class ParamEMA:
             if a.shape != host.shape or a.dtype != host.dtype:
                 raise ValueError(f"average {i}: the state's is {a.dtype} {a.shape}, this one's {host.dtype} {host.shape}")
         hypers = dict(state["hypers"])
+        unknown = set(hypers) - set(_EmaStep.hyper_defaults)
+        if unknown:
+            raise ValueError(f"ParamEMA.load_state_dict: unknown hyperparameters {sorted(unknown)}")
         _EmaStep._to_hyper({**_EmaStep.hyper_defaults, **hypers})
-        count = int(state["num_updates"])
-        if count < 0:
-            raise ValueError(f"num_updates must be >= 0, got {count}")
+        count = state["num_updates"]
+        if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0:
+            raise ValueError(f"num_updates must be an integer >= 0, got {count!r}")
         for a, mine in zip(averages, self.averages):
             assign(mine, a)
         for k, v in hypers.items():

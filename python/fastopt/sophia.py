@@ -29,7 +29,7 @@ class Sophia(Optimizer):
     Gauss-Newton-Bartlett ``B * g_hat * g_hat`` (``g_hat`` the grad of the mean loss on labels
     sampled from the model's own output distribution, B the batch size: the official SophiaG's
     ``bs`` is folded into the estimate here, so ``rho`` is the paper's gamma), or Hutchinson's
-    ``u * (H u)`` (u Rademacher). As the paper writes it, ``max(rho * h, eps)``: a negative
+    ``u * (H u)`` (u ~ N(0, I)). As the paper writes it, ``max(rho * h, eps)``: a negative
     estimate (Hutchinson's may be) moves the param by lr in the direction of ``m``.
 
     Args:
@@ -44,7 +44,7 @@ class Sophia(Optimizer):
     State per param (float32, or bfloat16; not 8-bit: the Hessian average is updated by a
     pass of its own): ``exp_avg`` (m), ``hessian`` (h).
     Bytes moved per fp32 param and step: 24 (read p, g, m, h; write p, m); per
-    :meth:`update_hessian`: 12 (read h, the estimate; write h).
+    :meth:`update_hessian`: 16 (the estimates' finiteness pass 4; read h, the estimate; write h).
     """
 
     rule = "sophia"
@@ -63,10 +63,12 @@ class Sophia(Optimizer):
          '24'),
     )
 
-    def update_hessian(self, estimates: Sequence[Any], stream: Any = None) -> None:
+    def update_hessian(self, estimates: Sequence[Any], stream: Any = None) -> Any:
         """``h = beta2 * h + (1 - beta2) * estimate`` for every param (its group's beta2), in
         place, in one fused pass (fastopt's EMA rule over the ``hessian`` arrays); not a step:
-        the step counts do not change.
+        the step counts do not change. An estimate holding an inf or NaN skips the whole update
+        (h unchanged; the estimates' norm pass decides, as ``skip_nonfinite`` skips a step):
+        returns whether it was skipped (on CUDA a 0-d bool array on the device, never waited for).
 
         ``estimates``: the diagonal Hessian estimates, one per param in order (arrays shaped like
         the params, float32, float16 or bfloat16, on their device), only read. Passing the same
@@ -92,7 +94,7 @@ class Sophia(Optimizer):
             group["decay"] = mine["betas"][1]
         if bound._seed or any(s.state_precision == "bfloat16_stochastic" for s in self._storage):
             bound._start_at(self.steps)  # (stochastic rounding draws the bits of this step)
-        bound.step(stream=stream)
+        return bound.step(stream=stream).skipped
 
     def _bind_hessian_ema(self, hessians: list, estimates: list) -> Optimizer:
         groups, at = [], 0
@@ -104,4 +106,4 @@ class Sophia(Optimizer):
             at += n
         random = any(g["master_weights"] for g in groups)
         with naming("hessian", "estimate"):
-            return _EmaStep(groups, first_copies=False, seed=self._seed if random else 0)
+            return _EmaStep(groups, first_copies=False, seed=self._seed if random else 0, skip_nonfinite=True)

@@ -491,16 +491,21 @@ class GradAccumulator(_GradAccumulator):
     fastopt.torch optimizer): the step reads the accumulators and their sums, summed by that
     same pass. Bf16 params thus train on float32-accumulated grads without a float32 ``.grad``.
 
+    Call ``zero_grad()`` between micro-batches (torch adds each backward into ``.grad``: without
+    it every ``add`` would add the running sum again), clip with the optimizer's
+    ``max_grad_norm`` (``torch.nn.utils.clip_grad_norm_`` clips ``.grad``, not the accumulators),
+    and hand the step what the ``last=True`` call returned (``step()`` without it reads ``.grad``).
+
     Args:
-        params: the params (an iterable of tensors, e.g. ``model.parameters()``); the
-            accumulators (``accumulators``, float32 zeros like them) are allocated on their
-            devices.
+        params: the params (an iterable of tensors, e.g. ``model.parameters()``; those that do
+            not require grad are left out, as the optimizers skip them); the accumulators
+            (``accumulators``, float32 zeros like them) are allocated on their devices.
     """
 
     def __init__(self, params: Iterable[torch.Tensor]):
-        self.params = list(params)
+        self.params = [p for p in params if p.requires_grad]
         if not self.params:
-            raise ValueError("GradAccumulator got no params")
+            raise ValueError("GradAccumulator got no params that require grad")
         self.accumulators = [torch.zeros_like(p, dtype=torch.float32) for p in self.params]
         self.grads: list | None = None  # bound at the first add
 
@@ -827,31 +832,33 @@ def _replaced(module: torch.nn.Module, name: str, new: Any) -> None:
         opt._unbind()
 
 
-def _update_hessian(self: Optimizer, estimates: Any, stream: Any = None) -> None:
-    """Sophia's Hessian average, ``h = beta2 * h + (1 - beta2) * estimate``, for every param the
-    optimizer has stepped (see :meth:`fastopt.Sophia.update_hessian`), in one fused pass.
-    ``estimates``: one per param of ``param_groups``, in order (a list), or a dict param ->
-    estimate; tensors shaped like the params (:func:`gauss_newton_bartlett`, :func:`hutchinson`).
-    A param without an estimate raises ValueError; RuntimeError before the first step (no state
-    yet: the average starts at 0, as in the paper, with the first step)."""
-    def update() -> None:
-        if self._inner is None:
-            raise RuntimeError(f"{type(self).__name__}.update_hessian: no step taken yet, so no Hessian average "
-                               "exists (it starts at 0 with the first step); call it after a step")
+def _update_hessian(self: Optimizer, estimates: Any, stream: Any = None) -> Any:
+    """Sophia's Hessian average, ``h = beta2 * h + (1 - beta2) * estimate``, in one fused pass
+    (see :meth:`fastopt.Sophia.update_hessian`; a non-finite estimate skips it: returns whether
+    it did). ``estimates``: one per param of ``param_groups``, in order (a list), or a dict param
+    -> estimate; tensors shaped like the params (:func:`gauss_newton_bartlett`, :func:`hutchinson`).
+    Before the first step (as the paper's Algorithm 3 may, at t = 1) or after ``load_state_dict``
+    it binds the params that have an estimate; otherwise those the last step stepped, each of
+    which needs one (ValueError)."""
+    def update() -> Any:
+        params = [p for g in self.param_groups for p in g["params"]]
         if isinstance(estimates, Mapping):
             of = {id(p): e for p, e in estimates.items()}
         else:
-            params = [p for g in self.param_groups for p in g["params"]]
             given = list(estimates)
             if len(given) != len(params):
                 raise ValueError(f"{type(self).__name__}.update_hessian: got {len(given)} estimates for "
                                  f"{len(params)} params")
             of = {id(p): e for p, e in zip(params, given)}
-        missing = [k for k, p in enumerate(self._inner._params) if id(p) not in of]
-        if missing:
+        if self._inner is None:  # (nothing bound yet: the estimates stand in for the grads)
+            self._bind(params, [of.get(id(p)) for p in params])
+            if self._inner is None:
+                raise ValueError(f"{type(self).__name__}.update_hessian: no estimate for any param")
+        if any(id(p) not in of for p in self._inner._params):
             raise ValueError(f"{type(self).__name__}.update_hessian: no estimate for a param it steps")
-        self._inner.update_hessian([of[id(p)] for p in self._inner._params], stream)
-    alone(self._busy, f"{type(self).__name__}.update_hessian", update)
+        self._push_hypers()
+        return self._inner.update_hessian([of[id(p)] for p in self._inner._params], stream)
+    return alone(self._busy, f"{type(self).__name__}.update_hessian", update)
 
 
 def _drop_in(cls: type[_Bound]) -> type[Optimizer]:

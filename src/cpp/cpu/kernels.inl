@@ -268,12 +268,48 @@ void prepass(const void* coeffs, const GradTransform& transform, const TensorSlo
       sums);
 }
 
+// The update of a rule that sums_values over elements [begin, end) of one tensor: sums[0] the
+// squares of the new values, summed as canonical_sums sums (the canonical sum) while the update
+// writes them, with the plain tensor's storage known to the compiler (Plain); sums[1] counts the
+// non-finite ones, only where the sum is not finite (as sumsq counts). (Measured on the 2-core
+// AVX-512 machine, an accumulation's last pass over one 2^24 tensor: 12.7 ms through the
+// diagnosed update, which sums two values per element, beside 3.7 for the probe.)
+template <class Rule, class P>
+void run_summed(const void* coeffs, const GradTransform& transform, const TensorSlot& slot, int64_t begin,
+                int64_t end, double* sums) {
+  using V = FASTOPT_LANE;
+  const auto body = [&](auto block) {
+    const typename Rule::Coeffs c = *static_cast<const typename Rule::Coeffs*>(coeffs);
+    const GradTransform x = in_blocks(transform, block);
+    const TensorSlot t = in_blocks(slot, block);
+    canonical_sums<1>(
+        [&](int64_t i, auto& v) {
+          using L = std::remove_reference_t<decltype(v[0])>;
+          prefetch_ahead<Rule, false, L, P>(t, i);
+          apply_element<Rule, L, P>(c, x, t, i, nullptr);
+          v[0] = load_value<L, P>(t, i);
+        },
+        begin, end, sums);
+  };
+  static_assert(Rule::max_state == 1, "a rule that sums values keeps no state (no 8-bit blocks)");
+  bool plain = false;
+  if constexpr (std::is_same_v<P, float>) plain = with_plain<Rule::max_state>(slot, transform, body);
+  if (!plain) body(nullptr);
+  sums[1] = 0;
+  if (sums[0] - sums[0] == 0) return;
+  int64_t bad = 0, i = begin;
+  for (; i + lane_width<V> <= end; i += lane_width<V>) bad += count_nonfinite(load_value<V, P>(slot, i));
+  for (; i < end; ++i) bad += count_nonfinite(load_value<float, P>(slot, i));
+  sums[1] = double(bad);
+}
+
 // The update with diagnostics over elements [begin, end) of one tensor: sums[0] is the
 // tensor's sum of squared updates (new - old fp32 value), sums[1] of its old values (where the
 // rule sums_values: of its new values, and their non-finite count).
 template <class Rule, class P>
 void run_diagnosed(const void* coeffs, const GradTransform& transform, const TensorSlot& slot, int64_t begin,
                    int64_t end, double* sums) {
+  if constexpr (sums_values<Rule>::value) return run_summed<Rule, P>(coeffs, transform, slot, begin, end, sums);
   const typename Rule::Coeffs c = *static_cast<const typename Rule::Coeffs*>(coeffs);
   const GradTransform x = transform;
   const TensorSlot t = slot;
