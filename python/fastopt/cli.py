@@ -113,8 +113,8 @@ time (100%: at the probe's bandwidth). Above 100% is flagged "no ceiling": the m
 probe, which is then no bound for its streams.
 
 --utilities times the fused passes around a step instead (fastopt.ParamEMA.update 12 B/param,
-fastopt.GradAccumulator.add with the accumulated norm 12 B, Sophia.update_hessian 12 B; 10 B
-with bfloat16 model tensors) over one tensor and --tensors of mixed sizes, against torch's
+fastopt.GradAccumulator.add with the accumulated norm 12 B, Sophia.update_hessian with its
+estimates' finiteness pass 16 B; 2 B less per bfloat16 read) over one tensor and --tensors of mixed sizes, against torch's
 foreach forms and the probe of the same streams: see fastopt.bench_utilities.
 """
 
