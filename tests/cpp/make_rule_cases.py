@@ -94,6 +94,11 @@ CASES = [
          {"lr": 0.02}),
     Case("lamb_no_bias_correction", fastopt.LAMB, {"lr": 0.01, "bias_correction": False, "weight_decay": 0.1},
          {"eps": 1e-3}),
+    # Adafactor: param 1 (3, 7) keeps row_var and col_var, the others a variance; rho = lr, then 1/sqrt(t).
+    Case("adafactor", fastopt.Adafactor, {"lr": 0.05, "weight_decay": 0.01, "eps": (1e-3, 1e-3)},
+         {"lr": 0.8, "d": 2.0, "beta2_decay": -0.6}),
+    Case("adafactor_maximize_fp16_param", fastopt.Adafactor, {"lr": 0.05, "maximize": True}, {"weight_decay": 0.1},
+         low=np.float16, master=False),
     # The step options.
     Case("adam_grad_scale", fastopt.Adam, {"lr": 0.01, "betas": (0.8, 0.95)}, {"lr": 0.02}, grad_scale=1024.0),
     Case("adam_max_grad_norm", fastopt.Adam, {"lr": 0.01}, {"lr": 0.02},
@@ -156,7 +161,8 @@ def run(case: Case) -> dict[str, Any]:
     check_expectations(case, steps)
     hypers = [{n: getattr(h, n) for n in dir(h) if not n.startswith("_") and n not in ("check", "num_state")}
               for h in opt._hypers]
-    state_final = [[opt.state[i][n].copy() for n in opt.state_names[:opt._hypers[opt._group_of[i]].num_state()]]
+    state_final = [[opt.state[i][n].copy()
+                    for n in list(opt.state_shapes(params[i].shape))[:opt._hypers[opt._group_of[i]].num_state()]]
                    for i in range(3)]
     return {"init": init, "masters_init": masters_init, "state_init": state_init, "steps": steps, "hypers": hypers,
             "params": [p.copy() for p in params], "masters": [None if m is None else m.copy() for m in opt.master_params],

@@ -2,9 +2,12 @@
 // Adding an optimizer = its rule header, its include below and one line in FASTOPT_RULES,
 // and on the Python side python/fastopt/<id>.py with its class (found through _core.rules).
 // A rule without state declares max_state = 1 (arrays of 0 are not C++) and num_state() = 0.
+// A rule with factored state (fastopt/factored.h) declares `factored`, its unfactored_state and
+// unfactored_state_names (a param of < 2 dims), and its factor() and row_value().
 #pragma once
 
 #include "fastopt/rules/adabelief.h"
+#include "fastopt/rules/adafactor.h"
 #include "fastopt/rules/adadelta.h"
 #include "fastopt/rules/adagrad.h"
 #include "fastopt/rules/adam.h"
@@ -30,7 +33,8 @@
   X(adabelief, AdaBelief)  \
   X(lion, Lion)            \
   X(lars, Lars)            \
-  X(lamb, Lamb)
+  X(lamb, Lamb)             \
+  X(adafactor, Adafactor)
 
 namespace fastopt {
 
