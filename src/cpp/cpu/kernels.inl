@@ -310,14 +310,16 @@ void run_diagnosed(const void* coeffs, const GradTransform& transform, const Ten
   });
 }
 
-// The factor pass over piece k of a factored tensor (fastopt/factored.h), in reduce.h's order:
-// per row of the piece, lane group j (lanes j.. j + W, one accumulator) takes its chains down the
-// block's lines of kRowLanes columns, the columns past the last whole vector one by one after
+// The factor pass over piece k of a factored tensor (fastopt/factored.h), in reduce.h's order,
+// each row read in element order: vector j of a block line holds lanes W j .. W j + W (of
+// kRowLanes), the accumulator of those lanes (in cache, as the columns'), so that each lane
+// chains its columns line by line; the columns past the last whole vector one by one after
 // them (the last of their chains); the lanes fold into the row's partial. Per column, the chain
-// down the piece's rows (an accumulator per column, in cache: kBlock doubles).
+// down the piece's rows (an accumulator per column, in cache: kBlock doubles). (Lane groups
+// taken one at a time down the lines instead read a row 1 KiB apart: 2.5x slower, measured.)
 void factor_piece(const GradTransform& transform, const TensorSlot& slot, int64_t k) {
   using V = FASTOPT_LANE;
-  constexpr int W = lane_width<V>;
+  constexpr int W = lane_width<V>, G = reduce::kRowLanes / W;
   static_assert(reduce::kRowLanes % W == 0 && reduce::kBlock % reduce::kRowLanes == 0, "lanes in whole vectors");
   const GradTransform x = transform;
   const TensorSlot t = slot;
@@ -325,24 +327,27 @@ void factor_piece(const GradTransform& transform, const TensorSlot& slot, int64_
   const int64_t n = p.cols, full = n / W * W, nb = factored::blocks(t);
   const int used = int(n < reduce::kRowLanes ? n : reduce::kRowLanes);
   squares_t<V> cols[reduce::kBlock / W] = {};
+  squares_t<V> acc[G];
   double tail[W] = {};
   for (int64_t r = 0; r < p.rows; ++r) {
     const int64_t at = (p.row + r) * t.cols + p.col;
+    for (int j = 0; j * W < used; ++j) acc[j] = squares_t<V>{};
+    int64_t e = 0;
+    for (; e < full; e += W) {
+      if constexpr (W > 1) {
+        if (e % kPrefetchElems == 0) __builtin_prefetch(static_cast<const char*>(t.grad) + (at + e + kPrefetchElems) *
+                                                       (t.grad_dtype == DType::f32 ? 4 : 2), 0, 2);
+      }
+      const V v = transform_grad(x, load_grad<V>(t, at + e));
+      acc[(e / W) % G] = add_square(v, acc[(e / W) % G]);
+      cols[e / W] = add_square(v, cols[e / W]);
+    }
     double lanes[reduce::kRowLanes];
-    for (int j = 0; j < used; j += W) {
-      squares_t<V> acc = {};
-      int64_t e = j;
-      for (; e + W <= n; e += reduce::kRowLanes) {
-        const V v = transform_grad(x, load_grad<V>(t, at + e));
-        acc = add_square(v, acc);
-        cols[e / W] = add_square(v, cols[e / W]);
-      }
-      store(lanes + j, acc);
-      for (int l = 0; l < W && e + l < n; ++l) {
-        const float v = transform_grad(x, load_grad<float>(t, at + e + l));
-        lanes[j + l] = add_square(v, lanes[j + l]);
-        tail[e + l - full] = add_square(v, tail[e + l - full]);
-      }
+    for (int j = 0; j * W < used; ++j) store(lanes + j * W, acc[j]);
+    for (; e < n; ++e) {
+      const float v = transform_grad(x, load_grad<float>(t, at + e));
+      lanes[e % reduce::kRowLanes] = add_square(v, lanes[e % reduce::kRowLanes]);
+      tail[e - full] = add_square(v, tail[e - full]);
     }
     p.row_sums[r * nb] = reduce::fold_used(lanes, used);
   }

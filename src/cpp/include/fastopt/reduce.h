@@ -61,7 +61,11 @@ FASTOPT_HD int64_t factor_rows(int64_t cols) { return kSuper / (cols < kBlock ? 
 template <int N>
 FASTOPT_HD double fold_used(double (&lanes)[N], int used) {
   for (int w = N / 2; w >= 1; w /= 2) {
-    for (int l = 0; l < w && l + w < used; ++l) lanes[l] = lanes[l] + lanes[l + w];
+    if (used >= 2 * w) {  // (a whole level: a loop the compiler vectorizes, the same adds)
+      for (int l = 0; l < w; ++l) lanes[l] = lanes[l] + lanes[l + w];
+    } else {
+      for (int l = 0; l + w < used; ++l) lanes[l] = lanes[l] + lanes[l + w];
+    }
     if (used > w) used = w;
   }
   return used > 0 ? lanes[0] : 0.0;
