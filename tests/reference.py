@@ -1,12 +1,12 @@
 """Float64 NumPy reference optimizers, written from the published update rules.
 
 These follow the algorithm boxes of the ``torch.optim`` documentation (SGD, Adam, AdamW,
-Adagrad, Adadelta, RMSprop, Adamax, NAdam, RAdam) and, for the optimizers torch lacks, the
-papers (AdaBelief: Zhuang et al. 2020, Algorithm 2; Lion: Chen et al. 2023, Program 1; Sophia:
-Liu et al. 2023, Algorithm 3; the Sutskever et al. 2013 momentum form of SGD; Schedule-Free:
-Defazio et al. 2024, as its authors' code steps it), not fastopt's C++: every quantity is kept in
-float64 and updated in place, so a test can compare fastopt's fp32 arithmetic against a
-(nearly) exact trajectory.
+Adagrad, Adadelta, RMSprop, Adamax, NAdam, RAdam, Adafactor) and, for the optimizers torch
+lacks, the papers (AdaBelief: Zhuang et al. 2020, Algorithm 2; Lion: Chen et al. 2023, Program
+1; Sophia: Liu et al. 2023, Algorithm 3; the Sutskever et al. 2013 momentum form of SGD;
+Schedule-Free: Defazio et al. 2024, as its authors' code steps it), not fastopt's C++: every
+quantity is kept in float64 and updated in place, so a test can compare fastopt's fp32
+arithmetic against a (nearly) exact trajectory.
 
 Each optimizer is a small class holding its hyperparameters and per-param state::
 
@@ -177,8 +177,9 @@ class _Ref:
         return -g if self.maximize else g
 
     def state_of(self, i: int) -> dict[str, np.ndarray]:
-        """Param i's state under fastopt's (and torch's) names."""
-        return {name: d[i] for name, d in self.states.items()}
+        """Param i's state under fastopt's (and torch's) names (those it has: Adafactor's
+        matrices and vectors keep different state)."""
+        return {name: d[i] for name, d in self.states.items() if i in d}
 
 
 class AdagradRef(_Ref):
@@ -631,10 +632,66 @@ class SGDScheduleFreeRef(ScheduleFreeRef):
         super().__init__(lr, momentum, weight_decay, warmup_steps, r, weight_lr_power, maximize, False)
 
 
+class AdafactorRef(_Ref):
+    """torch.optim.Adafactor (torch >= 2.5; Shazeer & Stern 2018 with torch's use of lr and eps1),
+    per tensor at step t, RMS over the tensor::
+
+        g <- -g if maximize
+        w <- t^beta2_decay;  rho <- min(lr, 1 / sqrt(t));  alpha <- max(eps2, RMS(p)) * rho
+        p <- p * (1 - lr * weight_decay)
+        p of >= 2 dims (matrices of its last two dims, leading dims batched):
+            row_var <- row_var + w * (mean(g^2, over each row) - row_var)        (..., rows, 1)
+            col_var <- col_var + w * (mean(g^2, over each column) - col_var)     (..., 1, cols)
+            v <- row_var * col_var / max(mean(row_var, over the rows), eps1)
+        else: variance <- variance + w * (g^2 - variance);  v <- variance
+        u <- g / sqrt(max(v, eps1^2))
+        p <- p - alpha / max(1, RMS(u) / d) * u
+
+    eps1 None: the machine epsilon of the dtype param i's value is kept in, ``value_dtypes[i]``
+    (float32 where not set). A param without elements is left alone (torch divides by zero).
+    """
+
+    def __init__(self, lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0, maximize=False):
+        super().__init__(maximize)
+        self.lr, self.beta2_decay, self.eps, self.d, self.weight_decay = lr, beta2_decay, tuple(eps), d, weight_decay
+        self.value_dtypes: dict[int, np.dtype] = {}
+
+    def _state(self, name: str, i: int, shape: tuple) -> np.ndarray:
+        return self.states.setdefault(name, {}).setdefault(i, np.zeros(shape))
+
+    def step(self, params, grads) -> None:
+        self.t += 1
+        w = self.t ** self.beta2_decay
+        rho = min(self.lr, 1 / np.sqrt(self.t))
+        for i, (p, g) in enumerate(zip(params, grads)):
+            g = self.grad(p, g)
+            if p.ndim >= 2:
+                r = self._state("row_var", i, p.shape[:-1] + (1,))
+                c = self._state("col_var", i, p.shape[:-2] + (1,) + p.shape[-1:])
+            else:
+                v = self._state("variance", i, p.shape)
+            if p.size == 0:
+                continue
+            eps1 = self.eps[0]
+            if eps1 is None:
+                eps1 = float(np.finfo(self.value_dtypes.get(i, np.float32)).eps)
+            alpha = max(self.eps[1], np.sqrt(np.mean(p * p))) * rho
+            p *= 1 - self.lr * self.weight_decay
+            if p.ndim >= 2:
+                r += w * (np.mean(g * g, axis=-1, keepdims=True) - r)
+                c += w * (np.mean(g * g, axis=-2, keepdims=True) - c)
+                v = r * c / np.maximum(np.mean(r, axis=-2, keepdims=True), eps1)
+            else:
+                v += w * (g * g - v)
+            u = g / np.sqrt(np.maximum(v, eps1 * eps1))
+            p -= alpha / max(1.0, np.sqrt(np.mean(u * u)) / self.d) * u
+
+
 _REFS = {"SGD": SGDRef, "Adam": AdamRef, "AdamW": AdamWRef, "Adagrad": AdagradRef, "Adadelta": AdadeltaRef,
          "RMSprop": RMSpropRef, "Adamax": AdamaxRef, "NAdam": NAdamRef, "RAdam": RAdamRef,
          "AdaBelief": AdaBeliefRef, "Lion": LionRef, "LARS": LARSRef, "LAMB": LAMBRef,
-         "Sophia": SophiaRef, "AdamWScheduleFree": AdamWScheduleFreeRef, "SGDScheduleFree": SGDScheduleFreeRef}
+         "Sophia": SophiaRef, "AdamWScheduleFree": AdamWScheduleFreeRef, "SGDScheduleFree": SGDScheduleFreeRef,
+         "Adafactor": AdafactorRef}
 
 
 def reference_for(optimizer_name: str, kwargs: dict):

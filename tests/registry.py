@@ -188,6 +188,17 @@ CASES: list[Case] = [
     _case(fastopt.SGDScheduleFree, F.sgdschedulefree_, "weight_decay", lr=0.05, weight_decay=0.125),
     _case(fastopt.SGDScheduleFree, F.sgdschedulefree_, "all", lr=0.05, momentum=0.8, warmup_steps=30, r=2.0,
           weight_lr_power=1.0, weight_decay=0.125, maximize=True),
+    # Adafactor: rho = min(lr, 1/sqrt(t)) is lr (default 1e-2) below 1/sqrt(t) up to t = 10^4, and
+    # 1/sqrt(t) from t = 4 with lr = 0.5; eps1 = 0.5 floors v (eps1^2 = 0.25, about g^2 at the
+    # grads' small scale) and the row means, eps2 = 2 floors RMS(p) (~1); d = 2 clips only the
+    # bursts of large grads. Matrices and 3-D tensors keep factored state, vectors a variance.
+    _case(fastopt.Adafactor, F.adafactor_, "default"),
+    _case(fastopt.Adafactor, F.adafactor_, "lr_above_rho", lr=0.5),
+    _case(fastopt.Adafactor, F.adafactor_, "weight_decay", lr=0.05, weight_decay=0.5),
+    _case(fastopt.Adafactor, F.adafactor_, "eps_d_decay", eps=(0.5, 2.0), d=2.0, beta2_decay=-0.5),
+    _case(fastopt.Adafactor, F.adafactor_, "maximize", maximize=True),
+    _case(fastopt.Adafactor, F.adafactor_, "all", lr=0.2, beta2_decay=-0.6, eps=(0.1, 0.5), d=1.5,
+          weight_decay=0.1, maximize=True),
 ]
 
 CASE_IDS = [c.id for c in CASES]
@@ -199,7 +210,17 @@ BASELINE = {"SGD": "sgd-plain", "Adam": "adam-no_weight_decay", "AdamW": "adamw-
             "Adamax": "adamax-plain", "NAdam": "nadam-plain", "RAdam": "radam-plain",
             "AdaBelief": "adabelief-plain", "Lion": "lion-plain", "LARS": "lars-plain", "LAMB": "lamb-plain",
             "Sophia": "sophia-plain", "AdamWScheduleFree": "adamwschedulefree-plain",
-            "SGDScheduleFree": "sgdschedulefree-plain"}
+            "SGDScheduleFree": "sgdschedulefree-plain", "Adafactor": "adafactor-default"}
+
+
+def kept_in(case: Case, dtype: str) -> dict:
+    """The case's hyperparameters for a run whose values are float32 (master weights) that is to
+    step as a run of params kept in ``dtype`` steps: Adafactor's eps1 None is the machine epsilon
+    of the dtype a param's value is kept in (a float32 master's, or a bfloat16 param's own)."""
+    if case.name == "Adafactor" and case.kwargs.get("eps", (None,))[0] is None:
+        eps = case.kwargs.get("eps", case.cls.default_hypers()["eps"])
+        return {**case.kwargs, "eps": (float(ml_dtypes.finfo(DTYPES[dtype]).eps), eps[1])}
+    return dict(case.kwargs)
 
 
 def case_by_id(id_: str) -> Case:
@@ -211,20 +232,25 @@ def functional_step(case: Case, params: Sequence, grads: Sequence, state: dict, 
     """One step of ``case`` through its functional form.
 
     ``state`` maps fastopt's state names (``momentum_buffer``, ``exp_avg``, ...) to lists of
-    float32 arrays, one per param; on the first call it is filled with fresh arrays (at the
-    initial accumulator value for Adagrad's ``sum``, zero otherwise). The functional forms
-    take their state lists positionally, in ``state_names`` order, and the lists a case
-    binds are a prefix of them.
+    float32 arrays, one per param (None where a param keeps no such array: Adafactor's vectors
+    and matrices keep different state, ``cls.state_shapes``); on the first call it is filled
+    with fresh arrays (at the initial accumulator value for Adagrad's ``sum``, zero otherwise).
+    The functional forms take their state lists positionally, in ``state_names`` order, and the
+    lists a case binds are a prefix of each param's.
     """
     kw = {**case.kwargs, **overrides}
     hyper = case.cls._to_hyper({**case.cls.default_hypers(), **kw})
-    names = case.cls.state_names[: hyper.num_state()]
+    layouts = [dict(list(case.cls.state_shapes(np.shape(p)).items())[: hyper.num_state()]) for p in params]
+    names = [n for n in case.cls.state_names if any(n in layout for layout in layouts)]
     if "betas" in kw:
         kw["beta1"], kw["beta2"] = kw.pop("betas")
     initial = kw.pop("initial_accumulator_value", 0.0)  # the caller's business in the functional form
     for n in names:
-        state.setdefault(n, [np.full(np.shape(p), initial if n == "sum" else 0.0, np.float32) for p in params])
-    case.fn(params, grads, *[state[n] for n in names], step=step, master_params=masters, **kw)
+        state.setdefault(n, [np.full(layout[n], initial if n == "sum" else 0.0, np.float32) if n in layout else None
+                             for layout in layouts])
+    last = max((case.cls.state_names.index(n) for n in names), default=-1)
+    case.fn(params, grads, *[state.get(n) for n in case.cls.state_names[: last + 1]], step=step,
+            master_params=masters, **kw)
 
 
 # ---- tolerances -------------------------------------------------------------------------

@@ -17,7 +17,8 @@ from fastopt.bench import SPECS
 from fastopt.optimizer import Optimizer
 
 OPTIMIZERS = catalog.OPTIMIZERS
-CUSTOM_FIELDS = {"SGD": {"sutskever"}}  # struct fields a class's own _to_hyper sets (from momentum_form)
+# struct fields a class's own _to_hyper sets (from momentum_form; from eps = (eps1 or None, eps2))
+CUSTOM_FIELDS = {"SGD": {"sutskever"}, "Adafactor": {"eps1", "eps2", "eps1_from_dtype"}}
 each = pytest.mark.parametrize("cls", OPTIMIZERS, ids=[c.__name__ for c in OPTIMIZERS])
 
 
@@ -102,7 +103,8 @@ def test_functional_form_is_derived(cls):
     assert names[:2 + len(states)] == ["params", "grads", *states]
     for s, arg in zip(cls.state_names, states):
         assert params[arg].kind is P.POSITIONAL_OR_KEYWORD
-        assert (params[arg].default is None) == (s in cls.optional_state), arg
+        # (a factored class's params each take the lists of their dims, None in the others)
+        assert (params[arg].default is None) == (s in cls.optional_state or cls.factored), arg
     assert params["step"].kind is P.KEYWORD_ONLY
     assert (params["step"].default is P.empty) == cls.step_dependent
     expected = {}

@@ -28,7 +28,8 @@ def make(cls, kwargs, seed=0, dtype="float32", **options):
 
 
 @pytest.mark.parametrize("cls, kwargs", [(fastopt.AdamW, {}), (fastopt.SGD, dict(lr=0.1, momentum=0.9)),
-                                         (LAMB, dict(lr=0.01, weight_decay=0.1))])
+                                         (LAMB, dict(lr=0.01, weight_decay=0.1)),
+                                         (fastopt.Adafactor, dict(lr=0.1, weight_decay=0.1))])
 def test_values_match_numpy_and_leave_the_update_unchanged(cls, kwargs):
     opt, params, grads = make(cls, kwargs, diagnostics=True)
     plain, pparams, pgrads = make(cls, kwargs)

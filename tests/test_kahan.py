@@ -10,7 +10,7 @@ import pytest
 
 import fastopt
 from fastopt.binding import Keeps
-from registry import CASES, bits, grad_steps, random_params, refill, step_through, supported_isas
+from registry import CASES, bits, grad_steps, kept_in, random_params, refill, step_through, supported_isas
 from registry import isa_switch  # noqa: F401  (a fixture)
 
 BF16 = ml_dtypes.bfloat16
@@ -70,7 +70,7 @@ def test_every_optimizer_same_bits_on_every_isa_and_near_the_master(case, isa_sw
     isa_switch("scalar")
     ps = [p.copy() for p in start]
     gs = [np.zeros(p.shape, np.float32) for p in ps]
-    ref = case.cls(ps, gs, master_weights=True, max_grad_norm=2.0, **case.kwargs)
+    ref = case.cls(ps, gs, master_weights=True, max_grad_norm=2.0, **kept_in(case, "bfloat16"))
     for grads in grad_steps(case.seed, SHAPES, 10):
         refill(gs, grads)
         ref.step()

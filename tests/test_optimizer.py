@@ -1066,7 +1066,8 @@ def test_state_held_in_torch_tensors_round_trips(monkeypatch):
     import torch
     import fastopt.binding as binding_module
     monkeypatch.setattr(binding_module, "state_like",
-                        lambda p, name, dtype: torch.zeros(np.shape(p), dtype=getattr(torch, dtype)))
+                        lambda p, name, dtype, shape=None: torch.zeros(np.shape(p) if shape is None else shape,
+                                                                        dtype=getattr(torch, dtype)))
     params, grads = [np.ones(5, np.float32)], [np.full(5, 0.5, np.float32)]
     opt = fastopt.SGD(params, grads, lr=0.1, momentum=0.9)
     assert isinstance(opt.state[0]["momentum_buffer"], torch.Tensor)

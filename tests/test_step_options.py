@@ -18,7 +18,7 @@ from registry import (U, Magnitudes, assert_bits_equal, assert_rounding_close, c
 from registry import isa_switch  # noqa: F401  (a fixture)
 
 SHAPES = [(37,), (4, 9), (300,), (2, 3, 5)]
-CASE_IDS = ["sgd-momentum", "adam-weight_decay", "adamw-amsgrad"]
+CASE_IDS = ["sgd-momentum", "adam-weight_decay", "adamw-amsgrad", "adafactor-weight_decay"]
 # A global grad norm computed in fp32 errs by at most NORM_U u relative: fastopt's by
 # registry.norm_error of its largest tensor; torch's per-tensor norms sum at most 300 squares
 # by cascade summation (under log2(300) + 1 = 10 u) and then the 4 norms (2 u), and the

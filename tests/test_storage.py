@@ -22,10 +22,14 @@ PRECISIONS = ["bfloat16", "bfloat16_stochastic", "8bit"]
 STEPS = 6
 
 
-# Every rule and variant with every precision (Adagrad, Sophia and Schedule-Free keep no 8-bit
-# state: test_refusals).
+# Every rule and variant with every precision (Adagrad, Adafactor, Sophia and Schedule-Free keep
+# no 8-bit state: test_refusals).
 CASE_PRECISIONS = [pytest.param(c, p, id=f"{c.id}-{p}") for p in PRECISIONS for c in CASES
                    if not (p == "8bit" and not c.cls.eight_bit_state)]
+# The rules whose update reads the state as an earlier phase of the step stored it: LAMB's first
+# pass stores the moments; Adafactor's factor step stores row_var and col_var (and the row values
+# come from them as stored), its first pass a vector's variance.
+READS_STORED = ("LAMB", "Adafactor")
 
 
 def signed_streams(opt: fastopt.Optimizer) -> list[bool]:
@@ -33,12 +37,17 @@ def signed_streams(opt: fastopt.Optimizer) -> list[bool]:
     return [not (mask >> k & 1) for k in range(len(opt.state_names))]
 
 
+def stream_index(opt: fastopt.Optimizer, i: int, name: str) -> int:
+    """The index of state array ``name`` among param i's bound arrays (its stream in the engine)."""
+    return list(opt.state_shapes(np.shape(opt._params[i]))).index(name)
+
+
 def stored_as_float32(opt: fastopt.Optimizer, i: int, name: str, precision: str) -> np.ndarray:
     """The float32 values that state array ``name`` of param i holds, as the engine loads them."""
     a = opt.state[i][name]
     if precision != "8bit":
         return a.astype(np.float32)
-    k = opt.state_names.index(name)
+    k = stream_index(opt, i, name)
     flat = numeric.dequantize_blockwise(a.ravel(), opt.state[i][name + "_absmax"], signed_streams(opt)[k])
     return flat.reshape(a.shape)
 
@@ -48,7 +57,7 @@ def stored_from_float32(opt: fastopt.Optimizer, i: int, name: str, value: np.nda
     """What state array ``name`` of param i must hold after a step that computed ``value``:
     bfloat16 rounded to nearest even; rounded stochastically with the bits of its stream (seed,
     step, param index, array index: element.h's state_key); 8-bit codes and absmax."""
-    k = opt.state_names.index(name)
+    k = stream_index(opt, i, name)
     if precision == "bfloat16":
         return [value.astype(BF16)]
     if precision == "bfloat16_stochastic":
@@ -59,11 +68,12 @@ def stored_from_float32(opt: fastopt.Optimizer, i: int, name: str, value: np.nda
     return [codes.reshape(value.shape), absmax]
 
 
-def lamb_reads_its_stored_moments(p: np.ndarray, twin: np.ndarray, before: np.ndarray, precision: str) -> None:
-    """LAMB's first pass stores the moments (and sums the norm of their update); its update pass
-    reads them back as stored, where the float32 twin reads them unrounded: the update differs
-    by about the storage's error (in L2 norm: bfloat16, within 2^-5 of the update; 8-bit,
-    within a tenth). The state itself is checked bit for bit."""
+def reads_its_stored_state(p: np.ndarray, twin: np.ndarray, before: np.ndarray, precision: str) -> None:
+    """LAMB's first pass stores the moments (and sums the norm of their update), Adafactor's
+    factor step and first pass its state; the update reads them back as stored, where the float32
+    twin reads them unrounded: the update differs by about the storage's error (in L2 norm:
+    bfloat16, within 2^-5 of the update; 8-bit, within a tenth). The state itself is checked bit
+    for bit."""
     rel = 2.0 ** -5 if precision != "8bit" else 0.1
     update = np.linalg.norm(twin.astype(np.float64) - before)
     assert np.linalg.norm(p.astype(np.float64) - twin) <= rel * update
@@ -95,8 +105,8 @@ def test_every_optimizer_follows_the_definition_on_every_isa(case, precision, is
             opt.step()
             twin.step()
             for i in range(len(ps)):
-                if case.name == "LAMB":  # (see lamb_reads_its_stored_moments)
-                    lamb_reads_its_stored_moments(ps[i], twin_ps[i], before[i], precision)
+                if case.name in READS_STORED:  # (see reads_its_stored_state)
+                    reads_its_stored_state(ps[i], twin_ps[i], before[i], precision)
                     np.copyto(twin_ps[i], ps[i])
                     continue
                 np.testing.assert_array_equal(bits(ps[i]), bits(twin_ps[i]), err_msg=f"{isa} step {t} param {i}")

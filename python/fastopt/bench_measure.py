@@ -95,7 +95,8 @@ class OptimizerSpec:
     @property
     def extra_bytes(self) -> int:
         """A two-pass rule's other pass, in bytes per param: LARS's norm pass reads p and g (8);
-        LAMB's second pass re-reads p, m and v (12) after the first has moved the elementwise streams."""
+        LAMB's second pass re-reads p, m and v (12), Adafactor's p, g and a vector's variance (12),
+        after the first has moved the elementwise streams."""
         extra = self.fastopt_cls.extra_pass
         return 4 * len(extra[1]) if extra else 0
 
@@ -106,10 +107,11 @@ class OptimizerSpec:
 
     @property
     def state_names(self) -> tuple[str, ...]:
-        """The state arrays these hyperparameters use."""
+        """The state arrays these hyperparameters use on the benchmark's 1-D tensors (Adafactor's
+        vectors keep a variance, its matrices row_var and col_var)."""
         cls = self.fastopt_cls
         hyper = cls._to_hyper({**cls.default_hypers(), **self.hypers})
-        return tuple(cls.state_names[:hyper.num_state()])
+        return tuple(cls.state_shapes((1,)))[:hyper.num_state()]
 
     def streams(self, dtype: np.dtype, master_weights: bool | str = True,
                 state_precision: str = "float32") -> list[Stream]:

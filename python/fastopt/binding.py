@@ -83,12 +83,13 @@ class Binding:
         state_precision (8-bit state: its absmax array too, in self._state[i], all zero: each
         element reads 0)."""
         storage = self._storage[self._group_of[i]]
-        a = state_like(self._params[i], f"param {i}", storage.state_dtype)
+        shape = self._layouts[i][name]
+        a = state_like(self._params[i], f"param {i}", storage.state_dtype, shape)
         value = self._initial_value(name, self._group_of[i])
         if storage.quantized:
             if value != 0:  # (Adagrad alone starts elsewhere, and it keeps no 8-bit state)
                 raise ValueError(f"{type(self).__name__} cannot keep 8-bit state")
-            numel = int(np.prod(_core.describe(self._params[i], f"param {i}")[0], dtype=np.int64))
+            numel = int(np.prod(shape, dtype=np.int64))
             self._state[i][absmax_name(name)] = state_like(self._params[i], f"param {i}", "float32",
                                                            (absmax_blocks(numel),))
         elif value != 0:
@@ -176,7 +177,7 @@ class Binding:
         are missing. Arrays no longer needed stay in the state, unbound and untouched."""
         created = set()
         for i, j in enumerate(self._group_of):
-            for name in self.state_names[: need[j]]:
+            for name in list(self._layouts[i])[: need[j]]:
                 if name not in self._state[i]:
                     self._state[i][name] = self._new_state(i, name)
                     created.add(j)
@@ -186,7 +187,7 @@ class Binding:
             self._steps = self._device_steps()  # the new group starts from the old one's counts
             if self._captured:  # a graph captured before may replay the old group: keep its device memory
                 self._retired.append(self._core)
-        names = [self.state_names[: need[j]] for j in self._group_of]
+        names = [list(self._layouts[i])[: need[j]] for i, j in enumerate(self._group_of)]
         self._kept.absmaxes = [[self._state[i][absmax_name(n)] for n in names[i]]
                                if self._storage[self._group_of[i]].quantized else [] for i in range(len(names))]
         self._core = self._engine.bind(self.rule, self._params, self._grads, self._kept,

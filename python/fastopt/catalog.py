@@ -47,8 +47,11 @@ def markdown_table() -> str:
     print(catalog.markdown_table(), end='')"``."""
     lines = ["| class | update | state | B/param |", "|---|---|---|---|"]
     for cls in OPTIMIZERS:
-        state = ", ".join(f"`{s}`" + (f" ({cls.optional_state[s]})" if s in cls.optional_state else "")
-                          for s in cls.state_names) or "none"
+        notes = dict(cls.optional_state)
+        if cls.factored:  # (the state of a param depends on its dims)
+            notes.update({s: "params of < 2 dims" for s in cls.state_shapes(())})
+            notes.update({s: "per row" if k == 0 else "per column" for k, s in enumerate(cls.state_shapes((1, 1)))})
+        state = ", ".join(f"`{s}`" + (f" ({notes[s]})" if s in notes else "") for s in cls.state_names) or "none"
         for label, update, nbytes in cls.doc_rows:
             lines.append(f"| {label or f'`{cls.__name__}`'} | {update} | {state} | {nbytes} |")
     return "\n".join(lines) + "\n"

@@ -19,9 +19,9 @@ class Checkpoints:
     """The checkpoint side of :class:`~fastopt.Optimizer`."""
 
     @classmethod
-    def _required_state(cls, hyper: Any, step: int) -> tuple[str, ...]:
-        """The state arrays a checkpoint must hold for a group at ``step`` steps."""
-        return cls.state_names[: hyper.num_state()] if step > 0 else ()
+    def _required_state(cls, hyper: Any, step: int, shape: Any) -> tuple[str, ...]:
+        """The state arrays a checkpoint must hold for a param of ``shape`` in a group at ``step`` steps."""
+        return tuple(cls.state_shapes(shape))[: hyper.num_state()] if step > 0 else ()
 
     def _check_loaded(self, group: int, arrays: list[dict[str, np.ndarray]]) -> None:
         """Raises ValueError for a group's loaded arrays that cannot be resumed from."""
@@ -103,7 +103,7 @@ class Checkpoints:
                 raise ValueError(f"param group {j}: params have different step counts {sorted(group_steps)}")
             step = group_steps.pop()
             for i, got in zip(range(first, first + n), group_arrays):
-                required = self._required_state(hyper, step)
+                required = self._required_state(hyper, step, tuple(_core.describe(self._params[i], f"param {i}")[0]))
                 if self._storage[j].quantized:
                     required += tuple(absmax_name(s) for s in required)
                 missing = [s for s in required if s not in got]
@@ -156,10 +156,10 @@ class Checkpoints:
         """Param i's arrays from a checkpoint entry, each checked for name, dtype and shape."""
         shape = tuple(_core.describe(self._params[i], f"param {i}")[0])
         storage = self._storage[self._group_of[i]]
-        expected = {name: (storage.state_dtype, shape) for name in self.state_names}
+        expected = {name: (storage.state_dtype, at) for name, at in self._layouts[i].items()}
         if storage.quantized:
-            blocks = absmax_blocks(int(np.prod(shape, dtype=np.int64)))
-            expected.update({absmax_name(name): ("float32", (blocks,)) for name in self.state_names})
+            expected.update({absmax_name(name): ("float32", (absmax_blocks(int(np.prod(at, dtype=np.int64))),))
+                             for name, at in self._layouts[i].items()})
         expected.update({"master_param": ("float32", shape), "kahan_compensation": ("float32", shape)})
         got = {}
         for name, value in entry.items():

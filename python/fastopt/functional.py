@@ -53,27 +53,34 @@ class BoundStep:
 
     def __init__(self, cls: type[Optimizer], arrays: Mapping[str, Any], keywords: Mapping[str, Any],
                  num_state: int | None = None):
-        """``arrays``: the arguments of ``<form>.bind`` by name. The state bound: the state lists
-        given, a prefix of state_names, at most ``num_state`` of them."""
+        """``arrays``: the arguments of ``<form>.bind`` by name. The state bound for each param: the
+        state lists given, a prefix of the param's state (``cls.state_shapes``), at most
+        ``num_state`` of them."""
         self._cls, self._keywords = cls, dict(keywords)
         params = list(arrays["params"])
         n = len(params)
-        names = []
-        for name in cls.state_names[:num_state]:
-            if arrays[_state_arg(cls, name)] is None:
-                break
-            names.append(name)
-        states = [_per_param(arrays, _state_arg(cls, name), n) for name in names]
-        keeps, seed = _keeps(cls, arrays, params, names, states)
+        lists = {name: _per_param(arrays, _state_arg(cls, name), n) for name in cls.state_names}
+        self._layouts = [_layout(cls, p, i) for i, p in enumerate(params)]
+        self._bound: list[list[str]] = []  # each param's state bound
+        for i, layout in enumerate(self._layouts):
+            names = []
+            for name in layout[:num_state]:
+                if arrays[_state_arg(cls, name)] is None:
+                    break
+                if lists[name][i] is None:
+                    raise ValueError(f"param {i}: {_state_arg(cls, name)}[{i}] is None, and a param of shape "
+                                     f"{tuple(_core.describe(params[i], f'param {i}')[0])} keeps {', '.join(layout)}")
+                names.append(name)
+            self._bound.append(names)
+        states = [[lists[name][i] for name in names] for i, names in enumerate(self._bound)]
+        keeps, seed = _keeps(cls, arrays, params, self._bound, states)
         self._like = params[0] if n else None
         self._engine = engine_for(self._like)
-        self._bound = names
         self._random = any(keeps.stochastic) or any(keeps.state_stochastic)
-        self._group = self._engine.bind(cls.rule, params, list(arrays["grads"]), keeps,
-                                        [[s[i] for s in states] for i in range(n)], [n])
+        self._group = self._engine.bind(cls.rule, params, list(arrays["grads"]), keeps, states, [n])
         self._group.watch_state()  # the state is the caller's: checked before each step as the params
         self._group.set_seed(seed)
-        self._seed, self._switch_arrays = seed, (params, states[0] if states else [], keeps)
+        self._seed, self._switch_arrays = seed, (params, [s[0] for s in states] if all(states) else [], keeps)
         self._switcher: Any = None  # a mode switch over the params and z (eval/train), bound on first use
 
     def __call__(self, *, step: int | None = None, **kwargs: Any) -> None:
@@ -91,11 +98,11 @@ class BoundStep:
             raise ValueError(f"step must be >= 1 and <= 2**63 - 1, an integer (the 1-based count of updates), "
                              f"got {step!r}")
         h = cls._to_hyper({**cls.default_hypers(), **_betas(cls, {**self._keywords, **kwargs})})  # validates first
-        for name in cls.state_names[len(self._bound):h.num_state()]:
-            raise ValueError(f"{cls.optional_state[name]} needs {_state_arg(cls, name)}, which were not bound")
+        for layout, names in zip(self._layouts, self._bound):
+            for name in layout[len(names):h.num_state()]:
+                raise ValueError(f"{_needs(cls, name)} {_state_arg(cls, name)}, which were not bound")
         step = int(step)
         self._engine.step(self._group, [h], [step], None, self._like, round_step=step)
-
 
     def eval(self, *, step: int, **kwargs: Any) -> None:
         """Moves the params to the eval point x after ``step`` steps (Schedule-Free; the
@@ -132,6 +139,19 @@ def _steps_taken(step: Any) -> int:
     return int(step)
 
 
+def _layout(cls: type[Optimizer], param: Any, i: int) -> list[str]:
+    """The names of the state arrays param i binds, in order: every class's state_names, but a
+    factored class's, whose state depends on the param's dims (its shape read as the engine reads it)."""
+    if not cls.factored:
+        return list(cls.state_names)
+    return list(cls.state_shapes(_core.describe(param, f"param {i}")[0]))
+
+
+def _needs(cls: type[Optimizer], name: str) -> str:
+    """Why state ``name`` is needed: its option, for optional state."""
+    return f"{cls.optional_state[name]} needs" if name in cls.optional_state else f"{cls.__name__} needs"
+
+
 def _per_param(arrays: Mapping[str, Any], arg: str, n: int) -> list:
     """The list argument ``arg``, one entry per param ([None] * n where it is None)."""
     given = arrays[arg]
@@ -143,11 +163,11 @@ def _per_param(arrays: Mapping[str, Any], arg: str, n: int) -> list:
     return out
 
 
-def _keeps(cls: type[Optimizer], arrays: Mapping[str, Any], params: Sequence, names: Sequence[str],
+def _keeps(cls: type[Optimizer], arrays: Mapping[str, Any], params: Sequence, names: Sequence[list[str]],
            states: Sequence[list]) -> tuple[Keeps, int]:
-    """How each param's fp32 value and its state (``names``, bound as ``states``) are kept,
-    from the storage keywords in ``arrays``; and the seed. The engine validates the arrays
-    themselves (dtypes, shapes, which keeps go together) and names the bad one."""
+    """How each param's fp32 value and its state (param i's ``names[i]``, bound as
+    ``states[i]``) are kept, from the storage keywords in ``arrays``; and the seed. The engine
+    validates the arrays themselves (dtypes, shapes, which keeps go together) and names the bad one."""
     n = len(params)
     keeps = Keeps.none(n)
     keeps.masters, keeps.remainders, keeps.compensations = (_per_param(arrays, k, n) for k in KEPT)
@@ -156,14 +176,15 @@ def _keeps(cls: type[Optimizer], arrays: Mapping[str, Any], params: Sequence, na
     if seed and not (stochastic or state_stochastic):
         raise ValueError("seed is the seed of stochastic rounding (stochastic_rounding=True or "
                          "state_stochastic_rounding=True)")
-    absmaxes = [_per_param(arrays, _absmax_arg(cls, name), n) for name in names] if cls.eight_bit_state else []
+    absmaxes = ({name: _per_param(arrays, _absmax_arg(cls, name), n) for name in cls.state_names}
+                if cls.eight_bit_state else {})
     for i, p in enumerate(params):
         keeps.stochastic[i] = stochastic and _dtype(p, f"param {i}") != "float32"
-        state_dtype = _dtype(states[0][i], f"{names[0]} {i}") if names else None
+        state_dtype = _dtype(states[i][0], f"{names[i][0]} {i}") if names[i] else None
         keeps.state_stochastic[i] = state_stochastic and state_dtype == "bfloat16"
-        given = [a[i] for a in absmaxes]
+        given = [absmaxes[name][i] for name in names[i] if name in absmaxes]
         if state_dtype == "uint8" and any(a is None for a in given):  # (the engine would not name the keyword)
-            missing = [_absmax_arg(cls, name) for name, a in zip(names, given) if a is None]
+            missing = [_absmax_arg(cls, name) for name, a in zip(names[i], given) if a is None]
             raise ValueError(f"param {i}: its state is 8-bit (uint8), which needs {' and '.join(missing)} "
                              f"(float32, shape (ceil(numel / {QUANT_BLOCK}),), zero initially)")
         keeps.absmaxes[i] = [a for a in given if a is not None]  # (with other state: the engine refuses them)
@@ -296,7 +317,8 @@ def _switch_form(cls: type[Optimizer], to_eval: bool, keywords: Mapping[str, Any
         step = _steps_taken(a["step"])
         params = list(a["params"])
         zs = _per_param(a, z, len(params))
-        keeps, seed = _keeps(cls, {**a, "state_stochastic_rounding": False}, params, cls.state_names[:1], [zs])
+        keeps, seed = _keeps(cls, {**a, "state_stochastic_rounding": False}, params,
+                             [list(cls.state_names[:1])] * len(params), [[zi] for zi in zs])
         like = params[0] if params else None
         engine = engine_for(like)
         switcher = engine.bind_switch(cls.rule, params, zs, no_state_keeps(keeps), [len(params)])
@@ -316,9 +338,9 @@ def _functional_form(cls: type[Optimizer]) -> Callable[..., None]:
     """fastopt.functional.<name>_ for the optimizer class ``cls``."""
     P = inspect.Parameter
     arrays = [P("params", P.POSITIONAL_OR_KEYWORD), P("grads", P.POSITIONAL_OR_KEYWORD)]
-    for name in cls.state_names:
+    for name in cls.state_names:  # (a factored rule's: each param takes those of its shape, the others None)
         arrays.append(P(_state_arg(cls, name), P.POSITIONAL_OR_KEYWORD,
-                        default=None if name in cls.optional_state else P.empty))
+                        default=None if name in cls.optional_state or cls.factored else P.empty))
     keywords = _keywords(cls)
     hypers = [P("step", P.KEYWORD_ONLY, default=P.empty if cls.step_dependent else None)]
     hypers += [P(k, P.KEYWORD_ONLY, default=P.empty if k in cls.functional_required else v)
@@ -344,9 +366,11 @@ def _functional_form(cls: type[Optimizer]) -> Callable[..., None]:
         a = bound.arguments
         hyper_values = {k: a[k] for k in keywords}
         h = cls._to_hyper({**cls.default_hypers(), **_betas(cls, hyper_values)})  # validates first
-        for name in cls.state_names[:h.num_state()]:
-            if a[_state_arg(cls, name)] is None:
-                raise ValueError(f"{cls.optional_state[name]} needs {_state_arg(cls, name)}")
+        needed = ({n for i, p in enumerate(a["params"]) for n in _layout(cls, p, i)[:h.num_state()]}
+                  if cls.factored else set(cls.state_names[:h.num_state()]))
+        for name in cls.state_names:
+            if name in needed and a[_state_arg(cls, name)] is None:
+                raise ValueError(f"{_needs(cls, name)} {_state_arg(cls, name)}")
         BoundStep(cls, a, keywords, h.num_state())(step=a["step"], **hyper_values)
 
     form.__name__ = form.__qualname__ = cls.__name__.lower() + "_"

@@ -128,7 +128,8 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
     # ---- the description each optimizer gives (in fastopt/<rule>.py; see catalog.py) -------
     rule: ClassVar[str]                       # its C++ rule id, a key of _core.rules
     state_names: ClassVar[tuple[str, ...]]    # its float32 state arrays, in binding order: the rule's
-    # (set from the C++ rule header's state_names, through _core.state_names)
+    # (set from the C++ rule header's state_names, through _core.state_shapes; a factored rule's
+    # (Adafactor's) those of its matrices, then those of its vectors: see state_shapes)
     hyper_defaults: ClassVar[dict[str, Any]]  # hyperparameters (torch.optim's names) -> default;
     # a real default makes a real-valued field of the rule's Hyper struct, a bool a flag,
     # "betas" its beta1/beta2; others are custom_hypers, which the class's _to_hyper maps.
@@ -138,6 +139,7 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
     optional_state: ClassVar[dict[str, str]] = {}  # state bound only under an option -> that option
     in_torch: ClassVar[bool] = False  # torch.optim has this optimizer, with these semantics
     eight_bit_state: ClassVar[bool] = True  # its state may be 8-bit (False: its C++ rule's no_8bit_state)
+    factored: ClassVar[bool] = False  # its C++ rule keeps factored state (state_shapes depend on the param's dims)
     # The functional form (fastopt.functional.<name>_): whether the update depends on the step
     # count (then `step` is required), hyperparameters it takes no keyword for, and those it
     # requires, and what its docstring adds to the generic one.
@@ -204,6 +206,7 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
         # is allocated or written.
         self._engine.bind(self.rule, self._params, self._grads, Keeps.none(len(self._params)),
                           [[] for _ in self._params], self._group_sizes)
+        self._layouts = [self.state_shapes(_core.describe(p, f"param {i}")[0]) for i, p in enumerate(self._params)]
         self._kept = self._keeps()
         self._seed = check_seed(seed)
         check_seed_used(self._seed, self._storage)
@@ -220,7 +223,16 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
     def __init_subclass__(cls, **kwargs: Any):
         super().__init_subclass__(**kwargs)
         if "rule" in cls.__dict__:
-            cls.state_names = _core.state_names[cls.rule]
+            names = [n for shape in ((1, 1), ()) for n, _ in _core.state_shapes(cls.rule, list(shape))]
+            cls.state_names = tuple(dict.fromkeys(names))
+            cls.factored = cls.rule in _core.factored
+
+    @classmethod
+    def state_shapes(cls, shape: Sequence[int]) -> dict[str, tuple[int, ...]]:
+        """The state arrays that a param of ``shape`` binds, by name in binding order, and their
+        shapes: the param's, but for factored state (:class:`fastopt.Adafactor`'s matrices: one
+        value per row, ``row_var``, and per column, ``col_var``; the C++ rule's layout)."""
+        return {n: tuple(s) for n, s in _core.state_shapes(cls.rule, list(shape))}
 
     @classmethod
     def torch_state(cls, group: Mapping[str, Any], step: int) -> dict[str, Any]:

@@ -103,7 +103,7 @@ class SGD(Optimizer):
         return self._state[i] if self._momentum_steps.get(self._group_of[i], 0) > 0 else {}
 
     @classmethod
-    def _required_state(cls, hyper: Any, step: int) -> tuple[str, ...]:
+    def _required_state(cls, hyper: Any, step: int, shape: Any) -> tuple[str, ...]:
         return ()  # like torch: a checkpoint taken before any momentum step has no buffer
 
     def _check_loaded(self, group: int, arrays: list[dict[str, np.ndarray]]) -> None:

@@ -329,9 +329,10 @@ class Optimizer(torch.optim.Optimizer):
         holds an array that its group's storage modes do not keep, or not in their dtype and shape."""
         names = self.fastopt_class.state_names
         shape = tuple(p.shape)
-        forms = {n: (getattr(torch, storage.state_dtype), shape) for n in names}  # name -> (dtype, shape)
+        layout = self.fastopt_class.state_shapes(shape)
+        forms = {n: (getattr(torch, storage.state_dtype), at) for n, at in layout.items()}  # name -> (dtype, shape)
         if storage.quantized:
-            forms.update({absmax_name(n): (torch.float32, (absmax_blocks(p.numel()),)) for n in names})
+            forms.update({absmax_name(n): (torch.float32, (absmax_blocks(math.prod(at)),)) for n, at in layout.items()})
         forms.update({k: (dtype, shape) for k, (mode, dtype) in _KEPT.items() if mode == storage.master_weights})
         # the arrays of other modes -> (the mode, its value that keeps them)
         owners = {**{absmax_name(n): ("state_precision", "8bit") for n in names},
@@ -462,7 +463,7 @@ class Optimizer(torch.optim.Optimizer):
             step = entry.get("step")
             count = _step_count(key, step) if step is not None else int(bool(arrays))
             hyper = self.fastopt_class._hyper_at(self._hypers(new_groups[j]), 0)
-            missing = [n for n in self.fastopt_class._required_state(hyper, count)
+            missing = [n for n in self.fastopt_class._required_state(hyper, count, tuple(p.shape))
                        if n not in arrays and n not in self.fastopt_class.optional_state]
             if missing:
                 raise ValueError(f"param {key!r}: state_dict lacks {', '.join(missing)} at step {count}")

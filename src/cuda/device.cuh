@@ -14,6 +14,7 @@
 #include <string>
 
 #include "fastopt/element.h"
+#include "fastopt/factored.h"
 #include "fastopt/reduce.h"
 #include "fastopt/schedule.h"
 #include "group.h"
@@ -76,6 +77,12 @@ struct Group::Tables {
   Schedule* schedules;    // per param group, used where scheduled[j]
   int32_t* scheduled;
   unsigned* done;         // blocks finished in the current update kernel
+  // Factored state (fastopt/factored.h): the pieces of the factor pass (begin: the piece's
+  // number in its tensor) and the factored tensors, in slot order.
+  Range* pieces;
+  int64_t num_pieces;
+  int32_t* factored;
+  int64_t num_factored;
 };
 
 template <class T>
@@ -176,6 +183,7 @@ struct RuleLaunch {
   int64_t* steps;    // the group's device step counts
   int num_groups;
   int chunk_grid, task_grid;  // blocks for the update pass and for the reduction passes
+  int factored_grid;          // blocks for the factor step (one per factored tensor)
   cudaStream_t stream;
 };
 

@@ -26,6 +26,57 @@ __global__ void __launch_bounds__(kThreads) grad_sums_kernel(Group::Tables tb) {
   });
 }
 
+// The factor pass (fastopt/factored.h, reduce.h's factored order), a thread block (kThreads =
+// reduce::kRowLanes threads) per piece: thread t holds row lane t, columns t + 256 j of the
+// block (j < 8), chained in j order, and their column chains down the rows; 8 rows at a time
+// (one per warp) the lanes fold in the fixed tree (w = 128, 64, 32 in registers from shared
+// memory, then shuffles 16..1). Lanes past the block's columns hold +0 and change no sum.
+static_assert(kThreads == reduce::kRowLanes && reduce::kBlock == 8 * kThreads, "a lane per thread, 8 columns each");
+__global__ void __launch_bounds__(kThreads) factor_kernel(Group::Tables tb, GradTransform x, bool controlled) {
+  __shared__ double lanes[kThreads / 32][kThreads];
+  if (controlled) {
+    const Control c = *tb.control;
+    if (c.skip) return;
+    x.scale = c.scale;
+  }
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  for (int64_t k = blockIdx.x; k < tb.num_pieces; k += gridDim.x) {
+    const TensorSlot t = tb.slots[tb.pieces[k].slot];
+    const factored::Piece p = factored::piece(t, tb.pieces[k].begin);
+    const int64_t nb = factored::blocks(t);
+    double cols[8] = {};
+    for (int64_t r0 = 0; r0 < p.rows; r0 += kThreads / 32) {
+      for (int64_t r = r0; r < r0 + kThreads / 32; ++r) {
+        double acc = 0.0;
+        for (int j = 0; j < 8 && r < p.rows; ++j) {
+          const int64_t c = threadIdx.x + kThreads * j;
+          if (c < p.cols) {
+            const float v = transform_grad(x, load_grad<float>(t, (p.row + r) * t.cols + p.col + c));
+            acc = add_square(v, acc);
+            cols[j] = add_square(v, cols[j]);
+          }
+        }
+        lanes[r - r0][threadIdx.x] = acc;
+      }
+      __syncthreads();
+      if (r0 + warp < p.rows) {
+        double v[8];
+        for (int i = 0; i < 8; ++i) v[i] = lanes[warp][lane + 32 * i];
+        for (int i = 0; i < 4; ++i) v[i] = v[i] + v[i + 4];  // w = 128
+        for (int i = 0; i < 2; ++i) v[i] = v[i] + v[i + 2];  // w = 64
+        double s = v[0] + v[1];                               // w = 32
+        for (int d = 16; d >= 1; d /= 2) s = s + __shfl_down_sync(0xffffffffu, s, d);
+        if (lane == 0) p.row_sums[(r0 + warp) * nb] = s;
+      }
+      __syncthreads();
+    }
+    for (int j = 0; j < 8; ++j) {
+      const int64_t c = threadIdx.x + kThreads * j;
+      if (c < p.cols) p.col_sums[c] = cols[j];
+    }
+  }
+}
+
 struct ControlArgs {
   float scale;              // the unscale factor, unless loss_scale
   const float* loss_scale;  // device: the factor is float(1 / double(*loss_scale))
@@ -216,6 +267,13 @@ Group::Group(RuleId rule, const std::vector<TensorSlot>& slots, int device, int 
   }
   tensor_super.push_back(int64_t(super_first.size()));
   const int64_t num_supers = int64_t(super_first.size());
+  std::vector<Range> pieces;  // the factor pass: a thread block per piece
+  std::vector<int32_t> factored;
+  for (size_t s = 0; s < slots.size(); ++s) {
+    if (!slots[s].rows) continue;
+    factored.push_back(int32_t(s));
+    for (int64_t k = 0; k < factored::pieces(slots[s]); ++k) pieces.push_back({k, k + 1, int32_t(s)});
+  }
   super_first.push_back(int64_t(tasks.size()));
   num_chunks_ = int64_t(chunks.size());
 
@@ -225,6 +283,16 @@ Group::Group(RuleId rule, const std::vector<TensorSlot>& slots, int device, int 
   Tables& tb = *tables;
   Arena& mem = *arena;
   maps_ = mem.upload(std::vector<quant::Tables>{quant::tables(true), quant::tables(false)});
+  factor_sums_.assign(slots.size(), nullptr);
+  row_values_.assign(slots.size(), nullptr);
+  for (int32_t s : factored) {
+    factor_sums_[s] = mem.alloc<double>(size_t(factored::scratch_size(slots[s])));
+    row_values_[s] = mem.alloc<float>(size_t(factored::matrices(slots[s]) * slots[s].rows));
+  }
+  tb.pieces = mem.upload(pieces);
+  tb.num_pieces = int64_t(pieces.size());
+  tb.factored = mem.upload(factored);
+  tb.num_factored = int64_t(factored.size());
   tb.slots = mem.upload(on_device(slots));
   tb.num_tensors = num_tensors_;
   tb.chunks = mem.upload(chunks);
@@ -254,6 +322,8 @@ Group::Group(RuleId rule, const std::vector<TensorSlot>& slots, int device, int 
   check(cudaMemset(lr_, 0, sizeof(double) * kMaxGroups), "cudaMemset");
   check(cudaMemset(steps_, 0, sizeof(int64_t) * kMaxGroups), "cudaMemset");
   chunk_grid_ = grid_for(num_chunks_, device);
+  piece_grid_ = grid_for(tb.num_pieces, device);
+  factored_grid_ = grid_for(tb.num_factored, device);
   task_grid_ = grid_for((tb.num_tasks + kThreads / 32 - 1) / (kThreads / 32), device);
   // Binding may synchronise: the uploads and memsets above (legacy stream) are done before any
   // step or setter enqueued on another stream can run.
@@ -307,7 +377,11 @@ void Group::step(const StepArgs& in) {
     control_kernel<<<1, kReduceThreads, 0, s>>>(c, *tables_);
     check(cudaGetLastError(), "control kernel launch");
   }
-  const RuleLaunch l{&a, control, *tables_, lr_, steps_, num_groups_, chunk_grid_, task_grid_, s};
+  if (tables_->num_pieces > 0) {  // factored state: the factor pass (its step is the rule's)
+    factor_kernel<<<piece_grid_, kThreads, 0, s>>>(*tables_, a.transform, control);
+    check(cudaGetLastError(), "factor kernel launch");
+  }
+  const RuleLaunch l{&a, control, *tables_, lr_, steps_, num_groups_, chunk_grid_, task_grid_, factored_grid_, s};
   if (!(launch_part<0>(rule_, l) || launch_part<1>(rule_, l) || launch_part<2>(rule_, l) || launch_part<3>(rule_, l))) {
     throw std::invalid_argument("the CUDA engine has no such rule");
   }
@@ -350,10 +424,13 @@ void Group::update_loss_scale(float* scale, int32_t* clean_steps, int32_t* floor
 }
 
 std::vector<TensorSlot> Group::on_device(std::vector<TensorSlot> slots) const {
-  for (TensorSlot& t : slots) {
+  for (size_t s = 0; s < slots.size(); ++s) {
+    TensorSlot& t = slots[s];
     for (int k = 0; k < kMaxState; ++k) {
       if (t.quant[k]) t.quant[k] = t.quant[k]->is_signed ? maps_ : maps_ + 1;
     }
+    t.factor_sums = factor_sums_[s];
+    t.row_value = row_values_[s];
   }
   return slots;
 }

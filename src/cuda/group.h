@@ -127,8 +127,13 @@ class Group {
   mutable bool skip_pending_ = false;
   int64_t* steps_ = nullptr;   // device: one per group
   const quant::Tables* maps_ = nullptr;  // device: the signed and the unsigned 8-bit map
+  // Factored state (fastopt/factored.h), per slot: its scratch in device memory, or null.
+  std::vector<double*> factor_sums_;
+  std::vector<float*> row_values_;
+  int piece_grid_ = 1, factored_grid_ = 1;  // blocks for the factor pass and for the factor step
 
-  // `slots` as the kernels read them: their 8-bit maps the device's.
+  // `slots` as the kernels read them: their 8-bit maps the device's, their factored state's
+  // scratch.
   std::vector<TensorSlot> on_device(std::vector<TensorSlot> slots) const;
 };
 

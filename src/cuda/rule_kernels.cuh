@@ -149,6 +149,15 @@ __device__ __forceinline__ bool aligned16(const TensorSlot& t) {
 template <class Rule, class P>
 __device__ void run_chunk(const typename Rule::Coeffs& c, const GradTransform& x, const TensorSlot& t, int64_t begin,
                           int64_t end) {
+  if constexpr (is_factored<Rule>::value) {
+    if (t.rows) {  // factored state: one element at a time, the row found by the thread's cursor
+      RowCursor rows;
+      for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
+        apply_element<Rule, float, P>(c, x, t, i, nullptr, &rows);
+      }
+      return;
+    }
+  }
   if (t.state_store == StateStore::q8 && t.num_state > 0) return run_quantized<Rule, P>(c, x, t, begin, end);
   int64_t tail = begin;
   if (aligned16(t)) {  // begin is a multiple of 8, so every pack starts 16-byte aligned
@@ -183,6 +192,34 @@ __device__ QuantBlock warp_quant_block(const typename Rule::Coeffs& c, const Gra
   }
   quant_new_absmax(t, q, bits, lane == 0);
   return q;
+}
+
+// f(rows): rows &cursor for a tensor with factored state (fastopt/factored.h), else nullptr.
+template <class Rule, class F>
+__device__ __forceinline__ void with_rows(const TensorSlot& t, RowCursor& cursor, F&& f) {
+  if constexpr (is_factored<Rule>::value) {
+    if (t.rows) return f(&cursor);
+  }
+  f(nullptr);
+}
+
+// The factor step (fastopt/factored.h), after the factor pass (group.cu): a thread block per
+// factored tensor, its rows' and columns' new values, then each matrix's row values.
+template <class Rule>
+__global__ void __launch_bounds__(kThreads) factor_step_kernel(RuleArgs<Rule> a, Group::Tables tb) {
+  __shared__ typename Rule::Coeffs coeffs[kMaxGroups];
+  GradTransform x;
+  if (!prologue(a, tb, coeffs, x)) return;
+  for (int64_t f = blockIdx.x; f < tb.num_factored; f += gridDim.x) {
+    const TensorSlot t = tb.slots[tb.factored[f]];
+    const typename Rule::Coeffs c = tensor_coeffs<Rule>(coeffs[t.hyper_index], t);
+    const int64_t n = factored::matrices(t);
+    for (int64_t q = threadIdx.x; q < n * t.rows; q += blockDim.x) factored::step_row<Rule>(c, t, q, x.round_key);
+    for (int64_t j = threadIdx.x; j < n * t.cols; j += blockDim.x) factored::step_col<Rule>(c, t, j, x.round_key);
+    __syncthreads();
+    for (int64_t m = threadIdx.x; m < n; m += blockDim.x) factored::row_values<Rule>(c, t, m);
+    __syncthreads();
+  }
 }
 
 // The coefficients tensor `slot` is updated with: its group's, or, for a two-pass rule, its own.
@@ -222,9 +259,9 @@ __global__ void __launch_bounds__(kThreads) diagnosed_update_kernel(RuleArgs<Rul
     using P = typename decltype(p)::type;
     const typename Rule::Coeffs c = coeffs_of<Rule>(tb, coeffs, t, slot);
     const QuantBlock q = warp_quant_block<Rule, false, P>(c, x, t, task);
-    return [&, c, q](int64_t i, float (&v)[2]) {
+    return [&, c, q, rows = RowCursor{}](int64_t i, float (&v)[2]) mutable {
       const float before = load_value<float, P>(t, i);
-      apply_element<Rule, float, P>(c, x, t, i, const_cast<QuantBlock*>(&q));
+      with_rows<Rule>(t, rows, [&](auto r) { apply_element<Rule, float, P>(c, x, t, i, const_cast<QuantBlock*>(&q), r); });
       diagnosed_values<Rule>(before, load_value<float, P>(t, i), v);
       return 0;
     };
@@ -242,10 +279,10 @@ __global__ void __launch_bounds__(kThreads) prepass_kernel(RuleArgs<Rule> a, Gro
   if (!prologue(a, tb, coeffs, x)) return;
   task_sums<K>(tb, [&](int32_t, const TensorSlot& t, auto p, Range task) {
     using P = typename decltype(p)::type;
-    const typename Rule::Coeffs c = coeffs[t.hyper_index];
+    const typename Rule::Coeffs c = tensor_coeffs<Rule>(coeffs[t.hyper_index], t);
     const QuantBlock q = warp_quant_block<Rule, true, P>(c, x, t, task);
-    return [&, c, q](int64_t i, float (&v)[K]) {
-      prepass_element<Rule, float, P>(c, x, t, i, v, const_cast<QuantBlock*>(&q));
+    return [&, c, q, rows = RowCursor{}](int64_t i, float (&v)[K]) mutable {
+      with_rows<Rule>(t, rows, [&](auto r) { prepass_element<Rule, float, P>(c, x, t, i, v, const_cast<QuantBlock*>(&q), r); });
       return 0;
     };
   });
@@ -261,7 +298,7 @@ __global__ void __launch_bounds__(kReduceThreads) finish_kernel(RuleArgs<Rule> a
   auto* out = static_cast<typename Rule::Coeffs*>(tb.tensor_coeffs);
   for (int64_t t = threadIdx.x; t < tb.num_tensors; t += blockDim.x) {
     const TensorSlot slot = tb.slots[t];
-    out[t] = Rule::finish(coeffs[slot.hyper_index], &tb.tensor_sums[t * kMaxSums], slot);
+    out[t] = Rule::finish(tensor_coeffs<Rule>(coeffs[slot.hyper_index], slot), &tb.tensor_sums[t * kMaxSums], slot);
   }
 }
 
@@ -287,6 +324,12 @@ void launch_rule(const RuleLaunch& l) {
   a.round_step = s.round_step;
   a.not_a_step = s.not_a_step;
   a.round_key = s.round_key;
+  if constexpr (is_factored<Rule>::value) {
+    if (l.tables.num_factored > 0) {
+      factor_step_kernel<Rule><<<l.factored_grid, kThreads, 0, l.stream>>>(a, l.tables);
+      check(cudaGetLastError(), "factor step kernel launch");
+    }
+  }
   if constexpr (num_sums<Rule>::value > 0) {
     static_assert(num_sums<Rule>::value <= kMaxSums, "more sums than the tables hold");
     prepass_kernel<Rule><<<l.task_grid, kThreads, 0, l.stream>>>(a, l.tables);

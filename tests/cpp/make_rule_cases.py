@@ -96,6 +96,11 @@ CASES = [
          {"lr": 0.02}),
     Case("lamb_no_bias_correction", fastopt.LAMB, {"lr": 0.01, "bias_correction": False, "weight_decay": 0.1},
          {"eps": 1e-3}),
+    # Adafactor: param 1 (3, 7) keeps row_var and col_var, the others a variance; rho = lr, then 1/sqrt(t).
+    Case("adafactor", fastopt.Adafactor, {"lr": 0.05, "weight_decay": 0.01, "eps": (1e-3, 1e-3)},
+         {"lr": 0.8, "d": 2.0, "beta2_decay": -0.6}),
+    Case("adafactor_maximize_fp16_param", fastopt.Adafactor, {"lr": 0.05, "maximize": True}, {"weight_decay": 0.1},
+         low=np.float16, master=False),
     # Warmup 2 of 4 steps: the weights' ramp and their plateau.
     Case("adamw_schedule_free", fastopt.AdamWScheduleFree, {"lr": 0.02, "betas": (0.8, 0.95), "weight_decay": 0.05,
                                                            "warmup_steps": 2, "r": 0.5},
@@ -172,7 +177,8 @@ def run(case: Case) -> dict[str, Any]:
     check_expectations(case, steps)
     hypers = [{n: getattr(h, n) for n in dir(h) if not n.startswith("_") and n not in ("check", "num_state")}
               for h in opt._hypers]
-    state_final = [[opt.state[i][n].copy() for n in opt.state_names[:opt._hypers[opt._group_of[i]].num_state()]]
+    state_final = [[opt.state[i][n].copy()
+                    for n in list(opt.state_shapes(params[i].shape))[:opt._hypers[opt._group_of[i]].num_state()]]
                    for i in range(3)]
     return {"init": init, "masters_init": masters_init, "state_init": state_init, "steps": steps, "hypers": hypers,
             "params": [p.copy() for p in params], "masters": [None if m is None else m.copy() for m in opt.master_params],

@@ -21,7 +21,7 @@ PieceState = tuple[int, int, dict[str, Any]]
 
 def fastopt_class(optimizer_class: Any) -> type[_Bound]:
     """The fastopt optimizer that ``optimizer_class`` names (``fastopt.AdamW`` or
-    ``fastopt.torch.AdamW``), or TypeError."""
+    ``fastopt.torch.AdamW``), or TypeError (for one with factored state: pieces are flat)."""
     cls = getattr(optimizer_class, "fastopt_class", optimizer_class)
     if not (isinstance(cls, type) and issubclass(cls, _Bound) and hasattr(cls, "rule")):
         raise TypeError(f"optimizer_class must be one of fastopt's optimizers (fastopt.AdamW, fastopt.torch.AdamW, "
@@ -29,6 +29,10 @@ def fastopt_class(optimizer_class: Any) -> type[_Bound]:
     if _core.eval_point[cls.rule]:  # (its params would be evaluated at y: wrong, and silently)
         raise TypeError(f"{cls.__name__} is evaluated at another point than it trains at (eval()/train()), which "
                         "fastopt.distributed does not switch yet: use fastopt.torch on one process")
+    if cls.factored:
+        raise TypeError(f"{cls.__name__} keeps one value per row and per column of each matrix, and "
+                        "fastopt.distributed steps flat pieces of params: use fastopt.torch."
+                        f"{cls.__name__} on each process")
     return cls
 
 
@@ -254,7 +258,7 @@ class PieceOptimizer(torch.optim.Optimizer):
                 count = _torch._step_count(key, entry["step"]) if "step" in entry else int(bool(arrays))
                 counts.add(count)
                 self._check_state(key, j, self._params[i], arrays, storage, "")
-                missing = [n for n in self.fastopt_class._required_state(hyper, count)
+                missing = [n for n in self.fastopt_class._required_state(hyper, count, tuple(self._params[i].shape))
                            if n not in arrays and n not in self.fastopt_class.optional_state]
                 if missing:
                     raise ValueError(f"param {key!r}: the checkpoint lacks {', '.join(missing)} at step {count}")

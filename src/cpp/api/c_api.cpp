@@ -100,7 +100,6 @@ fastopt_status fastopt_optimizer_create(const char* rule, const fastopt_param* p
     if (num_params > 0) need(params, "params");
     if (num_groups > 0) need(group_sizes, "group_sizes");
     const fastopt::RuleId id = fastopt::rule_id(rule);
-    const std::vector<std::string> names = fastopt::state_names(id);
     std::vector<fastopt::ParamGroup> groups;
     int64_t i = 0;
     for (int32_t j = 0; j < num_groups; ++j) {
@@ -122,6 +121,7 @@ fastopt_status fastopt_optimizer_create(const char* rule, const fastopt_param* p
         if (p.num_state < 0 || (p.num_state > 0 && !p.state)) {
           throw std::invalid_argument("param " + n + ": bad state list (num_state < 0 or NULL state)");
         }
+        const std::vector<std::string> names = fastopt::state_names(id, int(t.param.shape.size()));
         for (int32_t s = 0; s < p.num_state; ++s) {
           const std::string name = size_t(s) < names.size() ? names[size_t(s)] : "state " + std::to_string(s) + " of param";
           t.state.push_back(tensor(p.state[s], name + " " + n));

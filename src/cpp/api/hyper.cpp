@@ -66,6 +66,31 @@ std::vector<std::string> state_names(RuleId id) {
   });
 }
 
+bool factored_state(RuleId id) {
+  return with_rule(id, [](auto rule) { return is_factored<decltype(rule)>::value; });
+}
+
+std::vector<std::string> state_names(RuleId id, int ndim) {
+  return with_rule(id, [&](auto rule) {
+    using R = decltype(rule);
+    if constexpr (is_factored<R>::value) {
+      if (ndim < 2) return std::vector<std::string>(std::begin(R::unfactored_state_names), std::end(R::unfactored_state_names));
+    }
+    return std::vector<std::string>(std::begin(R::state_names), std::end(R::state_names));
+  });
+}
+
+std::vector<std::pair<std::string, std::vector<int64_t>>> state_shapes(RuleId id, const std::vector<int64_t>& shape) {
+  const bool factor = factored_state(id) && shape.size() >= 2;
+  std::vector<std::pair<std::string, std::vector<int64_t>>> out;
+  for (const std::string& n : state_names(id, int(shape.size()))) {
+    std::vector<int64_t> s = shape;
+    if (factor) s[s.size() - 1 - out.size()] = 1;  // stream 0: per row; stream 1: per column
+    out.emplace_back(n, s);
+  }
+  return out;
+}
+
 template <class R, class = void>
 struct nonnegative : std::integral_constant<unsigned, 0> {};
 template <class R>

@@ -93,7 +93,7 @@ struct Optimizer::Impl {
       const GradTransform x{factor, clip, random::step_key(seed, uint64_t(round_step))};
       if constexpr (num_sums<Rule>::value > 0) {  // two passes: per-tensor sums, then Coeffs
         const cpu::Group::FinishFn finish = [](const void* c, const double* sums, const TensorSlot& t, void* out) {
-          *static_cast<C*>(out) = Rule::finish(*static_cast<const C*>(c), sums, t);
+          *static_cast<C*>(out) = Rule::finish(tensor_coeffs<Rule>(*static_cast<const C*>(c), t), sums, t);
         };
         group.run_two_pass(coeffs.data(), sizeof(C), x, num_sums<Rule>::value, finish, sizeof(C), combine, diag);
       } else {

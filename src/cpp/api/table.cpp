@@ -42,13 +42,18 @@ void check_overlap(std::vector<Named> all) {
 
 std::string name(const std::string& role, size_t i) { return role + " " + std::to_string(i); }
 
+// The names of param p's state arrays in binding order.
+std::vector<std::string> names_of_state(RuleId rule, const Tensor& p) {
+  return rule == RuleId::probe ? std::vector<std::string>(kMaxState, "state") : state_names(rule, int(p.shape.size()));
+}
+
 // Every tensor of t (grads[i] in place of param i's grad where given), named, in bind order.
-void check_overlap(const Table& t, const std::vector<std::string>& state_names,
-                   const std::vector<Tensor>* grads = nullptr) {
+void check_overlap(const Table& t, const std::vector<Tensor>* grads = nullptr) {
   std::vector<std::string> names;
   std::vector<const Tensor*> tensors;
   for (size_t i = 0; i < t.tensors.size(); ++i) {
     const ParamTensors& p = t.tensors[i];
+    const std::vector<std::string> state_names = names_of_state(t.rule, p.param);
     names.push_back(name("param", i)), tensors.push_back(&p.param);
     names.push_back(name("grad", i)), tensors.push_back(grads ? &(*grads)[i] : &p.grad);
     if (p.master.data) names.push_back(name("master", i)), tensors.push_back(&p.master);
@@ -78,13 +83,20 @@ void check_engine(const Tensor& x, const std::string& nm, int engine) {
                                              : "; the CPU engine takes host memory"));
 }
 
-std::vector<std::string> names_of_state(RuleId rule) {
-  return rule == RuleId::probe ? std::vector<std::string>(kMaxState, "state") : state_names(rule);
-}
-
 void same_shape(const Tensor& v, const Tensor& p, const std::string& nm, const std::string& pn) {
   if (v.shape != p.shape) {
     throw TensorError(nm + ": shape " + v.shape_str() + " differs from " + pn + "'s shape " + p.shape_str());
+  }
+}
+
+// Stream k of factored state (k 0: one value per row, 1: per column), of shape `want`.
+void factored_shape(const Tensor& v, const std::vector<int64_t>& want, int k, const std::string& nm,
+                    const std::string& pn) {
+  if (v.shape != want) {
+    Tensor w;
+    w.shape = want;
+    throw TensorError(nm + ": shape " + v.shape_str() + ", expected " + w.shape_str() + ": one value per " +
+                      (k == 0 ? "row" : "column") + " of " + pn + "'s last two dims");
   }
 }
 
@@ -195,7 +207,7 @@ Table bind(std::vector<ParamGroup> groups, RuleId rule, int engine) {
   }
   Table t;
   t.rule = rule;
-  const std::vector<std::string> state_names = names_of_state(rule);
+  const bool factors = rule != RuleId::probe && factored_state(rule);
   // Devices first, so that a mixed group is reported as such.
   std::string first;
   for (const ParamGroup& g : groups) {
@@ -283,16 +295,26 @@ Table bind(std::vector<ParamGroup> groups, RuleId rule, int engine) {
       }
       if (x.remainder.data) s.remainder = static_cast<uint16_t*>(keep(x.remainder, "remainder", DType::u16));
       if (x.compensation.data) s.compensation = static_cast<bf16*>(keep(x.compensation, "compensation", DType::bf16));
+      const std::vector<std::string> state_names = names_of_state(rule, x.param);
+      const auto layout = rule == RuleId::probe ? decltype(state_shapes(rule, {})){} : state_shapes(rule, x.param.shape);
       if (x.state.size() > size_t(kMaxState) || x.state.size() > state_names.size()) {
         throw std::invalid_argument(pn + ": too many state arrays");
       }
+      // Factored state: one value per row and per column of the last two dims (none to keep for
+      // a param without elements: the engines leave it and its state alone).
+      const bool factor = factors && s.ndim >= 2;
+      if (factor && s.numel > 0) s.rows = x.param.shape[s.ndim - 2], s.cols = x.param.shape[s.ndim - 1];
       s.num_state = int(x.state.size());
       for (size_t st = 0; st < x.state.size(); ++st) {
         const std::string sn = name(state_names[st], i);
         check_tensor(x.state[st], sn);
         check_engine(x.state[st], sn, engine);
         writable(x.state[st], sn);
-        same_shape(x.state[st], x.param, sn, pn);
+        if (factor) {
+          factored_shape(x.state[st], layout[st].second, int(st), sn, pn);
+        } else {
+          same_shape(x.state[st], x.param, sn, pn);
+        }
         s.state[st] = x.state[st].data;
       }
       s.state_store = state_store(x, rule, pn, state_names, engine, i);
@@ -300,11 +322,13 @@ Table bind(std::vector<ParamGroup> groups, RuleId rule, int engine) {
         s.absmax[st] = static_cast<float*>(x.state_absmax[st].data);
         s.quant[st] = &quant::tables(rule == RuleId::probe || !(nonnegative_state(rule) >> st & 1));
       }
-      t.group_state[j] = std::min(t.group_state[j], s.num_state);
+      // (a factored rule's param of < 2 dims holds all of its state in its unfactored streams)
+      const bool whole = factors && !factor && s.num_state >= int(state_names.size());
+      t.group_state[j] = std::min(t.group_state[j], whole ? kMaxState : s.num_state);
       t.slots.push_back(s);
     }
   }
-  check_overlap(t, state_names);
+  check_overlap(t);
   return t;
 }
 
@@ -433,7 +457,7 @@ bool set_grads(Table& t, const std::vector<Tensor>& grads) {
     changed = true;
   }
   if (!changed) return false;
-  check_overlap(t, names_of_state(t.rule), &grads);
+  check_overlap(t, &grads);
   for (size_t i = 0; i < grads.size(); ++i) {
     t.tensors[i].grad = grads[i];
     t.slots[i].grad = grads[i].data;

@@ -1,5 +1,8 @@
 #include "group.h"
 
+#include <algorithm>
+
+#include "fastopt/factored.h"
 #include "fastopt/reduce.h"
 #include "isa.h"
 #include "pool.h"
@@ -38,19 +41,52 @@ Group::Group(RuleId rule, std::vector<TensorSlot> slots)
     }
   }
   if (task_start_.back() != segments_.size()) task_start_.push_back(segments_.size());
+
+  // Factored state: scratch for each factored tensor, and the pieces of its factor pass (each
+  // about a super-block: factored.h), cut into tasks of about kTaskElems elements.
+  size_t doubles = 0, floats = 0;
+  for (const TensorSlot& t : slots_) {
+    if (t.rows) doubles += size_t(factored::scratch_size(t)), floats += size_t(factored::matrices(t) * t.rows);
+  }
+  factor_scratch_.resize(doubles);
+  row_values_.resize(floats);
+  doubles = floats = 0;
+  piece_task_start_.push_back(0);
+  in_task = 0;
+  for (TensorSlot& t : slots_) {
+    if (!t.rows) continue;
+    t.factor_sums = factor_scratch_.data() + doubles;
+    t.row_value = row_values_.data() + floats;
+    doubles += size_t(factored::scratch_size(t)), floats += size_t(factored::matrices(t) * t.rows);
+    const bool fused = t.numel <= kFusedElems && ks.fused[int(rule)][int(t.param_dtype)];
+    factored_.push_back({&t, 0, fused});
+    for (int64_t k = 0; k < factored::pieces(t); ++k) {
+      const factored::Piece p = factored::piece(t, k);
+      pieces_.push_back({&t, k, fused});
+      in_task += p.rows * p.cols;
+      if (in_task >= kTaskElems) {
+        piece_task_start_.push_back(pieces_.size());
+        in_task = 0;
+      }
+    }
+  }
+  if (piece_task_start_.back() != pieces_.size()) piece_task_start_.push_back(pieces_.size());
+  for (size_t k = 0; k <= factored_.size(); ++k) factored_tasks_.push_back(k);
+  factor_ = ks.factor;
+  factor_step_ = ks.factor_step[int(rule)];
 }
 
 template <class F>
-void Group::each_segment(F&& f) const {
+void Group::each_task(const std::vector<size_t>& starts, F&& f) const {
   struct Ctx {
-    const Group* g;
-    F* f;
-  } ctx{this, &f};
+    const std::vector<size_t>* starts;
+    std::remove_reference_t<F>* f;
+  } ctx{&starts, &f};
   ThreadPool::instance().run(
-      int64_t(num_tasks()),
+      int64_t(starts.size() - 1),
       [](void* p, int64_t task) {
         const Ctx& c = *static_cast<const Ctx*>(p);
-        for (size_t s = c.g->task_start_[task]; s < c.g->task_start_[task + 1]; ++s) (*c.f)(s);
+        for (size_t s = (*c.starts)[task]; s < (*c.starts)[task + 1]; ++s) (*c.f)(s);
       },
       &ctx);
 }
@@ -89,6 +125,17 @@ void Group::run_two_pass(const void* coeffs, size_t stride, const GradTransform&
   partials_.assign(segments_.size() * k, 0.0);
   diag_partials_.assign(diag ? segments_.size() * 2 : 0, 0.0);
   const bool fuse = !combine;
+  // The factor pass and step of the factored tensors that take their passes apart (the others'
+  // are part of their fused task). Whole-tensor tasks for the step: it is O(rows + cols).
+  if (std::any_of(pieces_.begin(), pieces_.end(), [&](const FactorPiece& p) { return !(p.fused && fuse); })) {
+    each_task(piece_task_start_, [&](size_t k) {
+      if (!(pieces_[k].fused && fuse)) factor_(x, *pieces_[k].slot, pieces_[k].piece);
+    });
+    each_task(factored_tasks_, [&](size_t k) {
+      const FactorPiece& f = factored_[k];
+      if (!(f.fused && fuse)) factor_step_(c + size_t(f.slot->hyper_index) * stride, x, *f.slot);
+    });
+  }
   // Region 1: small tensors take both passes; the others, their first pass.
   each_segment([&](size_t s) {
     const Segment& seg = segments_[s];

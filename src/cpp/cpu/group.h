@@ -37,7 +37,9 @@ class Group {
   // Runs one step of a two-pass rule (coeffs, transform and diag as for run): the first pass
   // gives each tensor its sums (canonical order), finish() its Coeffs (coeffs_size bytes),
   // then the update pass runs with them. `combine`, where set, may replace the sums first
-  // (StepOptions::combine_sums); every tensor then takes its passes apart.
+  // (StepOptions::combine_sums); every tensor then takes its passes apart. Tensors with
+  // factored state (fastopt/factored.h) take the factor pass and step before their first pass:
+  // a tensor that takes its passes apart, in two parallel regions before the first pass's.
   void run_two_pass(const void* coeffs, size_t stride, const GradTransform& transform, int num_sums,
                     FinishFn finish, size_t coeffs_size, const StepOptions::CombineSums& combine = {},
                     double* diag = nullptr) const;
@@ -57,16 +59,34 @@ class Group {
     const TensorSlot* slot;
     int64_t begin, end;
   };
+  struct FactorPiece {  // a piece of the factor pass (factored.h) of a factored tensor
+    const TensorSlot* slot;
+    int64_t piece;
+    bool fused;  // its tensor takes its factor pass with its other passes (Segment::fused)
+  };
   RuleId rule_;
   const char* isa_;
   std::vector<TensorSlot> slots_;
   std::vector<Segment> segments_;
   std::vector<size_t> task_start_;  // task t runs segments [task_start_[t], task_start_[t+1])
   bool all_fused_ = true;           // no segment needs a second parallel region
+  // Factored state: the pieces of the factor pass, cut into tasks as the segments are; the
+  // factored tensors; the engine's scratch they point into (TensorSlot::factor_sums, row_value).
+  std::vector<FactorPiece> pieces_;
+  std::vector<size_t> piece_task_start_;
+  std::vector<FactorPiece> factored_;  // one per factored tensor (its piece: 0)
+  std::vector<size_t> factored_tasks_;  // a task per factored tensor, for its factor step
+  FactorFn factor_ = nullptr;
+  FactorStepFn factor_step_ = nullptr;
+  std::vector<double> factor_scratch_;
+  std::vector<float> row_values_;
 
-  // f(segment index) for every segment, in one parallel region over the tasks.
+  // f(index) for every index of [starts[t], starts[t + 1]) for every task t, in one parallel
+  // region over the tasks.
   template <class F>
-  void each_segment(F&& f) const;
+  void each_task(const std::vector<size_t>& starts, F&& f) const;
+  template <class F>
+  void each_segment(F&& f) const { each_task(task_start_, f); }
   size_t tensor_of(const Segment& s) const { return size_t(s.slot - slots_.data()); }
   // sums[t * k + j] = the in-order sum of partials[s * k + j] over tensor t's segments s.
   void add_segments(const std::vector<double>& partials, int k, double* sums) const;

@@ -21,6 +21,13 @@ using SumsqFn = void (*)(const void* data, int64_t begin, int64_t end, double* s
 using PrepassFn = void (*)(const void* coeffs, const GradTransform& transform, const TensorSlot& t, int64_t begin,
                            int64_t end, double* sums);
 
+// The factor pass over piece k of a factored tensor (fastopt/factored.h): its partial row and
+// column sums of the squared transformed grads, into the tensor's scratch.
+using FactorFn = void (*)(const GradTransform& transform, const TensorSlot& t, int64_t piece);
+
+// The factor step of one factored tensor (factored.h: step_tensor), its coeffs its group's.
+using FactorStepFn = void (*)(const void* coeffs, const GradTransform& transform, const TensorSlot& t);
+
 // x[0, n) rounded stochastically to a 16-bit dtype and stored at out, element k with
 // random::bits32(key, start + k): store_stochastic_lane over the target's lanes, then its scalar
 // tail, as the kernels store such params (for the tests, through fastopt._core.numeric).
@@ -33,10 +40,12 @@ struct KernelSet {
   PrepassFn prepass[int(RuleId::count)][kNumDTypes];   // null for one-pass rules
   PrepassFn diagnosed[int(RuleId::count)][kNumDTypes]; // the update, with sums of squared
                                                        // updates and old values
-  // Both passes of a two-pass rule over a whole tensor of at most reduce::kSuper elements:
-  // the first pass, the rule's finish() and the update (the diagnosed one, with its 2 sums
+  // Both passes of a two-pass rule over a whole tensor of at most reduce::kSuper elements (after
+  // the factor pass and step, for factored state): the first pass, the rule's finish() and the update (the diagnosed one, with its 2 sums
   // in `sums`, where sums is not null). Null for one-pass rules.
   PrepassFn fused[int(RuleId::count)][kNumDTypes];
+  FactorStepFn factor_step[int(RuleId::count)];  // null for rules without factored state
+  FactorFn factor;
   SumsqFn sumsq[kNumDTypes];
   StochasticFn stochastic[kNumDTypes];  // null for f32
 };

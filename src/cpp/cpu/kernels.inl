@@ -3,6 +3,7 @@
 // FASTOPT_KERNEL_SET (the accessor it exports). No -march=native: each target's flags
 // are set by CMake on its own translation unit.
 #include "fastopt/element.h"
+#include "fastopt/factored.h"
 #include "fastopt/reduce.h"
 #include "fastopt/rules/registry.h"
 #include "kernels.h"
@@ -22,7 +23,7 @@ constexpr int64_t kPrefetchElems = 512;
 // state: i + quant::kQuantBlock) of tensor t (none past its end, none for the scalar lane). A
 // first pass that writes the state has folded the grad into it, so the update after it reads
 // no grad (LAMB); a first pass that does not write the state reads none of it (LARS).
-template <class Rule, bool first_pass, class L, class P>
+template <class Rule, bool first_pass, class L, class P, class Rows = std::nullptr_t>
 FASTOPT_HD void prefetch_ahead(const TensorSlot& t, int64_t i) {
   if constexpr (lane_width<L> > 1) {
     const int64_t j = i + (t.state_store == StateStore::q8 ? quant::kQuantBlock : kPrefetchElems);
@@ -33,7 +34,8 @@ FASTOPT_HD void prefetch_ahead(const TensorSlot& t, int64_t i) {
     if (t.master) __builtin_prefetch(t.master + j, !first_pass, 2);
     if (!t.master || !first_pass) __builtin_prefetch(static_cast<const P*>(t.param) + j, !first_pass, 2);
     const int64_t at = t.state_store == StateStore::f32 ? 4 * j : t.state_store == StateStore::q8 ? j : 2 * j;
-    for (int k = 0; k < (state ? Rule::max_state : 0); ++k) {  // k constant once unrolled, as in load_state
+    // (factored state, one value per row and per column, stays in cache)
+    for (int k = 0; k < (state && !factored_rows<Rows> ? Rule::max_state : 0); ++k) {  // k constant once unrolled
       if (k < t.num_state) __builtin_prefetch(static_cast<const char*>(t.state[k]) + at, 1, 2);
     }
   }
@@ -156,29 +158,44 @@ bool with_plain(const TensorSlot& t, const GradTransform& x, F&& f) {
   return true;
 }
 
+// f(rows): rows a RowCursor* for a tensor with factored state (fastopt/factored.h), else nullptr.
+template <class Rule, class F>
+void with_rows(const TensorSlot& t, F&& f) {
+  if constexpr (is_factored<Rule>::value) {
+    if (t.rows) {
+      RowCursor r;
+      return f(&r);
+    }
+  }
+  f(nullptr);
+}
+
 // The vector body and the scalar tail call the same rule.
 template <class Rule, class P>
 void run(const void* coeffs, const GradTransform& transform, const TensorSlot& slot, int64_t begin, int64_t end) {
   using V = FASTOPT_LANE;
-  const auto body = [&](int64_t b, int64_t e, auto block) {
-    const typename Rule::Coeffs c = *static_cast<const typename Rule::Coeffs*>(coeffs);
-    const GradTransform x = in_blocks(transform, block);
-    const TensorSlot t = in_blocks(slot, block);
-    const auto q = block_ptr(block);
-    int64_t i = b;
-    for (; i + 2 * lane_width<V> <= e; i += 2 * lane_width<V>) {
-      prefetch_ahead<Rule, false, V, P>(t, i);
-      prefetch_ahead<Rule, false, V, P>(t, i + lane_width<V>);
-      apply_element<Rule, V, P>(c, x, t, i, q);
-      apply_element<Rule, V, P>(c, x, t, i + lane_width<V>, q);
+  with_rows<Rule>(slot, [&](auto rows) {
+    using Rows = decltype(rows);
+    const auto body = [&](int64_t b, int64_t e, auto block) {
+      const typename Rule::Coeffs c = *static_cast<const typename Rule::Coeffs*>(coeffs);
+      const GradTransform x = in_blocks(transform, block);
+      const TensorSlot t = in_blocks(slot, block);
+      const auto q = block_ptr(block);
+      int64_t i = b;
+      for (; i + 2 * lane_width<V> <= e; i += 2 * lane_width<V>) {
+        prefetch_ahead<Rule, false, V, P, Rows>(t, i);
+        prefetch_ahead<Rule, false, V, P, Rows>(t, i + lane_width<V>);
+        apply_element<Rule, V, P>(c, x, t, i, q, rows);
+        apply_element<Rule, V, P>(c, x, t, i + lane_width<V>, q, rows);
+      }
+      for (; i + lane_width<V> <= e; i += lane_width<V>) apply_element<Rule, V, P>(c, x, t, i, q, rows);
+      for (; i < e; ++i) apply_element<Rule, float, P>(c, x, t, i, q, rows);
+    };
+    if constexpr (std::is_same_v<P, float> && !factored_rows<Rows>) {
+      if (with_plain<Rule::max_state>(slot, transform, [&](auto plain) { body(begin, end, plain); })) return;
     }
-    for (; i + lane_width<V> <= e; i += lane_width<V>) apply_element<Rule, V, P>(c, x, t, i, q);
-    for (; i < e; ++i) apply_element<Rule, float, P>(c, x, t, i, q);
-  };
-  if constexpr (std::is_same_v<P, float>) {
-    if (with_plain<Rule::max_state>(slot, transform, [&](auto plain) { body(begin, end, plain); })) return;
-  }
-  by_blocks(slot, begin, end, writes_state<Rule>::update, body);
+    by_blocks(slot, begin, end, writes_state<Rule>::update, body);
+  });
 }
 
 // Sums of squares of K values per element over elements [begin, end) of a tensor, in the
@@ -255,17 +272,19 @@ void sumsq(const void* data, int64_t begin, int64_t end, double* sum, int64_t* n
 template <class Rule, class P>
 void prepass(const void* coeffs, const GradTransform& transform, const TensorSlot& slot, int64_t begin, int64_t end,
              double* sums) {
-  const typename Rule::Coeffs c = *static_cast<const typename Rule::Coeffs*>(coeffs);
+  const typename Rule::Coeffs c = tensor_coeffs<Rule>(*static_cast<const typename Rule::Coeffs*>(coeffs), slot);
   const GradTransform x = transform;
   const TensorSlot t = slot;
-  block_sums<num_sums<Rule>::value>(
-      t, begin, end, writes_state<Rule>::prepass,
-      [&](const TensorSlot& s, int64_t i, auto& v, QuantBlock* q) {
-        using L = std::remove_reference_t<decltype(v[0])>;
-        prefetch_ahead<Rule, true, L, P>(s, i);
-        prepass_element<Rule, L, P>(c, x, s, i, v, q);
-      },
-      sums);
+  with_rows<Rule>(t, [&](auto rows) {
+    block_sums<num_sums<Rule>::value>(
+        t, begin, end, writes_state<Rule>::prepass,
+        [&](const TensorSlot& s, int64_t i, auto& v, QuantBlock* q) {
+          using L = std::remove_reference_t<decltype(v[0])>;
+          prefetch_ahead<Rule, true, L, P, decltype(rows)>(s, i);
+          prepass_element<Rule, L, P>(c, x, s, i, v, q, rows);
+        },
+        sums);
+  });
 }
 
 // The update of a rule that sums_values over elements [begin, end) of one tensor, one block of
@@ -310,26 +329,87 @@ void run_diagnosed(const void* coeffs, const GradTransform& transform, const Ten
   const typename Rule::Coeffs c = *static_cast<const typename Rule::Coeffs*>(coeffs);
   const GradTransform x = transform;
   const TensorSlot t = slot;
-  block_sums<2>(
-      t, begin, end, writes_state<Rule>::update,
-      [&](const TensorSlot& s, int64_t i, auto& v, QuantBlock* q) {
-        using L = std::remove_reference_t<decltype(v[0])>;
-        prefetch_ahead<Rule, false, L, P>(s, i);
-        const L before = load_value<L, P>(s, i);
-        apply_element<Rule, L, P>(c, x, s, i, q);
-        diagnosed_values<Rule>(before, load_value<L, P>(s, i), v);
-      },
-      sums);
+  with_rows<Rule>(t, [&](auto rows) {
+    block_sums<2>(
+        t, begin, end, writes_state<Rule>::update,
+        [&](const TensorSlot& s, int64_t i, auto& v, QuantBlock* q) {
+          using L = std::remove_reference_t<decltype(v[0])>;
+          prefetch_ahead<Rule, false, L, P, decltype(rows)>(s, i);
+          const L before = load_value<L, P>(s, i);
+          apply_element<Rule, L, P>(c, x, s, i, q, rows);
+          diagnosed_values<Rule>(before, load_value<L, P>(s, i), v);
+        },
+        sums);
+  });
+}
+
+// The factor pass over piece k of a factored tensor (fastopt/factored.h), in reduce.h's order,
+// each row read in element order: vector j of a block line holds lanes W j .. W j + W (of
+// kRowLanes), the accumulator of those lanes (in cache, as the columns'), so that each lane
+// chains its columns line by line; the columns past the last whole vector one by one after
+// them (the last of their chains); the lanes fold into the row's partial. Per column, the chain
+// down the piece's rows (an accumulator per column, in cache: kBlock doubles). (Lane groups
+// taken one at a time down the lines instead read a row 1 KiB apart: 2.5x slower, measured.)
+void factor_piece(const GradTransform& transform, const TensorSlot& slot, int64_t k) {
+  using V = FASTOPT_LANE;
+  constexpr int W = lane_width<V>, G = reduce::kRowLanes / W;
+  static_assert(reduce::kRowLanes % W == 0 && reduce::kBlock % reduce::kRowLanes == 0, "lanes in whole vectors");
+  const GradTransform x = transform;
+  const TensorSlot t = slot;
+  const factored::Piece p = factored::piece(t, k);
+  const int64_t n = p.cols, full = n / W * W, nb = factored::blocks(t);
+  const int used = int(n < reduce::kRowLanes ? n : reduce::kRowLanes);
+  squares_t<V> cols[reduce::kBlock / W] = {};
+  squares_t<V> acc[G];
+  double tail[W] = {};
+  for (int64_t r = 0; r < p.rows; ++r) {
+    const int64_t at = (p.row + r) * t.cols + p.col;
+    for (int j = 0; j * W < used; ++j) acc[j] = squares_t<V>{};
+    int64_t e = 0;
+    for (; e < full; e += W) {
+      if constexpr (W > 1) {
+        if (e % kPrefetchElems == 0) __builtin_prefetch(static_cast<const char*>(t.grad) + (at + e + kPrefetchElems) *
+                                                       (t.grad_dtype == DType::f32 ? 4 : 2), 0, 2);
+      }
+      const V v = transform_grad(x, load_grad<V>(t, at + e));
+      acc[(e / W) % G] = add_square(v, acc[(e / W) % G]);
+      cols[e / W] = add_square(v, cols[e / W]);
+    }
+    double lanes[reduce::kRowLanes];
+    for (int j = 0; j * W < used; ++j) store(lanes + j * W, acc[j]);
+    for (; e < n; ++e) {
+      const float v = transform_grad(x, load_grad<float>(t, at + e));
+      lanes[e % reduce::kRowLanes] = add_square(v, lanes[e % reduce::kRowLanes]);
+      tail[e - full] = add_square(v, tail[e - full]);
+    }
+    p.row_sums[r * nb] = reduce::fold_used(lanes, used);
+  }
+  for (int64_t e = 0; e < full; e += W) store(p.col_sums + e, cols[e / W]);
+  for (int64_t e = full; e < n; ++e) p.col_sums[e] = tail[e - full];
+}
+
+template <class Rule>
+void factor_step(const void* coeffs, const GradTransform& transform, const TensorSlot& t) {
+  const auto c = tensor_coeffs<Rule>(*static_cast<const typename Rule::Coeffs*>(coeffs), t);
+  factored::step_tensor<Rule>(c, t, transform.round_key);
 }
 
 // Both passes of a two-pass rule over one whole tensor (at most one super-block: its sums are
-// the canonical ones), so that the update finds the tensor in cache.
+// the canonical ones), so that the update finds the tensor in cache; factored state's factor
+// pass and step first.
 template <class Rule, class P>
 void fused(const void* coeffs, const GradTransform& transform, const TensorSlot& slot, int64_t begin, int64_t end,
            double* diag) {
+  if constexpr (is_factored<Rule>::value) {
+    if (slot.rows) {
+      for (int64_t k = 0; k < factored::pieces(slot); ++k) factor_piece(transform, slot, k);
+      factor_step<Rule>(coeffs, transform, slot);
+    }
+  }
   double sums[num_sums<Rule>::value];
   prepass<Rule, P>(coeffs, transform, slot, begin, end, sums);
-  const typename Rule::Coeffs c = Rule::finish(*static_cast<const typename Rule::Coeffs*>(coeffs), sums, slot);
+  const typename Rule::Coeffs c = Rule::finish(
+      tensor_coeffs<Rule>(*static_cast<const typename Rule::Coeffs*>(coeffs), slot), sums, slot);
   if (diag) run_diagnosed<Rule, P>(&c, transform, slot, begin, end, diag);
   else run<Rule, P>(&c, transform, slot, begin, end);
 }
@@ -358,6 +438,7 @@ void fill_one(KernelSet& s, RuleId id) {
 
 template <class Rule>
 void fill_rule(KernelSet& s, RuleId id) {
+  if constexpr (is_factored<Rule>::value) s.factor_step[int(id)] = &factor_step<Rule>;
   fill_one<Rule, float>(s, id);
   fill_one<Rule, f16>(s, id);
   fill_one<Rule, bf16>(s, id);
@@ -384,6 +465,7 @@ KernelSet make_set() {
   FASTOPT_RULES(FASTOPT_FILL)
 #undef FASTOPT_FILL
   fill_rule<Probe>(s, RuleId::probe);
+  s.factor = &factor_piece;
   s.sumsq[int(DType::f32)] = &sumsq<float>;
   s.sumsq[int(DType::f16)] = &sumsq<f16>;
   s.sumsq[int(DType::bf16)] = &sumsq<bf16>;

@@ -158,8 +158,6 @@ Binding read(py::sequence params, py::sequence grads, py::object keeps, py::sequ
     b.names.push_back(nm);
     return b.views.back();
   };
-  const std::vector<std::string> state_names =
-      rule == RuleId::probe ? std::vector<std::string>(kMaxState, "state") : fastopt::state_names(rule);
   size_t i = 0;
   for (int64_t size : group_sizes) {
     ParamGroup& g = b.groups.emplace_back();
@@ -175,6 +173,9 @@ Binding read(py::sequence params, py::sequence grads, py::object keeps, py::sequ
       if (!r_objs[i].is_none()) t.remainder = take(r_objs[i], name("remainder", i));
       if (!c_objs[i].is_none()) t.compensation = take(c_objs[i], name("compensation", i));
       t.stochastic_rounding = stochastic[i];
+      const std::vector<std::string> state_names =  // (a factored rule names a vector's state apart)
+          rule == RuleId::probe ? std::vector<std::string>(kMaxState, "state")
+                                : fastopt::state_names(rule, int(t.param.shape.size()));
       const auto st = as_list(s_objs[i]);
       if (st.size() > state_names.size()) throw std::invalid_argument(name("param", i) + ": too many state arrays");
       for (size_t s = 0; s < st.size(); ++s) t.state.push_back(take(st[s], name(state_names[s], i)));

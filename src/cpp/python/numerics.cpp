@@ -10,10 +10,12 @@
 #include <stdexcept>
 #include <string>
 
+#include "fastopt/factored.h"
 #include "fastopt/numeric/quantize8.h"
 #include "fastopt/numeric/random.h"
 #include "fastopt/numeric/rounding.h"
 #include "../cpu/isa.h"
+#include "../cpu/pool.h"
 #include "numerics.h"
 
 namespace py = pybind11;
@@ -34,6 +36,34 @@ py::array_t<T> like(py::ssize_t n) {
 void bind_numerics(py::module_& core) {
   py::module_ m = core.def_submodule("numeric", "Storage numerics over NumPy arrays, for tests (internal)");
   m.def("stream_key", &random::stream_key, py::arg("seed"), py::arg("step"), py::arg("tensor"));
+  m.def("factored_sums", [](Array<float> g) {
+    // The CPU engine's factor pass (fastopt/factored.h: the active target's kernel, a task per
+    // piece on the thread pool) over g, a batch of matrices of its last two dims, and the
+    // combine of its partials: per row and per column, the sums of squares, in double.
+    if (g.ndim() < 2) throw std::invalid_argument("g must have at least 2 dims");
+    TensorSlot t{};
+    t.grad = g.data(), t.grad_dtype = DType::f32, t.numel = g.size();
+    t.rows = g.shape(g.ndim() - 2), t.cols = g.shape(g.ndim() - 1);
+    const int64_t n = t.numel ? factored::matrices(t) : 0;
+    auto rows = like<double>(n * t.rows), cols = like<double>(n * t.cols);
+    if (!n) return py::make_tuple(rows, cols);
+    std::vector<double> scratch(size_t(factored::scratch_size(t)));
+    t.factor_sums = scratch.data();
+    struct Ctx {
+      cpu::FactorFn factor;
+      const TensorSlot* t;
+    } ctx{cpu::active_kernels().factor, &t};
+    cpu::ThreadPool::instance().run(
+        factored::pieces(t),
+        [](void* p, int64_t k) {
+          const Ctx& c = *static_cast<const Ctx*>(p);
+          c.factor(GradTransform{}, *c.t, k);
+        },
+        &ctx);
+    for (int64_t q = 0; q < n * t.rows; ++q) rows.mutable_data()[q] = factored::row_sum(t, q);
+    for (int64_t j = 0; j < n * t.cols; ++j) cols.mutable_data()[j] = factored::col_sum(t, j);
+    return py::make_tuple(rows, cols);
+  }, py::arg("g"), "The engine's per-row and per-column sums of g^2 (factored state), in double");
   m.def("tensor_key", &random::tensor_key, py::arg("step_key"), py::arg("tensor"));
   m.def("random_bits", [](uint64_t key, uint64_t start, py::ssize_t n) {
     auto out = like<uint32_t>(n);

@@ -2,6 +2,7 @@
 // hyperparameter classes, and their conversion to fastopt::Hyper.
 #pragma once
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <vector>
 
@@ -81,6 +82,18 @@ inline void bind_hypers(pybind11::module_& m) {
   FASTOPT_RULES(FASTOPT_RULE_STATE)
 #undef FASTOPT_RULE_STATE
   m.attr("state_names") = names;
+  py::set factored;  // the rules with factored state (fastopt/factored.h)
+#define FASTOPT_RULE_FACTORED(id, T) \
+  if (is_factored<T>::value) factored.add(py::str(#id));
+  FASTOPT_RULES(FASTOPT_RULE_FACTORED)
+#undef FASTOPT_RULE_FACTORED
+  m.attr("factored") = factored;
+  m.def(
+      "state_shapes",
+      [](const std::string& rule, const std::vector<int64_t>& shape) { return state_shapes(rule_id(rule), shape); },
+      py::arg("rule"), py::arg("shape"),
+      "The names and shapes of the state arrays a param of `shape` binds, in binding order "
+      "(fastopt::state_shapes: a factored rule's per-row and per-column state, or its vectors')");
   py::dict signs;  // each rule's state arrays that are never negative (8-bit: the unsigned map)
 #define FASTOPT_RULE_SIGNS(id, T) signs[#id] = nonnegative_state(RuleId::id);
   FASTOPT_RULES(FASTOPT_RULE_SIGNS)

@@ -11,8 +11,8 @@
 namespace fastopt_test {
 namespace {
 
-const std::vector<std::string> kRules{"sgd",     "adam",   "adagrad", "adadelta", "rmsprop", "adamax",
-                                      "nadam",   "radam",  "adabelief", "lion",   "lars",    "lamb"};
+const std::vector<std::string> kRules{"sgd",   "adam",  "adagrad",   "adadelta", "rmsprop", "adamax", "nadam",
+                                      "radam", "adabelief", "lion", "lars", "lamb",    "adafactor"};
 
 TEST(RuleNames, RoundTripInRegistryOrder) {
   for (size_t k = 0; k < kRules.size(); ++k) {
@@ -71,6 +71,26 @@ TEST(State, NamesAndCounts) {
   EXPECT_EQ(count(fastopt::RuleId::lars, {{"momentum", 0}}), 0);
 }
 
+// A factored rule (Adafactor) names and shapes a param's state by its dims: one value per row
+// and per column of a matrix (its last two dims, leading dims batched), one per element of a vector.
+TEST(State, FactoredByTheParamsDims) {
+  using fastopt::RuleId;
+  using Shapes = std::vector<std::pair<std::string, std::vector<int64_t>>>;
+  EXPECT_TRUE(fastopt::factored_state(RuleId::adafactor));
+  EXPECT_FALSE(fastopt::factored_state(RuleId::adam));
+  EXPECT_EQ(fastopt::state_names(RuleId::adafactor), (std::vector<std::string>{"row_var", "col_var"}));
+  EXPECT_EQ(fastopt::state_names(RuleId::adafactor, 3), (std::vector<std::string>{"row_var", "col_var"}));
+  EXPECT_EQ(fastopt::state_names(RuleId::adafactor, 1), (std::vector<std::string>{"variance"}));
+  EXPECT_EQ(fastopt::state_names(RuleId::adafactor, 0), (std::vector<std::string>{"variance"}));
+  EXPECT_EQ(fastopt::state_names(RuleId::adam, 1), fastopt::state_names(RuleId::adam));
+  EXPECT_EQ(fastopt::state_shapes(RuleId::adafactor, {2, 3, 5}), (Shapes{{"row_var", {2, 3, 1}}, {"col_var", {2, 1, 5}}}));
+  EXPECT_EQ(fastopt::state_shapes(RuleId::adafactor, {1, 7}), (Shapes{{"row_var", {1, 1}}, {"col_var", {1, 7}}}));
+  EXPECT_EQ(fastopt::state_shapes(RuleId::adafactor, {7}), (Shapes{{"variance", {7}}}));
+  EXPECT_EQ(fastopt::state_shapes(RuleId::adafactor, {}), (Shapes{{"variance", {}}}));
+  EXPECT_EQ(fastopt::state_shapes(RuleId::lion, {4, 5}), (Shapes{{"exp_avg", {4, 5}}}));
+  EXPECT_EQ(fastopt::no_8bit_state(RuleId::adafactor).rfind("its state is already factored", 0), 0u);
+}
+
 // hyper_error's messages, as Python's ValueError for the same values.
 TEST(Ranges, Messages) {
   auto error = [](fastopt::RuleId id, std::vector<std::pair<const char*, double>> fields) {
@@ -85,6 +105,12 @@ TEST(Ranges, Messages) {
   EXPECT_EQ(error(fastopt::RuleId::adadelta, {{"rho", 2}}), "rho must be in [0, 1], got 2");
   EXPECT_EQ(error(fastopt::RuleId::lamb, {{"max_trust", -1}}), "max_trust must be finite and >= 0, got -1");
   EXPECT_EQ(error(fastopt::RuleId::sgd, {{"lr", 0.1}, {"nesterov", 1}}), "nesterov requires momentum > 0 and dampening = 0");
+  EXPECT_EQ(error(fastopt::RuleId::adafactor, {{"beta2_decay", 0.5}}), "beta2_decay must be finite and <= 0, got 0.5");
+  EXPECT_EQ(error(fastopt::RuleId::adafactor, {{"d", 0.5}}), "d must be finite and >= 1, got 0.5");
+  EXPECT_EQ(error(fastopt::RuleId::adafactor, {{"eps2", -1}}), "eps2 must be finite and >= 0, got -1");
+  EXPECT_EQ(error(fastopt::RuleId::adafactor, {{"eps1", -1}}), "");  // (eps1_from_dtype: eps1 unused)
+  EXPECT_EQ(error(fastopt::RuleId::adafactor, {{"eps1", -1}, {"eps1_from_dtype", 0}}),
+            "eps1 must be finite and >= 0, got -1");
 }
 
 }  // namespace

@@ -396,5 +396,41 @@ TEST(ModeSwitch, Refusals) {
       "a mode switch takes one hyperparameter set and one step count per param group (1)"));
 }
 
+// Adafactor's factored state through the C++ API: a (2, 3, 4) param keeps row_var (2, 3, 1) and
+// col_var (2, 1, 4), a vector its variance (one array); at step 1 (beta2_hat's complement 1)
+// they are the means of g^2, rounded once to float32; state of another shape is refused, named.
+TEST(OptimizerFactored, StatePerRowAndColumn) {
+  using fastopt::DType;
+  Buffer p(DType::f32, {2, 3, 4}), g(DType::f32, {2, 3, 4}), rows(DType::f32, {2, 3, 1}), cols(DType::f32, {2, 1, 4});
+  Buffer v = Buffer::f32({1, 2, 3, 4, 5}), gv = Buffer::f32({0.5f, -1, 2, 0, 3}), var(DType::f32, {5});
+  for (int k = 0; k < 24; ++k) p.floats()[k] = 1.0f + k, g.floats()[k] = float(k % 5) - 2;
+  const auto bind = [&](Buffer& row_state) {
+    fastopt::ParamTensors m, x;
+    m.param = p.tensor(), m.grad = g.tensor(true), m.state = {row_state.tensor(), cols.tensor()};
+    x.param = v.tensor(), x.grad = gv.tensor(true), x.state = {var.tensor()};
+    return std::vector<fastopt::ParamGroup>{{fastopt::default_hyper(fastopt::RuleId::adafactor), {m, x}}};
+  };
+  Buffer wrong(DType::f32, {2, 3, 4});
+  EXPECT_TRUE(throws_exactly<fastopt::TensorError>(
+      [&] { fastopt::Optimizer(fastopt::RuleId::adafactor, bind(wrong)); },
+      "row_var 0: shape (2, 3, 4), expected (2, 3, 1): one value per row of param 0's last two dims"));
+  fastopt::Optimizer opt(fastopt::RuleId::adafactor, bind(rows));
+  opt.step();
+  for (int m = 0; m < 2; ++m) {
+    for (int r = 0; r < 3; ++r) {
+      double sum = 0;
+      for (int c = 0; c < 4; ++c) sum += double(g.floats()[(m * 3 + r) * 4 + c]) * g.floats()[(m * 3 + r) * 4 + c];
+      EXPECT_EQ(rows.floats()[m * 3 + r], float(sum / 4)) << m << r;
+    }
+    for (int c = 0; c < 4; ++c) {
+      double sum = 0;
+      for (int r = 0; r < 3; ++r) sum += double(g.floats()[(m * 3 + r) * 4 + c]) * g.floats()[(m * 3 + r) * 4 + c];
+      EXPECT_EQ(cols.floats()[m * 4 + c], float(sum / 3)) << m << c;
+    }
+  }
+  for (int k = 0; k < 5; ++k) EXPECT_EQ(var.floats()[k], gv.floats()[k] * gv.floats()[k]);
+  EXPECT_NE(p.floats()[0], 1.0f);
+}
+
 }  // namespace
 }  // namespace fastopt_test

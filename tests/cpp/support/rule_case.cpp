@@ -25,9 +25,11 @@ CaseMemory::CaseMemory(const RuleCase& c) : case_(c) {
       p.master = Buffer(DType::f32, pc.shape);
       fastopt::widen(p.param.tensor(), p.master.tensor());
     }
-    for (const Bits& s : pc.state_init) {
-      p.state.emplace_back(DType::f32, pc.shape);
-      p.state.back().set_bits(s);
+    // (the state's shapes are the rule's: Adafactor's matrices keep a value per row and per column)
+    const auto layout = fastopt::state_shapes(fastopt::rule_id(c.rule), pc.shape);
+    for (size_t k = 0; k < pc.state_init.size(); ++k) {
+      p.state.emplace_back(DType::f32, layout.at(k).second);
+      p.state.back().set_bits(pc.state_init[k]);
     }
   }
 }

@@ -49,7 +49,9 @@ typedef struct fastopt_tensor {
 } fastopt_tensor;
 
 /* One param's tensors (all of its shape). master.data NULL: no master weights. `state`:
- * num_state arrays in the rule's order (fastopt_state_name), all float32, bfloat16 or uint8
+ * num_state arrays in the rule's order (fastopt_state_name; adafactor's, for a param of >= 2
+ * dims: row_var and col_var, shaped as the param with its last, or second-to-last, dim 1; for
+ * one of < 2 dims: variance alone, its shape), all float32, bfloat16 or uint8
  * (8-bit codes: then state_absmax holds num_state float32 absmax arrays of ceil(numel / 2048)
  * elements; else NULL): fastopt::ParamTensors::state. remainder.data NULL: none; else, for a
  * bfloat16 param without master, the uint16 low halves of its fp32 master

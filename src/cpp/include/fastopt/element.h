@@ -109,6 +109,29 @@ struct has_eval_point : std::false_type {};
 template <class R>
 struct has_eval_point<R, decltype(void(&R::switch_coeffs))> : std::true_type {};
 
+// factored (false): the rule keeps factored state for params of >= 2 dims (fastopt/factored.h).
+template <class R, class = void>
+struct is_factored : std::false_type {};
+template <class R>
+struct is_factored<R, decltype(void(R::factored))> : std::integral_constant<bool, R::factored> {};
+
+// for_tensor (none): a two-pass rule's Coeffs for one tensor, made from its group's before the
+// tensor's first pass (both engines call it wherever a pass starts from the group's Coeffs).
+template <class R, class = void>
+struct has_for_tensor : std::false_type {};
+template <class R>
+struct has_for_tensor<R, decltype(void(&R::for_tensor))> : std::true_type {};
+
+template <class Rule>
+FASTOPT_HD typename Rule::Coeffs tensor_coeffs(const typename Rule::Coeffs& c, const TensorSlot& t) {
+  if constexpr (has_for_tensor<Rule>::value) {
+    static_assert(num_sums<Rule>::value > 0, "for_tensor is for two-pass rules");
+    return Rule::for_tensor(c, t);
+  } else {
+    return c;
+  }
+}
+
 // The grad's storage type is read from the slot at run time, not compiled into the kernels: a
 // branch that every element of a tensor takes alike (free beside the memory traffic of a
 // step), where a template parameter would multiply every kernel by the three grad dtypes.
@@ -159,21 +182,11 @@ struct QuantBlock {
   float inv[kMaxState];
 };
 
-// The state streams at position i, in fp32 (q: the block of 8-bit state, else unused).
-template <class L, int N>
-FASTOPT_HD void load_state(const TensorSlot& t, int64_t i, L (&s)[N], const QuantBlock* q) {
-  for (int k = 0; k < N; ++k) {
-    if (k >= t.num_state) {
-      s[k] = L(0.0f);
-    } else if (t.state_store == StateStore::f32) {
-      s[k] = load(static_cast<const float*>(t.state[k]) + i, Lane<L>{});
-    } else if (t.state_store == StateStore::q8) {
-      s[k] = q->values[k] ? load(q->values[k] + (i - q->begin), Lane<L>{})
-                          : load_q8(static_cast<const uint8_t*>(t.state[k]) + i, *t.quant[k], L(q->absmax[k]), Lane<L>{});
-    } else {
-      s[k] = load(static_cast<const bf16*>(t.state[k]) + i, Lane<L>{});
-    }
-  }
+// Stream k of tensor t at index j (float32 or bfloat16 state), in fp32.
+template <class L>
+FASTOPT_HD L load_stream(const TensorSlot& t, int k, int64_t j) {
+  if (t.state_store == StateStore::f32) return load(static_cast<const float*>(t.state[k]) + j, Lane<L>{});
+  return load(static_cast<const bf16*>(t.state[k]) + j, Lane<L>{});
 }
 
 // Stream k of a tensor rounds stochastically with its own bits of the step.
@@ -181,47 +194,138 @@ FASTOPT_HD uint64_t state_key(const TensorSlot& t, uint64_t round_key, int k) {
   return random::tensor_key(random::tensor_key(round_key, uint64_t(t.tensor)), uint64_t(k) + 1);
 }
 
-// Stores the state streams but those whose bit is set in `skip` (read_only_state).
-template <unsigned skip = 0, class L, int N>
-FASTOPT_HD void store_state(const TensorSlot& t, int64_t i, const L (&s)[N], const GradTransform& x, QuantBlock* q) {
-  for (int k = 0; k < N; ++k) {
-    if (k >= t.num_state || (skip >> k & 1u)) continue;
-    switch (t.state_store) {
-      case StateStore::f32: store(static_cast<float*>(t.state[k]) + i, s[k]); break;
-      case StateStore::bf16: store(static_cast<bf16*>(t.state[k]) + i, s[k]); break;
-      case StateStore::bf16_stochastic:
-        store_stochastic_lane(static_cast<bf16*>(t.state[k]) + i, s[k], state_key(t, x.round_key, k), i);
-        break;
-      case StateStore::q8:
-        if (q->values[k]) store(q->values[k] + (i - q->begin), s[k]);
-        else store_q8(static_cast<uint8_t*>(t.state[k]) + i, s[k] * L(q->inv[k]), quantizer(*t.quant[k], Lane<L>{}));
-        break;
+// v stored into stream k of tensor t at index j (float32 or bfloat16 state; round_key: the step's,
+// GradTransform::round_key, for bfloat16 rounded stochastically).
+template <class L>
+FASTOPT_HD void store_stream(const TensorSlot& t, int k, int64_t j, L v, uint64_t round_key) {
+  switch (t.state_store) {
+    case StateStore::f32: store(static_cast<float*>(t.state[k]) + j, v); break;
+    case StateStore::bf16: store(static_cast<bf16*>(t.state[k]) + j, v); break;
+    case StateStore::bf16_stochastic:
+      store_stochastic_lane(static_cast<bf16*>(t.state[k]) + j, v, state_key(t, round_key, k), j);
+      break;
+    default: break;  // (8-bit state goes by blocks: store_state)
+  }
+}
+
+// The rows of a factored tensor (TensorSlot::rows) that a pass meets: the row of the last element
+// sought, its value (TensorSlot::row_value) and the index of its matrix's first column in
+// stream 1. seek() divides only for an element beyond the next row: once per row in a loop that
+// takes elements in order (the CPU's), at every element where they come in any order (the GPU's).
+struct RowCursor {
+  int64_t start = 0, end = 0;  // the row's elements
+  int64_t row = -1, in_matrix = 0, col = 0;
+  float value = 0.0f;
+
+  FASTOPT_HD void seek(const TensorSlot& t, int64_t i) {
+    if (i >= start && i < end) return;
+    if (row >= 0 && i >= end && i < end + t.cols) {  // the next row
+      ++row;
+      start = end;
+      end += t.cols;
+      if (++in_matrix == t.rows) in_matrix = 0, col += t.cols;
+    } else {
+      row = i / t.cols;
+      start = row * t.cols;
+      end = start + t.cols;
+      const int64_t m = row / t.rows;
+      in_matrix = row - m * t.rows;
+      col = m * t.cols;
+    }
+    value = t.row_value[row];
+  }
+};
+
+// The state of a factored tensor at elements i.. (one lane): s[0] the value of each element's
+// row, s[1] its column's (stream 1), the others 0. Lanes across rows take theirs one by one.
+template <class L, int N>
+FASTOPT_HD void load_factored(const TensorSlot& t, int64_t i, L (&s)[N], RowCursor& r) {
+  static_assert(N >= 2, "factored state is two streams");
+  r.seek(t, i);
+  for (int k = 2; k < N; ++k) s[k] = L(0.0f);
+  if (i + lane_width<L> <= r.end) {
+    s[0] = L(r.value);
+    s[1] = load_stream<L>(t, 1, r.col + (i - r.start));
+    return;
+  }
+  float rows[lane_width<L>], cols[lane_width<L>];
+  for (int j = 0; j < lane_width<L>; ++j) {
+    r.seek(t, i + j);
+    rows[j] = r.value;
+    cols[j] = load_stream<float>(t, 1, r.col + (i + j - r.start));
+  }
+  s[0] = load(rows, Lane<L>{});
+  s[1] = load(cols, Lane<L>{});
+}
+
+// Where the passes find a tensor's state: `Rows` is RowCursor* for a factored tensor (its state
+// per row and per column: load_factored; written by the factor step alone, never by a pass),
+// else std::nullptr_t (the streams hold one value per element), so that the loops of every
+// other tensor compile as they would without factored state.
+template <class Rows>
+constexpr bool factored_rows = std::is_same_v<Rows, RowCursor*>;
+
+// The state streams at position i, in fp32 (q: the block of 8-bit state, else unused).
+template <class L, int N, class Rows = std::nullptr_t>
+FASTOPT_HD void load_state(const TensorSlot& t, int64_t i, L (&s)[N], const QuantBlock* q, Rows rows = nullptr) {
+  if constexpr (factored_rows<Rows>) {
+    return load_factored(t, i, s, *rows);
+  } else {
+    for (int k = 0; k < N; ++k) {
+      if (k >= t.num_state) {
+        s[k] = L(0.0f);
+      } else if (t.state_store == StateStore::q8) {
+        s[k] = q->values[k] ? load(q->values[k] + (i - q->begin), Lane<L>{})
+                            : load_q8(static_cast<const uint8_t*>(t.state[k]) + i, *t.quant[k], L(q->absmax[k]),
+                                      Lane<L>{});
+      } else {
+        s[k] = load_stream<L>(t, k, i);
+      }
+    }
+  }
+}
+
+// Stores the state streams but those whose bit is set in `skip` (read_only_state); a factored
+// tensor's state is written by the factor step alone.
+template <unsigned skip = 0, class L, int N, class Rows = std::nullptr_t>
+FASTOPT_HD void store_state(const TensorSlot& t, int64_t i, const L (&s)[N], const GradTransform& x, QuantBlock* q,
+                            Rows = nullptr) {
+  if constexpr (!factored_rows<Rows>) {
+    for (int k = 0; k < N; ++k) {
+      if (k >= t.num_state || (skip >> k & 1u)) continue;
+      if (t.state_store != StateStore::q8) {
+        store_stream(t, k, i, s[k], x.round_key);
+      } else if (q->values[k]) {
+        store(q->values[k] + (i - q->begin), s[k]);
+      } else {
+        store_q8(static_cast<uint8_t*>(t.state[k]) + i, s[k] * L(q->inv[k]), quantizer(*t.quant[k], Lane<L>{}));
+      }
     }
   }
 }
 
 // The first pass of a two-pass rule at one position: out[k] are the values whose squares
 // add up into the tensor's k-th sum.
-template <class Rule, class L, class P>
+template <class Rule, class L, class P, class Rows = std::nullptr_t>
 FASTOPT_HD void prepass_element(const typename Rule::Coeffs& c, const GradTransform& x, const TensorSlot& t,
-                                int64_t i, L (&out)[num_sums<Rule>::value], QuantBlock* q) {
+                                int64_t i, L (&out)[num_sums<Rule>::value], QuantBlock* q, Rows rows = nullptr) {
   const L g = transform_grad(x, load_grad<L>(t, i));
   const L p = load_value<L, P>(t, i);
   L s[Rule::max_state];
-  load_state(t, i, s, q);
+  load_state(t, i, s, q, rows);
   Rule::prepass(c, p, g, s, out);
-  if (writes_state<Rule>::prepass) store_state(t, i, s, x, q);
+  if (writes_state<Rule>::prepass) store_state(t, i, s, x, q, rows);
 }
 
-template <class Rule, class L, class P>
+template <class Rule, class L, class P, class Rows = std::nullptr_t>
 FASTOPT_HD void apply_element(const typename Rule::Coeffs& c, const GradTransform& x, const TensorSlot& t,
-                              int64_t i, QuantBlock* q) {
+                              int64_t i, QuantBlock* q, Rows rows = nullptr) {
   const L g = transform_grad(x, load_grad<L>(t, i));
   L p = load_value<L, P>(t, i);
   L s[Rule::max_state];
-  load_state(t, i, s, q);
+  load_state(t, i, s, q, rows);
   Rule::update(c, p, g, s);
-  if (writes_state<Rule>::update) store_state<read_only_state<Rule>::value>(t, i, s, x, q);
+  if (writes_state<Rule>::update) store_state<read_only_state<Rule>::value>(t, i, s, x, q, rows);
   store_value<L, P>(t, i, p, x);
 }
 

@@ -53,6 +53,19 @@ int num_state(const Hyper& h);
 // The names of the rule's state arrays, in binding order (max_state of them).
 std::vector<std::string> state_names(RuleId id);
 
+// Whether the rule keeps factored state (fastopt/factored.h: one value per row and per column of
+// a param of >= 2 dims).
+bool factored_state(RuleId id);
+
+// The names of the state arrays the rule binds for a param of `ndim` dims: state_names(id), but
+// for a factored rule's param of < 2 dims (its unfactored_state_names).
+std::vector<std::string> state_names(RuleId id, int ndim);
+
+// Those names with the shapes of their arrays for a param of `shape`: the param's, but for
+// factored state: the param's shape with its last dim 1 (stream 0, one value per row), and with
+// its second-to-last dim 1 (stream 1, one per column), as torch's row_var and col_var.
+std::vector<std::pair<std::string, std::vector<int64_t>>> state_shapes(RuleId id, const std::vector<int64_t>& shape);
+
 // Bit k set: the rule's state stream k is never negative (8-bit state codes it with the
 // unsigned map, at twice the resolution).
 unsigned nonnegative_state(RuleId id);

@@ -16,6 +16,20 @@
 // fused or not, gets the same bits.
 //
 // Counts of non-finite values are integers: exact in any order.
+//
+// Factored tensors (a batch of rows x cols matrices: fastopt/factored.h) also take per-row and
+// per-column sums of squares, in their own canonical order:
+//
+//   a row is cut into blocks of kBlock columns from its start; in a block, column c goes to
+//   double lane c % kRowLanes, each lane accumulating in column order; the lanes fold in the
+//   fixed tree (fold_used); the block sums add up in order into the row's sum;
+//   a column of each matrix is cut into groups of factor_rows(cols) rows from the matrix's first
+//   row; in a group, the rows add up in order; the group sums add up in order into its sum.
+//
+// kRowLanes is 256 rather than kLanes so that a GPU thread block of 256 threads holds one lane
+// per thread (column c0 + t + 256 j) and the column chains (a thread per column) in the same
+// registers: one read of the grads gives both. A group of one block of columns is about a
+// super-block, the task of a thread (CPU) or of a thread block (GPU).
 #pragma once
 #include <cstdint>
 
@@ -34,6 +48,27 @@ FASTOPT_HD double fold_lanes(double (&lanes)[kLanes]) {
     for (int l = 0; l < w; ++l) lanes[l] = lanes[l] + lanes[l + w];
   }
   return lanes[0];
+}
+
+constexpr int kRowLanes = 256;
+
+// Rows per group of a factored tensor's column sums (cols >= 1).
+FASTOPT_HD int64_t factor_rows(int64_t cols) { return kSuper / (cols < kBlock ? cols : kBlock); }
+
+// The fixed tree over N lanes (lane l += lane l + w, for w = N/2, ..., 1) where only the first
+// `used` lanes are set: the others count as +0 and are not read. Adding +0 to a sum of squares
+// (>= +0, or NaN) leaves it as it is, so this is the whole tree's result.
+template <int N>
+FASTOPT_HD double fold_used(double (&lanes)[N], int used) {
+  for (int w = N / 2; w >= 1; w /= 2) {
+    if (used >= 2 * w) {  // (a whole level: a loop the compiler vectorizes, the same adds)
+      for (int l = 0; l < w; ++l) lanes[l] = lanes[l] + lanes[l + w];
+    } else {
+      for (int l = 0; l + w < used; ++l) lanes[l] = lanes[l] + lanes[l + w];
+    }
+    if (used > w) used = w;
+  }
+  return used > 0 ? lanes[0] : 0.0;
 }
 
 // The sum of n per-tensor sums in the canonical order.

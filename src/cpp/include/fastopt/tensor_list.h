@@ -43,6 +43,15 @@ struct TensorSlot {
   int num_state;
   int hyper_index;  // which of the step's coefficient sets (param groups) applies
   int ndim;         // dimensions of the param (rules may treat 1-D tensors apart)
+  // Factored state (a rule's `factored`, for params of >= 2 dims; fastopt/factored.h): the param
+  // as numel / (rows * cols) matrices of rows x cols (its last two dims, leading dims batched);
+  // state[0] holds one value per row (batch * rows), state[1] one per column (batch * cols).
+  // rows == 0: not factored, every stream holds numel values.
+  int64_t rows, cols;
+  // With factored state, engine scratch: the factor pass's partial sums (factored.h: their
+  // layout), and the per-row values the factor step leaves for the passes (batch * rows).
+  double* factor_sums;
+  float* row_value;
 };
 
 }  // namespace fastopt

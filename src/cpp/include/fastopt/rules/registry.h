@@ -3,6 +3,8 @@
 // and on the Python side python/fastopt/<id>.py with its class (found through _core.rules).
 // A rule without state declares max_state = 1 (arrays of 0 are not C++), state_names {""} and
 // num_state() = 0.
+// A rule with factored state (fastopt/factored.h) declares `factored`, its unfactored_state and
+// unfactored_state_names (a param of < 2 dims), and its factor() and row_value().
 // The utility rules run on the same engines but are not optimizers: the params they update are
 // buffers of their own (an average, an accumulator), their "grads" the model's tensors; Python
 // wraps them in classes of their own (fastopt/ema.py, fastopt/accumulate.py).
@@ -10,6 +12,7 @@
 
 #include "fastopt/rules/accumulate.h"
 #include "fastopt/rules/adabelief.h"
+#include "fastopt/rules/adafactor.h"
 #include "fastopt/rules/adadelta.h"
 #include "fastopt/rules/adagrad.h"
 #include "fastopt/rules/adam.h"
@@ -27,23 +30,24 @@
 
 // X(id, Type): the rule's id (also its name in Python) and its struct.
 #define FASTOPT_OPTIMIZER_RULES(X) \
-  X(sgd, Sgd)              \
-  X(adam, Adam)            \
-  X(adagrad, Adagrad)      \
-  X(adadelta, Adadelta)    \
-  X(rmsprop, RmsProp)      \
-  X(adamax, Adamax)        \
-  X(nadam, NAdam)          \
-  X(radam, RAdam)          \
-  X(adabelief, AdaBelief)  \
-  X(lion, Lion)            \
-  X(lars, Lars)            \
-  X(lamb, Lamb)                    \
-  X(sophia, Sophia)                \
+  X(sgd, Sgd)                   \
+  X(adam, Adam)                 \
+  X(adagrad, Adagrad)           \
+  X(adadelta, Adadelta)         \
+  X(rmsprop, RmsProp)           \
+  X(adamax, Adamax)             \
+  X(nadam, NAdam)               \
+  X(radam, RAdam)               \
+  X(adabelief, AdaBelief)       \
+  X(lion, Lion)                 \
+  X(lars, Lars)                 \
+  X(lamb, Lamb)                 \
+  X(adafactor, Adafactor)       \
+  X(sophia, Sophia)             \
   X(schedule_free, ScheduleFree)
 
 #define FASTOPT_UTILITY_RULES(X) \
-  X(ema, Ema)                    \
+  X(ema, Ema)                   \
   X(accumulate, Accumulate)
 
 #define FASTOPT_RULES(X)     \
