@@ -134,6 +134,9 @@ def test_bad_input_rejected():
         fastopt.GradAccumulator(grads, [np.zeros(s[::-1], np.float32) for s in SHAPES])
     with pytest.raises(ValueError, match="got 3 grads but 2 accumulators"):
         fastopt.GradAccumulator(grads, [np.zeros(s, np.float32) for s in SHAPES[:2]])
+    with pytest.raises(fastopt.TensorError, match="accumulator 2: dtype bfloat16, expected float32"):
+        fastopt.GradAccumulator(grads, [np.zeros(s, np.float32) for s in SHAPES[:2]] +
+                                [np.zeros(SHAPES[2], ml_dtypes.bfloat16)])
     acc = fastopt.GradAccumulator(grads)
     before = [a.copy() for a in acc.accumulators]
     with pytest.raises(ValueError, match="scale must be finite"):

@@ -474,6 +474,11 @@ def test_functional_state_shapes_checked():
         F.adafactor_([p], [g], [row], [None], [None], step=1)
     with pytest.raises(ValueError, match="Adafactor needs variances"):
         F.adafactor_([v], [v.copy()], step=1)
+    with pytest.raises(ValueError, match=r"param 0: variances\[0\] must be None: a param of shape \(3, 4\) keeps "
+                                         "row_var, col_var"):
+        F.adafactor_([p], [g], [row], [col], [np.zeros((3, 4), np.float32)], step=1)
+    with pytest.raises(ValueError, match=r"param 0: row_vars\[0\] must be None: a param of shape \(5,\)"):
+        F.adafactor_([v], [v.copy()], [np.zeros((5, 1), np.float32)], [None], [np.zeros(5, np.float32)], step=1)
     assert np.all(p == 1) and np.all(row == 0) and np.all(col == 0)
     F.adafactor_([p, v], [g, v.copy()], [row, None], [col, None], [None, np.zeros(5, np.float32)], step=1)
     assert np.all(row > 0) and np.all(col > 0) and np.all(p < 1)

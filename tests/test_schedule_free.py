@@ -545,3 +545,28 @@ def test_distributed_refuses_what_it_cannot_switch():
         OffloadOptimizer([torch.nn.Parameter(torch.ones(3))], ft.AdamWScheduleFree)
     with pytest.raises(TypeError, match="SGDScheduleFree is evaluated at another point"):
         fastopt_class(fastopt.SGDScheduleFree)  # (ZeroOptimizer's check)
+
+
+@pytest.mark.parametrize("name", ["SGDScheduleFree", "AdamWScheduleFree"])
+def test_loads_the_authors_checkpoint_at_its_step(name):
+    """The authors' optimizers (facebookresearch/schedule_free) keep the step count per group,
+    as "k", and no per-param "step": a checkpoint of theirs, in their format (here, fastopt's at
+    step 10 rewritten so), resumes at step 11 (c_t = w_11 / sum w_i, warmup and bias correction
+    of step 11), as an uninterrupted run continues."""
+    cls = getattr(ft, name)
+    p, q = (torch.nn.Parameter(torch.linspace(-1, 1, 5)) for _ in range(2))
+    run, resumed = cls([p], lr=0.1, warmup_steps=3), cls([q], lr=0.1, warmup_steps=3)
+    for t in range(10):
+        p.grad = torch.linspace(0, 1, 5) * (t + 1)
+        run.step()
+    theirs = run.state_dict()
+    theirs["param_groups"][0].update(k=10, weight_sum=0.5, lr_max=0.1, scheduled_lr=0.1)
+    for st in theirs["state"].values():
+        del st["step"]
+    with torch.no_grad():
+        q.copy_(p)
+    resumed.load_state_dict(theirs)
+    for opt, param in ((run, p), (resumed, q)):
+        param.grad = torch.ones(5)
+        opt.step()
+    assert torch.equal(p, q)

@@ -206,3 +206,32 @@ def test_torch_form_binds_before_a_step_and_sees_new_betas():
     again.load_state_dict(saved)
     again.update_hessian(ones)
     assert torch.allclose(again.state[model.weight]["hessian"], torch.full((2, 3), 0.7525))
+
+
+def test_torch_form_estimates_of_params_the_last_step_skipped():
+    """An estimate for a param whose grad was None at the last step updates its h (not dropped);
+    a step's param without an estimate, and a dict key that is no param, are refused."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 2))
+    opt = ft.Sophia(model.parameters(), lr=0.1)
+    model[1](torch.ones(1, 2)).sum().backward()  # grads for the second layer alone
+    opt.step()
+    params = list(model.parameters())
+    opt.update_hessian([torch.ones_like(p) for p in params])
+    for p in params:
+        assert torch.allclose(opt.state[p]["hessian"], torch.full(p.shape, 0.01)), p.shape
+    with pytest.raises(ValueError, match="no estimate for a param it steps"):
+        opt.update_hessian([torch.ones_like(p) for p in params[:2]] + [None, None])
+    with pytest.raises(ValueError, match="an estimate's key is not one of its params"):
+        opt.update_hessian({**{p: torch.ones_like(p) for p in params}, torch.nn.Parameter(torch.ones(1)): None})
+    model.zero_grad()
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()  # (binds the params that have grads again)
+    assert opt.state[params[0]]["exp_avg"].abs().sum() > 0
+
+
+def test_not_in_fastopt_distributed():
+    """fastopt.distributed steps pieces with no Hessian estimates: its h would stay 0 (sign descent)."""
+    from fastopt.distributed.pieces import fastopt_class
+    with pytest.raises(TypeError, match=r"Sophia takes Hessian estimates \(update_hessian\), which "
+                                        "fastopt.distributed does not pass on"):
+        fastopt_class(ft.Sophia)

@@ -650,6 +650,11 @@ def test_grad_accumulator_feeds_the_step():
         assert all(torch.equal(p, t) for p, t in zip(model.parameters(), twin))
     with pytest.raises(TypeError, match="accumulated must come from fastopt.torch.GradAccumulator"):
         opt.step(accumulated=fastopt.GradAccumulator([torch.zeros(3)]).add(first=True, last=True))
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(TypeError, match="accumulated is None: GradAccumulator.add returns the accumulated grads "
+                                        "only with last=True"):
+        opt.step(accumulated=acc.add(0.25))  # (last=True forgotten: not a step on the last .grad alone)
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
     model.weight.grad = None
     with pytest.raises(RuntimeError, match="param 0 has no grad"):
         acc.add()

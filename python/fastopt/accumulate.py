@@ -11,7 +11,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from . import _core
 from ._arrays import state_like, to_host
+from ._core import TensorError
 from .norms import combine
 from .optimizer import Optimizer
 from .utility import bind_rule
@@ -87,8 +89,13 @@ class GradAccumulator:
         grads = list(grads)
         if accumulators is None:
             accumulators = [state_like(g, f"grad {i}") for i, g in enumerate(grads)]
+        accumulators = list(accumulators)
+        for i, a in enumerate(accumulators):  # (a 16-bit accumulator would round every micro-batch's sum)
+            dtype = _core.describe(a, f"accumulator {i}")[1]
+            if dtype != "float32":
+                raise TensorError(f"accumulator {i}: dtype {dtype}, expected float32")
         self.grads = grads
-        self.accumulators = list(accumulators)
+        self.accumulators = accumulators
         self._step = bind_rule(_AccumulateStep, self.accumulators, self.grads, "accumulator", "grad")
 
     def add(self, scale: float = 1.0, *, first: bool = False, last: bool = False,

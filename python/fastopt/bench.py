@@ -144,7 +144,6 @@ def _bench_optimizer(spec: OptimizerSpec, layouts: Sequence[Layout], data: Data,
                      cfg: BenchConfig, progress: Progress) -> list[dict[str, Any]]:
     """The rows of one optimizer: the probe, then each layout's impls in ``impls`` order."""
     streams = spec.streams(data.params.dtype)
-    bpp = spec.bytes_per_param(data.params.dtype)
     single = Layout("single", (max(sum(layout.sizes) for layout in layouts),))
     close = [i for i in impls if i.name in INTERLEAVED]
     progress.start(f"{spec.name} probe, " + ", ".join(
@@ -186,7 +185,8 @@ def _bench_optimizer(spec: OptimizerSpec, layouts: Sequence[Layout], data: Data,
                     result = runner.result()
                 runner = None
                 gc.collect()
-            row = make_row(spec, layout, impl.name, bpp, sum(layout.sizes), seconds, error)
+            row = make_row(spec, layout, impl.name, spec.bytes_per_param(data.params.dtype, layout.shapes),
+                           sum(layout.sizes), seconds, error)
             if result is not None and impl.name != "fastopt":
                 row["max_abs_diff"] = float(np.max(np.abs(result - reference)))
             if impl not in close:

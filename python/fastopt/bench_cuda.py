@@ -111,7 +111,8 @@ class _Data:
         self.half = dtype != F32
 
     def pieces(self, flat, layout: Layout, dtype=None) -> list:
-        return [t.to(dtype or self.torch.float32, copy=True) for t in flat[:sum(layout.sizes)].split(layout.sizes)]
+        return [t.to(dtype or self.torch.float32, copy=True).reshape(shape)
+                for t, shape in zip(flat[:sum(layout.sizes)].split(layout.sizes), layout.tensor_shapes)]
 
 
 def _build(impl: str, spec: OptimizerSpec, layout: Layout, data: _Data):
@@ -174,7 +175,8 @@ def _bench_optimizer(torch, spec: OptimizerSpec, layouts: list[Layout], data: _D
         base = times[(layout.name, "fastopt")]
         for impl in impls:
             key = (layout.name, impl)
-            row = make_row(spec, layout, impl, bpp, n, times.get(key), errors.get(key))
+            row = make_row(spec, layout, impl, spec.bytes_per_param(np.dtype(DTYPES[cfg.dtype]), layout.shapes), n,
+                           times.get(key), errors.get(key))
             if key in times:
                 row["fraction_of_probe"] = row["gb_per_s"] / copy_row["gb_per_s"]
                 row["speedup_vs"] = times[key] / base
@@ -227,7 +229,7 @@ def format_cuda_table(report: Mapping[str, Any]) -> str:
     ]
     for name, doc in report["streams"].items():
         bpp = next(r["bytes_per_param"] for r in report["rows"] if r["optimizer"] == name and r["impl"] != "probe")
-        lines.append(f"  {name:<6}{bpp:>3} B = {doc}")
+        lines.append(f"  {name} {bpp:g} B = {doc}")
     lines += ["probe: a device-to-device copy, bytes read + written; of probe = GB/s / copy GB/s; "
               "fastopt faster = impl time / fastopt time", ""]
     return "\n".join(lines + table_lines(report["rows"]))

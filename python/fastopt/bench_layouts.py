@@ -105,7 +105,8 @@ def named_layouts(names: tuple[str, ...], size: int, mixed: tuple[int, ...], dev
         elif name in GPU_ONLY and device != "cuda":
             raise ValueError(f"layout {name} is GPU only (AdamW over its params moves 35 GB a step): use --device cuda")
         else:
-            out.append(Layout(name, tuple(layout_sizes(name))))
+            shapes = tuple(MODELS[name]())
+            out.append(Layout(name, tuple(numel(s) for s in shapes), shapes))
     return out
 
 

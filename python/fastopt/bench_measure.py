@@ -5,6 +5,7 @@ runner, the bandwidth probe and the timers. (``fastopt.bench`` runs it all.)"""
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -105,34 +106,61 @@ class OptimizerSpec:
         extra = self.fastopt_cls.extra_pass
         return f"; {extra[0]} " + ", ".join(f"{s} r 4" for s in extra[1]) if extra else ""
 
-    @property
-    def state_names(self) -> tuple[str, ...]:
-        """The state arrays these hyperparameters use on the benchmark's 1-D tensors (Adafactor's
-        vectors keep a variance, its matrices row_var and col_var)."""
+    def state_names(self, shape: tuple[int, ...] = (1,)) -> tuple[str, ...]:
+        """The state arrays these hyperparameters use on a param of ``shape`` (default: the
+        benchmark's 1-D tensors; Adafactor's vectors keep a variance, its matrices row_var and
+        col_var)."""
         cls = self.fastopt_cls
         hyper = cls._to_hyper({**cls.default_hypers(), **self.hypers})
-        return tuple(cls.state_shapes((1,)))[:hyper.num_state()]
+        return tuple(cls.state_shapes(shape))[:hyper.num_state()]
+
+    def factors(self, shape: tuple[int, ...]) -> bool:
+        """Whether a param of ``shape`` keeps factored state (a value per row and per column)."""
+        return self.fastopt_cls.factored and len(shape) >= 2
 
     def streams(self, dtype: np.dtype, master_weights: bool | str = True,
-                state_precision: str = "float32") -> list[Stream]:
-        """The update's streams for params of ``dtype`` (fp32 grads), their value kept as
-        ``master_weights`` keeps a half param's (default: an fp32 master), the state stored as
-        ``state_precision`` stores it (see :data:`KEPT` and :data:`STATE_FORMATS`)."""
+                state_precision: str = "float32", shape: tuple[int, ...] = (1,)) -> list[Stream]:
+        """The update's streams for params of ``dtype`` and ``shape`` (fp32 grads), their value
+        kept as ``master_weights`` keeps a half param's (default: an fp32 master), the state
+        stored as ``state_precision`` stores it (see :data:`KEPT` and :data:`STATE_FORMATS`).
+        Factored state (a few values per matrix row and column) is no stream."""
         reads_param, kept = KEPT[master_weights] if dtype != F32 else (True, None)
         out = [Stream("param", dtype, reads_param, True), Stream("grad", F32, True, False)]
         out += [kept] if kept else []
+        if self.factors(shape):
+            return out
         state_dtype, block = STATE_FORMATS[state_precision]
         read_only = _core.read_only_state[self.fastopt_cls.rule]
-        for k, name in enumerate(self.state_names):
+        for k, name in enumerate(self.state_names(shape)):
             out.append(Stream(name, state_dtype, True, not read_only >> k & 1))  # (Sophia's h: only read)
             out += [Stream(f"{name} absmax", F32, True, True, block)] if block else []
         return out
 
-    def bytes_per_param(self, dtype: np.dtype) -> int:
-        return sum(s.bytes for s in self.streams(dtype)) + self.extra_bytes
+    def bytes_per_param(self, dtype: np.dtype, shapes: Sequence[tuple[int, ...]] | None = None) -> float:
+        """Bytes moved per param and step, over params of ``shapes`` (None: 1-D tensors): their
+        mean where a factored rule moves other streams over matrices than over vectors (its
+        factor pass reads g once more; its passes read no per-element state)."""
+        if not shapes or not any(self.factors(s) for s in shapes):
+            return sum(s.bytes for s in self.streams(dtype)) + self.extra_bytes
+        total = moved = 0
+        for shape in shapes:
+            n = math.prod(shape)
+            streams = self.streams(dtype, shape=shape)
+            names = {"p", "g"} | {s.name for s in streams}
+            extra = 4 * sum(1 for name in self.fastopt_cls.extra_pass[1] if name in names)
+            moved += n * (sum(s.bytes for s in streams) + extra + (4 if self.factors(shape) else 0))
+            total += n
+        return round(moved / total, 3)
 
     def describe(self, dtype: np.dtype) -> str:
-        return ", ".join(s.describe() for s in self.streams(dtype)) + self.extra_doc
+        """The streams over 1-D params (and a factored rule's over matrices, which differ)."""
+        doc = ", ".join(s.describe() for s in self.streams(dtype)) + self.extra_doc
+        if self.fastopt_cls.factored:
+            matrix = (2, 2)
+            doc += (f"; params of >= 2 dims {self.bytes_per_param(dtype, [matrix]):g} B: "
+                    + ", ".join(s.describe() for s in self.streams(dtype, shape=matrix))
+                    + "; factor pass g r 4; " + self.fastopt_cls.extra_pass[0] + " p r 4, g r 4")
+        return doc
 
 
 # ---- layouts and data ----------------------------------------------------------------------
@@ -161,8 +189,9 @@ def tensor_sizes(total: int, count: int, seed: int = SEED, spread: float = SIZE_
 class Layout:
     """How the params are split into tensors."""
 
-    name: str  # "single" or "multi"
+    name: str  # "single", "multi" or a model's (bench_layouts.MODELS)
     sizes: tuple[int, ...]
+    shapes: tuple[tuple[int, ...], ...] | None = None  # the tensors' shapes (None: 1-D, of sizes)
 
     @property
     def label(self) -> str:
@@ -172,7 +201,11 @@ class Layout:
     def views(self, flat: np.ndarray) -> list[np.ndarray]:
         """Views of consecutive pieces of ``flat``."""
         ends = np.cumsum(self.sizes)
-        return [flat[e - s:e] for s, e in zip(self.sizes, ends)]
+        return [flat[e - s:e].reshape(shape) for s, e, shape in zip(self.sizes, ends, self.tensor_shapes)]
+
+    @property
+    def tensor_shapes(self) -> tuple[tuple[int, ...], ...]:
+        return self.shapes if self.shapes is not None else tuple((s,) for s in self.sizes)
 
     def copies(self, flat: np.ndarray) -> list[np.ndarray]:
         """Separately allocated copies of the pieces of ``flat``, as a model's tensors are."""

@@ -21,7 +21,7 @@ def numpy_sgd(params, grads, states, step, h, scratch) -> None:
     """Naive in-place SGD with momentum (dampening 0, no Nesterov), one tensor at a time."""
     lr, momentum, wd = h["lr"], h["momentum"], h.get("weight_decay", 0.0)
     for p, g, (buf,) in zip(params, grads, states):
-        t, u = scratch[0][:p.size], scratch[1][:p.size]
+        t, u = scratch[0][:p.size].reshape(p.shape), scratch[1][:p.size].reshape(p.shape)
         if wd:
             g = np.add(g, np.multiply(p, wd, out=u), out=u)
         if step == 1:
@@ -38,7 +38,7 @@ def _numpy_adam(params, grads, states, step, h, scratch, decoupled: bool) -> Non
     step_size = lr / (1 - b1 ** step)
     bc2_sqrt = float(np.sqrt(1 - b2 ** step))
     for p, g, (m, v) in zip(params, grads, states):
-        t, u = scratch[0][:p.size], scratch[1][:p.size]
+        t, u = scratch[0][:p.size].reshape(p.shape), scratch[1][:p.size].reshape(p.shape)
         if wd and decoupled:
             p *= 1 - lr * wd
         elif wd:
@@ -98,7 +98,7 @@ def build_numpy(spec: OptimizerSpec, layout: Layout, data: Data) -> Runner:
     params = layout.copies(data.params)
     grads = layout.copies(data.grads)
     masters = layout.copies(data.params32) if data.half else params
-    states = [[np.zeros_like(m) for _ in spec.state_names] for m in masters]
+    states = [[np.zeros_like(m) for _ in spec.state_names()] for m in masters]
     scratch = [np.empty(max(layout.sizes), F32) for _ in range(2)]
     count = [0]
 
@@ -133,7 +133,7 @@ def build_torch(spec: OptimizerSpec, layout: Layout, data: Data, *, variant: Map
         elif data.half:
             torch._foreach_copy_(params, masters)
 
-    return Runner(step, lambda: torch.cat([p.float() for p in params]).numpy())
+    return Runner(step, lambda: torch.cat([p.reshape(-1).float() for p in params]).numpy())
 
 
 def build_deepspeed(spec: OptimizerSpec, layout: Layout, data: Data) -> Runner:

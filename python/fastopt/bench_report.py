@@ -111,10 +111,11 @@ def format_table(report: Mapping[str, Any]) -> str:
         "bytes per param and step (GB/s = B/param * params / time, for every row):",
     ]
     for name, doc in report["streams"].items():
-        bpp = next(r["bytes_per_param"] for r in report["rows"]
-                   if r["optimizer"] == name and r["impl"] != "probe")
-        lines.append(f"  {name:<6}{bpp:>3} B = {doc}")
-    lines.append("probe: fastopt's engine over one tensor with those streams and no math; of probe = GB/s / probe GB/s "
+        rows = [r for r in report["rows"] if r["optimizer"] == name and r["impl"] != "probe"]
+        bpp = next((r for r in rows if r["layout"] in ("single", "multi")), rows[0])["bytes_per_param"]
+        lines.append(f"  {name} {bpp:g} B = {doc}")
+    lines.append("probe: fastopt's engine over one tensor with the update's streams, each once (every state stream "
+                 "read and written; a two-pass rule's other pass left out), and no math; of probe = GB/s / probe GB/s "
                  "(\"no ceiling\": above the probe's, which then bounds nothing); fastopt faster = impl time / "
                  "fastopt time (\"slower\" below 1); max|dp| = final params vs fastopt's")
     lines.append("")

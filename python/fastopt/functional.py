@@ -63,6 +63,10 @@ class BoundStep:
         self._layouts = [_layout(cls, p, i) for i, p in enumerate(params)]
         self._bound: list[list[str]] = []  # each param's state bound
         for i, layout in enumerate(self._layouts):
+            for name in cls.state_names:
+                if name not in layout and lists[name][i] is not None:
+                    raise ValueError(f"param {i}: {_state_arg(cls, name)}[{i}] must be None: a param of shape "
+                                     f"{tuple(_core.describe(params[i], f'param {i}')[0])} keeps {', '.join(layout)}")
             names = []
             for name in layout[:num_state]:
                 if arrays[_state_arg(cls, name)] is None:
@@ -252,7 +256,8 @@ def _doc(cls: type[Optimizer], keywords: Mapping[str, Any]) -> str:
     dtypes = ("float32, bfloat16, or uint8 (8-bit: block-wise\n"
               "            quantized codes, zero initially, with absmax arrays)" if cls.eight_bit_state
               else "float32 or bfloat16")
-    state_lines = (f"        {states}: the state: arrays shaped like the params,\n"
+    shaped = "arrays shaped as the note below says" if cls.factored else "arrays shaped like the params"
+    state_lines = (f"        {states}: the state: {shaped},\n"
                    f"            one per param, updated in place (positional, in this order). Their dtype (one per\n"
                    f"            param) decides how it is kept: {dtypes}.{needs}\n"
                    if states else "")

@@ -51,6 +51,16 @@ _grad = operator.attrgetter("grad")
 # master_weights that keeps each, and its dtype.
 _KEPT = {"master_param": (True, torch.float32), "master_remainder": ("remainder", torch.uint16),
          "kahan_compensation": ("kahan", torch.bfloat16)}
+
+
+class _Grads:
+    """step()'s default ``accumulated``: the params' ``.grad``."""
+
+    def __repr__(self) -> str:
+        return "<the params' .grad>"
+
+
+_NOT_ACCUMULATED = _Grads()
 _MODES = ("master_weights", "state_precision")  # the storage modes: options of every param group
 
 
@@ -185,7 +195,7 @@ class Optimizer(torch.optim.Optimizer):
         self._unbind()
 
     @torch.no_grad()
-    def step(self, closure: Any = None, *, accumulated: Any = None) -> Any:
+    def step(self, closure: Any = None, *, accumulated: Any = _NOT_ACCUMULATED) -> Any:
         """One fused step over every param that has a grad; returns ``closure()``'s loss (the
         closure runs first, with grad enabled), as torch.optim. One thread at a time: a step,
         ``state_dict`` or ``load_state_dict`` while another thread steps raises RuntimeError.
@@ -193,7 +203,14 @@ class Optimizer(torch.optim.Optimizer):
         ``accumulated``: what :meth:`GradAccumulator.add` returned for the last micro-batch: the
         step then reads the float32 accumulators as the grads of the accumulator's params (not
         their ``.grad``; the optimizer's other params are skipped) and takes their sums in place
-        of its norm pass (clipping and skipping decide from them, with the same bits)."""
+        of its norm pass (clipping and skipping decide from them, with the same bits). None is
+        refused (TypeError): ``add`` returns None but for ``last=True``, and a step on ``.grad``
+        would then train on the last micro-batch alone."""
+        if accumulated is None:
+            raise TypeError(f"{type(self).__name__}.step: accumulated is None: GradAccumulator.add returns the "
+                            "accumulated grads only with last=True (leave accumulated out to step on .grad)")
+        if accumulated is _NOT_ACCUMULATED:
+            accumulated = None
         return alone(self._busy, f"{type(self).__name__}.step", self._step, closure, accumulated)
 
     def _step(self, closure: Any, accumulated: Any = None) -> Any:
@@ -402,7 +419,8 @@ class Optimizer(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Loads a :meth:`state_dict`, or a torch.optim checkpoint of the same optimizer:
         validated before anything changes (ValueError); state tensors are copied onto their
-        params' devices; a missing ``"step"`` counts 1 where state is present; torch's derived
+        params' devices; a missing ``"step"`` counts 1 where state is present (Schedule-Free: the
+        group's ``"k"``, the step count of the authors' optimizers, where it has one); torch's derived
         state (NAdam's ``mu_product``) is recomputed from the step count; a ``"seed"`` is taken.
 
         The groups keep this optimizer's storage modes, and the state must be stored as they
@@ -461,6 +479,8 @@ class Optimizer(torch.optim.Optimizer):
             self._check_state(key, j, p, arrays, storages[j],
                               f"; a checkpoint loads into the storage modes it was saved with{notes[j]}")
             step = entry.get("step")
+            if step is None and arrays and _core.eval_point[self.fastopt_class.rule] and "k" in groups[j]:
+                step = groups[j]["k"]  # (the authors' Schedule-Free optimizers count steps per group, as k)
             count = _step_count(key, step) if step is not None else int(bool(arrays))
             hyper = self.fastopt_class._hyper_at(self._hypers(new_groups[j]), 0)
             missing = [n for n in self.fastopt_class._required_state(hyper, count, tuple(p.shape))
@@ -838,25 +858,32 @@ def _update_hessian(self: Optimizer, estimates: Any, stream: Any = None) -> Any:
     (see :meth:`fastopt.Sophia.update_hessian`; a non-finite estimate skips it: returns whether
     it did). ``estimates``: one per param of ``param_groups``, in order (a list), or a dict param
     -> estimate; tensors shaped like the params (:func:`gauss_newton_bartlett`, :func:`hutchinson`).
-    Before the first step (as the paper's Algorithm 3 may, at t = 1) or after ``load_state_dict``
-    it binds the params that have an estimate; otherwise those the last step stepped, each of
-    which needs one (ValueError)."""
+    It updates the h of every param given an estimate (None in the list: none), which must
+    include each param the last step stepped (ValueError otherwise; a dict key that is no param
+    of the optimizer: ValueError); before the first step too (as the paper's Algorithm 3 may,
+    at t = 1)."""
     def update() -> Any:
         params = [p for g in self.param_groups for p in g["params"]]
         if isinstance(estimates, Mapping):
             of = {id(p): e for p, e in estimates.items()}
+            if len(set(of) - set(map(id, params))):
+                raise ValueError(f"{type(self).__name__}.update_hessian: an estimate's key is not one of its params")
         else:
             given = list(estimates)
             if len(given) != len(params):
                 raise ValueError(f"{type(self).__name__}.update_hessian: got {len(given)} estimates for "
                                  f"{len(params)} params")
             of = {id(p): e for p, e in zip(params, given)}
-        if self._inner is None:  # (nothing bound yet: the estimates stand in for the grads)
+        if self._inner is not None and any(of.get(id(p)) is None for p in self._inner._params):
+            raise ValueError(f"{type(self).__name__}.update_hessian: no estimate for a param it steps")
+        given = [p for p in params if of.get(id(p)) is not None]
+        if self._inner is None or len(given) != len(self._inner._params) or not all(
+                map(operator.is_, given, self._inner._params)):
+            # (nothing bound yet, or estimates for params the last step skipped: bound with the
+            # estimates standing in for the grads, so that no estimate is dropped)
             self._bind(params, [of.get(id(p)) for p in params])
             if self._inner is None:
                 raise ValueError(f"{type(self).__name__}.update_hessian: no estimate for any param")
-        if any(id(p) not in of for p in self._inner._params):
-            raise ValueError(f"{type(self).__name__}.update_hessian: no estimate for a param it steps")
         self._push_hypers()
         return self._inner.update_hessian([of[id(p)] for p in self._inner._params], stream)
     return alone(self._busy, f"{type(self).__name__}.update_hessian", update)

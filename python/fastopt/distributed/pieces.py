@@ -29,6 +29,9 @@ def fastopt_class(optimizer_class: Any) -> type[_Bound]:
     if _core.eval_point[cls.rule]:  # (its params would be evaluated at y: wrong, and silently)
         raise TypeError(f"{cls.__name__} is evaluated at another point than it trains at (eval()/train()), which "
                         "fastopt.distributed does not switch yet: use fastopt.torch on one process")
+    if hasattr(cls, "update_hessian"):  # (its Hessian average would stay 0: sign descent, silently)
+        raise TypeError(f"{cls.__name__} takes Hessian estimates (update_hessian), which fastopt.distributed does "
+                        f"not pass on to its pieces yet: use fastopt.torch.{cls.__name__} on each process")
     if cls.factored:
         raise TypeError(f"{cls.__name__} keeps one value per row and per column of each matrix, and "
                         "fastopt.distributed steps flat pieces of params: use fastopt.torch."

@@ -42,8 +42,10 @@ Group::Group(RuleId rule, std::vector<TensorSlot> slots)
   }
   if (task_start_.back() != segments_.size()) task_start_.push_back(segments_.size());
 
-  // Factored state: scratch for each factored tensor, and the pieces of its factor pass (each
-  // about a super-block: factored.h), cut into tasks of about kTaskElems elements.
+  // Factored state: scratch for each factored tensor, the runs of pieces of its factor pass
+  // (each piece about a super-block, or a small matrix: factored.h) cut into tasks of about
+  // kTaskElems elements, and the runs of matrices of its factor step, into tasks of about
+  // kTaskElems / 8 rows and columns (a batch of small matrices is shared by the threads).
   size_t doubles = 0, floats = 0;
   for (const TensorSlot& t : slots_) {
     if (t.rows) doubles += size_t(factored::scratch_size(t)), floats += size_t(factored::matrices(t) * t.rows);
@@ -51,27 +53,39 @@ Group::Group(RuleId rule, std::vector<TensorSlot> slots)
   factor_scratch_.resize(doubles);
   row_values_.resize(floats);
   doubles = floats = 0;
+  // Splits [0, count) of a tensor into runs that end where their task's load reaches `task` or
+  // the tensor ends (a task may go on into the next tensor's runs).
+  int64_t piece_load = 0, matrix_load = 0;
+  const auto cut = [](const TensorSlot& t, bool fused, int64_t count, int64_t task, auto load, int64_t& in_task,
+                      std::vector<FactorRun>& runs, std::vector<size_t>& starts) {
+    int64_t begin = 0;
+    for (int64_t k = 0; k < count; ++k) {
+      in_task += load(k);
+      const bool full = in_task >= task;
+      if (full || k + 1 == count) {
+        runs.push_back({&t, begin, k + 1, fused});
+        begin = k + 1;
+      }
+      if (full) starts.push_back(runs.size()), in_task = 0;
+    }
+  };
   piece_task_start_.push_back(0);
-  in_task = 0;
+  matrix_task_start_.push_back(0);
   for (TensorSlot& t : slots_) {
     if (!t.rows) continue;
     t.factor_sums = factor_scratch_.data() + doubles;
     t.row_value = row_values_.data() + floats;
     doubles += size_t(factored::scratch_size(t)), floats += size_t(factored::matrices(t) * t.rows);
     const bool fused = t.numel <= kFusedElems && ks.fused[int(rule)][int(t.param_dtype)];
-    factored_.push_back({&t, 0, fused});
-    for (int64_t k = 0; k < factored::pieces(t); ++k) {
+    cut(t, fused, factored::pieces(t), kTaskElems, [&t](int64_t k) {
       const factored::Piece p = factored::piece(t, k);
-      pieces_.push_back({&t, k, fused});
-      in_task += p.rows * p.cols;
-      if (in_task >= kTaskElems) {
-        piece_task_start_.push_back(pieces_.size());
-        in_task = 0;
-      }
-    }
+      return p.rows * p.cols;
+    }, piece_load, pieces_, piece_task_start_);
+    cut(t, fused, factored::matrices(t), kTaskElems / 8, [&t](int64_t) { return t.rows + t.cols; }, matrix_load,
+        matrices_, matrix_task_start_);
   }
   if (piece_task_start_.back() != pieces_.size()) piece_task_start_.push_back(pieces_.size());
-  for (size_t k = 0; k <= factored_.size(); ++k) factored_tasks_.push_back(k);
+  if (matrix_task_start_.back() != matrices_.size()) matrix_task_start_.push_back(matrices_.size());
   factor_ = ks.factor;
   factor_step_ = ks.factor_step[int(rule)];
 }
@@ -127,13 +141,14 @@ void Group::run_two_pass(const void* coeffs, size_t stride, const GradTransform&
   const bool fuse = !combine;
   // The factor pass and step of the factored tensors that take their passes apart (the others'
   // are part of their fused task). Whole-tensor tasks for the step: it is O(rows + cols).
-  if (std::any_of(pieces_.begin(), pieces_.end(), [&](const FactorPiece& p) { return !(p.fused && fuse); })) {
+  if (std::any_of(pieces_.begin(), pieces_.end(), [&](const FactorRun& p) { return !(p.fused && fuse); })) {
     each_task(piece_task_start_, [&](size_t k) {
-      if (!(pieces_[k].fused && fuse)) factor_(x, *pieces_[k].slot, pieces_[k].piece);
+      const FactorRun& r = pieces_[k];
+      if (!(r.fused && fuse)) factor_(x, *r.slot, r.begin, r.end);
     });
-    each_task(factored_tasks_, [&](size_t k) {
-      const FactorPiece& f = factored_[k];
-      if (!(f.fused && fuse)) factor_step_(c + size_t(f.slot->hyper_index) * stride, x, *f.slot);
+    each_task(matrix_task_start_, [&](size_t k) {
+      const FactorRun& r = matrices_[k];
+      if (!(r.fused && fuse)) factor_step_(c + size_t(r.slot->hyper_index) * stride, x, *r.slot, r.begin, r.end);
     });
   }
   // Region 1: small tensors take both passes; the others, their first pass.

@@ -59,10 +59,10 @@ class Group {
     const TensorSlot* slot;
     int64_t begin, end;
   };
-  struct FactorPiece {  // a piece of the factor pass (factored.h) of a factored tensor
+  struct FactorRun {  // pieces of the factor pass, or matrices of the factor step (factored.h), of a factored tensor
     const TensorSlot* slot;
-    int64_t piece;
-    bool fused;  // its tensor takes its factor pass with its other passes (Segment::fused)
+    int64_t begin, end;
+    bool fused;  // its tensor takes its factor pass and step with its other passes (Segment::fused)
   };
   RuleId rule_;
   const char* isa_;
@@ -72,10 +72,10 @@ class Group {
   bool all_fused_ = true;           // no segment needs a second parallel region
   // Factored state: the pieces of the factor pass, cut into tasks as the segments are; the
   // factored tensors; the engine's scratch they point into (TensorSlot::factor_sums, row_value).
-  std::vector<FactorPiece> pieces_;
+  std::vector<FactorRun> pieces_;  // runs of pieces of the factor pass
   std::vector<size_t> piece_task_start_;
-  std::vector<FactorPiece> factored_;  // one per factored tensor (its piece: 0)
-  std::vector<size_t> factored_tasks_;  // a task per factored tensor, for its factor step
+  std::vector<FactorRun> matrices_;  // runs of matrices of the factor step
+  std::vector<size_t> matrix_task_start_;
   FactorFn factor_ = nullptr;
   FactorStepFn factor_step_ = nullptr;
   std::vector<double> factor_scratch_;

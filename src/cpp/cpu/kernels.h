@@ -21,12 +21,14 @@ using SumsqFn = void (*)(const void* data, int64_t begin, int64_t end, double* s
 using PrepassFn = void (*)(const void* coeffs, const GradTransform& transform, const TensorSlot& t, int64_t begin,
                            int64_t end, double* sums);
 
-// The factor pass over piece k of a factored tensor (fastopt/factored.h): its partial row and
-// column sums of the squared transformed grads, into the tensor's scratch.
-using FactorFn = void (*)(const GradTransform& transform, const TensorSlot& t, int64_t piece);
+// The factor pass over pieces [begin, end) of a factored tensor (fastopt/factored.h): their
+// partial row and column sums of the squared transformed grads, into the tensor's scratch.
+using FactorFn = void (*)(const GradTransform& transform, const TensorSlot& t, int64_t begin, int64_t end);
 
-// The factor step of one factored tensor (factored.h: step_tensor), its coeffs its group's.
-using FactorStepFn = void (*)(const void* coeffs, const GradTransform& transform, const TensorSlot& t);
+// The factor step of matrices [begin, end) of a factored tensor (factored.h: step_matrices),
+// its coeffs its group's.
+using FactorStepFn = void (*)(const void* coeffs, const GradTransform& transform, const TensorSlot& t,
+                              int64_t begin, int64_t end);
 
 // x[0, n) rounded stochastically to a 16-bit dtype and stored at out, element k with
 // random::bits32(key, start + k): store_stochastic_lane over the target's lanes, then its scalar

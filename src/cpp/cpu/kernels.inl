@@ -348,35 +348,39 @@ void run_diagnosed(const void* coeffs, const GradTransform& transform, const Ten
 // kRowLanes), the accumulator of those lanes (in cache, as the columns'), so that each lane
 // chains its columns line by line; the columns past the last whole vector one by one after
 // them (the last of their chains); the lanes fold into the row's partial. Per column, the chain
-// down the piece's rows (an accumulator per column, in cache: kBlock doubles). (Lane groups
+// down the piece's rows (an accumulator per column, in cache: kBlock doubles, of which only the
+// piece's columns are set: a batch of small matrices has a piece per matrix). (Lane groups
 // taken one at a time down the lines instead read a row 1 KiB apart: 2.5x slower, measured.)
-void factor_piece(const GradTransform& transform, const TensorSlot& slot, int64_t k) {
+void factor_piece(const GradTransform& x, const TensorSlot& t, int64_t k) {
   using V = FASTOPT_LANE;
   constexpr int W = lane_width<V>, G = reduce::kRowLanes / W;
   static_assert(reduce::kRowLanes % W == 0 && reduce::kBlock % reduce::kRowLanes == 0, "lanes in whole vectors");
-  const GradTransform x = transform;
-  const TensorSlot t = slot;
   const factored::Piece p = factored::piece(t, k);
   const int64_t n = p.cols, full = n / W * W, nb = factored::blocks(t);
   const int used = int(n < reduce::kRowLanes ? n : reduce::kRowLanes);
-  squares_t<V> cols[reduce::kBlock / W] = {};
+  squares_t<V> cols[reduce::kBlock / W];
+  for (int64_t e = 0; e < full; e += W) cols[e / W] = squares_t<V>{};
   squares_t<V> acc[G];
   double tail[W] = {};
   for (int64_t r = 0; r < p.rows; ++r) {
     const int64_t at = (p.row + r) * t.cols + p.col;
-    for (int j = 0; j * W < used; ++j) acc[j] = squares_t<V>{};
-    int64_t e = 0;
-    for (; e < full; e += W) {
-      if constexpr (W > 1) {
-        if (e % kPrefetchElems == 0) __builtin_prefetch(static_cast<const char*>(t.grad) + (at + e + kPrefetchElems) *
-                                                       (t.grad_dtype == DType::f32 ? 4 : 2), 0, 2);
-      }
-      const V v = transform_grad(x, load_grad<V>(t, at + e));
-      acc[(e / W) % G] = add_square(v, acc[(e / W) % G]);
-      cols[e / W] = add_square(v, cols[e / W]);
-    }
     double lanes[reduce::kRowLanes];
-    for (int j = 0; j * W < used; ++j) store(lanes + j * W, acc[j]);
+    int64_t e = 0;
+    if (full > 0) {
+      for (int j = 0; j * W < used; ++j) acc[j] = squares_t<V>{};
+      for (; e < full; e += W) {
+        if constexpr (W > 1) {
+          if (e % kPrefetchElems == 0) __builtin_prefetch(static_cast<const char*>(t.grad) + (at + e + kPrefetchElems) *
+                                                         (t.grad_dtype == DType::f32 ? 4 : 2), 0, 2);
+        }
+        const V v = transform_grad(x, load_grad<V>(t, at + e));
+        acc[(e / W) % G] = add_square(v, acc[(e / W) % G]);
+        cols[e / W] = add_square(v, cols[e / W]);
+      }
+      for (int j = 0; j * W < used; ++j) store(lanes + j * W, acc[j]);
+    } else {
+      for (int j = 0; j < used; ++j) lanes[j] = 0;  // (a row narrower than a vector: its lanes alone)
+    }
     for (; e < n; ++e) {
       const float v = transform_grad(x, load_grad<float>(t, at + e));
       lanes[e % reduce::kRowLanes] = add_square(v, lanes[e % reduce::kRowLanes]);
@@ -388,10 +392,17 @@ void factor_piece(const GradTransform& transform, const TensorSlot& slot, int64_
   for (int64_t e = full; e < n; ++e) p.col_sums[e] = tail[e - full];
 }
 
+void factor_pieces(const GradTransform& transform, const TensorSlot& slot, int64_t begin, int64_t end) {
+  const GradTransform x = transform;
+  const TensorSlot t = slot;
+  for (int64_t k = begin; k < end; ++k) factor_piece(x, t, k);
+}
+
 template <class Rule>
-void factor_step(const void* coeffs, const GradTransform& transform, const TensorSlot& t) {
+void factor_step(const void* coeffs, const GradTransform& transform, const TensorSlot& t, int64_t begin,
+                 int64_t end) {
   const auto c = tensor_coeffs<Rule>(*static_cast<const typename Rule::Coeffs*>(coeffs), t);
-  factored::step_tensor<Rule>(c, t, transform.round_key);
+  factored::step_matrices<Rule>(c, t, begin, end, transform.round_key);
 }
 
 // Both passes of a two-pass rule over one whole tensor (at most one super-block: its sums are
@@ -402,8 +413,8 @@ void fused(const void* coeffs, const GradTransform& transform, const TensorSlot&
            double* diag) {
   if constexpr (is_factored<Rule>::value) {
     if (slot.rows) {
-      for (int64_t k = 0; k < factored::pieces(slot); ++k) factor_piece(transform, slot, k);
-      factor_step<Rule>(coeffs, transform, slot);
+      factor_pieces(transform, slot, 0, factored::pieces(slot));
+      factor_step<Rule>(coeffs, transform, slot, 0, factored::matrices(slot));
     }
   }
   double sums[num_sums<Rule>::value];
@@ -465,7 +476,7 @@ KernelSet make_set() {
   FASTOPT_RULES(FASTOPT_FILL)
 #undef FASTOPT_FILL
   fill_rule<Probe>(s, RuleId::probe);
-  s.factor = &factor_piece;
+  s.factor = &factor_pieces;
   s.sumsq[int(DType::f32)] = &sumsq<float>;
   s.sumsq[int(DType::f16)] = &sumsq<f16>;
   s.sumsq[int(DType::bf16)] = &sumsq<bf16>;

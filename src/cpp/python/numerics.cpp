@@ -57,7 +57,7 @@ void bind_numerics(py::module_& core) {
         factored::pieces(t),
         [](void* p, int64_t k) {
           const Ctx& c = *static_cast<const Ctx*>(p);
-          c.factor(GradTransform{}, *c.t, k);
+          c.factor(GradTransform{}, *c.t, k, k + 1);
         },
         &ctx);
     for (int64_t q = 0; q < n * t.rows; ++q) rows.mutable_data()[q] = factored::row_sum(t, q);

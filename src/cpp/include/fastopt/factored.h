@@ -99,13 +99,14 @@ FASTOPT_HD void row_values(const typename Rule::Coeffs& c, const TensorSlot& t, 
   }
 }
 
-// The whole factor step of one tensor, in one thread.
+// The factor step of matrices [begin, end) of a tensor, in one thread (the matrices' rows,
+// columns and row values are their own: threads may share a tensor's matrices).
 template <class Rule>
-FASTOPT_HD void step_tensor(const typename Rule::Coeffs& c, const TensorSlot& t, uint64_t round_key) {
-  const int64_t n = matrices(t);
-  for (int64_t q = 0; q < n * t.rows; ++q) step_row<Rule>(c, t, q, round_key);
-  for (int64_t j = 0; j < n * t.cols; ++j) step_col<Rule>(c, t, j, round_key);
-  for (int64_t m = 0; m < n; ++m) row_values<Rule>(c, t, m);
+FASTOPT_HD void step_matrices(const typename Rule::Coeffs& c, const TensorSlot& t, int64_t begin, int64_t end,
+                              uint64_t round_key) {
+  for (int64_t q = begin * t.rows; q < end * t.rows; ++q) step_row<Rule>(c, t, q, round_key);
+  for (int64_t j = begin * t.cols; j < end * t.cols; ++j) step_col<Rule>(c, t, j, round_key);
+  for (int64_t m = begin; m < end; ++m) row_values<Rule>(c, t, m);
 }
 
 }  // namespace fastopt::factored
