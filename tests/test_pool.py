@@ -3,6 +3,7 @@
 import multiprocessing as mp
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -94,3 +95,41 @@ _, status = os.waitpid(pid, 0)
 print("ok" if os.waitstatus_to_exitcode(status) == 0 else "wrong worker count")
 """)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", (proc.stdout, proc.stderr)
+
+
+def test_regions_run_every_task_once_whether_workers_spin_or_sleep():
+    # Each step subtracts exactly 1 from every element: a task run twice, or lost, shows. The
+    # pauses put the worker in every state the caller may find it in: spinning (no pause),
+    # about to sleep (around ThreadPool::kSpinNs, 100 us), asleep (1 ms): a worker that wakes
+    # after the caller closed the region must run nothing of it.
+    before = fastopt.get_num_threads()
+    try:
+        for threads in (2, 3):
+            fastopt.set_num_threads(threads)
+            for n in ((1 << 16) + 7, 196608, 5 * (1 << 16) + 3):
+                p, g = np.zeros(n, np.float32), np.ones(n, np.float32)
+                opt = fastopt.SGD([p], [g], lr=1.0)
+                assert opt._core.num_tasks >= 2
+                pauses = (0.0, 5e-5, 1e-4, 2e-4, 1e-3)
+                for i in range(100):
+                    time.sleep(pauses[i % len(pauses)])
+                    opt.step()
+                assert (p == -100).all(), (threads, n, np.unique(p))
+    finally:
+        fastopt.set_num_threads(before)
+
+
+def test_update_tasks_balance_the_threads():
+    # A one-pass step's tasks are about a quarter of a thread's share (at least 32768 elements,
+    # at most a super-block of 131072): 196608 elements were one task of 131072 and one of
+    # 65536, and one thread did two thirds of the work. Fewer than 65536 run on the caller.
+    before = fastopt.get_num_threads()
+    try:
+        fastopt.set_num_threads(2)
+        tasks = {n: fastopt.SGD([np.zeros(n, np.float32)], [np.ones(n, np.float32)], lr=1.0)._core.num_tasks
+                 for n in (1000, 65535, 65536, 196608, 1 << 20, 1 << 22)}
+        assert tasks == {1000: 1, 65535: 1, 65536: 2, 196608: 6, 1 << 20: 8, 1 << 22: 32}, tasks
+        fastopt.set_num_threads(1)
+        assert fastopt.SGD([np.zeros(1 << 20, np.float32)], [np.ones(1 << 20, np.float32)], lr=1.0)._core.num_tasks == 8
+    finally:
+        fastopt.set_num_threads(before)

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "fastopt/factored.h"
+#include "fastopt/numeric/quantize8.h"
 #include "fastopt/reduce.h"
 #include "isa.h"
 #include "pool.h"
@@ -12,6 +13,8 @@ namespace fastopt::cpu {
 // A segment is then at most one super-block, starting on one: the reductions' canonical order.
 static_assert(Group::kTaskElems == reduce::kSuper, "tasks must be reduce.h's super-blocks");
 static_assert(Group::kFusedElems <= reduce::kSuper, "a fused tensor's first pass must be one super-block");
+static_assert(Group::kMinUpdateTaskElems % quant::kQuantBlock == 0 && Group::kTaskElems % quant::kQuantBlock == 0,
+              "8-bit state is updated by whole blocks");
 
 void Group::set_grads(const std::vector<TensorSlot>& slots) {
   for (size_t i = 0; i < slots_.size(); ++i) {
@@ -23,24 +26,33 @@ void Group::set_grads(const std::vector<TensorSlot>& slots) {
 Group::Group(RuleId rule, std::vector<TensorSlot> slots)
     : rule_(rule), isa_(active_kernels().isa), slots_(std::move(slots)) {
   const KernelSet& ks = active_kernels();
-  task_start_.push_back(0);
-  int64_t in_task = 0;  // elements in the task being filled
-  for (const TensorSlot& t : slots_) {
-    const int pd = int(t.param_dtype);
-    const PrepassFn fused = t.numel <= kFusedElems ? ks.fused[int(rule)][pd] : nullptr;
-    for (int64_t b = 0; b < t.numel; b += kTaskElems) {
-      const int64_t e = b + kTaskElems < t.numel ? b + kTaskElems : t.numel;
-      segments_.push_back(
-          {ks.kernels[int(rule)][pd], ks.prepass[int(rule)][pd], ks.diagnosed[int(rule)][pd], fused, &t, b, e});
-      all_fused_ = all_fused_ && fused;
-      in_task += e - b;
-      if (in_task >= kTaskElems) {
-        task_start_.push_back(segments_.size());
-        in_task = 0;
+  // Cuts every tensor into segments of at most `task` elements from its start, and those into
+  // tasks of about `task` elements (a task may go on into the next tensor's segments).
+  const auto cut_segments = [&](int64_t task, bool fusing, std::vector<Segment>& segments, std::vector<size_t>& starts) {
+    starts.push_back(0);
+    int64_t in_task = 0;
+    for (const TensorSlot& t : slots_) {
+      const int pd = int(t.param_dtype);
+      const PrepassFn fused = fusing && t.numel <= kFusedElems ? ks.fused[int(rule)][pd] : nullptr;
+      for (int64_t b = 0; b < t.numel; b += task) {
+        const int64_t e = b + task < t.numel ? b + task : t.numel;
+        segments.push_back(
+            {ks.kernels[int(rule)][pd], ks.prepass[int(rule)][pd], ks.diagnosed[int(rule)][pd], fused, &t, b, e});
+        in_task += e - b;
+        if (in_task >= task) starts.push_back(segments.size()), in_task = 0;
       }
     }
-  }
-  if (task_start_.back() != segments_.size()) task_start_.push_back(segments_.size());
+    if (starts.back() != segments.size()) starts.push_back(segments.size());
+  };
+  cut_segments(kTaskElems, true, segments_, task_start_);
+  all_fused_ = std::all_of(segments_.begin(), segments_.end(), [](const Segment& s) { return s.fused; });
+  int64_t total = 0;
+  for (const TensorSlot& t : slots_) total += t.numel;
+  const int64_t share = total / (4 * int64_t(ThreadPool::instance().num_threads()));
+  const int64_t blocks = (share + quant::kQuantBlock - 1) / quant::kQuantBlock;
+  const int64_t task = total < 2 * kMinUpdateTaskElems ? 2 * kMinUpdateTaskElems  // (one task)
+                                                      : std::clamp(blocks * quant::kQuantBlock, kMinUpdateTaskElems, kTaskElems);
+  cut_segments(task, false, update_segments_, update_task_start_);
 
   // Factored state: scratch for each factored tensor, the runs of pieces of its factor pass
   // (each piece about a super-block, or a small matrix: factored.h) cut into tasks of about
@@ -116,8 +128,8 @@ void Group::run(const void* coeffs, size_t stride, const GradTransform& transfor
   const char* c = static_cast<const char*>(coeffs);
   const GradTransform x = transform;
   if (!diag) {
-    each_segment([&](size_t s) {
-      const Segment& seg = segments_[s];
+    each_task(update_task_start_, [&](size_t s) {
+      const Segment& seg = update_segments_[s];
       seg.fn(c + size_t(seg.slot->hyper_index) * stride, x, *seg.slot, seg.begin, seg.end);
     });
     return;

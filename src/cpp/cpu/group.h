@@ -13,9 +13,17 @@ namespace fastopt::cpu {
 
 class Group {
  public:
-  // Elements per task: large enough to amortise scheduling, small enough to balance
+  // Elements per task of the passes that sum (one super-block of reduce.h, so that their sums
+  // keep the canonical order): large enough to amortise scheduling, small enough to balance
   // two threads on a shared machine; a multiple of every vector width.
   static constexpr int64_t kTaskElems = 131072;
+  // The plain update sums nothing, so its tasks may be smaller: about a quarter of a thread's
+  // share of the group (balanced over the threads at mid sizes: 196608 elements made one task
+  // of 131072 and one of 65536, and a thread waited), at least this many elements and a
+  // multiple of 8-bit state's block. A group of fewer than twice as many runs on the caller
+  // alone: a worker that slept (one that the step finds more than ThreadPool::kSpinNs after the
+  // last region) takes 10 to 50 us to wake, about what a thread alone takes over it.
+  static constexpr int64_t kMinUpdateTaskElems = 32768;
   // A two-pass rule's tensors of at most this many elements take both passes in one task, so
   // that the update reads what the first pass left in L2 (LAMB: 12 B per element to re-read;
   // the size of a task, so no tensor loses a thread to it).
@@ -49,7 +57,8 @@ class Group {
 
   RuleId rule() const { return rule_; }
   const char* isa() const { return isa_; }
-  size_t num_tasks() const { return task_start_.size() - 1; }
+  // The tasks of a one-pass rule's update (the passes that sum take reduce.h's super-blocks).
+  size_t num_tasks() const { return update_task_start_.size() - 1; }
 
  private:
   struct Segment {  // one task's piece of one tensor: a super-block of reduce.h or less
@@ -69,6 +78,9 @@ class Group {
   std::vector<TensorSlot> slots_;
   std::vector<Segment> segments_;
   std::vector<size_t> task_start_;  // task t runs segments [task_start_[t], task_start_[t+1])
+  // The plain update's (run without diagnostics): segments of at most a task of its size.
+  std::vector<Segment> update_segments_;
+  std::vector<size_t> update_task_start_;
   bool all_fused_ = true;           // no segment needs a second parallel region
   // Factored state: the pieces of the factor pass, cut into tasks as the segments are; the
   // factored tensors; the engine's scratch they point into (TensorSlot::factor_sums, row_value).

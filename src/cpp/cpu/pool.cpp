@@ -1,6 +1,7 @@
 #include "pool.h"
 
 #include <algorithm>
+#include <chrono>
 #include <stdexcept>
 #include <string>
 #include <system_error>
@@ -14,6 +15,26 @@
 #include <stdexcept>
 
 namespace fastopt::cpu {
+
+namespace {
+
+// Spins until done() or kSpinNs have passed; whether done() came true.
+template <class F>
+bool spin_until(F&& done) {
+  using clock = std::chrono::steady_clock;
+  const auto until = clock::now() + std::chrono::nanoseconds(ThreadPool::kSpinNs);
+  for (;;) {
+    for (int i = 0; i < 64; ++i) {  // (a clock read costs about as much as these pauses)
+      if (done()) return true;
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#endif
+    }
+    if (clock::now() >= until) return false;
+  }
+}
+
+}  // namespace
 
 int default_num_threads() {
 #if defined(__linux__)
@@ -59,6 +80,7 @@ void ThreadPool::start(int n) {
     now = generation_;  // a new worker waits for the next job, not the last one
   }
   size_ = n;
+  spin_ = n <= default_num_threads();
   forked_ = false;
   for (int i = 1; i < n; ++i) workers_.emplace_back([this, now] { worker_loop(now); });
 }
@@ -95,25 +117,33 @@ void ThreadPool::set_num_threads(int n) {
   }
 }
 
-void ThreadPool::drain() {
-  for (int64_t t = next_.fetch_add(1, std::memory_order_relaxed); t < ntasks_;
-       t = next_.fetch_add(1, std::memory_order_relaxed)) {
-    fn_(ctx_, t);
+// Claims the region's tasks one by one while its generation is open (ticket_: the generation's
+// low 32 bits, then the next task) and runs them.
+void ThreadPool::drain(uint64_t generation) {
+  for (uint64_t t = ticket_.load(); t >> 32 == (generation & kTaskMask);) {
+    const uint64_t task = t & kTaskMask;
+    if (task >= uint64_t(ntasks_)) return;
+    if (ticket_.compare_exchange_weak(t, t + 1)) fn_(ctx_, int64_t(task)), t = ticket_.load();
   }
 }
 
 void ThreadPool::worker_loop(uint64_t seen) {
+  const auto woken = [&] { return stopping_.load() || generation_.load() != seen; };
   for (;;) {
-    {
+    if (!(spin_ && spin_until(woken))) {
       std::unique_lock<std::mutex> lk(m_);
-      wake_.wait(lk, [&] { return stopping_ || generation_ != seen; });
-      if (stopping_) return;
-      seen = generation_;
+      wake_.wait(lk, woken);
     }
-    drain();
-    {
-      std::lock_guard<std::mutex> g(m_);
-      if (--busy_ == 0) done_.notify_one();
+    if (stopping_) return;
+    seen = generation_;
+    // Registered before it looks at the ticket: the caller, which closes the ticket before it
+    // waits for active_ to fall to 0, then waits for this thread, or this thread finds the
+    // region closed and reads nothing of the job (whose fields the next region may be writing).
+    active_.fetch_add(1);
+    drain(seen);
+    if (active_.fetch_sub(1) == 1) {
+      std::lock_guard<std::mutex> g(m_);  // (so that the caller cannot miss the notification)
+      done_.notify_one();
     }
   }
 }
@@ -121,23 +151,30 @@ void ThreadPool::worker_loop(uint64_t seen) {
 void ThreadPool::run(int64_t ntasks, TaskFn fn, void* ctx) {
   std::unique_lock<std::mutex> region(run_mutex_, std::try_to_lock);
   if (region.owns_lock() && forked_) start(size_);
-  if (!region.owns_lock() || workers_.empty() || ntasks <= 1) {
+  if (!region.owns_lock() || workers_.empty() || ntasks <= 1 || uint64_t(ntasks) >= kTaskMask) {
     for (int64_t t = 0; t < ntasks; ++t) fn(ctx, t);
     return;
   }
+  uint64_t generation;
   {
     std::lock_guard<std::mutex> g(m_);
     fn_ = fn;
     ctx_ = ctx;
     ntasks_ = ntasks;
-    next_.store(0, std::memory_order_relaxed);
-    busy_ = int(workers_.size());
-    ++generation_;
+    generation = generation_ + 1;
+    ticket_ = (generation & kTaskMask) << 32;
+    generation_ = generation;
   }
   wake_.notify_all();
-  drain();
+  // The caller runs the tasks that no worker has claimed, then closes the region: a worker
+  // that wakes only now (a sleeping thread takes 10 to 50 us) is not waited for; those that
+  // took a task are.
+  drain(generation);
+  ticket_ = ((generation & kTaskMask) << 32) | kTaskMask;
+  const auto finished = [&] { return active_.load() == 0; };
+  if (spin_ && spin_until(finished)) return;
   std::unique_lock<std::mutex> lk(m_);
-  done_.wait(lk, [&] { return busy_ == 0; });
+  done_.wait(lk, finished);
 }
 
 }  // namespace fastopt::cpu

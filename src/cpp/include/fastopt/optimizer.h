@@ -199,7 +199,7 @@ class Optimizer {
   void param_sumsq(double* sums, int64_t* nonfinite) const;
 
   const char* isa() const;   // the kernels this optimizer runs: "avx512", "avx2" or "scalar"
-  size_t num_tasks() const;  // the parallel tasks a step is cut into
+  size_t num_tasks() const;  // the parallel tasks a one-pass rule's step is cut into
 
   struct Impl;
 
