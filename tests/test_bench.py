@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -393,3 +394,20 @@ def test_each_timed_step_follows_untimed_steps_of_its_own():
     calls.clear()
     interleaved_times(steps, warmup=0, repeats=3)  # every one takes the same number of steps
     assert calls.count("a") == calls.count("b") > 3
+
+
+def test_own_pace_settles_each_implementation_for_its_own_time():
+    from fastopt.bench_measure import interleaved_times
+
+    calls = []
+
+    def slow():
+        calls.append("slow")
+        time.sleep(0.004)
+
+    steps = {"fast": lambda: calls.append("fast"), "slow": slow}
+    times = interleaved_times(steps, warmup=1, repeats=2, settle=0.01, own_pace=True)
+    assert times.untimed == 0
+    # The fast one steps for 10 ms before each timed step (many steps), the slow one a few.
+    assert calls.count("fast") > 10 * calls.count("slow")
+    assert 2 + 2 * 2 <= calls.count("slow") <= 2 * 5

@@ -307,21 +307,29 @@ def probe_step(streams: Sequence[Stream], size: int) -> Callable[[], None]:
 # 7.1 with torch's threads passive, OMP_WAIT_POLICY=PASSIVE.) Every implementation takes the
 # same number of steps (their final params are compared): the untimed steps' count is the
 # fastest one's for SETTLE, at most what the slowest one takes in SETTLE_MOST, and at most
-# SETTLE_STEPS (the trajectories compared stay short).
+# SETTLE_STEPS (the trajectories compared stay short). Where nothing is compared (own_pace),
+# each implementation's untimed steps run for SETTLE by the clock instead: with the same count,
+# a fast step among slow ones (the sweep's one tensor among 768 stepped by torch's for-loop)
+# took its untimed steps in a few ms, still within the disturbance (measured on the 2-core AMD
+# EPYC: fastopt's AdamW over one 786433 tensor took 0.68 ms in the first ms after DeepSpeed's
+# step over 768 tensors, 0.37 in the next 2, 0.20 from 6 ms on).
 SETTLE, SETTLE_MOST, SETTLE_STEPS = 0.02, 0.5, 50
 
 
 class Timings(dict):
-    """Median seconds per step by key; ``untimed``: the untimed steps before each timed one."""
+    """Median seconds per step by key; ``untimed``: the untimed steps before each timed one (0
+    where each implementation took its own count)."""
 
     untimed: int = 0
 
 
 def interleaved_times(steps: Mapping[Any, Callable[[], None]], warmup: int, repeats: int,
-                      settle: float = SETTLE) -> Timings:
+                      settle: float = SETTLE, own_pace: bool = False) -> Timings:
     """Median seconds per step of each of ``steps``, stepped round-robin ``repeats`` times
     after ``warmup`` rounds (at least one), each timed step after as many untimed steps of its
-    own (the same count for all, at least one) as take the fastest about ``settle`` seconds."""
+    own (the same count for all, at least one) as take the fastest about ``settle`` seconds;
+    with ``own_pace``, after untimed steps of its own for ``settle`` seconds (at least one;
+    the implementations then take different numbers of steps)."""
     took = {k: 0.0 for k in steps}
     for _ in range(max(warmup, 1)):
         for k, step in steps.items():
@@ -333,11 +341,17 @@ def interleaved_times(steps: Mapping[Any, Callable[[], None]], warmup: int, repe
     times: dict[Any, list[float]] = {k: [] for k in steps}
     for _ in range(repeats):
         for k, step in steps.items():
-            for _ in range(untimed):
+            if own_pace:
+                until = time.perf_counter() + settle
                 step()
+                while time.perf_counter() < until:
+                    step()
+            else:
+                for _ in range(untimed):
+                    step()
             t0 = time.perf_counter()
             step()
             times[k].append(time.perf_counter() - t0)
     out = Timings({k: statistics.median(v) for k, v in times.items()})
-    out.untimed = untimed
+    out.untimed = 0 if own_pace else untimed
     return out

@@ -5,7 +5,9 @@ odd size 3 * 2**(k-1) + 1), each optimizer steps the same fp32 params laid out a
 and as ``max(2, min(4096, size // 1024))`` tensors of mixed sizes (as in the main table), in
 every implementation: fastopt and torch.optim's fused, foreach and for-loop steps, stepped
 round-robin (medians of ``repeats`` after ``warmup`` rounds), so that the machine's drift falls
-on all of them alike; DeepSpeed's CPU Adam too, for Adam and AdamW, where importable. A row per
+on all of them alike; DeepSpeed's CPU Adam too, for Adam and AdamW, where importable. Each timed
+step follows 20 ms of untimed steps of its own implementation (its own count: no params are
+compared here; see bench_measure.SETTLE). A row per
 (size, layout, impl); ``speedup_vs`` is the impl's time over fastopt's, and the table shows,
 per size and layout, fastopt's time, the fastest peer's and their ratio.
 """
@@ -91,7 +93,7 @@ def run_sweep(cfg: SweepConfig, progress_stream: TextIO | None = sys.stderr) -> 
                         if not impl.needs_torch:
                             raise
                         errors[(layout, impl.name)] = f"{type(e).__name__}: {str(e).splitlines()[0]}"
-            times = interleaved_times(steps, cfg.warmup, cfg.repeats)
+            times = interleaved_times(steps, cfg.warmup, cfg.repeats, own_pace=True)
             steps = None
             gc.collect()
             for layout in layouts:
