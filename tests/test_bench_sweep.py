@@ -33,7 +33,9 @@ def test_sweep_rows_and_table(capsys):
             assert r["speedup_vs"] == 1.0
     assert main(argv) == 0
     table = capsys.readouterr().out
-    assert "fastest peer" in table and len([line for line in table.splitlines() if line.startswith("adamw")]) == 6
+    rows = [line.split() for line in table.splitlines() if line.startswith("adamw")]
+    assert "fastest torch ms" in table and "deepspeed ms" in table and len(rows) == 6
+    assert all(r[5] in ("fused", "foreach", "forloop") and r[6].endswith("x") for r in rows)
 
 
 @pytest.mark.parametrize("argv", [["--dtype", "bfloat16"], ["--tensors", "8"], ["--layout", "single"],
