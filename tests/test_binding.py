@@ -116,3 +116,18 @@ def test_numpy_owner_behind_an_as_strided_view_cannot_be_resized():
         with pytest.raises(ValueError, match=NUMPY_PINNED):
             owner.resize(n, refcheck=False)
     opt.step()
+
+
+@pytest.mark.parametrize("offset", [0, 4, 16, 60])
+def test_numpy_state_starts_at_its_params_offset_from_a_cache_line(offset):
+    # The vector kernels align the param's stream by taking its first elements one by one; fp32
+    # state at the param's offset then aligns with it (NumPy puts large arrays 16 bytes past a
+    # line). State of another itemsize starts on a line.
+    raw = np.zeros(1000 + 16, np.float32)
+    start = ((offset - raw.ctypes.data) % 64) // 4
+    p = raw[start:start + 1000]
+    for precision, want in (("float32", offset), ("bfloat16", 0)):
+        opt = fastopt.Adam([p], [np.zeros_like(p)], state_precision=precision)
+        opt.step()
+        arrays = list(opt.state[0].values())
+        assert arrays and all(a.ctypes.data % 64 == want for a in arrays), (precision, [a.ctypes.data % 64 for a in arrays])

@@ -292,6 +292,37 @@ def run_on_isa(case: Case, isa: str, set_isa, steps: int = 12) -> list[np.ndarra
     return out
 
 
+def run_off_line(case: Case, isa: str, set_isa, offset: int, n: int = 300, steps: int = 4) -> list[np.ndarray]:
+    """Every array the optimizer writes after ``steps`` steps of one fp32 tensor of ``n`` whose
+    param and grad start ``offset`` elements past a 64-byte boundary, on target ``isa``."""
+    set_isa(isa)
+    rng = np.random.default_rng(case.seed)
+    views = []
+    for values in (random_params(rng, [(n,)])[0], np.zeros(n, np.float32)):
+        raw = np.zeros(n + 32, np.float32)
+        start = (-raw.ctypes.data % 64) // 4 + offset
+        views.append(raw[start:start + n])
+        views[-1][:] = values
+    p, g = views
+    opt = case.cls([p], [g], **case.kwargs)
+    for fp32_grads in grad_steps(case.seed + 1, [(n,)], steps):
+        refill([g], fp32_grads)
+        opt.step()
+    return [p] + [st[k] for st in opt.state.values() for k in sorted(st)]
+
+
+@each_case
+def test_params_off_a_cache_line_take_the_same_bits(case, isa_switch):
+    # The vector kernels update a plain fp32 tensor element by element up to its param's first
+    # 64-byte boundary (kernels.inl: peel_to_line), then by whole lines: at every offset, the
+    # scalar target's bits.
+    expected = run_off_line(case, "scalar", isa_switch, 0)
+    for isa in supported_isas()[1:]:
+        for offset in range(17):
+            for got, want in zip(run_off_line(case, isa, isa_switch, offset), expected, strict=True):
+                assert_bits_equal(got, want, f"{isa}, param {offset} elements past a line")
+
+
 @each_case
 def test_isa_targets_bit_identical(case, isa_switch):
     isas = supported_isas()

@@ -15,12 +15,13 @@ _ALIGN = 64  # one cache line, and one AVX-512 vector
 _CPU = 1     # DLPack device type
 
 
-def aligned_zeros(shape: tuple[int, ...], dtype: str = "float32") -> np.ndarray:
-    """A zeroed, C-contiguous array whose data starts on a 64-byte boundary."""
+def aligned_zeros(shape: tuple[int, ...], dtype: str = "float32", offset: int = 0) -> np.ndarray:
+    """A zeroed, C-contiguous array whose data starts ``offset`` bytes (a multiple of the
+    itemsize, below 64) past a 64-byte boundary."""
     n = int(np.prod(shape, dtype=np.int64))
     size = np.dtype(dtype).itemsize
     raw = np.zeros(n + _ALIGN // size, dtype=dtype)
-    start = (-raw.ctypes.data % _ALIGN) // size
+    start = ((offset - raw.ctypes.data) % _ALIGN) // size
     return raw[start:start + n].reshape(shape)
 
 
@@ -34,14 +35,17 @@ def library(a: Any) -> str:
 
 def state_like(param: Any, name: str, dtype: str = "float32", shape: tuple[int, ...] | None = None) -> Any:
     """A zeroed array of ``dtype`` with the shape of ``param`` (or ``shape``), on its device: a
-    PyTorch tensor for a PyTorch param, a CuPy array for a CuPy one, else a 64-byte aligned
-    NumPy array."""
+    PyTorch tensor for a PyTorch param, a CuPy array for a CuPy one, else a NumPy array at the
+    param's offset from a 64-byte boundary where their itemsizes match (so that the kernels,
+    which align the param's stream, align this one too; NumPy puts large arrays 16 bytes past
+    one), else on a boundary."""
     if shape is None:
         shape = _core.describe(param, name)[0]
     kind, dev = _core.device_of(param)
     lib = library(param)
     if kind == _CPU and lib != "torch":
-        return aligned_zeros(tuple(shape), dtype)
+        at = param.ctypes.data % _ALIGN if isinstance(param, np.ndarray) and param.dtype == np.dtype(dtype) else 0
+        return aligned_zeros(tuple(shape), dtype, at if at % np.dtype(dtype).itemsize == 0 else 0)
     if lib == "torch":  # (torch's CPU allocator aligns to 64 bytes)
         import torch
         return torch.zeros(tuple(shape), dtype=getattr(torch, dtype), device=param.device)

@@ -135,6 +135,23 @@ std::nullptr_t block_ptr(Plain<N, T>) {
   return nullptr;
 }
 
+// The elements before a plain fp32 tensor's param reaches a 64-byte boundary (its read and
+// written stream), at most `n`, none where it is not 4-byte aligned: the update takes them one
+// by one, then its vectors load and store whole cache lines. (Measured on the 2-core AVX-512
+// machine, AdamW over one 2^25 tensor whose four streams all start 16 bytes past a line, as
+// NumPy's large arrays do: 33.8 ms, 24.5 ms with all of them aligned, 27.7 with the param alone
+// off.) fastopt allocates NumPy state at its param's offset (_arrays.state_like), so that the
+// same elements align every stream.
+inline int64_t peel_to_line(const void* param, int64_t i, int64_t n) {
+  const uintptr_t at = reinterpret_cast<uintptr_t>(static_cast<const float*>(param) + i) % 64;
+  const int64_t k = at % 4 ? 0 : int64_t((64 - at) % 64 / 4);
+  return k < n ? k : n;
+}
+template <class B>
+constexpr bool is_plain = false;
+template <int N, bool T>
+constexpr bool is_plain<Plain<N, T>> = true;
+
 template <int n, int max_state, class F>
 void plain_states(int num_state, bool transformed, F& f) {
   if (num_state != n) {
@@ -182,6 +199,11 @@ void run(const void* coeffs, const GradTransform& transform, const TensorSlot& s
       const TensorSlot t = in_blocks(slot, block);
       const auto q = block_ptr(block);
       int64_t i = b;
+      if constexpr (is_plain<decltype(block)>) {
+        for (const int64_t peeled = b + peel_to_line(t.param, b, e - b); i < peeled; ++i) {
+          apply_element<Rule, float, P>(c, x, t, i, q, rows);
+        }
+      }
       for (; i + 2 * lane_width<V> <= e; i += 2 * lane_width<V>) {
         prefetch_ahead<Rule, false, V, P, Rows>(t, i);
         prefetch_ahead<Rule, false, V, P, Rows>(t, i + lane_width<V>);
