@@ -133,3 +133,34 @@ def test_update_tasks_balance_the_threads():
         assert fastopt.SGD([np.zeros(1 << 20, np.float32)], [np.ones(1 << 20, np.float32)], lr=1.0)._core.num_tasks == 8
     finally:
         fastopt.set_num_threads(before)
+
+
+def test_a_child_forked_while_another_thread_steps_can_step():
+    # The fork may land while a parent worker is inside a region: the child has no such worker,
+    # and its first region must not wait for it (it did, forever: 6 children of 20 hung).
+    proc = _run_python("""
+import os, signal, threading, time, numpy as np, fastopt
+fastopt.set_num_threads(2)
+bg = fastopt.SGD([np.zeros(1 << 21, np.float32)], [np.ones(1 << 21, np.float32)], lr=1e-6)
+stop = False
+def stepper():
+    while not stop:
+        bg.step()
+t = threading.Thread(target=stepper)
+t.start()
+bad = 0
+for i in range(20):
+    time.sleep(0.003 * (i % 5))
+    pid = os.fork()
+    if pid == 0:
+        signal.alarm(5)  # (a hung step dies of SIGALRM)
+        p = np.zeros(5 * 65536 + 3, np.float32)
+        fastopt.SGD([p], [np.ones_like(p)], lr=1.0).step()
+        os._exit(0 if (p == -1).all() else 3)
+    _, status = os.waitpid(pid, 0)
+    bad += os.waitstatus_to_exitcode(status) != 0
+stop = True
+t.join()
+print("ok" if bad == 0 else f"{bad} of 20 children failed")
+""")
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", (proc.stdout, proc.stderr)

@@ -67,6 +67,10 @@ void ThreadPool::after_fork_in_child() {
   new (&p.m_) std::mutex();
   new (&p.wake_) std::condition_variable();
   new (&p.done_) std::condition_variable();
+  // No worker is inside a region here, whatever the parent's were doing at the fork, and the
+  // region a parent thread had open is closed.
+  p.active_ = 0;
+  p.ticket_ = ((p.generation_ & kTaskMask) << 32) | kTaskMask;
   p.forked_ = true;
 }
 
@@ -122,7 +126,7 @@ void ThreadPool::set_num_threads(int n) {
 void ThreadPool::drain(uint64_t generation) {
   for (uint64_t t = ticket_.load(); t >> 32 == (generation & kTaskMask);) {
     const uint64_t task = t & kTaskMask;
-    if (task >= uint64_t(ntasks_)) return;
+    if (task == kTaskMask || task >= uint64_t(ntasks_)) return;  // (closed: ntasks_ may be the next region's)
     if (ticket_.compare_exchange_weak(t, t + 1)) fn_(ctx_, int64_t(task)), t = ticket_.load();
   }
 }

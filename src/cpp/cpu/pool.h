@@ -45,7 +45,7 @@ class ThreadPool {
   static void after_fork_in_child();
 
   std::vector<std::thread> workers_;
-  int size_ = 1;  // threads, the caller included
+  std::atomic<int> size_{1};  // threads, the caller included (read without a lock by num_threads)
   bool forked_ = false;  // set in a forked child: restart the workers before the next run
   std::mutex run_mutex_;  // one parallel region at a time
   std::mutex m_;
