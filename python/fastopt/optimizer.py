@@ -35,6 +35,9 @@ def alone(lock: threading.Lock, name: str, fn: Callable[..., Any], *args: Any) -
         lock.release()
 
 
+_PLAIN_STEP = StepResult(None, False)  # a step taken, with no norm, diagnostics or sums
+
+
 class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
     """Base of fastopt's optimizers: binds params, grads and state once, steps many times.
 
@@ -318,6 +321,8 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
         if not skipped:
             self._count_step()
             self._steps = [s + 1 for s in self._steps]
+        if norm is None and not skipped and diag is None and values is None:
+            return _PLAIN_STEP  # (immutable: one for every plain step saves its construction, 0.5 us)
         return StepResult(norm, skipped, None if diag is None else Diagnostics(*diag), values)
 
     def _step_cuda(self, scale: float, loss_scale: int, stream: Any, skip: bool, grad_sums: Any = None,
