@@ -36,6 +36,10 @@ def test_sweep_rows_and_table(capsys):
     rows = [line.split() for line in table.splitlines() if line.startswith("adamw")]
     assert "fastest torch ms" in table and "deepspeed ms" in table and len(rows) == 6
     assert all(r[5] in ("fused", "foreach", "forloop") and r[6].endswith("x") for r in rows)
+    # A peer that could not run shows "-", and the table says why under it.
+    for r in report["rows"]:
+        if r["error"]:
+            assert f"{r['impl']}: n/a ({r['error']})" in table
 
 
 @pytest.mark.parametrize("argv", [["--dtype", "bfloat16"], ["--tensors", "8"], ["--layout", "single"],
@@ -43,3 +47,11 @@ def test_sweep_rows_and_table(capsys):
 def test_what_the_sweep_does_not_take(argv, capsys):
     assert main(["bench", "--sweep", *argv]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_a_plot_into_no_folder_is_refused_before_the_run(tmp_path, capsys):
+    argv = ["bench", "--sweep", "--size", "2**11", "--repeats", "1", "--warmup", "0",
+            "--plot", str(tmp_path / "missing" / "sweep.png")]
+    assert main(argv) == 2
+    out = capsys.readouterr()
+    assert "no folder" in out.err and "adamw" not in out.out  # (no table: nothing was run)

@@ -137,4 +137,6 @@ def format_sweep_table(report: Mapping[str, Any]) -> str:
                       *(["-", "-"] if ds is None else [f"{ds['ms_per_step']:.4f}", f"{ds['speedup_vs']:.2f}x"])])
     header = ["optimizer", "params", "tensors", "fastopt ms", "fastest torch ms", "torch step", "torch/fastopt",
               "deepspeed ms", "deepspeed/fastopt"]
-    return "\n".join(lines + aligned_lines(header, cells, left=1))
+    missing = {r["impl"]: r["error"] for r in report["rows"] if r["error"]}  # ("-" in the table: why)
+    notes = [""] + [f"{impl}: n/a ({error})" for impl, error in sorted(missing.items())] if missing else []
+    return "\n".join(lines + aligned_lines(header, cells, left=1) + notes)

@@ -6,6 +6,7 @@ import argparse
 import ast
 import json
 import operator
+import os
 import sys
 from typing import Any, Callable, Sequence
 
@@ -266,6 +267,9 @@ def run_bench_command(args: argparse.Namespace) -> int:
     try:
         cfg, run, fmt = _benchmark(args)
         cfg.validate()
+        folder = os.path.dirname(os.path.abspath(args.plot)) if args.plot else None
+        if folder and not os.path.isdir(folder):  # (checked before the run, not after it)
+            raise ValueError(f"--plot {args.plot}: no folder {folder}")
         report = run(cfg, progress_stream=sys.stderr)
     except (ValueError, RuntimeError) as e:
         print(f"fastopt bench: error: {e}", file=sys.stderr)
