@@ -345,16 +345,16 @@ def test_exported_names():
         ft.Lion([torch.zeros(3, requires_grad=True)], lr=1e-4)
 
 
-def test_ddp_gradient_as_bucket_view():
+def test_ddp_gradient_as_bucket_view(tmp_path):
     """DDP with gradient_as_bucket_view=True makes .grad views of its buckets (new tensors even
     with set_to_none=False): the step reads them (a one-process gloo group)."""
-    import socket
+    import datetime
 
     import torch.distributed as dist
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    # A file rendezvous, not a TCP store on a port found free: no socket to wait on (a CI run
+    # once hung here), and every collective gives up after a minute instead of the default 30.
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/rendezvous", rank=0, world_size=1,
+                            timeout=datetime.timedelta(seconds=60))
     try:
         runs = []
         for cls in (ft.SGD, torch.optim.SGD):
