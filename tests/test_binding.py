@@ -6,6 +6,7 @@ the grad bound to it, raises fastopt.MemoryMoved naming it, and nothing is writt
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import pytest
 import torch
@@ -119,15 +120,24 @@ def test_numpy_owner_behind_an_as_strided_view_cannot_be_resized():
 
 
 @pytest.mark.parametrize("offset", [0, 4, 16, 60])
-def test_numpy_state_starts_at_its_params_offset_from_a_cache_line(offset):
-    # The vector kernels align the param's stream by taking its first elements one by one; fp32
-    # state at the param's offset then aligns with it (NumPy puts large arrays 16 bytes past a
-    # line). State of another itemsize starts on a line.
-    raw = np.zeros(1000 + 16, np.float32)
-    start = ((offset - raw.ctypes.data) % 64) // 4
+@pytest.mark.parametrize("dtype, options", [
+    ("float32", {}), ("float32", {"state_precision": "bfloat16"}),
+    ("bfloat16", {"master_weights": "remainder"}), ("bfloat16", {"master_weights": True}),
+    ("bfloat16", {"master_weights": "kahan", "state_precision": "bfloat16"}),
+])
+def test_numpy_state_crosses_cache_lines_where_its_param_does(offset, dtype, options):
+    # The vector kernels align the param's stream by taking its first elements one by one (up to
+    # element k); every array fastopt keeps beside it (state, master, remainder, compensation)
+    # is placed so that its vectors of 16 elements from element k never straddle a 64-byte line
+    # either (NumPy puts large arrays 16 bytes past one).
+    size = np.dtype(getattr(ml_dtypes, dtype, dtype)).itemsize
+    offset -= offset % size
+    raw = np.zeros(1000 + 64, getattr(ml_dtypes, dtype, dtype))
+    start = ((offset - raw.ctypes.data) % 64) // size
     p = raw[start:start + 1000]
-    for precision, want in (("float32", offset), ("bfloat16", 0)):
-        opt = fastopt.Adam([p], [np.zeros_like(p)], state_precision=precision)
-        opt.step()
-        arrays = list(opt.state[0].values())
-        assert arrays and all(a.ctypes.data % 64 == want for a in arrays), (precision, [a.ctypes.data % 64 for a in arrays])
+    k = (64 - offset) % 64 // size
+    opt = fastopt.Adam([p], [np.zeros(1000, np.float32)], **options)
+    opt.step()
+    arrays = [a for a in opt.state[0].values() if isinstance(a, np.ndarray) and a.size == p.size]
+    assert len(arrays) == 2 + bool(options.get("master_weights")), list(opt.state[0])
+    assert [(a.ctypes.data + k * a.itemsize) % min(64, 16 * a.itemsize) for a in arrays] == [0] * len(arrays), options

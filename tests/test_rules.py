@@ -11,6 +11,7 @@ import dataclasses
 import warnings
 from typing import Callable, Sequence
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -25,6 +26,7 @@ SHAPES = [(37,), (4, 9), (128,), (2, 3, 5)]  # vector bodies and scalar tails on
 STEPS = 100
 
 each_case = pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+BF16 = np.dtype(ml_dtypes.bfloat16)
 
 
 # ---- helpers ----------------------------------------------------------------------------
@@ -292,19 +294,23 @@ def run_on_isa(case: Case, isa: str, set_isa, steps: int = 12) -> list[np.ndarra
     return out
 
 
-def run_off_line(case: Case, isa: str, set_isa, offset: int, n: int = 300, steps: int = 4) -> list[np.ndarray]:
-    """Every array the optimizer writes after ``steps`` steps of one fp32 tensor of ``n`` whose
-    param and grad start ``offset`` elements past a 64-byte boundary, on target ``isa``."""
+def run_off_line(case: Case, isa: str, set_isa, offset: int, half: bool, n: int = 300,
+                 steps: int = 4) -> list[np.ndarray]:
+    """Every array the optimizer writes after ``steps`` steps of one tensor of ``n`` (fp32, or
+    bf16 with its remainder where ``half``) whose param and fp32 grad start ``offset`` elements
+    past a 64-byte boundary, on target ``isa``."""
     set_isa(isa)
     rng = np.random.default_rng(case.seed)
     views = []
-    for values in (random_params(rng, [(n,)])[0], np.zeros(n, np.float32)):
-        raw = np.zeros(n + 32, np.float32)
-        start = (-raw.ctypes.data % 64) // 4 + offset
+    for values, dtype in ((random_params(rng, [(n,)])[0], BF16 if half else np.float32),
+                          (np.zeros(n, np.float32), np.float32)):
+        size = np.dtype(dtype).itemsize
+        raw = np.zeros(n + 64, dtype)
+        start = (-raw.ctypes.data % 64) // size + offset
         views.append(raw[start:start + n])
         views[-1][:] = values
     p, g = views
-    opt = case.cls([p], [g], **case.kwargs)
+    opt = case.cls([p], [g], **case.kwargs, **({"master_weights": "remainder"} if half else {}))
     for fp32_grads in grad_steps(case.seed + 1, [(n,)], steps):
         refill([g], fp32_grads)
         opt.step()
@@ -312,14 +318,15 @@ def run_off_line(case: Case, isa: str, set_isa, offset: int, n: int = 300, steps
 
 
 @each_case
-def test_params_off_a_cache_line_take_the_same_bits(case, isa_switch):
-    # The vector kernels update a plain fp32 tensor element by element up to its param's first
-    # 64-byte boundary (kernels.inl: peel_to_line), then by whole lines: at every offset, the
-    # scalar target's bits.
-    expected = run_off_line(case, "scalar", isa_switch, 0)
+@pytest.mark.parametrize("half", [False, True], ids=["fp32", "bf16 + remainder"])
+def test_params_off_a_cache_line_take_the_same_bits(case, half, isa_switch):
+    # The vector kernels update a plain tensor (fp32, or bf16 with its remainder) element by
+    # element up to its param's first 64-byte boundary (kernels.inl: peel_to_line), then by
+    # whole lines: at every offset, the scalar target's bits.
+    expected = run_off_line(case, "scalar", isa_switch, 0, half)
     for isa in supported_isas()[1:]:
-        for offset in range(17):
-            for got, want in zip(run_off_line(case, isa, isa_switch, offset), expected, strict=True):
+        for offset in range(33 if half else 17):
+            for got, want in zip(run_off_line(case, isa, isa_switch, offset, half), expected, strict=True):
                 assert_bits_equal(got, want, f"{isa}, param {offset} elements past a line")
 
 

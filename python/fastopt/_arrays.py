@@ -35,16 +35,18 @@ def library(a: Any) -> str:
 
 def state_like(param: Any, name: str, dtype: str = "float32", shape: tuple[int, ...] | None = None) -> Any:
     """A zeroed array of ``dtype`` with the shape of ``param`` (or ``shape``), on its device: a
-    PyTorch tensor for a PyTorch param, a CuPy array for a CuPy one, else a NumPy array at the
-    param's offset from a 64-byte boundary where their itemsizes match (so that the kernels,
-    which align the param's stream, align this one too; NumPy puts large arrays 16 bytes past
-    one), else on a boundary."""
+    PyTorch tensor for a PyTorch param, a CuPy array for a CuPy one, else a NumPy array placed
+    so that the elements at which the param's stream crosses a 64-byte boundary are those at
+    which this one does (the kernels align the param's stream, and with it this one; NumPy puts
+    large arrays 16 bytes past a boundary)."""
     if shape is None:
         shape = _core.describe(param, name)[0]
     kind, dev = _core.device_of(param)
     lib = library(param)
     if kind == _CPU and lib != "torch":
-        at = param.ctypes.data % _ALIGN if isinstance(param, np.ndarray) and param.dtype == np.dtype(dtype) else 0
+        at = 0
+        if isinstance(param, np.ndarray) and param.ctypes.data % param.dtype.itemsize == 0:
+            at = param.ctypes.data % _ALIGN // param.dtype.itemsize * np.dtype(dtype).itemsize % _ALIGN
         return aligned_zeros(tuple(shape), dtype, at if at % np.dtype(dtype).itemsize == 0 else 0)
     if lib == "torch":  # (torch's CPU allocator aligns to 64 bytes)
         import torch

@@ -112,66 +112,78 @@ inline QuantBlock* block_ptr(QuantBlock& q) { return &q; }
 inline const GradTransform& in_blocks(const GradTransform& x, std::nullptr_t) { return x; }
 inline const GradTransform& in_blocks(const GradTransform& x, const QuantBlock&) { return x; }
 
-// The update over a plain fp32 tensor (fp32 grad and state, no master: the common case) gets
-// every storage choice, its state count N and whether its grads are transformed (T) known to
-// the compiler: its loop then holds the rule's arithmetic and the loads and stores, little
-// else. (Measured on the 2-core AVX-512 machine, AdamW over one tensor of 2^18 fp32 params, 2
-// threads, interleaved with DeepSpeed's CPU Adam: 0.141 to 0.099-0.106 ms.)
-template <int N, bool T>
+// The update over a plain tensor (fp32 grad and state, no Kahan compensation or stochastic
+// rounding: the common case) gets every storage choice, its state count N and whether its grads
+// are transformed (T) known to the compiler: its loop then holds the rule's arithmetic and the
+// loads and stores, little else. Its param is an fp32 value, or a bfloat16 one with its
+// remainder (K). (Measured on the 2-core AVX-512 machine, AdamW over one tensor of 2^18 fp32
+// params, 2 threads, interleaved with DeepSpeed's CPU Adam: 0.141 to 0.099-0.106 ms.)
+enum class Kept { nothing, remainder };
+template <int N, bool T, Kept K>
 struct Plain {};
-template <int N, bool T>
-TensorSlot in_blocks(const TensorSlot& t, Plain<N, T>) {
+template <int N, bool T, Kept K>
+TensorSlot in_blocks(const TensorSlot& t, Plain<N, T, K>) {
   TensorSlot s = t;
   s.grad_dtype = DType::f32, s.state_store = StateStore::f32, s.num_state = N;
-  s.master = nullptr, s.remainder = nullptr, s.compensation = nullptr, s.stochastic = false;
+  s.master = nullptr, s.compensation = nullptr, s.stochastic = false;
+  if (K == Kept::nothing) s.remainder = nullptr;
   return s;
 }
-template <int N, bool T>
-GradTransform in_blocks(const GradTransform& x, Plain<N, T>) {
+template <int N, bool T, Kept K>
+GradTransform in_blocks(const GradTransform& x, Plain<N, T, K>) {
   return T ? x : GradTransform{1.0f, 0.0f, x.round_key};
 }
-template <int N, bool T>
-std::nullptr_t block_ptr(Plain<N, T>) {
+template <int N, bool T, Kept K>
+std::nullptr_t block_ptr(Plain<N, T, K>) {
   return nullptr;
 }
 
-// The elements before a plain fp32 tensor's param reaches a 64-byte boundary (its read and
-// written stream), at most `n`, none where it is not 4-byte aligned: the update takes them one
-// by one, then its vectors load and store whole cache lines. (Measured on the 2-core AVX-512
-// machine, AdamW over one 2^25 tensor whose four streams all start 16 bytes past a line, as
-// NumPy's large arrays do: 33.8 ms, 24.5 ms with all of them aligned, 27.7 with the param alone
-// off.) fastopt allocates NumPy state at its param's offset (_arrays.state_like), so that the
-// same elements align every stream.
-inline int64_t peel_to_line(const void* param, int64_t i, int64_t n) {
-  const uintptr_t at = reinterpret_cast<uintptr_t>(static_cast<const float*>(param) + i) % 64;
-  const int64_t k = at % 4 ? 0 : int64_t((64 - at) % 64 / 4);
+// The elements before a plain tensor's param (of P) reaches a 64-byte boundary, at most `n`,
+// none where it is not aligned to its element: the update takes them one by one, then its
+// vectors load and store whole cache lines. (Measured on the 2-core AVX-512 machine, AdamW over
+// one 2^25 tensor whose four streams all start 16 bytes past a line, as NumPy's large arrays
+// do: 33.8 ms, 24.5 ms with all of them aligned, 27.7 with the param alone off.) fastopt
+// allocates NumPy state where the same elements align it (_arrays.state_like).
+template <class P>
+int64_t peel_to_line(const void* param, int64_t i, int64_t n) {
+  const uintptr_t at = reinterpret_cast<uintptr_t>(static_cast<const P*>(param) + i) % 64;
+  const int64_t k = at % sizeof(P) ? 0 : int64_t((64 - at) % 64 / sizeof(P));
   return k < n ? k : n;
 }
 template <class B>
 constexpr bool is_plain = false;
-template <int N, bool T>
-constexpr bool is_plain<Plain<N, T>> = true;
+template <int N, bool T, Kept K>
+constexpr bool is_plain<Plain<N, T, K>> = true;
 
-template <int n, int max_state, class F>
+template <int n, int max_state, Kept K, class F>
 void plain_states(int num_state, bool transformed, F& f) {
   if (num_state != n) {
-    if constexpr (n < max_state) plain_states<n + 1, max_state>(num_state, transformed, f);
+    if constexpr (n < max_state) plain_states<n + 1, max_state, K>(num_state, transformed, f);
   } else if (transformed) {
-    f(Plain<n, true>{});
+    f(Plain<n, true, K>{});
   } else {
-    f(Plain<n, false>{});
+    f(Plain<n, false, K>{});
   }
 }
 
-// f(Plain<N, T>{}) for a plain tensor (in_blocks) with N states (at most max_state) and grads
-// transformed (T) or not; false, f not called, for any other.
-template <int max_state, class F>
+// f(Plain<N, T, K>{}) for a plain tensor of P (in_blocks) with N states (at most max_state) and
+// grads transformed (T) or not; false, f not called, for any other.
+template <int max_state, class P, class F>
 bool with_plain(const TensorSlot& t, const GradTransform& x, F&& f) {
-  if (t.grad_dtype != DType::f32 || t.master || t.remainder || t.compensation || t.stochastic ||
+  if (t.grad_dtype != DType::f32 || t.master || t.compensation || t.stochastic ||
       t.state_store != StateStore::f32 || t.num_state > max_state) {
     return false;
   }
-  plain_states<0, max_state>(t.num_state, x.scale != 1.0f || x.clip_value > 0.0f, f);
+  const bool transformed = x.scale != 1.0f || x.clip_value > 0.0f;
+  if constexpr (std::is_same_v<P, float>) {
+    if (t.remainder) return false;
+    plain_states<0, max_state, Kept::nothing>(t.num_state, transformed, f);
+  } else if constexpr (std::is_same_v<P, bf16>) {
+    if (!t.remainder) return false;
+    plain_states<0, max_state, Kept::remainder>(t.num_state, transformed, f);
+  } else {
+    return false;
+  }
   return true;
 }
 
@@ -200,7 +212,7 @@ void run(const void* coeffs, const GradTransform& transform, const TensorSlot& s
       const auto q = block_ptr(block);
       int64_t i = b;
       if constexpr (is_plain<decltype(block)>) {
-        for (const int64_t peeled = b + peel_to_line(t.param, b, e - b); i < peeled; ++i) {
+        for (const int64_t peeled = b + peel_to_line<P>(t.param, b, e - b); i < peeled; ++i) {
           apply_element<Rule, float, P>(c, x, t, i, q, rows);
         }
       }
@@ -213,8 +225,8 @@ void run(const void* coeffs, const GradTransform& transform, const TensorSlot& s
       for (; i + lane_width<V> <= e; i += lane_width<V>) apply_element<Rule, V, P>(c, x, t, i, q, rows);
       for (; i < e; ++i) apply_element<Rule, float, P>(c, x, t, i, q, rows);
     };
-    if constexpr (std::is_same_v<P, float> && !factored_rows<Rows>) {
-      if (with_plain<Rule::max_state>(slot, transform, [&](auto plain) { body(begin, end, plain); })) return;
+    if constexpr (!factored_rows<Rows>) {
+      if (with_plain<Rule::max_state, P>(slot, transform, [&](auto plain) { body(begin, end, plain); })) return;
     }
     by_blocks(slot, begin, end, writes_state<Rule>::update, body);
   });
