@@ -11,7 +11,6 @@ import dataclasses
 import warnings
 from typing import Callable, Sequence
 
-import ml_dtypes
 import numpy as np
 import pytest
 
@@ -26,7 +25,6 @@ SHAPES = [(37,), (4, 9), (128,), (2, 3, 5)]  # vector bodies and scalar tails on
 STEPS = 100
 
 each_case = pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
-BF16 = np.dtype(ml_dtypes.bfloat16)
 
 
 # ---- helpers ----------------------------------------------------------------------------
@@ -294,23 +292,29 @@ def run_on_isa(case: Case, isa: str, set_isa, steps: int = 12) -> list[np.ndarra
     return out
 
 
-def run_off_line(case: Case, isa: str, set_isa, offset: int, half: bool, n: int = 300,
+# The ways of keeping a param that the plain update takes (kernels.inl: with_plain): its dtype
+# and master_weights.
+PLAIN_KEEPING = {"fp32": ("float32", False), "bf16 + master": ("bfloat16", True),
+                 "fp16 + master": ("float16", True), "bf16 + remainder": ("bfloat16", "remainder")}
+
+
+def run_off_line(case: Case, isa: str, set_isa, offset: int, keeping: str, n: int = 300,
                  steps: int = 4) -> list[np.ndarray]:
-    """Every array the optimizer writes after ``steps`` steps of one tensor of ``n`` (fp32, or
-    bf16 with its remainder where ``half``) whose param and fp32 grad start ``offset`` elements
-    past a 64-byte boundary, on target ``isa``."""
+    """Every array the optimizer writes after ``steps`` steps of one tensor of ``n`` (kept as
+    PLAIN_KEEPING says) whose param and fp32 grad start ``offset`` elements past a 64-byte
+    boundary, on target ``isa``."""
     set_isa(isa)
+    dtype, master_weights = PLAIN_KEEPING[keeping]
     rng = np.random.default_rng(case.seed)
     views = []
-    for values, dtype in ((random_params(rng, [(n,)])[0], BF16 if half else np.float32),
-                          (np.zeros(n, np.float32), np.float32)):
+    for values, dtype in ((random_params(rng, [(n,)])[0], DTYPES[dtype]), (np.zeros(n, np.float32), np.float32)):
         size = np.dtype(dtype).itemsize
         raw = np.zeros(n + 64, dtype)
         start = (-raw.ctypes.data % 64) // size + offset
         views.append(raw[start:start + n])
         views[-1][:] = values
     p, g = views
-    opt = case.cls([p], [g], **case.kwargs, **({"master_weights": "remainder"} if half else {}))
+    opt = case.cls([p], [g], **case.kwargs, **({"master_weights": master_weights} if master_weights else {}))
     for fp32_grads in grad_steps(case.seed + 1, [(n,)], steps):
         refill([g], fp32_grads)
         opt.step()
@@ -318,15 +322,15 @@ def run_off_line(case: Case, isa: str, set_isa, offset: int, half: bool, n: int 
 
 
 @each_case
-@pytest.mark.parametrize("half", [False, True], ids=["fp32", "bf16 + remainder"])
-def test_params_off_a_cache_line_take_the_same_bits(case, half, isa_switch):
-    # The vector kernels update a plain tensor (fp32, or bf16 with its remainder) element by
-    # element up to its param's first 64-byte boundary (kernels.inl: peel_to_line), then by
-    # whole lines: at every offset, the scalar target's bits.
-    expected = run_off_line(case, "scalar", isa_switch, 0, half)
+@pytest.mark.parametrize("keeping", list(PLAIN_KEEPING))
+def test_params_off_a_cache_line_take_the_same_bits(case, keeping, isa_switch):
+    # The vector kernels update a plain tensor (PLAIN_KEEPING) element by element up to its
+    # param's first 64-byte boundary (kernels.inl: peel_to_line), then by whole lines: at every
+    # offset, the scalar target's bits.
+    expected = run_off_line(case, "scalar", isa_switch, 0, keeping)
     for isa in supported_isas()[1:]:
-        for offset in range(33 if half else 17):
-            for got, want in zip(run_off_line(case, isa, isa_switch, offset, half), expected, strict=True):
+        for offset in range(64 // np.dtype(DTYPES[PLAIN_KEEPING[keeping][0]]).itemsize + 1):
+            for got, want in zip(run_off_line(case, isa, isa_switch, offset, keeping), expected, strict=True):
                 assert_bits_equal(got, want, f"{isa}, param {offset} elements past a line")
 
 
