@@ -87,16 +87,20 @@ FASTOPT_HD void store(bf16* p, VecAvx2 x) {
 
 // An fp32 master as a bfloat16 high half and a 16-bit low half (convert.h).
 FASTOPT_HD VecAvx2 load_joined(const bf16* high, const uint16_t* low, Lane<VecAvx2>) {
-  const __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(high)));
-  const __m256i l = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(low)));
-  return _mm256_castsi256_ps(_mm256_or_si256(_mm256_slli_epi32(h, 16), l));
+  // Interleaved as 16-bit words, low then high: the little-endian fp32 of each pair.
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(high));
+  const __m128i l = _mm_loadu_si128(reinterpret_cast<const __m128i*>(low));
+  return _mm256_castsi256_ps(_mm256_set_m128i(_mm_unpackhi_epi16(l, h), _mm_unpacklo_epi16(l, h)));
 }
 FASTOPT_HD void store_split(bf16* high, uint16_t* low, VecAvx2 x) {
-  const __m256i u = _mm256_castps_si256(x.v);
-  const __m256i h = _mm256_srli_epi32(u, 16), l = _mm256_and_si256(u, _mm256_set1_epi32(0xffff));
-  // (every 32-bit lane holds 0 .. 0xffff: the unsigned saturation of packus keeps it)
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(high), _mm_packus_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1)));
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(low), _mm_packus_epi32(_mm256_castsi256_si128(l), _mm256_extracti128_si256(l, 1)));
+  // In each 128-bit half, the high 16 bits of its four lanes to bytes 0-7 and the low ones to
+  // 8-15; then the 64-bit quarters reordered: the eight high halves, the eight low ones.
+  const __m256i halves = _mm256_setr_epi8(2, 3, 6, 7, 10, 11, 14, 15, 0, 1, 4, 5, 8, 9, 12, 13,
+                                          2, 3, 6, 7, 10, 11, 14, 15, 0, 1, 4, 5, 8, 9, 12, 13);
+  const __m256i v = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(_mm256_castps_si256(x.v), halves),
+                                             _MM_SHUFFLE(3, 1, 2, 0));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(high), _mm256_castsi256_si128(v));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(low), _mm256_extracti128_si256(v, 1));
 }
 
 // 8-bit state (quantize8.h): a gather from the map; quantize8.h's arithmetic, lane by lane.
