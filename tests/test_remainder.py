@@ -47,9 +47,10 @@ def assert_same_masters(master_run, remainder_run, t):
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 @pytest.mark.parametrize("isa", supported_isas())
-def test_remainder_is_the_master_trajectory(case, isa, isa_switch):
+@pytest.mark.parametrize("diagnostics", [False, True])  # the plain update (kernels.inl), the diagnosed one
+def test_remainder_is_the_master_trajectory(case, isa, diagnostics, isa_switch):
     isa_switch(isa)
-    options = {"max_grad_norm": 1.5, "clip_value": 2.0, "skip_nonfinite": True, "diagnostics": True}
+    options = {"max_grad_norm": 1.5, "clip_value": 2.0, "skip_nonfinite": True, "diagnostics": diagnostics}
     runs = pair(case, options)
     for t, grads in enumerate(grad_steps(case.seed, SHAPES + [(5,)], STEPS), 1):
         if t == 5:
@@ -61,7 +62,8 @@ def test_remainder_is_the_master_trajectory(case, isa, isa_switch):
         assert results[0].skipped == results[1].skipped == (t == 5)
         np.testing.assert_array_equal(results[0].grad_norm, results[1].grad_norm)  # (NaN == NaN)
         da, db = results[0].diagnostics, results[1].diagnostics
-        for field in ("grad_norm", "param_norm", "update_norm", "update_ratio"):
+        assert (da is None) == (db is None) == (not diagnostics)
+        for field in ("grad_norm", "param_norm", "update_norm", "update_ratio") if diagnostics else ():
             x, y = getattr(da, field), getattr(db, field)
             assert (x is None) == (y is None)
             if x is not None:

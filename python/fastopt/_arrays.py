@@ -47,7 +47,7 @@ def state_like(param: Any, name: str, dtype: str = "float32", shape: tuple[int, 
         at = 0
         if isinstance(param, np.ndarray) and param.ctypes.data % param.dtype.itemsize == 0:
             at = param.ctypes.data % _ALIGN // param.dtype.itemsize * np.dtype(dtype).itemsize % _ALIGN
-        return aligned_zeros(tuple(shape), dtype, at if at % np.dtype(dtype).itemsize == 0 else 0)
+        return aligned_zeros(tuple(shape), dtype, at)
     if lib == "torch":  # (torch's CPU allocator aligns to 64 bytes)
         import torch
         return torch.zeros(tuple(shape), dtype=getattr(torch, dtype), device=param.device)
