@@ -115,9 +115,10 @@ inline const GradTransform& in_blocks(const GradTransform& x, const QuantBlock&)
 // The update over a plain tensor (fp32 grad and state, no Kahan compensation or stochastic
 // rounding: the common case) gets every storage choice, its state count N and whether its grads
 // are transformed (T) known to the compiler: its loop then holds the rule's arithmetic and the
-// loads and stores, little else. Its param is an fp32 value, or a half one with its fp32 master
-// or (bfloat16) its remainder (K). (Measured on the 2-core AVX-512 machine, AdamW over one tensor of 2^18 fp32
-// params, 2 threads, interleaved with DeepSpeed's CPU Adam: 0.141 to 0.099-0.106 ms.)
+// loads and stores, little else. Its param is an fp32 value, or a half one with its fp32
+// master or (bfloat16) its remainder (K). (Measured on the 2-core AVX-512 machine, AdamW over
+// one tensor of 2^18 fp32 params, 2 threads, interleaved with DeepSpeed's CPU Adam: 0.141 to
+// 0.099-0.106 ms; bf16 + remainder over 2^25: 1.20-1.24x the probe's time to 1.03-1.04x.)
 enum class Kept { nothing, master, remainder };
 template <int N, bool T, Kept K>
 struct Plain {};
@@ -181,14 +182,11 @@ bool with_plain(const TensorSlot& t, const GradTransform& x, F&& f) {
     plain_states<0, max_state, Kept::nothing>(t.num_state, transformed, f);
   } else if (t.master) {
     plain_states<0, max_state, Kept::master>(t.num_state, transformed, f);
+  } else if constexpr (std::is_same_v<P, bf16>) {
+    if (!t.remainder) return false;  // (rounded to nearest: the general loop)
+    plain_states<0, max_state, Kept::remainder>(t.num_state, transformed, f);
   } else {
-    if constexpr (std::is_same_v<P, bf16>) {
-      if (t.remainder) {
-        plain_states<0, max_state, Kept::remainder>(t.num_state, transformed, f);
-        return true;
-      }
-    }
-    return false;  // (a half param rounded to nearest: the general loop)
+    return false;
   }
   return true;
 }
