@@ -144,6 +144,42 @@ def test_large_tensors_across_tasks_same_bits_on_every_isa(name, isa_switch):
     assert len(set(results.values())) == 1
 
 
+# Param storages beside 8-bit state (dtype, master_weights).
+KEEPINGS = {"fp32": (np.float32, False), "bf16 + master": (BF16, True), "fp16 + master": (np.float16, True),
+            "bf16 + remainder": (BF16, "remainder"), "bf16 + Kahan": (BF16, "kahan"),
+            "bf16 stochastic": (BF16, "stochastic")}
+PIPELINED = ["sgd-momentum", "adamw-default", "adamw-amsgrad", "rmsprop-centered_momentum", "lion-default",
+             "lars-weight_decay"]
+
+
+@pytest.mark.parametrize("case_id", PIPELINED)
+@pytest.mark.parametrize("keeping", list(KEEPINGS))
+@pytest.mark.parametrize("clipped", [False, True], ids=["grads", "clipped"])
+def test_eight_bit_state_beside_every_param_storage_same_bits_on_every_isa(case_id, keeping, clipped,
+                                                                          isa_switch):
+    """The vector targets update 8-bit state chunk by chunk, pipelined with the quantization of
+    the block before (kernels.inl: q8_update; the storage known to the compiler for fp32 params
+    and half ones with a master), the scalar target block by block (by_blocks): the same bits,
+    for 1 to 3 state streams, every param storage, grads clipped or not, blocks cut short."""
+    case = next(c for c in CASES if c.id == case_id)
+    dtype, master_weights = KEEPINGS[keeping]
+    shapes = [(3 * BLOCK + 100,), (37,), (5 * 64 + 1,)]
+    start = [p.astype(dtype) for p in random_params(np.random.default_rng(8), shapes)]
+    options = dict(case.kwargs, state_precision="8bit", master_weights=master_weights,
+                   **({"max_grad_norm": 0.5} if clipped else {}), **({"seed": 2} if master_weights == "stochastic" else {}))
+    results = {}
+    for isa in supported_isas():
+        isa_switch(isa)
+        ps = [p.copy() for p in start]
+        gs = [np.zeros(p.shape, np.float32) for p in ps]
+        opt = case.cls(ps, gs, **options)
+        step_through(opt, gs, list(grad_steps(3, shapes, 3)))
+        results[isa] = ps + [a for state in opt.state.values() for a in state.values()]
+    for isa, got in results.items():
+        for a, b in zip(got, results["scalar"], strict=True):
+            assert a.tobytes() == b.tobytes(), isa
+
+
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_checkpoint_resumes_bit_identically(precision):
     case = next(c for c in CASES if c.name == "AdamW")

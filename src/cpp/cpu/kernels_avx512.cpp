@@ -5,5 +5,4 @@
 #define FASTOPT_ISA_NAME "avx512"
 #define FASTOPT_LANE VecAvx512
 #define FASTOPT_KERNEL_SET kernels_avx512
-#define FASTOPT_DEQUANTIZE_BLOCK dequantize_vbmi
 #include "kernels.inl"

@@ -171,7 +171,8 @@ FASTOPT_HD void store_value(const TensorSlot& t, int64_t i, L p, const GradTrans
 
 // A block of 8-bit state being updated (quant::kQuantBlock elements from `begin`). The CPU
 // dequantizes it into fp32 `values` (index i - begin) first, updates them there, and quantizes
-// them again with the block's new absmax once the whole block is updated. The GPU (values null)
+// them again with the block's new absmax once the whole block is updated (kernels.inl: by_blocks;
+// its vector targets' update pipelines the three steps instead: q8_update). The GPU (values null)
 // dequantizes each element with the block's `absmax` as it loads it, and, having computed the
 // new absmax in a first pass that wrote nothing (next_state), quantizes each new value as it
 // comes, scaled by `inv` (quant::inv_absmax of the new absmax).
@@ -317,16 +318,24 @@ FASTOPT_HD void prepass_element(const typename Rule::Coeffs& c, const GradTransf
   if (writes_state<Rule>::prepass) store_state(t, i, s, x, q, rows);
 }
 
+// The update at position i of the state s (loaded and stored by the caller): the param loaded,
+// updated and stored.
+template <class Rule, class L, class P>
+FASTOPT_HD void update_value(const typename Rule::Coeffs& c, const GradTransform& x, const TensorSlot& t, int64_t i,
+                             L (&s)[Rule::max_state]) {
+  const L g = transform_grad(x, load_grad<L>(t, i));
+  L p = load_value<L, P>(t, i);
+  Rule::update(c, p, g, s);
+  store_value<L, P>(t, i, p, x);
+}
+
 template <class Rule, class L, class P, class Rows = std::nullptr_t>
 FASTOPT_HD void apply_element(const typename Rule::Coeffs& c, const GradTransform& x, const TensorSlot& t,
                               int64_t i, QuantBlock* q, Rows rows = nullptr) {
-  const L g = transform_grad(x, load_grad<L>(t, i));
-  L p = load_value<L, P>(t, i);
   L s[Rule::max_state];
   load_state(t, i, s, q, rows);
-  Rule::update(c, p, g, s);
+  update_value<Rule, L, P>(c, x, t, i, s);
   if (writes_state<Rule>::update) store_state<read_only_state<Rule>::value>(t, i, s, x, q, rows);
-  store_value<L, P>(t, i, p, x);
 }
 
 // The state that a pass (the first of a two-pass rule's where `first`, else the update) leaves
