@@ -276,7 +276,7 @@ void q8_update(const void* coeffs, const GradTransform& transform, const TensorS
         }
       }
       if (prev >= 0) quantize(i - b, i - b + kQ8Chunk);  // (a full block: only the last one is not)
-#pragma GCC unroll 8  // (every vector of a chunk on AVX2 and AVX-512: s stays in registers)
+#pragma GCC unroll 8  // (every vector of a chunk, on AVX2 and AVX-512)
       for (int j = 0; j < kQ8Chunk / W; ++j) {
         prefetch_ahead<Rule, false, V, P>(t, i + j * W);
         V v[N];

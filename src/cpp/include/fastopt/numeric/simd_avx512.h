@@ -182,9 +182,10 @@ inline bool has_vbmi() {
 }
 // VPERMT2B (AVX512-VBMI): byte j of the result is byte index[j] % 128 of hi:lo. In assembly, as
 // the kernels are compiled for AVX-512 F/BW/VL/DQ alone (the compiler refuses the intrinsic
-// there); called only where has_vbmi().
+// there); called only where has_vbmi(), and volatile so that the compiler never moves it ahead
+// of that test (on a CPU without VBMI it would fault).
 inline __m512i permute_bytes(__m512i lo, __m512i index, __m512i hi) {
-  __asm__("vpermt2b %2, %1, %0" : "+v"(lo) : "v"(index), "v"(hi));
+  __asm__ volatile("vpermt2b %2, %1, %0" : "+v"(lo) : "v"(index), "v"(hi));
   return lo;
 }
 // The byte and word orders that interleave four byte planes into float32 lanes.
