@@ -239,7 +239,7 @@ void with_rows(const TensorSlot& t, F&& f) {
 // is known, and quantized while the chunk at the same place of the next block is updated; the
 // tail of the tensor's last block, element by element. The same bits as by_blocks (the scalar
 // target's), which dequantizes a whole block into memory, updates it there, then quantizes it:
-// here each new state value is stored once, not twice, and read back once, not three times. The
+// here each new state value is stored once, not twice, and read back twice, not three times. The
 // param's storage, the state count and whether grads are transformed are known to the compiler
 // for an fp32 param or a half one with its master (kind a Plain, as the plain update's), else
 // tested per element (kind a QuantBlock). (Measured on the 2-core AVX-512 machine, AdamW over
@@ -341,7 +341,7 @@ void run(const void* coeffs, const GradTransform& transform, const TensorSlot& s
           const bool known = with_kept<P>(slot, [&](auto kept) {
             constexpr Kept K = decltype(kept)::value;
             if constexpr (K == Kept::remainder) {
-              update(QuantBlock{});  // (not worth its compile time)
+              update(QuantBlock{});  // (the storage tested per element: fewer instantiations to build)
             } else {
               plain_states<1, Rule::max_state, K>(slot.num_state, transformed, update);
             }
