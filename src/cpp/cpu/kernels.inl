@@ -212,13 +212,15 @@ bool with_kept(const TensorSlot& t, F&& f) {
   return true;
 }
 
+// Whether grads are scaled or clipped before the rule (GradTransform's identity otherwise).
+inline bool transforms(const GradTransform& x) { return x.scale != 1.0f || x.clip_value > 0.0f; }
+
 // f(Plain<N, T, K>{}) for a plain tensor of P (in_blocks: with_kept's, with fp32 state) with N
 // states (at most max_state) and grads transformed (T) or not; false, f not called, for any other.
 template <int max_state, class P, class F>
 bool with_plain(const TensorSlot& t, const GradTransform& x, F&& f) {
   if (t.state_store != StateStore::f32 || t.num_state > max_state) return false;
-  const bool transformed = x.scale != 1.0f || x.clip_value > 0.0f;
-  return with_kept<P>(t, [&](auto kept) { plain_states<0, max_state, decltype(kept)::value>(t.num_state, transformed, f); });
+  return with_kept<P>(t, [&](auto kept) { plain_states<0, max_state, decltype(kept)::value>(t.num_state, transforms(x), f); });
 }
 
 // f(rows): rows a RowCursor* for a tensor with factored state (fastopt/factored.h), else nullptr.
@@ -337,13 +339,12 @@ void run(const void* coeffs, const GradTransform& transform, const TensorSlot& s
       if constexpr (writes_state<Rule>::update && lane_width<V> > 1) {  // (the scalar target: by_blocks)
         if (slot.state_store == StateStore::q8 && slot.num_state > 0) {
           const auto update = [&](auto kind) { q8_update<Rule, P>(coeffs, transform, slot, begin, end, kind); };
-          const bool transformed = transform.scale != 1.0f || transform.clip_value > 0.0f;
           const bool known = with_kept<P>(slot, [&](auto kept) {
             constexpr Kept K = decltype(kept)::value;
             if constexpr (K == Kept::remainder) {
               update(QuantBlock{});  // (the storage tested per element: fewer instantiations to build)
             } else {
-              plain_states<1, Rule::max_state, K>(slot.num_state, transformed, update);
+              plain_states<1, Rule::max_state, K>(slot.num_state, transforms(transform), update);
             }
           });
           if (!known) update(QuantBlock{});
