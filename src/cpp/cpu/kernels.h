@@ -52,6 +52,16 @@ struct KernelSet {
   StochasticFn stochastic[kNumDTypes];  // null for f32
 };
 
+// Each target's kernels compile as FASTOPT_KERNEL_PARTS translation units (CMake compiles
+// kernels_<isa>.cpp once per part, FASTOPT_PART defined), so that a many-core build compiles them
+// side by side: fill_part<k> sets the entries of the rules whose id % FASTOPT_KERNEL_PARTS == k
+// (as the CUDA engine splits them: device.cuh), part 0 also those not per rule.
+namespace scalar { template <int part> void fill_part(KernelSet& s); }
+namespace avx2 { template <int part> void fill_part(KernelSet& s); }
+namespace avx512 { template <int part> void fill_part(KernelSet& s); }
+
+// A target's kernel set, assembled from its parts on first use (kernels.cpp); only where the CPU
+// has the target (isa.cpp): each part is compiled with its target's flags.
 const KernelSet& kernels_scalar();
 const KernelSet& kernels_avx2();
 const KernelSet& kernels_avx512();

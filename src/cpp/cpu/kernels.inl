@@ -1,7 +1,7 @@
-// The CPU kernels, written once and compiled once per ISA. The including file defines
-// FASTOPT_ISA (a namespace name), FASTOPT_LANE (the vector lane type) and
-// FASTOPT_KERNEL_SET (the accessor it exports). No -march=native: each target's flags
-// are set by CMake on its own translation unit.
+// The CPU kernels, written once and compiled once per ISA and part (kernels.h: fill_part). The
+// including file defines FASTOPT_ISA (a namespace name) and FASTOPT_LANE (the vector lane type);
+// CMake defines FASTOPT_PART and FASTOPT_KERNEL_PARTS. No -march=native: each target's flags
+// are set by CMake on its own translation units.
 #include "fastopt/element.h"
 #include "fastopt/factored.h"
 #include "fastopt/reduce.h"
@@ -11,6 +11,7 @@
 #include <type_traits>
 
 namespace fastopt::cpu::FASTOPT_ISA {
+namespace {  // (each part defines all of it: none of it is shared between translation units)
 
 // Elements ahead of the current one that a vector kernel prefetches into L2 (2 KiB of an fp32
 // stream): the hardware prefetchers alone keep too few lines in flight to reach the memory
@@ -627,27 +628,24 @@ struct Probe {
   }
 };
 
-KernelSet make_set() {
-  KernelSet s{};
-  s.isa = FASTOPT_ISA_NAME;
-#define FASTOPT_FILL(id, T) fill_rule<T>(s, RuleId::id);
+}  // namespace
+
+template <int part>
+void fill_part(KernelSet& s) {
+#define FASTOPT_FILL(id, T) \
+  if constexpr (int(RuleId::id) % FASTOPT_KERNEL_PARTS == part) fill_rule<T>(s, RuleId::id);
   FASTOPT_RULES(FASTOPT_FILL)
+  FASTOPT_FILL(probe, Probe)
 #undef FASTOPT_FILL
-  fill_rule<Probe>(s, RuleId::probe);
-  s.factor = &factor_pieces;
-  s.sumsq[int(DType::f32)] = &sumsq<float>;
-  s.sumsq[int(DType::f16)] = &sumsq<f16>;
-  s.sumsq[int(DType::bf16)] = &sumsq<bf16>;
-  s.stochastic[int(DType::f16)] = &stochastic<f16>;
-  s.stochastic[int(DType::bf16)] = &stochastic<bf16>;
-  return s;
+  if constexpr (part == 0) {
+    s.factor = &factor_pieces;
+    s.sumsq[int(DType::f32)] = &sumsq<float>;
+    s.sumsq[int(DType::f16)] = &sumsq<f16>;
+    s.sumsq[int(DType::bf16)] = &sumsq<bf16>;
+    s.stochastic[int(DType::f16)] = &stochastic<f16>;
+    s.stochastic[int(DType::bf16)] = &stochastic<bf16>;
+  }
 }
+template void fill_part<FASTOPT_PART>(KernelSet& s);
 
 }  // namespace fastopt::cpu::FASTOPT_ISA
-
-namespace fastopt::cpu {
-const KernelSet& FASTOPT_KERNEL_SET() {
-  static const KernelSet set = FASTOPT_ISA::make_set();
-  return set;
-}
-}  // namespace fastopt::cpu

@@ -2,7 +2,5 @@
 // 8-bit state dequantizes with AVX512-VBMI where the CPU has it (simd_avx512.h).
 #include "fastopt/numeric/simd_avx512.h"
 #define FASTOPT_ISA avx512
-#define FASTOPT_ISA_NAME "avx512"
 #define FASTOPT_LANE VecAvx512
-#define FASTOPT_KERNEL_SET kernels_avx512
 #include "kernels.inl"
