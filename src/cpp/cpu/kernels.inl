@@ -182,46 +182,54 @@ constexpr bool is_plain = false;
 template <int N, bool T, Kept K>
 constexpr bool is_plain<Plain<N, T, K>> = true;
 
-template <int n, int max_state, Kept K, class F>
-void plain_states(int num_state, bool transformed, F& f) {
+// f(std::integral_constant<int, N>{}) where num_state is N, one of the rule's state_counts (at
+// least n); false, f not called, for any other.
+template <class Rule, int n, class F>
+bool with_state_count(int num_state, F&& f) {
   if (num_state != n) {
-    if constexpr (n < max_state) plain_states<n + 1, max_state, K>(num_state, transformed, f);
-  } else if (transformed) {
-    f(Plain<n, true, K>{});
-  } else {
-    f(Plain<n, false, K>{});
+    if constexpr (n < Rule::max_state) return with_state_count<Rule, n + 1>(num_state, f);
+    return false;
+  } else if constexpr (takes_state_count<Rule>(n)) {
+    f(std::integral_constant<int, n>{});
+    return true;
   }
+  return false;
 }
 
-// f(std::integral_constant<Kept, K>{}) for a tensor of P with fp32 grads, no Kahan compensation
-// or stochastic rounding, and an fp32 param alone or a half one with its fp32 master or
-// (bfloat16) its remainder (K); false, f not called, for any other.
+// f(std::integral_constant<Kept, K>{}), which returns whether it ran, for a tensor of P with fp32
+// grads, no Kahan compensation or stochastic rounding, and an fp32 param alone or a half one with
+// its fp32 master or (bfloat16) its remainder (K); false, f not called, for any other.
 template <class P, class F>
 bool with_kept(const TensorSlot& t, F&& f) {
   if (t.grad_dtype != DType::f32 || t.compensation || t.stochastic) return false;
   if constexpr (std::is_same_v<P, float>) {
     if (t.master || t.remainder) return false;
-    f(std::integral_constant<Kept, Kept::nothing>{});
+    return f(std::integral_constant<Kept, Kept::nothing>{});
   } else if (t.master) {
-    f(std::integral_constant<Kept, Kept::master>{});
+    return f(std::integral_constant<Kept, Kept::master>{});
   } else if constexpr (std::is_same_v<P, bf16>) {
     if (!t.remainder) return false;  // (rounded to nearest: the general loop)
-    f(std::integral_constant<Kept, Kept::remainder>{});
-  } else {
-    return false;
+    return f(std::integral_constant<Kept, Kept::remainder>{});
   }
-  return true;
+  return false;
 }
 
 // Whether grads are scaled or clipped before the rule (GradTransform's identity otherwise).
 inline bool transforms(const GradTransform& x) { return x.scale != 1.0f || x.clip_value > 0.0f; }
 
 // f(Plain<N, T, K>{}) for a plain tensor of P (in_blocks: with_kept's, with fp32 state) with N
-// states (at most max_state) and grads transformed (T) or not; false, f not called, for any other.
-template <int max_state, class P, class F>
+// states (one of the rule's state_counts) and grads transformed (T) or not; false, f not called,
+// for any other.
+template <class Rule, class P, class F>
 bool with_plain(const TensorSlot& t, const GradTransform& x, F&& f) {
-  if (t.state_store != StateStore::f32 || t.num_state > max_state) return false;
-  return with_kept<P>(t, [&](auto kept) { plain_states<0, max_state, decltype(kept)::value>(t.num_state, transforms(x), f); });
+  if (t.state_store != StateStore::f32) return false;
+  return with_kept<P>(t, [&](auto kept) {
+    constexpr Kept K = decltype(kept)::value;
+    return with_state_count<Rule, 0>(t.num_state, [&](auto n) {
+      if (transforms(x)) f(Plain<decltype(n)::value, true, K>{});
+      else f(Plain<decltype(n)::value, false, K>{});
+    });
+  });
 }
 
 // f(rows): rows a RowCursor* for a tensor with factored state (fastopt/factored.h), else nullptr.
@@ -243,11 +251,11 @@ void with_rows(const TensorSlot& t, F&& f) {
 // tail of the tensor's last block, element by element. The same bits as by_blocks (the scalar
 // target's), which dequantizes a whole block into memory, updates it there, then quantizes it:
 // here each new state value is stored once, not twice, and read back twice, not three times. The
-// param's storage, the state count and whether grads are transformed are known to the compiler
-// for an fp32 param or a half one with its master (kind a Plain, as the plain update's), else
-// tested per element (kind a QuantBlock). (Measured on the 2-core AVX-512 machine, AdamW over
-// one tensor of 2^25 params with 8-bit state, `fastopt bench --storage`: 23.5-24.4 ms by blocks,
-// 19.7-20.8 ms pipelined.)
+// param's storage and the state count are known to the compiler for an fp32 param or a half one
+// with its master (kind a Plain, as the plain update's, with T true), else tested per element
+// (kind a QuantBlock). (Measured, AdamW over one tensor of 2^25 params with 8-bit state: on the
+// 2-core AVX-512 machine, `fastopt bench --storage`, 23.5-24.4 ms by blocks, 19.7-20.8 ms
+// pipelined; on a 2-core AVX2 one, 60-71 and 47-56 ms.)
 template <class Rule, class P, class Kind>
 void q8_update(const void* coeffs, const GradTransform& transform, const TensorSlot& slot, int64_t begin,
                int64_t end, Kind kind) {
@@ -336,16 +344,19 @@ void run(const void* coeffs, const GradTransform& transform, const TensorSlot& s
       for (; i < e; ++i) apply_element<Rule, float, P>(c, x, t, i, q, rows);
     };
     if constexpr (!factored_rows<Rows>) {
-      if (with_plain<Rule::max_state, P>(slot, transform, [&](auto plain) { body(begin, end, plain); })) return;
+      if (with_plain<Rule, P>(slot, transform, [&](auto plain) { body(begin, end, plain); })) return;
       if constexpr (writes_state<Rule>::update && lane_width<V> > 1) {  // (the scalar target: by_blocks)
         if (slot.state_store == StateStore::q8 && slot.num_state > 0) {
           const auto update = [&](auto kind) { q8_update<Rule, P>(coeffs, transform, slot, begin, end, kind); };
           const bool known = with_kept<P>(slot, [&](auto kept) {
             constexpr Kept K = decltype(kept)::value;
+            // Grads transformed or not, one loop: the transform's two tests per vector cost nothing
+            // measurable beside the quantization, and these loops take most of the build's time.
+            // bf16 + remainder: the storage tested per element (QuantBlock), for the same reason.
             if constexpr (K == Kept::remainder) {
-              update(QuantBlock{});  // (the storage tested per element: fewer instantiations to build)
+              return false;
             } else {
-              plain_states<1, Rule::max_state, K>(slot.num_state, transforms(transform), update);
+              return with_state_count<Rule, 1>(slot.num_state, [&](auto n) { update(Plain<decltype(n)::value, true, K>{}); });
             }
           });
           if (!known) update(QuantBlock{});

@@ -6,6 +6,8 @@
 
 #include <cmath>
 
+#include "fastopt/element.h"
+#include "fastopt/rules/registry.h"
 #include "support/expect.h"
 
 namespace fastopt_test {
@@ -69,6 +71,32 @@ TEST(State, NamesAndCounts) {
   EXPECT_EQ(count(fastopt::RuleId::rmsprop, {{"centered", 1}}), 3);
   EXPECT_EQ(count(fastopt::RuleId::rmsprop, {{"momentum", 0.5}}), 2);
   EXPECT_EQ(count(fastopt::RuleId::lars, {{"momentum", 0}}), 0);
+}
+
+// Every state count that num_state() gives, whatever the hyperparameters (each field at its
+// default, 0 or 1, in every combination), is one of the rule's state_counts, the counts that the
+// CPU kernels compile their plain update for (a count left out would take the general update).
+template <class Rule>
+void expect_state_counts(fastopt::RuleId id) {
+  const std::vector<std::string> fields = fastopt::field_names(id);
+  std::vector<int> pick(fields.size(), 0);  // per field: 0 its default, 1 zero, 2 one
+  for (;;) {
+    fastopt::Hyper h = fastopt::default_hyper(id);
+    for (size_t f = 0; f < fields.size(); ++f) {
+      if (pick[f]) fastopt::set_field(h, fields[f], pick[f] - 1);
+    }
+    const int n = fastopt::num_state(h);
+    ASSERT_TRUE(fastopt::takes_state_count<Rule>(n)) << fastopt::rule_name(id) << ": num_state " << n;
+    size_t f = 0;
+    for (; f < pick.size() && pick[f] == 2; ++f) pick[f] = 0;
+    if (f == pick.size()) return;
+    ++pick[f];
+  }
+}
+TEST(State, CountsAreAmongTheRulesStateCounts) {
+#define FASTOPT_EXPECT_COUNTS(id, T) expect_state_counts<fastopt::T>(fastopt::RuleId::id);
+  FASTOPT_RULES(FASTOPT_EXPECT_COUNTS)
+#undef FASTOPT_EXPECT_COUNTS
 }
 
 // A factored rule (Adafactor) names and shapes a param's state by its dims: one value per row

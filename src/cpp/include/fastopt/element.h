@@ -68,6 +68,25 @@ struct read_only_state<R, decltype(void(R::read_only_state))> {
   static constexpr unsigned value = R::read_only_state;
 };
 
+// state_counts (0 .. max_state): the numbers of state streams that num_state() returns. The CPU
+// kernels compile their plain update once per count (cpu/kernels.inl: with_plain); a count left
+// out takes the general update, the same bits, slower.
+template <class R, class = void>
+struct has_state_counts : std::false_type {};
+template <class R>
+struct has_state_counts<R, decltype(void(R::state_counts))> : std::true_type {};
+template <class R>
+constexpr bool takes_state_count(int n) {
+  if constexpr (has_state_counts<R>::value) {
+    for (int k : R::state_counts) {
+      if (k == n) return true;
+    }
+    return false;
+  } else {
+    return n <= R::max_state;
+  }
+}
+
 template <class R, class = void>
 struct sums_values {
   static constexpr bool value = false;

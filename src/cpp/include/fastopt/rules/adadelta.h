@@ -27,6 +27,7 @@ struct Adadelta {
   };
 
   static constexpr int max_state = 2;
+  static constexpr int state_counts[] = {2};
   static constexpr const char* state_names[max_state] = {"square_avg", "acc_delta"};  // in binding order
   static constexpr unsigned nonnegative_state = 0b11;  // square_avg, acc_delta: 8-bit state codes them unsigned
 

@@ -51,6 +51,7 @@ struct Adafactor {
 
   static constexpr bool factored = true;
   static constexpr int max_state = 2;
+  static constexpr int state_counts[] = {2};
   static constexpr const char* state_names[max_state] = {"row_var", "col_var"};  // params of >= 2 dims
   static constexpr int unfactored_state = 1;
   static constexpr const char* unfactored_state_names[unfactored_state] = {"variance"};  // params of < 2 dims

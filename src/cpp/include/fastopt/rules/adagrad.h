@@ -29,6 +29,7 @@ struct Adagrad {
   };
 
   static constexpr int max_state = 1;
+  static constexpr int state_counts[] = {1};
   static constexpr const char* state_names[max_state] = {"sum"};  // in binding order
   static constexpr unsigned nonnegative_state = 0b1;  // sum: 8-bit state codes them unsigned
   // A running sum only grows: re-quantized every step against its block's absmax, the small

@@ -33,6 +33,7 @@ struct Adam {
   };
 
   static constexpr int max_state = 3;
+  static constexpr int state_counts[] = {2, 3};
   static constexpr const char* state_names[max_state] = {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"};  // in binding order
   static constexpr unsigned nonnegative_state = 0b110;  // exp_avg_sq, max_exp_avg_sq: 8-bit state codes them unsigned
 

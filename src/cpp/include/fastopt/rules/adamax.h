@@ -29,6 +29,7 @@ struct Adamax {
   };
 
   static constexpr int max_state = 2;
+  static constexpr int state_counts[] = {2};
   static constexpr const char* state_names[max_state] = {"exp_avg", "exp_inf"};  // in binding order
   static constexpr unsigned nonnegative_state = 0b10;  // exp_inf: 8-bit state codes them unsigned
 

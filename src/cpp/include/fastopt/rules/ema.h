@@ -35,6 +35,7 @@ struct Ema {
   };
 
   static constexpr int max_state = 1;
+  static constexpr int state_counts[] = {0};
   static constexpr const char* state_names[max_state] = {""};
   FASTOPT_HD static int num_state(const Hyper&) { return 0; }
 

@@ -31,6 +31,7 @@ struct Lion {
   };
 
   static constexpr int max_state = 1;
+  static constexpr int state_counts[] = {1};
   static constexpr const char* state_names[max_state] = {"exp_avg"};  // in binding order
 
   FASTOPT_HD static int num_state(const Hyper&) { return 1; }

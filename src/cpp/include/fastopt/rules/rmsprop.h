@@ -31,6 +31,7 @@ struct RmsProp {
   // square_avg, momentum_buffer, grad_avg. The bound streams are a prefix of these, so
   // centered without momentum binds an idle momentum_buffer too (left untouched).
   static constexpr int max_state = 3;
+  static constexpr int state_counts[] = {1, 2, 3};
   static constexpr const char* state_names[max_state] = {"square_avg", "momentum_buffer", "grad_avg"};  // in binding order
   static constexpr unsigned nonnegative_state = 0b001;  // square_avg: 8-bit state codes them unsigned
 

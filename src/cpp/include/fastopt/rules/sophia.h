@@ -35,6 +35,7 @@ struct Sophia {
   };
 
   static constexpr int max_state = 2;
+  static constexpr int state_counts[] = {2};
   static constexpr const char* state_names[max_state] = {"exp_avg", "hessian"};  // in binding order
   static constexpr unsigned read_only_state = 0b10;  // h: the update reads it, update_hessian writes it
   static constexpr const char* no_8bit_state =
