@@ -51,10 +51,10 @@ struct Adafactor {
 
   static constexpr bool factored = true;
   static constexpr int max_state = 2;
-  static constexpr int state_counts[] = {2};
   static constexpr const char* state_names[max_state] = {"row_var", "col_var"};  // params of >= 2 dims
   static constexpr int unfactored_state = 1;
   static constexpr const char* unfactored_state_names[unfactored_state] = {"variance"};  // params of < 2 dims
+  static constexpr int state_counts[] = {unfactored_state};  // (factored state takes no plain loop)
   static constexpr const char* no_8bit_state =
       "its state is already factored (one value per row and per column of a matrix), and 8-bit codes of "
       "blocks of 2048 elements would save nothing there";
