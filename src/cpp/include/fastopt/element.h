@@ -68,9 +68,10 @@ struct read_only_state<R, decltype(void(R::read_only_state))> {
   static constexpr unsigned value = R::read_only_state;
 };
 
-// state_counts (0 .. max_state): the numbers of state streams that num_state() returns. The CPU
-// kernels compile their plain update once per count (cpu/kernels.inl: with_plain); a count left
-// out takes the general update, the same bits, slower.
+// state_counts (0 .. max_state): the numbers of state streams that reach the plain update, those
+// num_state() returns (a factored rule: its unfactored_state, as factored state takes its own
+// loop). The CPU kernels compile their plain update once per count (cpu/kernels.inl:
+// with_state_count); a count left out takes the general update, the same bits, slower.
 template <class R, class = void>
 struct has_state_counts : std::false_type {};
 template <class R>
