@@ -1,7 +1,8 @@
 """A pytest plugin for the GPU check (``-p test_timeout`` with this folder on PYTHONPATH): a test
 that runs past FASTOPT_TEST_TIMEOUT seconds (default 120) fails with TimeoutError, so that one
 hung test cannot take the whole check's time. (A kernel that never returns is not interrupted:
-the check's overall timeout ends that.)"""
+the check's stage limit ends that, with a SIGTERM that pytest takes as an interrupt, so that the
+failures so far and the summary are still printed.)"""
 
 from __future__ import annotations
 
@@ -24,3 +25,10 @@ def pytest_runtest_call(item):
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def _interrupted(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}: the GPU check's stage limit")
+
+
+signal.signal(signal.SIGTERM, _interrupted)  # (Python's default for SIGTERM ends it with no report)

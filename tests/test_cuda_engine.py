@@ -408,6 +408,69 @@ def test_graph_replayed_after_a_rebind_touches_no_freed_memory():
     assert torch.isfinite(params[0]).all()
 
 
+def test_whole_network_capture_with_fastopt_torch():
+    """torch's whole-network capture (CUDA graphs docs): warm-up steps, zero_grad(set_to_none=True),
+    then forward, backward and a fastopt.torch step captured, the grads being new tensors of the
+    graph's pool; replays and steps outside the graph (right after the capture, and between
+    replays) follow an eager twin. Outside the graph each step writes its own grads again: a
+    replay (or the capture itself) leaves the device table elsewhere."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Tanh(), torch.nn.Linear(32, 4)).cuda()
+    twin = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Tanh(), torch.nn.Linear(32, 4)).cuda()
+    twin.load_state_dict(model.state_dict())
+    opt, twin_opt = fastopt.torch.AdamW(model.parameters(), lr=1e-2), fastopt.torch.AdamW(twin.parameters(), lr=1e-2)
+    inputs = torch.randn(12, 8, 16, device="cuda")
+    static_input = inputs[0].clone()
+
+    def eager(net, optimizer, x, set_to_none=True):
+        optimizer.zero_grad(set_to_none=set_to_none)
+        net(x).square().mean().backward()
+        optimizer.step()
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for t in range(3):
+            eager(model, opt, inputs[t])
+            eager(twin, twin_opt, inputs[t])
+    torch.cuda.current_stream().wait_stream(side)
+    opt.zero_grad(set_to_none=True)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        model(static_input).square().mean().backward()
+        opt.step()
+    eager(model, opt, inputs[3], set_to_none=False)  # the graph's grads, before any replay
+    eager(twin, twin_opt, inputs[3])
+    for t in range(4, 12):
+        if t == 8:
+            eager(model, opt, inputs[t], set_to_none=False)  # between replays
+        else:
+            static_input.copy_(inputs[t])
+            graph.replay()
+        eager(twin, twin_opt, inputs[t])
+    torch.cuda.synchronize()
+    # Captured steps take their coefficients from the device (pow), the twin's from the host.
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_a_rebind_inside_a_capture_is_refused():
+    """Switching amsgrad inside a capture would bind (allocations, uploads) where a graph cannot
+    hold them: a clear error before any CUDA call, the optimizer unchanged."""
+    params, grads = [torch.zeros(1000, device="cuda")], [torch.ones(1000, device="cuda")]
+    opt = fastopt.Adam(params, grads, lr=1e-3)
+    opt.step()
+    torch.cuda.synchronize()
+    core = opt._core
+    with pytest.raises(RuntimeError, match="take one step outside the capture first"):
+        with torch.cuda.graph(torch.cuda.CUDAGraph()):
+            opt.param_groups[0]["amsgrad"] = True
+    assert opt._core is core
+    opt.step()  # outside the capture: binds with amsgrad
+    torch.cuda.synchronize()
+    assert opt._core is not core and "max_exp_avg_sq" in opt.state[0]
+
+
 def test_bound_functional_step_on_cuda():
     """A functional form bound once steps as the per-call form does, bit for bit (issue 13:
     the per-call form binds a device group each time)."""

@@ -128,6 +128,21 @@ def test_options_never_wait_for_the_gpu():
     assert opt.steps == [2]
 
 
+def test_step_while_the_last_skip_decision_is_in_flight():
+    """A skip_nonfinite step whose predecessor's skip flag is still on its way to the host:
+    the poll finds it not ready, which must not surface as the next launch's error."""
+    params, grads = [torch.ones(1 << 10, device="cuda")], [torch.ones(1 << 10, device="cuda")]
+    opt = fastopt.Adam(params, grads, skip_nonfinite=True)
+    opt.step()
+    torch.cuda.synchronize()
+    torch.cuda._sleep(200_000_000)  # ~0.1 s of GPU time queued ahead of both steps
+    opt.step()
+    opt.step()  # polls the flag of the step queued behind the sleep
+    assert not torch.cuda.current_stream().query(), "the sleep should still be running"
+    torch.cuda.synchronize()
+    assert opt.steps == [3]
+
+
 @pytest.mark.parametrize("case_id", ["adam-default", "lars-exclude_1d", "lamb-max_trust"])
 def test_diagnostics_bit_identical_to_cpu(case_id):
     cpu, gpu, params, gparams, cres, gres = run_pair(case_by_id(case_id), SHAPES, 4,

@@ -5,6 +5,7 @@ values (lrs, schedules, step counts), written and read on the params' current st
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -127,11 +128,17 @@ class Binding:
         if self._engine.is_cuda:
             self._refresh()
 
-    def _take_grads(self, grads: list) -> None:
+    def _take_grads(self, grads: list, stream: Any = None) -> None:
         """New grad tensors for the bound params, in order (torch replaced their ``.grad``):
-        only those that changed are bound again, validated as at construction."""
-        self._engine.rebind_grads(self._core, grads, self._params[0])
+        only those that changed are bound again, validated as at construction. On CUDA, kernels
+        write them into the device table on the step's ``stream`` (default: the params'
+        library's current one); inside a graph capture (torch's whole-network capture:
+        ``zero_grad(set_to_none=True)``, then backward and step captured) each replay writes the
+        graph's grads, so every step outside the graph writes its own grads again (_step_cuda)."""
+        self._engine.rebind_grads(self._core, grads, self._params[0], stream)
         self._grads = list(grads)
+        if self._engine.is_cuda and self._engine.capturing(self._engine.stream(stream, self._params[0])):
+            self._graph_grads = True
 
     def _start_at(self, steps: list[int]) -> None:
         """Sets the step counts of the groups (on CUDA, the device's too)."""
@@ -175,6 +182,10 @@ class Binding:
     def _bind(self, need: list[int]) -> None:
         """Binds every param with the first need[group] state streams, allocating any that
         are missing. Arrays no longer needed stay in the state, unbound and untouched."""
+        if self._engine.is_cuda and self._engine.capturing(self._cuda_stream()):
+            raise RuntimeError(f"{type(self).__name__}: binding (after a change of amsgrad, momentum or the params) "
+                               "allocates device memory and waits for its uploads, which a CUDA graph capture "
+                               "cannot hold: take one step outside the capture first")
         created = set()
         for i, j in enumerate(self._group_of):
             for name in list(self._layouts[i])[: need[j]]:

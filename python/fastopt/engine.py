@@ -34,11 +34,12 @@ class Engine:
         module = self._module if self.is_cuda else _core
         return module.Group(rule, list(params), list(grads), keeps, list(states), list(group_sizes))
 
-    def rebind_grads(self, group: Any, grads: Sequence, like: Any) -> None:
+    def rebind_grads(self, group: Any, grads: Sequence, like: Any, stream: Any = None, rewrite: bool = False) -> None:
         """Binds new grad tensors into a bound group, where they are not the bound ones (on CUDA
-        the device table is rewritten on the current stream of ``like``'s library)."""
+        the device table is rewritten on ``stream``, default the current stream of ``like``'s
+        library; with ``rewrite``, also where they are the bound ones)."""
         if self.is_cuda:
-            group.rebind_grads(list(grads), self.stream(None, like))
+            group.rebind_grads(list(grads), self.stream(stream, like), rewrite)
         else:
             group.rebind_grads(list(grads))
 

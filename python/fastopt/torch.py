@@ -538,7 +538,7 @@ class GradAccumulator(_GradAccumulator):
         if self.grads is None:
             super().__init__(grads, self.accumulators)
         elif not all(map(operator.is_, grads, self.grads)):  # (new .grad tensors: bind those)
-            self._step._take_grads(grads)
+            self._step._take_grads(grads, stream)
             self.grads = grads
         return super().add(scale, first=first, last=last, stream=stream)
 

@@ -2,6 +2,7 @@
 // step is one kernel (the update pass). Options add passes, all on the step's stream and
 // decided on the device: the grad norm pass and the control kernel (norm, clip factor, skip),
 // a two-pass rule's prepass and finish, and the diagnostics' sums.
+#include <algorithm>
 #include <cmath>
 #include <memory>
 #include <stdexcept>
@@ -195,6 +196,25 @@ __global__ void set_value_kernel(T* dst, T value) {
   *dst = value;
 }
 
+// The grad pointers and dtypes of slots first .. first + count - 1, carried as kernel arguments:
+// a launch is captured with its arguments (each replay of a graph writes the graph's grads), and
+// nothing is staged from pageable memory (which may wait for the GPU).
+constexpr int kGradPatch = 128;
+struct GradPatch {
+  int64_t first;
+  int32_t count;
+  DType dtype[kGradPatch];
+  const void* grad[kGradPatch];
+};
+
+__global__ void __launch_bounds__(kGradPatch) set_grads_kernel(TensorSlot* slots, GradPatch p) {
+  const int i = int(threadIdx.x);
+  if (i < p.count) {
+    slots[p.first + i].grad = p.grad[i];
+    slots[p.first + i].grad_dtype = p.dtype[i];
+  }
+}
+
 template <class T>
 __global__ void widen_kernel(const T* src, float* dst, int64_t n) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
@@ -342,7 +362,10 @@ Group::~Group() {
 int Group::poll_skip() const {
   if (!skip_pending_) return -1;
   const cudaError_t done = cudaEventQuery(static_cast<cudaEvent_t>(skip_event_));
-  if (done == cudaErrorNotReady) return -1;
+  if (done == cudaErrorNotReady) {
+    cudaGetLastError();  // the runtime keeps "not ready" as the last error: the next launch check would throw it
+    return -1;
+  }
   check(done, "cudaEventQuery");
   skip_pending_ = false;
   return *skip_host_ != 0 ? 1 : 0;
@@ -438,12 +461,18 @@ std::vector<TensorSlot> Group::on_device(std::vector<TensorSlot> slots) const {
 void Group::set_grads(const std::vector<TensorSlot>& slots, void* stream) {
   if (int64_t(slots.size()) != num_tensors_) throw std::invalid_argument("set_grads: one slot per bound tensor");
   DeviceGuard guard(device_);
-  // The whole table (grads are interleaved with the rest); pageable memory is staged by the
-  // driver, so `slots` may go once this returns.
-  const std::vector<TensorSlot> device_slots = on_device(slots);
-  check(cudaMemcpyAsync(tables_->slots, device_slots.data(), sizeof(TensorSlot) * slots.size(), cudaMemcpyHostToDevice,
-                        static_cast<cudaStream_t>(stream)),
-        "set_grads");
+  const auto s = static_cast<cudaStream_t>(stream);
+  for (int64_t first = 0; first < num_tensors_; first += kGradPatch) {
+    GradPatch p{};
+    p.first = first;
+    p.count = int32_t(std::min<int64_t>(kGradPatch, num_tensors_ - first));
+    for (int i = 0; i < p.count; ++i) {
+      p.grad[i] = slots[size_t(first + i)].grad;
+      p.dtype[i] = slots[size_t(first + i)].grad_dtype;
+    }
+    set_grads_kernel<<<1, kGradPatch, 0, s>>>(tables_->slots, p);
+    check(cudaGetLastError(), "set_grads kernel launch");
+  }
 }
 
 void Group::read_steps(int64_t* out, void* stream) const {
@@ -460,6 +489,14 @@ int device_count() {
     return 0;
   }
   return n;
+}
+
+std::string no_device_reason() {
+  int n = 0;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  cudaGetLastError();
+  if (e != cudaSuccess) return cudaGetErrorString(e);
+  return n > 0 ? "" : "the CUDA runtime counts no device";
 }
 
 void set_device_value(double* dst, double value, int device, void* stream) {

@@ -5,6 +5,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "fastopt/element.h"
@@ -80,7 +81,8 @@ class Group {
   void step(const StepArgs& args);
 
   // Takes the grad pointers and dtypes of `slots` (the same tensors as bound, new grads): the
-  // device table is rewritten on `stream`, in order with the steps enqueued there.
+  // device table is rewritten on `stream` by kernels, in order with the steps enqueued there
+  // (capturable: each replay of a graph that captured them writes them again).
   void set_grads(const std::vector<TensorSlot>& slots, void* stream);
 
   // Group j's lr is lr_at(*schedule, steps taken) on the device from now on (null: its Hyper's
@@ -138,6 +140,7 @@ class Group {
 };
 
 int device_count();  // 0 where there is no driver or no device
+std::string no_device_reason();  // why device_count() is 0: the runtime's message ("" where it is not)
 
 // Writes value into *dst (memory of `device`) on `stream`, as a kernel: capturable, no host sync.
 void set_device_value(double* dst, double value, int device, void* stream);

@@ -73,11 +73,11 @@ class CudaGroup {
   }
 
   // New grad tensors for some params (torch replaced their `.grad`), written into the device
-  // table on `stream`; nothing changes on an error.
-  void rebind_grads(py::sequence grads, uintptr_t stream) {
+  // table on `stream` (with `rewrite`, also the bound ones); nothing changes on an error.
+  void rebind_grads(py::sequence grads, uintptr_t stream, bool rewrite) {
     std::vector<std::pair<size_t, py_intake::View>> fresh;
     const std::vector<Tensor> tensors = py_intake::read_grads(binding_, grads, kCudaDevice, fresh);
-    opt_.set_grads(tensors, as_stream(stream));
+    opt_.set_grads(tensors, as_stream(stream), rewrite);
     py_intake::commit_grads(binding_, grads, fresh);
   }
 
@@ -161,6 +161,7 @@ PYBIND11_MODULE(_cuda, m) {
   });
 
   m.def("device_count", &cuda_device_count);
+  m.def("no_device_reason", &cuda_no_device_reason);
   m.def("widen_into", [](py::handle src, py::handle dst, uintptr_t stream) {
     cuda_widen(py_intake::intake(src, "source", kCudaDevice), py_intake::intake(dst, "destination", kCudaDevice),
                as_stream(stream));
@@ -186,7 +187,7 @@ PYBIND11_MODULE(_cuda, m) {
       .def("poll_skip", &CudaGroup::poll_skip,
            "The last tracked step's skip decision: -1 while not back on the host (never waits), else 1 or 0")
       .def("watch_state", &CudaGroup::watch_state, "Watch the masters and state as the params (the caller's)")
-      .def("rebind_grads", &CudaGroup::rebind_grads, py::arg("grads"), py::arg("stream"))
+      .def("rebind_grads", &CudaGroup::rebind_grads, py::arg("grads"), py::arg("stream"), py::arg("rewrite") = false)
       .def("set_schedule", &CudaGroup::set_schedule, py::arg("group"), py::arg("schedule"), py::arg("stream"))
       .def("update_loss_scale", &CudaGroup::update_loss_scale, py::arg("scale"), py::arg("clean_steps"),
            py::arg("floor_skips"), py::arg("growth"), py::arg("backoff"), py::arg("interval"), py::arg("min_scale"),

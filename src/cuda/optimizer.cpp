@@ -129,8 +129,8 @@ void CudaOptimizer::update_loss_scale(float* scale, int32_t* clean_steps, int32_
 
 const ParamTensors& CudaOptimizer::tensors(size_t param) const { return api::tensors(impl_->table, param); }
 
-void CudaOptimizer::set_grads(const std::vector<Tensor>& grads, cudaStream_t stream) {
-  if (api::set_grads(impl_->table, grads)) impl_->group.set_grads(impl_->table.slots, stream);
+void CudaOptimizer::set_grads(const std::vector<Tensor>& grads, cudaStream_t stream, bool rewrite) {
+  if (api::set_grads(impl_->table, grads) || rewrite) impl_->group.set_grads(impl_->table.slots, stream);
 }
 
 int64_t CudaOptimizer::num_chunks() const { return impl_->group.num_chunks(); }
@@ -173,6 +173,8 @@ void CudaModeSwitch::run(const std::vector<Hyper>& hypers, const std::vector<int
 }
 
 int cuda_device_count() { return cuda::device_count(); }
+
+std::string cuda_no_device_reason() { return cuda::no_device_reason(); }
 
 void cuda_widen(const Tensor& src, const Tensor& dst, cudaStream_t stream) {
   for (const auto& [t, name] : {std::pair{&src, "source"}, std::pair{&dst, "destination"}}) {

@@ -8,6 +8,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "fastopt/optimizer.h"
@@ -94,8 +95,10 @@ class CudaOptimizer {
                          int32_t interval, float min_scale, cudaStream_t stream) const;
 
   const ParamTensors& tensors(size_t param) const;
-  // New grad buffers, validated as at binding; the device table is rewritten on `stream`.
-  void set_grads(const std::vector<Tensor>& grads, cudaStream_t stream);
+  // New grad buffers, validated as at binding; the device table is rewritten on `stream` (by
+  // kernels: a graph capturing them writes its grads at each replay). With `rewrite`, also where
+  // the grads are the bound ones: a step outside a graph after a replay that wrote other grads.
+  void set_grads(const std::vector<Tensor>& grads, cudaStream_t stream, bool rewrite = false);
 
   int64_t num_chunks() const;  // the update kernel's work items
 
@@ -130,6 +133,10 @@ class CudaModeSwitch {
 
 // The number of CUDA devices (0 where there is no driver or no device).
 int cuda_device_count();
+
+// Why cuda_device_count() is 0: the CUDA runtime's message, e.g. a driver older than the runtime
+// ("" where devices were found).
+std::string cuda_no_device_reason();
 
 // dst = the exact float32 value of every element of src (device memory of one device, same
 // shape), enqueued on `stream`.
