@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import fastopt
+import fastopt.torch
 from registry import (CASES, DTYPES, HALF_DTYPES, Magnitudes, assert_bits_equal, assert_rounding_close,
                       case_by_id, grad_steps, random_params, refill)
 from test_functional import MODES, SHAPES as STORAGE_SHAPES, caller_arrays, hypers
@@ -411,9 +412,9 @@ def test_graph_replayed_after_a_rebind_touches_no_freed_memory():
 def test_whole_network_capture_with_fastopt_torch():
     """torch's whole-network capture (CUDA graphs docs): warm-up steps, zero_grad(set_to_none=True),
     then forward, backward and a fastopt.torch step captured, the grads being new tensors of the
-    graph's pool; replays and steps outside the graph (right after the capture, and between
-    replays) follow an eager twin. Outside the graph each step writes its own grads again: a
-    replay (or the capture itself) leaves the device table elsewhere."""
+    graph's pool; replays and steps outside the graph (right after the capture, with new grads
+    between replays, with the same grads after a replay) follow an eager twin. Each step writes
+    its grads into the device table again: a replay (or the capture itself) leaves it elsewhere."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Tanh(), torch.nn.Linear(32, 4)).cuda()
     twin = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Tanh(), torch.nn.Linear(32, 4)).cuda()
@@ -439,11 +440,9 @@ def test_whole_network_capture_with_fastopt_torch():
     with torch.cuda.graph(graph):
         model(static_input).square().mean().backward()
         opt.step()
-    eager(model, opt, inputs[3], set_to_none=False)  # the graph's grads, before any replay
-    eager(twin, twin_opt, inputs[3])
-    for t in range(4, 12):
-        if t == 8:
-            eager(model, opt, inputs[t], set_to_none=False)  # between replays
+    for t in range(3, 12):
+        if t in (3, 8, 10):  # (at 3 the grads are the graph's, which no replay has written yet)
+            eager(model, opt, inputs[t], set_to_none=t == 8)
         else:
             static_input.copy_(inputs[t])
             graph.replay()
@@ -452,6 +451,29 @@ def test_whole_network_capture_with_fastopt_torch():
     # Captured steps take their coefficients from the device (pow), the twin's from the host.
     for p, q in zip(model.parameters(), twin.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_fastopt_torch_binds_outside_captures_and_keeps_a_captured_binding():
+    """fastopt.torch: a first step inside a capture is refused before any CUDA call; a binding
+    replaced after a capture (the state cleared) stays allocated for the graph's replays."""
+    model = torch.nn.Linear(8, 4).cuda()
+    opt = fastopt.torch.Adam(model.parameters(), lr=1e-3)
+    model(torch.randn(2, 8, device="cuda")).sum().backward()
+    with pytest.raises(RuntimeError, match="take a step before capturing"):
+        with torch.cuda.graph(torch.cuda.CUDAGraph()):
+            opt.step()
+    opt.step()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        opt.step()
+    captured = opt._inner
+    opt.state.clear()
+    opt.step()
+    assert opt._inner is not captured and opt._retired == [captured]
+    graph.replay()
+    torch.cuda.synchronize()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
 def test_a_rebind_inside_a_capture_is_refused():

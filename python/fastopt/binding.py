@@ -132,13 +132,11 @@ class Binding:
         """New grad tensors for the bound params, in order (torch replaced their ``.grad``):
         only those that changed are bound again, validated as at construction. On CUDA, kernels
         write them into the device table on the step's ``stream`` (default: the params'
-        library's current one); inside a graph capture (torch's whole-network capture:
-        ``zero_grad(set_to_none=True)``, then backward and step captured) each replay writes the
-        graph's grads, so every step outside the graph writes its own grads again (_step_cuda)."""
+        library's current one): captured in a graph (torch's whole-network capture:
+        ``zero_grad(set_to_none=True)``, then backward and step captured), each replay writes the
+        graph's grads."""
         self._engine.rebind_grads(self._core, grads, self._params[0], stream)
         self._grads = list(grads)
-        if self._engine.is_cuda and self._engine.capturing(self._engine.stream(stream, self._params[0])):
-            self._graph_grads = True
 
     def _start_at(self, steps: list[int]) -> None:
         """Sets the step counts of the groups (on CUDA, the device's too)."""

@@ -24,7 +24,8 @@ def engine() -> ModuleType | None:
     if _cuda.device_count() > 0:
         return _cuda
     if required:
-        raise RuntimeError(f"FASTOPT_REQUIRE_CUDA=1, but fastopt's CUDA engine sees no device: {_cuda.no_device_reason()}")
+        raise RuntimeError("FASTOPT_REQUIRE_CUDA=1, but fastopt's CUDA engine sees no device: "
+                           + _cuda.no_device_reason())
     return None
 
 

@@ -219,7 +219,6 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
         self._steps_exact = True  # CUDA: whether self._steps are the device's counts
         self._bound_states: list[int] | None = None  # state streams bound per group
         self._captured = False  # CUDA: a step was captured into a graph
-        self._graph_grads = False  # CUDA: a graph captured new grads (binding.py: _take_grads)
         self._skip_pending = False  # CUDA: the last step's skip decision is not yet back on the host
         self._retired: list = []  # CUDA: device groups replaced after a capture, kept for its replays
         self._refresh()
@@ -346,8 +345,9 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
             if value_sums else None
         capturing = self._engine.capturing(handle)
         self._captured = self._captured or capturing
-        self._settle()
-        if self._graph_grads and not capturing:  # a replay may have left the graph's grads in the table
+        if not capturing:  # (an event query is illegal in a capture)
+            self._settle()
+        if self._captured:  # each graph's replays write its grads: so does each step, inside a graph or not
             self._engine.rebind_grads(self._core, self._grads, like, handle, rewrite=True)
         host = self._steps_exact and not self._capturable and not capturing
         if host:  # the CPU engine's lrs and coefficients, at the device's step counts

@@ -89,7 +89,7 @@ class Sophia(Optimizer):
             bound = self._hessian_ema = self._bind_hessian_ema(hessians, estimates)
         elif not all(a is b for a, b in zip(bound._grads, estimates)):
             with naming("hessian", "estimate"):
-                bound._take_grads(estimates)
+                bound._take_grads(estimates, stream)
         for group, mine in zip(bound.param_groups, self.param_groups):
             group["decay"] = mine["betas"][1]
         if bound._seed or any(s.state_precision == "bfloat16_stochastic" for s in self._storage):

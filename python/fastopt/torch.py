@@ -117,6 +117,9 @@ class Optimizer(torch.optim.Optimizer):
         _watch_replacements(self)
 
     def _unbind(self) -> None:
+        old, retired = getattr(self, "_inner", None), getattr(self, "_retired", [])
+        # A graph captured with the old binding replays on its device memory: keep it.
+        self._retired: list[_Bound] = retired + [old] if old is not None and old._captured else retired
         self._inner: _Bound | None = None
         self._buckets: list[list[int]] = []  # the flat params of each bound group
         self._bound_params: list[Any] = []
@@ -276,7 +279,12 @@ class Optimizer(torch.optim.Optimizer):
         """Binds the params that have a grad, one fastopt group per (param group, step count).
         State the user reset (``opt.state.clear()``, ...) starts afresh; the fp32 value of a
         param whose memory moved is taken from it again. ValueError where a param's state is not
-        in its group's storage modes."""
+        in its group's storage modes; RuntimeError inside a CUDA graph capture (binding allocates
+        device memory and waits for its uploads)."""
+        if _capturing():
+            raise RuntimeError(f"{type(self).__name__}.step: inside a CUDA graph capture the params, their grads "
+                               "(None or not), state and storage modes must be those of the last step outside it "
+                               "(binding them again allocates and waits for the GPU): take a step before capturing")
         storages = self._storages()
         self._sync_counts()
         if not self._state_unchanged():  # the user changed the state: it says what the counts are now
@@ -661,9 +669,18 @@ def _drop_kept(state: dict[str, Any]) -> None:
         dict.pop(state, name, None)
 
 
+def _capturing() -> bool:
+    """Whether torch's current CUDA stream is being captured (never initialises CUDA)."""
+    return torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing()
+
+
 def _value(v: Any) -> Any:
     """A hyperparameter given as a tensor (torch allows lr and betas as tensors) as its value."""
     if torch.is_tensor(v):
+        if v.is_cuda and _capturing():
+            raise RuntimeError("fastopt.torch: a hyperparameter given as a CUDA tensor is read on the host, which "
+                               "a CUDA graph capture cannot do; give it as a number (a captured step keeps the "
+                               "values it was captured with)")
         return v.item()
     if isinstance(v, tuple) and any(torch.is_tensor(x) for x in v):
         return tuple(_value(x) for x in v)
