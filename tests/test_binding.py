@@ -141,3 +141,21 @@ def test_numpy_state_crosses_cache_lines_where_its_param_does(offset, dtype, opt
     arrays = [a for a in opt.state[0].values() if isinstance(a, np.ndarray) and a.size == p.size]
     assert len(arrays) == 2 + bool(options.get("master_weights")), list(opt.state[0])
     assert [(a.ctypes.data + k * a.itemsize) % min(64, 16 * a.itemsize) for a in arrays] == [0] * len(arrays), options
+
+
+def test_state_entries_are_made_when_read(monkeypatch):
+    """opt.state[i] builds param i's entry alone (a loop over 10,000 params' state stays
+    linear); the mapping reads as a dict of every param's arrays, without negative indices."""
+    params = [np.ones(3, np.float32) for _ in range(50)]
+    opt = fastopt.Adam(params, [np.ones(3, np.float32) for _ in params], master_weights=False)
+    opt.step()
+    built = []
+    kept_beside = type(opt)._kept_beside
+    monkeypatch.setattr(type(opt), "_kept_beside", lambda self, i: built.append(i) or kept_beside(self, i))
+    entry = opt.state[7]
+    assert built == [7]
+    assert set(entry) == {"exp_avg", "exp_avg_sq"} and entry["exp_avg"] is opt._state[7]["exp_avg"]
+    assert len(opt.state) == 50 and list(opt.state) == list(range(50)) and 49 in opt.state and -1 not in opt.state
+    with pytest.raises(KeyError):
+        opt.state[50]
+    assert dict(opt.state)[3].keys() == opt.state[3].keys()

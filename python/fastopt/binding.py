@@ -4,6 +4,7 @@ values (lrs, schedules, step counts), written and read on the params' current st
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,29 @@ from ._arrays import device_array, fill, master_copy, state_like, to_host
 from .hyperparams import Array
 from .storage import absmax_blocks, absmax_name
 from .schedules import Schedule
+
+
+class _StateView(Mapping):
+    """An optimizer's ``state``: reading param i's entry costs one param, not all of them (a
+    loop over ``opt.state[i]`` stays linear in the number of params)."""
+
+    def __init__(self, owner: "Binding"):
+        self._owner = owner
+
+    def __getitem__(self, i: int) -> dict[str, Array]:
+        states = self._owner._state
+        if not isinstance(i, (int, np.integer)) or not 0 <= i < len(states):
+            raise KeyError(i)
+        return {**states[i], **self._owner._kept_beside(int(i))}
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(len(self._owner._state)))
+
+    def __len__(self) -> int:
+        return len(self._owner._state)
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
 
 
 @dataclass
@@ -208,11 +232,12 @@ class Binding:
             self._core.set_steps(self._steps, self._cuda_stream())
 
     @property
-    def state(self) -> dict[int, dict[str, np.ndarray]]:
-        """Live state arrays by param index (``"master_param"`` for fp32 master weights,
+    def state(self) -> Mapping[int, dict[str, Array]]:
+        """Live state arrays by param index, a read-only mapping whose entry i (a dict of param
+        i's arrays by name) is made when read: ``"master_param"`` for fp32 master weights,
         ``"master_remainder"`` for the uint16 low halves of a master kept as a remainder,
-        ``"kahan_compensation"`` for a Kahan-compensated param's bfloat16 compensation)."""
-        return {i: {**s, **self._kept_beside(i)} for i, s in enumerate(self._state)}
+        ``"kahan_compensation"`` for a Kahan-compensated param's bfloat16 compensation."""
+        return _StateView(self)
 
     def _kept_beside(self, i: int) -> dict[str, Array]:
         """The array kept beside param i for its fp32 value, by its name in :attr:`state` (none
