@@ -34,12 +34,12 @@ class Engine:
         module = self._module if self.is_cuda else _core
         return module.Group(rule, list(params), list(grads), keeps, list(states), list(group_sizes))
 
-    def rebind_grads(self, group: Any, grads: Sequence, like: Any, stream: Any = None, rewrite: bool = False) -> None:
+    def rebind_grads(self, group: Any, grads: Sequence, like: Any, stream: Any = None) -> None:
         """Binds new grad tensors into a bound group, where they are not the bound ones (on CUDA
         the device table is rewritten on ``stream``, default the current stream of ``like``'s
-        library; with ``rewrite``, also where they are the bound ones)."""
+        library)."""
         if self.is_cuda:
-            group.rebind_grads(list(grads), self.stream(stream, like), rewrite)
+            group.rebind_grads(list(grads), self.stream(stream, like))
         else:
             group.rebind_grads(list(grads))
 

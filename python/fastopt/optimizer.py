@@ -348,7 +348,7 @@ class Optimizer(HyperParams, Binding, StepOptions, Checkpoints):
         if not capturing:  # (an event query is illegal in a capture)
             self._settle()
         if self._captured:  # each graph's replays write its grads: so does each step, inside a graph or not
-            self._engine.rebind_grads(self._core, self._grads, like, handle, rewrite=True)
+            self._core.write_grads(handle)
         host = self._steps_exact and not self._capturable and not capturing
         if host:  # the CPU engine's lrs and coefficients, at the device's step counts
             for j in self._scheduled:

@@ -73,13 +73,15 @@ class CudaGroup {
   }
 
   // New grad tensors for some params (torch replaced their `.grad`), written into the device
-  // table on `stream` (with `rewrite`, also the bound ones); nothing changes on an error.
-  void rebind_grads(py::sequence grads, uintptr_t stream, bool rewrite) {
+  // table on `stream`; nothing changes on an error.
+  void rebind_grads(py::sequence grads, uintptr_t stream) {
     std::vector<std::pair<size_t, py_intake::View>> fresh;
     const std::vector<Tensor> tensors = py_intake::read_grads(binding_, grads, kCudaDevice, fresh);
-    opt_.set_grads(tensors, as_stream(stream), rewrite);
+    opt_.set_grads(tensors, as_stream(stream));
     py_intake::commit_grads(binding_, grads, fresh);
   }
+
+  void write_grads(uintptr_t stream) { opt_.write_grads(as_stream(stream)); }
 
   // Group j's lr from `schedule` (a Schedule's to_bytes()) evaluated on the device, or, with
   // None, from its hyperparameters again.
@@ -187,7 +189,9 @@ PYBIND11_MODULE(_cuda, m) {
       .def("poll_skip", &CudaGroup::poll_skip,
            "The last tracked step's skip decision: -1 while not back on the host (never waits), else 1 or 0")
       .def("watch_state", &CudaGroup::watch_state, "Watch the masters and state as the params (the caller's)")
-      .def("rebind_grads", &CudaGroup::rebind_grads, py::arg("grads"), py::arg("stream"), py::arg("rewrite") = false)
+      .def("rebind_grads", &CudaGroup::rebind_grads, py::arg("grads"), py::arg("stream"))
+      .def("write_grads", &CudaGroup::write_grads, py::arg("stream"),
+           "The bound grads written into the device table again (after a graph's replay wrote its own)")
       .def("set_schedule", &CudaGroup::set_schedule, py::arg("group"), py::arg("schedule"), py::arg("stream"))
       .def("update_loss_scale", &CudaGroup::update_loss_scale, py::arg("scale"), py::arg("clean_steps"),
            py::arg("floor_skips"), py::arg("growth"), py::arg("backoff"), py::arg("interval"), py::arg("min_scale"),

@@ -129,8 +129,11 @@ void CudaOptimizer::update_loss_scale(float* scale, int32_t* clean_steps, int32_
 
 const ParamTensors& CudaOptimizer::tensors(size_t param) const { return api::tensors(impl_->table, param); }
 
-void CudaOptimizer::set_grads(const std::vector<Tensor>& grads, cudaStream_t stream, bool rewrite) {
-  if (api::set_grads(impl_->table, grads) || rewrite) impl_->group.set_grads(impl_->table.slots, stream);
+void CudaOptimizer::set_grads(const std::vector<Tensor>& grads, cudaStream_t stream) {
+  if (api::set_grads(impl_->table, grads)) write_grads(stream);
+}
+
+void CudaOptimizer::write_grads(cudaStream_t stream) { impl_->group.set_grads(impl_->table.slots, stream);
 }
 
 int64_t CudaOptimizer::num_chunks() const { return impl_->group.num_chunks(); }

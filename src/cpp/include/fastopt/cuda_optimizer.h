@@ -96,9 +96,11 @@ class CudaOptimizer {
 
   const ParamTensors& tensors(size_t param) const;
   // New grad buffers, validated as at binding; the device table is rewritten on `stream` (by
-  // kernels: a graph capturing them writes its grads at each replay). With `rewrite`, also where
-  // the grads are the bound ones: a step outside a graph after a replay that wrote other grads.
-  void set_grads(const std::vector<Tensor>& grads, cudaStream_t stream, bool rewrite = false);
+  // kernels: a graph capturing them writes its grads at each replay).
+  void set_grads(const std::vector<Tensor>& grads, cudaStream_t stream);
+  // The bound grads written into the device table again, on `stream`: after a graph's replay
+  // wrote the graph's there.
+  void write_grads(cudaStream_t stream);
 
   int64_t num_chunks() const;  // the update kernel's work items
 
