@@ -45,13 +45,15 @@ stage build 200 sh -c '{ uname -r; nvidia-smi --query-gpu=name,driver_version --
   exit "$failed"
 cd /tmp  # import the installed package, not the source tree
 export FASTOPT_REQUIRE_CUDA=1 FASTOPT_TEST_TIMEOUT=45 PYTHONPATH="$src/benchmarks"
-stage tests 170 "$py" -m pytest -q -rfE --tb=short --durations=20 -p no:cacheprovider -p test_timeout -m cuda \
-  "$src/tests"
-stage sanitizer 110 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 99 \
+# -v names each test as it starts, and faulthandler prints the stacks of one stuck past 45 s (a
+# CUDA call that never returns takes no Python signal: the stage's kill then leaves no report).
+stage tests 170 "$py" -m pytest -v -rfE --tb=short --durations=20 -o faulthandler_timeout=45 -p no:cacheprovider \
+  -p test_timeout -m cuda "$src/tests"
+stage sanitizer 120 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 99 \
   --print-limit 20 "$py" "$src/benchmarks/gpu_smoke.py"
 # The benchmark's JSON reports apart from its progress lines (in bench.log); the bf16 run also
 # where the fp32 one failed.
-stage bench 60 sh -c "'$py' -m fastopt bench --device cuda --optimizers adam,adamw,sgd,lamb --json >'$out/bench_fp32.json'
+stage bench 50 sh -c "'$py' -m fastopt bench --device cuda --optimizers adam,adamw,sgd,lamb --json >'$out/bench_fp32.json'
   r=\$?; '$py' -m fastopt bench --device cuda --optimizers adam,adamw --dtype bfloat16 --json >'$out/bench_bf16.json' &&
   exit \$r"
 cat "$out/summary.json"

@@ -3,8 +3,8 @@ CUDA tensors of sizes 0, 1, 7, 2049 and 65537 that start one element past an all
 (the element before each is a canary: memcheck cannot see a write inside an allocation), and on
 fresh 16-byte-aligned tensors of sizes 7, 8, 9, 2049 and 65537 (the vector path); fp32 params, and
 bf16 params with fp16 grads and fp32 master weights; bf16 params kept as remainders with 8-bit state
-(bf16 state where a rule keeps no 8-bit state), and with stochastic rounding and bf16 state rounded
-stochastically; the step options and diagnostics; a captured step replayed; fastopt.torch on a
+(bf16 state where a rule keeps no 8-bit state), with stochastic rounding and bf16 state rounded
+stochastically, and Kahan-compensated with bf16 state; the step options and diagnostics; a captured step replayed; fastopt.torch on a
 small module. It prints one line per part with the seconds since it started and exits non-zero on
 the first error (the sanitizer reports bad accesses itself)."""
 
@@ -55,7 +55,8 @@ def main(device: str = "cuda") -> None:
                 (torch.float32, torch.float32, {}), (torch.bfloat16, torch.float16, dict(master_weights=True)),
                 (torch.bfloat16, torch.float32, dict(master_weights="remainder", state_precision=eight_bit)),
                 (torch.bfloat16, torch.float32, dict(master_weights="stochastic",
-                                                     state_precision="bfloat16_stochastic", seed=1))):
+                                                     state_precision="bfloat16_stochastic", seed=1)),
+                (torch.bfloat16, torch.bfloat16, dict(master_weights="kahan", state_precision="bfloat16"))):
             for tensors in (offset_tensors, aligned_tensors):
                 params, grads = tensors(param_dtype, 0.5, device), tensors(grad_dtype, 0.25, device)
                 opt = cls(params, grads, **storage, **cls.bench_hypers)

@@ -2,7 +2,8 @@
 that runs past FASTOPT_TEST_TIMEOUT seconds (default 120) fails with TimeoutError, so that one
 hung test cannot take the whole check's time. (A kernel that never returns is not interrupted:
 the check's stage limit ends that, with a SIGTERM that pytest takes as an interrupt, so that the
-failures so far and the summary are still printed.)"""
+failures so far and the summary are still printed; a test stuck inside a C call cannot take it,
+and its SIGKILL leaves the log as it is.)"""
 
 from __future__ import annotations
 

@@ -6,6 +6,8 @@ the grad bound to it, raises fastopt.MemoryMoved naming it, and nothing is writt
 
 from __future__ import annotations
 
+import copy
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -159,3 +161,6 @@ def test_state_entries_are_made_when_read(monkeypatch):
     with pytest.raises(KeyError):
         opt.state[50]
     assert dict(opt.state)[3].keys() == opt.state[3].keys()
+    copied = copy.deepcopy(opt.state)  # (a dict, as before: copies of the arrays)
+    assert type(copied) is dict and np.array_equal(copied[3]["exp_avg"], opt._state[3]["exp_avg"])
+    assert copied[3]["exp_avg"] is not opt._state[3]["exp_avg"] and type(opt.state.copy()) is dict

@@ -39,6 +39,12 @@ class _StateView(Mapping):
     def __repr__(self) -> str:
         return repr(dict(self))
 
+    def copy(self) -> dict[int, dict[str, Array]]:
+        return dict(self)
+
+    def __reduce__(self):  # (copy, deepcopy and pickle take a dict of the entries, as of a dict before)
+        return dict, (dict(self),)
+
 
 @dataclass
 class Keeps:
@@ -167,7 +173,7 @@ class Binding:
         self._steps = list(steps)
         if self._engine.is_cuda:
             self._core.set_steps(self._steps, self._cuda_stream())
-            self._steps_exact = True
+            self._steps_exact = not self._captured
             self._skip_pending = False
 
     def _settle(self) -> None:
@@ -191,8 +197,9 @@ class Binding:
 
     def _device_steps(self) -> list[int]:
         """A CUDA group's step counts, read from the device (waits for the current stream); the
-        host's counts are exact again."""
-        self._steps_exact = True
+        host's counts are exact again, unless a step was captured (its graph's replays advance
+        the device's counts unseen)."""
+        self._steps_exact = not self._captured
         self._skip_pending = False
         return list(self._core.read_steps(self._cuda_stream()))
 
