@@ -476,6 +476,23 @@ def test_fastopt_torch_binds_outside_captures_and_keeps_a_captured_binding():
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def test_step_counts_after_a_capture_are_the_devices():
+    """A graph's replays advance the device's step counts unseen: fastopt.torch's checkpoint
+    reads them at each state_dict(), also after an earlier read."""
+    model = torch.nn.Linear(8, 4).cuda()
+    opt = fastopt.torch.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randn(2, 8, device="cuda")).sum().backward()
+    opt.step()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        opt.step()
+    for replays, expected in ((2, 3), (3, 6)):
+        for _ in range(replays):
+            graph.replay()
+        assert [int(s["step"]) for s in opt.state_dict()["state"].values()] == [expected, expected]
+
+
 def test_a_rebind_inside_a_capture_is_refused():
     """Switching amsgrad inside a capture would bind (allocations, uploads) where a graph cannot
     hold them: a clear error before any CUDA call, the optimizer unchanged."""
