@@ -198,8 +198,9 @@ __global__ void set_value_kernel(T* dst, T value) {
 
 // The grad pointers and dtypes of slots first .. first + count - 1, carried as kernel arguments:
 // a launch is captured with its arguments (each replay of a graph writes the graph's grads), and
-// nothing is staged from pageable memory (which may wait for the GPU).
-constexpr int kGradPatch = 128;
+// nothing is staged from pageable memory (which may wait for the GPU). 1024 of them are 9 KB of
+// arguments (CUDA 12.1+ takes up to 32 KB on Volta and later): a launch per 1024 tensors.
+constexpr int kGradPatch = 1024;
 struct GradPatch {
   int64_t first;
   int32_t count;
