@@ -1,12 +1,13 @@
 """The GPU check's memory smoke test, run under compute-sanitizer's memcheck: every optimizer on
 CUDA tensors of sizes 0, 1, 7, 2049 and 65537 that start one element past an allocation's start
 (the element before each is a canary: memcheck cannot see a write inside an allocation), and on
-fresh 16-byte-aligned tensors of sizes 7, 8, 9, 2049 and 65537 (the vector path); fp32 params, and
-bf16 params with fp16 grads and fp32 master weights; bf16 params kept as remainders with 8-bit state
-(bf16 state where a rule keeps no 8-bit state), with stochastic rounding and bf16 state rounded
-stochastically, and Kahan-compensated with bf16 state; the step options and diagnostics; a captured step replayed; fastopt.torch on a
-small module. It prints one line per part with the seconds since it started and exits non-zero on
-the first error (the sanitizer reports bad accesses itself)."""
+fresh 16-byte-aligned tensors of sizes 7, 8, 9, 2049 and 65537 (the vector path); fp32 params,
+and bf16 params: with fp16 grads and fp32 master weights; kept as remainders with 8-bit state
+(bf16 state where a rule keeps no 8-bit state); rounded stochastically with bf16 state rounded
+stochastically; Kahan-compensated with bf16 state. Also the step options and diagnostics, a
+captured step replayed, and fastopt.torch on a small module. It prints one line per part with
+the seconds since it started and exits non-zero on the first error (the sanitizer reports bad
+accesses itself)."""
 
 from __future__ import annotations
 
