@@ -493,6 +493,23 @@ def test_step_counts_after_a_capture_are_the_devices():
         assert [int(s["step"]) for s in opt.state_dict()["state"].values()] == [expected, expected]
 
 
+def test_capture_right_after_a_step_whose_skip_decision_is_pending():
+    """A capture right after a skip_nonfinite step whose flag was not read back (no opt.steps,
+    no step in between): the captured step takes no poll of that flag (an event query inside a
+    capture fails and invalidates it), and the replays count on the device."""
+    params, grads = [torch.zeros(1000, device="cuda")], [torch.ones(1000, device="cuda")]
+    opt = fastopt.Adam(params, grads, lr=1e-3, skip_nonfinite=True, capturable=True)
+    opt.step()  # its skip flag comes back in the background: pending on the host
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        opt.step()
+    for _ in range(3):
+        graph.replay()
+    torch.cuda.synchronize()
+    assert opt.steps == [4]
+    assert torch.isfinite(params[0]).all()
+
+
 def test_a_rebind_inside_a_capture_is_refused():
     """Switching amsgrad inside a capture would bind (allocations, uploads) where a graph cannot
     hold them: a clear error before any CUDA call, the optimizer unchanged."""

@@ -198,15 +198,16 @@ __global__ void set_value_kernel(T* dst, T value) {
 
 // The grad pointers and dtypes of slots first .. first + count - 1, carried as kernel arguments:
 // a launch is captured with its arguments (each replay of a graph writes the graph's grads), and
-// nothing is staged from pageable memory (which may wait for the GPU). 1024 of them are 9 KB of
-// arguments (CUDA 12.1+ takes up to 32 KB on Volta and later): a launch per 1024 tensors.
-constexpr int kGradPatch = 1024;
+// nothing is staged from pageable memory (which may wait for the GPU). 448 of them fill the 4 KB
+// of arguments every architecture and CUDA version takes (32 KB needs CUDA 12.1 and Volta).
+constexpr int kGradPatch = 448;
 struct GradPatch {
   int64_t first;
   int32_t count;
   DType dtype[kGradPatch];
   const void* grad[kGradPatch];
 };
+static_assert(sizeof(TensorSlot*) + sizeof(GradPatch) <= 4096, "set_grads_kernel's arguments exceed 4 KB");
 
 __global__ void __launch_bounds__(kGradPatch) set_grads_kernel(TensorSlot* slots, GradPatch p) {
   const int i = int(threadIdx.x);
