@@ -1,6 +1,6 @@
 """GPU tests carry the ``cuda`` marker: they run where fastopt's CUDA engine and a device
 are present, and are skipped (and reported as skipped) everywhere else; with
-``FASTOPT_REQUIRE_CUDA=1`` (the GPU check) a missing engine fails the run instead.
+``FASTOPT_REQUIRE_CUDA=1`` (the GPU check) each of them fails instead, with the reason.
 
 Kernels load eagerly (CUDA_MODULE_LOADING=EAGER, read when CUDA initialises, after this runs):
 with lazy loading the first launch of each kernel synchronises, which the tests that a step
@@ -16,12 +16,15 @@ import fastopt  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
-    if os.environ.get("FASTOPT_REQUIRE_CUDA") == "1":
-        fastopt.cuda.engine()  # raises with the reason the engine is missing
+    reason = fastopt.cuda.unavailable_reason()
+    if reason == "" or fastopt.cuda._required():
         return
-    if fastopt.cuda_available():
-        return
-    skip = pytest.mark.skip(reason="no CUDA GPU (or fastopt's CUDA engine not built)")
+    skip = pytest.mark.skip(reason=f"no CUDA GPU here: {reason}")
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_runtest_setup(item):
+    if "cuda" in item.keywords and fastopt.cuda._required():
+        fastopt.cuda.engine()  # raises with the reason the engine is missing

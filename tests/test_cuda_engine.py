@@ -591,6 +591,19 @@ def test_explicit_stream_argument():
     assert torch.allclose(params[0], torch.full((1000,), 1.0 - 0.05 * 2.0, device="cuda"))
 
 
+def test_explicit_stream_argument_of_a_bound_functional_step():
+    params, grads = [torch.ones(1000, device="cuda")], [torch.full((1000,), 2.0, device="cuda")]
+    step = fastopt.functional.sgd_.bind(params, grads)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        torch.cuda._sleep(100_000_000)
+    step(lr=0.05, stream=side)  # enqueued behind the sleep on `side`
+    assert not side.query()
+    side.synchronize()
+    assert torch.allclose(params[0], torch.full((1000,), 1.0 - 0.05 * 2.0, device="cuda"))
+
+
 def test_step_never_waits_for_the_gpu():
     params, grads = [torch.ones(1 << 20, device="cuda")], [torch.ones(1 << 20, device="cuda")]
     opt = fastopt.AdamW(params, grads)

@@ -61,12 +61,13 @@ def _arrays(n_state, seed=0):
 
 def test_bound_step_is_the_functional_step():
     """adamw_.bind(...)(step=t, lr=...) gives the bits adamw_(..., step=t, lr=...) gives, with
-    hyperparameters changing between calls."""
+    hyperparameters changing between calls (and ``stream``, as the classes' step takes it: no
+    hyperparameter)."""
     a, b = _arrays(2), _arrays(2)
     step = fastopt.functional.adamw_.bind(a[0], a[1], *a[2])
     for t in range(1, 6):
         lr = 1e-3 * t
-        step(step=t, lr=lr, weight_decay=0.1)
+        step(step=t, lr=lr, weight_decay=0.1, stream=None)
         fastopt.functional.adamw_(b[0], b[1], *b[2], step=t, lr=lr, weight_decay=0.1)
         for x, y in zip(a[0] + a[2][0] + a[2][1], b[0] + b[2][0] + b[2][1]):
             np.testing.assert_array_equal(x, y)

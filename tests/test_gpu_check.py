@@ -27,23 +27,45 @@ def test_smoke_test_runs_every_optimizer_on_cpu_tensors(capsys):
     assert [line.split()[-2] for line in lines] == [c.__name__ + ":" for c in fastopt.OPTIMIZERS] + ["fastopt.torch:"]
 
 
-def test_check_script_with_stand_in_tools(tmp_path):
-    """gpu_check.sh with stand-ins for Python and compute-sanitizer (the tests fail, the rest
-    passes), run from another folder with a relative OUT_DIR: every stage runs, summary.json
-    records each, at most 8 files come back, and the exit status counts the failed stages."""
+def run_check(tmp_path: Path, sanitizer: str) -> subprocess.CompletedProcess:
+    """gpu_check.sh with stand-ins for Python (its pytest fails, the rest passes) and
+    compute-sanitizer (``sanitizer``: its script's body), from another folder with a relative
+    OUT_DIR."""
     tools = tmp_path / "tools"
     tools.mkdir()
-    stand_ins = {"python": 'case "$*" in *"-m pytest"*) exit 1;; esac\nexit 0\n', "compute-sanitizer": "exit 0\n"}
+    stand_ins = {"python": 'case "$*" in *"-m pytest"*) exit 1;; esac\nexit 0\n', "compute-sanitizer": sanitizer}
     for name, body in stand_ins.items():
         (tools / name).write_text("#!/bin/sh\n" + body)
         (tools / name).chmod(0o755)
     env = dict(os.environ, PYTHON=str(tools / "python"), PATH=f"{tools}:{os.environ['PATH']}")
-    run = subprocess.run(["bash", str(BENCHMARKS / "gpu_check.sh"), "out"], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=60)
+    return subprocess.run(["bash", str(BENCHMARKS / "gpu_check.sh"), "out"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_check_script_with_stand_in_tools(tmp_path):
+    """Every stage runs, summary.json records each, at most 8 files come back, and the exit
+    status counts the failed stages."""
+    run = run_check(tmp_path, "exit 0\n")
     assert run.returncode == 1, run.stdout + run.stderr
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert [(s["stage"], s["rc"]) for s in summary] == [("build", 0), ("tests", 1), ("sanitizer", 0), ("bench", 0)]
     assert len(list((tmp_path / "out").iterdir())) <= 8
+    assert "cannot use this GPU" not in run.stdout
+
+
+def test_check_script_says_when_the_sanitizer_refuses_the_gpu(tmp_path):
+    """compute-sanitizer refuses the GPU under gVisor: the stage fails, saying it is the tool's."""
+    run = run_check(tmp_path, 'echo "========= Error: Device not supported"\nexit 1\n')
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "compute-sanitizer cannot use this GPU here" in run.stdout
+
+
+def test_check_script_stages_fit_nine_minutes():
+    """The stages' limits and each kill's 5 s of grace stay within the 9 minutes the issue allows
+    (a device call may run 10)."""
+    limits = [int(line.split()[2]) for line in (BENCHMARKS / "gpu_check.sh").read_text().splitlines()
+              if line.startswith("stage ")]
+    assert len(limits) == 4 and sum(limits) + 5 * len(limits) <= 540, limits
 
 
 def run_pytest(folder: Path, limit: str) -> subprocess.Popen:

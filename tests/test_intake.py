@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import subprocess
 import sys
 
@@ -501,6 +502,71 @@ def test_all_cuda_not_exported():
 def test_two_cuda_devices_named():
     with pytest.raises(fastopt.TensorError, match=r"grad 0 is on cuda:1 but param 0 is on cuda:0"):
         fastopt.SGD([FakeCuda(0)], [FakeCuda(1)], lr=0.1)
+
+
+def test_cuda_tensors_without_the_engine_say_why():
+    """The error carries fastopt.cuda.unavailable_reason() (here: no driver, no device, or not built)."""
+    reason = fastopt.cuda.unavailable_reason()
+    assert reason
+    with pytest.raises(fastopt.TensorError, match="param 0: .*not available here: " + re.escape(reason)):
+        fastopt.SGD([FakeCuda()], [FakeCuda()], lr=0.1)
+
+
+class HostArrayOnDevice(np.ndarray):
+    """A NumPy array whose producer reports device ``device`` (type, id)."""
+
+    device = (2, 0)
+
+    def __dlpack_device__(self):
+        return self.device
+
+
+def test_cuda_master_beside_host_params_is_a_device_mix(monkeypatch):
+    """Where the CUDA engine is available, CUDA memory beside params in host memory is a mix of
+    devices, not a missing engine."""
+    monkeypatch.setattr(fastopt.cuda, "unavailable_reason", lambda: "")  # as on a GPU machine
+    param, master = np.ones(5, np.float16), np.ones(5, np.float32).view(HostArrayOnDevice)
+    with pytest.raises(fastopt.TensorError, match="master 0: is on cuda:0, but the group runs on the CPU engine "
+                                                  r"\(its params are in host memory\): all of a group's arrays"):
+        F.sgd_([param], [np.ones(5, np.float16)], master_params=[master], step=1, lr=0.1)
+    assert (param == 1).all() and (np.asarray(master) == 1).all()
+
+
+@pytest.mark.parametrize("device, shown", [((10, 0), "rocm:0"), ((8, 1), "metal:1"), ((99, 0), "device type 99:0")])
+def test_other_devices_refused_by_name(device, shown):
+    kind = type("OnDevice", (HostArrayOnDevice,), {"device": device})
+    param = np.ones(4, np.float32).view(kind)
+    with pytest.raises(fastopt.TensorError,
+                       match=f"param 0: is on {shown}: fastopt takes host \\(CPU\\) and CUDA device memory only"):
+        fastopt.SGD([param], [np.ones(4, np.float32).view(kind)], lr=0.1)
+    assert (np.asarray(param) == 1).all()
+
+
+class DeviceFails(np.ndarray):
+    def __dlpack_device__(self):
+        raise RuntimeError("the array was deleted")
+
+
+class DeviceJunk(np.ndarray):
+    def __dlpack_device__(self):
+        return (2,)
+
+
+@pytest.mark.parametrize("kind, expected", [
+    (DeviceFails, r"grad 0: its __dlpack_device__\(\) failed: RuntimeError: the array was deleted"),
+    (DeviceJunk, r"grad 0: its __dlpack_device__\(\) returned \(2,\), not \(device_type, device_id\)")])
+def test_a_producer_that_cannot_say_its_device_is_named(kind, expected):
+    param = np.ones(4, np.float32)
+    with pytest.raises(fastopt.TensorError, match=expected):
+        fastopt.SGD([param], [np.ones(4, np.float32).view(kind)], lr=0.1)
+    with pytest.raises(fastopt.TensorError, match=expected.replace("grad 0", "param 0")):
+        fastopt.SGD([np.ones(4, np.float32).view(kind)], [param], lr=0.1)
+    assert (param == 1).all()
+
+
+def test_torch_meta_tensor_refused_by_name():
+    with pytest.raises(fastopt.TensorError, match="param 0: is on meta: fastopt takes host"):
+        fastopt.SGD([torch.ones(4, device="meta")], [torch.ones(4, device="meta")], lr=0.1)
 
 
 def test_allocation_probe_sees_allocations(allocations):

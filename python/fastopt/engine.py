@@ -107,12 +107,13 @@ def stream_handle(stream: Any) -> int:
     raise TypeError(f"stream must be an int handle, a torch.cuda.Stream or a cupy.cuda.Stream, got {stream!r}")
 
 
-def engine_for(array: Any) -> Engine:
-    """The engine for a group whose first tensor is ``array`` (None: an empty group, CPU).
-    The binding then checks that every other tensor is on the same device."""
+def engine_for(array: Any, name: str = "param 0") -> Engine:
+    """The engine for a group whose first tensor is ``array`` (None: an empty group, CPU),
+    named ``name`` in errors. The binding then checks that every other tensor is on the same
+    device."""
     if array is None:
         return Engine("cpu")
-    kind, device = _core.device_of(array)
+    kind, device = _core.device_of(array, name)
     if kind != CUDA:
         return Engine("cpu")  # the CPU engine rejects other devices with its own error
     module = cuda_module()

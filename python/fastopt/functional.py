@@ -1,7 +1,8 @@
 """Functional in-place steps for engines that own their optimizer state.
 
 Each call binds the given arrays (validating them as an optimizer does) and runs the same
-kernels as the optimizer classes. Nothing is allocated; every array is updated in place.
+kernels as the optimizer classes. Every array is the caller's and is updated in place: no state
+is allocated (on CUDA each call binds a device table: bind once, below).
 CUDA arrays (PyTorch, CuPy, any DLPack tensor) run on the CUDA engine, enqueued on the
 current stream of their library.
 
@@ -49,7 +50,9 @@ class BoundStep:
     and hyperparameters (the form's keywords and defaults) runs one update in place. The
     hyperparameters may change from call to call, but not beyond the state bound (amsgrad
     needs ``max_exp_avg_sqs`` bound, ...): ValueError then, before anything is written. With
-    stochastic rounding ``step`` keys the random bits, and is required."""
+    stochastic rounding ``step`` keys the random bits, and is required. On CUDA a call is
+    enqueued on ``stream`` (an int handle, a ``torch.cuda.Stream`` or a ``cupy.cuda.Stream``;
+    default: the arrays' library's current stream), as the classes' ``step(stream=...)``."""
 
     def __init__(self, cls: type[Optimizer], arrays: Mapping[str, Any], keywords: Mapping[str, Any],
                  num_state: int | None = None):
@@ -87,7 +90,7 @@ class BoundStep:
         self._seed, self._switch_arrays = seed, (params, [s[0] for s in states] if all(states) else [], keeps)
         self._switcher: Any = None  # a mode switch over the params and z (eval/train), bound on first use
 
-    def __call__(self, *, step: int | None = None, **kwargs: Any) -> None:
+    def __call__(self, *, step: int | None = None, stream: Any = None, **kwargs: Any) -> None:
         unknown = set(kwargs) - set(self._keywords)
         if unknown:
             raise TypeError(f"unknown hyperparameters {sorted(unknown)}")
@@ -106,18 +109,18 @@ class BoundStep:
             for name in layout[len(names):h.num_state()]:
                 raise ValueError(f"{_needs(cls, name)} {_state_arg(cls, name)}, which were not bound")
         step = int(step)
-        self._engine.step(self._group, [h], [step], None, self._like, round_step=step)
+        self._engine.step(self._group, [h], [step], stream, self._like, round_step=step)
 
-    def eval(self, *, step: int, **kwargs: Any) -> None:
+    def eval(self, *, step: int, stream: Any = None, **kwargs: Any) -> None:
         """Moves the params to the eval point x after ``step`` steps (Schedule-Free; the
         hyperparameters as a step takes them): see :mod:`fastopt.functional`."""
-        self._move(True, step, kwargs)
+        self._move(True, step, stream, kwargs)
 
-    def train(self, *, step: int, **kwargs: Any) -> None:
+    def train(self, *, step: int, stream: Any = None, **kwargs: Any) -> None:
         """Moves the params back from the eval point x to y: see :meth:`eval`."""
-        self._move(False, step, kwargs)
+        self._move(False, step, stream, kwargs)
 
-    def _move(self, to_eval: bool, step: Any, kwargs: Mapping[str, Any]) -> None:
+    def _move(self, to_eval: bool, step: Any, stream: Any, kwargs: Mapping[str, Any]) -> None:
         cls = self._cls
         _needs_eval_point(cls)
         unknown = set(kwargs) - set(self._keywords)
@@ -128,7 +131,7 @@ class BoundStep:
         if self._switcher is None:
             params, zs, keeps = self._switch_arrays
             self._switcher = self._engine.bind_switch(cls.rule, params, zs, no_state_keeps(keeps), [len(params)])
-        self._engine.switch(self._switcher, [h], [step], to_eval, self._seed, None, self._like)
+        self._engine.switch(self._switcher, [h], [step], to_eval, self._seed, stream, self._like)
 
 
 def _needs_eval_point(cls: type[Optimizer]) -> None:

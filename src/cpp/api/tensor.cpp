@@ -1,5 +1,6 @@
 #include "fastopt/tensor.h"
 
+#include <iterator>
 #include <sstream>
 
 namespace fastopt {
@@ -9,7 +10,14 @@ std::string Device::str() const {
     case kCPU: return "cpu";
     case kCUDA: return "cuda:" + std::to_string(id);
     case kCUDAHost: return "cuda_host";
-    default: return "device type " + std::to_string(type) + ":" + std::to_string(id);
+    default: {
+      // DLPack's other device types, by name (dlpack.h's DLDeviceType)
+      static const char* const names[] = {"opencl", nullptr, nullptr, "vulkan", "metal", "vpi", "rocm", "rocm_host",
+                                          "ext_dev", "cuda_managed", "oneapi", "webgpu", "hexagon", "maia"};
+      const int k = type - 4;
+      if (k >= 0 && k < int(std::size(names)) && names[k]) return names[k] + (":" + std::to_string(id));
+      return "device type " + std::to_string(type) + ":" + std::to_string(id);
+    }
   }
 }
 

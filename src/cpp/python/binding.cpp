@@ -79,8 +79,8 @@ void Binding::check() const {
     if (moved) {
       throw MemoryMoved(names[w.view] + ": its memory was moved or freed since the optimizer was built (torch "
                         "resize_/share_memory_/set_, `.data = ...`, module.to(...)); fastopt updates the "
-                        "memory it was bound to: build a new optimizer over the new tensors (fastopt.torch "
-                        "follows them by itself)");
+                        "memory it was bound to: build a new optimizer (or bind the functional form again) over "
+                        "the new tensors (fastopt.torch follows them by itself)");
     }
   }
   for (size_t i = 0; i < bound_grads.size(); ++i) {
@@ -129,7 +129,7 @@ Binding read(py::sequence params, py::sequence grads, py::object keeps, py::sequ
   for (size_t i = 0; i < 2 * n; ++i) {
     const py::object& o = i % 2 ? g_objs[i / 2] : p_objs[i / 2];
     const std::string nm = name(i % 2 ? "grad" : "param", i / 2);
-    const Device d = device_of(o);
+    const Device d = device_of(o, nm);
     if (first_name.empty()) {
       first_dev = d;
       first_name = nm;

@@ -37,12 +37,31 @@ bool c_contiguous(const std::vector<int64_t>& shape, const int64_t* strides) {
   return true;
 }
 
-// Whether memory on `d` is what an engine on device type `engine` works on.
+const char* kDevices = ": fastopt takes host (CPU) and CUDA device memory only";
+
+// Why fastopt's CUDA engine cannot be used here ("" where it can): fastopt.cuda knows.
+std::string cuda_unavailable_reason() {
+  try {
+    return py::module_::import("fastopt.cuda").attr("unavailable_reason")().cast<std::string>();
+  } catch (const py::error_already_set& e) {
+    return "fastopt.cuda.unavailable_reason() failed: " + one_line(e);
+  }
+}
+
+// Whether memory on `d` is what an engine on device type `engine` works on. CUDA memory meets
+// the CPU engine where the group's params are in host memory, or where the CUDA engine is missing.
 void check_engine_device(const Device& d, int engine, const std::string& name, const char* what) {
   if (engine == dlpack::kCUDA ? d.type == dlpack::kCUDA : d.host()) return;
-  fail(name, std::string(what) + d.str() + (engine == dlpack::kCUDA
-                                                ? "; the CUDA engine takes CUDA device memory"
-                                                : ", but fastopt's CUDA engine is not available here"));
+  std::string why = kDevices;
+  if (d.type == dlpack::kCUDA) {
+    const std::string missing = cuda_unavailable_reason();
+    why = missing.empty() ? ", but the group runs on the CPU engine (its params are in host memory): all of a "
+                            "group's arrays must be on one device"
+                          : ", but fastopt's CUDA engine is not available here: " + missing;
+  } else if (d.host()) {
+    why = "; the CUDA engine takes CUDA device memory (all of a group's arrays must be on one device)";
+  }
+  fail(name, std::string(what) + d.str() + why);
 }
 
 // The NumPy array that owns the memory `array` views: a weak reference to it makes NumPy refuse
@@ -156,7 +175,7 @@ void from_dlpack(py::handle obj, const std::string& name, int engine, View& v) {
     fail(name, "is of type " + py::str(py::type::of(obj).attr("__name__")).cast<std::string>() +
                    ", not an array (expected a NumPy array or an object with __dlpack__)");
   }
-  v.device = device_of(obj);
+  v.device = device_of(obj, name);
   check_engine_device(v.device, engine, name, "is on ");
   // A param that requires grad is exported through a detached alias (torch refuses to
   // export it), as torch.optim updates params outside autograd; the param itself is watched.
@@ -249,14 +268,27 @@ void from_dlpack(py::handle obj, const std::string& name, int engine, View& v) {
 
 }  // namespace
 
-Device device_of(py::handle obj) {
+Device device_of(py::handle obj, const std::string& name) {
   if (is_torch_tensor(obj)) {  // torch's own properties: its __dlpack_device__ is a slow Python call
     if (obj.attr("is_cuda").cast<bool>()) return {dlpack::kCUDA, obj.attr("get_device")().cast<int>()};
     if (obj.attr("is_cpu").cast<bool>()) return {dlpack::kCPU, 0};
+    fail(name, "is on " + py::str(obj.attr("device")).cast<std::string>() + kDevices);  // (meta, mps, xpu, ...)
   }
   // The producer's word first: CuPy arrays also have the buffer protocol (which refuses).
   if (!py::hasattr(obj, "__dlpack_device__")) return {dlpack::kCPU, 0};
-  const auto dev = obj.attr("__dlpack_device__")().cast<std::pair<int, int>>();
+  py::object reported;
+  try {
+    reported = obj.attr("__dlpack_device__")();
+  } catch (const py::error_already_set& e) {
+    fail(name, "its __dlpack_device__() failed: " + one_line(e));
+  }
+  std::pair<int, int> dev;
+  try {
+    dev = reported.cast<std::pair<int, int>>();
+  } catch (const py::cast_error&) {
+    fail(name, "its __dlpack_device__() returned " + py::repr(reported).cast<std::string>() +
+                   ", not (device_type, device_id)");
+  }
   if (dev.first == dlpack::kCUDAHost) return {dlpack::kCPU, 0};  // pinned host memory
   return {dev.first, dev.second};
 }
@@ -276,7 +308,7 @@ bool from_torch(py::handle obj, const std::string& name, int engine, View& v) {
       !obj.attr("is_contiguous")().cast<bool>()) {
     return false;
   }
-  v.device = device_of(obj);
+  v.device = device_of(obj, name);
   check_engine_device(v.device, engine, name, "is on ");
   v.dtype = d == 0 ? DType::f32 : d == 1 ? DType::f16 : DType::bf16;
   for (py::handle n : obj.attr("shape")) v.shape.push_back(n.cast<int64_t>());
@@ -292,7 +324,7 @@ View intake(py::handle obj, const std::string& name, int engine, bool watched) {
   if (watched && is_torch_tensor(obj) && from_torch(obj, name, engine, v)) return v;
   // The buffer protocol only for memory on the host (NumPy, ml_dtypes' bfloat16, which has no
   // DLPack dtype); anything a producer reports elsewhere goes through DLPack.
-  if (device_of(obj).type != dlpack::kCPU || !from_buffer(obj, name, engine, v)) from_dlpack(obj, name, engine, v);
+  if (device_of(obj, name).type != dlpack::kCPU || !from_buffer(obj, name, engine, v)) from_dlpack(obj, name, engine, v);
   return v;
 }
 

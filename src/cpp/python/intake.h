@@ -31,8 +31,9 @@ struct MemoryMoved : TensorError {
   using TensorError::TensorError;
 };
 
-// The device an array lives on, read without exporting it (CPU for buffer objects).
-Device device_of(pybind11::handle obj);
+// The device an array lives on, read without exporting it (CPU for buffer objects); `name`
+// prefixes the error where its producer cannot say.
+Device device_of(pybind11::handle obj, const std::string& name);
 
 // Reads `obj`; `name` (like "param 3") prefixes any error message. `engine` is the device
 // type of the engine that will use it (DLPack: 1 CPU, 2 CUDA); memory elsewhere is rejected.

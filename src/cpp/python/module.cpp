@@ -193,13 +193,13 @@ PYBIND11_MODULE(_core, m) {
   m.def("split_master", [](py::handle src, py::handle high, py::handle low) {
     split_master(py_intake::intake(src, "master"), py_intake::intake(high, "param"), py_intake::intake(low, "remainder"));
   }, py::arg("src"), py::arg("high"), py::arg("low"), "a bf16 param and its remainder = the fp32 masters src");
-  m.def("device_of", [](py::handle a) {
-    const auto d = py_intake::device_of(a);
+  m.def("device_of", [](py::handle a, const std::string& name) {
+    const auto d = py_intake::device_of(a, name);
     return py::make_tuple(d.type, d.id);
-  }, py::arg("array"));
+  }, py::arg("array"), py::arg("name") = "array");
   // Shape, dtype name and read-only flag of an array in CPU or CUDA memory.
   m.def("describe", [](py::handle a, const std::string& name) {
-    const int kind = py_intake::device_of(a).type;
+    const int kind = py_intake::device_of(a, name).type;
     const View v = py_intake::intake(a, name, kind == Device::kCUDA ? Device::kCUDA : Device::kCPU);
     return py::make_tuple(py::cast(v.shape), dtype_name(v.dtype), v.readonly);
   }, py::arg("array"), py::arg("name"));

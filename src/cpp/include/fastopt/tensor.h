@@ -25,7 +25,7 @@ struct Device {
   bool operator==(const Device& o) const { return type == o.type && id == o.id; }
   bool operator!=(const Device& o) const { return !(*this == o); }
   bool host() const { return type == kCPU || type == kCUDAHost; }
-  std::string str() const;  // "cpu", "cuda:0", "cuda_host", "device type 7:0"
+  std::string str() const;  // "cpu", "cuda:0", "cuda_host", "rocm:0", "device type 99:0"
 };
 
 // A C-contiguous tensor in caller memory. numel() elements of `dtype` from `data`; an empty
