@@ -44,10 +44,11 @@ stage build 190 sh -c '{ uname -r; nvidia-smi --query-gpu=name,driver_version --
     --config-settings=cmake.define.FASTOPT_CUDA=ON --config-settings=cmake.define.FASTOPT_CUDA_ARCHS=90-real .' "$py" ||
   exit "$failed"
 cd /tmp  # import the installed package, not the source tree
-export FASTOPT_REQUIRE_CUDA=1 FASTOPT_TEST_TIMEOUT=45 PYTHONPATH="$src/benchmarks" CUDA_MODULE_LOADING=EAGER
+export FASTOPT_REQUIRE_CUDA=1 FASTOPT_TEST_TIMEOUT=45 PYTHONPATH="$src/benchmarks"
 # -v names each test as it starts, and faulthandler prints the stacks of one stuck past 45 s (a
 # CUDA call that never returns takes no Python signal: the stage's kill then leaves no report).
-stage tests 165 "$py" -m pytest -v -rfE --tb=short --durations=20 -o faulthandler_timeout=45 -p no:cacheprovider \
+# Kernels load eagerly (a lazy first launch synchronises: the no-wait tests would see it).
+stage tests 165 env CUDA_MODULE_LOADING=EAGER "$py" -m pytest -v -rfE --tb=short --durations=20 -o faulthandler_timeout=45 -p no:cacheprovider \
   -p test_timeout -m cuda "$src/tests"
 # rc 99: memcheck found errors; another rc: the smoke test or the tool failed (compute-sanitizer
 # refuses the GPU under gVisor, seen on H200 machines).

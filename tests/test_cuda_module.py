@@ -23,8 +23,8 @@ def test_import_never_loads_the_cuda_module():
 
 def test_a_required_engine_without_a_device_says_why(monkeypatch):
     """Where the engine counts no device the reason is the CUDA runtime's (a driver older than
-    the runtime, no device), not just "no device"; FASTOPT_REQUIRE_CUDA set to anything but 0
-    makes it an error."""
+    the runtime, no device), not just "no device"; FASTOPT_REQUIRE_CUDA set (1, true, yes; not
+    0, false, off or empty) makes it an error."""
     _cuda = pytest.importorskip("fastopt._cuda", reason="fastopt's CUDA engine is not built here")
     if _cuda.device_count() > 0:
         assert _cuda.no_device_reason() == "" and cuda.unavailable_reason() == ""
@@ -39,8 +39,9 @@ def test_a_required_engine_without_a_device_says_why(monkeypatch):
         monkeypatch.setenv("FASTOPT_REQUIRE_CUDA", value)
         with pytest.raises(RuntimeError, match=f"FASTOPT_REQUIRE_CUDA={value}, .*" + re.escape(why)):
             cuda.engine()
-    monkeypatch.setenv("FASTOPT_REQUIRE_CUDA", "0")
-    assert cuda.engine() is None and not fastopt.cuda_available()
+    for value in ("0", "false", "Off", ""):
+        monkeypatch.setenv("FASTOPT_REQUIRE_CUDA", value)
+        assert cuda.engine() is None and not fastopt.cuda_available()
 
 
 def test_a_module_that_does_not_import_says_why(monkeypatch):

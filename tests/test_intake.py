@@ -521,15 +521,26 @@ class HostArrayOnDevice(np.ndarray):
         return self.device
 
 
-def test_cuda_master_beside_host_params_is_a_device_mix(monkeypatch):
-    """Where the CUDA engine is available, CUDA memory beside params in host memory is a mix of
-    devices, not a missing engine."""
-    monkeypatch.setattr(fastopt.cuda, "unavailable_reason", lambda: "")  # as on a GPU machine
+@pytest.mark.parametrize("available", [False, True])
+def test_cuda_arrays_beside_host_params_are_a_device_mix(monkeypatch, available):
+    """CUDA memory beside params in host memory is a mix of devices, not a missing engine,
+    whether the CUDA engine is available or not."""
+    if available:
+        monkeypatch.setattr(fastopt.cuda, "unavailable_reason", lambda: "")  # as on a GPU machine
     param, master = np.ones(5, np.float16), np.ones(5, np.float32).view(HostArrayOnDevice)
-    with pytest.raises(fastopt.TensorError, match="master 0: is on cuda:0, but the group runs on the CPU engine "
-                                                  r"\(its params are in host memory\): all of a group's arrays"):
+    mix = "is on cuda:0 but param 0 is on cpu: all tensors of a group must be on one device"
+    with pytest.raises(fastopt.TensorError, match="master 0 " + mix):
         F.sgd_([param], [np.ones(5, np.float16)], master_params=[master], step=1, lr=0.1)
-    assert (param == 1).all() and (np.asarray(master) == 1).all()
+    params, grads = [np.ones(5, np.float32)], [np.ones(5, np.float32)]
+    with pytest.raises(fastopt.TensorError, match="exp_avg_sq 0 " + mix):
+        F.adamw_.bind(params, grads, [np.zeros(5, np.float32)], [np.zeros(5, np.float32).view(HostArrayOnDevice)])
+    assert (param == 1).all() and (np.asarray(master) == 1).all() and (params[0] == 1).all()
+
+
+def test_cuda_array_read_on_the_cpu_engine_where_cuda_is_available(monkeypatch):
+    monkeypatch.setattr(fastopt.cuda, "unavailable_reason", lambda: "")  # as on a GPU machine
+    with pytest.raises(fastopt.TensorError, match="tensor 0: is on cuda:0, but the group runs on the CPU engine"):
+        fastopt._core.sumsq([np.ones(5, np.float32).view(HostArrayOnDevice)])
 
 
 @pytest.mark.parametrize("device, shown", [((10, 0), "rocm:0"), ((8, 1), "metal:1"), ((99, 0), "device type 99:0")])

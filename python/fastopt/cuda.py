@@ -28,14 +28,15 @@ def _load() -> tuple[ModuleType | None, str]:
 
 
 def _required() -> bool:
-    return os.environ.get("FASTOPT_REQUIRE_CUDA", "") not in ("", "0")
+    return os.environ.get("FASTOPT_REQUIRE_CUDA", "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 def engine() -> ModuleType | None:
     """The CUDA engine module, or None: not built, no driver, no device, or a build that does
     not import (:func:`unavailable_reason` says which). Where the environment variable
-    ``FASTOPT_REQUIRE_CUDA`` is set (to anything but ``0``: a GPU check), a missing engine
-    raises RuntimeError with that reason instead."""
+    ``FASTOPT_REQUIRE_CUDA`` is set (to ``1``, ``true``, ...: anything but empty, ``0``,
+    ``false``, ``no`` or ``off``; a GPU check), a missing engine raises RuntimeError with that
+    reason instead."""
     module, reason = _load()
     if module is None and _required():
         raise RuntimeError(f"FASTOPT_REQUIRE_CUDA={os.environ['FASTOPT_REQUIRE_CUDA']}, but fastopt's CUDA engine "

@@ -126,9 +126,7 @@ Binding read(py::sequence params, py::sequence grads, py::object keeps, py::sequ
   // (intake refuses memory the engine cannot use, with what this module can do about it).
   Device first_dev{engine, 0};
   std::string first_name;
-  for (size_t i = 0; i < 2 * n; ++i) {
-    const py::object& o = i % 2 ? g_objs[i / 2] : p_objs[i / 2];
-    const std::string nm = name(i % 2 ? "grad" : "param", i / 2);
+  auto on_first_device = [&](const py::object& o, const std::string& nm) {
     const Device d = device_of(o, nm);
     if (first_name.empty()) {
       first_dev = d;
@@ -137,6 +135,9 @@ Binding read(py::sequence params, py::sequence grads, py::object keeps, py::sequ
       throw TensorError(nm + " is on " + d.str() + " but " + first_name + " is on " + first_dev.str() +
                         ": all tensors of a group must be on one device");
     }
+  };
+  for (size_t i = 0; i < 2 * n; ++i) {
+    on_first_device(i % 2 ? g_objs[i / 2] : p_objs[i / 2], name(i % 2 ? "grad" : "param", i / 2));
   }
 
   // The same array object twice is caught here even when it has no bytes to overlap.
@@ -154,6 +155,7 @@ Binding read(py::sequence params, py::sequence grads, py::object keeps, py::sequ
   b.params = p_objs;
   b.grads = g_objs;
   auto take = [&](const py::object& o, const std::string& nm, bool watched = false) -> const Tensor& {
+    if (!watched) on_first_device(o, nm);  // masters, states, ...: a mix, not memory the engine lacks
     b.views.push_back(intake(o, nm, engine, watched));
     b.names.push_back(nm);
     return b.views.back();
