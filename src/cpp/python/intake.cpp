@@ -37,7 +37,7 @@ bool c_contiguous(const std::vector<int64_t>& shape, const int64_t* strides) {
   return true;
 }
 
-const char* kDevices = ": fastopt takes host (CPU) and CUDA device memory only";
+constexpr char kDevices[] = ": fastopt takes host (CPU) and CUDA device memory only";
 
 // Why fastopt's CUDA engine cannot be used here ("" where it can): fastopt.cuda knows.
 std::string cuda_unavailable_reason() {
